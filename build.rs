@@ -1,0 +1,12 @@
+//! Generates the prost messages and tonic clients/servers from `proto/`
+//! with protox (a Rust protobuf compiler), so no `protoc` binary is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["v1/service.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        // The transport is chosen by `rt::transport` (tonic's, or the simulator's).
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The simulation suite: runs only when built with `--cfg madsim` (see
+//! `tests/sim_launcher.rs`, which `cargo test --features sim` runs).
+//! Every test prints its seed; `MADSIM_TEST_SEED=N` replays it exactly.
+#![cfg(madsim)]
+#![allow(clippy::print_stdout)]
+
+mod call;
+mod trace;

@@ -1,0 +1,231 @@
+//! The microkernel: builds the runtime handles (event bus, registry, client
+//! pool), starts the plugins (the services), registers them and keeps their
+//! registrations alive, and stops everything in reverse.
+//!
+//! Order on start: bus, registry, pool, plugins (each binds and serves),
+//! register. Order on stop: health NOT_SERVING, deregister, stop plugins
+//! (drain), close pool, close bus. Registration comes after a service
+//! answers, and deregistration before it drains, so discovery never hands
+//! out an instance that refuses calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::bus::EventBus;
+use crate::client::ClientPool;
+use crate::registry::{Registry, RegistryError, ServiceInfo};
+use crate::rt;
+
+mod kind;
+mod plugin;
+
+pub use kind::ServiceKind;
+pub use plugin::ServicePlugin;
+
+/// How the services of this process are deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// Every service in one process, with an in-memory bus and registry.
+    #[default]
+    Monolith,
+    /// One service per process, with NATS and a networked registry.
+    Microservices,
+}
+
+/// Handles every plugin gets: the live, shared parts of a node.
+#[derive(Clone)]
+pub struct Runtime {
+    /// Where services register and discover each other.
+    pub registry: Arc<dyn Registry>,
+    /// Where events are published and consumed.
+    pub bus: Arc<dyn EventBus>,
+    /// Cached channels to other services.
+    pub pool: ClientPool,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+/// A kernel or plugin lifecycle step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A plugin's options were refused.
+    #[error("plugin {plugin}: invalid options: {reason}")]
+    Config {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A listener could not be bound or served.
+    #[error("plugin {plugin}: {source}")]
+    Io {
+        /// The plugin.
+        plugin: String,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry refused or failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// A unit the kernel starts and stops: a service, or a background worker.
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    /// The plugin's name, for logs and errors.
+    fn name(&self) -> &str;
+    /// Validates options and prepares state; nothing is served yet.
+    async fn init(&mut self, rt: &Runtime) -> Result<(), KernelError>;
+    /// Starts serving; returns once the plugin answers calls.
+    async fn start(&mut self, rt: &Runtime) -> Result<(), KernelError>;
+    /// What to register once started, if anything.
+    fn registration(&self) -> Option<ServiceInfo>;
+    /// Announces the plugin is going away (health NOT_SERVING).
+    async fn prepare_stop(&mut self) {}
+    /// Stops, draining work in flight.
+    async fn stop(&mut self) -> Result<(), KernelError>;
+}
+
+/// How often registrations are renewed (and re-created after loss).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A started node: its runtime handles and plugins.
+pub struct Kernel {
+    rt: Runtime,
+    plugins: Vec<Box<dyn Plugin>>,
+    registrations: Vec<ServiceInfo>,
+    keepalive: Option<rt::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("registrations", &self.registrations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// Starts `plugins` on a node whose bus and registry are given.
+    ///
+    /// # Errors
+    /// The first plugin or registry failure; plugins already started are stopped.
+    pub async fn start(
+        bus: Arc<dyn EventBus>,
+        registry: Arc<dyn Registry>,
+        plugins: Vec<Box<dyn Plugin>>,
+    ) -> Result<Self, KernelError> {
+        registry.health().await?;
+        let pool = ClientPool::new(registry.clone());
+        let rt = Runtime {
+            registry,
+            bus,
+            pool,
+        };
+        let mut kernel = Self {
+            rt,
+            plugins: Vec::new(),
+            registrations: Vec::new(),
+            keepalive: None,
+        };
+        for mut plugin in plugins {
+            let started = async {
+                plugin.init(&kernel.rt).await?;
+                plugin.start(&kernel.rt).await
+            }
+            .await;
+            if let Err(e) = started {
+                kernel.shutdown().await;
+                return Err(e);
+            }
+            kernel.plugins.push(plugin);
+        }
+        for info in kernel.plugins.iter().filter_map(|p| p.registration()) {
+            if let Err(e) = kernel.rt.registry.register(&info).await {
+                kernel.shutdown().await;
+                return Err(e.into());
+            }
+            tracing::info!(id = %info.id, addr = %format!("{}:{}", info.address, info.port), "registered");
+            kernel.registrations.push(info);
+        }
+        let (registry, infos) = (kernel.rt.registry.clone(), kernel.registrations.clone());
+        kernel.keepalive = Some(rt::spawn(keep_registered(registry, infos)));
+        Ok(kernel)
+    }
+
+    /// The node's registry.
+    #[must_use]
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.rt.registry
+    }
+
+    /// The node's client pool.
+    #[must_use]
+    pub fn pool(&self) -> &ClientPool {
+        &self.rt.pool
+    }
+
+    /// The node's runtime handles.
+    #[must_use]
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// What this node registered.
+    #[must_use]
+    pub fn registrations(&self) -> &[ServiceInfo] {
+        &self.registrations
+    }
+
+    /// Stops the node: NOT_SERVING, deregister, stop plugins in reverse
+    /// order, close the pool, close the bus. Failures are logged, not fatal.
+    pub async fn shutdown(mut self) {
+        if let Some(task) = self.keepalive.take() {
+            task.abort();
+        }
+        for plugin in &mut self.plugins {
+            plugin.prepare_stop().await;
+        }
+        tracing::debug!("plugins not serving; deregistering");
+        for info in self.registrations.drain(..) {
+            if let Err(e) = self.rt.registry.deregister(&info.id).await {
+                tracing::warn!(id = %info.id, error = %e, "deregister failed");
+            }
+        }
+        while let Some(mut plugin) = self.plugins.pop() {
+            tracing::debug!(plugin = plugin.name(), "stopping");
+            if let Err(e) = plugin.stop().await {
+                tracing::warn!(plugin = plugin.name(), error = %e, "stop failed");
+            }
+        }
+        tracing::debug!("closing the pool and the bus");
+        self.rt.pool.close();
+        self.rt.bus.close().await;
+    }
+}
+
+/// Heartbeats every registration; re-registers one the registry lost.
+async fn keep_registered(registry: Arc<dyn Registry>, infos: Vec<ServiceInfo>) {
+    loop {
+        rt::sleep(HEARTBEAT_INTERVAL).await;
+        for info in &infos {
+            match registry.heartbeat(&info.id).await {
+                Ok(()) => {}
+                Err(RegistryError::NotFound(_)) => {
+                    tracing::warn!(id = %info.id, "registration lost; registering again");
+                    if let Err(e) = registry.register(info).await {
+                        tracing::warn!(id = %info.id, error = %e, "re-registration failed");
+                    }
+                }
+                Err(e) => tracing::warn!(id = %info.id, error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! StreamGate: a video platform back end of nine services, and the
+//! deterministic-simulation-tested service framework it runs on.
+//!
+//! The same service code runs on tokio in production and inside the madsim
+//! simulator: everything that touches time, spawning, randomness or sockets
+//! goes through [`rt`], and the registry and event bus are traits.
+
+pub mod grpc_timeout;
+pub mod rt;
+
+/// Generated protobuf messages and gRPC clients/servers of `proto/v1`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("streamgate.v1");
+}
+
+pub mod bus;
+pub mod client;
+pub mod kernel;
+pub mod middleware;
+pub mod node;
+pub mod registry;
+pub mod services;

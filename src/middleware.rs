@@ -1,0 +1,4 @@
+//! Tower layers for gRPC calls, one per file, each shaped like tower's
+//! `timeout` (layer, service, response future).
+
+pub mod request_id;

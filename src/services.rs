@@ -1,0 +1,194 @@
+//! The nine services. Each is started by [`start`], the one entry point that
+//! the per-service binaries, the monolith and the simulator all call.
+//!
+//! Every service process serves, on one port: its gRPC services, the standard
+//! `grpc.health.v1.Health` service, and HTTP `GET /health`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::kernel::{KernelError, Runtime, ServiceKind};
+use crate::middleware::request_id::RequestIdLayer;
+use crate::registry::{HealthCheck, ServiceInfo};
+use crate::rt::{self, transport};
+
+pub mod cache;
+
+/// Options of one service instance (data, not live handles).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceOpts {
+    /// Which service.
+    pub kind: ServiceKind,
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The address other services reach it at (default: the listen IP, or
+    /// 127.0.0.1 when listening on all interfaces).
+    pub advertise: Option<IpAddr>,
+    /// Heartbeat TTL interval of its registration.
+    pub check_interval: Duration,
+}
+
+impl ServiceOpts {
+    /// Defaults for `kind` on `host`, at the design's port.
+    #[must_use]
+    pub fn new(kind: ServiceKind, host: IpAddr) -> Self {
+        Self {
+            kind,
+            listen: SocketAddr::new(host, kind.default_port()),
+            advertise: None,
+            check_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How long a stopping service waits for open calls and connections.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A service that is serving; [`RunningService::stop`] drains and stops it.
+#[derive(Debug)]
+pub struct RunningService {
+    info: ServiceInfo,
+    local_addr: SocketAddr,
+    health: HealthReporter,
+    grpc_names: Vec<&'static str>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: rt::JoinHandle<Result<(), transport::TransportError>>,
+}
+
+impl RunningService {
+    /// What to register.
+    #[must_use]
+    pub fn info(&self) -> &ServiceInfo {
+        &self.info
+    }
+
+    /// The address actually bound.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Reports NOT_SERVING on the health service (before draining).
+    pub async fn set_not_serving(&self) {
+        set_status(&self.health, &self.grpc_names, ServingStatus::NotServing).await;
+    }
+
+    /// Stops accepting and drains calls in flight for at most
+    /// [`DRAIN_TIMEOUT`]; connections still open then are cut.
+    ///
+    /// # Errors
+    /// The server loop had failed.
+    pub async fn stop(mut self) -> Result<(), KernelError> {
+        self.set_not_serving().await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let plugin = self.info.name.clone();
+        let abort = self.task.abort_handle();
+        let Ok(joined) = rt::timeout(DRAIN_TIMEOUT, &mut self.task).await else {
+            tracing::warn!(service = %plugin, "drain timed out; closing open connections");
+            abort.abort();
+            return Ok(());
+        };
+        match joined {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(KernelError::Io {
+                plugin,
+                source: std::io::Error::other(e),
+            }),
+            Err(e) => Err(KernelError::Io {
+                plugin,
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+}
+
+async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in names {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// The gRPC routes of `kind` and the names of its gRPC services. Services
+/// whose domain API has not landed yet serve health only.
+fn service_routes(kind: ServiceKind, _rt: &Runtime) -> (Routes, Vec<&'static str>) {
+    match kind {
+        ServiceKind::Cache => cache::routes(cache::state::Limits::default()),
+        ServiceKind::ApiGateway
+        | ServiceKind::Upload
+        | ServiceKind::Transcoder
+        | ServiceKind::Streaming
+        | ServiceKind::Metadata
+        | ServiceKind::Auth
+        | ServiceKind::Worker
+        | ServiceKind::Monitor => (Routes::default(), Vec::new()),
+    }
+}
+
+/// Starts one service: binds, serves its routes, health and `/health`
+/// behind the server layers, and reports SERVING. Returns once it answers.
+///
+/// # Errors
+/// [`KernelError::Io`] when the listener cannot be bound.
+pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, KernelError> {
+    let name = opts.kind.name();
+    let io_err = |source| KernelError::Io {
+        plugin: name.to_owned(),
+        source,
+    };
+    let listener = transport::Listener::bind(opts.listen)
+        .await
+        .map_err(io_err)?;
+    let local_addr = listener.local_addr().map_err(io_err)?;
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    let (routes, grpc_names) = service_routes(opts.kind, rt);
+    let router = routes
+        .add_service(health_svc)
+        .into_axum_router()
+        .route("/health", axum::routing::get(|| async { "ok\n" }));
+    set_status(&health, &grpc_names, ServingStatus::Serving).await;
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    let task = rt::spawn(transport::serve(
+        listener,
+        Routes::from(router),
+        RequestIdLayer::new(),
+        shutdown,
+    ));
+
+    let advertise = opts.advertise.unwrap_or_else(|| match local_addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    });
+    let info = ServiceInfo {
+        id: format!("{name}-{advertise}-{}", local_addr.port()),
+        name: name.to_owned(),
+        address: advertise.to_string(),
+        port: local_addr.port(),
+        tags: vec!["v1".to_owned()],
+        metadata: [("grpc".to_owned(), grpc_names.join(","))]
+            .into_iter()
+            .collect(),
+        check: HealthCheck::ttl(opts.check_interval),
+    };
+    tracing::info!(service = name, addr = %local_addr, "serving");
+    Ok(RunningService {
+        info,
+        local_addr,
+        health,
+        grpc_names,
+        shutdown: Some(tx),
+        task,
+    })
+}

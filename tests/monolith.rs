@@ -1,0 +1,193 @@
+//! The monolith on real tokio and real sockets: every service answers the
+//! standard gRPC health check, calls flow through the client pool and the
+//! layers, and a graceful stop deregisters everything.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamgate::bus::memory::MemoryBus;
+use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+use streamgate::proto::{CacheGetRequest, CacheSetRequest};
+use streamgate::registry::Registry;
+use streamgate::registry::memory::MemoryRegistry;
+use streamgate::rt;
+use streamgate::services::ServiceOpts;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn health(addr: SocketAddr, service: &str) -> Result<i32, tonic::Status> {
+    let mut client = HealthClient::new(rt::transport::channel(addr));
+    let req = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    Ok(client.check(req).await?.into_inner().status)
+}
+
+async fn start_all(registry: Arc<MemoryRegistry>) -> Kernel {
+    let plugins = ServiceKind::ALL
+        .iter()
+        .map(|&kind| {
+            let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
+            opts.listen.set_port(0);
+            Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
+        })
+        .collect();
+    Kernel::start(Arc::new(MemoryBus::new()), registry, plugins)
+        .await
+        .expect("kernel starts")
+}
+
+#[tokio::test]
+async fn every_service_serves_health_and_registers() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let kernel = start_all(registry.clone()).await;
+    assert_eq!(kernel.registrations().len(), 9);
+    for info in kernel.registrations() {
+        let addr = SocketAddr::new(info.address.parse().unwrap(), info.port);
+        assert_eq!(
+            health(addr, "").await.unwrap(),
+            ServingStatus::Serving as i32,
+            "{}",
+            info.name
+        );
+        let found = registry.discover(&info.name).await.unwrap();
+        assert_eq!(found, vec![info.clone()]);
+    }
+    let cache = kernel
+        .registrations()
+        .iter()
+        .find(|i| i.name == "cache")
+        .unwrap();
+    let addr = SocketAddr::new(cache.address.parse().unwrap(), cache.port);
+    assert_eq!(
+        health(addr, "streamgate.v1.CacheService").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    let unknown = health(addr, "no.such.Service").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let names: Vec<String> = kernel
+        .registrations()
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    kernel.shutdown().await;
+    for name in names {
+        assert!(
+            registry.discover(&name).await.unwrap().is_empty(),
+            "{name} deregistered on stop"
+        );
+    }
+    let refused = health(addr, "").await;
+    assert!(refused.is_err(), "a stopped service no longer answers");
+}
+
+#[tokio::test]
+async fn cache_calls_go_through_the_pool_and_layers() {
+    let kernel = start_all(Arc::new(MemoryRegistry::new())).await;
+    let mut cache = kernel.pool().cache().await.unwrap();
+    let set = CacheSetRequest {
+        key: "video:1".into(),
+        value: b"meta".to_vec(),
+        ttl_ms: 60_000,
+    };
+    cache.set(set).await.unwrap();
+    let res = cache
+        .get(CacheGetRequest {
+            key: "video:1".into(),
+        })
+        .await
+        .unwrap();
+    let request_id = res
+        .metadata()
+        .get("x-request-id")
+        .expect("request id echoed")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(request_id.len(), 32);
+    let got = res.into_inner();
+    assert!(got.found);
+    assert_eq!(got.value, b"meta");
+    assert!(got.remaining_ttl_ms > 0 && got.remaining_ttl_ms <= 60_000);
+
+    let bad = cache
+        .get(CacheGetRequest { key: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("key"), "{}", bad.message());
+    let huge = CacheSetRequest {
+        key: "k".into(),
+        value: vec![0; 2 << 20],
+        ttl_ms: 0,
+    };
+    let err = cache.set(huge).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    kernel.shutdown().await;
+}
+
+/// The README's run command: the real binary answers health on every
+/// service's port (offset by 1000 here so a developer's running copy does
+/// not collide), and stops cleanly on SIGTERM.
+#[tokio::test]
+async fn binary_serves_every_port_and_stops_on_sigterm() {
+    let offset = 1000;
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_streamgate"))
+            .args(["monolith", "--port-offset", &offset.to_string()])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("binary starts"),
+    );
+    for kind in ServiceKind::ALL {
+        let addr = SocketAddr::from(([127, 0, 0, 1], kind.default_port() + offset));
+        let mut status = None;
+        for _ in 0..100 {
+            match health(addr, "").await {
+                Ok(s) => {
+                    status = Some(s);
+                    break;
+                }
+                Err(_) => {
+                    if let Some(exit) = child.0.try_wait().unwrap() {
+                        panic!("streamgate exited early with {exit}");
+                    }
+                    rt::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert_eq!(
+            status,
+            Some(ServingStatus::Serving as i32),
+            "{kind} on {addr}"
+        );
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut exit = None;
+    for _ in 0..150 {
+        exit = child.0.try_wait().unwrap();
+        if exit.is_some() {
+            break;
+        }
+        rt::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = exit.expect("exits within 15 s of SIGTERM");
+    assert!(exit.success(), "graceful exit, got {exit}");
+}
+
+/// Kills the child if the test fails before it is stopped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
