@@ -21,3 +21,4 @@ pub mod middleware;
 pub mod node;
 pub mod registry;
 pub mod services;
+pub mod testkit;

@@ -1,0 +1,7 @@
+//! Test support shared by `tests/`, `sim/` and the unit tests: the contract
+//! suites every registry and event bus backend must pass. They assert (a
+//! failure is a panic naming the broken rule) and take their time from the
+//! runtime seam, so they run on tokio against real servers and inside madsim.
+
+pub mod bus_contract;
+pub mod registry_contract;
