@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rt;
 
+pub mod events;
 pub mod memory;
 
 /// Largest encoded event accepted by any backend.

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod memory;
+pub mod watcher;
 
 /// Longest accepted service name or instance id.
 pub const MAX_ID_LEN: usize = 128;
