@@ -4,5 +4,7 @@
 #![cfg(madsim)]
 #![allow(clippy::print_stdout)]
 
+mod broker;
+mod bus;
 mod call;
 mod trace;

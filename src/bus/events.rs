@@ -15,7 +15,7 @@ pub trait Payload: Serialize + DeserializeOwned {
     ///
     /// # Errors
     /// [`BusError::Malformed`] if it does not serialize.
-    fn into_event(&self, source: &str) -> Result<Event, BusError> {
+    fn to_event(&self, source: &str) -> Result<Event, BusError> {
         let data = serde_json::to_value(self).map_err(|e| BusError::Malformed(e.to_string()))?;
         Ok(Event::new(Self::KIND, source, data))
     }
@@ -194,7 +194,7 @@ pub async fn publish<P: Payload>(
     source: &str,
     payload: &P,
 ) -> Result<Event, BusError> {
-    let event = payload.into_event(source)?;
+    let event = payload.to_event(source)?;
     bus.publish(&event).await?;
     Ok(event)
 }
@@ -308,7 +308,7 @@ mod tests {
             content_type: "video/mp4".into(),
             sha256_hex: "00".repeat(32),
         };
-        let event = p.into_event("upload").unwrap();
+        let event = p.to_event("upload").unwrap();
         let bytes = event.encode().unwrap();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         for field in ["id", "type", "source", "time", "data"] {

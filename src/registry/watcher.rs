@@ -176,7 +176,7 @@ mod tests {
                 return Err(RegistryError::Unavailable("down".into()));
             }
             Ok(WatchResult {
-                index: if n % 2 == 0 { 100 } else { 5 },
+                index: if n.is_multiple_of(2) { 100 } else { 5 },
                 instances: Vec::new(),
             })
         }

@@ -1,0 +1,232 @@
+//! The simulated broker node and its client: subjects and queue groups (an
+//! in-memory bus on the broker node), reached over madsim's network, with
+//! core NATS's at-most-once semantics: a subscriber that is disconnected
+//! misses what is published meanwhile, and reconnects on its own.
+//!
+//! Wire: `POST /bus/publish` with the JSON envelope; `POST /bus/subscribe`
+//! with `subject` and `group` headers answers a never-ending body of
+//! newline-delimited envelopes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use streamgate::bus::memory::MemoryBus;
+use streamgate::bus::{
+    BusError, Event, EventBus, Handler, Subscription, dispatch, handler, valid_name,
+};
+use streamgate::rt::{self, transport};
+use tower::{Service, ServiceExt};
+
+/// How long a subscription stream stays open before the client renews it.
+const STREAM_LIFETIME: Duration = Duration::from_secs(60);
+/// Deadline of one publish.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs the broker on this node until it is killed.
+pub async fn serve_broker(addr: SocketAddr) {
+    let bus = Arc::new(MemoryBus::new());
+    let router = axum::Router::new()
+        .route("/bus/publish", post(publish))
+        .route("/bus/subscribe", post(subscribe))
+        .with_state(bus);
+    let listener = transport::Listener::bind(addr).await.expect("broker binds");
+    transport::serve(
+        listener,
+        tonic::service::Routes::from(router),
+        tower::layer::util::Identity::new(),
+        std::future::pending(),
+    )
+    .await
+    .expect("broker serves");
+}
+
+async fn publish(State(bus): State<Arc<MemoryBus>>, body: Bytes) -> (StatusCode, String) {
+    match Event::decode(&body) {
+        Ok(event) => match bus.publish(&event).await {
+            Ok(()) => (StatusCode::OK, String::new()),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn subscribe(
+    State(bus): State<Arc<MemoryBus>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(subject), group) = (header("subject"), header("group")) else {
+        return (StatusCode::BAD_REQUEST, "subject header missing").into_response();
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+    let forward = handler(move |event: Event| {
+        let tx = tx.clone();
+        async move {
+            let mut line = event.encode()?;
+            line.push(b'\n');
+            tx.send(Bytes::from(line))
+                .await
+                .map_err(|_| "subscriber gone".into())
+        }
+    });
+    let sub = match bus.subscribe(&subject, group.as_deref(), forward).await {
+        Ok(sub) => sub,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    // The subscription lives as long as the response body.
+    let stream = futures::stream::unfold((rx, sub), |(mut rx, sub)| async move {
+        let line = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(line), (rx, sub)))
+    });
+    axum::response::Response::new(axum::body::Body::from_stream(stream))
+}
+
+/// The client side: an [`EventBus`] talking to a broker node.
+pub struct SimBus {
+    broker: SocketAddr,
+    closed: Arc<AtomicBool>,
+    /// How many times subscriptions had to reconnect.
+    pub reconnects: Arc<AtomicU64>,
+}
+
+impl SimBus {
+    /// A client of the broker at `broker`.
+    pub fn new(broker: SocketAddr) -> Self {
+        Self {
+            broker,
+            closed: Arc::default(),
+            reconnects: Arc::default(),
+        }
+    }
+}
+
+fn request(path: &str, timeout: Duration, body: Bytes) -> http::Request<tonic::body::Body> {
+    let mut req = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(body)));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = path.parse().expect("static path");
+    req.headers_mut()
+        .insert("grpc-timeout", streamgate::grpc_timeout::encode(timeout));
+    req
+}
+
+#[async_trait]
+impl EventBus for SimBus {
+    async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let req = request(
+            "/bus/publish",
+            PUBLISH_TIMEOUT,
+            Bytes::from(event.encode()?),
+        );
+        let res = transport::channel(self.broker)
+            .oneshot(req)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        if res.status().is_success() {
+            Ok(())
+        } else {
+            Err(BusError::Unavailable(format!(
+                "broker answered {}",
+                res.status()
+            )))
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+        handler: Handler,
+    ) -> Result<Subscription, BusError> {
+        if !valid_name(subject) {
+            return Err(BusError::InvalidName(subject.to_owned()));
+        }
+        if let Some(group) = queue_group.filter(|g| !valid_name(g)) {
+            return Err(BusError::InvalidName(group.to_owned()));
+        }
+        let (broker, reconnects) = (self.broker, self.reconnects.clone());
+        let (subject, group) = (subject.to_owned(), queue_group.map(str::to_owned));
+        let task = rt::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match follow(broker, &subject, group.as_deref(), &handler).await {
+                    Ok(()) => failures = 0,
+                    Err(_) => failures = failures.saturating_add(1),
+                }
+                reconnects.fetch_add(1, Ordering::Relaxed);
+                let step = Duration::from_millis(50).saturating_mul(1 << failures.min(5));
+                let jitter = rt::random_u64() % 50;
+                rt::sleep(step + Duration::from_millis(jitter)).await;
+            }
+        });
+        // Subscribing is asynchronous, as with NATS: give it a moment to reach the broker.
+        rt::sleep(Duration::from_millis(20)).await;
+        Ok(Subscription::new(task))
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// One subscription stream, until it ends or fails.
+async fn follow(
+    broker: SocketAddr,
+    subject: &str,
+    group: Option<&str>,
+    handler: &Handler,
+) -> Result<(), String> {
+    let mut req = request("/bus/subscribe", STREAM_LIFETIME, Bytes::new());
+    req.headers_mut()
+        .insert("subject", subject.parse().map_err(|_| "bad subject")?);
+    if let Some(group) = group {
+        req.headers_mut()
+            .insert("group", group.parse().map_err(|_| "bad group")?);
+    }
+    let mut channel = transport::channel(broker);
+    let res = channel
+        .ready()
+        .await
+        .map_err(|e| e.to_string())?
+        .call(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !res.status().is_success() {
+        return Err(format!("broker answered {}", res.status()));
+    }
+    let mut body = res.into_body().into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(end + 1);
+            match Event::decode(&line[..end]) {
+                Ok(event) => {
+                    dispatch(handler, event).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "malformed event from the broker"),
+            }
+        }
+        if buf.len() > streamgate::bus::MAX_EVENT_BYTES {
+            return Err("event line too long".into());
+        }
+    }
+    Ok(())
+}
