@@ -20,5 +20,6 @@ pub mod kernel;
 pub mod middleware;
 pub mod node;
 pub mod registry;
+pub mod resilience;
 pub mod services;
 pub mod testkit;
