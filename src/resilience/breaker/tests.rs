@@ -116,11 +116,9 @@ proptest! {
                 Op::Acquire => {
                     let before = b.state();
                     let (admit, t) = b.try_acquire(now);
-                    if let State::Open { until, .. } = before {
-                        if now < until {
-                            prop_assert!(matches!(admit, Admit::No { .. }), "open admits nothing before its interval ends");
-                            prop_assert_eq!(t, None);
-                        }
+                    if let State::Open { until, .. } = before && now < until {
+                        prop_assert!(matches!(admit, Admit::No { .. }), "open admits nothing before its interval ends");
+                        prop_assert_eq!(t, None);
                     }
                     if t == Some(Transition::Probing) {
                         probes_this_period += 1;
