@@ -1,6 +1,8 @@
-//! Calling other services: the client pool (cached channels found through
-//! the registry) and typed getters for each service's client.
+//! Calling other services: the client pool (per-service balanced channels
+//! fed by registry watches, a circuit breaker per instance) and typed getters.
 
+pub mod balance;
+pub mod balanced;
 pub mod pool;
 
-pub use pool::{ClientPool, PoolChannel, PoolError};
+pub use pool::{ClientPool, PoolChannel, PoolConfig, PoolError};

@@ -1,21 +1,29 @@
-//! The client pool: discovers instances through the registry, caches one
-//! channel per instance address, and wraps each in the client-side layers.
+//! The client pool: one [`Balanced`] channel per service, fed by a registry
+//! watch (instances added, critical or removed ones dropped), with a circuit
+//! breaker and an in-flight count per instance, behind the client layers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rand::Rng as _;
+use tokio::sync::watch;
 use tower::Layer as _;
 
+use super::balanced::{Balanced, TransitionHook};
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proto::cache_service_client::CacheServiceClient;
+use crate::registry::watcher::{WatchPolicy, Watcher};
 use crate::registry::{Registry, RegistryError, ServiceInfo};
-use crate::rt::{self, transport};
+use crate::resilience::breaker::BreakerConfig;
+use crate::rt;
 
-/// A channel as handed out: the transport channel behind the client layers.
-pub type PoolChannel = RequestId<transport::Channel>;
+/// A channel as handed out: the balanced instances behind the client layers.
+pub type PoolChannel = RequestId<Balanced>;
+
+/// How long [`ClientPool::channel`] waits for a service's first watch answer.
+pub const FIRST_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Getting a channel failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,14 +34,6 @@ pub enum PoolError {
     /// No healthy instance of the service is registered.
     #[error("no healthy instance of {0:?}")]
     NoInstance(String),
-    /// An instance registered an address that is not `ip:port`.
-    #[error("instance {id:?} has unusable address {address:?}")]
-    BadAddress {
-        /// The instance.
-        id: String,
-        /// Its address.
-        address: String,
-    },
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -45,13 +45,37 @@ impl From<PoolError> for tonic::Status {
     }
 }
 
+/// Settings of a pool.
+#[derive(Clone, Default)]
+pub struct PoolConfig {
+    /// Breaker of each instance.
+    pub breaker: BreakerConfig,
+    /// Pace of the registry watches.
+    pub watch: WatchPolicy,
+    /// Called on every breaker transition (instance id, transition).
+    pub on_transition: Option<TransitionHook>,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig").field("breaker", &self.breaker).field("watch", &self.watch).finish_non_exhaustive()
+    }
+}
+
+struct Entry {
+    balanced: Balanced,
+    discovered: watch::Receiver<bool>,
+    task: rt::JoinHandle<()>,
+}
+
 struct Inner {
     registry: Arc<dyn Registry>,
-    channels: Mutex<HashMap<SocketAddr, transport::Channel>>,
+    cfg: PoolConfig,
+    services: Mutex<HashMap<String, Entry>>,
     closed: AtomicBool,
 }
 
-/// Cached channels to other services; cheap to clone.
+/// Channels to other services; cheap to clone.
 #[derive(Clone)]
 pub struct ClientPool {
     inner: Arc<Inner>,
@@ -63,55 +87,83 @@ impl std::fmt::Debug for ClientPool {
     }
 }
 
-fn socket_addr(info: &ServiceInfo) -> Result<SocketAddr, PoolError> {
-    let ip = info.address.parse().map_err(|_| PoolError::BadAddress {
-        id: info.id.clone(),
-        address: info.address.clone(),
-    })?;
-    Ok(SocketAddr::new(ip, info.port))
+fn socket_addr(info: &ServiceInfo) -> Option<SocketAddr> {
+    match info.address.parse() {
+        Ok(ip) => Some(SocketAddr::new(ip, info.port)),
+        Err(_) => {
+            tracing::warn!(id = %info.id, address = %info.address, "instance address is not an IP; skipped");
+            None
+        }
+    }
+}
+
+/// Keeps `balanced` equal to the registry's healthy set of `name`.
+async fn follow(registry: Arc<dyn Registry>, name: String, cfg: PoolConfig, balanced: Balanced, found: watch::Sender<bool>) {
+    let watcher = Watcher::spawn(registry, &name, cfg.watch);
+    let mut instances = watcher.instances();
+    // The watcher's first answer replaces the empty initial value.
+    while instances.changed().await.is_ok() {
+        let set = instances.borrow_and_update().clone();
+        balanced.update(set.iter().filter_map(|i| Some((i.id.clone(), socket_addr(i)?))), cfg.breaker);
+        found.send_replace(true);
+    }
 }
 
 impl ClientPool {
-    /// A pool that finds instances in `registry`.
+    /// A pool with default settings that finds instances in `registry`.
     #[must_use]
     pub fn new(registry: Arc<dyn Registry>) -> Self {
-        let inner = Inner {
-            registry,
-            channels: Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
-        };
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self::with_config(registry, PoolConfig::default())
     }
 
-    /// A channel to a healthy instance of `service`, picked at random.
+    /// A pool with `cfg`.
+    #[must_use]
+    pub fn with_config(registry: Arc<dyn Registry>, cfg: PoolConfig) -> Self {
+        let inner = Inner { registry, cfg, services: Mutex::new(HashMap::new()), closed: AtomicBool::new(false) };
+        Self { inner: Arc::new(inner) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The balanced channel of `service` (a cached one after the first call).
+    /// The first call waits up to [`FIRST_DISCOVERY_TIMEOUT`] for discovery.
     ///
     /// # Errors
-    /// Closed pool, no healthy instance, or a registry failure.
+    /// Closed pool, or no healthy instance known.
     pub async fn channel(&self, service: &str) -> Result<PoolChannel, PoolError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PoolError::Closed);
         }
-        let instances = self.inner.registry.discover(service).await?;
-        if instances.is_empty() {
+        let (balanced, mut discovered) = {
+            let mut services = self.lock();
+            let entry = services.entry(service.to_owned()).or_insert_with(|| {
+                let balanced = Balanced::new(service, self.inner.cfg.on_transition.clone());
+                let (tx, rx) = watch::channel(false);
+                let task = rt::spawn(follow(
+                    self.inner.registry.clone(),
+                    service.to_owned(),
+                    self.inner.cfg.clone(),
+                    balanced.clone(),
+                    tx,
+                ));
+                Entry { balanced, discovered: rx, task }
+            });
+            (entry.balanced.clone(), entry.discovered.clone())
+        };
+        let _ = rt::timeout(FIRST_DISCOVERY_TIMEOUT, discovered.wait_for(|found| *found)).await;
+        if balanced.endpoints().is_empty() {
             return Err(PoolError::NoInstance(service.to_owned()));
         }
-        let pick = &instances[rt::rng().gen_range(0..instances.len())];
-        Ok(RequestIdLayer::new().layer(self.channel_to(socket_addr(pick)?)))
+        Ok(RequestIdLayer::new().layer(balanced))
     }
 
-    /// The cached channel to one address.
-    fn channel_to(&self, addr: SocketAddr) -> transport::Channel {
-        let mut channels = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        channels
-            .entry(addr)
-            .or_insert_with(|| transport::channel(addr))
-            .clone()
+    /// The instances the pool currently holds for `service`, with their
+    /// breaker states (for status pages and tests).
+    #[must_use]
+    pub fn endpoints(&self, service: &str) -> Vec<Arc<super::balanced::Endpoint>> {
+        self.lock().get(service).map(|e| e.balanced.endpoints()).unwrap_or_default()
     }
 
     /// A client of the cache service.
@@ -122,13 +174,12 @@ impl ClientPool {
         Ok(CacheServiceClient::new(self.channel("cache").await?))
     }
 
-    /// Closes the pool: cached channels are dropped, later calls fail.
+    /// Closes the pool: watches stop, cached channels are dropped, later
+    /// calls fail.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner
-            .channels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        for (_, entry) in self.lock().drain() {
+            entry.task.abort();
+        }
     }
 }

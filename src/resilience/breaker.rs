@@ -286,6 +286,16 @@ impl Breaker {
         }
     }
 
+    /// Returns a permit that was not used (the call never started).
+    pub fn release(&mut self, permit: Permit) {
+        if let State::HalfOpen { in_flight, .. } = &mut self.state
+            && permit.probe
+            && permit.generation == self.generation
+        {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
+
     fn record(&mut self, now: Instant, success: bool) {
         self.prune(now);
         self.outcomes.push_back((now, success));

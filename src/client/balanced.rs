@@ -1,0 +1,190 @@
+//! The pool's per-service channel: every call picks an instance by P2C among
+//! those whose circuit breaker admits it, counts itself in flight there, and
+//! reports its outcome to that breaker. A call no breaker admits fails with
+//! UNAVAILABLE without touching the network.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use rand::Rng as _;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::Service;
+
+use super::balance::p2c;
+use crate::resilience::breaker::{Admit, Breaker, BreakerConfig, Permit, State, Transition};
+use crate::rt::{self, transport};
+
+/// One instance of a service, as the pool holds it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its registry id.
+    pub id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    channel: transport::Channel,
+    breaker: Mutex<Breaker>,
+    in_flight: AtomicU32,
+}
+
+impl Endpoint {
+    /// A new endpoint with a closed breaker.
+    #[must_use]
+    pub fn new(id: String, addr: SocketAddr, breaker: BreakerConfig) -> Self {
+        Self {
+            id,
+            addr,
+            channel: transport::channel(addr),
+            breaker: Mutex::new(Breaker::new(breaker)),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// Its breaker's state.
+    #[must_use]
+    pub fn breaker_state(&self) -> State {
+        self.lock().state()
+    }
+
+    /// Calls in flight.
+    #[must_use]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Observes breaker transitions (metrics, the simulation's checkers).
+pub type TransitionHook = Arc<dyn Fn(&str, Transition) + Send + Sync>;
+
+/// The instances of one service, replaced as the registry watch reports.
+#[derive(Clone)]
+pub struct Balanced {
+    service: Arc<str>,
+    endpoints: Arc<Mutex<BTreeMap<String, Arc<Endpoint>>>>,
+    hook: Option<TransitionHook>,
+}
+
+impl std::fmt::Debug for Balanced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balanced").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+/// Whether a status says the instance (rather than the request) failed.
+#[must_use]
+pub fn is_instance_failure(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown)
+}
+
+impl Balanced {
+    /// An empty set for `service`.
+    #[must_use]
+    pub fn new(service: &str, hook: Option<TransitionHook>) -> Self {
+        Self { service: service.into(), endpoints: Arc::default(), hook }
+    }
+
+    /// The endpoints, by instance id.
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Endpoint>>> {
+        self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the set: keeps endpoints (and their breakers) still listed at
+    /// the same address, adds new ones, drops the rest.
+    pub fn update(&self, instances: impl IntoIterator<Item = (String, SocketAddr)>, breaker: BreakerConfig) {
+        let mut current = self.lock();
+        let mut next = BTreeMap::new();
+        for (id, addr) in instances {
+            let endpoint = match current.remove(&id) {
+                Some(e) if e.addr == addr => e,
+                _ => Arc::new(Endpoint::new(id.clone(), addr, breaker)),
+            };
+            next.insert(id, endpoint);
+        }
+        *current = next;
+    }
+
+    fn notify(&self, endpoint: &str, t: Option<Transition>) {
+        if let (Some(hook), Some(t)) = (&self.hook, t) {
+            hook(endpoint, t);
+        }
+    }
+
+    /// Picks an instance and takes a breaker permit on it.
+    fn pick(&self) -> Result<(Arc<Endpoint>, Permit), Status> {
+        let endpoints = self.endpoints();
+        if endpoints.is_empty() {
+            return Err(Status::unavailable(format!("no healthy instance of {}", self.service)));
+        }
+        let now = rt::now();
+        let mut admitted = Vec::new();
+        let mut retry_after = None;
+        for endpoint in endpoints {
+            let (admit, t) = endpoint.lock().try_acquire(now);
+            self.notify(&endpoint.id, t);
+            match admit {
+                Admit::Yes(permit) => admitted.push((endpoint, permit)),
+                Admit::No { retry_after: r } => retry_after = Some(retry_after.map_or(r, |x: std::time::Duration| x.min(r))),
+            }
+        }
+        let loads: Vec<u32> = admitted.iter().map(|(e, _)| e.in_flight()).collect();
+        let Some(chosen) = p2c(&loads, &mut rt::rng()) else {
+            let wait = retry_after.unwrap_or_default();
+            return Err(Status::unavailable(format!(
+                "every instance of {} is open (circuit breaker); retry in {wait:?}",
+                self.service
+            )));
+        };
+        // Permits not used go back untouched, so no half-open probe slot leaks.
+        let picked = admitted.swap_remove(chosen);
+        for (endpoint, permit) in admitted {
+            endpoint.lock().release(permit);
+        }
+        Ok(picked)
+    }
+}
+
+impl Service<Request<Body>> for Balanced {
+    type Response = Response<Body>;
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<Response<Body>, Status>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let (endpoint, permit) = this.pick()?;
+            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let mut channel = endpoint.channel.clone();
+            let result = match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                Ok(()) => channel.call(req).await.map_err(|e| Status::from_error(e.into())),
+                Err(e) => Err(Status::from_error(e.into())),
+            };
+            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let failed = match &result {
+                Err(status) => is_instance_failure(status.code()),
+                // Trailers-only responses carry their status in the headers.
+                Ok(res) => Status::from_header_map(res.headers()).is_some_and(|s| is_instance_failure(s.code())),
+            };
+            let t = endpoint.lock().on_result(permit, !failed, rt::now(), rt::rng().gen_range(0.0..1.0));
+            this.notify(&endpoint.id, t);
+            result
+        })
+    }
+}
