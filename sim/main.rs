@@ -7,4 +7,5 @@
 mod broker;
 mod bus;
 mod call;
+mod pool;
 mod trace;

@@ -58,7 +58,9 @@ impl Endpoint {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -75,21 +77,30 @@ pub struct Balanced {
 
 impl std::fmt::Debug for Balanced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balanced").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("Balanced")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
 /// Whether a status says the instance (rather than the request) failed.
 #[must_use]
 pub fn is_instance_failure(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown)
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown
+    )
 }
 
 impl Balanced {
     /// An empty set for `service`.
     #[must_use]
     pub fn new(service: &str, hook: Option<TransitionHook>) -> Self {
-        Self { service: service.into(), endpoints: Arc::default(), hook }
+        Self {
+            service: service.into(),
+            endpoints: Arc::default(),
+            hook,
+        }
     }
 
     /// The endpoints, by instance id.
@@ -99,12 +110,18 @@ impl Balanced {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Endpoint>>> {
-        self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Replaces the set: keeps endpoints (and their breakers) still listed at
     /// the same address, adds new ones, drops the rest.
-    pub fn update(&self, instances: impl IntoIterator<Item = (String, SocketAddr)>, breaker: BreakerConfig) {
+    pub fn update(
+        &self,
+        instances: impl IntoIterator<Item = (String, SocketAddr)>,
+        breaker: BreakerConfig,
+    ) {
         let mut current = self.lock();
         let mut next = BTreeMap::new();
         for (id, addr) in instances {
@@ -127,7 +144,10 @@ impl Balanced {
     fn pick(&self) -> Result<(Arc<Endpoint>, Permit), Status> {
         let endpoints = self.endpoints();
         if endpoints.is_empty() {
-            return Err(Status::unavailable(format!("no healthy instance of {}", self.service)));
+            return Err(Status::unavailable(format!(
+                "no healthy instance of {}",
+                self.service
+            )));
         }
         let now = rt::now();
         let mut admitted = Vec::new();
@@ -137,7 +157,9 @@ impl Balanced {
             self.notify(&endpoint.id, t);
             match admit {
                 Admit::Yes(permit) => admitted.push((endpoint, permit)),
-                Admit::No { retry_after: r } => retry_after = Some(retry_after.map_or(r, |x: std::time::Duration| x.min(r))),
+                Admit::No { retry_after: r } => {
+                    retry_after = Some(retry_after.map_or(r, |x: std::time::Duration| x.min(r)))
+                }
             }
         }
         let loads: Vec<u32> = admitted.iter().map(|(e, _)| e.in_flight()).collect();
@@ -173,16 +195,25 @@ impl Service<Request<Body>> for Balanced {
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
             let mut channel = endpoint.channel.clone();
             let result = match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-                Ok(()) => channel.call(req).await.map_err(|e| Status::from_error(e.into())),
+                Ok(()) => channel
+                    .call(req)
+                    .await
+                    .map_err(|e| Status::from_error(e.into())),
                 Err(e) => Err(Status::from_error(e.into())),
             };
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
             let failed = match &result {
                 Err(status) => is_instance_failure(status.code()),
                 // Trailers-only responses carry their status in the headers.
-                Ok(res) => Status::from_header_map(res.headers()).is_some_and(|s| is_instance_failure(s.code())),
+                Ok(res) => Status::from_header_map(res.headers())
+                    .is_some_and(|s| is_instance_failure(s.code())),
             };
-            let t = endpoint.lock().on_result(permit, !failed, rt::now(), rt::rng().gen_range(0.0..1.0));
+            let t = endpoint.lock().on_result(
+                permit,
+                !failed,
+                rt::now(),
+                rt::rng().gen_range(0.0..1.0),
+            );
             this.notify(&endpoint.id, t);
             result
         })

@@ -58,7 +58,10 @@ pub struct PoolConfig {
 
 impl std::fmt::Debug for PoolConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolConfig").field("breaker", &self.breaker).field("watch", &self.watch).finish_non_exhaustive()
+        f.debug_struct("PoolConfig")
+            .field("breaker", &self.breaker)
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,13 +101,23 @@ fn socket_addr(info: &ServiceInfo) -> Option<SocketAddr> {
 }
 
 /// Keeps `balanced` equal to the registry's healthy set of `name`.
-async fn follow(registry: Arc<dyn Registry>, name: String, cfg: PoolConfig, balanced: Balanced, found: watch::Sender<bool>) {
+async fn follow(
+    registry: Arc<dyn Registry>,
+    name: String,
+    cfg: PoolConfig,
+    balanced: Balanced,
+    found: watch::Sender<bool>,
+) {
     let watcher = Watcher::spawn(registry, &name, cfg.watch);
     let mut instances = watcher.instances();
     // The watcher's first answer replaces the empty initial value.
     while instances.changed().await.is_ok() {
         let set = instances.borrow_and_update().clone();
-        balanced.update(set.iter().filter_map(|i| Some((i.id.clone(), socket_addr(i)?))), cfg.breaker);
+        balanced.update(
+            set.iter()
+                .filter_map(|i| Some((i.id.clone(), socket_addr(i)?))),
+            cfg.breaker,
+        );
         found.send_replace(true);
     }
 }
@@ -119,12 +132,22 @@ impl ClientPool {
     /// A pool with `cfg`.
     #[must_use]
     pub fn with_config(registry: Arc<dyn Registry>, cfg: PoolConfig) -> Self {
-        let inner = Inner { registry, cfg, services: Mutex::new(HashMap::new()), closed: AtomicBool::new(false) };
-        Self { inner: Arc::new(inner) }
+        let inner = Inner {
+            registry,
+            cfg,
+            services: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.inner.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The balanced channel of `service` (a cached one after the first call).
@@ -148,7 +171,11 @@ impl ClientPool {
                     balanced.clone(),
                     tx,
                 ));
-                Entry { balanced, discovered: rx, task }
+                Entry {
+                    balanced,
+                    discovered: rx,
+                    task,
+                }
             });
             (entry.balanced.clone(), entry.discovered.clone())
         };
@@ -163,7 +190,10 @@ impl ClientPool {
     /// breaker states (for status pages and tests).
     #[must_use]
     pub fn endpoints(&self, service: &str) -> Vec<Arc<super::balanced::Endpoint>> {
-        self.lock().get(service).map(|e| e.balanced.endpoints()).unwrap_or_default()
+        self.lock()
+            .get(service)
+            .map(|e| e.balanced.endpoints())
+            .unwrap_or_default()
     }
 
     /// A client of the cache service.
