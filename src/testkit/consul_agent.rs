@@ -139,24 +139,24 @@ impl ConsulAgent {
         out
     }
 
-    fn access(&self, headers: &HeaderMap) -> Result<Access, Response> {
+    fn access(&self, headers: &HeaderMap) -> Result<Access, Refusal> {
         let Some(required) = &self.config.acl_token else {
             return Ok(Access::Allowed);
         };
         match headers.get("x-consul-token") {
             None => Ok(Access::Anonymous),
             Some(t) if t.as_bytes() == required.as_bytes() => Ok(Access::Allowed),
-            Some(_) => Err(refuse((403, "ACL not found".to_owned()))),
+            Some(_) => Err((403, "ACL not found".to_owned())),
         }
     }
 
-    fn write_access(&self, headers: &HeaderMap, what: &str) -> Result<(), Response> {
+    fn write_access(&self, headers: &HeaderMap, what: &str) -> Result<(), Refusal> {
         match self.access(headers)? {
             Access::Allowed => Ok(()),
-            Access::Anonymous => Err(refuse((
+            Access::Anonymous => Err((
                 403,
                 format!("Permission denied: anonymous token lacks permission '{what}'"),
-            ))),
+            )),
         }
     }
 }
@@ -183,7 +183,7 @@ async fn register(
     body: Bytes,
 ) -> Response {
     if let Err(r) = agent.write_access(&headers, "service:write") {
-        return r;
+        return refuse(r);
     }
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
         let mut recorded = lock(&agent.register_bodies);
@@ -201,7 +201,7 @@ async fn deregister(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = agent.write_access(&headers, "service:write") {
-        return r;
+        return refuse(r);
     }
     done(agent.with_state(|s| s.deregister(&id)))
 }
@@ -212,7 +212,7 @@ async fn pass(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = agent.write_access(&headers, "service:write") {
-        return r;
+        return refuse(r);
     }
     let now = rt::now();
     done(agent.with_state(|s| s.pass(&check_id, now)))
@@ -263,7 +263,7 @@ async fn health(
 ) -> Response {
     let access = match agent.access(&headers) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let q = match health_query(raw.as_deref()) {
         Ok(q) => q,
