@@ -1,5 +1,6 @@
 //! The Consul registry backend against the Consul agent model (and against
-//! misbehaving fake agents), over real HTTP on tokio.
+//! misbehaving fake agents), over real HTTP on tokio (hence not under madsim).
+#![cfg(not(madsim))]
 
 use std::sync::Arc;
 use std::time::Duration;
