@@ -2,6 +2,8 @@
 //! suites every registry and event bus backend must pass. They assert (a
 //! failure is a panic naming the broken rule) and take their time from the
 //! runtime seam, so they run on tokio against real servers and inside madsim.
+//! Also a model of a Consul agent ([`consul_agent`]) to run the Consul backend against.
 
 pub mod bus_contract;
+pub mod consul_agent;
 pub mod registry_contract;
