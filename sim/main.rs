@@ -8,4 +8,5 @@ mod broker;
 mod bus;
 mod call;
 mod pool;
+mod registry;
 mod trace;

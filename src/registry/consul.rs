@@ -21,6 +21,8 @@ mod wire;
 pub use transport::HttpTransport;
 #[cfg(not(madsim))]
 pub use transport::HyperTransport;
+#[cfg(madsim)]
+pub use transport::SimTransport;
 pub use wire::{
     CHECK_META_KEY, FOREIGN_CHECK_TTL, MIN_DEREGISTER_AFTER, check_id, format_duration,
 };

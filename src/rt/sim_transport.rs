@@ -66,6 +66,9 @@ struct Head {
     status: u32,
     #[prost(message, repeated, tag = "3")]
     headers: Vec<WireHeader>,
+    /// Request method (gRPC always uses POST; plain HTTP routes need it).
+    #[prost(string, tag = "4")]
+    method: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -261,6 +264,7 @@ async fn call(addr: SocketAddr, req: Request<Body>) -> Result<Response<Body>, St
             .to_owned(),
         status: 0,
         headers: headers_to_wire(&parts.headers),
+        method: parts.method.as_str().to_owned(),
     };
     let sender = spawn(async move {
         if write_frame(&mut writer, Kind::Head(head)).await.is_ok() {
@@ -351,7 +355,14 @@ where
     let deadline = now() + limit;
     let body = body_from_reader(reader, deadline, peer, AbortOnDrop(None));
     let mut request = Request::new(body);
-    *request.method_mut() = Method::POST;
+    *request.method_mut() = if head.method.is_empty() {
+        Method::POST
+    } else {
+        match Method::from_bytes(head.method.as_bytes()) {
+            Ok(method) => method,
+            Err(_) => return,
+        }
+    };
     *request.version_mut() = Version::HTTP_2;
     *request.headers_mut() = headers;
     match head.path.parse() {
@@ -370,9 +381,9 @@ where
         };
         let (parts, body) = response.into_parts();
         let head = Head {
-            path: String::new(),
             status: u32::from(parts.status.as_u16()),
             headers: headers_to_wire(&parts.headers),
+            ..Head::default()
         };
         write_frame(&mut writer, Kind::Head(head)).await?;
         head_written = true;
@@ -413,9 +424,9 @@ async fn write_trailers_only<W: AsyncWrite + Unpin>(w: &mut W, status: &Status) 
     write_frame(
         w,
         Kind::Head(Head {
-            path: String::new(),
             status: 200,
             headers,
+            ..Head::default()
         }),
     )
     .await?;

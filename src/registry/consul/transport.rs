@@ -78,3 +78,68 @@ mod hyper_impl {
         }
     }
 }
+
+#[cfg(madsim)]
+pub use sim_impl::SimTransport;
+
+#[cfg(madsim)]
+mod sim_impl {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full, Limited};
+    use tower::ServiceExt as _;
+
+    use super::HttpTransport;
+    use crate::rt::transport;
+
+    /// The simulator's transport: the request over madsim's network to the
+    /// node named by the URL's `ip:port` (a simulated agent serving the
+    /// same HTTP API).
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct SimTransport;
+
+    /// The simulated transport's own deadline; the caller's (shorter)
+    /// timeout is what normally ends a call.
+    const CALL_LIMIT: Duration = Duration::from_secs(11 * 60);
+
+    #[async_trait]
+    impl HttpTransport for SimTransport {
+        async fn send(
+            &self,
+            req: http::Request<Bytes>,
+            body_limit: usize,
+        ) -> Result<http::Response<Bytes>, String> {
+            let addr: SocketAddr = req
+                .uri()
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| format!("{}: not an ip:port URL", req.uri()))?;
+            let (mut parts, body) = req.into_parts();
+            parts.uri = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .map_err(|e| format!("bad path: {e}"))?;
+            parts.headers.insert(
+                crate::grpc_timeout::HEADER,
+                crate::grpc_timeout::encode(CALL_LIMIT),
+            );
+            let req = http::Request::from_parts(parts, tonic::body::Body::new(Full::new(body)));
+            let res = transport::channel(addr)
+                .oneshot(req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (parts, body) = res.into_parts();
+            let bytes = Limited::new(body, body_limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, bytes))
+        }
+    }
+}
