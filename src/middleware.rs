@@ -1,4 +1,5 @@
 //! Tower layers for gRPC calls, one per file, each shaped like tower's
 //! `timeout` (layer, service, response future).
 
+pub mod auth;
 pub mod request_id;

@@ -1,0 +1,392 @@
+//! Service-to-service authentication: every call carries a signed, expiring
+//! service identity in `x-service-token`; the server layer rejects missing,
+//! expired or forged ones with UNAUTHENTICATED and hands the verified caller
+//! to the handler (and to the rate limiter) as [`Caller`].
+//!
+//! Token: `v1.<key id>.<service>.<expires unix ms>.<base64url HMAC-SHA256>`
+//! over everything before the signature. Keys carry ids so they can rotate:
+//! the verifier accepts the current and the previous key.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use http::{HeaderValue, Request, Response};
+use sha2::Sha256;
+use tower::{Layer, Service};
+
+use crate::rt;
+
+/// The header carrying the token.
+pub const HEADER: &str = "x-service-token";
+/// Longest token accepted.
+pub const MAX_TOKEN_LEN: usize = 512;
+/// Lifetime of minted tokens.
+pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+/// Clock skew tolerated between services.
+pub const MAX_SKEW: Duration = Duration::from_secs(30);
+/// Paths served without a token (stock health probes carry none).
+pub const EXEMPT_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/health"];
+
+/// A signing key with its id.
+#[derive(Clone)]
+pub struct Key {
+    /// Short id, `[A-Za-z0-9_-]{1,16}`, named in each token.
+    pub id: String,
+    secret: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Key {
+    /// A key; the secret must be at least 32 bytes.
+    ///
+    /// # Errors
+    /// [`AuthError::BadKey`] for a short secret or a malformed id.
+    pub fn new(id: &str, secret: &[u8]) -> Result<Self, AuthError> {
+        let id_ok = !id.is_empty()
+            && id.len() <= 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        if !id_ok || secret.len() < 32 {
+            return Err(AuthError::BadKey);
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            secret: secret.into(),
+        })
+    }
+
+    fn mac(&self, message: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
+        mac.update(message);
+        mac
+    }
+}
+
+/// The keys a node signs and verifies with.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    /// Signs new tokens; also verifies.
+    pub current: Key,
+    /// Still verifies (during a rotation).
+    pub previous: Option<Key>,
+}
+
+impl Keyring {
+    /// A keyring with one key.
+    #[must_use]
+    pub fn new(current: Key) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token on the call.
+    #[error("missing service token ({HEADER})")]
+    Missing,
+    /// Not of the token's shape.
+    #[error("malformed service token")]
+    Malformed,
+    /// Signed by a key this node does not know.
+    #[error("service token signed with unknown key {0:?}")]
+    UnknownKey(String),
+    /// The signature does not match.
+    #[error("service token signature is invalid")]
+    Forged,
+    /// Past its expiry.
+    #[error("service token expired")]
+    Expired,
+    /// A key that is too short or badly named.
+    #[error("signing keys need an id of [A-Za-z0-9_-]{{1,16}} and at least 32 secret bytes")]
+    BadKey,
+}
+
+fn valid_service(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Mints a token for `service`, valid until `expires_ms` (Unix ms).
+///
+/// # Panics
+/// If `service` is not `[A-Za-z0-9-]{1,64}` (a configuration bug).
+#[must_use]
+pub fn mint(key: &Key, service: &str, expires_ms: u64) -> String {
+    assert!(
+        valid_service(service),
+        "service names are [A-Za-z0-9-]{{1,64}}: {service:?}"
+    );
+    let body = format!("v1.{}.{service}.{expires_ms}", key.id);
+    let sig = URL_SAFE_NO_PAD.encode(key.mac(body.as_bytes()).finalize().into_bytes());
+    format!("{body}.{sig}")
+}
+
+/// Verifies `token` at `now_ms`; returns the calling service.
+///
+/// # Errors
+/// Why the token is refused.
+pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<String, AuthError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Malformed);
+    }
+    let token = std::str::from_utf8(token).map_err(|_| AuthError::Malformed)?;
+    let (body, sig) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
+    let mut parts = body.split('.');
+    let (Some("v1"), Some(kid), Some(service), Some(expires), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(AuthError::Malformed);
+    };
+    let expires: u64 = expires.parse().map_err(|_| AuthError::Malformed)?;
+    if !valid_service(service) {
+        return Err(AuthError::Malformed);
+    }
+    let key = [Some(&keys.current), keys.previous.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|k| k.id == kid)
+        .ok_or_else(|| AuthError::UnknownKey(kid.chars().take(16).collect()))?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| AuthError::Malformed)?;
+    key.mac(body.as_bytes())
+        .verify_slice(&sig)
+        .map_err(|_| AuthError::Forged)?;
+    let skew = u64::try_from(MAX_SKEW.as_millis()).unwrap_or(u64::MAX);
+    if now_ms > expires.saturating_add(skew) {
+        return Err(AuthError::Expired);
+    }
+    Ok(service.to_owned())
+}
+
+/// The verified calling service, as a request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+/// Server side: verifies the token of every call (health exempt).
+#[derive(Debug, Clone)]
+pub struct VerifyLayer {
+    keys: Arc<Keyring>,
+}
+
+impl VerifyLayer {
+    /// Verifies against `keys`.
+    #[must_use]
+    pub fn new(keys: Keyring) -> Self {
+        Self {
+            keys: Arc::new(keys),
+        }
+    }
+}
+
+impl<S> Layer<S> for VerifyLayer {
+    type Service = Verify<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Verify {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// See [`VerifyLayer`].
+#[derive(Debug, Clone)]
+pub struct Verify<S> {
+    inner: S,
+    keys: Arc<Keyring>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Verify<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = VerifyFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if EXEMPT_PREFIXES
+            .iter()
+            .any(|p| req.uri().path().starts_with(p))
+        {
+            return VerifyFuture::Inner {
+                inner: self.inner.call(req),
+            };
+        }
+        let verdict = match req.headers().get(HEADER) {
+            None => Err(AuthError::Missing),
+            Some(token) => verify(&self.keys, token.as_bytes(), rt::unix_ms()),
+        };
+        match verdict {
+            Ok(service) => {
+                req.extensions_mut().insert(Caller(service));
+                VerifyFuture::Inner {
+                    inner: self.inner.call(req),
+                }
+            }
+            Err(e) => {
+                tracing::debug!(path = req.uri().path(), error = %e, "refused a call");
+                let (parts, ()) = tonic::Status::unauthenticated(e.to_string())
+                    .into_http::<()>()
+                    .into_parts();
+                VerifyFuture::Refused {
+                    response: Some(Response::from_parts(parts, ResBody::default())),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call, or the refusal.
+    #[project = VerifyProj]
+    pub enum VerifyFuture<F, ResBody> {
+        /// Verified: the inner service's future.
+        Inner { #[pin] inner: F },
+        /// Refused: a ready UNAUTHENTICATED response.
+        Refused { response: Option<Response<ResBody>> },
+    }
+}
+
+impl<F, ResBody, E> Future for VerifyFuture<F, ResBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            VerifyProj::Inner { inner } => inner.poll(cx),
+            VerifyProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+/// Client side: attaches a token for this service, minted from `keys` and
+/// renewed when it has less than a fifth of its lifetime left.
+#[derive(Debug, Clone)]
+pub struct AttachLayer {
+    state: Arc<AttachState>,
+}
+
+#[derive(Debug)]
+struct AttachState {
+    key: Key,
+    service: String,
+    cached: std::sync::Mutex<Option<(HeaderValue, u64)>>,
+}
+
+impl AttachLayer {
+    /// Attaches tokens naming `service`, signed with `keys.current`.
+    ///
+    /// # Panics
+    /// If `service` is not `[A-Za-z0-9-]{1,64}`.
+    #[must_use]
+    pub fn new(keys: &Keyring, service: &str) -> Self {
+        assert!(
+            valid_service(service),
+            "service names are [A-Za-z0-9-]{{1,64}}: {service:?}"
+        );
+        let state = AttachState {
+            key: keys.current.clone(),
+            service: service.to_owned(),
+            cached: Default::default(),
+        };
+        Self {
+            state: Arc::new(state),
+        }
+    }
+
+    fn token(&self) -> HeaderValue {
+        let now = rt::unix_ms();
+        let ttl = u64::try_from(TOKEN_TTL.as_millis()).unwrap_or(u64::MAX);
+        let mut cached = self
+            .state
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cached {
+            Some((token, expires)) if now + ttl / 5 < *expires => token.clone(),
+            _ => {
+                let expires = now + ttl;
+                let token =
+                    HeaderValue::try_from(mint(&self.state.key, &self.state.service, expires))
+                        .expect("tokens are ASCII");
+                *cached = Some((token.clone(), expires));
+                token
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for AttachLayer {
+    type Service = Attach<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Attach {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`AttachLayer`].
+#[derive(Debug, Clone)]
+pub struct Attach<S> {
+    inner: S,
+    layer: AttachLayer,
+}
+
+impl<S, B> Service<Request<B>> for Attach<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        req.headers_mut().insert(HEADER, self.layer.token());
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests;
