@@ -3,3 +3,4 @@
 
 pub mod auth;
 pub mod request_id;
+pub mod timeout;
