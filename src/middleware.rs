@@ -2,5 +2,6 @@
 //! `timeout` (layer, service, response future).
 
 pub mod auth;
+pub mod rate_limit;
 pub mod request_id;
 pub mod timeout;
