@@ -275,3 +275,48 @@ async fn expiry_bound_and_watch_wakes_on_expiry() {
     hb.await.expect("heartbeats");
     teardown(&js, &store).await;
 }
+
+#[tokio::test]
+async fn reads_leave_no_consumers_behind() {
+    let (registry, store, js) = setup().await;
+    let name = unique_name("kv-consumers");
+    let a = instance(&name, 7107, Duration::from_secs(5));
+    registry.register(&a).await.expect("register");
+    let started = rt::now();
+    for _ in 0..50 {
+        assert_eq!(registry.discover(&name).await.expect("discover").len(), 1);
+    }
+    let per_discover = (rt::now() - started) / 50;
+    eprintln!("discover: {per_discover:?} each (1 instance)");
+    let first = registry
+        .watch(&name, 0, Duration::ZERO)
+        .await
+        .expect("watch");
+    registry
+        .watch(&name, first.index, Duration::from_millis(200))
+        .await
+        .expect("blocking watch");
+    // The blocking watch's consumer is deleted in the background.
+    let mut stream = js
+        .get_stream(format!("KV_{}", store.name))
+        .await
+        .expect("stream");
+    let started = rt::now();
+    loop {
+        let consumers = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .consumer_count;
+        if consumers == 0 {
+            break;
+        }
+        assert!(
+            rt::now() - started < Duration::from_secs(2),
+            "{consumers} consumer(s) left behind"
+        );
+        rt::sleep(Duration::from_millis(50)).await;
+    }
+    teardown(&js, &store).await;
+}

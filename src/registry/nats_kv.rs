@@ -24,20 +24,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::push::{Ordered, OrderedConfig};
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, ErrorCode};
 use async_trait::async_trait;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::TryStreamExt as _;
 
 use super::{CheckKind, Registry, RegistryError, ServiceInfo, WatchResult, validate};
 use crate::rt;
 
 mod options;
 pub mod view;
+mod watch;
 
 pub use options::Options;
 use view::{Record, Slot, View, key, token};
@@ -194,95 +193,6 @@ impl NatsKvRegistry {
         }
     }
 
-    /// Turns a delivered message into its key and slot.
-    fn slot_of(&self, msg: &jetstream::Message) -> Option<(String, Slot, u64)> {
-        let info = match msg.info() {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::warn!(error = %e, "registry message without metadata skipped");
-                return None;
-            }
-        };
-        let key = msg
-            .subject
-            .strip_prefix(self.store.prefix.as_str())?
-            .to_owned();
-        let removed = msg.headers.as_ref().is_some_and(|h| {
-            h.get("Nats-Marker-Reason").is_some()
-                || h.get("KV-Operation").is_some_and(|op| {
-                    op.as_str()
-                        .parse::<Operation>()
-                        .is_ok_and(|op| op != Operation::Put)
-                })
-        });
-        let record = if removed {
-            None
-        } else {
-            Record::parse(&key, &msg.payload)
-        };
-        let slot = Slot {
-            revision: info.stream_sequence,
-            written_unix_ms: unix_ms_of(info.published),
-            record,
-        };
-        Some((key, slot, info.pending))
-    }
-
-    /// Opens an ordered consumer on the latest entry of every key of `name`
-    /// and reads them; the consumer then delivers later changes.
-    async fn open(&self, name: &str) -> Result<(View, Ordered), RegistryError> {
-        let config = OrderedConfig {
-            deliver_subject: self.client.new_inbox(),
-            description: Some("streamgate registry watch".to_owned()),
-            filter_subject: format!("{}{}.*", self.store.prefix, token(name)),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            replay_policy: ReplayPolicy::Instant,
-            ..Default::default()
-        };
-        let deadline = rt::now() + self.opts.request_timeout;
-        let consumer = rt::timeout_at(deadline, self.store.stream.create_consumer(config))
-            .await
-            .map_err(|e| unavailable("watch", e))?
-            .map_err(|e| unavailable("watch", e))?;
-        let pending = consumer.cached_info().num_pending;
-        let mut messages = rt::timeout_at(deadline, consumer.messages())
-            .await
-            .map_err(|e| unavailable("watch", e))?
-            .map_err(|e| unavailable("watch", e))?;
-        let mut view = View::default();
-        if pending > 0 {
-            loop {
-                let msg = match rt::timeout_at(deadline, messages.next()).await {
-                    Err(e) => return Err(unavailable("listing", e)),
-                    Ok(None) => return Err(unavailable("listing", "stream closed")),
-                    Ok(Some(Err(e))) => return Err(unavailable("listing", e)),
-                    Ok(Some(Ok(msg))) => msg,
-                };
-                let Some((key, slot, left)) = self.slot_of(&msg) else {
-                    continue;
-                };
-                view.apply(key, slot);
-                if left == 0 {
-                    break;
-                }
-            }
-        }
-        Ok((view, messages))
-    }
-
-    /// [`Self::open`], once more after re-creating a lost bucket or when the
-    /// listing stalled (entries removed while it was read).
-    async fn open_retrying(&self, name: &str) -> Result<(View, Ordered), RegistryError> {
-        match self.open(name).await {
-            Ok(opened) => Ok(opened),
-            Err(e) => {
-                tracing::debug!(error = %e, "registry listing failed; retrying once");
-                self.ensure_bucket().await?;
-                self.open(name).await
-            }
-        }
-    }
-
     async fn reap(&self, view: &View, now_ms: u64) {
         for (key, revision) in view.removable(now_ms) {
             self.remove_critical(&key, revision).await;
@@ -422,50 +332,20 @@ impl Registry for NatsKvRegistry {
         Err(unavailable("heartbeat", "the entry kept changing"))
     }
 
+    async fn discover(&self, name: &str) -> Result<Vec<ServiceInfo>, RegistryError> {
+        let view = self.list_retrying(name).await?;
+        let now_ms = rt::unix_ms();
+        self.reap(&view, now_ms).await;
+        Ok(view.healthy(now_ms))
+    }
+
     async fn watch(
         &self,
         name: &str,
         index: u64,
         wait: Duration,
     ) -> Result<WatchResult, RegistryError> {
-        let deadline = rt::now() + wait;
-        let (mut view, mut messages) = self.open_retrying(name).await?;
-        let now_ms = rt::unix_ms();
-        self.reap(&view, now_ms).await;
-        let baseline = view.healthy(now_ms);
-        if view.latest().max(1) > index || rt::now() >= deadline {
-            return Ok(WatchResult {
-                index: view.latest().max(1),
-                instances: baseline,
-            });
-        }
-        // Block until the healthy set changes (a write other than a
-        // heartbeat of a passing instance, or an expiry) or `wait` passes.
-        loop {
-            let now_ms = rt::unix_ms();
-            let until = view.next_event(now_ms).map_or(deadline, |at| {
-                (rt::now() + Duration::from_millis(at - now_ms)).min(deadline)
-            });
-            match rt::timeout_at(until, messages.next()).await {
-                Err(rt::Elapsed) => {}
-                Ok(Some(Ok(msg))) => {
-                    if let Some((key, slot, _)) = self.slot_of(&msg) {
-                        view.apply(key, slot);
-                    }
-                }
-                Ok(Some(Err(e))) => return Err(unavailable("watch", e)),
-                Ok(None) => return Err(unavailable("watch", "stream closed")),
-            }
-            let now_ms = rt::unix_ms();
-            self.reap(&view, now_ms).await;
-            let instances = view.healthy(now_ms);
-            if instances != baseline || rt::now() >= deadline {
-                return Ok(WatchResult {
-                    index: view.latest().max(1),
-                    instances,
-                });
-            }
-        }
+        self.blocking_watch(name, index, wait).await
     }
 
     async fn health(&self) -> Result<(), RegistryError> {
