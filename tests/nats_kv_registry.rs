@@ -320,3 +320,18 @@ async fn reads_leave_no_consumers_behind() {
     }
     teardown(&js, &store).await;
 }
+
+#[tokio::test]
+async fn unreachable_server_fails_fast_as_unavailable() {
+    let mut opts = Options::new("nats://127.0.0.1:1");
+    opts.connect_timeout = Duration::from_secs(1);
+    let started = rt::now();
+    let err = NatsKvRegistry::connect(opts)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(matches!(err, RegistryError::Unavailable(_)), "{err}");
+    assert!(
+        rt::now() - started < Duration::from_secs(3),
+        "bounded by connect_timeout"
+    );
+}

@@ -3,22 +3,29 @@
 //!
 //! Layout: one key per instance, `<name>.<id>` (see [`view::token`] for the
 //! encoding), holding JSON of the [`ServiceInfo`] and the last heartbeat.
-//! Register is a put, deregister a delete, heartbeat a compare-and-set put
-//! that answers [`RegistryError::NotFound`] when the key is gone.
+//! Register is a put, deregister a delete (gone from discovery at once),
+//! heartbeat a compare-and-set put that answers [`RegistryError::NotFound`]
+//! when the key is gone, so the kernel registers again. A deleted bucket is
+//! created again by the next call that finds it missing.
 //!
-//! Health: an entry is passing while the server's timestamp of its last write
+//! Health: an entry passes while the server's timestamp of its last write
 //! is younger than `check.ttl_expiry()`, compared with this process's wall
 //! clock ([`rt::unix_ms`]). The server stamps every write, so writers' clocks
-//! do not matter and one clock judges all instances; clock skew between the
-//! reader and the server adds to (or subtracts from) the staleness bound, and
-//! a write stamped in the reader's future counts as fresh. Entries critical
-//! for `deregister_critical_after` are deleted (compare-and-set, so a racing
-//! heartbeat wins) by whoever reads them first: discover, watch or the
-//! instance's own heartbeat. The bucket's `max_age` is the backstop that
-//! removes anything nobody read, and old delete markers.
+//! do not matter and one clock judges all instances; skew between reader and
+//! server shifts the expiry by the skew (a write stamped in the reader's
+//! future counts as fresh). Entries critical for `deregister_critical_after`
+//! are deleted (compare-and-set, so a racing heartbeat wins) by whoever reads
+//! them first: discover, watch or the instance's own heartbeat. The bucket's
+//! `max_age` is the backstop for entries nobody reads, and old delete markers.
 //!
-//! Only TTL checks: the bucket cannot probe HTTP endpoints, so HTTP checks
-//! are refused as invalid.
+//! Reads: discover lists the service's keys and gets each (no server-side
+//! state, about a millisecond). A blocking watch opens an ordered consumer on
+//! `<name>.*` and wakes on a write that changes the healthy set (heartbeats of
+//! passing instances do not) or at the next expiry; its index is the latest
+//! revision under `<name>.*`, heartbeats included.
+//!
+//! Only TTL checks: the bucket cannot probe HTTP endpoints, so HTTP checks are
+//! refused as invalid.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -126,7 +133,12 @@ impl NatsKvRegistry {
 
     /// Re-creates the bucket if it is gone (the server lost its data or
     /// someone deleted it); `true` if it had to.
+    /// Fails fast while disconnected (a request would only time out).
     async fn ensure_bucket(&self) -> Result<bool, RegistryError> {
+        let state = self.client.connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(unavailable("server", format!("not connected ({state})")));
+        }
         let stream = format!("KV_{}", self.opts.bucket);
         match rt::timeout(self.opts.request_timeout, self.js.get_stream(&stream)).await {
             Err(e) => Err(unavailable("bucket status", e)),
@@ -298,7 +310,8 @@ impl Registry for NatsKvRegistry {
                 Ok(Ok(Some(entry))) if entry.operation == Operation::Put => entry,
                 Ok(Ok(_)) => return Err(not_found()),
                 Ok(Err(e)) => {
-                    // A lost bucket lost the registration with it.
+                    // A lost bucket lost the registration with it. (A direct
+                    // get on a missing stream reports a timeout: no responders.)
                     return Err(match self.ensure_bucket().await? {
                         true => not_found(),
                         false => unavailable("heartbeat", e),
