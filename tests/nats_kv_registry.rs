@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use streamgate::bus::memory::MemoryBus;
 use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
-use streamgate::registry::{Registry, RegistryError};
+use streamgate::registry::{CheckKind, Registry, RegistryError};
 use streamgate::rt;
 use streamgate::services::ServiceOpts;
 use streamgate::testkit::registry_contract::{self, instance, unique_name};
@@ -334,4 +334,38 @@ async fn unreachable_server_fails_fast_as_unavailable() {
         rt::now() - started < Duration::from_secs(3),
         "bounded by connect_timeout"
     );
+}
+
+#[tokio::test]
+async fn a_new_name_replaces_the_id_and_http_checks_are_refused() {
+    let (registry, store, js) = setup().await;
+    let (old, new) = (unique_name("kv-old"), unique_name("kv-new"));
+    let a = instance(&old, 7108, Duration::from_secs(5));
+    registry.register(&a).await.expect("register");
+    let mut moved = a.clone();
+    moved.name.clone_from(&new);
+    registry
+        .register(&moved)
+        .await
+        .expect("register under a new name");
+    assert!(registry.discover(&old).await.expect("discover").is_empty());
+    assert_eq!(
+        registry.discover(&new).await.expect("discover"),
+        vec![moved]
+    );
+
+    let mut http = instance(&new, 7109, Duration::from_secs(5));
+    http.check.kind = CheckKind::Http {
+        url: "http://127.0.0.1:7109/health".into(),
+    };
+    let err = registry.register(&http).await.expect_err("HTTP check");
+    assert!(matches!(err, RegistryError::Invalid(_)), "{err}");
+    let mut long = instance(&new, 7110, Duration::from_secs(100));
+    long.check.timeout = Duration::from_secs(100);
+    let err = registry
+        .register(&long)
+        .await
+        .expect_err("TTL beyond max_age");
+    assert!(matches!(err, RegistryError::Invalid(_)), "{err}");
+    teardown(&js, &store).await;
 }

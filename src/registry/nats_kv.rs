@@ -285,10 +285,18 @@ impl Registry for NatsKvRegistry {
             self.put(&key, &record).await?;
         }
         self.names().insert(info.id.clone(), info.name.clone());
-        // Registering an id under a new name replaces the old registration.
-        for other in self.keys_of(&info.id).await? {
-            if other != key {
-                self.remove_any(&other).await?;
+        // Registering an id under a new name replaces the old registration
+        // (best effort: the registration itself has succeeded).
+        let others = match self.keys_of(&info.id).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(id = %info.id, error = %e, "stale keys of the id not looked up");
+                Vec::new()
+            }
+        };
+        for other in others.iter().filter(|k| **k != key) {
+            if let Err(e) = self.remove_any(other).await {
+                tracing::warn!(key = %other, error = %e, "stale key of the id not removed");
             }
         }
         Ok(())
