@@ -60,7 +60,7 @@ pub struct NatsKvRegistry {
     /// The bucket's actual `max_age` (it may predate our options).
     max_age: Duration,
     /// Which name each id was registered under by this process: a hint that
-    /// saves a lookup per heartbeat, always checked against the bucket.
+    /// saves a lookup per heartbeat (a key missing under it is `NotFound`).
     names: Mutex<HashMap<String, String>>,
 }
 
@@ -132,8 +132,8 @@ impl NatsKvRegistry {
     }
 
     /// Re-creates the bucket if it is gone (the server lost its data or
-    /// someone deleted it); `true` if it had to.
-    /// Fails fast while disconnected (a request would only time out).
+    /// someone deleted it); `true` if it had to. Fails fast while
+    /// disconnected, where a request would only time out.
     async fn ensure_bucket(&self) -> Result<bool, RegistryError> {
         let state = self.client.connection_state();
         if state != async_nats::connection::State::Connected {
