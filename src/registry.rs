@@ -1,9 +1,9 @@
 //! Service registry: where services announce themselves and find each other.
 //!
-//! One trait, several backends: [`memory`] (monolith, tests); Consul, NATS KV
-//! and the simulated registry node follow the same contract. Semantics follow
-//! Consul's: discovery returns only passing instances, and [`Registry::watch`]
-//! is a blocking query on an index.
+//! One trait, several backends: [`memory`] (monolith, tests), `nats_kv`
+//! (production); Consul and the simulated registry node follow the same
+//! contract. Semantics follow Consul's: discovery returns only passing
+//! instances, and [`Registry::watch`] is a blocking query on an index.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod consul;
 pub mod memory;
+#[cfg(not(madsim))]
+pub mod nats_kv;
 pub mod watcher;
 
 /// Longest accepted service name or instance id.

@@ -1,0 +1,385 @@
+//! A service registry on a NATS JetStream key-value bucket: the one that runs
+//! for real on these machines, and the default in microservices mode.
+//!
+//! Layout: one key per instance, `<name>.<id>` (see [`view::token`] for the
+//! encoding), holding JSON of the [`ServiceInfo`] and the last heartbeat.
+//! Register is a put, deregister a delete (gone from discovery at once),
+//! heartbeat a compare-and-set put that answers [`RegistryError::NotFound`]
+//! when the key is gone, so the kernel registers again. A deleted bucket is
+//! created again by the next call that finds it missing.
+//!
+//! Health: an entry passes while the server's timestamp of its last write
+//! is younger than `check.ttl_expiry()`, compared with this process's wall
+//! clock ([`rt::unix_ms`]). The server stamps every write, so writers' clocks
+//! do not matter and one clock judges all instances; skew between reader and
+//! server shifts the expiry by the skew (a write stamped in the reader's
+//! future counts as fresh). Entries critical for `deregister_critical_after`
+//! are deleted (compare-and-set, so a racing heartbeat wins) by whoever reads
+//! them first: discover, watch or the instance's own heartbeat. The bucket's
+//! `max_age` is the backstop for entries nobody reads, and old delete markers.
+//!
+//! Reads: discover lists the service's keys and gets each (no server-side
+//! state, about a millisecond). A blocking watch opens an ordered consumer on
+//! `<name>.*` and wakes on a write that changes the healthy set (heartbeats of
+//! passing instances do not) or at the next expiry; its index is the latest
+//! revision under `<name>.*`, heartbeats included.
+//!
+//! Only TTL checks: the bucket cannot probe HTTP endpoints, so HTTP checks are
+//! refused as invalid.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
+use async_nats::jetstream::stream;
+use async_nats::jetstream::{self, ErrorCode};
+use async_trait::async_trait;
+use futures::TryStreamExt as _;
+
+use super::{CheckKind, Registry, RegistryError, ServiceInfo, WatchResult, validate};
+use crate::rt;
+
+mod options;
+pub mod view;
+mod watch;
+
+pub use options::Options;
+use view::{Record, Slot, View, key, token};
+
+/// Compare-and-set attempts of one heartbeat before giving up.
+const HEARTBEAT_ATTEMPTS: usize = 3;
+
+/// A [`Registry`] on a NATS JetStream key-value bucket.
+pub struct NatsKvRegistry {
+    opts: Options,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    store: kv::Store,
+    /// The bucket's actual `max_age` (it may predate our options).
+    max_age: Duration,
+    /// Which name each id was registered under by this process: a hint that
+    /// saves a lookup per heartbeat (a key missing under it is `NotFound`).
+    names: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for NatsKvRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsKvRegistry")
+            .field("opts", &self.opts)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, err: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Unavailable(format!("nats kv: {what}: {err}"))
+}
+
+impl NatsKvRegistry {
+    /// Connects to `opts.url` and creates the bucket, or binds to it if it exists.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for bad options, [`RegistryError::Unavailable`]
+    /// when the server cannot be reached (within `connect_timeout`) or refuses.
+    pub async fn connect(opts: Options) -> Result<Self, RegistryError> {
+        opts.validate()?;
+        let connecting = async_nats::ConnectOptions::new()
+            .connection_timeout(opts.connect_timeout)
+            .request_timeout(Some(opts.request_timeout))
+            .connect(opts.url.as_str());
+        let client = rt::timeout(opts.connect_timeout, connecting)
+            .await
+            .map_err(|e| unavailable(&format!("connecting to {}", opts.url), e))?
+            .map_err(|e| unavailable(&format!("connecting to {}", opts.url), e))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(opts.request_timeout);
+        let store = bind_or_create(&js, &opts).await?;
+        let status = store
+            .status()
+            .await
+            .map_err(|e| unavailable("bucket status", e))?;
+        let max_age = status.max_age();
+        if max_age != opts.max_age || status.history() != opts.history {
+            tracing::warn!(
+                bucket = %opts.bucket,
+                ?max_age,
+                history = status.history(),
+                "bucket exists with other settings; using it as it is"
+            );
+        }
+        Ok(Self {
+            opts,
+            client,
+            js,
+            store,
+            max_age,
+            names: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The options it was connected with.
+    #[must_use]
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Re-creates the bucket if it is gone (the server lost its data or
+    /// someone deleted it); `true` if it had to. Fails fast while
+    /// disconnected, where a request would only time out.
+    async fn ensure_bucket(&self) -> Result<bool, RegistryError> {
+        let state = self.client.connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(unavailable("server", format!("not connected ({state})")));
+        }
+        let stream = format!("KV_{}", self.opts.bucket);
+        match rt::timeout(self.opts.request_timeout, self.js.get_stream(&stream)).await {
+            Err(e) => Err(unavailable("bucket status", e)),
+            Ok(Ok(_)) => Ok(false),
+            Ok(Err(e)) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    tracing::warn!(bucket = %self.opts.bucket, "registry bucket gone; creating it again");
+                    bind_or_create(&self.js, &self.opts).await?;
+                    Ok(true)
+                }
+                _ => Err(unavailable("bucket status", e)),
+            },
+        }
+    }
+
+    /// The keys that hold (or held) instance `id`, under any name.
+    async fn keys_of(&self, id: &str) -> Result<Vec<String>, RegistryError> {
+        let filter = format!("{}*.{}", self.store.prefix, token(id));
+        let listing = async {
+            let subjects = self.store.stream.info_with_subjects(filter).await?;
+            subjects
+                .map_ok(|(subject, _)| subject)
+                .try_collect::<Vec<_>>()
+                .await
+        };
+        let subjects = rt::timeout(self.opts.request_timeout, listing)
+            .await
+            .map_err(|e| unavailable("looking up an id", e))?
+            .map_err(|e| unavailable("looking up an id", e))?;
+        Ok(subjects
+            .iter()
+            .filter_map(|s| s.strip_prefix(&self.store.prefix).map(str::to_owned))
+            .collect())
+    }
+
+    /// The key `id` lives under now, if any.
+    async fn find(&self, id: &str) -> Result<Option<String>, RegistryError> {
+        let hint = self.names().get(id).map(|name| key(name, id));
+        if hint.is_some() {
+            return Ok(hint);
+        }
+        Ok(self.keys_of(id).await?.into_iter().next())
+    }
+
+    async fn put(&self, key: &str, record: &Record) -> Result<u64, RegistryError> {
+        let value =
+            serde_json::to_vec(record).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        rt::timeout(self.opts.request_timeout, self.store.put(key, value.into()))
+            .await
+            .map_err(|e| unavailable("put", e))?
+            .map_err(|e| unavailable("put", e))
+    }
+
+    /// Deletes `key` if it is still at `revision` (best effort: a failure
+    /// means someone wrote it since, or the next reader retries).
+    async fn remove_critical(&self, key: &str, revision: u64) {
+        let deleting = self.store.delete_expect_revision(key, Some(revision));
+        match rt::timeout(self.opts.request_timeout, deleting).await {
+            Ok(Ok(())) => tracing::info!(%key, "critical registration removed"),
+            Ok(Err(e)) => tracing::debug!(%key, error = %e, "critical registration not removed"),
+            Err(e) => tracing::debug!(%key, error = %e, "critical registration not removed"),
+        }
+    }
+
+    async fn reap(&self, view: &View, now_ms: u64) {
+        for (key, revision) in view.removable(now_ms) {
+            self.remove_critical(&key, revision).await;
+        }
+    }
+}
+
+/// Binds to the bucket, creating it if missing (tolerating a racing creator).
+async fn bind_or_create(
+    js: &jetstream::Context,
+    opts: &Options,
+) -> Result<kv::Store, RegistryError> {
+    let timeout = opts.request_timeout;
+    if let Ok(Ok(store)) = rt::timeout(timeout, js.get_key_value(opts.bucket.as_str())).await {
+        return Ok(store);
+    }
+    // The stream a KV bucket is, spelled out: `create_key_value` first asks
+    // for the account info, which async-nats 0.51 cannot parse from 2.9
+    // servers (no `reserved_memory`).
+    let config = stream::Config {
+        name: format!("KV_{}", opts.bucket),
+        description: Some("StreamGate service registry".to_owned()),
+        subjects: vec![format!("$KV.{}.>", opts.bucket)],
+        max_messages_per_subject: opts.history,
+        max_age: opts.max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let created = match rt::timeout(timeout, js.create_stream(config)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(unavailable("creating the bucket", e)),
+        Err(e) => Some(unavailable("creating the bucket", e)),
+    };
+    match rt::timeout(timeout, js.get_key_value(opts.bucket.as_str())).await {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(e)) => Err(created.unwrap_or_else(|| unavailable("binding the bucket", e))),
+        Err(e) => Err(created.unwrap_or_else(|| unavailable("binding the bucket", e))),
+    }
+}
+
+/// The server's timestamp as Unix milliseconds.
+#[allow(clippy::disallowed_types)] // converts a timestamp; reads no clock
+fn unix_ms_of(at: impl Into<std::time::SystemTime>) -> u64 {
+    at.into()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[async_trait]
+impl Registry for NatsKvRegistry {
+    async fn register(&self, info: &ServiceInfo) -> Result<(), RegistryError> {
+        validate(info)?;
+        if !matches!(info.check.kind, CheckKind::Ttl) {
+            return Err(RegistryError::Invalid(
+                "the NATS KV registry supports TTL checks only".into(),
+            ));
+        }
+        if !self.max_age.is_zero() && info.check.ttl_expiry() > self.max_age {
+            return Err(RegistryError::Invalid(format!(
+                "TTL expiry {:?} exceeds the bucket's max_age {:?}",
+                info.check.ttl_expiry(),
+                self.max_age
+            )));
+        }
+        let key = key(&info.name, &info.id);
+        let record = Record {
+            info: info.clone(),
+            heartbeat_unix_ms: rt::unix_ms(),
+        };
+        if let Err(e) = self.put(&key, &record).await {
+            if !self.ensure_bucket().await? {
+                return Err(e);
+            }
+            self.put(&key, &record).await?;
+        }
+        self.names().insert(info.id.clone(), info.name.clone());
+        // Registering an id under a new name replaces the old registration
+        // (best effort: the registration itself has succeeded).
+        let others = match self.keys_of(&info.id).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(id = %info.id, error = %e, "stale keys of the id not looked up");
+                Vec::new()
+            }
+        };
+        for other in others.iter().filter(|k| **k != key) {
+            if let Err(e) = self.remove_any(other).await {
+                tracing::warn!(key = %other, error = %e, "stale key of the id not removed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
+        self.names().remove(id);
+        for key in self.keys_of(id).await? {
+            self.remove_any(&key).await?;
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
+        let not_found = || RegistryError::NotFound(id.to_owned());
+        let key = self.find(id).await?.ok_or_else(not_found)?;
+        for _ in 0..HEARTBEAT_ATTEMPTS {
+            let entry = match rt::timeout(self.opts.request_timeout, self.store.entry(&key)).await {
+                Ok(Ok(Some(entry))) if entry.operation == Operation::Put => entry,
+                Ok(Ok(_)) => return Err(not_found()),
+                Ok(Err(e)) => {
+                    // A lost bucket lost the registration with it. (A direct
+                    // get on a missing stream reports a timeout: no responders.)
+                    return Err(match self.ensure_bucket().await? {
+                        true => not_found(),
+                        false => unavailable("heartbeat", e),
+                    });
+                }
+                Err(e) => return Err(unavailable("heartbeat", e)),
+            };
+            let Some(mut record) = Record::parse(&key, &entry.value) else {
+                return Err(not_found());
+            };
+            let slot = Slot {
+                revision: entry.revision,
+                written_unix_ms: unix_ms_of(entry.created),
+                record: Some(record.clone()),
+            };
+            if slot.removal_due(rt::unix_ms()) {
+                self.remove_critical(&key, entry.revision).await;
+                return Err(not_found());
+            }
+            record.heartbeat_unix_ms = rt::unix_ms();
+            let value =
+                serde_json::to_vec(&record).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+            let update = self.store.update(&key, value.into(), entry.revision);
+            match rt::timeout(self.opts.request_timeout, update).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+                Ok(Err(e)) => return Err(unavailable("heartbeat", e)),
+                Err(e) => return Err(unavailable("heartbeat", e)),
+            }
+        }
+        Err(unavailable("heartbeat", "the entry kept changing"))
+    }
+
+    async fn discover(&self, name: &str) -> Result<Vec<ServiceInfo>, RegistryError> {
+        let view = self.list_retrying(name).await?;
+        let now_ms = rt::unix_ms();
+        self.reap(&view, now_ms).await;
+        Ok(view.healthy(now_ms))
+    }
+
+    async fn watch(
+        &self,
+        name: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<WatchResult, RegistryError> {
+        self.blocking_watch(name, index, wait).await
+    }
+
+    async fn health(&self) -> Result<(), RegistryError> {
+        self.ensure_bucket().await.map(|_| ())
+    }
+}
+
+impl NatsKvRegistry {
+    /// Deletes `key` whatever its revision (deregistration).
+    async fn remove_any(&self, key: &str) -> Result<(), RegistryError> {
+        rt::timeout(self.opts.request_timeout, self.store.delete(key))
+            .await
+            .map_err(|e| unavailable("delete", e))?
+            .map_err(|e| unavailable("delete", e))
+    }
+}
