@@ -11,6 +11,7 @@ use madsim::runtime::Handle;
 use streamgate::bus::memory::MemoryBus;
 use streamgate::client::ClientPool;
 use streamgate::kernel::{Runtime, ServiceKind};
+use streamgate::middleware::auth::AttachLayer;
 use streamgate::middleware::request_id::RequestIdLayer;
 use streamgate::proto::cache_service_client::CacheServiceClient;
 use streamgate::proto::{CacheGetRequest, CacheSetRequest};
@@ -34,11 +35,16 @@ fn node_runtime() -> Runtime {
     Runtime {
         registry: registry.clone(),
         bus: Arc::new(MemoryBus::new()),
-        pool: ClientPool::new(registry),
+        pool: ClientPool::new(registry, crate::common::pool("cache")),
+        keys: crate::common::keys(),
     }
 }
 
-type Client = CacheServiceClient<streamgate::middleware::request_id::RequestId<transport::Channel>>;
+type Client = CacheServiceClient<
+    streamgate::middleware::request_id::RequestId<
+        streamgate::middleware::auth::Attach<transport::Channel>,
+    >,
+>;
 
 async fn set(client: &mut Client, key: &str, value: &[u8]) -> Result<(), tonic::Status> {
     let mut req = tonic::Request::new(CacheSetRequest {
@@ -117,8 +123,12 @@ async fn call_survives_kill_restart_and_clog() {
             let start = rt::now();
             // Let the server bind before the first call.
             rt::sleep(Duration::from_millis(50)).await;
-            let mut cache: Client =
-                CacheServiceClient::new(RequestIdLayer.layer(transport::channel(SERVER)));
+            let mut cache: Client = CacheServiceClient::new(
+                RequestIdLayer.layer(
+                    AttachLayer::new(&crate::common::keys(), "client")
+                        .layer(transport::channel(SERVER)),
+                ),
+            );
 
             let mut health = HealthClient::new(transport::channel(SERVER));
             let status = health
@@ -131,6 +141,18 @@ async fn call_survives_kill_restart_and_clog() {
                 format_args!("health: {:?}", status.as_ref().map(|r| r.get_ref().status)),
             );
             assert_eq!(status.unwrap().into_inner().status, 1, "SERVING");
+
+            let mut anonymous = CacheServiceClient::new(transport::channel(SERVER));
+            let refused = anonymous
+                .get(CacheGetRequest { key: "a".into() })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                refused.code(),
+                Code::Unauthenticated,
+                "a call without a service token: {refused}"
+            );
+            note(start, format_args!("no token: {:?}", refused.code()));
 
             set(&mut cache, "a", b"1").await.expect("healthy set");
             assert_eq!(get(&mut cache, "a").await.unwrap(), Some(b"1".to_vec()));

@@ -7,6 +7,7 @@
 mod broker;
 mod bus;
 mod call;
+mod common;
 mod pool;
 mod registry;
 mod trace;

@@ -101,9 +101,14 @@ async fn traffic_moves_off_a_crashed_instance_and_back() {
                     let mut opts = ServiceOpts::new(ServiceKind::Cache, cache_ip(i));
                     opts.check_interval = Duration::from_secs(1);
                     let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
-                    let _kernel = Kernel::start(Arc::new(MemoryBus::new()), registry, plugins)
-                        .await
-                        .expect("kernel");
+                    let _kernel = Kernel::start_with(
+                        Arc::new(MemoryBus::new()),
+                        registry,
+                        crate::common::pool("cache"),
+                        plugins,
+                    )
+                    .await
+                    .expect("kernel");
                     std::future::pending::<()>().await;
                 }
             })
@@ -131,9 +136,9 @@ async fn traffic_moves_off_a_crashed_instance_and_back() {
             let cfg = PoolConfig {
                 breaker,
                 on_transition: Some(hook),
-                ..PoolConfig::default()
+                ..crate::common::pool("client")
             };
-            let pool = ClientPool::with_config(registry.clone(), cfg);
+            let pool = ClientPool::new(registry.clone(), cfg);
             rt::sleep(Duration::from_millis(200)).await;
             let mut cache = CacheServiceClient::new(pool.channel("cache").await.expect("channel"));
             assert_eq!(pool.endpoints("cache").len(), 3);

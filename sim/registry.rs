@@ -91,9 +91,14 @@ async fn services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set() {
                 let mut opts = ServiceOpts::new(ServiceKind::Cache, service_ip(i));
                 opts.check_interval = CHECK_INTERVAL;
                 let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
-                let _kernel = Kernel::start(Arc::new(MemoryBus::new()), consul(), plugins)
-                    .await
-                    .expect("kernel starts");
+                let _kernel = Kernel::start_with(
+                    Arc::new(MemoryBus::new()),
+                    consul(),
+                    crate::common::pool("cache"),
+                    plugins,
+                )
+                .await
+                .expect("kernel starts");
                 std::future::pending::<()>().await;
             })
             .build();

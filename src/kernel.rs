@@ -14,7 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::bus::EventBus;
-use crate::client::ClientPool;
+use crate::client::{ClientPool, PoolConfig};
+use crate::middleware::auth::Keyring;
 use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::rt;
 
@@ -43,6 +44,8 @@ pub struct Runtime {
     pub bus: Arc<dyn EventBus>,
     /// Cached channels to other services.
     pub pool: ClientPool,
+    /// Service-token keys: servers verify with them, the pool signs.
+    pub keys: Keyring,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -113,7 +116,8 @@ impl std::fmt::Debug for Kernel {
 }
 
 impl Kernel {
-    /// Starts `plugins` on a node whose bus and registry are given.
+    /// Starts `plugins` on a node of one process: a fresh random service-token
+    /// key shared by its services (the monolith; tests).
     ///
     /// # Errors
     /// The first plugin or registry failure; plugins already started are stopped.
@@ -122,12 +126,29 @@ impl Kernel {
         registry: Arc<dyn Registry>,
         plugins: Vec<Box<dyn Plugin>>,
     ) -> Result<Self, KernelError> {
+        let pool = PoolConfig::new(Keyring::generate("local"), "monolith");
+        Self::start_with(bus, registry, pool, plugins).await
+    }
+
+    /// Starts `plugins`; `pool` says who this node calls as, and the keys
+    /// its servers verify and its pool signs service tokens with.
+    ///
+    /// # Errors
+    /// The first plugin or registry failure; plugins already started are stopped.
+    pub async fn start_with(
+        bus: Arc<dyn EventBus>,
+        registry: Arc<dyn Registry>,
+        pool: PoolConfig,
+        plugins: Vec<Box<dyn Plugin>>,
+    ) -> Result<Self, KernelError> {
         registry.health().await?;
-        let pool = ClientPool::new(registry.clone());
+        let keys = pool.keys.clone();
+        let pool = ClientPool::new(registry.clone(), pool);
         let rt = Runtime {
             registry,
             bus,
             pool,
+            keys,
         };
         let mut kernel = Self {
             rt,

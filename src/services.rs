@@ -13,7 +13,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::kernel::{KernelError, Runtime, ServiceKind};
+use crate::middleware::auth::VerifyLayer;
+use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::request_id::RequestIdLayer;
+use crate::middleware::timeout::TimeoutLayer;
 use crate::registry::{HealthCheck, ServiceInfo};
 use crate::rt::{self, transport};
 
@@ -45,6 +48,13 @@ impl ServiceOpts {
         }
     }
 }
+
+/// Deadline of a call that sets none.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest deadline a call may ask for.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Calls each calling service may burst, and make per second on average.
+pub const RATE_LIMIT: (u32, f64) = (500, 1000.0);
 
 /// How long a stopping service waits for open calls and connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,10 +170,16 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
     let shutdown = async move {
         let _ = rx.await;
     };
+    // Outermost first: request id, deadline, service token, rate limit.
+    let layers = tower::ServiceBuilder::new()
+        .layer(RequestIdLayer::new())
+        .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
+        .layer(VerifyLayer::new(rt.keys.clone()))
+        .layer(RateLimitLayer::new(RATE_LIMIT.0, RATE_LIMIT.1));
     let task = rt::spawn(transport::serve(
         listener,
         Routes::from(router),
-        RequestIdLayer::new(),
+        layers,
         shutdown,
     ));
 

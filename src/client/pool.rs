@@ -12,15 +12,18 @@ use tokio::sync::watch;
 use tower::Layer as _;
 
 use super::balanced::{Balanced, TransitionHook};
+use crate::middleware::auth::{Attach, AttachLayer, Keyring};
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
+use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::proto::cache_service_client::CacheServiceClient;
 use crate::registry::watcher::{WatchPolicy, Watcher};
 use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::resilience::breaker::BreakerConfig;
 use crate::rt;
 
-/// A channel as handed out: the balanced instances behind the client layers.
-pub type PoolChannel = RequestId<Balanced>;
+/// A channel as handed out: the balanced instances behind the client
+/// layers (request id, service token, deadline propagation).
+pub type PoolChannel = RequestId<Attach<PropagateDeadline<Balanced>>>;
 
 /// How long [`ClientPool::channel`] waits for a service's first watch answer.
 pub const FIRST_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,14 +49,32 @@ impl From<PoolError> for tonic::Status {
 }
 
 /// Settings of a pool.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PoolConfig {
+    /// Signs this node's service tokens.
+    pub keys: Keyring,
+    /// The calling service named in the tokens.
+    pub identity: String,
     /// Breaker of each instance.
     pub breaker: BreakerConfig,
     /// Pace of the registry watches.
     pub watch: WatchPolicy,
     /// Called on every breaker transition (instance id, transition).
     pub on_transition: Option<TransitionHook>,
+}
+
+impl PoolConfig {
+    /// Defaults, calling as `identity` with tokens signed by `keys`.
+    #[must_use]
+    pub fn new(keys: Keyring, identity: &str) -> Self {
+        Self {
+            keys,
+            identity: identity.to_owned(),
+            breaker: BreakerConfig::default(),
+            watch: WatchPolicy::default(),
+            on_transition: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -74,6 +95,7 @@ struct Entry {
 struct Inner {
     registry: Arc<dyn Registry>,
     cfg: PoolConfig,
+    attach: AttachLayer,
     services: Mutex<HashMap<String, Entry>>,
     closed: AtomicBool,
 }
@@ -123,18 +145,14 @@ async fn follow(
 }
 
 impl ClientPool {
-    /// A pool with default settings that finds instances in `registry`.
+    /// A pool with `cfg` that finds instances in `registry`.
     #[must_use]
-    pub fn new(registry: Arc<dyn Registry>) -> Self {
-        Self::with_config(registry, PoolConfig::default())
-    }
-
-    /// A pool with `cfg`.
-    #[must_use]
-    pub fn with_config(registry: Arc<dyn Registry>, cfg: PoolConfig) -> Self {
+    pub fn new(registry: Arc<dyn Registry>, cfg: PoolConfig) -> Self {
+        let attach = AttachLayer::new(&cfg.keys, &cfg.identity);
         let inner = Inner {
             registry,
             cfg,
+            attach,
             services: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         };
@@ -183,7 +201,8 @@ impl ClientPool {
         if balanced.endpoints().is_empty() {
             return Err(PoolError::NoInstance(service.to_owned()));
         }
-        Ok(RequestIdLayer::new().layer(balanced))
+        let layered = PropagateDeadlineLayer.layer(balanced);
+        Ok(RequestIdLayer::new().layer(self.inner.attach.layer(layered)))
     }
 
     /// The instances the pool currently holds for `service`, with their

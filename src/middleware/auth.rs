@@ -96,6 +96,15 @@ impl Keyring {
             previous: None,
         }
     }
+
+    /// A keyring with a fresh random 256-bit key (one process, e.g. the
+    /// monolith, where every service shares it in memory).
+    #[must_use]
+    pub fn generate(id: &str) -> Self {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rt::rng(), &mut secret);
+        Self::new(Key::new(id, &secret).expect("a generated key is well-formed"))
+    }
 }
 
 /// Why a token was refused.
