@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::rt;
 
 pub mod memory;
+#[cfg(not(madsim))]
+pub mod nats;
 
 /// Largest encoded event accepted by any backend.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
