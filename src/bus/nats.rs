@@ -145,10 +145,7 @@ impl NatsBus {
                 .await
                 .map_err(|e| BusError::Unavailable(format!("publish: {e}")))?;
             if confirm {
-                self.client
-                    .flush()
-                    .await
-                    .map_err(|e| BusError::Unavailable(format!("publish not confirmed: {e}")))?;
+                self.confirm().await?;
             }
             Ok(())
         };
@@ -162,6 +159,27 @@ impl NatsBus {
             })
     }
 }
+
+impl NatsBus {
+    /// A round trip proving the server processed everything this connection
+    /// sent before (a client flush only empties the socket buffer): a request
+    /// nobody answers, which the server bounces with "no responders".
+    async fn confirm(&self) -> Result<(), BusError> {
+        use async_nats::RequestErrorKind as K;
+        match self
+            .client
+            .request(CONFIRM_SUBJECT, bytes::Bytes::new())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == K::NoResponders => Ok(()),
+            Err(e) => Err(BusError::Unavailable(format!("publish not confirmed: {e}"))),
+        }
+    }
+}
+
+/// The subject [`NatsBus`] bounces its publish confirmations off (never subscribed).
+const CONFIRM_SUBJECT: &str = "_STREAMGATE.confirm";
 
 /// Delay before reconnect `attempt` (1-based): the first at once, then
 /// `wait_ms`; each plus a random jitter of up to `jitter_ms`.
@@ -231,12 +249,19 @@ impl EventBus for NatsBus {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Flush what is buffered, then drain (ends the subscriptions and the
+        // connection), all within one bound: a dead server must not hang close.
         let limit = NatsOpts::ms(self.opts.flush_timeout_ms);
-        if rt::timeout(limit, self.client.flush()).await.is_err() {
-            tracing::warn!("nats bus: flush on close timed out; buffered events may be lost");
-        }
-        if let Err(e) = self.client.drain().await {
-            tracing::warn!(error = %e, "nats bus: drain on close");
+        let shutdown = async {
+            if let Err(e) = self.client.flush().await {
+                tracing::warn!(error = %e, "nats bus: flush on close");
+            }
+            if let Err(e) = self.client.drain().await {
+                tracing::warn!(error = %e, "nats bus: drain on close");
+            }
+        };
+        if rt::timeout(limit, shutdown).await.is_err() {
+            tracing::warn!("nats bus: close timed out; buffered events may be lost");
         }
         self.counters.set_status(ConnectionStatus::Closed);
     }
