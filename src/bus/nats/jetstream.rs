@@ -156,9 +156,6 @@ impl Durable {
     ) {
         let mut seen = RecentIds::new(self.opts.dedup_capacity);
         loop {
-            if counters.is_closed() {
-                return;
-            }
             match consumer.messages().await {
                 Ok(mut messages) => {
                     while let Some(item) = messages.next().await {
@@ -178,6 +175,9 @@ impl Durable {
                 Err(e) => tracing::warn!(subject = %wire_subject, error = %e, "JetStream messages"),
             }
             rt::sleep(Duration::from_millis(500)).await;
+            if counters.is_closed() {
+                return;
+            }
             match self.consumer(&wire_subject, queue_group.as_deref()).await {
                 Ok(fresh) => consumer = fresh,
                 Err(e) => tracing::warn!(error = %e, "JetStream consumer re-create"),
