@@ -18,7 +18,7 @@ use streamgate::bus::{Event, EventBus, EventType, handler};
 use streamgate::rt;
 use tokio::sync::Notify;
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const NATS_EVENTS: usize = 50_000;
 const MEMORY_EVENTS: usize = 200_000;
 
@@ -153,7 +153,8 @@ async fn run() -> anyhow::Result<()> {
     let memory_events = events(MEMORY_EVENTS);
     let (mut bus_rates, mut raw_rates, mut mem_rates, mut bc_rates) =
         (vec![], vec![], vec![], vec![]);
-    for round in 0..ROUNDS {
+    // Round 0 warms up (connections, allocator, caches) and is not counted.
+    for round in 0..=ROUNDS {
         let tag = format!("bench{}", &rt::random_hex128()[..8]);
         let bus = NatsBus::connect(NatsOpts {
             url: url.clone(),
@@ -180,9 +181,22 @@ async fn run() -> anyhow::Result<()> {
             bc_rates.push(through_broadcast(&memory_events).await?);
             mem_rates.push(through_bus(&memory, &memory_events).await?);
         }
+        if round == 0 {
+            for rates in [
+                &mut bus_rates,
+                &mut raw_rates,
+                &mut mem_rates,
+                &mut bc_rates,
+            ] {
+                rates.clear();
+            }
+            println!("warm-up round done");
+            continue;
+        }
+        let i = round - 1;
         println!(
             "round {round}: nats bus {:.0}/s raw {:.0}/s | memory bus {:.0}/s broadcast {:.0}/s",
-            bus_rates[round], raw_rates[round], mem_rates[round], bc_rates[round]
+            bus_rates[i], raw_rates[i], mem_rates[i], bc_rates[i]
         );
     }
     let (bus, raw, mem, bc) = (

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 
-use super::{BusError, Event, EventBus, Handler, Subscription, dispatch, valid_name};
+use super::{BusError, Event, EventBus, EventType, Handler, Subscription, dispatch, valid_name};
 use crate::rt;
 
 mod jetstream;
@@ -40,6 +40,9 @@ pub struct NatsBus {
     client: async_nats::Client,
     opts: NatsOpts,
     durable: Option<Arc<jetstream::Durable>>,
+    /// Per [`EventType`] (by position in [`EventType::ALL`]): its wire subject
+    /// and whether it goes through JetStream, worked out once, not per publish.
+    routes: Vec<(String, bool)>,
     counters: Arc<Counters>,
     closed: AtomicBool,
 }
@@ -84,10 +87,19 @@ impl NatsBus {
         if let Some(durable) = durable.as_ref().filter(|_| !opts.retry_on_initial_connect) {
             durable.stream().await.map_err(NatsBusError::JetStream)?;
         }
+        let routes = EventType::ALL
+            .iter()
+            .map(|kind| {
+                let subject = kind.subject();
+                let wire = prefixed(opts.subject_prefix.as_deref(), subject);
+                (wire, durable.as_ref().is_some_and(|d| d.covers(subject)))
+            })
+            .collect();
         Ok(Self {
             client,
             opts,
             durable,
+            routes,
             counters,
             closed: AtomicBool::new(false),
         })
@@ -149,6 +161,12 @@ impl NatsBus {
             }
             Ok(())
         };
+        // Fast path: with room in the buffer the send completes on its first
+        // poll, and arming a timer per publish would cost more than the send.
+        let mut send = std::pin::pin!(send);
+        if let std::task::Poll::Ready(result) = futures::poll!(send.as_mut()) {
+            return result;
+        }
         rt::timeout(limit, send)
             .await
             .unwrap_or_else(|rt::Elapsed| {
@@ -193,15 +211,23 @@ fn reconnect_delay(attempt: usize, wait_ms: u64, jitter_ms: u64) -> Duration {
 impl EventBus for NatsBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
         self.check_open()?;
-        let subject = event.kind.subject();
         let payload = bytes::Bytes::from(event.encode()?);
-        let wire = self.wire_subject(subject);
-        let result = match self.durable_for(subject) {
+        let route = EventType::ALL
+            .iter()
+            .position(|k| *k == event.kind)
+            .and_then(|i| self.routes.get(i));
+        let Some((wire, durable)) = route else {
+            // Every kind is in ALL; a miss is a bug in this module.
+            unreachable!("no route for {:?}", event.kind);
+        };
+        let result = match self.durable.as_ref().filter(|_| *durable) {
             Some(durable) => {
                 let deadline = rt::now() + NatsOpts::ms(self.opts.publish_timeout_ms);
-                durable.publish(wire, event, payload, deadline).await
+                durable
+                    .publish(wire.clone(), event, payload, deadline)
+                    .await
             }
-            None => self.publish_core(wire, payload).await,
+            None => self.publish_core(wire.clone(), payload).await,
         };
         if result.is_err() {
             Counters::bump(&self.counters.publish_failures);
