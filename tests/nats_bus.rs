@@ -1,6 +1,7 @@
 //! The NATS event bus against real servers: the shared `NATS_URL` one
 //! (default `nats://127.0.0.1:4222`, must have JetStream) and private children
 //! started, killed and restarted by the tests. An unreachable server fails the tests.
+#![cfg(not(madsim))] // async-nats is a production-edge dependency only
 
 #[path = "nats_bus/server.rs"]
 mod server;

@@ -176,9 +176,7 @@ impl NatsBus {
                 )))
             })
     }
-}
 
-impl NatsBus {
     /// A round trip proving the server processed everything this connection
     /// sent before (a client flush only empties the socket buffer): a request
     /// nobody answers, which the server bounces with "no responders".
