@@ -11,6 +11,8 @@ use crate::rt;
 
 pub mod events;
 pub mod memory;
+#[cfg(not(madsim))]
+pub mod nats;
 
 /// Largest encoded event accepted by any backend.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
