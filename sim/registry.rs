@@ -189,3 +189,31 @@ async fn services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set() {
         .await
         .expect("scenario");
 }
+
+#[madsim::test]
+async fn simulated_registry_meets_the_contract() {
+    announce("simulated_registry_meets_the_contract");
+    let handle = Handle::current();
+    handle
+        .create_node()
+        .name("consul")
+        .ip(AGENT.ip())
+        .init(serve_agent)
+        .build();
+    let client = handle
+        .create_node()
+        .name("client")
+        .ip([10, 0, 3, 3].into())
+        .build();
+    client
+        .spawn(async {
+            rt::sleep(Duration::from_millis(50)).await;
+            let opts = streamgate::testkit::registry_contract::Options {
+                ttl_interval: Duration::from_secs(1),
+                expiry_slack: Duration::from_millis(500),
+            };
+            streamgate::testkit::registry_contract::run_all(consul(), opts).await;
+        })
+        .await
+        .expect("contract");
+}
