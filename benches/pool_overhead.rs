@@ -123,6 +123,7 @@ mod bench {
                         bus: Arc::new(MemoryBus::new()),
                         pool,
                         keys,
+                        metrics: Default::default(),
                     };
                     let mut opts = ServiceOpts::new(ServiceKind::Cache, [127, 0, 0, 1].into());
                     opts.listen.set_port(0);

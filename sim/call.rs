@@ -37,6 +37,7 @@ fn node_runtime() -> Runtime {
         bus: Arc::new(MemoryBus::new()),
         pool: ClientPool::new(registry, crate::common::pool("cache")),
         keys: crate::common::keys(),
+        metrics: Default::default(),
     }
 }
 

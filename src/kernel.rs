@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use crate::bus::EventBus;
 use crate::client::{ClientPool, PoolConfig};
 use crate::middleware::auth::Keyring;
+use crate::middleware::metrics::Metrics;
 use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::rt;
 
@@ -46,6 +47,8 @@ pub struct Runtime {
     pub pool: ClientPool,
     /// Service-token keys: servers verify with them, the pool signs.
     pub keys: Keyring,
+    /// The node's metrics, served on every service's `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -143,12 +146,23 @@ impl Kernel {
     ) -> Result<Self, KernelError> {
         registry.health().await?;
         let keys = pool.keys.clone();
+        let metrics = Metrics::default();
+        let mut pool = pool;
+        let user_hook = pool.on_transition.take();
+        let recorder = metrics.clone();
+        pool.on_transition = Some(Arc::new(move |instance: &str, t| {
+            recorder.breaker(instance, t);
+            if let Some(hook) = &user_hook {
+                hook(instance, t);
+            }
+        }));
         let pool = ClientPool::new(registry.clone(), pool);
         let rt = Runtime {
             registry,
             bus,
             pool,
             keys,
+            metrics,
         };
         let mut kernel = Self {
             rt,

@@ -2,6 +2,8 @@
 //! `timeout` (layer, service, response future).
 
 pub mod auth;
+pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
+pub mod retry;
 pub mod timeout;

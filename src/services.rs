@@ -14,6 +14,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::kernel::{KernelError, Runtime, ServiceKind};
 use crate::middleware::auth::VerifyLayer;
+use crate::middleware::metrics::MetricsLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::timeout::TimeoutLayer;
@@ -159,20 +160,26 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
     let local_addr = listener.local_addr().map_err(io_err)?;
 
     let (health, health_svc) = tonic_health::server::health_reporter();
+    let metrics = rt.metrics.clone();
     let (routes, grpc_names) = service_routes(opts.kind, rt);
     let router = routes
         .add_service(health_svc)
         .into_axum_router()
-        .route("/health", axum::routing::get(|| async { "ok\n" }));
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { metrics.render() }),
+        );
     set_status(&health, &grpc_names, ServingStatus::Serving).await;
 
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = rx.await;
     };
-    // Outermost first: request id, deadline, service token, rate limit.
+    // Outermost first: request id, metrics, deadline, service token, rate limit.
     let layers = tower::ServiceBuilder::new()
         .layer(RequestIdLayer::new())
+        .layer(MetricsLayer::new(rt.metrics.clone()))
         .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
         .layer(VerifyLayer::new(rt.keys.clone()))
         .layer(RateLimitLayer::new(RATE_LIMIT.0, RATE_LIMIT.1));

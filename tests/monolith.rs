@@ -1,6 +1,7 @@
 //! The monolith on real tokio and real sockets: every service answers the
 //! standard gRPC health check, calls flow through the client pool and the
 //! layers, and a graceful stop deregisters everything.
+#![cfg(not(madsim))]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,6 +127,30 @@ async fn cache_calls_go_through_the_pool_and_layers() {
     };
     let err = cache.set(huge).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // The calls show up on the cache's /metrics (plain HTTP, no token needed).
+    let cache_info = kernel
+        .registrations()
+        .iter()
+        .find(|i| i.name == "cache")
+        .unwrap()
+        .clone();
+    let url = format!("http://{}:{}/metrics", cache_info.address, cache_info.port);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let res = client.get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for expected in [
+        r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Get",code="Ok"} 1"#,
+        r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Get",code="InvalidArgument"} 1"#,
+        r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Set",code="Ok"} 1"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
     kernel.shutdown().await;
 }
 

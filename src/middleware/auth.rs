@@ -30,8 +30,8 @@ pub const MAX_TOKEN_LEN: usize = 512;
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Clock skew tolerated between services.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
-/// Paths served without a token (stock health probes carry none).
-pub const EXEMPT_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/health"];
+/// Paths served without a token (stock health probes and metric scrapers carry none).
+pub const EXEMPT_PREFIXES: [&str; 3] = ["/grpc.health.v1.Health/", "/health", "/metrics"];
 
 /// A signing key with its id.
 #[derive(Clone)]
