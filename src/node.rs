@@ -3,10 +3,13 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::bus::memory::MemoryBus;
+
 use crate::kernel::{Kernel, KernelError, Mode, Plugin, ServiceKind, ServicePlugin};
+use crate::middleware::auth::{Key, Keyring};
 use crate::registry::memory::MemoryRegistry;
 use crate::services::ServiceOpts;
 
@@ -78,15 +81,192 @@ pub async fn run(
         Mode::Microservices => {
             return Err(KernelError::Config {
                 plugin: "kernel".to_owned(),
-                reason: "microservices mode needs the NATS bus and a networked registry, \
-                         which this build does not have yet; run `streamgate monolith`"
-                    .to_owned(),
+                reason: "microservices mode needs the cluster options: use run_service".to_owned(),
             });
         }
     };
     tracing::info!(services = kernel.registrations().len(), "streamgate is up");
     shutdown.await;
     tracing::info!("shutting down");
+    kernel.shutdown().await;
+    Ok(())
+}
+
+/// Which registry a microservice uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistryKind {
+    /// A JetStream key-value bucket on the NATS server (the default here).
+    NatsKv,
+    /// A Consul agent's HTTP API.
+    Consul,
+}
+
+/// How a microservice reaches the rest of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ClusterOpts {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long,
+        env = "STREAMGATE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// The service registry.
+    #[arg(
+        long,
+        env = "STREAMGATE_REGISTRY",
+        value_enum,
+        default_value = "nats-kv"
+    )]
+    pub registry: RegistryKind,
+    /// The NATS KV bucket holding registrations.
+    #[arg(
+        long,
+        env = "STREAMGATE_REGISTRY_BUCKET",
+        default_value = "streamgate_registry"
+    )]
+    pub registry_bucket: String,
+    /// The Consul agent's HTTP address.
+    #[arg(
+        long,
+        env = "STREAMGATE_CONSUL_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub consul_addr: String,
+    /// File holding the Consul ACL token, if ACLs are on.
+    #[arg(long, env = "STREAMGATE_CONSUL_TOKEN_FILE")]
+    pub consul_token_file: Option<PathBuf>,
+    /// File holding the service-token keys shared by the cluster: one line
+    /// `<key id> <secret as hex, >= 64 digits>` for the current key, and an
+    /// optional second line for the previous key (during a rotation).
+    #[arg(long, env = "STREAMGATE_SERVICE_KEY_FILE")]
+    pub service_key_file: PathBuf,
+}
+
+fn config_error(reason: String) -> KernelError {
+    KernelError::Config {
+        plugin: "kernel".to_owned(),
+        reason,
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) || hex.len() > 1024 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Reads a keyring file (see [`ClusterOpts::service_key_file`]).
+///
+/// # Errors
+/// [`KernelError::Config`] naming the file and what is wrong (never the secret).
+pub fn read_keyring(path: &Path) -> Result<Keyring, KernelError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    if text.len() > 4096 {
+        return Err(config_error(format!(
+            "{}: larger than 4 KiB",
+            path.display()
+        )));
+    }
+    let mut keys = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            let bad = || {
+                config_error(format!(
+                    "{} line {}: expected `<key id> <hex secret>`",
+                    path.display(),
+                    n + 1
+                ))
+            };
+            let (id, hex) = line.trim().split_once(' ').ok_or_else(bad)?;
+            let secret = decode_hex(hex.trim()).ok_or_else(bad)?;
+            Key::new(id, &secret)
+                .map_err(|e| config_error(format!("{} line {}: {e}", path.display(), n + 1)))
+        });
+    let current = keys
+        .next()
+        .ok_or_else(|| config_error(format!("{}: no key", path.display())))??;
+    let previous = keys.next().transpose()?;
+    if keys.next().is_some() {
+        return Err(config_error(format!(
+            "{}: at most two keys (current, previous)",
+            path.display()
+        )));
+    }
+    Ok(Keyring { current, previous })
+}
+
+/// Runs one service as its own process (microservices mode): NATS bus, a
+/// networked registry, keys from a file. Stops gracefully when `shutdown`
+/// resolves: NOT_SERVING, deregister, drain.
+///
+/// # Errors
+/// Bad options, an unreachable NATS server or registry, or a failed start.
+#[cfg(not(madsim))]
+pub async fn run_service(
+    kind: ServiceKind,
+    opts: &NodeOpts,
+    cluster: &ClusterOpts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KernelError> {
+    use crate::bus::nats::{NatsBus, NatsOpts};
+    use crate::registry::Registry;
+
+    let keys = read_keyring(&cluster.service_key_file)?;
+    let bus_opts = NatsOpts {
+        url: cluster.nats_url.clone(),
+        client_name: format!("streamgate-{}", kind.name()),
+        ..NatsOpts::default()
+    };
+    let bus = NatsBus::connect(bus_opts)
+        .await
+        .map_err(|e| config_error(format!("NATS bus: {e}")))?;
+    let registry: Arc<dyn Registry> = match cluster.registry {
+        RegistryKind::NatsKv => {
+            let mut kv = crate::registry::nats_kv::Options::new(cluster.nats_url.clone());
+            kv.bucket.clone_from(&cluster.registry_bucket);
+            Arc::new(crate::registry::nats_kv::NatsKvRegistry::connect(kv).await?)
+        }
+        RegistryKind::Consul => {
+            let token = match &cluster.consul_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| config_error(format!("{}: {e}", path.display())))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let config = crate::registry::consul::ConsulConfig {
+                address: cluster.consul_addr.clone(),
+                token,
+                ..Default::default()
+            };
+            Arc::new(crate::registry::consul::ConsulRegistry::connect(&config)?)
+        }
+    };
+    let plugins: Vec<Box<dyn Plugin>> = opts
+        .service_opts(&[kind])?
+        .into_iter()
+        .map(|o| Box::new(ServicePlugin::new(o)) as Box<dyn Plugin>)
+        .collect();
+    let kernel = Kernel::start_with(
+        Arc::new(bus),
+        registry,
+        crate::client::PoolConfig::new(keys, kind.name()),
+        plugins,
+    )
+    .await?;
+    tracing::info!(service = kind.name(), "up");
+    shutdown.await;
+    tracing::info!(service = kind.name(), "shutting down");
     kernel.shutdown().await;
     Ok(())
 }
