@@ -8,6 +8,7 @@ mod broker;
 mod bus;
 mod call;
 mod common;
+mod outage;
 mod pool;
 mod registry;
 mod trace;
