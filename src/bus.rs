@@ -112,7 +112,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// A new event with a fresh id and the runtime's current time.
+    /// A new event with a fresh id, the runtime's current time and, inside a
+    /// call, a child of the call's trace context.
     #[must_use]
     pub fn new(kind: EventType, source: &str, data: serde_json::Value) -> Self {
         Self {
@@ -120,7 +121,7 @@ impl Event {
             kind,
             source: source.to_owned(),
             time: rt::unix_ms(),
-            trace: None,
+            trace: crate::middleware::trace::current().map(|ctx| ctx.child().header()),
             data,
         }
     }

@@ -7,3 +7,4 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod retry;
 pub mod timeout;
+pub mod trace;

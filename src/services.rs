@@ -18,6 +18,7 @@ use crate::middleware::metrics::MetricsLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::timeout::TimeoutLayer;
+use crate::middleware::trace::ServerTraceLayer;
 use crate::registry::{HealthCheck, ServiceInfo};
 use crate::rt::{self, transport};
 
@@ -176,9 +177,10 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
     let shutdown = async move {
         let _ = rx.await;
     };
-    // Outermost first: request id, metrics, deadline, service token, rate limit.
+    // Outermost first: request id, trace, metrics, deadline, service token, rate limit.
     let layers = tower::ServiceBuilder::new()
         .layer(RequestIdLayer::new())
+        .layer(ServerTraceLayer)
         .layer(MetricsLayer::new(rt.metrics.clone()))
         .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
         .layer(VerifyLayer::new(rt.keys.clone()))

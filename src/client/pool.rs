@@ -15,6 +15,7 @@ use super::balanced::{Balanced, TransitionHook};
 use crate::middleware::auth::{Attach, AttachLayer, Keyring};
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
+use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
 use crate::proto::cache_service_client::CacheServiceClient;
 use crate::registry::watcher::{WatchPolicy, Watcher};
 use crate::registry::{Registry, RegistryError, ServiceInfo};
@@ -22,8 +23,8 @@ use crate::resilience::breaker::BreakerConfig;
 use crate::rt;
 
 /// A channel as handed out: the balanced instances behind the client
-/// layers (request id, service token, deadline propagation).
-pub type PoolChannel = RequestId<Attach<PropagateDeadline<Balanced>>>;
+/// layers (request id, trace context, service token, deadline propagation).
+pub type PoolChannel = RequestId<ClientTrace<Attach<PropagateDeadline<Balanced>>>>;
 
 /// How long [`ClientPool::channel`] waits for a service's first watch answer.
 pub const FIRST_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -202,7 +203,8 @@ impl ClientPool {
             return Err(PoolError::NoInstance(service.to_owned()));
         }
         let layered = PropagateDeadlineLayer.layer(balanced);
-        Ok(RequestIdLayer::new().layer(self.inner.attach.layer(layered)))
+        let layered = ClientTraceLayer.layer(self.inner.attach.layer(layered));
+        Ok(RequestIdLayer::new().layer(layered))
     }
 
     /// The instances the pool currently holds for `service`, with their
