@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod balanced;
+pub mod locator;
 pub mod pool;
 
 pub use pool::{ClientPool, PoolChannel, PoolConfig, PoolError};

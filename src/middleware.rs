@@ -2,6 +2,7 @@
 //! `timeout` (layer, service, response future).
 
 pub mod auth;
+pub mod error;
 pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;

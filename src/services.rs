@@ -14,6 +14,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::kernel::{KernelError, Runtime, ServiceKind};
 use crate::middleware::auth::VerifyLayer;
+use crate::middleware::error::ErrorLayer;
 use crate::middleware::metrics::MetricsLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::request_id::RequestIdLayer;
@@ -177,10 +178,12 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
     let shutdown = async move {
         let _ = rx.await;
     };
-    // Outermost first: request id, trace, metrics, deadline, service token, rate limit.
+    // Outermost first: request id, trace, error handling, metrics, deadline,
+    // service token, rate limit.
     let layers = tower::ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .layer(ServerTraceLayer)
+        .layer(ErrorLayer)
         .layer(MetricsLayer::new(rt.metrics.clone()))
         .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
         .layer(VerifyLayer::new(rt.keys.clone()))

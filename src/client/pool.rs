@@ -16,7 +16,6 @@ use crate::middleware::auth::{Attach, AttachLayer, Keyring};
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
-use crate::proto::cache_service_client::CacheServiceClient;
 use crate::registry::watcher::{WatchPolicy, Watcher};
 use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::resilience::breaker::BreakerConfig;
@@ -215,14 +214,6 @@ impl ClientPool {
             .get(service)
             .map(|e| e.balanced.endpoints())
             .unwrap_or_default()
-    }
-
-    /// A client of the cache service.
-    ///
-    /// # Errors
-    /// As [`ClientPool::channel`].
-    pub async fn cache(&self) -> Result<CacheServiceClient<PoolChannel>, PoolError> {
-        Ok(CacheServiceClient::new(self.channel("cache").await?))
     }
 
     /// Closes the pool: watches stop, cached channels are dropped, later

@@ -1,0 +1,48 @@
+//! The design's ServiceLocator: a typed client getter per service, each a
+//! balanced, layered channel from the pool ([`ClientPool::channel`] is the
+//! design's `GetConnection`).
+
+use super::pool::{ClientPool, PoolChannel, PoolError};
+use crate::proto::auth_service_client::AuthServiceClient;
+use crate::proto::cache_service_client::CacheServiceClient;
+use crate::proto::metadata_service_client::MetadataServiceClient;
+use crate::proto::monitor_service_client::MonitorServiceClient;
+use crate::proto::streaming_service_client::StreamingServiceClient;
+use crate::proto::transcoder_service_client::TranscoderServiceClient;
+use crate::proto::upload_service_client::UploadServiceClient;
+use crate::proto::worker_service_client::WorkerServiceClient;
+
+macro_rules! getters {
+    ($($(#[$doc:meta])* $name:ident => $client:ident, $service:literal;)*) => {
+        impl ClientPool {
+            $(
+                $(#[$doc])*
+                ///
+                /// # Errors
+                /// As [`ClientPool::channel`].
+                pub async fn $name(&self) -> Result<$client<PoolChannel>, PoolError> {
+                    Ok($client::new(self.channel($service).await?))
+                }
+            )*
+        }
+    };
+}
+
+getters! {
+    /// A client of the upload service.
+    upload => UploadServiceClient, "upload";
+    /// A client of the streaming service.
+    streaming => StreamingServiceClient, "streaming";
+    /// A client of the metadata service.
+    metadata => MetadataServiceClient, "metadata";
+    /// A client of the auth service.
+    auth => AuthServiceClient, "auth";
+    /// A client of the cache service.
+    cache => CacheServiceClient, "cache";
+    /// A client of the transcoder service.
+    transcoder => TranscoderServiceClient, "transcoder";
+    /// A client of the worker service.
+    worker => WorkerServiceClient, "worker";
+    /// A client of the monitor service.
+    monitor => MonitorServiceClient, "monitor";
+}

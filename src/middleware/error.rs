@@ -1,0 +1,166 @@
+//! Error handling at the edge of every server: each failed call is logged
+//! once (server faults as warnings, caller faults at debug), and an error
+//! from the layers below becomes an INTERNAL status with a clear message
+//! instead of a dropped connection. Handlers map their typed errors to
+//! statuses themselves (`From<ServiceError> for tonic::Status`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tonic::Code;
+use tower::{Layer, Service};
+
+use super::request_id::RequestIdValue;
+
+/// Whether a status code means the server (not the caller) failed.
+#[must_use]
+pub fn is_server_fault(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Internal
+            | Code::Unknown
+            | Code::DataLoss
+            | Code::Unavailable
+            | Code::DeadlineExceeded
+    )
+}
+
+/// Logs failed calls once and turns errors into statuses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorLayer;
+
+impl<S> Layer<S> for ErrorLayer {
+    type Service = HandleErrors<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HandleErrors { inner }
+    }
+}
+
+/// See [`ErrorLayer`].
+#[derive(Debug, Clone)]
+pub struct HandleErrors<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for HandleErrors<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: std::fmt::Display,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A layer that is not ready now is retried by the server; its error
+        // surfaces on the call instead.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        let request_id = req
+            .extensions()
+            .get::<RequestIdValue>()
+            .map(|v| String::from_utf8_lossy(v.0.as_bytes()).into_owned());
+        ResponseFuture {
+            inner: self.inner.call(req),
+            path,
+            request_id,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Logs the outcome and maps errors.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        path: String,
+        request_id: Option<String>,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: std::fmt::Display,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let id = this.request_id.as_deref().unwrap_or("-");
+        let response = match std::task::ready!(this.inner.poll(cx)) {
+            Ok(response) => {
+                if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+                    if is_server_fault(status.code()) {
+                        tracing::warn!(path = %this.path, request_id = id, code = ?status.code(), message = status.message(), "call failed");
+                    } else if status.code() != Code::Ok {
+                        tracing::debug!(path = %this.path, request_id = id, code = ?status.code(), message = status.message(), "call refused");
+                    }
+                }
+                response
+            }
+            Err(e) => {
+                tracing::error!(path = %this.path, request_id = id, error = %e, "call failed inside the server");
+                let status = tonic::Status::internal(format!("internal error (request id {id})"));
+                let (parts, ()) = status.into_http::<()>().into_parts();
+                Response::from_parts(parts, ResBody::default())
+            }
+        };
+        Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_layer_error_becomes_an_internal_status() {
+        let failing =
+            tower::service_fn(|_req: Request<()>| async { Err::<Response<()>, _>("disk on fire") });
+        let res = ErrorLayer
+            .layer(failing)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(res.headers()).expect("a status");
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            !status.message().contains("disk"),
+            "internals are logged, not sent: {}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn statuses_pass_through() {
+        let refusing = tower::service_fn(|_req: Request<()>| async {
+            let (parts, ()) = tonic::Status::invalid_argument("key too long")
+                .into_http::<()>()
+                .into_parts();
+            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, ()))
+        });
+        let res = ErrorLayer
+            .layer(refusing)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(res.headers()).unwrap();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::InvalidArgument, "key too long")
+        );
+    }
+}
