@@ -127,6 +127,10 @@ mod bench {
                     };
                     let mut opts = ServiceOpts::new(ServiceKind::Cache, [127, 0, 0, 1].into());
                     opts.listen.set_port(0);
+                    // Measure the limiter's cost, not its refusals.
+                    opts.rate_limit = (u32::MAX, 1e12);
+                    // No kernel heartbeats here: a TTL longer than the run.
+                    opts.check_interval = Duration::from_secs(3600);
                     let running = services::start(&opts, &runtime_handles)
                         .await
                         .expect("service");

@@ -26,7 +26,7 @@ use crate::rt::{self, transport};
 pub mod cache;
 
 /// Options of one service instance (data, not live handles).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceOpts {
     /// Which service.
     pub kind: ServiceKind,
@@ -37,6 +37,8 @@ pub struct ServiceOpts {
     pub advertise: Option<IpAddr>,
     /// Heartbeat TTL interval of its registration.
     pub check_interval: Duration,
+    /// Per calling service: calls in a burst, and calls per second.
+    pub rate_limit: (u32, f64),
 }
 
 impl ServiceOpts {
@@ -48,6 +50,7 @@ impl ServiceOpts {
             listen: SocketAddr::new(host, kind.default_port()),
             advertise: None,
             check_interval: Duration::from_secs(2),
+            rate_limit: RATE_LIMIT,
         }
     }
 }
@@ -56,8 +59,9 @@ impl ServiceOpts {
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest deadline a call may ask for.
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(300);
-/// Calls each calling service may burst, and make per second on average.
-pub const RATE_LIMIT: (u32, f64) = (500, 1000.0);
+/// Calls each calling service may burst, and make per second on average, by
+/// default (every instance of a calling service shares its caller identity).
+pub const RATE_LIMIT: (u32, f64) = (10_000, 20_000.0);
 
 /// How long a stopping service waits for open calls and connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,7 +191,7 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
         .layer(MetricsLayer::new(rt.metrics.clone()))
         .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
         .layer(VerifyLayer::new(rt.keys.clone()))
-        .layer(RateLimitLayer::new(RATE_LIMIT.0, RATE_LIMIT.1));
+        .layer(RateLimitLayer::new(opts.rate_limit.0, opts.rate_limit.1));
     let task = rt::spawn(transport::serve(
         listener,
         Routes::from(router),
