@@ -22,7 +22,7 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use streamgate::bus::memory::MemoryBus;
 use streamgate::bus::{
-    BusError, Event, EventBus, Handler, Subscription, dispatch, handler, valid_name,
+    BusError, Event, EventBus, Handler, Subscription, check_subscription, dispatch, handler,
 };
 use streamgate::rt::{self, transport};
 use tower::{Service, ServiceExt};
@@ -155,12 +155,7 @@ impl EventBus for SimBus {
         queue_group: Option<&str>,
         handler: Handler,
     ) -> Result<Subscription, BusError> {
-        if !valid_name(subject) {
-            return Err(BusError::InvalidName(subject.to_owned()));
-        }
-        if let Some(group) = queue_group.filter(|g| !valid_name(g)) {
-            return Err(BusError::InvalidName(group.to_owned()));
-        }
+        check_subscription(subject, queue_group)?;
         let (broker, reconnects) = (self.broker, self.reconnects.clone());
         let (subject, group) = (subject.to_owned(), queue_group.map(str::to_owned));
         let task = rt::spawn(async move {

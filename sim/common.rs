@@ -13,3 +13,49 @@ pub fn keys() -> Keyring {
 pub fn pool(identity: &str) -> PoolConfig {
     PoolConfig::new(keys(), identity)
 }
+
+/// Starts `ips.len()` cache nodes, each running the cache service through
+/// the kernel, registered in the shared `registry` with TTL `check_interval`.
+/// A restarted node starts its service again. Returns the node ids.
+pub fn cache_nodes(
+    registry: &std::sync::Arc<streamgate::registry::memory::MemoryRegistry>,
+    ips: &[std::net::IpAddr],
+    check_interval: std::time::Duration,
+) -> Vec<madsim::task::NodeId> {
+    use std::sync::Arc;
+    use streamgate::bus::memory::MemoryBus;
+    use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+    use streamgate::services::ServiceOpts;
+
+    let handle = madsim::runtime::Handle::current();
+    ips.iter()
+        .enumerate()
+        .map(|(i, &ip)| {
+            let registry = registry.clone();
+            handle
+                .create_node()
+                .name(format!("cache-{i}"))
+                .ip(ip)
+                .init(move || {
+                    let registry = registry.clone();
+                    async move {
+                        let mut opts = ServiceOpts::new(ServiceKind::Cache, ip);
+                        opts.check_interval = check_interval;
+                        let plugins: Vec<Box<dyn Plugin>> =
+                            vec![Box::new(ServicePlugin::new(opts))];
+                        let _kernel = Kernel::start_with(
+                            Arc::new(MemoryBus::new()),
+                            registry,
+                            pool("cache"),
+                            plugins,
+                        )
+                        .await
+                        .expect("kernel starts");
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .build()
+                .id()
+        })
+        .collect()
+}

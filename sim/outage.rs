@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use madsim::runtime::Handle;
-use streamgate::bus::memory::MemoryBus;
 use streamgate::client::ClientPool;
-use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
 use streamgate::middleware::retry::{Retrier, stamp};
 use streamgate::proto::CacheSetRequest;
 use streamgate::proto::cache_service_client::CacheServiceClient;
@@ -19,7 +17,6 @@ use streamgate::resilience::breaker::BreakerConfig;
 use streamgate::resilience::budget::BudgetConfig;
 use streamgate::resilience::retry::RetryPolicy;
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
 
 use crate::trace::{announce, note};
 
@@ -32,35 +29,10 @@ async fn hung_instance_trips_and_full_outage_stays_within_the_retry_budget() {
     announce("hung_instance_trips_and_full_outage_stays_within_the_retry_budget");
     let handle = Handle::current();
     let registry = Arc::new(MemoryRegistry::new());
-    let mut nodes = Vec::new();
-    for i in 0..2u8 {
-        let registry = registry.clone();
-        let node = handle
-            .create_node()
-            .name(format!("cache-{i}"))
-            .ip(cache_ip(i))
-            .init(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut opts = ServiceOpts::new(ServiceKind::Cache, cache_ip(i));
-                    // Long TTL: the registry keeps listing them, so only the
-                    // breakers and the budget protect the callers here.
-                    opts.check_interval = Duration::from_secs(60);
-                    let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
-                    let _kernel = Kernel::start_with(
-                        Arc::new(MemoryBus::new()),
-                        registry,
-                        crate::common::pool("cache"),
-                        plugins,
-                    )
-                    .await
-                    .expect("kernel");
-                    std::future::pending::<()>().await;
-                }
-            })
-            .build();
-        nodes.push(node.id());
-    }
+    // Long TTL: the registry keeps listing them, so only the breakers and
+    // the budget protect the callers here.
+    let ips: Vec<_> = (0..2u8).map(cache_ip).collect();
+    let nodes = crate::common::cache_nodes(&registry, &ips, Duration::from_secs(60));
     let client = handle
         .create_node()
         .name("client")

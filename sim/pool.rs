@@ -9,17 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::runtime::Handle;
-use streamgate::bus::memory::MemoryBus;
 use streamgate::client::balanced::TransitionHook;
 use streamgate::client::{ClientPool, PoolConfig};
-use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+use streamgate::kernel::ServiceKind;
 use streamgate::proto::CacheSetRequest;
 use streamgate::proto::cache_service_client::CacheServiceClient;
 use streamgate::registry::Registry;
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::resilience::breaker::{BreakerConfig, Transition};
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
 
 use crate::trace::{announce, note};
 
@@ -88,33 +86,8 @@ async fn traffic_moves_off_a_crashed_instance_and_back() {
     // The registry is shared in memory here; the simulated registry node
     // replaces it in the registry scenarios.
     let registry = Arc::new(MemoryRegistry::new());
-    let mut nodes = Vec::new();
-    for i in 0..3u8 {
-        let registry = registry.clone();
-        let node = handle
-            .create_node()
-            .name(format!("cache-{i}"))
-            .ip(cache_ip(i))
-            .init(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut opts = ServiceOpts::new(ServiceKind::Cache, cache_ip(i));
-                    opts.check_interval = Duration::from_secs(1);
-                    let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
-                    let _kernel = Kernel::start_with(
-                        Arc::new(MemoryBus::new()),
-                        registry,
-                        crate::common::pool("cache"),
-                        plugins,
-                    )
-                    .await
-                    .expect("kernel");
-                    std::future::pending::<()>().await;
-                }
-            })
-            .build();
-        nodes.push(node.id());
-    }
+    let ips: Vec<_> = (0..3u8).map(cache_ip).collect();
+    let nodes = crate::common::cache_nodes(&registry, &ips, Duration::from_secs(1));
     let client = handle
         .create_node()
         .name("client")

@@ -263,3 +263,17 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
+
+/// Refuses an invalid subject or queue group (see [`valid_name`]).
+///
+/// # Errors
+/// [`BusError::InvalidName`] naming the offending one.
+pub fn check_subscription(subject: &str, queue_group: Option<&str>) -> Result<(), BusError> {
+    if !valid_name(subject) {
+        return Err(BusError::InvalidName(subject.to_owned()));
+    }
+    if let Some(group) = queue_group.filter(|g| !valid_name(g)) {
+        return Err(BusError::InvalidName(group.to_owned()));
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{BusError, Event, EventBus, Handler, Subscription, dispatch, valid_name};
+use super::{BusError, Event, EventBus, Handler, Subscription, check_subscription, dispatch};
 use crate::rt;
 
 /// Events buffered per subscriber before publishers wait.
@@ -96,12 +96,7 @@ impl EventBus for MemoryBus {
         queue_group: Option<&str>,
         handler: Handler,
     ) -> Result<Subscription, BusError> {
-        if !valid_name(subject) {
-            return Err(BusError::InvalidName(subject.to_owned()));
-        }
-        if let Some(group) = queue_group.filter(|g| !valid_name(g)) {
-            return Err(BusError::InvalidName(group.to_owned()));
-        }
+        check_subscription(subject, queue_group)?;
         let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
         {
             let mut inner = self.lock();

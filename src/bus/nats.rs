@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 
-use super::{BusError, Event, EventBus, EventType, Handler, Subscription, dispatch, valid_name};
+use super::{
+    BusError, Event, EventBus, EventType, Handler, Subscription, check_subscription, dispatch,
+};
 use crate::rt;
 
 mod jetstream;
@@ -239,12 +241,7 @@ impl EventBus for NatsBus {
         queue_group: Option<&str>,
         handler: Handler,
     ) -> Result<Subscription, BusError> {
-        if !valid_name(subject) {
-            return Err(BusError::InvalidName(subject.to_owned()));
-        }
-        if let Some(group) = queue_group.filter(|g| !valid_name(g)) {
-            return Err(BusError::InvalidName(group.to_owned()));
-        }
+        check_subscription(subject, queue_group)?;
         self.check_open()?;
         let wire = self.wire_subject(subject);
         let counters = self.counters.clone();
