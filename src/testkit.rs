@@ -6,4 +6,5 @@
 
 pub mod bus_contract;
 pub mod consul_agent;
+pub mod fuzz;
 pub mod registry_contract;

@@ -38,6 +38,17 @@ pub const TOKEN_HEADER: &str = "x-consul-token";
 /// Header Consul sets when ACLs hid part of a read's result.
 pub const FILTERED_HEADER: &str = "x-consul-results-filtered-by-acls";
 
+/// Parses the body of `GET /v1/health/service/:name` into instances.
+///
+/// # Errors
+/// [`RegistryError::Unavailable`] for malformed JSON (never a panic).
+pub fn parse_health(body: &[u8]) -> Result<Vec<ServiceInfo>, RegistryError> {
+    let entries: Vec<wire::HealthEntry> = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::Unavailable(format!("consul health/service: malformed JSON: {e}"))
+    })?;
+    Ok(entries.into_iter().map(wire::service_info).collect())
+}
+
 /// Where and how to reach the agent.
 #[derive(Debug, Clone)]
 pub struct ConsulConfig {
@@ -281,12 +292,8 @@ impl Registry for ConsulRegistry {
             .ok_or_else(|| {
                 RegistryError::Unavailable("consul health/service: no valid X-Consul-Index".into())
             })?;
-        let entries: Vec<wire::HealthEntry> = serde_json::from_slice(resp.body()).map_err(|e| {
-            RegistryError::Unavailable(format!("consul health/service: malformed JSON: {e}"))
-        })?;
-        let instances = entries
+        let instances = parse_health(resp.body())?
             .into_iter()
-            .map(wire::service_info)
             .filter(|i| i.name == name)
             .collect();
         // Consul: keep the index >= 1. A smaller index than requested (the
