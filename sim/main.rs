@@ -9,6 +9,7 @@ mod bus;
 mod call;
 mod common;
 mod outage;
+mod partition;
 mod pool;
 mod registry;
 mod trace;

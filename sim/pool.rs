@@ -27,15 +27,15 @@ fn cache_ip(i: u8) -> IpAddr {
 
 /// Checks the breaker invariants on each transition of each instance.
 #[derive(Default)]
-struct BreakerChecker {
+pub(crate) struct BreakerChecker {
     streak: HashMap<String, Option<Duration>>,
     probing: HashMap<String, u32>,
     trips: u32,
-    closes: u32,
+    pub(crate) closes: u32,
 }
 
 impl BreakerChecker {
-    fn observe(&mut self, id: &str, t: Transition, min_calls: u32) {
+    pub(crate) fn observe(&mut self, id: &str, t: Transition, min_calls: u32) {
         match t {
             Transition::Tripped {
                 window_calls,
