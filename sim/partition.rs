@@ -5,20 +5,18 @@
 //! breaker closes. Breaker invariants are checked on every transition.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
-use streamgate::client::balanced::TransitionHook;
-use streamgate::client::{ClientPool, PoolConfig};
 use streamgate::proto::CacheSetRequest;
 use streamgate::proto::cache_service_client::CacheServiceClient;
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::resilience::breaker::{BreakerConfig, State};
 use streamgate::rt;
 
-use crate::pool::BreakerChecker;
+use crate::pool::checked_pool;
 use crate::trace::{announce, note};
 
 fn cache_ip(i: u8) -> IpAddr {
@@ -41,18 +39,7 @@ async fn partitioned_instance_trips_and_its_breaker_closes_after_healing() {
         .spawn(async move {
             let start = rt::now();
             let breaker = BreakerConfig::new(3, Duration::from_secs(1));
-            let checker = Arc::new(Mutex::new(BreakerChecker::default()));
-            let c = checker.clone();
-            let hook: TransitionHook = Arc::new(move |id: &str, t| {
-                note(start, format_args!("breaker {id}: {t:?}"));
-                c.lock().expect("checker").observe(id, t, breaker.min_calls);
-            });
-            let cfg = PoolConfig {
-                breaker,
-                on_transition: Some(hook),
-                ..crate::common::pool("client")
-            };
-            let pool = ClientPool::new(registry, cfg);
+            let (pool, checker) = checked_pool(registry, breaker, start);
             rt::sleep(Duration::from_millis(200)).await;
             let mut cache = CacheServiceClient::new(pool.channel("cache").await.expect("channel"));
             let mut n = 0u32;

@@ -34,6 +34,27 @@ pub(crate) struct BreakerChecker {
     pub(crate) closes: u32,
 }
 
+/// A client pool whose breaker transitions are printed on the timeline and
+/// checked against the breaker invariants as they happen.
+pub(crate) fn checked_pool(
+    registry: Arc<MemoryRegistry>,
+    breaker: BreakerConfig,
+    start: std::time::Instant,
+) -> (ClientPool, Arc<Mutex<BreakerChecker>>) {
+    let checker = Arc::new(Mutex::new(BreakerChecker::default()));
+    let c = checker.clone();
+    let hook: TransitionHook = Arc::new(move |id: &str, t| {
+        note(start, format_args!("breaker {id}: {t:?}"));
+        c.lock().expect("checker").observe(id, t, breaker.min_calls);
+    });
+    let cfg = PoolConfig {
+        breaker,
+        on_transition: Some(hook),
+        ..crate::common::pool("client")
+    };
+    (ClientPool::new(registry, cfg), checker)
+}
+
 impl BreakerChecker {
     pub(crate) fn observe(&mut self, id: &str, t: Transition, min_calls: u32) {
         match t {
@@ -100,18 +121,7 @@ async fn traffic_moves_off_a_crashed_instance_and_back() {
         .spawn(async move {
             let start = rt::now();
             let breaker = BreakerConfig::new(3, Duration::from_secs(1));
-            let checker = Arc::new(Mutex::new(BreakerChecker::default()));
-            let c = checker.clone();
-            let hook: TransitionHook = Arc::new(move |id: &str, t| {
-                note(start, format_args!("breaker {id}: {t:?}"));
-                c.lock().expect("checker").observe(id, t, breaker.min_calls);
-            });
-            let cfg = PoolConfig {
-                breaker,
-                on_transition: Some(hook),
-                ..crate::common::pool("client")
-            };
-            let pool = ClientPool::new(registry.clone(), cfg);
+            let (pool, checker) = checked_pool(registry.clone(), breaker, start);
             rt::sleep(Duration::from_millis(200)).await;
             let mut cache = CacheServiceClient::new(pool.channel("cache").await.expect("channel"));
             assert_eq!(pool.endpoints("cache").len(), 3);
