@@ -121,6 +121,7 @@ mod bench {
                     let runtime_handles = Runtime {
                         registry: registry.clone(),
                         bus: Arc::new(MemoryBus::new()),
+                        blobs: Arc::new(streamgate::blob::memory::MemoryBlobStore::new()),
                         pool,
                         keys,
                         metrics: Default::default(),

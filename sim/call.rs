@@ -35,6 +35,7 @@ fn node_runtime() -> Runtime {
     Runtime {
         registry: registry.clone(),
         bus: Arc::new(MemoryBus::new()),
+        blobs: Arc::new(streamgate::blob::memory::MemoryBlobStore::new()),
         pool: ClientPool::new(registry, crate::common::pool("cache")),
         keys: crate::common::keys(),
         metrics: Default::default(),

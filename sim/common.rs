@@ -24,7 +24,7 @@ pub fn cache_nodes(
 ) -> Vec<madsim::task::NodeId> {
     use std::sync::Arc;
     use streamgate::bus::memory::MemoryBus;
-    use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+    use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
     use streamgate::services::ServiceOpts;
 
     let handle = madsim::runtime::Handle::current();
@@ -44,8 +44,7 @@ pub fn cache_nodes(
                         let plugins: Vec<Box<dyn Plugin>> =
                             vec![Box::new(ServicePlugin::new(opts))];
                         let _kernel = Kernel::start_with(
-                            Arc::new(MemoryBus::new()),
-                            registry,
+                            Seams::new(Arc::new(MemoryBus::new()), registry),
                             pool("cache"),
                             plugins,
                         )

@@ -12,7 +12,7 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use rand::Rng as _;
 use streamgate::bus::memory::MemoryBus;
-use streamgate::kernel::{HEARTBEAT_INTERVAL, Kernel, Plugin, ServiceKind, ServicePlugin};
+use streamgate::kernel::{HEARTBEAT_INTERVAL, Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
 use streamgate::registry::Registry;
 use streamgate::registry::consul::{ConsulConfig, ConsulRegistry, SimTransport};
 use streamgate::registry::watcher::{WatchPolicy, Watcher};
@@ -92,8 +92,7 @@ async fn services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set() {
                 opts.check_interval = CHECK_INTERVAL;
                 let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
                 let _kernel = Kernel::start_with(
-                    Arc::new(MemoryBus::new()),
-                    consul(),
+                    Seams::new(Arc::new(MemoryBus::new()), consul()),
                     crate::common::pool("cache"),
                     plugins,
                 )

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::blob::BlobStore;
+use crate::blob::memory::MemoryBlobStore;
 use crate::bus::EventBus;
 use crate::client::{ClientPool, PoolConfig};
 use crate::middleware::auth::Keyring;
@@ -43,6 +45,8 @@ pub struct Runtime {
     pub registry: Arc<dyn Registry>,
     /// Where events are published and consumed.
     pub bus: Arc<dyn EventBus>,
+    /// Where video bytes are stored (shared by the node's services).
+    pub blobs: Arc<dyn BlobStore>,
     /// Cached channels to other services.
     pub pool: ClientPool,
     /// Service-token keys: servers verify with them, the pool signs.
@@ -80,6 +84,37 @@ pub enum KernelError {
     /// The registry refused or failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// The swappable back ends a node is started on.
+#[derive(Clone)]
+pub struct Seams {
+    /// The event bus.
+    pub bus: Arc<dyn EventBus>,
+    /// The service registry.
+    pub registry: Arc<dyn Registry>,
+    /// The blob store.
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+impl std::fmt::Debug for Seams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seams")
+            .field("blobs", &self.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Seams {
+    /// `bus` and `registry` with blobs in memory.
+    #[must_use]
+    pub fn new(bus: Arc<dyn EventBus>, registry: Arc<dyn Registry>) -> Self {
+        Self {
+            bus,
+            registry,
+            blobs: Arc::new(MemoryBlobStore::new()),
+        }
+    }
 }
 
 /// A unit the kernel starts and stops: a service, or a background worker.
@@ -130,7 +165,7 @@ impl Kernel {
         plugins: Vec<Box<dyn Plugin>>,
     ) -> Result<Self, KernelError> {
         let pool = PoolConfig::new(Keyring::generate("local"), "monolith");
-        Self::start_with(bus, registry, pool, plugins).await
+        Self::start_with(Seams::new(bus, registry), pool, plugins).await
     }
 
     /// Starts `plugins`; `pool` says who this node calls as, and the keys
@@ -139,11 +174,15 @@ impl Kernel {
     /// # Errors
     /// The first plugin or registry failure; plugins already started are stopped.
     pub async fn start_with(
-        bus: Arc<dyn EventBus>,
-        registry: Arc<dyn Registry>,
+        seams: Seams,
         pool: PoolConfig,
         plugins: Vec<Box<dyn Plugin>>,
     ) -> Result<Self, KernelError> {
+        let Seams {
+            bus,
+            registry,
+            blobs,
+        } = seams;
         registry.health().await?;
         let keys = pool.keys.clone();
         let metrics = Metrics::default();
@@ -160,6 +199,7 @@ impl Kernel {
         let rt = Runtime {
             registry,
             bus,
+            blobs,
             pool,
             keys,
             metrics,

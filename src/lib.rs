@@ -14,6 +14,7 @@ pub mod proto {
     tonic::include_proto!("streamgate.v1");
 }
 
+pub mod blob;
 pub mod bus;
 pub mod client;
 pub mod kernel;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::bus::memory::MemoryBus;
 
-use crate::kernel::{Kernel, KernelError, Mode, Plugin, ServiceKind, ServicePlugin};
+use crate::kernel::{Kernel, KernelError, Mode, Plugin, Seams, ServiceKind, ServicePlugin};
 use crate::middleware::auth::{Key, Keyring};
 use crate::registry::memory::MemoryRegistry;
 use crate::services::ServiceOpts;
@@ -23,6 +23,12 @@ pub struct NodeOpts {
     /// a second copy beside the first.
     #[arg(long, env = "STREAMGATE_PORT_OFFSET", default_value_t = 0)]
     pub port_offset: u16,
+    /// Where blobs (originals, HLS renditions) and the SQLite databases live.
+    #[arg(long, env = "STREAMGATE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Largest upload accepted, in bytes.
+    #[arg(long, env = "STREAMGATE_MAX_UPLOAD_BYTES", default_value_t = crate::services::MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
 }
 
 impl NodeOpts {
@@ -47,6 +53,8 @@ impl NodeOpts {
                     })?;
                 let mut opts = ServiceOpts::new(kind, self.host);
                 opts.listen = SocketAddr::new(self.host, port);
+                opts.data_dir = Some(self.data_dir.clone());
+                opts.max_upload_bytes = self.max_upload_bytes;
                 Ok(opts)
             })
             .collect()
@@ -71,12 +79,13 @@ pub async fn run(
         .collect();
     let kernel = match mode {
         Mode::Monolith => {
-            Kernel::start(
-                Arc::new(MemoryBus::new()),
-                Arc::new(MemoryRegistry::new()),
-                plugins,
-            )
-            .await?
+            let seams = Seams {
+                bus: Arc::new(MemoryBus::new()),
+                registry: Arc::new(MemoryRegistry::new()),
+                blobs: blob_store(&opts.data_dir)?,
+            };
+            let pool = crate::client::PoolConfig::new(Keyring::generate("local"), "monolith");
+            Kernel::start_with(seams, pool, plugins).await?
         }
         Mode::Microservices => {
             return Err(KernelError::Config {
@@ -90,6 +99,21 @@ pub async fn run(
     tracing::info!("shutting down");
     kernel.shutdown().await;
     Ok(())
+}
+
+/// The blob store under `data_dir` (files; memory in the simulator).
+fn blob_store(data_dir: &Path) -> Result<Arc<dyn crate::blob::BlobStore>, KernelError> {
+    #[cfg(not(madsim))]
+    {
+        let store = crate::blob::fs::FsBlobStore::open(data_dir)
+            .map_err(|e| config_error(format!("blob store in {}: {e}", data_dir.display())))?;
+        Ok(Arc::new(store))
+    }
+    #[cfg(madsim)]
+    {
+        let _ = data_dir;
+        Ok(Arc::new(crate::blob::memory::MemoryBlobStore::new()))
+    }
 }
 
 /// Which registry a microservice uses.
@@ -257,9 +281,13 @@ pub async fn run_service(
         .into_iter()
         .map(|o| Box::new(ServicePlugin::new(o)) as Box<dyn Plugin>)
         .collect();
-    let kernel = Kernel::start_with(
-        Arc::new(bus),
+    let seams = Seams {
+        bus: Arc::new(bus),
         registry,
+        blobs: blob_store(&opts.data_dir)?,
+    };
+    let kernel = Kernel::start_with(
+        seams,
         crate::client::PoolConfig::new(keys, kind.name()),
         plugins,
     )

@@ -117,6 +117,26 @@ where
     }
 }
 
+/// Runs blocking work (file I/O, SQLite) off the async workers; under the
+/// simulator it runs inline, keeping the run deterministic.
+///
+/// # Errors
+/// The closure panicked (normal runtime only).
+pub async fn blocking<F, T>(f: F) -> Result<T, JoinError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    #[cfg(not(madsim))]
+    {
+        tokio::task::spawn_blocking(f).await
+    }
+    #[cfg(madsim)]
+    {
+        Ok(f())
+    }
+}
+
 /// The runtime's random number generator: OS-seeded normally, driven by the
 /// simulation seed under madsim. Pass it to the sans-I/O cores as `&mut impl Rng`.
 #[must_use]

@@ -5,6 +5,7 @@
 //! `grpc.health.v1.Health` service, and HTTP `GET /health`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -12,6 +13,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::bus::Subscription;
 use crate::kernel::{KernelError, Runtime, ServiceKind};
 use crate::middleware::auth::VerifyLayer;
 use crate::middleware::error::ErrorLayer;
@@ -24,6 +26,13 @@ use crate::registry::{HealthCheck, ServiceInfo};
 use crate::rt::{self, transport};
 
 pub mod cache;
+pub mod gateway;
+pub mod media;
+pub mod metadata;
+pub mod streaming;
+pub mod transcoder;
+pub mod upload;
+pub mod worker;
 
 /// Options of one service instance (data, not live handles).
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +48,17 @@ pub struct ServiceOpts {
     pub check_interval: Duration,
     /// Per calling service: calls in a burst, and calls per second.
     pub rate_limit: (u32, f64),
+    /// Where the service keeps its files (SQLite databases); `None` keeps
+    /// them in memory (tests, the simulator).
+    pub data_dir: Option<PathBuf>,
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// How videos are transcoded.
+    pub engine: transcoder::Engine,
 }
+
+/// Largest upload accepted by default (2 GiB).
+pub const MAX_UPLOAD_BYTES: u64 = 2 << 30;
 
 impl ServiceOpts {
     /// Defaults for `kind` on `host`, at the design's port.
@@ -51,6 +70,9 @@ impl ServiceOpts {
             advertise: None,
             check_interval: Duration::from_secs(2),
             rate_limit: RATE_LIMIT,
+            data_dir: None,
+            max_upload_bytes: MAX_UPLOAD_BYTES,
+            engine: transcoder::Engine::default(),
         }
     }
 }
@@ -75,6 +97,48 @@ pub struct RunningService {
     grpc_names: Vec<&'static str>,
     shutdown: Option<oneshot::Sender<()>>,
     task: rt::JoinHandle<Result<(), transport::TransportError>>,
+    background: Background,
+}
+
+/// A service's work besides answering calls: event consumers and loops.
+/// Stopped after the server has drained.
+#[derive(Debug, Default)]
+pub struct Background {
+    /// Event subscriptions (ended by dropping them).
+    pub subscriptions: Vec<Subscription>,
+    /// Background tasks (aborted).
+    pub tasks: Vec<rt::JoinHandle<()>>,
+}
+
+impl Background {
+    fn stop(&mut self) {
+        self.subscriptions.clear();
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// What a service's module hands to [`start`].
+#[derive(Default)]
+pub struct Domain {
+    /// Its gRPC services.
+    pub routes: Routes,
+    /// Their names, reported by the health service.
+    pub grpc_names: Vec<&'static str>,
+    /// Public HTTP routes (the gateway's API): served beside the gRPC
+    /// routes, outside the service-to-service layers.
+    pub http: Option<axum::Router>,
+    /// Consumers and loops to stop on shutdown.
+    pub background: Background,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("grpc_names", &self.grpc_names)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningService {
@@ -107,7 +171,9 @@ impl RunningService {
         }
         let plugin = self.info.name.clone();
         let abort = self.task.abort_handle();
-        let Ok(joined) = rt::timeout(DRAIN_TIMEOUT, &mut self.task).await else {
+        let drained = rt::timeout(DRAIN_TIMEOUT, &mut self.task).await;
+        self.background.stop();
+        let Ok(joined) = drained else {
             tracing::warn!(service = %plugin, "drain timed out; closing open connections");
             abort.abort();
             return Ok(());
@@ -133,19 +199,25 @@ async fn set_status(health: &HealthReporter, names: &[&'static str], status: Ser
     }
 }
 
-/// The gRPC routes of `kind` and the names of its gRPC services. Services
-/// whose domain API has not landed yet serve health only.
-fn service_routes(kind: ServiceKind, _rt: &Runtime) -> (Routes, Vec<&'static str>) {
-    match kind {
-        ServiceKind::Cache => cache::routes(cache::state::Limits::default()),
-        ServiceKind::ApiGateway
-        | ServiceKind::Upload
-        | ServiceKind::Transcoder
-        | ServiceKind::Streaming
-        | ServiceKind::Metadata
-        | ServiceKind::Auth
-        | ServiceKind::Worker
-        | ServiceKind::Monitor => (Routes::default(), Vec::new()),
+/// The domain part of `kind`: its gRPC routes, public HTTP routes and
+/// background work.
+async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+    match opts.kind {
+        ServiceKind::Cache => {
+            let (routes, grpc_names) = cache::routes(cache::state::Limits::default());
+            Ok(Domain {
+                routes,
+                grpc_names,
+                ..Domain::default()
+            })
+        }
+        ServiceKind::ApiGateway => gateway::domain(opts, rt).await,
+        ServiceKind::Upload => upload::domain(opts, rt).await,
+        ServiceKind::Transcoder => transcoder::domain(opts, rt).await,
+        ServiceKind::Streaming => streaming::domain(opts, rt).await,
+        ServiceKind::Metadata => metadata::domain(opts, rt).await,
+        ServiceKind::Worker => worker::domain(opts, rt).await,
+        ServiceKind::Auth | ServiceKind::Monitor => Ok(Domain::default()),
     }
 }
 
@@ -167,7 +239,12 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     let metrics = rt.metrics.clone();
-    let (routes, grpc_names) = service_routes(opts.kind, rt);
+    let Domain {
+        routes,
+        grpc_names,
+        http,
+        background,
+    } = domain(opts, rt).await?;
     let router = routes
         .add_service(health_svc)
         .into_axum_router()
@@ -182,22 +259,34 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
     let shutdown = async move {
         let _ = rx.await;
     };
-    // Outermost first: request id, trace, error handling, metrics, deadline,
-    // service token, rate limit.
-    let layers = tower::ServiceBuilder::new()
-        .layer(RequestIdLayer::new())
-        .layer(ServerTraceLayer)
-        .layer(ErrorLayer)
-        .layer(MetricsLayer::new(rt.metrics.clone()))
-        .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
-        .layer(VerifyLayer::new(rt.keys.clone()))
-        .layer(RateLimitLayer::new(opts.rate_limit.0, opts.rate_limit.1));
-    let task = rt::spawn(transport::serve(
-        listener,
-        Routes::from(router),
-        layers,
-        shutdown,
-    ));
+    let task = match http {
+        // The gateway: public HTTP beside health; no service-token, gRPC
+        // deadline or per-caller limit layers (its API has its own limits).
+        Some(http) => rt::spawn(transport::serve(
+            listener,
+            Routes::from(router.merge(http)),
+            tower::ServiceBuilder::new()
+                .layer(RequestIdLayer::new())
+                .layer(ServerTraceLayer)
+                .layer(MetricsLayer::new(rt.metrics.clone())),
+            shutdown,
+        )),
+        // Outermost first: request id, trace, error handling, metrics,
+        // deadline, service token, rate limit.
+        None => rt::spawn(transport::serve(
+            listener,
+            Routes::from(router),
+            tower::ServiceBuilder::new()
+                .layer(RequestIdLayer::new())
+                .layer(ServerTraceLayer)
+                .layer(ErrorLayer)
+                .layer(MetricsLayer::new(rt.metrics.clone()))
+                .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
+                .layer(VerifyLayer::new(rt.keys.clone()))
+                .layer(RateLimitLayer::new(opts.rate_limit.0, opts.rate_limit.1)),
+            shutdown,
+        )),
+    };
 
     let advertise = opts.advertise.unwrap_or_else(|| match local_addr.ip() {
         ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
@@ -222,5 +311,6 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
         grpc_names,
         shutdown: Some(tx),
         task,
+        background,
     })
 }

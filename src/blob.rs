@@ -1,0 +1,135 @@
+//! The blob store: where originals, HLS renditions and thumbnails live.
+//! Writes are atomic (nothing is visible under a key until `commit`), so a
+//! crash in the middle of an upload leaves no partial blob behind.
+//!
+//! Backends: the file system under the data dir (production, the monolith)
+//! and memory (the simulator, tests). S3-compatible storage can follow
+//! behind the same trait (`object_store` is the field's crate for it).
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+#[cfg(not(madsim))]
+pub mod fs;
+pub mod memory;
+
+/// Longest key.
+pub const MAX_KEY_LEN: usize = 512;
+/// Most `/`-separated segments in a key.
+pub const MAX_KEY_SEGMENTS: usize = 8;
+/// Largest single read.
+pub const MAX_READ: usize = 16 << 20;
+
+/// A blob store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The key is not a valid key (see [`check_key`]).
+    #[error("invalid blob key {0:?}: {1}")]
+    BadKey(String, &'static str),
+    /// Nothing is stored under the key.
+    #[error("no blob {0:?}")]
+    NotFound(String),
+    /// The read starts past the end of the blob.
+    #[error("offset {offset} is past the end of {key:?} ({size} bytes)")]
+    OutOfRange {
+        /// The blob.
+        key: String,
+        /// The requested offset.
+        offset: u64,
+        /// The blob's size.
+        size: u64,
+    },
+    /// The storage failed.
+    #[error("blob store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks a key: 1..=8 `/`-separated segments of `[A-Za-z0-9_.-]`, none
+/// empty, `.` or `..`; at most 512 bytes. Keys never escape the store.
+///
+/// # Errors
+/// [`BlobError::BadKey`] saying what is wrong.
+pub fn check_key(key: &str) -> Result<(), BlobError> {
+    let bad = |why| Err(BlobError::BadKey(key.chars().take(64).collect(), why));
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return bad("must be 1..=512 bytes");
+    }
+    let mut segments = 0;
+    for seg in key.split('/') {
+        segments += 1;
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return bad("empty, '.' or '..' segment");
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return bad("segments are [A-Za-z0-9_.-]");
+        }
+    }
+    if segments > MAX_KEY_SEGMENTS {
+        return bad("more than 8 segments");
+    }
+    Ok(())
+}
+
+/// Where blobs are kept.
+#[async_trait]
+pub trait BlobStore: Send + Sync + Debug {
+    /// Starts a new blob; it becomes visible only on [`BlobWriter::commit`].
+    async fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError>;
+    /// Stores `data` under `key` atomically, replacing what was there.
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError>;
+    /// The size of the blob under `key`.
+    async fn size(&self, key: &str) -> Result<u64, BlobError>;
+    /// Up to `len` bytes (at most [`MAX_READ`]) from `offset`; fewer at the end.
+    async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError>;
+    /// Removes the blob under `key` and every blob under `key/`; true if
+    /// anything was removed.
+    async fn delete(&self, key: &str) -> Result<bool, BlobError>;
+    /// A local file holding the blob, where the backend has one (ffmpeg
+    /// reads from it directly).
+    fn local_path(&self, key: &str) -> Option<PathBuf>;
+}
+
+/// A blob being written.
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends `chunk`.
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError>;
+    /// Makes the bytes durable and visible under `key`, replacing what was
+    /// there. Dropping the writer without committing discards them.
+    async fn commit(self: Box<Self>, key: &str) -> Result<(), BlobError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_stay_inside_the_store() {
+        for good in ["originals/abc", "hls/v1/480p/seg_00001.ts", "a.b-c_d"] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/../b",
+            "..",
+            ".",
+            "a/",
+            "a\0b",
+            "a b",
+            "a\\b",
+            "ü",
+            "a/b/c/d/e/f/g/h/i",
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_key(&"a".repeat(513)).is_err());
+    }
+}

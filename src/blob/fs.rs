@@ -1,0 +1,285 @@
+//! Blobs as files under a root directory: `<root>/blobs/<key>`. A new blob
+//! is written to `<root>/tmp/`, fsynced, then renamed into place (and the
+//! directory fsynced), so readers see either nothing or the whole blob.
+//! Leftover temporary files (a crash mid-write) are removed on open.
+
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{BlobError, BlobStore, BlobWriter, MAX_READ, check_key};
+use crate::rt;
+
+/// A blob store in a directory.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, BlobError> {
+    rt::blocking(f)
+        .await
+        .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(BlobError::Io)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl FsBlobStore {
+    /// Opens (creating) the store at `root` and clears unfinished writes.
+    ///
+    /// # Errors
+    /// The directories cannot be created or cleaned.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join("blobs"))?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
+        check_key(key)?;
+        Ok(self.root.join("blobs").join(key))
+    }
+
+    fn not_found(key: &str, e: std::io::Error) -> BlobError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            BlobError::NotFound(key.to_owned())
+        } else {
+            BlobError::Io(e)
+        }
+    }
+
+    fn temp(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}.part", rt::random_hex128()))
+    }
+}
+
+/// Moves the finished temporary file `tmp` to `dest` durably.
+fn install(tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    let dir = dest.parent().unwrap_or(dest);
+    std::fs::create_dir_all(dir)?;
+    std::fs::rename(tmp, dest)?;
+    sync_dir(dir)
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
+        let path = self.temp();
+        let p = path.clone();
+        let file = blocking(move || std::fs::File::create_new(p)).await?;
+        Ok(Box::new(FsWriter {
+            file: Some(file),
+            path,
+            store: self.clone(),
+        }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError> {
+        let dest = self.path(key)?;
+        let tmp = self.temp();
+        blocking(move || {
+            let mut f = std::fs::File::create_new(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            install(&tmp, &dest).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        })
+        .await
+    }
+
+    async fn size(&self, key: &str) -> Result<u64, BlobError> {
+        let path = self.path(key)?;
+        let meta = blocking(move || std::fs::metadata(path))
+            .await
+            .map_err(|e| match e {
+                BlobError::Io(e) => Self::not_found(key, e),
+                e => e,
+            })?;
+        if !meta.is_file() {
+            return Err(BlobError::NotFound(key.to_owned()));
+        }
+        Ok(meta.len())
+    }
+
+    async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError> {
+        let path = self.path(key)?;
+        let len = len.min(MAX_READ);
+        let owned = key.to_owned();
+        blocking(move || {
+            let mut f = std::fs::File::open(path)?;
+            let size = f.metadata()?.len();
+            if !f.metadata()?.is_file() {
+                return Ok(Err(BlobError::NotFound(owned)));
+            }
+            if offset > size || (offset == size && size > 0) {
+                return Ok(Err(BlobError::OutOfRange {
+                    key: owned,
+                    offset,
+                    size,
+                }));
+            }
+            let want = usize::try_from((size - offset).min(len as u64)).unwrap_or(len);
+            let mut buf = vec![0; want];
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_exact(&mut buf)?;
+            Ok(Ok(Bytes::from(buf)))
+        })
+        .await
+        .map_err(|e| match e {
+            BlobError::Io(e) => Self::not_found(key, e),
+            e => e,
+        })?
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BlobError> {
+        let path = self.path(key)?;
+        blocking(move || {
+            let mut removed = false;
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+                removed = true;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if path.exists() => return Err(e),
+                Err(_) => {}
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
+    }
+}
+
+struct FsWriter {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+    store: FsBlobStore,
+}
+
+impl FsWriter {
+    fn file(&mut self) -> Result<std::fs::File, BlobError> {
+        self.file
+            .take()
+            .ok_or_else(|| BlobError::Io(std::io::Error::other("an earlier write failed")))
+    }
+}
+
+#[async_trait]
+impl BlobWriter for FsWriter {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        let mut file = self.file()?;
+        let chunk = chunk.to_vec();
+        let file = blocking(move || file.write_all(&chunk).map(|()| file)).await?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, key: &str) -> Result<(), BlobError> {
+        let dest = self.store.path(key)?;
+        let file = self.file()?;
+        let tmp = self.path.clone();
+        blocking(move || {
+            file.sync_all()?;
+            drop(file);
+            install(&tmp, &dest)
+        })
+        .await
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        // Not committed (or the rename failed): the bytes are discarded.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sg-blob-{name}-{}", rt::random_hex128()));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_visible_only_after_commit() {
+        let root = dir("commit");
+        let store = FsBlobStore::open(&root).expect("open");
+        let mut w = store.create().await.expect("create");
+        w.write(b"hello ").await.expect("write");
+        w.write(b"world").await.expect("write");
+        assert!(matches!(
+            store.size("originals/v1").await,
+            Err(BlobError::NotFound(_))
+        ));
+        w.commit("originals/v1").await.expect("commit");
+        assert_eq!(store.size("originals/v1").await.expect("size"), 11);
+        let part = store.read("originals/v1", 6, 100).await.expect("read");
+        assert_eq!(&part[..], b"world");
+        assert!(matches!(
+            store.read("originals/v1", 11, 1).await,
+            Err(BlobError::OutOfRange { size: 11, .. })
+        ));
+        assert_eq!(std::fs::read_dir(root.join("tmp")).expect("tmp").count(), 0);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_leaves_nothing() {
+        let root = dir("abandon");
+        let store = FsBlobStore::open(&root).expect("open");
+        let mut w = store.create().await.expect("create");
+        w.write(b"partial").await.expect("write");
+        drop(w);
+        assert_eq!(std::fs::read_dir(root.join("tmp")).expect("tmp").count(), 0);
+        // A crash leaves a temp file behind; reopening clears it.
+        std::fs::write(root.join("tmp").join("x.part"), b"junk").expect("junk");
+        let _store = FsBlobStore::open(&root).expect("reopen");
+        assert_eq!(std::fs::read_dir(root.join("tmp")).expect("tmp").count(), 0);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_a_tree_and_keys_cannot_escape() {
+        let root = dir("delete");
+        let store = FsBlobStore::open(&root).expect("open");
+        store
+            .put("hls/v/a/x.ts", Bytes::from_static(b"1"))
+            .await
+            .expect("put");
+        store
+            .put("hls/v/master.m3u8", Bytes::from_static(b"2"))
+            .await
+            .expect("put");
+        assert!(store.delete("hls/v").await.expect("delete"));
+        assert!(!store.delete("hls/v").await.expect("delete again"));
+        assert!(matches!(
+            store.put("../escape", Bytes::new()).await,
+            Err(BlobError::BadKey(..))
+        ));
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

