@@ -1,13 +1,55 @@
-//! metadata (9005): the video catalog (SQLite) and its state machine, fed by the pipeline's events.
+//! metadata (9005): the video catalog (SQLite) and its state machine, fed
+//! by the pipeline's events and read by the gateway.
+
+use std::sync::{Arc, Mutex};
+
+use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
-use crate::services::{Domain, ServiceOpts};
+use crate::proto::metadata_service_server::MetadataServiceServer;
+use crate::services::{Background, Domain, ServiceOpts};
 
-/// The service's routes and background work.
+pub mod consume;
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use server::MetadataServer;
+
+/// File name of the catalog under the data dir.
+pub const DB_FILE: &str = "metadata.sqlite";
+
+/// The catalog's routes and its event consumers.
 ///
 /// # Errors
-/// Its store cannot be opened.
-#[allow(clippy::unused_async)]
-pub async fn domain(_opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
-    Ok(Domain::default())
+/// The store cannot be opened, or the bus refuses the subscriptions.
+pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+    let fail = |reason: String| KernelError::Config {
+        plugin: "metadata".to_owned(),
+        reason,
+    };
+    let path = match &opts.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+            Some(dir.join(DB_FILE))
+        }
+        None => None,
+    };
+    let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let store = Arc::new(Mutex::new(store));
+    let subscriptions = consume::subscribe(&store, &rt.bus)
+        .await
+        .map_err(|e| fail(format!("event bus: {e}")))?;
+    let server = MetadataServer::new(store, rt.bus.clone(), opts.max_upload_bytes);
+    Ok(Domain {
+        routes: Routes::new(MetadataServiceServer::new(server)),
+        grpc_names: vec![
+            <MetadataServiceServer<MetadataServer> as tonic::server::NamedService>::NAME,
+        ],
+        background: Background {
+            subscriptions,
+            tasks: Vec::new(),
+        },
+        ..Domain::default()
+    })
 }

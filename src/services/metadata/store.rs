@@ -1,0 +1,383 @@
+//! Video records in SQLite (a file under the data dir, or in memory), and
+//! the ids of the events already applied, so redelivered events are no-ops.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::state::{self, Step};
+use crate::proto::{Rendition, Video, VideoState};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A video with that id exists.
+    #[error("video {0} already exists")]
+    Exists(String),
+    /// SQLite failed.
+    #[error("metadata store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row does not decode.
+    #[error("metadata store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Applied event ids older than this are forgotten (redelivery happens
+/// within minutes; a week is ample).
+pub const EVENT_MEMORY_MS: u64 = 7 * 24 * 3600 * 1000;
+
+#[derive(Serialize, Deserialize)]
+struct StoredRendition {
+    name: String,
+    width: u32,
+    height: u32,
+    bitrate_kbps: u32,
+    playlist_key: String,
+}
+
+/// The video catalog.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    applied: u64,
+}
+
+const COLUMNS: &str = "id, owner_id, title, description, content_type, size_bytes, sha256_hex, \
+     state, failure_reason, renditions, created_at_ms, updated_at_ms, duration_ms, thumbnail_key";
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating) the catalog at `path`, or in memory for `None`.
+    ///
+    /// # Errors
+    /// SQLite cannot open or migrate the file.
+    pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
+        let conn = match path {
+            Some(p) => Connection::open(p)?,
+            None => Connection::open_in_memory()?,
+        };
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS videos (
+                 id TEXT PRIMARY KEY,
+                 owner_id TEXT NOT NULL,
+                 title TEXT NOT NULL,
+                 description TEXT NOT NULL,
+                 content_type TEXT NOT NULL,
+                 size_bytes INTEGER NOT NULL,
+                 sha256_hex TEXT NOT NULL,
+                 state INTEGER NOT NULL,
+                 failure_reason TEXT NOT NULL,
+                 renditions TEXT NOT NULL,
+                 created_at_ms INTEGER NOT NULL,
+                 updated_at_ms INTEGER NOT NULL,
+                 duration_ms INTEGER NOT NULL,
+                 thumbnail_key TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS videos_newest ON videos (created_at_ms DESC, id DESC);
+             CREATE TABLE IF NOT EXISTS applied_events (
+                 event_id TEXT PRIMARY KEY,
+                 at_ms INTEGER NOT NULL
+             );",
+        )?;
+        Ok(Self { conn, applied: 0 })
+    }
+
+    /// Inserts a new video.
+    ///
+    /// # Errors
+    /// [`StoreError::Exists`] if the id is taken.
+    pub fn create(&mut self, v: &Video) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let taken: bool = tx
+            .query_row("SELECT 1 FROM videos WHERE id = ?1", [&v.id], |_| Ok(true))
+            .optional()?
+            .unwrap_or(false);
+        if taken {
+            return Err(StoreError::Exists(v.id.clone()));
+        }
+        write(&tx, v)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The video `id`.
+    ///
+    /// # Errors
+    /// SQLite failed or the row is corrupt.
+    pub fn get(&self, id: &str) -> Result<Option<Video>, StoreError> {
+        read_one(&self.conn, id)
+    }
+
+    /// Replaces the stored record of `v.id`.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn put(&mut self, v: &Video) -> Result<(), StoreError> {
+        write(&self.conn, v)
+    }
+
+    /// Removes `id`; true if it existed.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn delete(&mut self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM videos WHERE id = ?1", [id])?
+            > 0)
+    }
+
+    /// Up to `limit` videos, newest first, after the `(created_at_ms, id)`
+    /// cursor, optionally of one owner and in one state.
+    ///
+    /// # Errors
+    /// SQLite failed or a row is corrupt.
+    pub fn list(
+        &self,
+        owner: Option<&str>,
+        state: Option<VideoState>,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Video>, StoreError> {
+        let (at, id) = after.unwrap_or((i64::MAX, ""));
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM videos
+             WHERE (?1 IS NULL OR owner_id = ?1) AND (?2 IS NULL OR state = ?2)
+               AND (created_at_ms < ?3 OR (created_at_ms = ?3 AND (?4 = '' OR id < ?4)))
+             ORDER BY created_at_ms DESC, id DESC LIMIT ?5"
+        ))?;
+        let rows = stmt.query_map(
+            params![owner, state.map(|s| s as i32), at, id, limit],
+            row_to_video,
+        )?;
+        rows.map(|r| r.map_err(StoreError::from)?).collect()
+    }
+
+    /// Applies pipeline event `event_id` to video `id` once: returns the
+    /// video after it, or `None` when the event was already applied, the
+    /// video is unknown (deleted) or nothing changes.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn apply(
+        &mut self,
+        event_id: &str,
+        id: &str,
+        now_ms: u64,
+        step: &Step,
+        fill: impl FnOnce(&mut Video),
+    ) -> Result<Option<Video>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let seen = tx.execute(
+            "INSERT OR IGNORE INTO applied_events (event_id, at_ms) VALUES (?1, ?2)",
+            params![event_id, to_i64(now_ms)],
+        )? == 0;
+        let mut changed = None;
+        if !seen && let Some(mut v) = read_one(&tx, id)? {
+            let from = VideoState::try_from(v.state).unwrap_or(VideoState::Unspecified);
+            if let Some(to) = state::after(from, step) {
+                v.state = to as i32;
+                v.failure_reason = match step {
+                    Step::Failed(reason) => state::clip_reason(reason),
+                    _ => String::new(),
+                };
+                if to == VideoState::Ready {
+                    fill(&mut v);
+                }
+                v.updated_at_ms = v.updated_at_ms.max(to_i64(now_ms));
+                write(&tx, &v)?;
+                changed = Some(v);
+            }
+        }
+        tx.commit()?;
+        self.applied += 1;
+        if self.applied.is_multiple_of(1000) {
+            self.conn.execute(
+                "DELETE FROM applied_events WHERE at_ms < ?1",
+                [to_i64(now_ms.saturating_sub(EVENT_MEMORY_MS))],
+            )?;
+        }
+        Ok(changed)
+    }
+}
+
+fn write(conn: &Connection, v: &Video) -> Result<(), StoreError> {
+    let renditions: Vec<StoredRendition> = v
+        .renditions
+        .iter()
+        .map(|r| StoredRendition {
+            name: r.name.clone(),
+            width: r.width,
+            height: r.height,
+            bitrate_kbps: r.bitrate_kbps,
+            playlist_key: r.playlist_key.clone(),
+        })
+        .collect();
+    let renditions =
+        serde_json::to_string(&renditions).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.execute(
+        &format!(
+            "INSERT OR REPLACE INTO videos ({COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ),
+        params![
+            v.id,
+            v.owner_id,
+            v.title,
+            v.description,
+            v.content_type,
+            to_i64(v.size_bytes),
+            v.sha256_hex,
+            v.state,
+            v.failure_reason,
+            renditions,
+            v.created_at_ms,
+            v.updated_at_ms,
+            to_i64(v.duration_ms),
+            v.thumbnail_key,
+        ],
+    )?;
+    Ok(())
+}
+
+fn read_one(conn: &Connection, id: &str) -> Result<Option<Video>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM videos WHERE id = ?1"))?;
+    match stmt.query_row([id], row_to_video).optional()? {
+        Some(v) => Ok(Some(v?)),
+        None => Ok(None),
+    }
+}
+
+fn row_to_video(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Video, StoreError>> {
+    let renditions: String = row.get(9)?;
+    let renditions = match serde_json::from_str::<Vec<StoredRendition>>(&renditions) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(StoreError::Corrupt(e.to_string()))),
+    };
+    Ok(Ok(Video {
+        id: row.get(0)?,
+        owner_id: row.get(1)?,
+        title: row.get(2)?,
+        description: row.get(3)?,
+        content_type: row.get(4)?,
+        size_bytes: to_u64(row.get(5)?),
+        sha256_hex: row.get(6)?,
+        state: row.get(7)?,
+        failure_reason: row.get(8)?,
+        renditions: renditions
+            .into_iter()
+            .map(|r| Rendition {
+                name: r.name,
+                width: r.width,
+                height: r.height,
+                bitrate_kbps: r.bitrate_kbps,
+                playlist_key: r.playlist_key,
+            })
+            .collect(),
+        created_at_ms: row.get(10)?,
+        updated_at_ms: row.get(11)?,
+        duration_ms: to_u64(row.get(12)?),
+        thumbnail_key: row.get(13)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(id: &str, at: i64) -> Video {
+        Video {
+            id: id.into(),
+            owner_id: "u1".into(),
+            title: "t".into(),
+            content_type: "video/mp4".into(),
+            size_bytes: 10,
+            sha256_hex: "0".repeat(64),
+            state: VideoState::Uploaded as i32,
+            created_at_ms: at,
+            updated_at_ms: at,
+            ..Video::default()
+        }
+    }
+
+    #[test]
+    fn create_get_list_delete() {
+        let mut s = Store::open(None).expect("open");
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            s.create(&video(id, 100 + i64::try_from(i).expect("small")))
+                .expect("create");
+        }
+        assert!(matches!(
+            s.create(&video("a", 1)),
+            Err(StoreError::Exists(_))
+        ));
+        assert_eq!(s.get("b").expect("get").expect("found").title, "t");
+        let page = s.list(None, None, None, 2).expect("list");
+        assert_eq!(
+            page.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            ["c", "b"]
+        );
+        let last = page.last().expect("two");
+        let rest = s
+            .list(None, None, Some((last.created_at_ms, &last.id)), 2)
+            .expect("list");
+        assert_eq!(
+            rest.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert!(s.delete("a").expect("delete"));
+        assert!(!s.delete("a").expect("delete again"));
+        assert!(s.get("a").expect("get").is_none());
+    }
+
+    #[test]
+    fn an_event_applies_once() {
+        let mut s = Store::open(None).expect("open");
+        s.create(&video("v", 1)).expect("create");
+        let fill = |v: &mut Video| v.duration_ms = 2000;
+        let after = s
+            .apply("e1", "v", 5, &Step::Completed, fill)
+            .expect("apply");
+        assert_eq!(after.expect("changed").state, VideoState::Ready as i32);
+        assert!(
+            s.apply("e1", "v", 6, &Step::Completed, fill)
+                .expect("again")
+                .is_none()
+        );
+        // A stale failure never undoes success.
+        let stale = s
+            .apply("e2", "v", 7, &Step::Failed("x".into()), fill)
+            .expect("stale");
+        assert!(stale.is_none());
+        assert_eq!(s.get("v").expect("get").expect("v").duration_ms, 2000);
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("sg-meta-{}", crate::rt::random_hex128()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("metadata.sqlite");
+        Store::open(Some(&path))
+            .expect("open")
+            .create(&video("v", 1))
+            .expect("create");
+        assert!(
+            Store::open(Some(&path))
+                .expect("reopen")
+                .get("v")
+                .expect("get")
+                .is_some()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
