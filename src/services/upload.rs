@@ -1,13 +1,90 @@
-//! upload (9091): client-streaming uploads stored atomically in the blob store; publishes FileUploaded.
+//! upload (9091): client-streaming uploads stored atomically in the blob
+//! store; publishes FileUploaded, and removes a video's blobs once deleted.
 
+use std::sync::{Arc, Mutex};
+
+use tonic::service::Routes;
+
+use crate::bus::events::{MetadataDeleted, Payload};
+use crate::bus::{EventType, handler};
 use crate::kernel::{KernelError, Runtime};
-use crate::services::{Domain, ServiceOpts};
+use crate::proto::upload_service_server::UploadServiceServer;
+use crate::services::{Background, Domain, ServiceOpts, media};
 
-/// The service's routes and background work.
+pub mod server;
+pub mod store;
+
+pub use server::UploadServer;
+
+/// File name of the upload records under the data dir.
+pub const DB_FILE: &str = "uploads.sqlite";
+
+/// The service's routes, and the consumer that removes deleted videos' blobs.
 ///
 /// # Errors
-/// Its store cannot be opened.
-#[allow(clippy::unused_async)]
-pub async fn domain(_opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
-    Ok(Domain::default())
+/// The records cannot be opened, or the bus refuses the subscription.
+pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+    let fail = |reason: String| KernelError::Config {
+        plugin: "upload".to_owned(),
+        reason,
+    };
+    let path = match &opts.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+            Some(dir.join(DB_FILE))
+        }
+        None => None,
+    };
+    let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let store = Arc::new(Mutex::new(store));
+
+    let (blobs, records) = (rt.blobs.clone(), store.clone());
+    let on_deleted = handler(move |event| {
+        let (blobs, records) = (blobs.clone(), records.clone());
+        async move {
+            let video_id = MetadataDeleted::from_event(&event)?.video_id;
+            if !media::is_id(&video_id) {
+                return Err("video_id is not an id".into());
+            }
+            for key in media::video_blobs(&video_id) {
+                blobs.delete(&key).await?;
+            }
+            let id = video_id.clone();
+            crate::rt::blocking(move || {
+                records
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .delete_video(&id)
+            })
+            .await??;
+            tracing::info!(video = %video_id, "blobs of the deleted video removed");
+            Ok(())
+        }
+    });
+    let sub = rt
+        .bus
+        .subscribe(
+            EventType::MetadataDeleted.subject(),
+            Some("upload"),
+            on_deleted,
+        )
+        .await
+        .map_err(|e| fail(format!("event bus: {e}")))?;
+
+    let server = UploadServer::new(
+        store,
+        rt.blobs.clone(),
+        rt.bus.clone(),
+        rt.pool.clone(),
+        opts.max_upload_bytes,
+    );
+    Ok(Domain {
+        routes: Routes::new(UploadServiceServer::new(server)),
+        grpc_names: vec![<UploadServiceServer<UploadServer> as tonic::server::NamedService>::NAME],
+        background: Background {
+            subscriptions: vec![sub],
+            tasks: Vec::new(),
+        },
+        ..Domain::default()
+    })
 }

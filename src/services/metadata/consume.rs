@@ -13,6 +13,9 @@ use crate::proto::{Rendition, Video};
 use crate::rt;
 use crate::services::media;
 
+/// What a completed transcode writes into the video record.
+type Fill = Box<dyn FnOnce(&mut Video) + Send>;
+
 /// Queue group of the catalog's consumers: one instance applies each event.
 pub const GROUP: &str = "metadata";
 
@@ -38,33 +41,32 @@ fn renditions(video_id: &str, names: &[String]) -> Vec<Rendition> {
 /// # Errors
 /// The event does not decode, or the store failed (the bus may redeliver).
 pub async fn apply(store: &Shared, bus: &Arc<dyn EventBus>, event: Event) -> HandlerResult {
-    let (video_id, step, fill): (String, Step, Box<dyn FnOnce(&mut Video) + Send>) =
-        match event.kind {
-            EventType::TranscodingStarted => {
-                let p = TranscodingStarted::from_event(&event)?;
-                (p.video_id, Step::Started, Box::new(|_| {}))
-            }
-            EventType::TranscodingCompleted => {
-                let p = TranscodingCompleted::from_event(&event)?;
-                let list = renditions(&p.video_id, &p.renditions);
-                let thumb = p.thumbnail_key.unwrap_or_default();
-                let duration = p.duration_ms;
-                (
-                    p.video_id,
-                    Step::Completed,
-                    Box::new(move |v: &mut Video| {
-                        v.renditions = list;
-                        v.duration_ms = duration;
-                        v.thumbnail_key = thumb;
-                    }),
-                )
-            }
-            EventType::TranscodingFailed => {
-                let p = TranscodingFailed::from_event(&event)?;
-                (p.video_id, Step::Failed(p.reason), Box::new(|_| {}))
-            }
-            other => return Err(BusError::Malformed(format!("unexpected {other:?}")).into()),
-        };
+    let (video_id, step, fill): (String, Step, Fill) = match event.kind {
+        EventType::TranscodingStarted => {
+            let p = TranscodingStarted::from_event(&event)?;
+            (p.video_id, Step::Started, Box::new(|_| {}))
+        }
+        EventType::TranscodingCompleted => {
+            let p = TranscodingCompleted::from_event(&event)?;
+            let list = renditions(&p.video_id, &p.renditions);
+            let thumb = p.thumbnail_key.unwrap_or_default();
+            let duration = p.duration_ms;
+            (
+                p.video_id,
+                Step::Completed,
+                Box::new(move |v: &mut Video| {
+                    v.renditions = list;
+                    v.duration_ms = duration;
+                    v.thumbnail_key = thumb;
+                }),
+            )
+        }
+        EventType::TranscodingFailed => {
+            let p = TranscodingFailed::from_event(&event)?;
+            (p.video_id, Step::Failed(p.reason), Box::new(|_| {}))
+        }
+        other => return Err(BusError::Malformed(format!("unexpected {other:?}")).into()),
+    };
     if !media::is_id(&video_id) {
         return Err(BusError::Malformed("video_id is not an id".into()).into());
     }

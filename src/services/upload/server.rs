@@ -1,0 +1,507 @@
+//! UploadService over gRPC: checks the metadata chunk, streams the data
+//! chunks into a new blob while hashing and counting, and only after the
+//! blob is committed and the video recorded announces FileUploaded.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::store::{Store, StoreError};
+use crate::blob::BlobStore;
+use crate::bus::EventBus;
+use crate::bus::events::{FileUploaded, Payload};
+use crate::client::ClientPool;
+use crate::proto::upload_chunk::Payload as Chunk;
+use crate::proto::upload_service_server::UploadService;
+use crate::proto::{
+    CreateVideoRequest, DeleteUploadRequest, DeleteUploadResponse, DeleteVideoRequest,
+    GetUploadRequest, GetUploadResponse, ListUploadsRequest, ListUploadsResponse, UploadChunk,
+    UploadInfo, UploadMetadata, UploadResponse,
+};
+use crate::rt;
+use crate::services::media;
+
+/// Largest data chunk.
+pub const MAX_CHUNK: usize = 1 << 20;
+/// Owner of uploads until user accounts land (the gateway passes no user yet).
+pub const ANONYMOUS: &str = "anonymous";
+/// Attempts at announcing FileUploaded before the upload is undone.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        Status::internal(e.to_string())
+    }
+}
+
+/// The gRPC face of the upload service.
+#[derive(Clone)]
+pub struct UploadServer {
+    store: Arc<Mutex<Store>>,
+    blobs: Arc<dyn BlobStore>,
+    bus: Arc<dyn EventBus>,
+    pool: ClientPool,
+    max_size: u64,
+}
+
+impl std::fmt::Debug for UploadServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadServer")
+            .field("max_size", &self.max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+/// Checks a file name: 1..=255 bytes, no `/`, `\`, NUL or other control
+/// characters, not `.` or `..`.
+///
+/// # Errors
+/// What is wrong, for an INVALID_ARGUMENT status.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("file_name: 1..=255 bytes".into());
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control)
+    {
+        return Err("file_name: no '/', '\\', NUL or control characters, not '.' or '..'".into());
+    }
+    Ok(())
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks the metadata chunk against `max_size`.
+fn check_metadata(m: &UploadMetadata, max_size: u64) -> Result<(), Status> {
+    check_file_name(&m.file_name).map_err(invalid)?;
+    if !m.content_type.starts_with("video/") || m.content_type.len() > 127 {
+        return Err(invalid("content_type: video/*, at most 127 bytes"));
+    }
+    if m.size_bytes > max_size {
+        return Err(Status::resource_exhausted(format!(
+            "size_bytes {} is over the limit of {max_size} bytes",
+            m.size_bytes
+        )));
+    }
+    if !m.sha256_hex.is_empty() && !is_sha256_hex(&m.sha256_hex) {
+        return Err(invalid("sha256_hex: 64 lower-case hex digits, or empty"));
+    }
+    if m.title.len() > 200 || m.title.chars().any(char::is_control) {
+        return Err(invalid("title: at most 200 bytes, no control characters"));
+    }
+    if m.description.len() > 5000 {
+        return Err(invalid("description: at most 5000 bytes"));
+    }
+    if !m.idempotency_key.is_empty() && !media::is_id(&m.idempotency_key) {
+        return Err(invalid(
+            "idempotency_key: 1..=64 chars of [A-Za-z0-9_-], or empty",
+        ));
+    }
+    Ok(())
+}
+
+/// The title of a video uploaded as `file_name` without one: the name,
+/// cut to 200 bytes.
+fn title_of(m: &UploadMetadata) -> String {
+    if !m.title.is_empty() {
+        return m.title.clone();
+    }
+    let mut end = m.file_name.len().min(200);
+    while !m.file_name.is_char_boundary(end) {
+        end -= 1;
+    }
+    m.file_name[..end].to_owned()
+}
+
+fn response(u: &UploadInfo, deduplicated: bool) -> UploadResponse {
+    UploadResponse {
+        upload_id: u.upload_id.clone(),
+        video_id: u.video_id.clone(),
+        blob_key: u.blob_key.clone(),
+        size_bytes: u.size_bytes,
+        sha256_hex: u.sha256_hex.clone(),
+        created_at_ms: u.created_at_ms,
+        deduplicated,
+    }
+}
+
+impl UploadServer {
+    /// A server storing in `blobs`, recording in `store`, creating videos
+    /// through `pool` and announcing on `bus`; uploads up to `max_size`.
+    #[must_use]
+    pub fn new(
+        store: Arc<Mutex<Store>>,
+        blobs: Arc<dyn BlobStore>,
+        bus: Arc<dyn EventBus>,
+        pool: ClientPool,
+        max_size: u64,
+    ) -> Self {
+        Self {
+            store,
+            blobs,
+            bus,
+            pool,
+            max_size,
+        }
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        rt::blocking(move || {
+            f(&mut store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("upload records: {e}")))?
+        .map_err(Status::from)
+    }
+
+    /// Receives the data chunks into a committed blob at `key`; returns
+    /// its size and hash. On any error nothing is left stored.
+    async fn receive(
+        &self,
+        stream: &mut Streaming<UploadChunk>,
+        meta: &UploadMetadata,
+        key: &str,
+    ) -> Result<(u64, String), Status> {
+        let limit = if meta.size_bytes > 0 {
+            meta.size_bytes
+        } else {
+            self.max_size
+        };
+        let mut writer = self
+            .blobs
+            .create()
+            .await
+            .map_err(|e| media::blob_status(&e))?;
+        let mut hasher = Sha256::new();
+        let mut total: u64 = 0;
+        while let Some(chunk) = stream.message().await? {
+            let data = match chunk.payload {
+                Some(Chunk::Data(data)) => data,
+                Some(Chunk::Metadata(_)) => return Err(invalid("metadata after the first chunk")),
+                None => return Err(invalid("a chunk without payload")),
+            };
+            if data.is_empty() || data.len() > MAX_CHUNK {
+                return Err(invalid("data chunks are 1..=1048576 bytes"));
+            }
+            total += data.len() as u64;
+            if total > limit {
+                return Err(if limit == self.max_size {
+                    Status::resource_exhausted(format!(
+                        "upload is over the limit of {} bytes",
+                        self.max_size
+                    ))
+                } else {
+                    invalid(format!("more bytes than the declared size_bytes {limit}"))
+                });
+            }
+            hasher.update(&data);
+            writer
+                .write(&data)
+                .await
+                .map_err(|e| media::blob_status(&e))?;
+        }
+        if total == 0 {
+            return Err(invalid("empty upload: no data chunks"));
+        }
+        if meta.size_bytes > 0 && total != meta.size_bytes {
+            return Err(invalid(format!(
+                "received {total} bytes, declared size_bytes {}",
+                meta.size_bytes
+            )));
+        }
+        let sha = media::hex(&hasher.finalize());
+        if !meta.sha256_hex.is_empty() && sha != meta.sha256_hex {
+            return Err(invalid(format!(
+                "sha256_hex mismatch: received {sha}, declared {}",
+                meta.sha256_hex
+            )));
+        }
+        writer
+            .commit(key)
+            .await
+            .map_err(|e| media::blob_status(&e))?;
+        Ok((total, sha))
+    }
+
+    /// Removes what a failed upload of `video_id` left (best effort).
+    async fn undo(&self, video_id: &str, video_created: bool) {
+        if video_created && let Ok(mut metadata) = self.pool.metadata().await {
+            let req = DeleteVideoRequest {
+                video_id: video_id.to_owned(),
+            };
+            if let Err(e) = metadata.delete_video(req).await {
+                tracing::warn!(video = video_id, error = %e, "undo: video record not deleted");
+            }
+        }
+        if let Err(e) = self.blobs.delete(&media::original_key(video_id)).await {
+            tracing::warn!(video = video_id, error = %e, "undo: original not deleted");
+        }
+    }
+
+    async fn publish(&self, payload: &FileUploaded) -> Result<(), Status> {
+        let event = payload
+            .to_event("upload")
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut last = None;
+        for attempt in 0..PUBLISH_ATTEMPTS {
+            if attempt > 0 {
+                rt::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            match self.bus.publish(&event).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "event bus: {}",
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+
+    /// Stores the data, records the video, announces it; undoes it all on
+    /// any failure.
+    async fn store_upload(
+        &self,
+        stream: &mut Streaming<UploadChunk>,
+        meta: UploadMetadata,
+    ) -> Result<UploadInfo, Status> {
+        let video_id = rt::random_hex128();
+        let key = media::original_key(&video_id);
+        let (size, sha) = self.receive(stream, &meta, &key).await?;
+        let create = CreateVideoRequest {
+            video_id: video_id.clone(),
+            owner_id: ANONYMOUS.to_owned(),
+            title: title_of(&meta),
+            description: meta.description.clone(),
+            content_type: meta.content_type.clone(),
+            size_bytes: size,
+            sha256_hex: sha.clone(),
+        };
+        let created = async {
+            let mut metadata = self
+                .pool
+                .metadata()
+                .await
+                .map_err(|e| Status::unavailable(format!("metadata: {e}")))?;
+            metadata.create_video(create).await
+        }
+        .await;
+        if let Err(e) = created {
+            self.undo(&video_id, false).await;
+            return Err(e);
+        }
+        let info = UploadInfo {
+            upload_id: rt::random_hex128(),
+            video_id: video_id.clone(),
+            owner_id: ANONYMOUS.to_owned(),
+            file_name: meta.file_name.clone(),
+            content_type: meta.content_type.clone(),
+            size_bytes: size,
+            sha256_hex: sha.clone(),
+            blob_key: key.clone(),
+            created_at_ms: i64::try_from(rt::unix_ms()).unwrap_or(i64::MAX),
+        };
+        let record = info.clone();
+        let idem = (!meta.idempotency_key.is_empty()).then(|| meta.idempotency_key.clone());
+        let recorded = self
+            .with_store(move |s| s.insert(&record, idem.as_deref()))
+            .await;
+        let announced = match recorded {
+            Ok(()) => {
+                let event = FileUploaded {
+                    video_id: video_id.clone(),
+                    blob_key: key,
+                    size_bytes: size,
+                    content_type: meta.content_type,
+                    sha256_hex: sha,
+                };
+                self.publish(&event).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = announced {
+            self.undo(&video_id, true).await;
+            let upload_id = info.upload_id.clone();
+            let _ = self.with_store(move |s| s.delete(&upload_id)).await;
+            return Err(e);
+        }
+        tracing::info!(video = %video_id, bytes = size, "upload stored");
+        Ok(info)
+    }
+}
+
+#[tonic::async_trait]
+impl UploadService for UploadServer {
+    async fn upload(
+        &self,
+        req: Request<Streaming<UploadChunk>>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let mut stream = req.into_inner();
+        let meta = match stream.message().await? {
+            Some(UploadChunk {
+                payload: Some(Chunk::Metadata(m)),
+            }) => m,
+            Some(_) => return Err(invalid("the first chunk must carry the metadata")),
+            None => return Err(invalid("empty upload stream")),
+        };
+        check_metadata(&meta, self.max_size)?;
+        if !meta.idempotency_key.is_empty() {
+            let key = meta.idempotency_key.clone();
+            if let Some(done) = self.with_store(move |s| s.by_key(ANONYMOUS, &key)).await? {
+                return Ok(Response::new(response(&done, true)));
+            }
+        }
+        let info = self.store_upload(&mut stream, meta).await?;
+        Ok(Response::new(response(&info, false)))
+    }
+
+    async fn get_upload(
+        &self,
+        req: Request<GetUploadRequest>,
+    ) -> Result<Response<GetUploadResponse>, Status> {
+        let id = req.into_inner().upload_id;
+        media::check_id("upload_id", &id).map_err(invalid)?;
+        let found = self.with_store({
+            let id = id.clone();
+            move |s| s.get(&id)
+        });
+        let upload = found
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no upload {id}")))?;
+        Ok(Response::new(GetUploadResponse {
+            upload: Some(upload),
+        }))
+    }
+
+    async fn delete_upload(
+        &self,
+        req: Request<DeleteUploadRequest>,
+    ) -> Result<Response<DeleteUploadResponse>, Status> {
+        let id = req.into_inner().upload_id;
+        media::check_id("upload_id", &id).map_err(invalid)?;
+        let found = self.with_store({
+            let id = id.clone();
+            move |s| s.get(&id)
+        });
+        let upload = found
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no upload {id}")))?;
+        self.blobs
+            .delete(&upload.blob_key)
+            .await
+            .map_err(|e| media::blob_status(&e))?;
+        let deleted = self.with_store(move |s| s.delete(&id)).await?;
+        Ok(Response::new(DeleteUploadResponse { deleted }))
+    }
+
+    async fn list_uploads(
+        &self,
+        req: Request<ListUploadsRequest>,
+    ) -> Result<Response<ListUploadsResponse>, Status> {
+        let r = req.into_inner();
+        let limit = match r.page_size {
+            0 => 20,
+            n if n <= 100 => n,
+            _ => return Err(invalid("page_size: 1..=100")),
+        };
+        let owner = if r.owner_id.is_empty() {
+            ANONYMOUS.to_owned()
+        } else {
+            r.owner_id
+        };
+        media::check_id("owner_id", &owner).map_err(invalid)?;
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            let bad = || invalid("page_token: not a token from a previous page");
+            let (at, id) = r.page_token.split_once('.').ok_or_else(bad)?;
+            let at: i64 = at.parse().map_err(|_| bad())?;
+            if r.page_token.len() > 512 || !media::is_id(id) {
+                return Err(bad());
+            }
+            Some((at, id.to_owned()))
+        };
+        let uploads = self
+            .with_store(move |s| {
+                s.list(&owner, after.as_ref().map(|(a, i)| (*a, i.as_str())), limit)
+            })
+            .await?;
+        let next_page_token = match uploads.last() {
+            Some(u) if uploads.len() == limit as usize => {
+                format!("{}.{}", u.created_at_ms, u.upload_id)
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(ListUploadsResponse {
+            uploads,
+            next_page_token,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_cannot_carry_paths() {
+        assert!(check_file_name("clip.mp4").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "/etc/passwd",
+            "a\nb",
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_file_name(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn metadata_limits() {
+        let ok = UploadMetadata {
+            file_name: "a.mp4".into(),
+            content_type: "video/mp4".into(),
+            ..UploadMetadata::default()
+        };
+        assert!(check_metadata(&ok, 10).is_ok());
+        let wrong_type = UploadMetadata {
+            content_type: "image/png".into(),
+            ..ok.clone()
+        };
+        assert_eq!(
+            check_metadata(&wrong_type, 10).expect_err("type").code(),
+            tonic::Code::InvalidArgument
+        );
+        let too_big = UploadMetadata {
+            size_bytes: 11,
+            ..ok.clone()
+        };
+        assert_eq!(
+            check_metadata(&too_big, 10).expect_err("size").code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(title_of(&ok), "a.mp4");
+    }
+}
