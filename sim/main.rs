@@ -10,6 +10,7 @@ mod call;
 mod common;
 mod outage;
 mod partition;
+mod pipeline;
 mod pool;
 mod registry;
 mod trace;

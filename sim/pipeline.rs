@@ -1,0 +1,275 @@
+//! The video pipeline in the simulator: upload, metadata, worker, two
+//! transcoders (the timed model, failing now and then), streaming and the
+//! broker, each on its own node and started through the same `start()` as
+//! in production. A client uploads videos while one transcoder crashes and
+//! comes back. Safety: every acknowledged upload is in the catalog exactly
+//! once. Liveness: within a bound after the last fault each one is final
+//! (ready, or failed with a reason after its job dead-lettered), and a
+//! ready one's HLS master is served.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::runtime::Handle;
+use rand::Rng as _;
+use streamgate::blob::memory::MemoryBlobStore;
+use streamgate::bus::events::{MetadataUpdated, Payload};
+use streamgate::bus::{EventBus, EventType, handler};
+use streamgate::client::ClientPool;
+use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::proto::upload_chunk::Payload as Chunk;
+use streamgate::proto::{
+    GetJobRequest, GetPlaylistRequest, GetVideoRequest, JobState, ListVideosRequest, UploadChunk,
+    UploadMetadata, VideoState,
+};
+use streamgate::registry::memory::MemoryRegistry;
+use streamgate::rt;
+use streamgate::services::ServiceOpts;
+use streamgate::services::media;
+use streamgate::services::transcoder::Engine;
+
+use crate::broker::{SimBus, serve_broker};
+use crate::trace::{announce, note};
+
+const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 7, 1)), 4222);
+/// Videos the client uploads.
+const UPLOADS: usize = 6;
+/// How long after the last fault every video must be final.
+const LIVENESS_BOUND: Duration = Duration::from_secs(120);
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 7, last))
+}
+
+/// A node running `kind` on the shared registry and blob store, with the
+/// broker as its bus; restarted nodes start it again.
+fn service_node(
+    name: &str,
+    last: u8,
+    kind: ServiceKind,
+    registry: &Arc<MemoryRegistry>,
+    blobs: &MemoryBlobStore,
+) -> madsim::task::NodeId {
+    let (registry, blobs) = (registry.clone(), blobs.clone());
+    Handle::current()
+        .create_node()
+        .name(name)
+        .ip(ip(last))
+        .init(move || {
+            let (registry, blobs) = (registry.clone(), blobs.clone());
+            async move {
+                let mut opts = ServiceOpts::new(kind, ip(last));
+                opts.check_interval = Duration::from_secs(1);
+                opts.engine = Engine::Model {
+                    duration: Duration::from_secs(3),
+                    failure_rate: 0.2,
+                };
+                let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
+                let seams = Seams {
+                    bus: Arc::new(SimBus::new(BROKER)),
+                    registry,
+                    blobs: Arc::new(blobs),
+                };
+                let _kernel = Kernel::start_with(seams, crate::common::pool(kind.name()), plugins)
+                    .await
+                    .expect("kernel starts");
+                std::future::pending::<()>().await;
+            }
+        })
+        .build()
+        .id()
+}
+
+async fn upload_one(pool: &ClientPool, n: usize, size: usize) -> Result<String, tonic::Status> {
+    let mut upload = pool
+        .upload()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let meta = UploadChunk {
+        payload: Some(Chunk::Metadata(UploadMetadata {
+            file_name: format!("clip-{n}.mp4"),
+            content_type: "video/mp4".into(),
+            size_bytes: size as u64,
+            ..UploadMetadata::default()
+        })),
+    };
+    let data = vec![u8::try_from(n % 251).expect("small"); size];
+    let chunks: Vec<UploadChunk> = std::iter::once(meta)
+        .chain(data.chunks(64 << 10).map(|c| UploadChunk {
+            payload: Some(Chunk::Data(c.to_vec())),
+        }))
+        .collect();
+    let mut req = tonic::Request::new(futures::stream::iter(chunks));
+    req.set_timeout(Duration::from_secs(10));
+    Ok(upload.upload(req).await?.into_inner().video_id)
+}
+
+/// The final state of `video_id`, once it has one.
+async fn final_state(pool: &ClientPool, video_id: &str) -> Option<(VideoState, String)> {
+    let mut metadata = pool.metadata().await.ok()?;
+    let req = GetVideoRequest {
+        video_id: video_id.to_owned(),
+    };
+    let video = metadata.get_video(req).await.ok()?.into_inner().video?;
+    let state = VideoState::try_from(video.state).ok()?;
+    match state {
+        VideoState::Ready => Some((state, String::new())),
+        VideoState::Failed => {
+            // Failed is final only once the job has given up.
+            let mut worker = pool.worker().await.ok()?;
+            let req = GetJobRequest {
+                job_id: media::transcode_job_id(video_id),
+            };
+            let job = worker.get_job(req).await.ok()?.into_inner().job?;
+            (job.state == JobState::DeadLetter as i32).then_some((state, video.failure_reason))
+        }
+        _ => None,
+    }
+}
+
+#[madsim::test]
+async fn every_acknowledged_upload_ends_final_exactly_once() {
+    announce("every_acknowledged_upload_ends_final_exactly_once");
+    let handle = Handle::current();
+    handle
+        .create_node()
+        .name("broker")
+        .ip(BROKER.ip())
+        .init(|| serve_broker(BROKER))
+        .build();
+    let registry = Arc::new(MemoryRegistry::new());
+    let blobs = MemoryBlobStore::new();
+    let nodes = [
+        ("metadata-0", 10, ServiceKind::Metadata),
+        ("upload-0", 11, ServiceKind::Upload),
+        ("worker-0", 12, ServiceKind::Worker),
+        ("transcoder-0", 13, ServiceKind::Transcoder),
+        ("transcoder-1", 14, ServiceKind::Transcoder),
+        ("streaming-0", 15, ServiceKind::Streaming),
+    ];
+    let ids: Vec<_> = nodes
+        .iter()
+        .map(|(name, last, kind)| service_node(name, *last, *kind, &registry, &blobs))
+        .collect();
+    let victim = ids[3];
+    let client = handle.create_node().name("client").ip(ip(2)).build();
+    client
+        .spawn(async move {
+            let start = rt::now();
+            rt::sleep(Duration::from_secs(1)).await;
+            let bus = SimBus::new(BROKER);
+            let _timeline = bus
+                .subscribe(
+                    EventType::MetadataUpdated.subject(),
+                    None,
+                    handler(move |e| async move {
+                        let p = MetadataUpdated::from_event(&e)?;
+                        note(
+                            start,
+                            format_args!("video {}: {}", &p.video_id[..8], p.state),
+                        );
+                        Ok(())
+                    }),
+                )
+                .await
+                .expect("subscribe");
+            let pool = ClientPool::new(registry, crate::common::pool("api-gateway"));
+
+            let crash_at = Duration::from_millis(rt::rng().gen_range(2_000..6_000));
+            let mut acked = Vec::new();
+            let mut crashed = false;
+            for n in 0..UPLOADS {
+                if !crashed && rt::now() - start >= crash_at {
+                    Handle::current().kill(victim);
+                    note(start, "transcoder-0 crashed");
+                    crashed = true;
+                }
+                let size = rt::rng().gen_range(1_000..200_000);
+                match upload_one(&pool, n, size).await {
+                    Ok(id) => {
+                        note(
+                            start,
+                            format_args!("upload {n} acknowledged: video {}", &id[..8]),
+                        );
+                        acked.push(id);
+                    }
+                    Err(e) => note(start, format_args!("upload {n} refused: {}", e.code())),
+                }
+                rt::sleep(Duration::from_millis(rt::rng().gen_range(100..1_500))).await;
+            }
+            if !crashed {
+                Handle::current().kill(victim);
+                note(start, "transcoder-0 crashed");
+            }
+            rt::sleep(Duration::from_secs(2)).await;
+            Handle::current().restart(victim);
+            note(start, "transcoder-0 restarted");
+            let healed = rt::now();
+            assert!(
+                acked.len() >= UPLOADS - 1,
+                "uploads were acknowledged: {acked:?}"
+            );
+
+            let mut pending: Vec<String> = acked.clone();
+            while !pending.is_empty() {
+                assert!(
+                    rt::now() - healed < LIVENESS_BOUND,
+                    "not final {LIVENESS_BOUND:?} after the last fault: {pending:?}"
+                );
+                let mut still = Vec::new();
+                for id in pending {
+                    match final_state(&pool, &id).await {
+                        Some((VideoState::Ready, _)) => {
+                            let mut streaming = pool.streaming().await.expect("streaming");
+                            let req = GetPlaylistRequest {
+                                video_id: id.clone(),
+                                rendition: String::new(),
+                            };
+                            let master = streaming.get_playlist(req).await.expect("master");
+                            assert!(master.into_inner().content.starts_with("#EXTM3U"));
+                        }
+                        Some((_, reason)) => {
+                            assert!(!reason.is_empty(), "a failed video says why");
+                            note(
+                                start,
+                                format_args!("video {} failed for good: {reason}", &id[..8]),
+                            );
+                        }
+                        None => still.push(id),
+                    }
+                }
+                pending = still;
+                rt::sleep(Duration::from_millis(500)).await;
+            }
+            note(
+                start,
+                format_args!(
+                    "all {} final {:?} after healing",
+                    acked.len(),
+                    rt::now() - healed
+                ),
+            );
+
+            let mut metadata = pool.metadata().await.expect("metadata");
+            let req = ListVideosRequest {
+                page_size: 100,
+                ..ListVideosRequest::default()
+            };
+            let listed = metadata
+                .list_videos(req)
+                .await
+                .expect("list")
+                .into_inner()
+                .videos;
+            let mut listed: Vec<String> = listed.into_iter().map(|v| v.id).collect();
+            listed.sort();
+            acked.sort();
+            assert_eq!(
+                listed, acked,
+                "each acknowledged upload is in the catalog exactly once"
+            );
+        })
+        .await
+        .expect("scenario");
+}
