@@ -52,3 +52,8 @@ fn nats_kv_record() {
 fn cache_ops() {
     replay("cache_ops", fuzz::cache_ops);
 }
+
+#[test]
+fn grpc_requests() {
+    replay("grpc_requests", fuzz::grpc_requests);
+}

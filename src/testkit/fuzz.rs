@@ -5,6 +5,11 @@
 
 use std::time::Duration;
 
+#[cfg(not(madsim))]
+pub mod grpc;
+#[cfg(not(madsim))]
+pub use grpc::grpc_requests;
+
 use crate::bus::{Event, events};
 use crate::grpc_timeout;
 use crate::middleware::auth::{Key, Keyring, mint, verify};
