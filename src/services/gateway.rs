@@ -1,13 +1,87 @@
-//! api-gateway (9090): the HTTP front door; reaches every other service through the client pool.
+//! api-gateway (9090): the public HTTP/JSON API; it reaches the other
+//! services only through the client pool and maps their statuses to HTTP.
+
+use axum::Router;
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
+use axum::routing::get;
 
 use crate::kernel::{KernelError, Runtime};
-use crate::services::{Domain, ServiceOpts};
+use crate::services::{Domain, ServiceOpts, media};
 
-/// The service's routes and background work.
+pub mod error;
+mod jobs;
+pub mod limit;
+mod playback;
+pub mod query;
+pub mod range;
+mod upload;
+mod videos;
+
+pub use error::ApiError;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct Api {
+    rt: Runtime,
+    max_upload_bytes: u64,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `{id}` path parameter, or why it is missing.
+pub(crate) type IdPath = Result<Path<String>, PathRejection>;
+
+/// The video id of a path, checked.
+fn video_id(path: IdPath) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    media::check_id("video id", &id).map_err(ApiError::bad_request)?;
+    Ok(id)
+}
+
+/// The API's routes over `rt`'s client pool.
+pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
+    let api = Api {
+        rt,
+        max_upload_bytes,
+    };
+    let limits = limit::Limits::new(limit::MAX_IN_FLIGHT);
+    Router::new()
+        .route("/v1/videos", get(videos::list).post(upload::create))
+        .route(
+            "/v1/videos/{id}",
+            get(videos::get).patch(videos::patch).delete(videos::delete),
+        )
+        .route("/v1/videos/{id}/original", get(playback::original))
+        .route("/v1/videos/{id}/hls/master.m3u8", get(playback::master))
+        .route(
+            "/v1/videos/{id}/hls/{rendition}/index.m3u8",
+            get(playback::media_playlist),
+        )
+        .route(
+            "/v1/videos/{id}/hls/{rendition}/{segment}",
+            get(playback::segment),
+        )
+        .route("/v1/videos/{id}/job", get(jobs::of_video))
+        .route("/v1/jobs/{job_id}", get(jobs::get))
+        .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(limits, limit::limit))
+}
+
+/// The service's public HTTP routes.
 ///
 /// # Errors
-/// Its store cannot be opened.
+/// None today; the signature matches the other services.
 #[allow(clippy::unused_async)]
-pub async fn domain(_opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
-    Ok(Domain::default())
+pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+    Ok(Domain {
+        http: Some(router(rt.clone(), opts.max_upload_bytes)),
+        ..Domain::default()
+    })
 }

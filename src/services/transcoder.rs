@@ -4,8 +4,27 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tonic::service::Routes;
+
 use crate::kernel::{KernelError, Runtime};
-use crate::services::{Domain, ServiceOpts};
+use crate::proto::transcoder_service_server::TranscoderServiceServer;
+use crate::rt;
+use crate::services::{Background, Domain, ServiceOpts};
+
+pub mod engine;
+pub mod error;
+#[cfg(not(madsim))]
+pub mod ffmpeg;
+pub mod hls;
+pub mod model;
+#[cfg(not(madsim))]
+pub mod process;
+pub mod run;
+pub mod server;
+pub mod state;
+
+pub use error::TranscoderError;
+pub use server::TranscoderServer;
 
 /// How videos are transcoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,11 +65,55 @@ impl Default for Engine {
     }
 }
 
-/// The service's routes and background work.
+/// Where work dirs go: under the data dir (cleared of a crashed run's
+/// leftovers on start), else under the system's temporary directory.
+async fn work_root(opts: &ServiceOpts) -> Result<PathBuf, KernelError> {
+    let Some(dir) = &opts.data_dir else {
+        return Ok(std::env::temp_dir().join("streamgate-transcoder"));
+    };
+    let root = dir.join("transcoder-work");
+    #[cfg(not(madsim))]
+    {
+        let clear = root.clone();
+        let cleared = rt::blocking(move || match std::fs::remove_dir_all(&clear) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        cleared.map_err(|source| KernelError::Io {
+            plugin: "transcoder".to_owned(),
+            source,
+        })?;
+    }
+    Ok(root)
+}
+
+/// The service's routes and its executor (stopped on shutdown, which ends
+/// every transcode in flight).
 ///
 /// # Errors
-/// Its store cannot be opened.
-#[allow(clippy::unused_async)]
-pub async fn domain(_opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
-    Ok(Domain::default())
+/// Leftover work dirs cannot be removed.
+pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+    let ctx = engine::Context {
+        blobs: rt.blobs.clone(),
+        work_root: work_root(opts).await?,
+    };
+    let (shared, executor) = run::Shared::new(opts.engine.clone(), ctx, rt.bus.clone());
+    let svc = TranscoderServiceServer::new(TranscoderServer::new(shared));
+    Ok(Domain {
+        routes: Routes::new(svc),
+        grpc_names: vec![
+            <TranscoderServiceServer<TranscoderServer> as tonic::server::NamedService>::NAME,
+        ],
+        background: Background {
+            tasks: vec![rt::spawn(executor)],
+            ..Background::default()
+        },
+        ..Domain::default()
+    })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! The API's errors: an HTTP status and a JSON body `{"error": "..."}`, and
+//! the mapping of the gRPC status codes of the services behind it.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use tonic::Code;
+
+use crate::client::PoolError;
+
+/// A failed API request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for the client.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// The error for a failed call to an upload (`upload`: RESOURCE_EXHAUSTED
+    /// means the file is too large, not that we are busy).
+    #[must_use]
+    pub fn from_status(status: &tonic::Status, upload: bool) -> Self {
+        Self::new(http_status(status.code(), upload), status.message())
+    }
+}
+
+/// The HTTP status for a gRPC status code.
+#[must_use]
+pub fn http_status(code: Code, upload: bool) -> StatusCode {
+    match code {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::OutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
+        Code::ResourceExhausted if upload => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        Self::from_status(&status, false)
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_http() {
+        let cases = [
+            (Code::InvalidArgument, 400),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::FailedPrecondition, 409),
+            (Code::OutOfRange, 416),
+            (Code::ResourceExhausted, 429),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::Internal, 500),
+            (Code::Unknown, 500),
+            (Code::Ok, 500),
+        ];
+        for (code, want) in cases {
+            assert_eq!(http_status(code, false).as_u16(), want, "{code:?}");
+        }
+        assert_eq!(http_status(Code::ResourceExhausted, true).as_u16(), 413);
+        assert_eq!(http_status(Code::NotFound, true).as_u16(), 404);
+    }
+
+    #[tokio::test]
+    async fn errors_have_a_json_body() {
+        let res = ApiError::from(tonic::Status::not_found("no video \"x\"")).into_response();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json, serde_json::json!({"error": "no video \"x\""}));
+        let pool = ApiError::from(PoolError::NoInstance("metadata".into()));
+        assert_eq!(pool.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,84 @@
+//! The job routes: a job's state through the worker service, by job id or
+//! as the transcode job of a video.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::videos::enum_name;
+use super::{Api, IdPath, video_id};
+use crate::proto::{GetJobRequest, Job, JobState};
+use crate::services::media;
+
+/// A job as the API shows it.
+#[must_use]
+pub fn job_json(job: &Job) -> Value {
+    let state = JobState::try_from(job.state).map_or("unspecified".to_owned(), |s| {
+        enum_name(s.as_str_name(), "JOB_STATE_")
+    });
+    json!({
+        "id": job.id,
+        "kind": job.kind,
+        "state": state,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "last_error": job.last_error,
+        "progress_percent": job.progress_percent,
+    })
+}
+
+async fn job(api: &Api, job_id: String) -> Result<Json<Value>, ApiError> {
+    let res = api
+        .rt
+        .pool
+        .worker()
+        .await?
+        .get_job(GetJobRequest { job_id })
+        .await?;
+    res.into_inner()
+        .job
+        .map(|j| Json(job_json(&j)))
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "worker returned no job"))
+}
+
+/// `GET /v1/jobs/{job_id}`
+pub async fn get(
+    State(api): State<Api>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(job_id) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    media::check_id("job_id", &job_id).map_err(ApiError::bad_request)?;
+    job(&api, job_id).await
+}
+
+/// `GET /v1/videos/{id}/job`
+pub async fn of_video(State(api): State<Api>, path: IdPath) -> Result<Json<Value>, ApiError> {
+    let video_id = video_id(path)?;
+    job(&api, media::transcode_job_id(&video_id)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_states_are_lower_case() {
+        for (state, name) in [
+            (JobState::Queued, "queued"),
+            (JobState::Leased, "leased"),
+            (JobState::Succeeded, "succeeded"),
+            (JobState::Failed, "failed"),
+            (JobState::DeadLetter, "dead_letter"),
+            (JobState::Cancelled, "cancelled"),
+        ] {
+            let j = Job {
+                state: state as i32,
+                ..Job::default()
+            };
+            assert_eq!(job_json(&j)["state"], name);
+        }
+    }
+}

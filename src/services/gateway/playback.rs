@@ -1,0 +1,314 @@
+//! The playback routes: the original with byte ranges, streamed chunk by
+//! chunk from ReadRange, and the HLS playlists and segments.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tonic::Code;
+
+use super::error::ApiError;
+use super::range::{self, Parsed, Spec};
+use super::{Api, IdPath, video_id};
+use crate::proto::{DataChunk, GetPlaylistRequest, GetSegmentRequest, ReadRangeRequest};
+use crate::services::media;
+use crate::services::streaming::MAX_MESSAGE_BYTES;
+
+type Chunks = tonic::Streaming<DataChunk>;
+
+/// What to send of the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// All of it (200): no Range, an invalid one, or several ranges (we
+    /// answer a multi-range request with the whole file).
+    Full,
+    /// One range (206, or 416 if unsatisfiable).
+    One(Spec),
+}
+
+fn wanted(headers: &HeaderMap) -> Result<Wanted, ApiError> {
+    let Some(value) = headers.get(header::RANGE) else {
+        return Ok(Wanted::Full);
+    };
+    if value.len() > range::MAX_HEADER_BYTES {
+        return Err(ApiError::bad_request("Range: header too long"));
+    }
+    let Ok(text) = value.to_str() else {
+        return Ok(Wanted::Full);
+    };
+    match range::parse(text) {
+        Parsed::Ignore => Ok(Wanted::Full),
+        Parsed::TooLarge => Err(ApiError::bad_request("Range: too many ranges")),
+        Parsed::Ranges(r) if r.len() == 1 => Ok(Wanted::One(r[0])),
+        Parsed::Ranges(_) => Ok(Wanted::Full),
+    }
+}
+
+async fn streaming(
+    api: &Api,
+) -> Result<
+    crate::proto::streaming_service_client::StreamingServiceClient<crate::client::PoolChannel>,
+    ApiError,
+> {
+    Ok(api
+        .rt
+        .pool
+        .streaming()
+        .await?
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Opens ReadRange and waits for its first chunk (which carries the size).
+async fn read_range(
+    api: &Api,
+    video_id: &str,
+    offset: u64,
+    length: u64,
+) -> Result<(DataChunk, Chunks), tonic::Status> {
+    let req = ReadRangeRequest {
+        video_id: video_id.to_owned(),
+        offset,
+        length,
+    };
+    let mut client = streaming(api)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.message))?;
+    let mut chunks = client.read_range(req).await?.into_inner();
+    match chunks.message().await? {
+        Some(first) => Ok((first, chunks)),
+        None => Err(tonic::Status::internal("streaming sent no chunk")),
+    }
+}
+
+fn unsatisfiable(size: u64) -> Response {
+    let mut res =
+        ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable").into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        res.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    res
+}
+
+/// The bytes `[from, end)` of the original as a checked body: chunks must
+/// arrive in order and end exactly at `end`, else the body fails (the
+/// client sees a truncated response, never wrong bytes).
+fn body(
+    first: DataChunk,
+    rest: Chunks,
+    from: u64,
+    end: u64,
+) -> impl Stream<Item = Result<Bytes, tonic::Status>> {
+    let state = (Some((first, rest)), from, end);
+    futures::stream::unfold(state, |(source, at, end)| async move {
+        let (chunk, mut rest) = source?;
+        if chunk.offset != at || at.saturating_add(chunk.data.len() as u64) > end {
+            return Some((
+                Err(tonic::Status::internal(
+                    "streaming sent a chunk out of place",
+                )),
+                (None, at, end),
+            ));
+        }
+        let next_at = at + chunk.data.len() as u64;
+        let data = Bytes::from(chunk.data);
+        if chunk.last || next_at == end {
+            if next_at != end {
+                return Some((
+                    Err(tonic::Status::internal("streaming ended early")),
+                    (None, at, end),
+                ));
+            }
+            return Some((Ok(data), (None, next_at, end)));
+        }
+        match rest.message().await {
+            Ok(Some(next)) => Some((Ok(data), (Some((next, rest)), next_at, end))),
+            Ok(None) => Some((
+                Err(tonic::Status::internal("streaming ended early")),
+                (None, at, end),
+            )),
+            Err(e) => Some((Err(e), (None, at, end))),
+        }
+    })
+    .filter(|item| std::future::ready(!matches!(item, Ok(b) if b.is_empty())))
+}
+
+/// A 200 or 206 answer streaming `[from, end)`.
+fn respond(status: StatusCode, first: DataChunk, rest: Chunks, from: u64, end: u64) -> Response {
+    let size = first.total_size_bytes;
+    let length = end - from;
+    let last = end.saturating_sub(1);
+    let mut res = Response::new(Body::from_stream(body(first, rest, from, end)));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {from}-{last}/{size}"))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    res
+}
+
+/// The original's size, from a one-byte read.
+async fn size(api: &Api, video_id: &str) -> Result<u64, ApiError> {
+    let (first, _) = read_range(api, video_id, 0, 1).await?;
+    Ok(first.total_size_bytes)
+}
+
+/// `GET /v1/videos/{id}/original`, honouring a single-range `Range` header.
+pub async fn original(
+    State(api): State<Api>,
+    path: IdPath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let video_id = video_id(path)?;
+    let spec = match wanted(&headers)? {
+        Wanted::Full => {
+            let (first, rest) = read_range(&api, &video_id, 0, 0).await?;
+            let size = first.total_size_bytes;
+            return Ok(respond(StatusCode::OK, first, rest, 0, size));
+        }
+        Wanted::One(spec) => spec,
+    };
+    // A range with a known start is read at once (one call); the size
+    // arrives with the first chunk. A suffix needs the size first.
+    let (start, length) = match spec.start() {
+        Some(start) => {
+            let length = match spec {
+                Spec::FromTo(a, b) => b.saturating_sub(a).saturating_add(1),
+                _ => 0,
+            };
+            (start, length)
+        }
+        None => {
+            let size = size(&api, &video_id).await?;
+            let Some((first, last)) = spec.resolve(size) else {
+                return Ok(unsatisfiable(size));
+            };
+            (first, last - first + 1)
+        }
+    };
+    match read_range(&api, &video_id, start, length).await {
+        Ok((first, rest)) => match spec.resolve(first.total_size_bytes) {
+            Some((from, to)) => Ok(respond(
+                StatusCode::PARTIAL_CONTENT,
+                first,
+                rest,
+                from,
+                to + 1,
+            )),
+            None => Ok(unsatisfiable(first.total_size_bytes)),
+        },
+        Err(e) if e.code() == Code::OutOfRange => Ok(unsatisfiable(size(&api, &video_id).await?)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn rendition(name: &str) -> Result<(), ApiError> {
+    if media::is_rendition(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "rendition: expected 1..=32 chars of [A-Za-z0-9_-]",
+        ))
+    }
+}
+
+fn typed(content_type: &str, body: impl Into<Body>) -> Response {
+    let mut res = Response::new(body.into());
+    let ty = HeaderValue::from_str(content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    res.headers_mut().insert(header::CONTENT_TYPE, ty);
+    res
+}
+
+async fn playlist(api: &Api, video_id: String, rendition: String) -> Result<Response, ApiError> {
+    let res = streaming(api)
+        .await?
+        .get_playlist(GetPlaylistRequest {
+            video_id,
+            rendition,
+        })
+        .await?
+        .into_inner();
+    Ok(typed(&res.content_type, res.content))
+}
+
+/// `GET /v1/videos/{id}/hls/master.m3u8`
+pub async fn master(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
+    let video_id = video_id(path)?;
+    playlist(&api, video_id, String::new()).await
+}
+
+/// `GET /v1/videos/{id}/hls/{rendition}/index.m3u8`
+pub async fn media_playlist(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    media::check_id("video id", &id).map_err(ApiError::bad_request)?;
+    rendition(&name)?;
+    playlist(&api, id, name).await
+}
+
+/// `GET /v1/videos/{id}/hls/{rendition}/{segment}`
+pub async fn segment(
+    State(api): State<Api>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((video_id, name, segment_name)) =
+        path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    media::check_id("video id", &video_id).map_err(ApiError::bad_request)?;
+    rendition(&name)?;
+    if !media::is_segment_name(&segment_name) {
+        return Err(ApiError::bad_request(
+            "segment: expected 1..=255 chars of [A-Za-z0-9_.-], not '.' or '..'",
+        ));
+    }
+    let res = streaming(&api)
+        .await?
+        .get_segment(GetSegmentRequest {
+            video_id,
+            rendition: name,
+            segment_name,
+        })
+        .await?
+        .into_inner();
+    Ok(typed(&res.content_type, res.data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_headers_pick_what_to_send() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::RANGE, HeaderValue::from_str(v).expect("value"));
+            m
+        };
+        assert_eq!(wanted(&HeaderMap::new()), Ok(Wanted::Full));
+        assert_eq!(wanted(&h("bytes=0-9")), Ok(Wanted::One(Spec::FromTo(0, 9))));
+        assert_eq!(wanted(&h("bytes=9-0")), Ok(Wanted::Full));
+        assert_eq!(wanted(&h("bytes=0-1,5-6")), Ok(Wanted::Full));
+        let many = format!("bytes={}", vec!["1-2"; 17].join(","));
+        assert_eq!(
+            wanted(&h(&many)).map_err(|e| e.status),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        let long = format!("bytes=0-{}", "9".repeat(300));
+        assert_eq!(
+            wanted(&h(&long)).map_err(|e| e.status),
+            Err(StatusCode::BAD_REQUEST)
+        );
+    }
+}

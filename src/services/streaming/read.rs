@@ -1,0 +1,177 @@
+//! The lazy chunk stream behind ReadRange: the next chunk (<= 1 MiB) is read
+//! only when the previous one has been taken, so memory stays one chunk deep.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::sync::Arc;
+
+use futures::Stream;
+
+use super::{CHUNK_BYTES, StreamingError};
+use crate::blob::{BlobError, BlobStore};
+use crate::proto::DataChunk;
+use crate::rt;
+
+/// Where the bytes come from.
+enum Source {
+    /// The store's own local file, opened once for the whole stream (the
+    /// descriptor pins the blob even if it is replaced meanwhile).
+    File(std::fs::File),
+    /// The store's read calls (stores without local files).
+    Store(Arc<dyn BlobStore>, String),
+}
+
+/// An opened original, positioned for a range.
+pub(super) struct Opened {
+    source: Source,
+    size: u64,
+}
+
+fn io_error(e: impl std::fmt::Display) -> BlobError {
+    BlobError::Io(std::io::Error::other(e.to_string()))
+}
+
+/// Opens the blob under `key`: its local file where the store has one.
+///
+/// # Errors
+/// [`BlobError::NotFound`] when nothing is stored there; I/O failures.
+pub(super) async fn open(blobs: &Arc<dyn BlobStore>, key: &str) -> Result<Opened, BlobError> {
+    let Some(path) = blobs.local_path(key) else {
+        let size = blobs.size(key).await?;
+        return Ok(Opened {
+            source: Source::Store(blobs.clone(), key.to_owned()),
+            size,
+        });
+    };
+    let owned = key.to_owned();
+    rt::blocking(move || {
+        let not_found = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                BlobError::NotFound(owned.clone())
+            } else {
+                BlobError::Io(e)
+            }
+        };
+        let file = std::fs::File::open(&path).map_err(not_found)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(BlobError::NotFound(owned.clone()));
+        }
+        Ok(Opened {
+            size: meta.len(),
+            source: Source::File(file),
+        })
+    })
+    .await
+    .map_err(io_error)?
+}
+
+impl Opened {
+    /// The blob's size.
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The chunks of `[offset, offset + length)` (`length` 0: to the end;
+    /// truncated at the end). An empty blob read from 0 yields one empty
+    /// last chunk.
+    ///
+    /// # Errors
+    /// [`StreamingError::OutOfRange`] when `offset` is at or past the end.
+    pub(super) fn chunks(
+        self,
+        offset: u64,
+        length: u64,
+    ) -> Result<impl Stream<Item = Result<DataChunk, tonic::Status>> + Send + 'static, StreamingError>
+    {
+        let size = self.size;
+        if offset > size || (offset == size && size > 0) {
+            return Err(StreamingError::OutOfRange { offset, size });
+        }
+        let end = if length == 0 {
+            size
+        } else {
+            offset.saturating_add(length).min(size)
+        };
+        let state = Cursor {
+            source: Some(self.source),
+            seeked: false,
+            pos: offset,
+            end,
+            size,
+        };
+        Ok(futures::stream::unfold(state, Cursor::next))
+    }
+}
+
+/// A stream's position; `source` is `None` once it has ended.
+struct Cursor {
+    source: Option<Source>,
+    seeked: bool,
+    pos: u64,
+    end: u64,
+    size: u64,
+}
+
+impl Cursor {
+    async fn next(mut self) -> Option<(Result<DataChunk, tonic::Status>, Self)> {
+        let source = self.source.take()?;
+        let want = usize::try_from(self.end - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(CHUNK_BYTES);
+        let read = match source {
+            Source::File(file) => {
+                let (pos, seek) = (self.pos, !self.seeked);
+                rt::blocking(move || read_file(file, seek.then_some(pos), want))
+                    .await
+                    .map_err(io_error)
+                    .and_then(|r| r.map_err(BlobError::Io))
+                    .map(|(file, data)| (Source::File(file), data))
+            }
+            Source::Store(store, key) => store
+                .read(&key, self.pos, want)
+                .await
+                .map(|data| (Source::Store(store, key), data.to_vec())),
+        };
+        let (source, data) = match read {
+            Ok(ok) => ok,
+            Err(e) => return Some((Err(StreamingError::from(e).into()), self)),
+        };
+        if data.len() != want {
+            let e = io_error(format!(
+                "short read at {} of the original: {} of {want} bytes (changed underneath?)",
+                self.pos,
+                data.len()
+            ));
+            return Some((Err(StreamingError::from(e).into()), self));
+        }
+        let offset = self.pos;
+        self.pos += want as u64;
+        self.seeked = true;
+        let last = self.pos >= self.end;
+        if !last {
+            self.source = Some(source);
+        }
+        let chunk = DataChunk {
+            offset,
+            data,
+            total_size_bytes: self.size,
+            last,
+        };
+        Some((Ok(chunk), self))
+    }
+}
+
+/// Reads `want` bytes from `file` (after seeking to `seek`, if given) into a
+/// fresh buffer: `read_to_end` fills spare capacity without zeroing it first.
+fn read_file(
+    mut file: std::fs::File,
+    seek: Option<u64>,
+    want: usize,
+) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+    if let Some(pos) = seek {
+        file.seek(SeekFrom::Start(pos))?;
+    }
+    let mut data = Vec::with_capacity(want);
+    file.by_ref().take(want as u64).read_to_end(&mut data)?;
+    Ok((file, data))
+}
