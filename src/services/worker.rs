@@ -1,13 +1,108 @@
-//! worker (9008): a job queue with leases, retries with backoff and a dead-letter state.
+//! worker (9008): a durable job queue (SQLite) with leases, retries with
+//! backoff and a dead-letter state; turns each upload into a transcode job.
 
+use std::sync::Arc;
+
+use tonic::service::Routes;
+
+use crate::bus::events::{FileUploaded, Payload as _};
+use crate::bus::{EventType, handler};
 use crate::kernel::{KernelError, Runtime};
-use crate::services::{Domain, ServiceOpts};
+use crate::proto::worker_service_server::WorkerServiceServer;
+use crate::rt;
+use crate::services::{Background, Domain, ServiceOpts, media};
 
-/// The service's routes and background work.
+pub mod error;
+pub mod jobs;
+pub mod queue;
+pub mod runner;
+pub mod server;
+pub mod store;
+pub mod transcode;
+
+pub use error::WorkerError;
+pub use jobs::{Config, Jobs};
+pub use server::WorkerServer;
+
+/// Jobs run at once by default.
+pub const CONCURRENCY: usize = 2;
+/// Name of the job table's file in the data dir.
+pub const DB_FILE: &str = "worker.sqlite";
+/// Queue group of the upload consumers: each upload goes to one worker.
+pub const QUEUE_GROUP: &str = "worker";
+
+/// The service's routes and background work, with the default [`Config`].
 ///
 /// # Errors
-/// Its store cannot be opened.
-#[allow(clippy::unused_async)]
-pub async fn domain(_opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
-    Ok(Domain::default())
+/// Its store cannot be opened, or the bus refuses the subscription.
+pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+    domain_with(opts, rt, Config::default()).await
 }
+
+/// As [`domain`], with `config`.
+///
+/// # Errors
+/// Its store cannot be opened, or the bus refuses the subscription.
+pub async fn domain_with(
+    opts: &ServiceOpts,
+    rt: &Runtime,
+    config: Config,
+) -> Result<Domain, KernelError> {
+    let fail = |e: &dyn std::fmt::Display| KernelError::Io {
+        plugin: "worker".to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let path = opts.data_dir.as_ref().map(|d| d.join(DB_FILE));
+    let (store, recovered) = store::Store::open(path, rt::unix_ms())
+        .await
+        .map_err(|e| fail(&e))?;
+    if !recovered.is_empty() {
+        tracing::warn!(
+            jobs = recovered.len(),
+            "took back the leases of a previous run"
+        );
+    }
+    let jobs = Arc::new(Jobs::new(store, rt.bus.clone(), config));
+    jobs.lost(recovered).await;
+
+    let consumer = jobs.clone();
+    let on_upload = handler(move |event| {
+        let jobs = consumer.clone();
+        async move {
+            let p = FileUploaded::from_event(&event)?;
+            let submit = jobs::Submit {
+                kind: media::TRANSCODE_JOB.to_owned(),
+                payload_json: transcode::payload_json(&p.video_id, &p.blob_key),
+                max_attempts: 0,
+                idempotency_key: media::transcode_job_id(&p.video_id),
+                delay_ms: 0,
+            };
+            jobs.submit(submit).await?;
+            Ok(())
+        }
+    });
+    let subscription = rt
+        .bus
+        .subscribe(
+            EventType::FileUploaded.subject(),
+            Some(QUEUE_GROUP),
+            on_upload,
+        )
+        .await
+        .map_err(|e| fail(&e))?;
+    let runner = rt::spawn(runner::run(jobs.clone(), rt.pool.clone()));
+
+    let svc = WorkerServiceServer::new(WorkerServer::new(jobs));
+    Ok(Domain {
+        routes: Routes::new(svc),
+        grpc_names: vec![<WorkerServiceServer<WorkerServer> as tonic::server::NamedService>::NAME],
+        background: Background {
+            subscriptions: vec![subscription],
+            tasks: vec![runner],
+        },
+        ..Domain::default()
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -138,6 +138,13 @@ struct Tools<'a> {
     ffprobe: &'a Path,
 }
 
+/// `out`'s quoted stderr line with the local source path shown as its
+/// blob key (reasons travel in events; local paths stay local).
+fn quoted(out: &process::Finished, src: &Path, key: &str) -> String {
+    let path = src.display().to_string();
+    out.quoted_error().replace(&path, key)
+}
+
 impl Tools<'_> {
     async fn pipeline(
         &self,
@@ -147,7 +154,7 @@ impl Tools<'_> {
         report: &dyn Reporter,
     ) -> Result<Output, Failure> {
         let src = source(ctx, work, &job.source_key).await?;
-        let probe = self.probe(&src).await?;
+        let probe = self.probe(&src, &job.source_key).await?;
         let profiles = job
             .profiles
             .clone()
@@ -162,7 +169,8 @@ impl Tools<'_> {
             let on_progress = |pct: u32| {
                 report.progress((i * 100 + pct) * ENCODE_SHARE / (count * 100));
             };
-            self.encode(&src, &work.join(r.profile.name), r, probe, on_progress)
+            let dir = work.join(r.profile.name);
+            self.encode(&src, &job.source_key, &dir, r, probe, on_progress)
                 .await?;
         }
         let thumb = work.join("thumbnail.jpg");
@@ -196,7 +204,7 @@ impl Tools<'_> {
         })
     }
 
-    async fn probe(&self, src: &Path) -> Result<Probe, Failure> {
+    async fn probe(&self, src: &Path, key: &str) -> Result<Probe, Failure> {
         let mut cmd = Command::new(self.ffprobe);
         cmd.args(["-v", "error", "-print_format", "json"])
             .args(["-show_format", "-show_streams"])
@@ -207,7 +215,7 @@ impl Tools<'_> {
             return Err(Failure::new(format!(
                 "corrupt or unsupported input: ffprobe {}{}",
                 out.status,
-                out.quoted_error()
+                quoted(&out, src, key)
             )));
         }
         parse_probe(&out.stdout)
@@ -217,6 +225,7 @@ impl Tools<'_> {
     async fn encode(
         &self,
         src: &Path,
+        key: &str,
         dir: &Path,
         r: &Rendition,
         probe: Probe,
@@ -257,7 +266,7 @@ impl Tools<'_> {
                 "ffmpeg failed on {} ({}){}",
                 p.name,
                 out.status,
-                out.quoted_error()
+                quoted(&out, src, key)
             )));
         }
         on_progress(100);

@@ -161,6 +161,11 @@ async fn random_bytes_fail_as_corrupt_input() {
         .unwrap_err();
     assert!(err.0.starts_with("corrupt or unsupported input: "), "{err}");
     assert!(err.0.len() <= 1024);
+    assert!(
+        err.0.contains("originals/v2: Invalid data")
+            && !err.0.contains(&*scratch.0.to_string_lossy()),
+        "names the blob, not the local path: {err}"
+    );
     assert!(seen.started.lock().unwrap().is_empty());
     assert!(store.size(&media::master_key("v2")).await.is_err());
     assert_eq!(left_in(&ctx.work_root), 0, "the work dir is removed");

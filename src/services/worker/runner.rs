@@ -1,0 +1,63 @@
+//! The runner loop: leases due jobs, runs at most `concurrency` at once in
+//! this one task (stopping it stops them all), records each attempt's end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+
+use super::jobs::{Jobs, Stop};
+use super::queue::Job;
+use super::transcode;
+use crate::client::ClientPool;
+use crate::rt;
+use crate::services::media;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs jobs until the task is stopped.
+pub async fn run(jobs: Arc<Jobs>, pool: ClientPool) {
+    let mut running = FuturesUnordered::new();
+    let lease = millis(jobs.config.lease);
+    loop {
+        while running.len() < jobs.config.concurrency.max(1) {
+            match jobs.store.lease_next(rt::unix_ms(), lease).await {
+                Ok((next, expired)) => {
+                    jobs.lost(expired).await;
+                    let Some(job) = next else { break };
+                    tracing::info!(job_id = %job.id, attempt = job.attempts, "job leased");
+                    running.push(attempt(jobs.clone(), pool.clone(), job));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot lease jobs");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            Some(()) = running.next(), if !running.is_empty() => {}
+            () = jobs.woken(jobs.config.idle_poll) => {}
+        }
+    }
+}
+
+/// Runs one attempt of `job` and records how it ended.
+async fn attempt(jobs: Arc<Jobs>, pool: ClientPool, job: Job) {
+    let attempt = job.attempts;
+    let result = match job.kind.as_str() {
+        media::TRANSCODE_JOB => transcode::run(&jobs, &pool, &job).await,
+        other => Err(Stop::permanent(format!("unknown job kind {other:?}"))),
+    };
+    match result {
+        Ok(()) => jobs.succeeded(&job, attempt).await,
+        Err(Stop::Failed { reason, permanent }) => {
+            jobs.failed(&job, attempt, &reason, permanent).await;
+        }
+        Err(Stop::Abandoned) => {
+            tracing::info!(job_id = %job.id, attempt, "attempt abandoned (job cancelled or lease lost)");
+        }
+    }
+}
