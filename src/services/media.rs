@@ -92,11 +92,19 @@ pub fn video_blobs(video_id: &str) -> [String; 3] {
     ]
 }
 
-/// Id (and idempotency key) of the transcode job of a video: one per video.
+/// Id (and idempotency key) of the transcode job of a video: one per
+/// video. Ids too long for the prefix are replaced by their SHA-256, so
+/// two long ids never share a job.
 #[must_use]
 pub fn transcode_job_id(video_id: &str) -> String {
-    let id = format!("transcode-{video_id}");
-    id.chars().take(MAX_ID_LEN).collect()
+    use sha2::Digest as _;
+    const PREFIX: &str = "transcode-";
+    if PREFIX.len() + video_id.len() <= MAX_ID_LEN {
+        format!("{PREFIX}{video_id}")
+    } else {
+        let digest = hex(&sha2::Sha256::digest(video_id.as_bytes()));
+        format!("{PREFIX}{}", &digest[..MAX_ID_LEN - PREFIX.len()])
+    }
 }
 
 /// Job kind that transcodes a video.
@@ -203,6 +211,10 @@ mod tests {
         }
         crate::blob::check_key(&segment_key("v1", "480p", "seg_00001.ts")).expect("key");
         assert!(is_id(&transcode_job_id(&"v".repeat(64))));
+        assert_ne!(
+            transcode_job_id(&format!("{}a", "v".repeat(60))),
+            transcode_job_id(&format!("{}b", "v".repeat(60)))
+        );
     }
 
     #[test]

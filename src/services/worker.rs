@@ -18,6 +18,7 @@ pub mod queue;
 pub mod runner;
 pub mod server;
 pub mod store;
+pub mod sweep;
 pub mod transcode;
 
 pub use error::WorkerError;
@@ -91,6 +92,7 @@ pub async fn domain_with(
         .await
         .map_err(|e| fail(&e))?;
     let runner = rt::spawn(runner::run(jobs.clone(), rt.pool.clone()));
+    let sweeper = rt::spawn(sweep::run(rt.pool.clone()));
 
     let svc = WorkerServiceServer::new(WorkerServer::new(jobs));
     Ok(Domain {
@@ -98,7 +100,7 @@ pub async fn domain_with(
         grpc_names: vec![<WorkerServiceServer<WorkerServer> as tonic::server::NamedService>::NAME],
         background: Background {
             subscriptions: vec![subscription],
-            tasks: vec![runner],
+            tasks: vec![runner, sweeper],
         },
         ..Domain::default()
     })

@@ -353,6 +353,23 @@ impl Jobs {
             dead_letter,
         };
         self.publish(&p).await;
+        // A transcode job that gives up may never have reached a transcoder
+        // (none could be found): say so for the video, or it would wait in
+        // its state for ever.
+        if dead_letter
+            && job.kind == media::TRANSCODE_JOB
+            && let Ok(payload) = transcode::parse(&job.payload_json)
+        {
+            let failed = events::TranscodingFailed {
+                video_id: payload.video_id,
+                job_id: job.id.clone(),
+                reason: format!(
+                    "gave up after {} attempts: {}",
+                    job.attempts, job.last_error
+                ),
+            };
+            self.publish(&failed).await;
+        }
     }
 
     /// Waits until a job is submitted or `idle` passes.
