@@ -85,3 +85,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
         ..Domain::default()
     })
 }
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_tests.rs"]
+mod router_tests;

@@ -1,0 +1,267 @@
+//! The gateway's router against the real streaming service, over real
+//! sockets and the client pool (no metadata, upload or worker service runs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+use super::router;
+use crate::blob::BlobStore as _;
+use crate::blob::memory::MemoryBlobStore;
+use crate::bus::memory::MemoryBus;
+use crate::client::{ClientPool, PoolConfig};
+use crate::kernel::{Runtime, ServiceKind};
+use crate::middleware::auth::Keyring;
+use crate::registry::Registry as _;
+use crate::registry::memory::MemoryRegistry;
+use crate::services::{self, ServiceOpts, media};
+
+struct Fixture {
+    app: axum::Router,
+    blobs: MemoryBlobStore,
+    _streaming: services::RunningService,
+}
+
+async fn fixture() -> Fixture {
+    let registry = Arc::new(MemoryRegistry::new());
+    let keys = Keyring::generate("test");
+    let blobs = MemoryBlobStore::new();
+    let rt = Runtime {
+        registry: registry.clone(),
+        bus: Arc::new(MemoryBus::new()),
+        blobs: Arc::new(blobs.clone()),
+        pool: ClientPool::new(
+            registry.clone(),
+            PoolConfig::new(keys.clone(), "api-gateway"),
+        ),
+        keys,
+        metrics: crate::middleware::metrics::Metrics::default(),
+    };
+    let mut opts = ServiceOpts::new(ServiceKind::Streaming, [127, 0, 0, 1].into());
+    opts.listen.set_port(0);
+    opts.check_interval = Duration::from_secs(3600);
+    let streaming = services::start(&opts, &rt).await.expect("streaming starts");
+    registry.register(streaming.info()).await.expect("register");
+    Fixture {
+        app: router(rt, 1000),
+        blobs,
+        _streaming: streaming,
+    }
+}
+
+async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
+    let res = app.clone().oneshot(req).await.expect("infallible");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+fn get(uri: &str, range: Option<&str>) -> Request<Body> {
+    let mut req = Request::get(uri);
+    if let Some(r) = range {
+        req = req.header(header::RANGE, r);
+    }
+    req.body(Body::empty()).expect("request")
+}
+
+fn error_of(body: &Bytes) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).expect("a JSON error body");
+    json["error"].as_str().expect("an error message").to_owned()
+}
+
+#[tokio::test]
+async fn originals_are_served_whole_and_by_range() {
+    let f = fixture().await;
+    let file: Bytes = (0..(3 << 20) + 7)
+        .map(|i: u32| (i % 253) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let size = file.len();
+    f.blobs
+        .put("originals/v1", file.clone())
+        .await
+        .expect("put");
+    let url = "/v1/videos/v1/original";
+
+    let (status, h, body) = send(&f.app, get(url, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(h[header::CONTENT_LENGTH], size.to_string().as_str());
+    assert_eq!(body, file);
+
+    let (status, h, body) = send(&f.app, get(url, Some("bytes=10-19"))).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        h[header::CONTENT_RANGE],
+        format!("bytes 10-19/{size}").as_str()
+    );
+    assert_eq!(body, file.slice(10..20));
+
+    let (status, h, body) = send(&f.app, get(url, Some("bytes=-5"))).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        h[header::CONTENT_RANGE],
+        format!("bytes {}-{}/{size}", size - 5, size - 1).as_str()
+    );
+    assert_eq!(body, file.slice(size - 5..));
+
+    let (status, _, body) = send(&f.app, get(url, Some("bytes=1048570-"))).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, file.slice(1_048_570..));
+
+    for unsatisfiable in [format!("bytes={size}-"), "bytes=-0".to_owned()] {
+        let (status, h, body) = send(&f.app, get(url, Some(&unsatisfiable))).await;
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE, "{unsatisfiable}");
+        assert_eq!(h[header::CONTENT_RANGE], format!("bytes */{size}").as_str());
+        assert!(!error_of(&body).is_empty());
+    }
+
+    // Several ranges, or an invalid header: the whole file.
+    for whole in ["bytes=0-1,5-6", "bytes=5-1", "pages=1-2"] {
+        let (status, _, body) = send(&f.app, get(url, Some(whole))).await;
+        assert_eq!((status, body.len()), (StatusCode::OK, size), "{whole}");
+    }
+    let many = format!("bytes={}", vec!["0-0"; 17].join(","));
+    assert_eq!(
+        send(&f.app, get(url, Some(&many))).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    f.blobs
+        .put("originals/empty", Bytes::new())
+        .await
+        .expect("put");
+    let (status, h, body) = send(&f.app, get("/v1/videos/empty/original", None)).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 0));
+    assert_eq!(h[header::CONTENT_LENGTH], "0");
+    let (status, h, _) = send(&f.app, get("/v1/videos/empty/original", Some("bytes=0-"))).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(h[header::CONTENT_RANGE], "bytes */0");
+
+    let (status, _, body) = send(&f.app, get("/v1/videos/nope/original", None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_of(&body).contains("nope"));
+    let (status, _, body) = send(&f.app, get("/v1/videos/a%20b/original", None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("video id"));
+}
+
+#[tokio::test]
+async fn hls_needs_a_ready_video() {
+    let f = fixture().await;
+    f.blobs
+        .put("originals/v1", Bytes::from_static(b"mp4"))
+        .await
+        .expect("put");
+    let (status, _, body) = send(&f.app, get("/v1/videos/v1/hls/master.m3u8", None)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_of(&body).contains("not ready"));
+
+    f.blobs
+        .put(
+            &media::master_key("v1"),
+            Bytes::from_static(b"#EXTM3U\n480p/index.m3u8\n"),
+        )
+        .await
+        .expect("put");
+    f.blobs
+        .put(
+            &media::playlist_key("v1", "480p"),
+            Bytes::from_static(b"#EXTM3U\nseg_1.ts\n"),
+        )
+        .await
+        .expect("put");
+    f.blobs
+        .put(
+            &media::segment_key("v1", "480p", "seg_1.ts"),
+            Bytes::from_static(b"TS"),
+        )
+        .await
+        .expect("put");
+    let (status, h, body) = send(&f.app, get("/v1/videos/v1/hls/master.m3u8", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "application/vnd.apple.mpegurl");
+    assert!(body.starts_with(b"#EXTM3U"));
+    let (status, _, body) = send(&f.app, get("/v1/videos/v1/hls/480p/index.m3u8", None)).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::OK, &b"#EXTM3U\nseg_1.ts\n"[..])
+    );
+    let (status, h, body) = send(&f.app, get("/v1/videos/v1/hls/480p/seg_1.ts", None)).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"TS"[..]));
+    assert_eq!(h[header::CONTENT_TYPE], "video/mp2t");
+    assert_eq!(
+        send(&f.app, get("/v1/videos/v1/hls/480p/seg_9.ts", None))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&f.app, get("/v1/videos/v1/hls/4%2F0p/seg_1.ts", None))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn requests_are_checked_before_any_call() {
+    let f = fixture().await;
+    let post = |uri: &str, ty: &str, len: Option<u64>| {
+        let mut req = Request::post(uri).header(header::CONTENT_TYPE, ty);
+        if let Some(n) = len {
+            req = req.header(header::CONTENT_LENGTH, n);
+        }
+        req.body(Body::from("x")).expect("request")
+    };
+    let cases = [
+        (
+            post("/v1/videos?name=a.mp4", "text/plain", None),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            post("/v1/videos", "video/mp4", None),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post("/v1/videos?name=..", "video/mp4", None),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post("/v1/videos?name=a%2Fb", "video/mp4", None),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post("/v1/videos?name=a.mp4", "video/mp4", Some(1001)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            get(&format!("/v1/videos?page_token={}", "x".repeat(2100)), None),
+            StatusCode::URI_TOO_LONG,
+        ),
+        (
+            get("/v1/videos?page_size=ten", None),
+            StatusCode::BAD_REQUEST,
+        ),
+        (get("/v1/jobs/a%20b", None), StatusCode::BAD_REQUEST),
+    ];
+    for (req, want) in cases {
+        let uri = req.uri().to_string();
+        let (status, _, body) = send(&f.app, req).await;
+        assert_eq!(status, want, "{uri}");
+        assert!(!error_of(&body).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_missing_service_is_unavailable() {
+    let f = fixture().await;
+    let (status, _, body) = send(&f.app, get("/v1/videos/v1", None)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error_of(&body).contains("metadata"), "{}", error_of(&body));
+}
