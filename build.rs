@@ -7,6 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // The transport is chosen by `rt::transport` (tonic's, or the simulator's).
         .build_transport(false)
+        // Video bytes travel as `Bytes`: decoding slices the receive buffer
+        // instead of copying into a fresh Vec (the streaming path's hot spot).
+        .bytes(".streamgate.v1.DataChunk.data")
+        .bytes(".streamgate.v1.GetSegmentResponse.data")
+        .bytes(".streamgate.v1.UploadChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

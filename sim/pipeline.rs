@@ -97,7 +97,7 @@ async fn upload_one(pool: &ClientPool, n: usize, size: usize) -> Result<String, 
     let data = vec![u8::try_from(n % 251).expect("small"); size];
     let chunks: Vec<UploadChunk> = std::iter::once(meta)
         .chain(data.chunks(64 << 10).map(|c| UploadChunk {
-            payload: Some(Chunk::Data(c.to_vec())),
+            payload: Some(Chunk::Data(bytes::Bytes::copy_from_slice(c))),
         }))
         .collect();
     let mut req = tonic::Request::new(futures::stream::iter(chunks));

@@ -85,7 +85,7 @@ fn data(bytes: &[u8]) -> Vec<UploadChunk> {
     bytes
         .chunks(1 << 20)
         .map(|c| UploadChunk {
-            payload: Some(Chunk::Data(c.to_vec())),
+            payload: Some(Chunk::Data(bytes::Bytes::copy_from_slice(c))),
         })
         .collect()
 }
@@ -264,7 +264,7 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
             vec![
                 meta("a.mp4", 0),
                 UploadChunk {
-                    payload: Some(Chunk::Data(Vec::new())),
+                    payload: Some(Chunk::Data(bytes::Bytes::new())),
                 },
             ],
             tonic::Code::InvalidArgument,

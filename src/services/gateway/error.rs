@@ -35,7 +35,13 @@ impl ApiError {
     /// means the file is too large, not that we are busy).
     #[must_use]
     pub fn from_status(status: &tonic::Status, upload: bool) -> Self {
-        Self::new(http_status(status.code(), upload), status.message())
+        let message = if status.message().is_empty() {
+            // Never an empty body: say at least which code came back.
+            format!("upstream answered {:?}", status.code())
+        } else {
+            status.message().to_owned()
+        };
+        Self::new(http_status(status.code(), upload), message)
     }
 }
 
@@ -114,6 +120,9 @@ mod tests {
             .to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(json, serde_json::json!({"error": "no video \"x\""}));
+        let bare = ApiError::from(tonic::Status::unimplemented(""));
+        assert_eq!(bare.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!bare.message.is_empty());
         let pool = ApiError::from(PoolError::NoInstance("metadata".into()));
         assert_eq!(pool.status, StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -113,7 +113,7 @@ fn body(
             ));
         }
         let next_at = at + chunk.data.len() as u64;
-        let data = Bytes::from(chunk.data);
+        let data = chunk.data;
         if chunk.last || next_at == end {
             if next_at != end {
                 return Some((

@@ -68,7 +68,7 @@ fn metadata_chunk(meta: UploadMetadata) -> UploadChunk {
 
 fn data_chunk(data: Vec<u8>) -> UploadChunk {
     UploadChunk {
-        payload: Some(Payload::Data(data)),
+        payload: Some(Payload::Data(data.into())),
     }
 }
 

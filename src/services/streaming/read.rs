@@ -153,7 +153,7 @@ impl Cursor {
         }
         let chunk = DataChunk {
             offset,
-            data,
+            data: data.into(),
             total_size_bytes: self.size,
             last,
         };

@@ -218,7 +218,7 @@ impl StreamingService for StreamingServer {
             .read_small(&req.video_id, &key, ("segment", what), MAX_SEGMENT_BYTES)
             .await?;
         Ok(Response::new(GetSegmentResponse {
-            data: data.to_vec(),
+            data,
             content_type: segment_type(&req.segment_name).to_owned(),
         }))
     }

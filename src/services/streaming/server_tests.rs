@@ -281,7 +281,7 @@ async fn segments_carry_their_content_type() {
             .expect("segment")
             .into_inner();
         assert_eq!(
-            (res.data.as_slice(), res.content_type.as_str()),
+            (&res.data[..], res.content_type.as_str()),
             (&b"data"[..], ty)
         );
     }
