@@ -264,7 +264,7 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
         // deadline or per-caller limit layers (its API has its own limits).
         Some(http) => rt::spawn(transport::serve(
             listener,
-            Routes::from(router.merge(http)),
+            Routes::from(router.fallback(gateway::not_found).merge(http)),
             tower::ServiceBuilder::new()
                 .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer)

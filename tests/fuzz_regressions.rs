@@ -57,3 +57,8 @@ fn cache_ops() {
 fn grpc_requests() {
     replay("grpc_requests", fuzz::grpc_requests);
 }
+
+#[test]
+fn gateway_requests() {
+    replay("gateway_requests", fuzz::gateway_requests);
+}

@@ -111,6 +111,12 @@ async fn up(http: &Http, m: &mut Monolith) {
         if let Ok(res) = http.request(req).await
             && res.status() == 200
         {
+            // Answered: by this process, unless it died on a port in use
+            // and another one answers there.
+            rt::sleep(Duration::from_millis(200)).await;
+            if let Some(exit) = m.proc.0.try_wait().expect("wait") {
+                panic!("the monolith exited: {exit}");
+            }
             return;
         }
         if let Some(exit) = m.proc.0.try_wait().expect("wait") {
@@ -154,8 +160,11 @@ fn temp_files(data: &Path) -> usize {
     std::fs::read_dir(data.join("tmp")).map_or(0, Iterator::count)
 }
 
-fn offset() -> u16 {
-    30_000 + u16::try_from(rt::random_u64() % 200).expect("small") * 100
+/// A port offset for test number `test` (0..3): the tests of this file run
+/// in parallel, so each draws from its own range (ports span 9005..=9093,
+/// so offsets step by 100).
+fn offset(test: u16) -> u16 {
+    30_000 + test * 6_000 + u16::try_from(rt::random_u64() % 60).expect("small") * 100
 }
 
 async fn wait_ready(http: &Http, m: &Monolith, id: &str) -> Value {
@@ -195,7 +204,7 @@ async fn a_video_goes_in_and_plays_back_as_ranges_and_hls() {
     let dir = std::env::temp_dir().join(format!("sg-pipeline-{}", rt::random_hex128()));
     std::fs::create_dir_all(&dir).expect("dir");
     let clip = test_video(&dir, 4);
-    let mut m = start(&dir.join("data"), offset());
+    let mut m = start(&dir.join("data"), offset(0));
     let http = client();
     up(&http, &mut m).await;
 
@@ -310,7 +319,7 @@ async fn a_video_goes_in_and_plays_back_as_ranges_and_hls() {
 async fn bad_inputs_get_4xx_with_a_body_and_store_nothing() {
     let dir = std::env::temp_dir().join(format!("sg-bad-{}", rt::random_hex128()));
     let data = dir.join("data");
-    let mut m = start(&data, offset());
+    let mut m = start(&data, offset(1));
     let http = client();
     up(&http, &mut m).await;
     let small = vec![7u8; 1000];
@@ -384,7 +393,7 @@ async fn bad_inputs_get_4xx_with_a_body_and_store_nothing() {
 async fn a_crash_mid_upload_leaves_no_partial_blob() {
     let dir = std::env::temp_dir().join(format!("sg-crash-{}", rt::random_hex128()));
     let data = dir.join("data");
-    let port = offset();
+    let port = offset(2);
     let mut m = start(&data, port);
     let http = client();
     up(&http, &mut m).await;

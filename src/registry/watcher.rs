@@ -96,6 +96,7 @@ async fn run(
 ) {
     let mut index = 0;
     let mut errors = 0u32;
+    let mut answered = false;
     loop {
         let started = rt::now();
         match registry.watch(&name, index, policy.wait).await {
@@ -104,13 +105,17 @@ async fn run(
                 index = next_index(index, answer.index);
                 let mut set = answer.instances;
                 set.sort_by(|a, b| a.id.cmp(&b.id));
+                // The first answer always notifies, even an empty one: a
+                // caller waiting for discovery learns "none" at once rather
+                // than after its timeout.
                 tx.send_if_modified(|current| {
-                    let changed = *current != set;
+                    let changed = !answered || *current != set;
                     if changed {
                         *current = set;
                     }
                     changed
                 });
+                answered = true;
             }
             Err(e) => {
                 errors = errors.saturating_add(1);

@@ -70,8 +70,20 @@ pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
         )
         .route("/v1/videos/{id}/job", get(jobs::of_video))
         .route("/v1/jobs/{job_id}", get(jobs::get))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this path",
+            )
+        })
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(limits, limit::limit))
+}
+
+/// The answer to a path the API does not have (a JSON 404, like every
+/// other error).
+pub async fn not_found() -> ApiError {
+    ApiError::new(http::StatusCode::NOT_FOUND, "no such route")
 }
 
 /// The service's public HTTP routes.

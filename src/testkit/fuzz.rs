@@ -6,6 +6,10 @@
 use std::time::Duration;
 
 #[cfg(not(madsim))]
+pub mod gateway;
+#[cfg(not(madsim))]
+pub use gateway::gateway_requests;
+#[cfg(not(madsim))]
 pub mod grpc;
 #[cfg(not(madsim))]
 pub use grpc::grpc_requests;
