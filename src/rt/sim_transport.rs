@@ -320,6 +320,9 @@ where
     let mut in_flight: Vec<JoinHandle<()>> = Vec::new();
     loop {
         tokio::select! {
+            // Fixed polling order: tokio's random one would differ between
+            // runs of one seed in the simulator.
+            biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;

@@ -1,7 +1,7 @@
 //! Runs accepted transcodes: at most [`CONCURRENCY`] at once, each
 //! cancellable, publishing TranscodingStarted, then Completed or Failed.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -34,7 +34,7 @@ struct Queued {
 /// State shared by the gRPC server and the executor.
 pub struct Shared {
     table: Mutex<Table>,
-    cancels: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    cancels: Mutex<BTreeMap<String, oneshot::Sender<()>>>,
     engine: Engine,
     ctx: Context,
     bus: Arc<dyn EventBus>,
@@ -65,7 +65,7 @@ impl Shared {
         let (queue, rx) = mpsc::channel(CAPACITY);
         let shared = Arc::new(Self {
             table: Mutex::new(Table::default()),
-            cancels: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(BTreeMap::new()),
             engine,
             ctx,
             bus,
@@ -173,6 +173,9 @@ impl Shared {
             }
         };
         let result = tokio::select! {
+            // Fixed polling order: tokio's random one would differ between
+            // runs of one seed in the simulator.
+            biased;
             result = work => result,
             () = cancelled => None,
         };
@@ -221,6 +224,9 @@ async fn execute(shared: Arc<Shared>, mut rx: mpsc::Receiver<Queued>) {
     let mut running = FuturesUnordered::new();
     loop {
         tokio::select! {
+            // Fixed polling order: tokio's random one would differ between
+            // runs of one seed in the simulator.
+            biased;
             queued = rx.recv() => match queued {
                 Some(q) => running.push(shared.clone().run_one(q)),
                 None => break,

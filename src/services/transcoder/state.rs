@@ -1,7 +1,7 @@
 //! The transcoder's pure bookkeeping: every transcode's state, progress and
 //! idempotency key, bounded by evicting the oldest finished ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::error::TranscoderError;
 use super::hls::Rendition;
@@ -71,8 +71,8 @@ pub enum Admitted {
 #[derive(Debug)]
 pub struct Table {
     capacity: usize,
-    entries: HashMap<String, Transcode>,
-    by_key: HashMap<String, String>,
+    entries: BTreeMap<String, Transcode>,
+    by_key: BTreeMap<String, String>,
     order: BTreeMap<u64, String>,
     next_seq: u64,
 }
@@ -89,8 +89,8 @@ impl Table {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            entries: HashMap::new(),
-            by_key: HashMap::new(),
+            entries: BTreeMap::new(),
+            by_key: BTreeMap::new(),
             order: BTreeMap::new(),
             next_seq: 0,
         }

@@ -38,6 +38,9 @@ pub async fn run(jobs: Arc<Jobs>, pool: ClientPool) {
             }
         }
         tokio::select! {
+            // Fixed polling order: tokio's random one would differ between
+            // runs of one seed in the simulator.
+            biased;
             Some(()) = running.next(), if !running.is_empty() => {}
             () = jobs.woken(jobs.config.idle_poll) => {}
         }
