@@ -1,13 +1,15 @@
-//! Fuzz body for the services' gRPC handlers: the input is a sequence of
+//! Fuzz body for the services' gRPC handlers (metadata, upload's unary
+//! methods, streaming, transcoder, worker): the input is a sequence of
 //! frames `[method][len: u16 LE][request bytes]`; each decodes as that
-//! method's request and is handled in-process by one server (in-memory
-//! stores) that keeps its state across the frames. Any answer is fine
+//! method's request and is handled in-process by one server per service
+//! (in-memory stores) that keeps its state across the frames. Any answer is fine
 //! except a panic, or a status that blames the server (INTERNAL, UNKNOWN)
 //! or carries no message: bad input must get a clear, typed refusal.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt as _;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -16,14 +18,24 @@ use crate::bus::memory::MemoryBus;
 use crate::client::{ClientPool, PoolConfig};
 use crate::middleware::auth::Keyring;
 use crate::proto::metadata_service_server::MetadataService;
+use crate::proto::streaming_service_server::StreamingService;
+use crate::proto::transcoder_service_server::TranscoderService;
 use crate::proto::upload_service_server::UploadService;
+use crate::proto::worker_service_server::WorkerService;
 use crate::proto::{
-    CreateVideoRequest, DeleteUploadRequest, DeleteVideoRequest, GetUploadRequest, GetVideoRequest,
-    ListUploadsRequest, ListVideosRequest, UpdateVideoRequest,
+    CancelJobRequest, CancelTranscodeRequest, CreateVideoRequest, DeleteUploadRequest,
+    DeleteVideoRequest, GetJobRequest, GetPlaylistRequest, GetSegmentRequest,
+    GetTranscodeStatusRequest, GetUploadRequest, GetVideoRequest, ListJobsRequest,
+    ListProfilesRequest, ListUploadsRequest, ListVideosRequest, ReadRangeRequest,
+    StartSessionRequest, StopSessionRequest, SubmitJobRequest, TranscodeRequest,
+    UpdateVideoRequest, WatchJobRequest,
 };
 use crate::registry::memory::MemoryRegistry;
 use crate::services::metadata::MetadataServer;
+use crate::services::streaming::StreamingServer;
+use crate::services::transcoder::{Engine, TranscoderServer};
 use crate::services::upload::UploadServer;
+use crate::services::worker::WorkerServer;
 
 /// Most frames handled per input.
 pub const MAX_FRAMES: usize = 64;
@@ -32,10 +44,34 @@ pub const MAX_FRAMES: usize = 64;
 struct Servers {
     metadata: MetadataServer,
     upload: UploadServer,
+    streaming: StreamingServer,
+    transcoder: TranscoderServer,
+    worker: WorkerServer,
 }
 
-fn servers() -> Servers {
+async fn servers() -> Servers {
     let bus = Arc::new(MemoryBus::new());
+    let blobs = Arc::new(MemoryBlobStore::new());
+    // Transcodes are accepted and queued; no executor runs them.
+    let (shared, _executor) = crate::services::transcoder::run::Shared::new(
+        Engine::Model {
+            duration: std::time::Duration::ZERO,
+            failure_rate: 0.0,
+        },
+        crate::services::transcoder::engine::Context {
+            blobs: blobs.clone(),
+            work_root: std::env::temp_dir().join("streamgate-fuzz"),
+        },
+        bus.clone(),
+    );
+    let (jobs, _) = crate::services::worker::store::Store::open(None, 0)
+        .await
+        .expect("in-memory SQLite");
+    let jobs = crate::services::worker::Jobs::new(
+        jobs,
+        bus.clone(),
+        crate::services::worker::Config::default(),
+    );
     let store = crate::services::metadata::store::Store::open(None).expect("in-memory SQLite");
     let records = crate::services::upload::store::Store::open(None).expect("in-memory SQLite");
     let pool = ClientPool::new(
@@ -46,11 +82,43 @@ fn servers() -> Servers {
         metadata: MetadataServer::new(Arc::new(Mutex::new(store)), bus.clone(), 1 << 30),
         upload: UploadServer::new(
             Arc::new(Mutex::new(records)),
-            Arc::new(MemoryBlobStore::new()),
-            bus,
+            blobs.clone(),
+            bus.clone(),
             pool,
             1 << 30,
         ),
+        streaming: StreamingServer::new(blobs, bus, 1000),
+        transcoder: TranscoderServer::new(shared),
+        worker: WorkerServer::new(Arc::new(jobs)),
+    }
+}
+
+/// Judges a streaming answer and its first few items.
+async fn judge_stream<S, T>(method: &str, answer: Result<Response<S>, Status>)
+where
+    S: futures::Stream<Item = Result<T, Status>> + Unpin,
+{
+    match answer {
+        Ok(res) => {
+            let items: Vec<_> = res.into_inner().take(4).collect().await;
+            for item in items {
+                judge(method, item.map(Response::new));
+            }
+        }
+        Err(status) => judge::<()>(method, Err(status)),
+    }
+}
+
+async fn run_stream<M: Message + Default, S, T, F>(
+    method: &str,
+    bytes: &[u8],
+    call: impl FnOnce(Request<M>) -> F,
+) where
+    F: Future<Output = Result<Response<S>, Status>>,
+    S: futures::Stream<Item = Result<T, Status>> + Unpin,
+{
+    if let Ok(req) = M::decode(bytes) {
+        judge_stream(method, call(Request::new(req)).await).await;
     }
 }
 
@@ -79,8 +147,14 @@ async fn run<M: Message + Default, T, F: Future<Output = Result<Response<T>, Sta
 }
 
 async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
-    let (m, u) = (&s.metadata, &s.upload);
-    match method % 8 {
+    let (m, u, st, t, w) = (
+        &s.metadata,
+        &s.upload,
+        &s.streaming,
+        &s.transcoder,
+        &s.worker,
+    );
+    match method % 22 {
         0 => run::<CreateVideoRequest, _, _>("CreateVideo", bytes, |r| m.create_video(r)).await,
         1 => run::<GetVideoRequest, _, _>("GetVideo", bytes, |r| m.get_video(r)).await,
         2 => run::<UpdateVideoRequest, _, _>("UpdateVideo", bytes, |r| m.update_video(r)).await,
@@ -88,17 +162,59 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         4 => run::<ListVideosRequest, _, _>("ListVideos", bytes, |r| m.list_videos(r)).await,
         5 => run::<GetUploadRequest, _, _>("GetUpload", bytes, |r| u.get_upload(r)).await,
         6 => run::<DeleteUploadRequest, _, _>("DeleteUpload", bytes, |r| u.delete_upload(r)).await,
-        _ => run::<ListUploadsRequest, _, _>("ListUploads", bytes, |r| u.list_uploads(r)).await,
+        7 => run::<ListUploadsRequest, _, _>("ListUploads", bytes, |r| u.list_uploads(r)).await,
+        8 => {
+            run_stream::<ReadRangeRequest, _, _, _>("ReadRange", bytes, |r| st.read_range(r)).await
+        }
+        9 => run::<GetPlaylistRequest, _, _>("GetPlaylist", bytes, |r| st.get_playlist(r)).await,
+        10 => run::<GetSegmentRequest, _, _>("GetSegment", bytes, |r| st.get_segment(r)).await,
+        11 => {
+            run::<StartSessionRequest, _, _>("StartSession", bytes, |r| st.start_session(r)).await
+        }
+        12 => run::<StopSessionRequest, _, _>("StopSession", bytes, |r| st.stop_session(r)).await,
+        13 => run::<TranscodeRequest, _, _>("Transcode", bytes, |r| t.transcode(r)).await,
+        14 => {
+            run::<GetTranscodeStatusRequest, _, _>("GetTranscodeStatus", bytes, |r| {
+                t.get_transcode_status(r)
+            })
+            .await;
+        }
+        15 => {
+            run::<CancelTranscodeRequest, _, _>("CancelTranscode", bytes, |r| {
+                t.cancel_transcode(r)
+            })
+            .await;
+        }
+        16 => run::<ListProfilesRequest, _, _>("ListProfiles", bytes, |r| t.list_profiles(r)).await,
+        17 => run::<SubmitJobRequest, _, _>("SubmitJob", bytes, |r| w.submit_job(r)).await,
+        18 => run::<GetJobRequest, _, _>("GetJob", bytes, |r| w.get_job(r)).await,
+        19 => run::<CancelJobRequest, _, _>("CancelJob", bytes, |r| w.cancel_job(r)).await,
+        20 => run::<ListJobsRequest, _, _>("ListJobs", bytes, |r| w.list_jobs(r)).await,
+        _ => {
+            // A watch streams until the job ends: judge its first update only.
+            if let Ok(req) = WatchJobRequest::decode(bytes) {
+                match w.watch_job(Request::new(req)).await {
+                    Ok(res) => {
+                        let first = res.into_inner().next().await;
+                        if let Some(item) = first {
+                            judge("WatchJob", item.map(Response::new));
+                        }
+                    }
+                    Err(status) => judge::<()>("WatchJob", Err(status)),
+                }
+            }
+        }
     }
 }
 
 /// Splits `data` into frames and handles each.
 pub fn grpc_requests(data: &[u8]) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("a runtime");
-    let s = servers();
     runtime.block_on(async {
+        let s = servers().await;
         // A valid video to aim updates and reads at.
         let seed = CreateVideoRequest {
             video_id: "v1".into(),
