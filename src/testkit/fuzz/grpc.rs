@@ -154,7 +154,7 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         &s.transcoder,
         &s.worker,
     );
-    match method % 22 {
+    match method % 23 {
         0 => run::<CreateVideoRequest, _, _>("CreateVideo", bytes, |r| m.create_video(r)).await,
         1 => run::<GetVideoRequest, _, _>("GetVideo", bytes, |r| m.get_video(r)).await,
         2 => run::<UpdateVideoRequest, _, _>("UpdateVideo", bytes, |r| m.update_video(r)).await,
@@ -190,6 +190,7 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         18 => run::<GetJobRequest, _, _>("GetJob", bytes, |r| w.get_job(r)).await,
         19 => run::<CancelJobRequest, _, _>("CancelJob", bytes, |r| w.cancel_job(r)).await,
         20 => run::<ListJobsRequest, _, _>("ListJobs", bytes, |r| w.list_jobs(r)).await,
+        22 => upload_stream(u, bytes).await,
         _ => {
             // A watch streams until the job ends: judge its first update only.
             if let Ok(req) = WatchJobRequest::decode(bytes) {
@@ -205,6 +206,30 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
             }
         }
     }
+}
+
+/// The client-streaming Upload: `bytes` holds `[len: u16 LE][UploadChunk]`
+/// messages, sent gRPC-framed as one request body (a tail that is not a
+/// whole frame is sent too, as a truncated stream).
+async fn upload_stream(u: &UploadServer, bytes: &[u8]) {
+    let mut body = Vec::with_capacity(bytes.len() + 64);
+    let mut rest = bytes;
+    while let [a, b, tail @ ..] = rest {
+        let len = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());
+        let (msg, next) = tail.split_at(len);
+        body.push(0);
+        body.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(0).to_be_bytes());
+        body.extend_from_slice(msg);
+        rest = next;
+    }
+    body.extend_from_slice(rest);
+    let stream = tonic::Streaming::new_request(
+        tonic_prost::ProstDecoder::<crate::proto::UploadChunk>::default(),
+        http_body_util::Full::new(bytes::Bytes::from(body)),
+        None,
+        Some(4 << 20),
+    );
+    judge("Upload", u.upload(Request::new(stream)).await);
 }
 
 /// Splits `data` into frames and handles each.
