@@ -13,4 +13,5 @@ mod partition;
 mod pipeline;
 mod pool;
 mod registry;
+mod retry_check;
 mod trace;

@@ -18,6 +18,7 @@ use streamgate::resilience::budget::BudgetConfig;
 use streamgate::resilience::retry::RetryPolicy;
 use streamgate::rt;
 
+use crate::retry_check::RetryChecker;
 use crate::trace::{announce, note};
 
 fn cache_ip(i: u8) -> IpAddr {
@@ -53,13 +54,12 @@ async fn hung_instance_trips_and_full_outage_stays_within_the_retry_budget() {
                 min_per_sec: 1,
                 ratio: 0.2,
             };
-            let retrier = Retrier::new(
-                RetryPolicy {
-                    max_attempts: 4,
-                    ..RetryPolicy::default()
-                },
-                budget,
-            );
+            let policy = RetryPolicy {
+                max_attempts: 4,
+                ..RetryPolicy::default()
+            };
+            let (checker, hook) = RetryChecker::hook(policy.clone());
+            let retrier = Retrier::new(policy.clone(), budget).with_hook(hook.clone());
             let attempts = Arc::new(AtomicU64::new(0));
             let call = |retrier: &Retrier, n: u32| {
                 let (cache, retrier, attempts) = (cache.clone(), retrier.clone(), attempts.clone());
@@ -125,13 +125,7 @@ async fn hung_instance_trips_and_full_outage_stays_within_the_retry_budget() {
             Handle::current().kill(nodes[0]);
             attempts.store(0, Ordering::Relaxed);
             // A fresh retrier, so the budget counts only this phase's calls.
-            let retrier = Retrier::new(
-                RetryPolicy {
-                    max_attempts: 4,
-                    ..RetryPolicy::default()
-                },
-                budget,
-            );
+            let retrier = Retrier::new(policy.clone(), budget).with_hook(hook.clone());
             let outage = rt::now();
             let requests = 200u64;
             for n in 0..requests {
@@ -174,6 +168,15 @@ async fn hung_instance_trips_and_full_outage_stays_within_the_retry_budget() {
                 start,
                 format_args!("calls succeed {:?} after recovery", rt::now() - back),
             );
+            let checked = checker.lock().expect("checker");
+            note(
+                start,
+                format_args!(
+                    "retry checker: {} decisions, {} retries, all within the invariants",
+                    checked.decisions, checked.retries
+                ),
+            );
+            assert!(checked.retries > 0, "the scenario exercised retries");
         })
         .await
         .expect("scenario");

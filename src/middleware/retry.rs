@@ -30,12 +30,38 @@ pub struct RetryStats {
     pub budget_exhausted: AtomicU64,
 }
 
+/// One decision of a retrier, as an observer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryEvent {
+    /// The attempt that failed.
+    pub attempt: Attempt,
+    /// What the policy decided.
+    pub decision: Decision,
+    /// When.
+    pub at: std::time::Instant,
+    /// The call's deadline, if it has one.
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// Sees every decision as it is made (the simulation's retry checker).
+pub type RetryHook = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
+
 /// Retries calls of one client per a policy and a shared budget.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Retrier {
     policy: Arc<RetryPolicy>,
     budget: Arc<Mutex<RetryBudget>>,
     stats: Arc<RetryStats>,
+    hook: Option<RetryHook>,
+}
+
+impl std::fmt::Debug for Retrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retrier")
+            .field("policy", &self.policy)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the retrier reads a failed attempt's status: UNAVAILABLE means the
@@ -59,7 +85,15 @@ impl Retrier {
             policy: Arc::new(policy),
             budget: Arc::new(Mutex::new(RetryBudget::new(budget))),
             stats: Arc::default(),
+            hook: None,
         }
+    }
+
+    /// The same retrier, reporting every decision to `hook`.
+    #[must_use]
+    pub fn with_hook(mut self, hook: RetryHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// Counters of what it did.
@@ -102,9 +136,18 @@ impl Retrier {
                 idempotent,
             };
             let u = rt::rng().gen_range(0.0..1.0);
+            let now = rt::now();
             let decision = self
                 .policy
-                .decide(failed, rt::now(), deadline, u, &mut self.budget());
+                .decide(failed, now, deadline, u, &mut self.budget());
+            if let Some(hook) = &self.hook {
+                hook(&RetryEvent {
+                    attempt: failed,
+                    decision,
+                    at: now,
+                    deadline,
+                });
+            }
             match decision {
                 Decision::RetryAfter(delay) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
