@@ -58,6 +58,17 @@ fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
+/// A failure reading the client's stream: tonic reports a message that
+/// does not decode as INTERNAL, but the fault is the client's.
+fn stream_error(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Internal | tonic::Code::Unknown => {
+            invalid(format!("upload stream: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
 /// Checks a file name: 1..=255 bytes, no `/`, `\`, NUL or other control
 /// characters, not `.` or `..`.
 ///
@@ -190,7 +201,7 @@ impl UploadServer {
             .map_err(|e| media::blob_status(&e))?;
         let mut hasher = Sha256::new();
         let mut total: u64 = 0;
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = stream.message().await.map_err(stream_error)? {
             let data = match chunk.payload {
                 Some(Chunk::Data(data)) => data,
                 Some(Chunk::Metadata(_)) => return Err(invalid("metadata after the first chunk")),
@@ -353,7 +364,7 @@ impl UploadService for UploadServer {
         req: Request<Streaming<UploadChunk>>,
     ) -> Result<Response<UploadResponse>, Status> {
         let mut stream = req.into_inner();
-        let meta = match stream.message().await? {
+        let meta = match stream.message().await.map_err(stream_error)? {
             Some(UploadChunk {
                 payload: Some(Chunk::Metadata(m)),
             }) => m,
