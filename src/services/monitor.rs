@@ -153,3 +153,6 @@ pub async fn domain_with(
         ..Domain::default()
     })
 }
+
+#[cfg(test)]
+mod tests;
