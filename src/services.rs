@@ -29,6 +29,7 @@ pub mod cache;
 pub mod gateway;
 pub mod media;
 pub mod metadata;
+pub mod monitor;
 pub mod streaming;
 pub mod transcoder;
 pub mod upload;
@@ -217,7 +218,8 @@ async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError>
         ServiceKind::Streaming => streaming::domain(opts, rt).await,
         ServiceKind::Metadata => metadata::domain(opts, rt).await,
         ServiceKind::Worker => worker::domain(opts, rt).await,
-        ServiceKind::Auth | ServiceKind::Monitor => Ok(Domain::default()),
+        ServiceKind::Monitor => monitor::domain(opts, rt).await,
+        ServiceKind::Auth => Ok(Domain::default()),
     }
 }
 

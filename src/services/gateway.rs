@@ -15,6 +15,7 @@ pub mod limit;
 mod playback;
 pub mod query;
 pub mod range;
+pub mod status;
 mod upload;
 mod videos;
 

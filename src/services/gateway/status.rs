@@ -1,0 +1,175 @@
+//! `GET /v1/status`: the platform's health as the monitor sees it (each
+//! service's health, this node's breakers towards it, its event rates) and
+//! the number of alerts firing, as JSON.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::Api;
+use super::error::ApiError;
+use super::videos::enum_name;
+use crate::proto::{BreakerState, GetStatusRequest, GetStatusResponse, ServiceHealth};
+
+fn health_name(raw: i32) -> String {
+    ServiceHealth::try_from(raw).map_or("unspecified".to_owned(), |h| {
+        enum_name(h.as_str_name(), "SERVICE_HEALTH_")
+    })
+}
+
+fn breaker_name(raw: i32) -> String {
+    BreakerState::try_from(raw).map_or("unspecified".to_owned(), |s| {
+        enum_name(s.as_str_name(), "BREAKER_STATE_")
+    })
+}
+
+/// The status as the API shows it.
+#[must_use]
+pub fn status_json(s: &GetStatusResponse) -> Value {
+    let services: Vec<Value> = s
+        .services
+        .iter()
+        .map(|svc| {
+            json!({
+                "name": svc.name,
+                "health": health_name(svc.health),
+                "last_seen_at_ms": svc.last_seen_at_ms,
+                "breakers": svc.breakers.iter().map(|b| json!({
+                    "target": b.target,
+                    "state": breaker_name(b.state),
+                    "opened_at_ms": b.opened_at_ms,
+                })).collect::<Vec<_>>(),
+                "event_rates": svc.event_rates.iter().map(|r| json!({
+                    "event_type": r.event_type,
+                    "count_last_minute": r.count_last_minute,
+                    "per_second": r.per_second,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "overall": health_name(s.overall),
+        "firing_alerts": s.firing_alerts,
+        "generated_at_ms": s.generated_at_ms,
+        "services": services,
+    })
+}
+
+/// `GET /v1/status`
+pub async fn status(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let res = api
+        .rt
+        .pool
+        .monitor()
+        .await?
+        .get_status(GetStatusRequest {})
+        .await?;
+    Ok(Json(status_json(res.get_ref())))
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+    use crate::proto::{BreakerStatus, EventRate, ServiceStatus};
+    use crate::registry::memory::MemoryRegistry;
+    use crate::rt;
+    use crate::services::ServiceOpts;
+
+    #[test]
+    fn renders_services_breakers_rates_and_alerts() {
+        let s = GetStatusResponse {
+            overall: ServiceHealth::Degraded.into(),
+            services: vec![ServiceStatus {
+                name: "cache".into(),
+                health: ServiceHealth::NotServing.into(),
+                breakers: vec![BreakerStatus {
+                    target: "cache-1".into(),
+                    state: BreakerState::HalfOpen.into(),
+                    consecutive_failures: 0,
+                    opened_at_ms: 0,
+                }],
+                event_rates: vec![EventRate {
+                    event_type: "file_uploaded".into(),
+                    count_last_minute: 3,
+                    per_second: 0.05,
+                }],
+                last_seen_at_ms: 7,
+                version: String::new(),
+            }],
+            firing_alerts: 1,
+            generated_at_ms: 9,
+        };
+        let j = status_json(&s);
+        assert_eq!(j["overall"], "degraded");
+        assert_eq!(j["firing_alerts"], 1);
+        assert_eq!(j["services"][0]["health"], "not_serving");
+        assert_eq!(j["services"][0]["breakers"][0]["state"], "half_open");
+        assert_eq!(j["services"][0]["event_rates"][0]["count_last_minute"], 3);
+        let unknown = GetStatusResponse {
+            overall: 42,
+            ..GetStatusResponse::default()
+        };
+        assert_eq!(status_json(&unknown)["overall"], "unspecified");
+    }
+
+    /// The handler against a node running the monitor (default config,
+    /// as `ServicePlugin` starts it) and the cache.
+    #[tokio::test]
+    async fn the_handler_reads_the_monitor() {
+        let plugins = [ServiceKind::Cache, ServiceKind::Monitor]
+            .into_iter()
+            .map(|kind| {
+                let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
+                opts.listen.set_port(0);
+                Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
+            })
+            .collect();
+        let bus = Arc::new(MemoryBus::new());
+        let kernel = Kernel::start(bus, Arc::new(MemoryRegistry::new()), plugins)
+            .await
+            .expect("node starts");
+        let api = Api {
+            rt: kernel.runtime().clone(),
+            max_upload_bytes: 0,
+        };
+        // The first round may run before the services registered; the
+        // next comes one interval later.
+        let until = rt::now() + crate::services::monitor::PROBE_INTERVAL * 3;
+        let body = loop {
+            let Json(body) = status(State(api.clone())).await.expect("status");
+            let cache = body["services"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == "cache"))
+                .cloned();
+            if cache.is_some_and(|c| c["health"] == "serving") || rt::now() > until {
+                break body;
+            }
+            rt::sleep(Duration::from_millis(100)).await;
+        };
+        let names: Vec<&str> = body["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(names.len(), 9, "{body}");
+        let health = |name: &str| {
+            body["services"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == name))
+                .map(|s| s["health"].clone())
+        };
+        assert_eq!(health("cache"), Some("serving".into()), "{body}");
+        assert_eq!(health("monitor"), Some("serving".into()), "{body}");
+        assert_eq!(health("upload"), Some("not_serving".into()), "{body}");
+        assert_eq!(body["overall"], "not_serving");
+        kernel.shutdown().await;
+        let gone = status(State(api)).await.expect_err("no monitor left");
+        assert_eq!(gone.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
