@@ -21,6 +21,9 @@ pub mod server;
 pub mod store;
 pub mod token;
 
+#[cfg(all(test, not(madsim)))]
+mod tests;
+
 pub use error::AuthError;
 pub use secret::{Secret, ServiceClient, ServiceClients};
 pub use server::AuthServer;
