@@ -12,6 +12,7 @@ use crate::kernel::{Kernel, KernelError, Mode, Plugin, Seams, ServiceKind, Servi
 use crate::middleware::auth::{Key, Keyring};
 use crate::registry::memory::MemoryRegistry;
 use crate::services::ServiceOpts;
+use crate::services::auth::{Secret, ServiceClient, ServiceClients};
 
 /// Options of a process (validated by [`NodeOpts::service_opts`]).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -29,6 +30,16 @@ pub struct NodeOpts {
     /// Largest upload accepted, in bytes.
     #[arg(long, env = "STREAMGATE_MAX_UPLOAD_BYTES", default_value_t = crate::services::MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
+    /// File holding the auth service's token signing secret (its bytes,
+    /// surrounding whitespace trimmed; 32..=4096 bytes, e.g. `openssl rand
+    /// -hex 32`). Without it a random secret is drawn at start and tokens
+    /// end with the process.
+    #[arg(long, env = "STREAMGATE_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// File of the services the auth service issues service tokens to: one
+    /// line `<service name> <client secret> [scope,scope...]` each.
+    #[arg(long, env = "STREAMGATE_AUTH_CLIENTS_FILE")]
+    pub auth_clients_file: Option<PathBuf>,
 }
 
 impl NodeOpts {
@@ -55,6 +66,14 @@ impl NodeOpts {
                 opts.listen = SocketAddr::new(self.host, port);
                 opts.data_dir = Some(self.data_dir.clone());
                 opts.max_upload_bytes = self.max_upload_bytes;
+                if kind == ServiceKind::Auth {
+                    if let Some(path) = &self.auth_secret_file {
+                        opts.auth_secret = Some(read_auth_secret(path)?);
+                    }
+                    if let Some(path) = &self.auth_clients_file {
+                        opts.auth_clients = read_auth_clients(path)?;
+                    }
+                }
                 Ok(opts)
             })
             .collect()
@@ -225,6 +244,75 @@ pub fn read_keyring(path: &Path) -> Result<Keyring, KernelError> {
         )));
     }
     Ok(Keyring { current, previous })
+}
+
+/// Reads the auth secret file (see [`NodeOpts::auth_secret_file`]).
+///
+/// # Errors
+/// [`KernelError::Config`] naming the file and what is wrong (never the secret).
+pub fn read_auth_secret(path: &Path) -> Result<Secret, KernelError> {
+    use crate::services::auth::secret::{MAX_SECRET_BYTES, MIN_SECRET_BYTES};
+    let bytes =
+        std::fs::read(path).map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    let trimmed = bytes.trim_ascii();
+    if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&trimmed.len()) {
+        return Err(config_error(format!(
+            "{}: the auth secret must be {MIN_SECRET_BYTES}..={MAX_SECRET_BYTES} bytes",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(trimmed.to_vec()))
+}
+
+/// Reads the auth clients file (see [`NodeOpts::auth_clients_file`]).
+///
+/// # Errors
+/// [`KernelError::Config`] naming the file and line (never a secret).
+pub fn read_auth_clients(path: &Path) -> Result<ServiceClients, KernelError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    if text.len() > 64 << 10 {
+        return Err(config_error(format!(
+            "{}: larger than 64 KiB",
+            path.display()
+        )));
+    }
+    let clients = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|(n, line)| {
+            let bad =
+                |what: &str| config_error(format!("{} line {}: {what}", path.display(), n + 1));
+            let mut parts = line.split_whitespace();
+            let name = parts.next().unwrap_or_default();
+            let secret = parts.next().unwrap_or_default();
+            let scopes: Vec<String> = parts
+                .next()
+                .map(|s| s.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            if !crate::services::media::is_id(name) {
+                return Err(bad("service name: 1..=64 chars of [A-Za-z0-9_-]"));
+            }
+            if !(16..=256).contains(&secret.len()) {
+                return Err(bad("client secret: 16..=256 bytes"));
+            }
+            if scopes.len() > 32
+                || !scopes
+                    .iter()
+                    .all(|s| crate::services::auth::token::is_scope(s))
+            {
+                return Err(bad("scopes: at most 32, comma-separated, of [a-z0-9_.:-]"));
+            }
+            if parts.next().is_some() {
+                return Err(bad(
+                    "expected `<service name> <client secret> [scope,scope...]`",
+                ));
+            }
+            Ok(ServiceClient::new(name, secret.as_bytes(), scopes))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ServiceClients::new(clients))
 }
 
 /// Runs one service as its own process (microservices mode): NATS bus, a

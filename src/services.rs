@@ -25,6 +25,7 @@ use crate::middleware::trace::ServerTraceLayer;
 use crate::registry::{HealthCheck, ServiceInfo};
 use crate::rt::{self, transport};
 
+pub mod auth;
 pub mod cache;
 pub mod gateway;
 pub mod media;
@@ -56,6 +57,11 @@ pub struct ServiceOpts {
     pub max_upload_bytes: u64,
     /// How videos are transcoded.
     pub engine: transcoder::Engine,
+    /// The auth service's token signing secret; `None` draws a random one
+    /// at start (tokens then end with the process).
+    pub auth_secret: Option<auth::Secret>,
+    /// The services the auth service issues service tokens to.
+    pub auth_clients: auth::ServiceClients,
 }
 
 /// Largest upload accepted by default (2 GiB).
@@ -74,6 +80,8 @@ impl ServiceOpts {
             data_dir: None,
             max_upload_bytes: MAX_UPLOAD_BYTES,
             engine: transcoder::Engine::default(),
+            auth_secret: None,
+            auth_clients: auth::ServiceClients::default(),
         }
     }
 }
@@ -218,8 +226,8 @@ async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError>
         ServiceKind::Streaming => streaming::domain(opts, rt).await,
         ServiceKind::Metadata => metadata::domain(opts, rt).await,
         ServiceKind::Worker => worker::domain(opts, rt).await,
+        ServiceKind::Auth => auth::domain(opts, rt).await,
         ServiceKind::Monitor => monitor::domain(opts, rt).await,
-        ServiceKind::Auth => Ok(Domain::default()),
     }
 }
 

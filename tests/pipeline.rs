@@ -2,7 +2,10 @@
 //! monolith` binary on loopback, a small video made with ffmpeg uploaded
 //! through the gateway, transcoded, then read back as a byte range of the
 //! original and as HLS. Bad uploads get 4xx with a body and store nothing;
-//! a crash in the middle of an upload leaves no blob behind.
+//! a crash in the middle of an upload leaves no blob behind. Every `/v1/`
+//! route but the account routes wants a bearer token: the tests sign up
+//! first; missing, garbage, forged or expired tokens get a JSON 401, and no
+//! password reaches the process's log.
 #![cfg(not(madsim))]
 
 use std::io::Write as _;
@@ -32,24 +35,45 @@ impl Drop for Proc {
 struct Monolith {
     proc: Proc,
     gateway: SocketAddr,
+    /// The bearer token sent with every request, once signed up.
+    token: Option<String>,
 }
 
 const MAX_UPLOAD: u64 = 8 << 20;
+const PASSWORD: &str = "pipeline-pa55word";
 
 fn start(data: &Path, offset: u16) -> Monolith {
+    start_with(data, offset, "warn", &[])
+}
+
+/// The monolith with `RUST_LOG=log` and `extra` arguments; its stdout and
+/// stderr (the log) are appended to `<data>.stderr`.
+fn start_with(data: &Path, offset: u16, log: &str, extra: &[&std::ffi::OsStr]) -> Monolith {
+    if let Some(parent) = data.parent() {
+        std::fs::create_dir_all(parent).expect("test dir");
+    }
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("stderr"))
+        .expect("log file");
     let proc = Proc(
         Command::new(env!("CARGO_BIN_EXE_streamgate"))
             .args(["monolith", "--port-offset", &offset.to_string()])
             .arg("--data-dir")
             .arg(data)
             .args(["--max-upload-bytes", &MAX_UPLOAD.to_string()])
-            .env("RUST_LOG", "warn")
+            .args(extra)
+            .env("RUST_LOG", log)
+            .stdout(stderr.try_clone().expect("log file"))
+            .stderr(stderr)
             .spawn()
             .expect("the binary starts"),
     );
     Monolith {
         proc,
         gateway: SocketAddr::from(([127, 0, 0, 1], 9090 + offset)),
+        token: None,
     }
 }
 
@@ -87,8 +111,16 @@ async fn call(http: &Http, req: http::Request<Full<Bytes>>) -> Reply {
     }
 }
 
+/// `req` with the monolith's bearer token, if it has one.
+fn authorized(m: &Monolith, req: http::request::Builder) -> http::request::Builder {
+    match &m.token {
+        Some(t) => req.header("authorization", format!("Bearer {t}")),
+        None => req,
+    }
+}
+
 async fn get(http: &Http, m: &Monolith, path: &str, range: Option<&str>) -> Reply {
-    let mut req = http::Request::get(format!("http://{}{path}", m.gateway));
+    let mut req = authorized(m, http::Request::get(format!("http://{}{path}", m.gateway)));
     if let Some(r) = range {
         req = req.header("range", r);
     }
@@ -96,11 +128,36 @@ async fn get(http: &Http, m: &Monolith, path: &str, range: Option<&str>) -> Repl
 }
 
 async fn post_video(http: &Http, m: &Monolith, query: &str, ctype: &str, body: Vec<u8>) -> Reply {
-    let req = http::Request::post(format!("http://{}/v1/videos?{query}", m.gateway))
-        .header("content-type", ctype)
-        .body(Full::new(Bytes::from(body)))
+    let req = authorized(
+        m,
+        http::Request::post(format!("http://{}/v1/videos?{query}", m.gateway)),
+    )
+    .header("content-type", ctype)
+    .body(Full::new(Bytes::from(body)))
+    .expect("request");
+    call(http, req).await
+}
+
+async fn post_json(http: &Http, m: &Monolith, path: &str, body: &Value) -> Reply {
+    let req = http::Request::post(format!("http://{}{path}", m.gateway))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
         .expect("request");
     call(http, req).await
+}
+
+/// Signs up `email` and logs in; the monolith's requests then carry the
+/// access token. Returns the user id.
+async fn sign_in(http: &Http, m: &mut Monolith, email: &str) -> String {
+    let creds = serde_json::json!({"email": email, "password": PASSWORD});
+    let signed = post_json(http, m, "/v1/auth/signup", &creds).await;
+    assert_eq!(signed.status, 201, "{:?}", signed.body);
+    let logged = post_json(http, m, "/v1/auth/login", &creds).await;
+    assert_eq!(logged.status, 200, "{:?}", logged.body);
+    let v = logged.json();
+    assert_eq!(v["user_id"], signed.json()["user_id"]);
+    m.token = Some(v["access_token"].as_str().expect("access_token").to_owned());
+    v["user_id"].as_str().expect("user_id").to_owned()
 }
 
 async fn up(http: &Http, m: &mut Monolith) {
@@ -160,7 +217,7 @@ fn temp_files(data: &Path) -> usize {
     std::fs::read_dir(data.join("tmp")).map_or(0, Iterator::count)
 }
 
-/// A port offset for test number `test` (0..3): the tests of this file run
+/// A port offset for test number `test` (0..4): the tests of this file run
 /// in parallel, so each draws from its own range (ports span 9005..=9093,
 /// so offsets step by 100).
 fn offset(test: u16) -> u16 {
@@ -207,6 +264,7 @@ async fn a_video_goes_in_and_plays_back_as_ranges_and_hls() {
     let mut m = start(&dir.join("data"), offset(0));
     let http = client();
     up(&http, &mut m).await;
+    let user = sign_in(&http, &mut m, "viewer@example.com").await;
 
     let created = post_video(
         &http,
@@ -224,6 +282,7 @@ async fn a_video_goes_in_and_plays_back_as_ranges_and_hls() {
 
     let video = wait_ready(&http, &m, &id).await;
     assert_eq!(video["title"], "Test clip");
+    assert_eq!(video["owner_id"], user.as_str(), "the uploader owns it");
     assert_eq!(video["size_bytes"].as_u64(), Some(clip.len() as u64));
     let duration = video["duration_ms"].as_u64().expect("duration");
     assert!((3500..=4600).contains(&duration), "duration {duration} ms");
@@ -322,13 +381,17 @@ async fn bad_inputs_get_4xx_with_a_body_and_store_nothing() {
     let mut m = start(&data, offset(1));
     let http = client();
     up(&http, &mut m).await;
+    let token = {
+        sign_in(&http, &mut m, "bad@example.com").await;
+        m.token.clone().expect("token")
+    };
     let small = vec![7u8; 1000];
     // Too large by its Content-Length: refused before the body is read (a
     // raw socket, since an HTTP client writing the body sees the close).
     let mut raw = std::net::TcpStream::connect(m.gateway).expect("connect");
     write!(
         raw,
-        "POST /v1/videos?name=big.mp4 HTTP/1.1\r\nhost: x\r\ncontent-type: video/mp4\r\ncontent-length: {}\r\n\r\n",
+        "POST /v1/videos?name=big.mp4 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: video/mp4\r\ncontent-length: {}\r\n\r\n",
         MAX_UPLOAD + 1
     )
     .expect("head");
@@ -374,7 +437,7 @@ async fn bad_inputs_get_4xx_with_a_body_and_store_nothing() {
     let mut raw = std::net::TcpStream::connect(m.gateway).expect("connect");
     write!(
         raw,
-        "POST /v1/videos?name=cut.mp4 HTTP/1.1\r\nhost: x\r\ncontent-type: video/mp4\r\ncontent-length: 100000\r\n\r\n"
+        "POST /v1/videos?name=cut.mp4 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: video/mp4\r\ncontent-length: 100000\r\n\r\n"
     )
     .expect("head");
     raw.write_all(&[1; 5000]).expect("part");
@@ -397,10 +460,12 @@ async fn a_crash_mid_upload_leaves_no_partial_blob() {
     let mut m = start(&data, port);
     let http = client();
     up(&http, &mut m).await;
+    sign_in(&http, &mut m, "crash@example.com").await;
+    let token = m.token.clone().expect("token");
     let mut raw = std::net::TcpStream::connect(m.gateway).expect("connect");
     write!(
         raw,
-        "POST /v1/videos?name=big.mp4 HTTP/1.1\r\nhost: x\r\ncontent-type: video/mp4\r\ncontent-length: 4000000\r\n\r\n"
+        "POST /v1/videos?name=big.mp4 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: video/mp4\r\ncontent-length: 4000000\r\n\r\n"
     )
     .expect("head");
     raw.write_all(&vec![1; 3 << 20]).expect("most of it");
@@ -412,6 +477,20 @@ async fn a_crash_mid_upload_leaves_no_partial_blob() {
 
     let mut m = start(&data, port);
     up(&http, &mut m).await;
+    // The monolith draws a fresh signing secret at start: the old token is
+    // void, but the account is kept.
+    assert_eq!(get(&http, &m, "/v1/videos", None).await.status, 401);
+    m.token = Some(token);
+    assert_eq!(get(&http, &m, "/v1/videos", None).await.status, 401);
+    let creds = serde_json::json!({"email": "crash@example.com", "password": PASSWORD});
+    let again = post_json(&http, &m, "/v1/auth/login", &creds).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    m.token = Some(
+        again.json()["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned(),
+    );
     assert_eq!(
         temp_files(&data),
         0,
@@ -419,5 +498,121 @@ async fn a_crash_mid_upload_leaves_no_partial_blob() {
     );
     let list = get(&http, &m, "/v1/videos", None).await;
     assert_eq!(list.json()["videos"].as_array().map(Vec::len), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_the_bearer_rule() {
+    use streamgate::services::auth::Secret;
+    use streamgate::services::auth::token::{ACCESS_TTL, Kind, Tokens};
+
+    let dir = std::env::temp_dir().join(format!("sg-auth-{}", rt::random_hex128()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let data = dir.join("data");
+    let secret = format!("{}{}", rt::random_hex128(), rt::random_hex128());
+    let secret_file = dir.join("auth.secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("secret file");
+    let mut m = start_with(
+        &data,
+        offset(3),
+        "info,streamgate=debug",
+        &["--auth-secret-file".as_ref(), secret_file.as_os_str()],
+    );
+    let http = client();
+    up(&http, &mut m).await;
+
+    // Open routes stay open.
+    assert_eq!(get(&http, &m, "/health", None).await.status, 200);
+    assert_eq!(get(&http, &m, "/metrics", None).await.status, 200);
+
+    // No token, garbage, forged, expired, a refresh token: JSON 401s.
+    let unauthorized = |r: &Reply, what: &str| {
+        assert_eq!(r.status, 401, "{what}: {:?}", r.body);
+        assert_eq!(r.headers["www-authenticate"], "Bearer", "{what}");
+        assert!(
+            r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}"
+        );
+    };
+    unauthorized(&get(&http, &m, "/v1/videos", None).await, "no token");
+    let user = sign_in(&http, &mut m, "owner@example.com").await;
+    let good = m.token.clone().expect("token");
+    let ours = Tokens::new(&Secret::new(secret.as_bytes().to_vec()));
+    let now = rt::unix_ms();
+    let expired = ours
+        .issue(&user, Kind::Access, vec![], ACCESS_TTL, now - 3_600_000)
+        .expect("mint")
+        .token;
+    let forged = Tokens::new(&Secret::new(vec![3u8; 32]))
+        .issue(&user, Kind::Access, vec![], ACCESS_TTL, now)
+        .expect("mint")
+        .token;
+    let minted = ours
+        .issue(&user, Kind::Access, vec![], ACCESS_TTL, now)
+        .expect("mint")
+        .token;
+    for (token, what) in [
+        ("garbage".to_owned(), "garbage"),
+        (expired, "expired"),
+        (forged, "forged"),
+    ] {
+        m.token = Some(token);
+        unauthorized(&get(&http, &m, "/v1/videos", None).await, what);
+        let r = post_video(&http, &m, "name=a.mp4", "video/mp4", vec![1; 100]).await;
+        unauthorized(&r, what);
+    }
+    // The secret from --auth-secret-file signs the service's tokens.
+    m.token = Some(minted);
+    assert_eq!(get(&http, &m, "/v1/videos", None).await.status, 200);
+    m.token = Some(good);
+    let listed = get(&http, &m, "/v1/videos", None).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+
+    // A taken email (any case): 409. Bad passwords: 401, same words as an
+    // unknown email.
+    let taken = serde_json::json!({"email": "OWNER@example.com", "password": "another-pa55word"});
+    let r = post_json(&http, &m, "/v1/auth/signup", &taken).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.json()["error"].is_string());
+    let wrong = serde_json::json!({"email": "owner@example.com", "password": "wrong-pa55word"});
+    let unknown = serde_json::json!({"email": "nobody@example.com", "password": PASSWORD});
+    let r1 = post_json(&http, &m, "/v1/auth/login", &wrong).await;
+    let r2 = post_json(&http, &m, "/v1/auth/login", &unknown).await;
+    unauthorized(&r1, "wrong password");
+    assert_eq!(r1.json(), r2.json(), "which part was wrong is never said");
+
+    // Refresh rotates; the spent refresh token is refused.
+    let creds = serde_json::json!({"email": "owner@example.com", "password": PASSWORD});
+    let pair = post_json(&http, &m, "/v1/auth/login", &creds).await.json();
+    let spend = serde_json::json!({"refresh_token": pair["refresh_token"]});
+    let r = post_json(&http, &m, "/v1/auth/refresh", &spend).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.json()["access_token"].is_string());
+    unauthorized(
+        &post_json(&http, &m, "/v1/auth/refresh", &spend).await,
+        "reuse",
+    );
+
+    // The uploader owns the upload.
+    let created = post_video(
+        &http,
+        &m,
+        "name=a.mp4&title=mine",
+        "video/mp4",
+        vec![9; 2000],
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.json()["video_id"].as_str().expect("id").to_owned();
+    let video = get(&http, &m, &format!("/v1/videos/{id}"), None).await;
+    assert_eq!(video.json()["owner_id"], user.as_str());
+
+    // Neither the password nor a token reaches the log.
+    drop(m);
+    let log = std::fs::read_to_string(data.with_extension("stderr")).expect("log");
+    assert!(log.contains("signed up"), "the log is on: {log}");
+    for secret_text in [PASSWORD, "wrong-pa55word", "another-pa55word", &secret] {
+        assert!(!log.contains(secret_text), "{secret_text} in the log");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -25,6 +25,7 @@ use streamgate::proto::{
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt;
 use streamgate::services::ServiceOpts;
+use streamgate::services::upload::server::{ANONYMOUS, USER_ID_HEADER};
 
 struct Node {
     kernel: Kernel,
@@ -327,4 +328,33 @@ async fn a_retried_upload_with_the_same_key_is_stored_once() {
     assert!(twice.deduplicated);
     assert_eq!(once.video_id, twice.video_id);
     assert_eq!(videos(&node).await, 1);
+}
+
+#[tokio::test]
+async fn the_uploader_named_by_the_gateway_owns_the_video() {
+    let node = start(1 << 20).await;
+    let owner_of = |user: Option<&'static str>| {
+        let node = &node;
+        async move {
+            let mut chunks = vec![meta("clip.mp4", 10)];
+            chunks.extend(data(&bytes(10)));
+            let mut req = tonic::Request::new(futures::stream::iter(chunks));
+            if let Some(u) = user {
+                req.metadata_mut()
+                    .insert(USER_ID_HEADER, u.parse().expect("header"));
+            }
+            let mut client = node.kernel.pool().upload().await.expect("client");
+            let done = client.upload(req).await.expect("upload").into_inner();
+            let mut metadata = node.kernel.pool().metadata().await.expect("client");
+            let req = GetVideoRequest {
+                video_id: done.video_id,
+            };
+            let video = metadata.get_video(req).await.expect("get").into_inner();
+            video.video.expect("video").owner_id
+        }
+    };
+    assert_eq!(owner_of(Some("user_1")).await, "user_1");
+    assert_eq!(owner_of(None).await, ANONYMOUS);
+    // Not an id: ignored, not trusted.
+    assert_eq!(owner_of(Some("../admin")).await, ANONYMOUS);
 }

@@ -4,11 +4,13 @@
 use axum::Router;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::kernel::{KernelError, Runtime};
 use crate::services::{Domain, ServiceOpts, media};
 
+mod accounts;
+pub mod bearer;
 pub mod error;
 mod jobs;
 pub mod limit;
@@ -16,6 +18,7 @@ mod playback;
 pub mod query;
 pub mod range;
 pub mod status;
+pub mod token_cache;
 mod upload;
 mod videos;
 
@@ -46,13 +49,19 @@ fn video_id(path: IdPath) -> Result<String, ApiError> {
     Ok(id)
 }
 
-/// The API's routes over `rt`'s client pool.
+/// The API's routes over `rt`'s client pool: the account routes open, every
+/// other `/v1/` route behind the bearer-token check.
 pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
+    let verifier = bearer::Verifier::new(rt.clone());
     let api = Api {
         rt,
         max_upload_bytes,
     };
     let limits = limit::Limits::new(limit::MAX_IN_FLIGHT);
+    let accounts = Router::new()
+        .route("/v1/auth/signup", post(accounts::signup))
+        .route("/v1/auth/login", post(accounts::login))
+        .route("/v1/auth/refresh", post(accounts::refresh));
     Router::new()
         .route("/v1/videos", get(videos::list).post(upload::create))
         .route(
@@ -71,6 +80,12 @@ pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
         )
         .route("/v1/videos/{id}/job", get(jobs::of_video))
         .route("/v1/jobs/{job_id}", get(jobs::get))
+        .route("/v1/status", get(status::status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            verifier,
+            bearer::require,
+        ))
+        .merge(accounts)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 http::StatusCode::METHOD_NOT_ALLOWED,
@@ -102,3 +117,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_tests.rs"]
 mod router_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_auth_tests.rs"]
+mod router_auth_tests;

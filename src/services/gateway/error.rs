@@ -78,7 +78,15 @@ impl From<PoolError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message });
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme the client should use.
+            res.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
     }
 }
 
@@ -123,6 +131,8 @@ mod tests {
         let bare = ApiError::from(tonic::Status::unimplemented(""));
         assert_eq!(bare.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!bare.message.is_empty());
+        let res = ApiError::from(tonic::Status::unauthenticated("no")).into_response();
+        assert_eq!(res.headers()[http::header::WWW_AUTHENTICATE], "Bearer");
         let pool = ApiError::from(PoolError::NoInstance("metadata".into()));
         assert_eq!(pool.status, StatusCode::SERVICE_UNAVAILABLE);
     }

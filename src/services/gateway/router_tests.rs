@@ -1,5 +1,7 @@
-//! The gateway's router against the real streaming service, over real
-//! sockets and the client pool (no metadata, upload or worker service runs).
+//! The gateway's router against the real streaming and auth services, over
+//! real sockets and the client pool (no metadata, upload or worker service
+//! runs). Requests carry a signed-up user's bearer token unless they set
+//! their own `Authorization`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +19,27 @@ use crate::bus::memory::MemoryBus;
 use crate::client::{ClientPool, PoolConfig};
 use crate::kernel::{Runtime, ServiceKind};
 use crate::middleware::auth::Keyring;
+use crate::proto::SignUpRequest;
 use crate::registry::Registry as _;
 use crate::registry::memory::MemoryRegistry;
+use crate::services::auth::Secret;
 use crate::services::{self, ServiceOpts, media};
 
-struct Fixture {
-    app: axum::Router,
+pub(super) struct Fixture {
+    pub(super) app: axum::Router,
+    pub(super) rt: Runtime,
     blobs: MemoryBlobStore,
+    pub(super) token: String,
     _streaming: services::RunningService,
+    _auth: services::RunningService,
 }
 
-async fn fixture() -> Fixture {
+/// The auth service's signing secret in these tests.
+pub(super) fn auth_secret() -> Secret {
+    Secret::new(vec![42u8; 32])
+}
+
+pub(super) async fn fixture() -> Fixture {
     let registry = Arc::new(MemoryRegistry::new());
     let keys = Keyring::generate("test");
     let blobs = MemoryBlobStore::new();
@@ -47,21 +59,55 @@ async fn fixture() -> Fixture {
     opts.check_interval = Duration::from_secs(3600);
     let streaming = services::start(&opts, &rt).await.expect("streaming starts");
     registry.register(streaming.info()).await.expect("register");
+    let mut opts = ServiceOpts::new(ServiceKind::Auth, [127, 0, 0, 1].into());
+    opts.listen.set_port(0);
+    opts.check_interval = Duration::from_secs(3600);
+    opts.auth_secret = Some(auth_secret());
+    let auth = services::start(&opts, &rt).await.expect("auth starts");
+    registry.register(auth.info()).await.expect("register");
+    let token = rt
+        .pool
+        .auth()
+        .await
+        .expect("auth client")
+        .sign_up(SignUpRequest {
+            email: format!("{}@example.com", crate::rt::random_hex128()),
+            password: "correct horse battery".into(),
+            display_name: String::new(),
+        })
+        .await
+        .expect("sign-up")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token;
     Fixture {
-        app: router(rt, 1000),
+        app: router(rt.clone(), 1000),
+        rt,
         blobs,
+        token,
         _streaming: streaming,
+        _auth: auth,
     }
 }
 
-async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
-    let res = app.clone().oneshot(req).await.expect("infallible");
+/// Sends `req` with the fixture's token unless it has an `Authorization`.
+pub(super) async fn send(
+    f: &Fixture,
+    mut req: Request<Body>,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    if !req.headers().contains_key(header::AUTHORIZATION) {
+        let bearer = format!("Bearer {}", f.token);
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, bearer.parse().expect("header"));
+    }
+    let res = f.app.clone().oneshot(req).await.expect("infallible");
     let (parts, body) = res.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
     (parts.status, parts.headers, body)
 }
 
-fn get(uri: &str, range: Option<&str>) -> Request<Body> {
+pub(super) fn get(uri: &str, range: Option<&str>) -> Request<Body> {
     let mut req = Request::get(uri);
     if let Some(r) = range {
         req = req.header(header::RANGE, r);
@@ -69,7 +115,7 @@ fn get(uri: &str, range: Option<&str>) -> Request<Body> {
     req.body(Body::empty()).expect("request")
 }
 
-fn error_of(body: &Bytes) -> String {
+pub(super) fn error_of(body: &Bytes) -> String {
     let json: serde_json::Value = serde_json::from_slice(body).expect("a JSON error body");
     json["error"].as_str().expect("an error message").to_owned()
 }
@@ -88,13 +134,13 @@ async fn originals_are_served_whole_and_by_range() {
         .expect("put");
     let url = "/v1/videos/v1/original";
 
-    let (status, h, body) = send(&f.app, get(url, None)).await;
+    let (status, h, body) = send(&f, get(url, None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h[header::ACCEPT_RANGES], "bytes");
     assert_eq!(h[header::CONTENT_LENGTH], size.to_string().as_str());
     assert_eq!(body, file);
 
-    let (status, h, body) = send(&f.app, get(url, Some("bytes=10-19"))).await;
+    let (status, h, body) = send(&f, get(url, Some("bytes=10-19"))).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         h[header::CONTENT_RANGE],
@@ -102,7 +148,7 @@ async fn originals_are_served_whole_and_by_range() {
     );
     assert_eq!(body, file.slice(10..20));
 
-    let (status, h, body) = send(&f.app, get(url, Some("bytes=-5"))).await;
+    let (status, h, body) = send(&f, get(url, Some("bytes=-5"))).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         h[header::CONTENT_RANGE],
@@ -110,12 +156,12 @@ async fn originals_are_served_whole_and_by_range() {
     );
     assert_eq!(body, file.slice(size - 5..));
 
-    let (status, _, body) = send(&f.app, get(url, Some("bytes=1048570-"))).await;
+    let (status, _, body) = send(&f, get(url, Some("bytes=1048570-"))).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(body, file.slice(1_048_570..));
 
     for unsatisfiable in [format!("bytes={size}-"), "bytes=-0".to_owned()] {
-        let (status, h, body) = send(&f.app, get(url, Some(&unsatisfiable))).await;
+        let (status, h, body) = send(&f, get(url, Some(&unsatisfiable))).await;
         assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE, "{unsatisfiable}");
         assert_eq!(h[header::CONTENT_RANGE], format!("bytes */{size}").as_str());
         assert!(!error_of(&body).is_empty());
@@ -123,12 +169,12 @@ async fn originals_are_served_whole_and_by_range() {
 
     // Several ranges, or an invalid header: the whole file.
     for whole in ["bytes=0-1,5-6", "bytes=5-1", "pages=1-2"] {
-        let (status, _, body) = send(&f.app, get(url, Some(whole))).await;
+        let (status, _, body) = send(&f, get(url, Some(whole))).await;
         assert_eq!((status, body.len()), (StatusCode::OK, size), "{whole}");
     }
     let many = format!("bytes={}", vec!["0-0"; 17].join(","));
     assert_eq!(
-        send(&f.app, get(url, Some(&many))).await.0,
+        send(&f, get(url, Some(&many))).await.0,
         StatusCode::BAD_REQUEST
     );
 
@@ -136,17 +182,17 @@ async fn originals_are_served_whole_and_by_range() {
         .put("originals/empty", Bytes::new())
         .await
         .expect("put");
-    let (status, h, body) = send(&f.app, get("/v1/videos/empty/original", None)).await;
+    let (status, h, body) = send(&f, get("/v1/videos/empty/original", None)).await;
     assert_eq!((status, body.len()), (StatusCode::OK, 0));
     assert_eq!(h[header::CONTENT_LENGTH], "0");
-    let (status, h, _) = send(&f.app, get("/v1/videos/empty/original", Some("bytes=0-"))).await;
+    let (status, h, _) = send(&f, get("/v1/videos/empty/original", Some("bytes=0-"))).await;
     assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(h[header::CONTENT_RANGE], "bytes */0");
 
-    let (status, _, body) = send(&f.app, get("/v1/videos/nope/original", None)).await;
+    let (status, _, body) = send(&f, get("/v1/videos/nope/original", None)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error_of(&body).contains("nope"));
-    let (status, _, body) = send(&f.app, get("/v1/videos/a%20b/original", None)).await;
+    let (status, _, body) = send(&f, get("/v1/videos/a%20b/original", None)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_of(&body).contains("video id"));
 }
@@ -158,7 +204,7 @@ async fn hls_needs_a_ready_video() {
         .put("originals/v1", Bytes::from_static(b"mp4"))
         .await
         .expect("put");
-    let (status, _, body) = send(&f.app, get("/v1/videos/v1/hls/master.m3u8", None)).await;
+    let (status, _, body) = send(&f, get("/v1/videos/v1/hls/master.m3u8", None)).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(error_of(&body).contains("not ready"));
 
@@ -183,26 +229,26 @@ async fn hls_needs_a_ready_video() {
         )
         .await
         .expect("put");
-    let (status, h, body) = send(&f.app, get("/v1/videos/v1/hls/master.m3u8", None)).await;
+    let (status, h, body) = send(&f, get("/v1/videos/v1/hls/master.m3u8", None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h[header::CONTENT_TYPE], "application/vnd.apple.mpegurl");
     assert!(body.starts_with(b"#EXTM3U"));
-    let (status, _, body) = send(&f.app, get("/v1/videos/v1/hls/480p/index.m3u8", None)).await;
+    let (status, _, body) = send(&f, get("/v1/videos/v1/hls/480p/index.m3u8", None)).await;
     assert_eq!(
         (status, &body[..]),
         (StatusCode::OK, &b"#EXTM3U\nseg_1.ts\n"[..])
     );
-    let (status, h, body) = send(&f.app, get("/v1/videos/v1/hls/480p/seg_1.ts", None)).await;
+    let (status, h, body) = send(&f, get("/v1/videos/v1/hls/480p/seg_1.ts", None)).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"TS"[..]));
     assert_eq!(h[header::CONTENT_TYPE], "video/mp2t");
     assert_eq!(
-        send(&f.app, get("/v1/videos/v1/hls/480p/seg_9.ts", None))
+        send(&f, get("/v1/videos/v1/hls/480p/seg_9.ts", None))
             .await
             .0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        send(&f.app, get("/v1/videos/v1/hls/4%2F0p/seg_1.ts", None))
+        send(&f, get("/v1/videos/v1/hls/4%2F0p/seg_1.ts", None))
             .await
             .0,
         StatusCode::BAD_REQUEST
@@ -252,7 +298,7 @@ async fn requests_are_checked_before_any_call() {
     ];
     for (req, want) in cases {
         let uri = req.uri().to_string();
-        let (status, _, body) = send(&f.app, req).await;
+        let (status, _, body) = send(&f, req).await;
         assert_eq!(status, want, "{uri}");
         assert!(!error_of(&body).is_empty());
     }
@@ -261,7 +307,7 @@ async fn requests_are_checked_before_any_call() {
 #[tokio::test]
 async fn a_missing_service_is_unavailable() {
     let f = fixture().await;
-    let (status, _, body) = send(&f.app, get("/v1/videos/v1", None)).await;
+    let (status, _, body) = send(&f, get("/v1/videos/v1", None)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(error_of(&body).contains("metadata"), "{}", error_of(&body));
 }

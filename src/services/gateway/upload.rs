@@ -5,18 +5,20 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::body::{Body, BodyDataStream};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt as _};
 use serde_json::json;
 
 use super::Api;
+use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::query::Query;
 use crate::proto::upload_chunk::Payload;
 use crate::proto::{UploadChunk, UploadMetadata};
 use crate::services::MAX_CALL_TIMEOUT;
+use crate::services::upload::server::USER_ID_HEADER;
 
 /// Largest data chunk sent to the upload service (the proto's limit).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -155,6 +157,7 @@ fn chunks(
 /// `POST /v1/videos?name=&title=&description=` with the video as the body.
 pub async fn create(
     State(api): State<Api>,
+    user: Option<Extension<AuthUser>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -200,6 +203,13 @@ pub async fn create(
     let mut req = tonic::Request::new(chunks(meta, body, api.max_upload_bytes, cut.clone()));
     // The deadline covers the whole transfer.
     req.set_timeout(MAX_CALL_TIMEOUT);
+    // The owner: the upload service trusts this header because only our
+    // services can call it (service tokens).
+    if let Some(Extension(AuthUser(id))) = &user
+        && let Ok(v) = id.parse()
+    {
+        req.metadata_mut().insert(USER_ID_HEADER, v);
+    }
     let result = client.upload(req).await;
     let cut = cut
         .lock()

@@ -106,7 +106,7 @@ struct Patch {
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
-async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
     let bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),

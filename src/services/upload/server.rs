@@ -25,8 +25,11 @@ use crate::services::media;
 
 /// Largest data chunk.
 pub const MAX_CHUNK: usize = 1 << 20;
-/// Owner of uploads until user accounts land (the gateway passes no user yet).
+/// Owner of uploads that name no user.
 pub const ANONYMOUS: &str = "anonymous";
+/// gRPC metadata header naming the uploading user (set by the gateway after
+/// checking the user's bearer token; only our services can call upload).
+pub const USER_ID_HEADER: &str = "x-user-id";
 /// Attempts at announcing FileUploaded before the upload is undone.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
@@ -119,6 +122,16 @@ fn check_metadata(m: &UploadMetadata, max_size: u64) -> Result<(), Status> {
         ));
     }
     Ok(())
+}
+
+/// The uploading user named by [`USER_ID_HEADER`] if it is a valid id,
+/// else [`ANONYMOUS`].
+fn owner_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get(USER_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| media::is_id(id))
+        .map_or_else(|| ANONYMOUS.to_owned(), str::to_owned)
 }
 
 /// The title of a video uploaded as `file_name` without one: the name,
@@ -291,13 +304,14 @@ impl UploadServer {
         &self,
         stream: &mut Streaming<UploadChunk>,
         meta: UploadMetadata,
+        owner: String,
     ) -> Result<UploadInfo, Status> {
         let video_id = rt::random_hex128();
         let key = media::original_key(&video_id);
         let (size, sha) = self.receive(stream, &meta, &key).await?;
         let create = CreateVideoRequest {
             video_id: video_id.clone(),
-            owner_id: ANONYMOUS.to_owned(),
+            owner_id: owner.clone(),
             title: title_of(&meta),
             description: meta.description.clone(),
             content_type: meta.content_type.clone(),
@@ -320,7 +334,7 @@ impl UploadServer {
         let info = UploadInfo {
             upload_id: rt::random_hex128(),
             video_id: video_id.clone(),
-            owner_id: ANONYMOUS.to_owned(),
+            owner_id: owner,
             file_name: meta.file_name.clone(),
             content_type: meta.content_type.clone(),
             size_bytes: size,
@@ -363,6 +377,7 @@ impl UploadService for UploadServer {
         &self,
         req: Request<Streaming<UploadChunk>>,
     ) -> Result<Response<UploadResponse>, Status> {
+        let owner = owner_of(req.metadata());
         let mut stream = req.into_inner();
         let meta = match stream.message().await.map_err(stream_error)? {
             Some(UploadChunk {
@@ -374,11 +389,12 @@ impl UploadService for UploadServer {
         check_metadata(&meta, self.max_size)?;
         if !meta.idempotency_key.is_empty() {
             let key = meta.idempotency_key.clone();
-            if let Some(done) = self.with_store(move |s| s.by_key(ANONYMOUS, &key)).await? {
+            let by = owner.clone();
+            if let Some(done) = self.with_store(move |s| s.by_key(&by, &key)).await? {
                 return Ok(Response::new(response(&done, true)));
             }
         }
-        let info = self.store_upload(&mut stream, meta).await?;
+        let info = self.store_upload(&mut stream, meta, owner).await?;
         Ok(Response::new(response(&info, false)))
     }
 

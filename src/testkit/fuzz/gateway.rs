@@ -4,8 +4,13 @@
 //! exercised: path and query parsing, ranges, upload checks, JSON bodies.
 //! Every answer must be a non-5xx status other than the 503 of the missing
 //! services, and every error must carry a JSON body naming it.
+//!
+//! The auth service runs in-process (loopback socket) so the bearer check
+//! is real: most inputs carry a valid access token, minted with the
+//! service's secret, and reach the handlers; the top selector values send
+//! no token or a garbage one and must get a JSON 401.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
@@ -16,12 +21,39 @@ use crate::bus::memory::MemoryBus;
 use crate::client::{ClientPool, PoolConfig};
 use crate::kernel::Runtime;
 use crate::middleware::auth::Keyring;
+use crate::registry::Registry as _;
 use crate::registry::memory::MemoryRegistry;
-use crate::services::gateway;
+use crate::services::auth::Secret;
+use crate::services::auth::token::{ACCESS_TTL, Kind, Tokens};
+use crate::services::{self, ServiceOpts, gateway};
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
     router: axum::Router,
+    _auth: services::RunningService,
+    tokens: Tokens,
+    /// The current access token and its expiry (Unix ms).
+    token: Mutex<(String, u64)>,
+}
+
+impl Harness {
+    /// A valid access token, minted again a minute before it expires (so
+    /// long runs keep passing the check; one token means cache hits).
+    fn token(&self) -> String {
+        let now = crate::rt::unix_ms();
+        let mut t = self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now + 60_000 >= t.1 {
+            let issued = self
+                .tokens
+                .issue("fuzz-user", Kind::Access, vec![], ACCESS_TTL, now)
+                .expect("a token");
+            *t = (issued.token, issued.claims.expires_at_ms());
+        }
+        t.0.clone()
+    }
 }
 
 fn harness() -> &'static Harness {
@@ -32,19 +64,35 @@ fn harness() -> &'static Harness {
             .build()
             .expect("a runtime");
         let registry = Arc::new(MemoryRegistry::new());
+        let keys = Keyring::generate("fuzz");
         let rt = Runtime {
             registry: registry.clone(),
             bus: Arc::new(MemoryBus::new()),
             blobs: Arc::new(MemoryBlobStore::new()),
-            pool: ClientPool::new(registry, PoolConfig::new(Keyring::generate("fuzz"), "fuzz")),
-            keys: Keyring::generate("fuzz"),
+            pool: ClientPool::new(registry.clone(), PoolConfig::new(keys.clone(), "fuzz")),
+            keys,
             metrics: crate::middleware::metrics::Metrics::default(),
         };
-        // As served (see services::start): unknown paths get the JSON 404.
-        let router = runtime
-            .block_on(async { gateway::router(rt, 1 << 20) })
-            .fallback(gateway::not_found);
-        Harness { runtime, router }
+        let secret = Secret::random();
+        let mut opts = ServiceOpts::new(crate::kernel::ServiceKind::Auth, [127, 0, 0, 1].into());
+        opts.listen.set_port(0);
+        opts.auth_secret = Some(secret.clone());
+        let (router, auth) = runtime.block_on(async {
+            let auth = services::start(&opts, &rt).await.expect("auth starts");
+            registry.register(auth.info()).await.expect("register");
+            // As served (see services::start): unknown paths get the JSON 404.
+            (
+                gateway::router(rt, 1 << 20).fallback(gateway::not_found),
+                auth,
+            )
+        });
+        Harness {
+            runtime,
+            router,
+            _auth: auth,
+            tokens: Tokens::new(&secret),
+            token: Mutex::new((String::new(), 0)),
+        }
     })
 }
 
@@ -67,9 +115,14 @@ const METHODS: [Method; 5] = [
     Method::PUT,
 ];
 
+/// Selector values from here on send no valid token: odd ones none, even
+/// ones garbage.
+const NO_TOKEN: u8 = 0xE0;
+
 /// The request `data` describes: a selector byte, then fields separated
-/// by 0xFF: path fill, query, `Range`, content type, body.
-fn request(data: &[u8]) -> Option<Request<axum::body::Body>> {
+/// by 0xFF: path fill, query, `Range`, content type, body. `token` is the
+/// valid access token.
+fn request(data: &[u8], token: &str) -> Option<Request<axum::body::Body>> {
     let (&selector, rest) = data.split_first()?;
     let mut fields = rest.splitn(5, |&b| b == 0xFF);
     let mut field = || String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
@@ -94,15 +147,30 @@ fn request(data: &[u8]) -> Option<Request<axum::body::Body>> {
     if !ctype.is_empty() {
         req = req.header("content-type", ctype);
     }
+    if selector < NO_TOKEN {
+        req = req.header("authorization", format!("Bearer {token}"));
+    } else if selector % 2 == 0 {
+        let garbage: String = fill
+            .chars()
+            .filter(char::is_ascii_graphic)
+            .take(64)
+            .collect();
+        req = req.header("authorization", format!("Bearer x{garbage}"));
+    }
     req.body(axum::body::Body::from(body)).ok()
 }
 
 /// Sends one request described by `data` and judges the answer.
 pub fn gateway_requests(data: &[u8]) {
-    let Some(req) = request(data) else {
-        return;
-    };
+    let _ = answer(data);
+}
+
+/// Sends one request described by `data`, judges the answer and returns
+/// its status (`None` if `data` describes no request).
+fn answer(data: &[u8]) -> Option<StatusCode> {
     let h = harness();
+    let req = request(data, &h.token())?;
+    let authorized = data.first().is_some_and(|&s| s < NO_TOKEN);
     let shown = format!("{} {}", req.method(), req.uri());
     h.runtime.block_on(async {
         let res = h.router.clone().oneshot(req).await.expect("infallible");
@@ -110,6 +178,10 @@ pub fn gateway_requests(data: &[u8]) {
         assert!(
             !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE,
             "{shown}: {status}"
+        );
+        assert!(
+            authorized || !status.is_success(),
+            "{shown}: {status} without a valid token"
         );
         if status.is_client_error() || status.is_server_error() {
             let body = res.into_body().collect().await.expect("body").to_bytes();
@@ -120,5 +192,22 @@ pub fn gateway_requests(data: &[u8]) {
                 "{shown}: {status} without an error message"
             );
         }
-    });
+        Some(status)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_with_a_token_get_past_the_check() {
+        // GET /v1/videos: with the token, the missing metadata service (503).
+        assert_eq!(answer(&[0]), Some(StatusCode::SERVICE_UNAVAILABLE));
+        // GET with a garbage token (even selector), GET without one (odd): 401.
+        assert_eq!(answer(&[240]), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(answer(b"\xF3v1"), Some(StatusCode::UNAUTHORIZED));
+        // A handler's own check, past the token: a bad video id.
+        assert_eq!(answer(b"\x02a%20b"), Some(StatusCode::BAD_REQUEST));
+    }
 }

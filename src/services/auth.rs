@@ -1,0 +1,82 @@
+//! auth (9007): user accounts (SQLite, Argon2id password hashes) and
+//! bearer tokens (HS256 JWTs): sign-up, log-in, refresh-token rotation,
+//! validation, revocation, and service tokens for configured clients.
+//!
+//! The signing secret comes from the options (`--auth-secret-file`); without
+//! one a random secret is drawn at start, so tokens do not survive a restart.
+
+use tonic::service::Routes;
+
+use crate::kernel::{KernelError, Runtime};
+use crate::proto::auth_service_server::AuthServiceServer;
+use crate::services::{Domain, ServiceOpts};
+
+pub mod checks;
+pub mod error;
+pub mod limit;
+pub mod password;
+mod redact;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod token;
+
+#[cfg(all(test, not(madsim)))]
+mod tests;
+
+pub use error::AuthError;
+pub use secret::{Secret, ServiceClient, ServiceClients};
+pub use server::AuthServer;
+
+/// File name of the accounts database under the data dir.
+pub const DB_FILE: &str = "auth.sqlite";
+
+/// The auth service's routes.
+///
+/// # Errors
+/// The store cannot be opened, or the configured secret is too short.
+pub async fn domain(opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
+    let fail = |reason: String| KernelError::Config {
+        plugin: "auth".to_owned(),
+        reason,
+    };
+    let secret = match &opts.auth_secret {
+        Some(s) if s.expose().len() < secret::MIN_SECRET_BYTES => {
+            return Err(fail(format!(
+                "auth secret: at least {} bytes",
+                secret::MIN_SECRET_BYTES
+            )));
+        }
+        Some(s) => s.clone(),
+        None => {
+            tracing::warn!(
+                "no auth secret configured: a random one is used, tokens end with this process"
+            );
+            Secret::random()
+        }
+    };
+    let path = match &opts.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+            Some(dir.join(DB_FILE))
+        }
+        None => None,
+    };
+    let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
+    // The decoy hash now, not on the first unknown email (which would then
+    // take twice as long as a wrong password).
+    crate::rt::blocking(|| password::decoy().map(|_| ()))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let server = AuthServer::new(
+        store,
+        token::Tokens::new(&secret),
+        opts.auth_clients.clone(),
+    );
+    Ok(Domain {
+        routes: Routes::new(AuthServiceServer::new(server)),
+        grpc_names: vec![<AuthServiceServer<AuthServer> as tonic::server::NamedService>::NAME],
+        ..Domain::default()
+    })
+}

@@ -1,0 +1,118 @@
+//! Request field checks of the auth service (the proto's limits). Messages
+//! name the field and the rule, never the value (it may be a secret).
+
+use super::error::AuthError;
+use super::password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
+use super::token::{MAX_SCOPES, is_scope};
+
+/// Longest email.
+pub const MAX_EMAIL_BYTES: usize = 254;
+/// Longest display name.
+pub const MAX_DISPLAY_NAME_BYTES: usize = 100;
+
+fn invalid(msg: &str) -> AuthError {
+    AuthError::Invalid(msg.to_owned())
+}
+
+/// An email: 3..=254 bytes, exactly one `@` with something on both sides,
+/// no whitespace or control characters.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the rule.
+pub fn email(e: &str) -> Result<(), AuthError> {
+    let shaped = (3..=MAX_EMAIL_BYTES).contains(&e.len())
+        && e.matches('@').count() == 1
+        && !e.starts_with('@')
+        && !e.ends_with('@')
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if shaped {
+        Ok(())
+    } else {
+        Err(invalid(
+            "email: 3..=254 bytes with exactly one '@', no spaces or control characters",
+        ))
+    }
+}
+
+/// A password: 8..=128 bytes.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the rule (never the password).
+pub fn password(p: &str) -> Result<(), AuthError> {
+    if (MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&p.len()) {
+        Ok(())
+    } else {
+        Err(invalid("password: 8..=128 bytes"))
+    }
+}
+
+/// A display name: 0..=100 bytes without control characters.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the rule.
+pub fn display_name(n: &str) -> Result<(), AuthError> {
+    if n.len() <= MAX_DISPLAY_NAME_BYTES && !n.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "display_name: at most 100 bytes without control characters",
+        ))
+    }
+}
+
+/// The display name for `email` when none is given: its local part, cut to
+/// the display name's limit.
+#[must_use]
+pub fn default_display_name(email: &str) -> String {
+    let local = email.split('@').next().unwrap_or_default();
+    let mut end = local.len().min(MAX_DISPLAY_NAME_BYTES);
+    while !local.is_char_boundary(end) {
+        end -= 1;
+    }
+    local[..end].to_owned()
+}
+
+/// Requested scopes: at most 32, each a scope.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the rule.
+pub fn scopes(s: &[String]) -> Result<(), AuthError> {
+    if s.len() <= MAX_SCOPES && s.iter().all(|x| is_scope(x)) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "scopes: at most 32, each 1..=64 bytes of [a-z0-9_.:-]",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_follow_the_proto() {
+        for good in ["a@b", "ada@example.com", "A.B+c@x.io"] {
+            assert!(email(good).is_ok(), "{good}");
+        }
+        let long = format!("{}@x.io", "a".repeat(250));
+        for bad in ["", "ab", "a@b@c", "@ab", "ab@", "a b@c.d", "a\n@b.c", &long] {
+            assert!(email(bad).is_err(), "{bad:?}");
+        }
+        assert!(password("12345678").is_ok());
+        assert!(password("1234567").is_err());
+        assert!(password(&"p".repeat(129)).is_err());
+        assert!(display_name("").is_ok());
+        assert!(display_name("a\u{7}").is_err());
+        assert_eq!(default_display_name("ada@example.com"), "ada");
+        assert!(scopes(&["videos:read".into()]).is_ok());
+        assert!(scopes(&["Videos".into()]).is_err());
+    }
+
+    #[test]
+    fn messages_never_echo_the_value() {
+        let secret = "hunter2";
+        let e = password(secret).expect_err("short");
+        assert!(!e.to_string().contains(secret));
+    }
+}

@@ -1,0 +1,75 @@
+//! Password hashing: Argon2id with the crate's defaults (the OWASP
+//! recommendation: 19 MiB, 2 passes, 1 lane), salts from the runtime's rng.
+//! CPU-heavy: callers run it through `rt::blocking`.
+
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+
+use super::error::AuthError;
+
+/// Fewest bytes of a password.
+pub const MIN_PASSWORD_BYTES: usize = 8;
+/// Most bytes of a password (Argon2 takes any length; this bounds the work).
+pub const MAX_PASSWORD_BYTES: usize = 128;
+/// Bytes of a salt.
+const SALT_BYTES: usize = 16;
+
+/// The PHC string (`$argon2id$v=19$m=...`) of `password` with a fresh salt.
+///
+/// # Errors
+/// [`AuthError::Internal`] if Argon2 refuses its parameters (a bug).
+pub fn hash(password: &str) -> Result<String, AuthError> {
+    let mut salt = [0u8; SALT_BYTES];
+    rand::RngCore::fill_bytes(&mut crate::rt::rng(), &mut salt);
+    Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Internal(format!("hashing a password: {e}")))
+}
+
+/// True if `password` matches the PHC string `stored`; false for a
+/// mismatch or a stored value that does not parse.
+#[must_use]
+pub fn verify(password: &str, stored: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), stored)
+        .is_ok()
+}
+
+/// A hash to verify against when the email is unknown, so an unknown email
+/// costs the same time as a wrong password. Computed once, on first use.
+///
+/// # Errors
+/// As [`hash`].
+pub fn decoy() -> Result<&'static str, AuthError> {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    if let Some(h) = DECOY.get() {
+        return Ok(h);
+    }
+    let h = hash(&crate::rt::random_hex128())?;
+    Ok(DECOY.get_or_init(|| h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_verifies_its_password_only() {
+        let start = crate::rt::now();
+        let h = hash("correct horse").expect("hash");
+        let hashed = start.elapsed();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(!h.contains("correct horse"));
+        let start = crate::rt::now();
+        assert!(verify("correct horse", &h));
+        let verified = start.elapsed();
+        assert!(!verify("correct horsE", &h));
+        assert!(!verify("correct horse", "not a hash"));
+        assert_ne!(h, hash("correct horse").expect("hash"), "salted");
+        eprintln!("argon2id hash {hashed:?}, verify {verified:?}");
+        assert!(!verify("x", decoy().expect("decoy")));
+    }
+}

@@ -1,0 +1,426 @@
+//! AuthService over gRPC: accounts (SignUp, LogIn), the token life cycle
+//! (Refresh with rotation, ValidateToken, RevokeToken) and service tokens.
+//! SQLite and Argon2 run through `rt::blocking`, off the async workers.
+
+use std::sync::{Arc, Mutex};
+
+use tonic::{Request, Response, Status};
+
+use super::checks;
+use super::error::AuthError;
+use super::limit::LoginLimiter;
+use super::password;
+use super::secret::ServiceClients;
+use super::store::{Store, User, email_key};
+use super::token::{
+    ACCESS_TTL, Claims, Invalid, Kind, MAX_SERVICE_TTL, MAX_TOKEN_BYTES, MAX_TTL, REFRESH_TTL,
+    SERVICE_TTL, Tokens, is_scope,
+};
+use crate::proto::auth_service_server::AuthService;
+use crate::proto::{
+    IssueServiceTokenRequest, IssueServiceTokenResponse, LogInRequest, LogInResponse,
+    RefreshRequest, RefreshResponse, RevokeTokenRequest, RevokeTokenResponse, SignUpRequest,
+    SignUpResponse, TokenKind, TokenPair, ValidateTokenRequest, ValidateTokenResponse,
+};
+use crate::rt;
+use crate::services::media;
+
+/// Scopes of a user's tokens.
+pub const USER_SCOPES: [&str; 2] = ["videos:read", "videos:write"];
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The gRPC face of the auth service.
+#[derive(Clone)]
+pub struct AuthServer {
+    store: Arc<Mutex<Store>>,
+    tokens: Tokens,
+    limiter: Arc<Mutex<LoginLimiter>>,
+    clients: Arc<ServiceClients>,
+}
+
+impl std::fmt::Debug for AuthServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthServer").finish_non_exhaustive()
+    }
+}
+
+impl AuthServer {
+    /// A server over `store`, signing with `tokens`, issuing service
+    /// tokens to `clients`.
+    #[must_use]
+    pub fn new(store: Store, tokens: Tokens, clients: ServiceClients) -> Self {
+        Self {
+            store: Arc::new(Mutex::new(store)),
+            tokens,
+            limiter: Arc::new(Mutex::new(LoginLimiter::default())),
+            clients: Arc::new(clients),
+        }
+    }
+
+    /// Runs `f` on the store off the async workers.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, AuthError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let store = self.store.clone();
+        rt::blocking(move || {
+            f(&mut store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))
+        })
+        .await
+        .map_err(|e| AuthError::Internal(format!("auth store: {e}")))?
+    }
+
+    /// A new access + refresh pair for `sub` at `now_ms`.
+    fn pair(&self, sub: &str, scopes: &[String], now_ms: u64) -> Result<TokenPair, AuthError> {
+        let access = self
+            .tokens
+            .issue(sub, Kind::Access, scopes.to_vec(), ACCESS_TTL, now_ms)?;
+        let refresh =
+            self.tokens
+                .issue(sub, Kind::Refresh, scopes.to_vec(), REFRESH_TTL, now_ms)?;
+        Ok(TokenPair {
+            access_expires_at_ms: ms(access.claims.expires_at_ms()),
+            refresh_expires_at_ms: ms(refresh.claims.expires_at_ms()),
+            access_token: access.token,
+            refresh_token: refresh.token,
+        })
+    }
+
+    fn user_scopes() -> Vec<String> {
+        USER_SCOPES.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// Registers a user; returns its id and first tokens.
+    ///
+    /// # Errors
+    /// Bad fields, a taken email, a store failure.
+    pub async fn register(&self, r: SignUpRequest) -> Result<(String, TokenPair), AuthError> {
+        checks::email(&r.email)?;
+        checks::password(&r.password)?;
+        checks::display_name(&r.display_name)?;
+        let display_name = if r.display_name.is_empty() {
+            checks::default_display_name(&r.email)
+        } else {
+            r.display_name
+        };
+        let email = r.email;
+        // Hashing first: a taken email costs the same time as a new one.
+        let password = r.password;
+        let hash = rt::blocking(move || password::hash(&password))
+            .await
+            .map_err(|e| AuthError::Internal(format!("hashing: {e}")))??;
+        let now_ms = rt::unix_ms();
+        let user = User {
+            id: rt::random_hex128(),
+            email,
+            password_hash: hash,
+            display_name,
+            created_at_ms: now_ms,
+        };
+        let id = user.id.clone();
+        self.with_store(move |s| s.create_user(&user)).await?;
+        tracing::info!(user = %id, "signed up");
+        let pair = self.pair(&id, &Self::user_scopes(), now_ms)?;
+        Ok((id, pair))
+    }
+
+    /// Checks email and password; returns the user's id and new tokens.
+    ///
+    /// # Errors
+    /// [`AuthError::BadCredentials`] for an unknown email or a wrong
+    /// password alike; [`AuthError::RateLimited`] past the per-email limit.
+    pub async fn authenticate(&self, r: LogInRequest) -> Result<(String, TokenPair), AuthError> {
+        if r.email.len() > checks::MAX_EMAIL_BYTES
+            || r.password.len() > password::MAX_PASSWORD_BYTES
+        {
+            return Err(AuthError::Invalid(
+                "email: at most 254 bytes; password: at most 128 bytes".to_owned(),
+            ));
+        }
+        let key = email_key(&r.email);
+        let limited = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .attempt(&key, rt::now());
+        if let Err(wait) = limited {
+            return Err(AuthError::RateLimited {
+                retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+            });
+        }
+        let store = self.store.clone();
+        let password = r.password;
+        let found = rt::blocking(move || -> Result<Option<String>, AuthError> {
+            let user = store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .user_by_email(&key)?;
+            // An unknown email is checked against a decoy hash, so both
+            // failures take the time of one Argon2 verification.
+            let hash = match &user {
+                Some(u) => u.password_hash.as_str(),
+                None => password::decoy()?,
+            };
+            let ok = password::verify(&password, hash);
+            Ok(user.filter(|_| ok).map(|u| u.id))
+        })
+        .await
+        .map_err(|e| AuthError::Internal(format!("verifying: {e}")))??;
+        let Some(id) = found else {
+            tracing::info!("log-in refused");
+            return Err(AuthError::BadCredentials);
+        };
+        tracing::info!(user = %id, "logged in");
+        let pair = self.pair(&id, &Self::user_scopes(), rt::unix_ms())?;
+        Ok((id, pair))
+    }
+
+    /// Exchanges a refresh token for a new pair, revoking it (rotation).
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED for an invalid, expired, non-refresh, revoked or
+    /// already used token.
+    pub async fn rotate(&self, r: RefreshRequest) -> Result<TokenPair, AuthError> {
+        let now_ms = rt::unix_ms();
+        let claims = self
+            .tokens
+            .decode(&r.refresh_token, now_ms)
+            .map_err(|_| AuthError::Unauthenticated("refresh token: invalid or expired"))?;
+        if claims.kind != Kind::Refresh {
+            return Err(AuthError::Unauthenticated(
+                "refresh token: not a refresh token",
+            ));
+        }
+        let (jti, sub, exp) = (
+            claims.jti.clone(),
+            claims.sub.clone(),
+            claims.expires_at_ms(),
+        );
+        // Revoking is the claim on the token: of two concurrent refreshes
+        // with one token, exactly one inserts the revocation and wins.
+        let (fresh, exists) = self
+            .with_store(move |s| Ok((s.revoke(&jti, exp, now_ms)?, s.user_exists(&sub)?)))
+            .await?;
+        if !fresh {
+            tracing::warn!(user = %claims.sub, token_id = %claims.jti, "a used or revoked refresh token was presented");
+            return Err(AuthError::Unauthenticated(
+                "refresh token: already used or revoked",
+            ));
+        }
+        if !exists {
+            return Err(AuthError::Unauthenticated("refresh token: no such user"));
+        }
+        self.pair(&claims.sub, &claims.scopes, now_ms)
+    }
+
+    /// The claims of a valid `token` having `scope` (if not empty).
+    ///
+    /// # Errors
+    /// Why the token is invalid (`Ok(Err)`), or a store failure (`Err`).
+    pub async fn check(
+        &self,
+        token: &str,
+        scope: &str,
+        now_ms: u64,
+    ) -> Result<Result<Claims, Invalid>, AuthError> {
+        let claims = match self.tokens.decode(token, now_ms) {
+            Ok(c) => c,
+            Err(why) => return Ok(Err(why)),
+        };
+        let jti = claims.jti.clone();
+        if self.with_store(move |s| s.is_revoked(&jti)).await? {
+            return Ok(Err(Invalid::Revoked));
+        }
+        if !scope.is_empty() && !claims.scopes.iter().any(|s| s == scope) {
+            return Ok(Err(Invalid::Scope));
+        }
+        Ok(Ok(claims))
+    }
+
+    /// Issues a service token to a configured client.
+    ///
+    /// # Errors
+    /// No clients configured, a bad secret, bad fields, scopes beyond the
+    /// client's.
+    pub fn issue_service(
+        &self,
+        r: &IssueServiceTokenRequest,
+        now_ms: u64,
+    ) -> Result<IssueServiceTokenResponse, AuthError> {
+        if self.clients.is_empty() {
+            return Err(AuthError::NoServiceClients);
+        }
+        if !media::is_id(&r.service_name) || !(16..=256).contains(&r.client_secret.len()) {
+            return Err(AuthError::Invalid(
+                "service_name: 1..=64 chars of [A-Za-z0-9_-]; client_secret: 16..=256 bytes"
+                    .to_owned(),
+            ));
+        }
+        checks::scopes(&r.scopes)?;
+        let ttl_ms = if r.ttl_ms == 0 {
+            u64::try_from(SERVICE_TTL.as_millis()).unwrap_or(u64::MAX)
+        } else {
+            r.ttl_ms
+        };
+        if ttl_ms > u64::try_from(MAX_SERVICE_TTL.as_millis()).unwrap_or(u64::MAX) {
+            return Err(AuthError::Invalid(
+                "ttl_ms: at most 86400000 (24 h)".to_owned(),
+            ));
+        }
+        let client = self
+            .clients
+            .check(&r.service_name, r.client_secret.as_bytes())
+            .ok_or(AuthError::Unauthenticated(
+                "invalid service name or client secret",
+            ))?;
+        let scopes = if r.scopes.is_empty() {
+            client.scopes.clone()
+        } else if let Some(extra) = r.scopes.iter().find(|s| !client.scopes.contains(s)) {
+            return Err(AuthError::Forbidden(format!(
+                "scope {extra:?} is not granted to {}",
+                client.name
+            )));
+        } else {
+            r.scopes.clone()
+        };
+        let issued = self.tokens.issue(
+            &client.name,
+            Kind::Service,
+            scopes,
+            std::time::Duration::from_millis(ttl_ms.max(1000)),
+            now_ms,
+        )?;
+        tracing::info!(service = %client.name, token_id = %issued.claims.jti, "service token issued");
+        Ok(IssueServiceTokenResponse {
+            expires_at_ms: ms(issued.claims.expires_at_ms()),
+            token_id: issued.claims.jti,
+            token: issued.token,
+        })
+    }
+
+    /// Revokes a token by value or id; true if newly revoked.
+    ///
+    /// # Errors
+    /// Not exactly one of the two given, or a token not issued here.
+    pub async fn revoke(&self, r: RevokeTokenRequest) -> Result<bool, AuthError> {
+        let now_ms = rt::unix_ms();
+        let (jti, until) = match (r.token.is_empty(), r.token_id.is_empty()) {
+            (false, true) => {
+                let c = self.tokens.decode_any_age(&r.token).map_err(|why| {
+                    AuthError::Invalid(format!("token: not a token issued here ({why})"))
+                })?;
+                if now_ms >= c.expires_at_ms() {
+                    return Ok(false);
+                }
+                let until = c.expires_at_ms();
+                (c.jti, until)
+            }
+            (true, false) => {
+                media::check_id("token_id", &r.token_id).map_err(AuthError::Invalid)?;
+                // Its expiry is unknown: keep it as long as any token lives.
+                let max = u64::try_from(MAX_TTL.as_millis()).unwrap_or(u64::MAX);
+                (r.token_id, now_ms.saturating_add(max))
+            }
+            _ => {
+                return Err(AuthError::Invalid(
+                    "exactly one of token and token_id must be set".to_owned(),
+                ));
+            }
+        };
+        let shown = jti.clone();
+        let added = self
+            .with_store(move |s| s.revoke(&jti, until, now_ms))
+            .await?;
+        tracing::info!(token_id = %shown, newly = added, "token revoked");
+        Ok(added)
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthServer {
+    async fn sign_up(
+        &self,
+        req: Request<SignUpRequest>,
+    ) -> Result<Response<SignUpResponse>, Status> {
+        let (user_id, tokens) = self.register(req.into_inner()).await?;
+        Ok(Response::new(SignUpResponse {
+            user_id,
+            tokens: Some(tokens),
+        }))
+    }
+
+    async fn log_in(&self, req: Request<LogInRequest>) -> Result<Response<LogInResponse>, Status> {
+        let (user_id, tokens) = self.authenticate(req.into_inner()).await?;
+        Ok(Response::new(LogInResponse {
+            user_id,
+            tokens: Some(tokens),
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        req: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        let tokens = self.rotate(req.into_inner()).await?;
+        Ok(Response::new(RefreshResponse {
+            tokens: Some(tokens),
+        }))
+    }
+
+    async fn validate_token(
+        &self,
+        req: Request<ValidateTokenRequest>,
+    ) -> Result<Response<ValidateTokenResponse>, Status> {
+        let r = req.into_inner();
+        if !r.required_scope.is_empty() && !is_scope(&r.required_scope) {
+            return Err(Status::invalid_argument(
+                "required_scope: 1..=64 bytes of [a-z0-9_.:-], or empty",
+            ));
+        }
+        let invalid = |why: Invalid| ValidateTokenResponse {
+            reason: why.to_string(),
+            ..ValidateTokenResponse::default()
+        };
+        if r.token.is_empty() || r.token.len() > MAX_TOKEN_BYTES {
+            return Ok(Response::new(invalid(Invalid::Length)));
+        }
+        let res = match self
+            .check(&r.token, &r.required_scope, rt::unix_ms())
+            .await?
+        {
+            Ok(c) => ValidateTokenResponse {
+                valid: true,
+                kind: TokenKind::from(c.kind) as i32,
+                expires_at_ms: ms(c.expires_at_ms()),
+                subject: c.sub,
+                scopes: c.scopes,
+                token_id: c.jti,
+                reason: String::new(),
+            },
+            Err(why) => invalid(why),
+        };
+        Ok(Response::new(res))
+    }
+
+    async fn issue_service_token(
+        &self,
+        req: Request<IssueServiceTokenRequest>,
+    ) -> Result<Response<IssueServiceTokenResponse>, Status> {
+        Ok(Response::new(
+            self.issue_service(req.get_ref(), rt::unix_ms())?,
+        ))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let revoked = self.revoke(req.into_inner()).await?;
+        Ok(Response::new(RevokeTokenResponse { revoked }))
+    }
+}

@@ -1,0 +1,118 @@
+//! The account routes, open to all: `POST /v1/auth/signup`, `/login` and
+//! `/refresh`, each a JSON body in and a token pair out, through the auth
+//! service. Request bodies hold passwords: nothing here logs them.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Api;
+use super::error::ApiError;
+use super::videos::json_body;
+use crate::proto::{LogInRequest, RefreshRequest, SignUpRequest, TokenPair};
+
+/// `{"email", "password", "display_name"?}` (no `Debug`: it holds a password).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignUp {
+    email: String,
+    password: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+/// `{"email", "password"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogIn {
+    email: String,
+    password: String,
+}
+
+/// `{"refresh_token"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Refresh {
+    refresh_token: String,
+}
+
+fn answer(
+    status: StatusCode,
+    user_id: Option<String>,
+    tokens: Option<TokenPair>,
+) -> Result<Response, ApiError> {
+    let t = tokens.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "auth service answered without tokens",
+        )
+    })?;
+    let mut body = json!({
+        "access_token": t.access_token,
+        "refresh_token": t.refresh_token,
+        "access_expires_at_ms": t.access_expires_at_ms,
+        "refresh_expires_at_ms": t.refresh_expires_at_ms,
+    });
+    if let Some(id) = user_id {
+        body["user_id"] = json!(id);
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+/// `POST /v1/auth/signup`: 201 with the new user's id and tokens; 409 if
+/// the email is taken.
+pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
+    let r: SignUp = json_body(body).await?;
+    let res = api
+        .rt
+        .pool
+        .auth()
+        .await?
+        .sign_up(SignUpRequest {
+            email: r.email,
+            password: r.password,
+            display_name: r.display_name,
+        })
+        .await?
+        .into_inner();
+    answer(StatusCode::CREATED, Some(res.user_id), res.tokens)
+}
+
+/// `POST /v1/auth/login`: 200 with tokens; 401 for a bad email or password
+/// alike; 429 past the per-email limit.
+pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
+    let r: LogIn = json_body(body).await?;
+    let res = api
+        .rt
+        .pool
+        .auth()
+        .await?
+        .log_in(LogInRequest {
+            email: r.email,
+            password: r.password,
+        })
+        .await?
+        .into_inner();
+    answer(StatusCode::OK, Some(res.user_id), res.tokens)
+}
+
+/// `POST /v1/auth/refresh`: 200 with a new pair; the refresh token sent is
+/// spent (401 if sent again).
+pub async fn refresh(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
+    let r: Refresh = json_body(body).await?;
+    let res = api
+        .rt
+        .pool
+        .auth()
+        .await?
+        .refresh(RefreshRequest {
+            refresh_token: r.refresh_token,
+        })
+        .await?
+        .into_inner();
+    answer(StatusCode::OK, None, res.tokens)
+}

@@ -1,0 +1,314 @@
+//! The auth service on real sockets, through the client pool: accounts,
+//! log-in failures that never say which part was wrong, the per-email
+//! limit, refresh-token rotation with reuse detection, validation,
+//! revocation, service tokens, and accounts surviving a restart.
+#![cfg(not(madsim))]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use streamgate::bus::memory::MemoryBus;
+use streamgate::client::PoolConfig;
+use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::middleware::auth::Keyring;
+use streamgate::proto::auth_service_client::AuthServiceClient;
+use streamgate::proto::{
+    IssueServiceTokenRequest, LogInRequest, RefreshRequest, RevokeTokenRequest, SignUpRequest,
+    TokenKind, TokenPair, ValidateTokenRequest, ValidateTokenResponse,
+};
+use streamgate::registry::memory::MemoryRegistry;
+use streamgate::rt;
+use streamgate::services::ServiceOpts;
+use streamgate::services::auth::{Secret, ServiceClient, ServiceClients};
+use tonic::Code;
+
+const PASSWORD: &str = "correct horse battery";
+
+struct Node {
+    kernel: Kernel,
+}
+
+async fn start(dir: Option<&PathBuf>, clients: ServiceClients) -> Node {
+    let mut opts = ServiceOpts::new(ServiceKind::Auth, [127, 0, 0, 1].into());
+    opts.listen.set_port(0);
+    opts.data_dir = dir.cloned();
+    opts.auth_secret = Some(Secret::new(vec![9u8; 32]));
+    opts.auth_clients = clients;
+    let plugins = vec![Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>];
+    let seams = Seams::new(Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
+    let pool = PoolConfig::new(Keyring::generate("test"), "api-gateway");
+    let kernel = Kernel::start_with(seams, pool, plugins)
+        .await
+        .expect("kernel");
+    Node { kernel }
+}
+
+async fn client(node: &Node) -> AuthServiceClient<streamgate::client::PoolChannel> {
+    node.kernel.pool().auth().await.expect("auth client")
+}
+
+async fn sign_up(node: &Node, email: &str) -> (String, TokenPair) {
+    let res = client(node)
+        .await
+        .sign_up(SignUpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            display_name: String::new(),
+        })
+        .await
+        .expect("sign-up")
+        .into_inner();
+    (res.user_id, res.tokens.expect("tokens"))
+}
+
+async fn validate(node: &Node, token: &str, scope: &str) -> ValidateTokenResponse {
+    client(node)
+        .await
+        .validate_token(ValidateTokenRequest {
+            token: token.into(),
+            required_scope: scope.into(),
+        })
+        .await
+        .expect("validate never fails for a bad token")
+        .into_inner()
+}
+
+async fn log_in(node: &Node, email: &str, password: &str) -> Result<TokenPair, tonic::Status> {
+    let res = client(node)
+        .await
+        .log_in(LogInRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(res.tokens.expect("tokens"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_the_token_life_cycle() {
+    let node = start(None, ServiceClients::default()).await;
+    let (user, pair) = sign_up(&node, "Ada@Example.com").await;
+    assert!(streamgate::services::media::is_id(&user));
+
+    let taken = client(&node)
+        .await
+        .sign_up(SignUpRequest {
+            email: "ada@example.COM".into(),
+            password: PASSWORD.into(),
+            display_name: "Other".into(),
+        })
+        .await
+        .expect_err("taken");
+    assert_eq!(taken.code(), Code::AlreadyExists);
+
+    let v = validate(&node, &pair.access_token, "videos:read").await;
+    assert!(v.valid, "{}", v.reason);
+    assert_eq!(
+        (v.subject.as_str(), v.kind),
+        (user.as_str(), TokenKind::Access as i32)
+    );
+    assert_eq!(v.expires_at_ms, pair.access_expires_at_ms);
+    assert!(v.reason.is_empty() && !v.token_id.is_empty());
+    let v = validate(&node, &pair.access_token, "admin").await;
+    assert_eq!((v.valid, v.reason.as_str()), (false, "missing scope"));
+    for garbage in ["x", "a.b.c", &"y".repeat(5000)] {
+        let v = validate(&node, garbage, "").await;
+        assert!(!v.valid && !v.reason.is_empty() && v.subject.is_empty());
+    }
+
+    // Log-in: the same answer for a wrong password and an unknown email.
+    let start = rt::now();
+    let wrong = log_in(&node, "ada@example.com", "wrong horse battery")
+        .await
+        .expect_err("wrong");
+    let t_wrong = start.elapsed();
+    let start = rt::now();
+    let unknown = log_in(&node, "bob@example.com", PASSWORD)
+        .await
+        .expect_err("unknown");
+    let t_unknown = start.elapsed();
+    assert_eq!(
+        (wrong.code(), unknown.code()),
+        (Code::Unauthenticated, Code::Unauthenticated)
+    );
+    assert_eq!(wrong.message(), unknown.message());
+    eprintln!("log-in refused: wrong password {t_wrong:?}, unknown email {t_unknown:?}");
+    let start = rt::now();
+    let fresh = log_in(&node, "ADA@example.com", PASSWORD)
+        .await
+        .expect("log-in");
+    eprintln!("log-in accepted in {:?}", start.elapsed());
+
+    // Refresh rotation: the old refresh token is spent; reusing it fails.
+    let refresh = || {
+        let token = fresh.refresh_token.clone();
+        let node = &node;
+        async move {
+            client(node)
+                .await
+                .refresh(RefreshRequest {
+                    refresh_token: token,
+                })
+                .await
+        }
+    };
+    let rotated = refresh()
+        .await
+        .expect("refresh")
+        .into_inner()
+        .tokens
+        .expect("pair");
+    assert_ne!(rotated.refresh_token, fresh.refresh_token);
+    assert!(validate(&node, &rotated.access_token, "").await.valid);
+    let reused = refresh().await.expect_err("reuse");
+    assert_eq!(reused.code(), Code::Unauthenticated);
+    let as_refresh = client(&node)
+        .await
+        .refresh(RefreshRequest {
+            refresh_token: rotated.access_token.clone(),
+        })
+        .await
+        .expect_err("an access token is not a refresh token");
+    assert_eq!(as_refresh.code(), Code::Unauthenticated);
+
+    // Revocation, by value and by id; idempotent.
+    let revoke = |token: String, token_id: String| {
+        let node = &node;
+        async move {
+            client(node)
+                .await
+                .revoke_token(RevokeTokenRequest { token, token_id })
+                .await
+        }
+    };
+    let r = revoke(rotated.access_token.clone(), String::new())
+        .await
+        .expect("revoke");
+    assert!(r.into_inner().revoked);
+    let v = validate(&node, &rotated.access_token, "").await;
+    assert_eq!((v.valid, v.reason.as_str()), (false, "revoked"));
+    let again = revoke(rotated.access_token.clone(), String::new())
+        .await
+        .expect("again");
+    assert!(!again.into_inner().revoked);
+    let id = validate(&node, &pair.access_token, "").await.token_id;
+    assert!(
+        revoke(String::new(), id)
+            .await
+            .expect("by id")
+            .into_inner()
+            .revoked
+    );
+    assert!(!validate(&node, &pair.access_token, "").await.valid);
+    let both = revoke("a".into(), "b".into()).await.expect_err("both set");
+    assert_eq!(both.code(), Code::InvalidArgument);
+
+    // No service clients configured: a clear FAILED_PRECONDITION.
+    let none = client(&node)
+        .await
+        .issue_service_token(IssueServiceTokenRequest {
+            service_name: "worker".into(),
+            client_secret: "0123456789abcdef".into(),
+            scopes: vec![],
+            ttl_ms: 0,
+        })
+        .await
+        .expect_err("no clients");
+    assert_eq!(none.code(), Code::FailedPrecondition);
+    assert!(
+        none.message().contains("no service clients"),
+        "{}",
+        none.message()
+    );
+    node.kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_in_is_limited_per_email() {
+    let node = start(None, ServiceClients::default()).await;
+    sign_up(&node, "eve@example.com").await;
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        let e = log_in(&node, "eve@example.com", "not the password")
+            .await
+            .expect_err("refused");
+        codes.push(e.code());
+    }
+    assert_eq!(codes[..10], [Code::Unauthenticated; 10]);
+    assert_eq!(codes[10..], [Code::ResourceExhausted; 2]);
+    // Another email is not affected.
+    let other = log_in(&node, "mallory@example.com", "not the password")
+        .await
+        .expect_err("x");
+    assert_eq!(other.code(), Code::Unauthenticated);
+    node.kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_tokens_go_to_configured_clients_only() {
+    let clients = ServiceClients::new(vec![ServiceClient::new(
+        "transcoder",
+        b"transcoder-client-secret",
+        vec!["jobs:report".into(), "blobs:write".into()],
+    )]);
+    let node = start(None, clients).await;
+    let issue = |secret: &str, scopes: Vec<String>| {
+        let req = IssueServiceTokenRequest {
+            service_name: "transcoder".into(),
+            client_secret: secret.into(),
+            scopes,
+            ttl_ms: 60_000,
+        };
+        let node = &node;
+        async move { client(node).await.issue_service_token(req).await }
+    };
+    let bad = issue("wrong-client-secret!", vec![])
+        .await
+        .expect_err("bad secret");
+    assert_eq!(bad.code(), Code::Unauthenticated);
+    let beyond = issue("transcoder-client-secret", vec!["admin".into()])
+        .await
+        .expect_err("scope");
+    assert_eq!(beyond.code(), Code::PermissionDenied);
+    let ok = issue("transcoder-client-secret", vec!["jobs:report".into()])
+        .await
+        .expect("issued")
+        .into_inner();
+    let v = validate(&node, &ok.token, "jobs:report").await;
+    assert!(v.valid, "{}", v.reason);
+    assert_eq!(
+        (v.kind, v.subject.as_str()),
+        (TokenKind::Service as i32, "transcoder")
+    );
+    assert_eq!(v.token_id, ok.token_id);
+    assert!(!validate(&node, &ok.token, "blobs:write").await.valid);
+    node.kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_revocations_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("sg-auth-{}", rt::random_hex128()));
+    let node = start(Some(&dir), ServiceClients::default()).await;
+    let (_, pair) = sign_up(&node, "kim@example.com").await;
+    client(&node)
+        .await
+        .revoke_token(RevokeTokenRequest {
+            token: pair.refresh_token.clone(),
+            token_id: String::new(),
+        })
+        .await
+        .expect("revoke");
+    node.kernel.shutdown().await;
+
+    let node = start(Some(&dir), ServiceClients::default()).await;
+    assert!(log_in(&node, "kim@example.com", PASSWORD).await.is_ok());
+    assert!(
+        validate(&node, &pair.access_token, "").await.valid,
+        "same secret"
+    );
+    let v = validate(&node, &pair.refresh_token, "").await;
+    assert_eq!(v.reason, "revoked");
+    node.kernel.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
