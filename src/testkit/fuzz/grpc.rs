@@ -234,10 +234,15 @@ async fn upload_stream(u: &UploadServer, bytes: &[u8]) {
 
 /// Splits `data` into frames and handles each.
 pub fn grpc_requests(data: &[u8]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    // One runtime for the process (building one per input cost more than
+    // the input); the servers, and so all state, are fresh per input.
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    });
     runtime.block_on(async {
         let s = servers().await;
         // A valid video to aim updates and reads at.
