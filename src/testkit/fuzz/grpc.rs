@@ -17,11 +17,20 @@ use crate::blob::memory::MemoryBlobStore;
 use crate::bus::memory::MemoryBus;
 use crate::client::{ClientPool, PoolConfig};
 use crate::middleware::auth::Keyring;
+use crate::proto::auth_service_server::AuthService;
+use crate::proto::cache_service_server::CacheService;
 use crate::proto::metadata_service_server::MetadataService;
+use crate::proto::monitor_service_server::MonitorService;
 use crate::proto::streaming_service_server::StreamingService;
 use crate::proto::transcoder_service_server::TranscoderService;
 use crate::proto::upload_service_server::UploadService;
 use crate::proto::worker_service_server::WorkerService;
+use crate::proto::{
+    AcknowledgeAlertRequest, CacheDeleteRequest, CacheGetRequest, CacheInvalidateRequest,
+    CacheSetRequest, CacheStatsRequest, GetStatusRequest, IssueServiceTokenRequest,
+    ListAlertsRequest, LogInRequest, RefreshRequest, RevokeTokenRequest, SignUpRequest,
+    ValidateTokenRequest, WatchAlertsRequest,
+};
 use crate::proto::{
     CancelJobRequest, CancelTranscodeRequest, CreateVideoRequest, DeleteUploadRequest,
     DeleteVideoRequest, GetJobRequest, GetPlaylistRequest, GetSegmentRequest,
@@ -42,6 +51,9 @@ pub const MAX_FRAMES: usize = 64;
 
 /// The servers under test, fresh per input.
 struct Servers {
+    auth: crate::services::auth::AuthServer,
+    cache: crate::services::cache::CacheServer,
+    monitor: crate::services::monitor::server::MonitorServer,
     metadata: MetadataServer,
     upload: UploadServer,
     streaming: StreamingServer,
@@ -79,6 +91,19 @@ async fn servers() -> Servers {
         PoolConfig::new(Keyring::generate("fuzz"), "fuzz"),
     );
     Servers {
+        auth: crate::services::auth::AuthServer::new(
+            crate::services::auth::store::Store::open(None).expect("in-memory SQLite"),
+            crate::services::auth::token::Tokens::new(&crate::services::auth::Secret::random()),
+            crate::services::auth::ServiceClients::default(),
+        ),
+        cache: crate::services::cache::CacheServer::new(
+            crate::services::cache::state::Limits::default(),
+        ),
+        monitor: crate::services::monitor::server::MonitorServer::new(Arc::new(
+            crate::services::monitor::state::Monitor::new(
+                crate::services::monitor::Config::default(),
+            ),
+        )),
         metadata: MetadataServer::new(Arc::new(Mutex::new(store)), bus.clone(), 1 << 30),
         upload: UploadServer::new(
             Arc::new(Mutex::new(records)),
@@ -154,7 +179,7 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         &s.transcoder,
         &s.worker,
     );
-    match method % 23 {
+    match method % 38 {
         0 => run::<CreateVideoRequest, _, _>("CreateVideo", bytes, |r| m.create_video(r)).await,
         1 => run::<GetVideoRequest, _, _>("GetVideo", bytes, |r| m.get_video(r)).await,
         2 => run::<UpdateVideoRequest, _, _>("UpdateVideo", bytes, |r| m.update_video(r)).await,
@@ -191,6 +216,10 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         19 => run::<CancelJobRequest, _, _>("CancelJob", bytes, |r| w.cancel_job(r)).await,
         20 => run::<ListJobsRequest, _, _>("ListJobs", bytes, |r| w.list_jobs(r)).await,
         22 => upload_stream(u, bytes).await,
+        23..=28 => auth(&s.auth, method % 38, bytes).await,
+        29..=33 => cache(&s.cache, method % 38, bytes).await,
+        34..=36 => monitor(&s.monitor, method % 38, bytes).await,
+        37 => watch_alerts(&s.monitor, bytes).await,
         _ => {
             // A watch streams until the job ends: judge its first update only.
             if let Ok(req) = WatchJobRequest::decode(bytes) {
@@ -205,6 +234,68 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
                 }
             }
         }
+    }
+}
+
+async fn auth(a: &crate::services::auth::AuthServer, method: u8, bytes: &[u8]) {
+    match method {
+        23 => run::<SignUpRequest, _, _>("SignUp", bytes, |r| a.sign_up(r)).await,
+        24 => run::<LogInRequest, _, _>("LogIn", bytes, |r| a.log_in(r)).await,
+        25 => run::<RefreshRequest, _, _>("Refresh", bytes, |r| a.refresh(r)).await,
+        26 => {
+            run::<ValidateTokenRequest, _, _>("ValidateToken", bytes, |r| a.validate_token(r)).await
+        }
+        27 => {
+            run::<IssueServiceTokenRequest, _, _>("IssueServiceToken", bytes, |r| {
+                a.issue_service_token(r)
+            })
+            .await;
+        }
+        _ => run::<RevokeTokenRequest, _, _>("RevokeToken", bytes, |r| a.revoke_token(r)).await,
+    }
+}
+
+async fn cache(c: &crate::services::cache::CacheServer, method: u8, bytes: &[u8]) {
+    match method {
+        29 => run::<CacheGetRequest, _, _>("Cache.Get", bytes, |r| c.get(r)).await,
+        30 => run::<CacheSetRequest, _, _>("Cache.Set", bytes, |r| c.set(r)).await,
+        31 => run::<CacheDeleteRequest, _, _>("Cache.Delete", bytes, |r| c.delete(r)).await,
+        32 => {
+            run::<CacheInvalidateRequest, _, _>("Cache.Invalidate", bytes, |r| c.invalidate(r))
+                .await
+        }
+        _ => run::<CacheStatsRequest, _, _>("Cache.Stats", bytes, |r| c.stats(r)).await,
+    }
+}
+
+async fn monitor(m: &crate::services::monitor::server::MonitorServer, method: u8, bytes: &[u8]) {
+    match method {
+        34 => run::<GetStatusRequest, _, _>("GetStatus", bytes, |r| m.get_status(r)).await,
+        35 => run::<ListAlertsRequest, _, _>("ListAlerts", bytes, |r| m.list_alerts(r)).await,
+        _ => {
+            run::<AcknowledgeAlertRequest, _, _>("AcknowledgeAlert", bytes, |r| {
+                m.acknowledge_alert(r)
+            })
+            .await;
+        }
+    }
+}
+
+/// A watch of alerts waits for changes: judge what comes within 10 ms.
+async fn watch_alerts(m: &crate::services::monitor::server::MonitorServer, bytes: &[u8]) {
+    let Ok(req) = WatchAlertsRequest::decode(bytes) else {
+        return;
+    };
+    match m.watch_alerts(Request::new(req)).await {
+        Ok(res) => {
+            let mut stream = res.into_inner();
+            if let Ok(Some(item)) =
+                crate::rt::timeout(std::time::Duration::from_millis(10), stream.next()).await
+            {
+                judge("WatchAlerts", item.map(Response::new));
+            }
+        }
+        Err(status) => judge::<()>("WatchAlerts", Err(status)),
     }
 }
 
