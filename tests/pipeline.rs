@@ -35,6 +35,8 @@ impl Drop for Proc {
 struct Monolith {
     proc: Proc,
     gateway: SocketAddr,
+    /// Where its log goes.
+    log: std::path::PathBuf,
     /// The bearer token sent with every request, once signed up.
     token: Option<String>,
 }
@@ -73,6 +75,7 @@ fn start_with(data: &Path, offset: u16, log: &str, extra: &[&std::ffi::OsStr]) -
     Monolith {
         proc,
         gateway: SocketAddr::from(([127, 0, 0, 1], 9090 + offset)),
+        log: data.with_extension("stderr"),
         token: None,
     }
 }
@@ -160,6 +163,13 @@ async fn sign_in(http: &Http, m: &mut Monolith, email: &str) -> String {
     v["user_id"].as_str().expect("user_id").to_owned()
 }
 
+/// The last lines of the monolith's log, for a failure message.
+fn log_tail(m: &Monolith) -> String {
+    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("  ")).collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
 async fn up(http: &Http, m: &mut Monolith) {
     for _ in 0..200 {
         let req = http::Request::get(format!("http://{}/health", m.gateway))
@@ -172,12 +182,12 @@ async fn up(http: &Http, m: &mut Monolith) {
             // and another one answers there.
             rt::sleep(Duration::from_millis(200)).await;
             if let Some(exit) = m.proc.0.try_wait().expect("wait") {
-                panic!("the monolith exited: {exit}");
+                panic!("the monolith exited: {exit}\n{}", log_tail(m));
             }
             return;
         }
         if let Some(exit) = m.proc.0.try_wait().expect("wait") {
-            panic!("the monolith exited early: {exit}");
+            panic!("the monolith exited early: {exit}\n{}", log_tail(m));
         }
         rt::sleep(Duration::from_millis(100)).await;
     }
@@ -221,7 +231,9 @@ fn temp_files(data: &Path) -> usize {
 /// in parallel, so each draws from its own range (ports span 9005..=9093,
 /// so offsets step by 100).
 fn offset(test: u16) -> u16 {
-    30_000 + test * 6_000 + u16::try_from(rt::random_u64() % 60).expect("small") * 100
+    // Below the kernel's ephemeral range (32768 and up here): a fixed port
+    // in it can be taken by any outgoing connection of a parallel test.
+    10_000 + test * 3_000 + u16::try_from(rt::random_u64() % 30).expect("small") * 100
 }
 
 async fn wait_ready(http: &Http, m: &Monolith, id: &str) -> Value {
