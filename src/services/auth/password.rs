@@ -16,6 +16,19 @@ pub const MAX_PASSWORD_BYTES: usize = 128;
 /// Bytes of a salt.
 const SALT_BYTES: usize = 16;
 
+/// The hasher: OWASP's parameters; in fuzzing builds (`cargo fuzz` sets
+/// `--cfg fuzzing`) the cheapest ones, so a fuzzer spends its time on the
+/// handlers rather than on 19 MiB hashes. Verification reads the
+/// parameters from the stored hash either way.
+fn hasher() -> Argon2<'static> {
+    if cfg!(fuzzing) {
+        let cheap = argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None).unwrap_or_default();
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, cheap)
+    } else {
+        Argon2::default()
+    }
+}
+
 /// The PHC string (`$argon2id$v=19$m=...`) of `password` with a fresh salt.
 ///
 /// # Errors
@@ -23,7 +36,7 @@ const SALT_BYTES: usize = 16;
 pub fn hash(password: &str) -> Result<String, AuthError> {
     let mut salt = [0u8; SALT_BYTES];
     rand::RngCore::fill_bytes(&mut crate::rt::rng(), &mut salt);
-    Argon2::default()
+    hasher()
         .hash_password_with_salt(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Internal(format!("hashing a password: {e}")))
