@@ -64,6 +64,21 @@ pub struct ServiceOpts {
     pub auth_clients: auth::ServiceClients,
 }
 
+impl ServiceOpts {
+    /// Where the service keeps its database `file`: under the data dir
+    /// (created if missing), or `None` to keep it in memory.
+    ///
+    /// # Errors
+    /// The data dir cannot be created (the message names it).
+    pub fn db_path(&self, file: &str) -> Result<Option<PathBuf>, String> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Some(dir.join(file)))
+    }
+}
+
 /// Largest upload accepted by default (2 GiB).
 pub const MAX_UPLOAD_BYTES: u64 = 2 << 30;
 

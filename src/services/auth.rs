@@ -55,13 +55,7 @@ pub async fn domain(opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelE
             Secret::random()
         }
     };
-    let path = match &opts.data_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-            Some(dir.join(DB_FILE))
-        }
-        None => None,
-    };
+    let path = opts.db_path(DB_FILE).map_err(fail)?;
     let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
     // The decoy hash now, not on the first unknown email (which would then
     // take twice as long as a wrong password).

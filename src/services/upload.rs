@@ -28,13 +28,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
         plugin: "upload".to_owned(),
         reason,
     };
-    let path = match &opts.data_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-            Some(dir.join(DB_FILE))
-        }
-        None => None,
-    };
+    let path = opts.db_path(DB_FILE).map_err(fail)?;
     let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
     let store = Arc::new(Mutex::new(store));
 
