@@ -21,6 +21,7 @@ use crate::middleware::auth::Keyring;
 use crate::middleware::metrics::Metrics;
 use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::rt;
+use crate::rt::faults::Bug;
 
 mod kind;
 mod plugin;
@@ -293,6 +294,7 @@ async fn keep_registered(registry: Arc<dyn Registry>, infos: Vec<ServiceInfo>) {
         for info in &infos {
             match registry.heartbeat(&info.id).await {
                 Ok(()) => {}
+                Err(RegistryError::NotFound(_)) if rt::faults::injected(Bug::NoReregistration) => {}
                 Err(RegistryError::NotFound(_)) => {
                     tracing::warn!(id = %info.id, "registration lost; registering again");
                     if let Err(e) = registry.register(info).await {

@@ -14,6 +14,13 @@ pub mod proto {
     tonic::include_proto!("streamgate.v1");
 }
 
+/// hashbrown's map with std's seeded SipHash instead of hashbrown's default
+/// foldhash: foldhash seeds itself from stack addresses and the clock, so
+/// the order a map iterates in would differ between two runs of one seed in
+/// the simulator (which seeds std's hasher); SipHash also resists hash
+/// flooding on keys from outside (emails, tokens).
+pub type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
+
 pub mod blob;
 pub mod bus;
 pub mod client;

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use std::time::Instant;
 
+pub mod faults;
 pub mod transport;
+pub mod watch;
 
 #[cfg(madsim)]
 mod sim_transport;

@@ -2,9 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::HashMap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use hashbrown::HashMap;
 
 use super::{BlobError, BlobStore, BlobWriter, MAX_READ, check_key};
 

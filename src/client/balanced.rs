@@ -67,12 +67,36 @@ impl Endpoint {
 /// Observes breaker transitions (metrics, the simulation's checkers).
 pub type TransitionHook = Arc<dyn Fn(&str, Transition) + Send + Sync>;
 
+/// The outcome of one admitted call, as the breaker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The call was a probe of the current half-open period.
+    pub probe: bool,
+    /// The breaker counted it a success.
+    pub success: bool,
+    /// The transition the outcome caused, if any.
+    pub transition: Option<Transition>,
+}
+
+/// Observes the outcome of every admitted call (the simulation's breaker
+/// checker).
+pub type OutcomeHook = Arc<dyn Fn(&str, Outcome) + Send + Sync>;
+
+/// What a [`Balanced`] reports to.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Every breaker transition.
+    pub on_transition: Option<TransitionHook>,
+    /// Every call's outcome.
+    pub on_outcome: Option<OutcomeHook>,
+}
+
 /// The instances of one service, replaced as the registry watch reports.
 #[derive(Clone)]
 pub struct Balanced {
     service: Arc<str>,
     endpoints: Arc<Mutex<BTreeMap<String, Arc<Endpoint>>>>,
-    hook: Option<TransitionHook>,
+    hooks: Hooks,
 }
 
 impl std::fmt::Debug for Balanced {
@@ -95,11 +119,11 @@ pub fn is_instance_failure(code: Code) -> bool {
 impl Balanced {
     /// An empty set for `service`.
     #[must_use]
-    pub fn new(service: &str, hook: Option<TransitionHook>) -> Self {
+    pub fn new(service: &str, hooks: Hooks) -> Self {
         Self {
             service: service.into(),
             endpoints: Arc::default(),
-            hook,
+            hooks,
         }
     }
 
@@ -135,7 +159,7 @@ impl Balanced {
     }
 
     fn notify(&self, endpoint: &str, t: Option<Transition>) {
-        if let (Some(hook), Some(t)) = (&self.hook, t) {
+        if let (Some(hook), Some(t)) = (&self.hooks.on_transition, t) {
             hook(endpoint, t);
         }
     }
@@ -208,12 +232,21 @@ impl Service<Request<Body>> for Balanced {
                 Ok(res) => Status::from_header_map(res.headers())
                     .is_some_and(|s| is_instance_failure(s.code())),
             };
-            let t = endpoint.lock().on_result(
-                permit,
-                !failed,
-                rt::now(),
-                rt::rng().gen_range(0.0..1.0),
-            );
+            let (probe, t) = {
+                let mut breaker = endpoint.lock();
+                let probe = breaker.is_current_probe(&permit);
+                let t =
+                    breaker.on_result(permit, !failed, rt::now(), rt::rng().gen_range(0.0..1.0));
+                (probe, t)
+            };
+            if let Some(hook) = &this.hooks.on_outcome {
+                let outcome = Outcome {
+                    probe,
+                    success: !failed,
+                    transition: t,
+                };
+                hook(&endpoint.id, outcome);
+            }
             this.notify(&endpoint.id, t);
             result
         })

@@ -8,17 +8,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::rt::watch;
 use tower::Layer as _;
 
-use super::balanced::{Balanced, TransitionHook};
+use super::balanced::{Balanced, Hooks, OutcomeHook, TransitionHook};
 use crate::middleware::auth::{Attach, AttachLayer, Keyring};
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
+use crate::middleware::retry::{Retrier, RetryHook};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
 use crate::registry::watcher::{WatchPolicy, Watcher};
 use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::resilience::breaker::BreakerConfig;
+use crate::resilience::budget::BudgetConfig;
+use crate::resilience::retry::RetryPolicy;
 use crate::rt;
 
 /// A channel as handed out: the balanced instances behind the client
@@ -61,6 +64,14 @@ pub struct PoolConfig {
     pub watch: WatchPolicy,
     /// Called on every breaker transition (instance id, transition).
     pub on_transition: Option<TransitionHook>,
+    /// Called on every admitted call's outcome (instance id, outcome).
+    pub on_outcome: Option<OutcomeHook>,
+    /// Retries of idempotent calls made through [`ClientPool::retrier`].
+    pub retry: RetryPolicy,
+    /// The budget those retries draw from, shared by the whole pool.
+    pub budget: BudgetConfig,
+    /// Called on every retry decision.
+    pub on_retry: Option<RetryHook>,
 }
 
 impl PoolConfig {
@@ -73,6 +84,10 @@ impl PoolConfig {
             breaker: BreakerConfig::default(),
             watch: WatchPolicy::default(),
             on_transition: None,
+            on_outcome: None,
+            retry: RetryPolicy::default(),
+            budget: BudgetConfig::default(),
+            on_retry: None,
         }
     }
 }
@@ -98,6 +113,7 @@ struct Inner {
     attach: AttachLayer,
     services: Mutex<HashMap<String, Entry>>,
     closed: AtomicBool,
+    retrier: Retrier,
 }
 
 /// Channels to other services; cheap to clone.
@@ -149,7 +165,12 @@ impl ClientPool {
     #[must_use]
     pub fn new(registry: Arc<dyn Registry>, cfg: PoolConfig) -> Self {
         let attach = AttachLayer::new(&cfg.keys, &cfg.identity);
+        let mut retrier = Retrier::new(cfg.retry.clone(), cfg.budget);
+        if let Some(hook) = &cfg.on_retry {
+            retrier = retrier.with_hook(hook.clone());
+        }
         let inner = Inner {
+            retrier,
             registry,
             cfg,
             attach,
@@ -180,7 +201,11 @@ impl ClientPool {
         let (balanced, mut discovered) = {
             let mut services = self.lock();
             let entry = services.entry(service.to_owned()).or_insert_with(|| {
-                let balanced = Balanced::new(service, self.inner.cfg.on_transition.clone());
+                let hooks = Hooks {
+                    on_transition: self.inner.cfg.on_transition.clone(),
+                    on_outcome: self.inner.cfg.on_outcome.clone(),
+                };
+                let balanced = Balanced::new(service, hooks);
                 let (tx, rx) = watch::channel(false);
                 let task = rt::spawn(follow(
                     self.inner.registry.clone(),
@@ -204,6 +229,14 @@ impl ClientPool {
         let layered = PropagateDeadlineLayer.layer(balanced);
         let layered = ClientTraceLayer.layer(self.inner.attach.layer(layered));
         Ok(RequestIdLayer::new().layer(layered))
+    }
+
+    /// Retries for idempotent calls, with the pool's policy and one budget
+    /// shared by every call of this pool (so an outage cannot multiply the
+    /// load: at most the budget's ratio of extra calls).
+    #[must_use]
+    pub fn retrier(&self) -> &Retrier {
+        &self.inner.retrier
     }
 
     /// The instances the pool currently holds for `service`, with their

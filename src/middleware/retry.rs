@@ -15,6 +15,7 @@ use super::timeout::current_deadline;
 use crate::resilience::budget::{BudgetConfig, RetryBudget};
 use crate::resilience::retry::{Attempt, Decision, Failure, GiveUp, RetryPolicy};
 use crate::rt;
+use crate::rt::faults::{self, Bug};
 
 /// The header a retry carries: how many attempts came before it.
 pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
@@ -41,6 +42,9 @@ pub struct RetryEvent {
     pub at: std::time::Instant,
     /// The call's deadline, if it has one.
     pub deadline: Option<std::time::Instant>,
+    /// Original calls this retrier has seen so far, this one included (what
+    /// the budget's deposits are made of).
+    pub calls: u64,
 }
 
 /// Sees every decision as it is made (the simulation's retry checker).
@@ -137,15 +141,24 @@ impl Retrier {
             };
             let u = rt::rng().gen_range(0.0..1.0);
             let now = rt::now();
-            let decision = self
-                .policy
-                .decide(failed, now, deadline, u, &mut self.budget());
+            let decision = if faults::injected(Bug::RetryWithoutBudget) {
+                let mut unlimited = RetryBudget::new(BudgetConfig {
+                    ttl: std::time::Duration::from_secs(1),
+                    min_per_sec: u32::MAX,
+                    ratio: 0.0,
+                });
+                self.policy.decide(failed, now, deadline, u, &mut unlimited)
+            } else {
+                self.policy
+                    .decide(failed, now, deadline, u, &mut self.budget())
+            };
             if let Some(hook) = &self.hook {
                 hook(&RetryEvent {
                     attempt: failed,
                     decision,
                     at: now,
                     deadline,
+                    calls: self.stats.calls.load(Ordering::Relaxed),
                 });
             }
             match decision {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::rt::watch;
 use async_trait::async_trait;
-use tokio::sync::watch;
 
 use super::{CheckKind, HealthStatus, Registry, RegistryError, ServiceInfo, WatchResult, validate};
 use crate::rt::{self, Instant};

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::rt::watch;
 
 use super::{Registry, ServiceInfo};
 use crate::rt;

@@ -275,6 +275,10 @@ impl Breaker {
                     }
                     return None;
                 }
+                if crate::rt::faults::injected(crate::rt::faults::Bug::BreakerForgetsProbeFailures)
+                {
+                    return None;
+                }
                 self.nominal = self
                     .nominal
                     .mul_f64(self.cfg.open_multiplier.max(1.0))
@@ -284,6 +288,13 @@ impl Breaker {
             }
             State::Open { .. } => None,
         }
+    }
+
+    /// Whether `permit` is a probe of the current half-open period (its
+    /// outcome decides whether the breaker closes or reopens).
+    #[must_use]
+    pub fn is_current_probe(&self, permit: &Permit) -> bool {
+        permit.probe && permit.generation == self.generation
     }
 
     /// Returns a permit that was not used (the call never started).

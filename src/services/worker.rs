@@ -10,6 +10,7 @@ use crate::bus::{EventType, handler};
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::rt;
+use crate::rt::faults::Bug;
 use crate::services::{Background, Domain, ServiceOpts, media};
 
 pub mod error;
@@ -75,7 +76,11 @@ pub async fn domain_with(
                 kind: media::TRANSCODE_JOB.to_owned(),
                 payload_json: transcode::payload_json(&p.video_id, &p.blob_key),
                 max_attempts: 0,
-                idempotency_key: media::transcode_job_id(&p.video_id),
+                idempotency_key: if rt::faults::injected(Bug::NonIdempotentHandler) {
+                    rt::random_hex128()
+                } else {
+                    media::transcode_job_id(&p.video_id)
+                },
                 delay_ms: 0,
             };
             jobs.submit(submit).await?;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hashbrown::HashMap;
+use crate::HashMap;
 
 use crate::resilience::rate::TokenBucket;
 use crate::rt::Instant;
@@ -40,7 +40,7 @@ impl LoginLimiter {
     #[must_use]
     pub fn new(max_tracked: usize) -> Self {
         Self {
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             max_tracked: max_tracked.max(1),
         }
     }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::videos::enum_name;
 use super::{Api, IdPath, video_id};
+use crate::middleware::retry::stamp;
 use crate::proto::{GetJobRequest, Job, JobState};
 use crate::services::media;
 
@@ -31,15 +32,20 @@ pub fn job_json(job: &Job) -> Value {
 }
 
 async fn job(api: &Api, job_id: String) -> Result<Json<Value>, ApiError> {
+    let job_id = &job_id;
     let res = api
         .rt
         .pool
-        .worker()
-        .await?
-        .get_job(GetJobRequest { job_id })
+        .retrier()
+        .call(true, |previous| async move {
+            let mut req = tonic::Request::new(GetJobRequest {
+                job_id: job_id.clone(),
+            });
+            stamp(&mut req, previous);
+            Ok(api.rt.pool.worker().await?.get_job(req).await?.into_inner())
+        })
         .await?;
-    res.into_inner()
-        .job
+    res.job
         .map(|j| Json(job_json(&j)))
         .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "worker returned no job"))
 }

@@ -13,6 +13,7 @@ use tonic::Code;
 use super::error::ApiError;
 use super::range::{self, Parsed, Spec};
 use super::{Api, IdPath, video_id};
+use crate::middleware::retry::stamp;
 use crate::proto::{DataChunk, GetPlaylistRequest, GetSegmentRequest, ReadRangeRequest};
 use crate::services::media;
 use crate::services::streaming::MAX_MESSAGE_BYTES;
@@ -68,19 +69,28 @@ async fn read_range(
     offset: u64,
     length: u64,
 ) -> Result<(DataChunk, Chunks), tonic::Status> {
-    let req = ReadRangeRequest {
-        video_id: video_id.to_owned(),
-        offset,
-        length,
-    };
-    let mut client = streaming(api)
+    // Opening the stream is idempotent and nothing has reached the client
+    // yet, so it is retried; a failure mid-body is not.
+    api.rt
+        .pool
+        .retrier()
+        .call(true, |previous| async move {
+            let mut req = tonic::Request::new(ReadRangeRequest {
+                video_id: video_id.to_owned(),
+                offset,
+                length,
+            });
+            stamp(&mut req, previous);
+            let mut client = streaming(api)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.message))?;
+            let mut chunks = client.read_range(req).await?.into_inner();
+            match chunks.message().await? {
+                Some(first) => Ok((first, chunks)),
+                None => Err(tonic::Status::internal("streaming sent no chunk")),
+            }
+        })
         .await
-        .map_err(|e| tonic::Status::unavailable(e.message))?;
-    let mut chunks = client.read_range(req).await?.into_inner();
-    match chunks.message().await? {
-        Some(first) => Ok((first, chunks)),
-        None => Err(tonic::Status::internal("streaming sent no chunk")),
-    }
 }
 
 fn unsatisfiable(size: u64) -> Response {
@@ -231,14 +241,23 @@ fn typed(content_type: &str, body: impl Into<Body>) -> Response {
 }
 
 async fn playlist(api: &Api, video_id: String, rendition: String) -> Result<Response, ApiError> {
-    let res = streaming(api)
-        .await?
-        .get_playlist(GetPlaylistRequest {
-            video_id,
-            rendition,
+    let (video_id, rendition) = (&video_id, &rendition);
+    let res = api
+        .rt
+        .pool
+        .retrier()
+        .call(true, |previous| async move {
+            let mut req = tonic::Request::new(GetPlaylistRequest {
+                video_id: video_id.clone(),
+                rendition: rendition.clone(),
+            });
+            stamp(&mut req, previous);
+            let mut client = streaming(api)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.message))?;
+            Ok(client.get_playlist(req).await?.into_inner())
         })
-        .await?
-        .into_inner();
+        .await?;
     Ok(typed(&res.content_type, res.content))
 }
 
@@ -273,15 +292,25 @@ pub async fn segment(
             "segment: expected 1..=255 chars of [A-Za-z0-9_.-], not '.' or '..'",
         ));
     }
-    let res = streaming(&api)
-        .await?
-        .get_segment(GetSegmentRequest {
-            video_id,
-            rendition: name,
-            segment_name,
+    let (video_id, name, segment_name) = (&video_id, &name, &segment_name);
+    let api = &api;
+    let res = api
+        .rt
+        .pool
+        .retrier()
+        .call(true, |previous| async move {
+            let mut req = tonic::Request::new(GetSegmentRequest {
+                video_id: video_id.clone(),
+                rendition: name.clone(),
+                segment_name: segment_name.clone(),
+            });
+            stamp(&mut req, previous);
+            let mut client = streaming(api)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.message))?;
+            Ok(client.get_segment(req).await?.into_inner())
         })
-        .await?
-        .into_inner();
+        .await?;
     Ok(typed(&res.content_type, res.data))
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hashbrown::HashMap;
+use crate::HashMap;
 use sha2::{Digest, Sha256};
 
 /// Longest time a positive answer is reused.
@@ -43,7 +43,7 @@ impl TokenCache {
     #[must_use]
     pub fn new(max_entries: usize) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
             max_entries: max_entries.max(1),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use hashbrown::HashMap;
+use crate::HashMap;
 
 use super::StreamingError;
 
@@ -53,8 +53,8 @@ impl Sessions {
     #[must_use]
     pub fn new(max_live: usize) -> Self {
         Self {
-            live: HashMap::new(),
-            stopped: HashMap::new(),
+            live: HashMap::default(),
+            stopped: HashMap::default(),
             stop_order: VecDeque::new(),
             max_live,
         }

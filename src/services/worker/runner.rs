@@ -55,6 +55,11 @@ async fn attempt(jobs: Arc<Jobs>, pool: ClientPool, job: Job) {
         other => Err(Stop::permanent(format!("unknown job kind {other:?}"))),
     };
     match result {
+        // buggify (simulation only): the ack is lost; the lease runs out
+        // and the job runs again, which must be harmless.
+        Ok(()) if rt::faults::buggify(0.05) => {
+            tracing::warn!(job_id = %job.id, attempt, "buggify: ack dropped");
+        }
         Ok(()) => jobs.succeeded(&job, attempt).await,
         Err(Stop::Failed { reason, permanent }) => {
             jobs.failed(&job, attempt, &reason, permanent).await;

@@ -1,0 +1,97 @@
+//! Fault hooks for the simulator, compiled to nothing outside it.
+//!
+//! - [`buggify`]: a rare path forced on now and then (a dropped ack, a
+//!   duplicated event), when the simulation run switched it on (its seed
+//!   decides). Always `false` outside the simulator.
+//! - [`injected`]: a deliberate bug, switched on for a whole simulation run
+//!   by `STREAMGATE_INJECT_BUG=<name>`, to prove the simulation's checkers
+//!   catch it (see `sim/swarm.rs`). Always `false` outside the simulator, so
+//!   production builds cannot carry one.
+
+/// The bugs the simulation can inject, each caught by one checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// The circuit breaker forgets a failed half-open probe (stays half-open
+    /// instead of reopening). Caught by the breaker checker.
+    BreakerForgetsProbeFailures,
+    /// Retries ignore the retry budget. Caught by the budget checker.
+    RetryWithoutBudget,
+    /// A registration the registry lost is never renewed. Caught by the
+    /// registration checker.
+    NoReregistration,
+    /// The worker's FileUploaded handler submits a new job for every
+    /// delivery instead of one per video. Caught by the one-job-per-video
+    /// checker.
+    NonIdempotentHandler,
+}
+
+impl Bug {
+    /// Every bug, in order.
+    pub const ALL: [Self; 4] = [
+        Self::BreakerForgetsProbeFailures,
+        Self::RetryWithoutBudget,
+        Self::NoReregistration,
+        Self::NonIdempotentHandler,
+    ];
+
+    /// The name `STREAMGATE_INJECT_BUG` takes.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BreakerForgetsProbeFailures => "breaker-forgets-probe-failures",
+            Self::RetryWithoutBudget => "retry-without-budget",
+            Self::NoReregistration => "no-reregistration",
+            Self::NonIdempotentHandler => "non-idempotent-handler",
+        }
+    }
+}
+
+/// Whether this simulation run injects `bug` (never outside the simulator).
+#[must_use]
+#[inline]
+pub fn injected(bug: Bug) -> bool {
+    #[cfg(madsim)]
+    {
+        static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        CHOSEN
+            .get_or_init(|| std::env::var("STREAMGATE_INJECT_BUG").ok())
+            .as_deref()
+            == Some(bug.name())
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// True with probability `p` when the simulation run switched buggify on
+/// with [`set_buggify`] (never outside the simulator). StreamGate's own
+/// switch, not madsim's: madsim's also slows 10 % of all connects and sends
+/// by seconds, a fault the simulation draws separately.
+#[must_use]
+#[inline]
+pub fn buggify(p: f64) -> bool {
+    #[cfg(madsim)]
+    {
+        use rand::Rng as _;
+        BUGGIFY.with(std::cell::Cell::get) && super::rng().gen_bool(p.clamp(0.0, 1.0))
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = p;
+        false
+    }
+}
+
+#[cfg(madsim)]
+thread_local! {
+    /// A simulation runs on one thread, so the switch is per thread.
+    static BUGGIFY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Switches [`buggify`] on or off for this simulation run.
+#[cfg(madsim)]
+pub fn set_buggify(on: bool) {
+    BUGGIFY.with(|b| b.set(on));
+}
