@@ -79,9 +79,13 @@ async fn subscribe(
         async move {
             let mut line = event.encode()?;
             line.push(b'\n');
-            tx.send(Bytes::from(line))
-                .await
-                .map_err(|_| "subscriber gone".into())
+            let line = Bytes::from(line);
+            // buggify: delivered twice, as a redelivery after a lost ack
+            // would be.
+            if rt::faults::buggify(0.03) {
+                let _ = tx.send(line.clone()).await;
+            }
+            tx.send(line).await.map_err(|_| "subscriber gone".into())
         }
     });
     let sub = match bus.subscribe(&subject, group.as_deref(), forward).await {

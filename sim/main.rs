@@ -14,4 +14,5 @@ mod pipeline;
 mod pool;
 mod registry;
 mod retry_check;
+mod swarm;
 mod trace;

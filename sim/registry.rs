@@ -22,7 +22,7 @@ use streamgate::testkit::consul_agent::{AgentConfig, ConsulAgent};
 
 use crate::trace::{announce, note};
 
-const AGENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)), 8500);
+pub const AGENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)), 8500);
 /// TTL heartbeat interval of the services here; they turn critical after
 /// interval + timeout (= 2 x interval) without one.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);

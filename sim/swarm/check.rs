@@ -1,0 +1,234 @@
+//! The invariant checkers of ../shared/DESIGN.md, fed by hooks inside every
+//! node's client pool and by a tap on the bus, asserted as events happen:
+//! a violation is recorded on the timeline and fails the run at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streamgate::client::PoolConfig;
+use streamgate::client::balanced::{Outcome, OutcomeHook, TransitionHook};
+use streamgate::middleware::retry::{RetryEvent, RetryHook};
+use streamgate::resilience::breaker::{BreakerConfig, Transition};
+use streamgate::resilience::budget::BudgetConfig;
+use streamgate::resilience::retry::{Decision, RetryPolicy};
+
+use super::timeline::{Kind, Timeline};
+use crate::retry_check::RetryChecker;
+
+/// The retry budget every node's pool uses here: tight, so that a storm
+/// shows within one window.
+pub const BUDGET: BudgetConfig = BudgetConfig {
+    ttl: Duration::from_secs(10),
+    min_per_sec: 1,
+    ratio: 0.2,
+};
+
+/// One instance's breaker as the checker follows it.
+#[derive(Debug, Default)]
+struct Followed {
+    /// The open interval of the current failure streak.
+    streak: Option<Duration>,
+    /// Open-to-half-open moves in the current open period.
+    probing: u32,
+    /// Half-open now.
+    half_open: bool,
+}
+
+/// Breaker invariants, per instance, from transitions and call outcomes.
+#[derive(Debug)]
+struct BreakerCheck {
+    lane: String,
+    cfg: BreakerConfig,
+    followed: HashMap<String, Followed>,
+}
+
+impl BreakerCheck {
+    fn transition(&mut self, id: &str, t: Transition) -> Result<(), String> {
+        let f = self.followed.entry(id.to_owned()).or_default();
+        match t {
+            Transition::Tripped {
+                window_calls,
+                interval,
+            } => {
+                if window_calls < self.cfg.min_calls {
+                    return Err(format!(
+                        "breaker {id} tripped with {window_calls} < {} calls in its window",
+                        self.cfg.min_calls
+                    ));
+                }
+                *f = Followed {
+                    streak: Some(interval),
+                    ..Followed::default()
+                };
+            }
+            Transition::Reopened { interval } => {
+                let Some(prev) = f.streak else {
+                    return Err(format!("breaker {id} reopened without having tripped"));
+                };
+                if interval < prev {
+                    return Err(format!(
+                        "breaker {id}: open interval shrank {prev:?} -> {interval:?}"
+                    ));
+                }
+                *f = Followed {
+                    streak: Some(interval),
+                    ..Followed::default()
+                };
+            }
+            Transition::Probing => {
+                f.probing += 1;
+                f.half_open = true;
+                if f.probing > 1 {
+                    return Err(format!(
+                        "breaker {id}: open to half-open twice in one open period"
+                    ));
+                }
+            }
+            Transition::Closed => *f = Followed::default(),
+        }
+        Ok(())
+    }
+
+    fn outcome(&mut self, id: &str, o: Outcome) -> Result<(), String> {
+        if let Some(t) = o.transition {
+            self.transition(id, t)?;
+        }
+        if o.probe && !o.success && !matches!(o.transition, Some(Transition::Reopened { .. })) {
+            return Err(format!(
+                "breaker {id}: a half-open probe failed and the breaker did not reopen"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The retry budget, checked at every retry: retries in the last `ttl` stay
+/// within `min_per_sec * ttl + ratio * calls in the last ttl`.
+#[derive(Debug, Default)]
+struct BudgetCheck {
+    /// (when, original calls so far), one sample per decision.
+    samples: VecDeque<(Instant, u64)>,
+    retries: VecDeque<Instant>,
+}
+
+impl BudgetCheck {
+    fn observe(&mut self, e: &RetryEvent) -> Result<(), String> {
+        let ttl = BUDGET.ttl;
+        self.samples.push_back((e.at, e.calls));
+        if !matches!(e.decision, Decision::RetryAfter(_)) {
+            return Ok(());
+        }
+        self.retries.push_back(e.at);
+        while self.retries.front().is_some_and(|t| e.at - *t >= ttl) {
+            self.retries.pop_front();
+        }
+        // Calls made before the window began (the latest sample at or
+        // before its start; 0 when the run is younger than the window):
+        // their deposits have expired.
+        let before = match e.at.checked_sub(ttl) {
+            None => 0,
+            Some(start) => {
+                while self.samples.len() >= 2 && self.samples[1].0 <= start {
+                    self.samples.pop_front();
+                }
+                match self.samples.front() {
+                    Some(&(at, calls)) if at <= start => calls,
+                    _ => 0,
+                }
+            }
+        };
+        let deposits = e.calls.saturating_sub(before);
+        let allowance = u64::from(BUDGET.min_per_sec) * BUDGET.ttl.as_secs()
+            + (deposits as f64 * BUDGET.ratio).floor() as u64;
+        let retries = self.retries.len() as u64;
+        if retries > allowance {
+            return Err(format!(
+                "{retries} retries in {ttl:?} > budget {allowance} ({deposits} calls): a retry storm"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The pool settings of one node start, with every hook wired to the
+/// checkers and the timeline.
+pub fn pool_config(lane: &str, timeline: &Timeline) -> PoolConfig {
+    let base = crate::common::pool(lane);
+    let breaker = Arc::new(Mutex::new(BreakerCheck {
+        lane: lane.to_owned(),
+        cfg: base.breaker,
+        followed: HashMap::new(),
+    }));
+    let (tl, l) = (timeline.clone(), lane.to_owned());
+    let on_transition: TransitionHook = Arc::new(move |id: &str, t| {
+        tl.record(&l, Kind::State, format_args!("breaker {id}: {t:?}"));
+    });
+    let (tl, b) = (timeline.clone(), breaker.clone());
+    let on_outcome: OutcomeHook = Arc::new(move |id: &str, o| {
+        let mut check = b.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = check.outcome(id, o) {
+            let lane = check.lane.clone();
+            drop(check);
+            tl.violated(&lane, e);
+        }
+    });
+    let policy = RetryPolicy::default();
+    let (decisions, decision_hook) = RetryChecker::hook(policy.clone());
+    drop(decisions);
+    let budget = Arc::new(Mutex::new(BudgetCheck::default()));
+    let (tl, l) = (timeline.clone(), lane.to_owned());
+    let on_retry: RetryHook = Arc::new(move |e: &RetryEvent| {
+        decision_hook(e);
+        if let Decision::RetryAfter(d) = e.decision {
+            tl.record(
+                &l,
+                Kind::State,
+                format_args!(
+                    "retry {} after {d:?} ({:?})",
+                    e.attempt.number, e.attempt.failure.code
+                ),
+            );
+        }
+        let result = budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(e);
+        if let Err(msg) = result {
+            tl.violated(&l, msg);
+        }
+    });
+    PoolConfig {
+        on_transition: Some(on_transition),
+        on_outcome: Some(on_outcome),
+        retry: policy,
+        budget: BUDGET,
+        on_retry: Some(on_retry),
+        ..base
+    }
+}
+
+/// One transcode job per video: every JobSubmitted seen on the bus names
+/// the video's one job (a handler that is not idempotent makes more).
+#[derive(Debug, Default)]
+pub struct OneJobPerVideo {
+    jobs: HashMap<String, String>,
+    /// JobSubmitted events seen.
+    pub seen: u64,
+}
+
+impl OneJobPerVideo {
+    /// Checks one JobSubmitted.
+    pub fn observe(&mut self, video_id: &str, job_id: &str) -> Result<(), String> {
+        self.seen += 1;
+        match self.jobs.get(video_id) {
+            Some(first) if first != job_id => Err(format!(
+                "video {video_id} got a second transcode job ({first}, then {job_id})"
+            )),
+            _ => {
+                self.jobs.insert(video_id.to_owned(), job_id.to_owned());
+                Ok(())
+            }
+        }
+    }
+}

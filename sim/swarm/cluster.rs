@@ -1,0 +1,200 @@
+//! The simulated cluster: every one of the nine services on its own node
+//! (two instances of the stateless ones), a Consul agent model as the
+//! registry node and a broker node as the bus, each service started through
+//! the same kernel and `start()` as in production. A node that fails to
+//! start (registry down, say) tries again each second, as a supervisor would
+//! restart it; a restarted node starts afresh, keeping only its data dir.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::runtime::Handle;
+use madsim::task::NodeId;
+use streamgate::blob::memory::MemoryBlobStore;
+use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::rt;
+use streamgate::services::ServiceOpts;
+use streamgate::services::auth::Secret;
+use streamgate::services::transcoder::Engine;
+
+use super::check;
+use super::faults::Plan;
+use super::timeline::{Kind, Timeline};
+use crate::broker::{SimBus, serve_broker};
+
+/// The broker node's address.
+pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 1)), 4222);
+/// The client (workload and checkers) node's address.
+pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 2));
+/// TTL check interval of every registration (critical after 2x).
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The services and how many instances of each.
+const LAYOUT: [(ServiceKind, u8); 9] = [
+    (ServiceKind::Metadata, 1),
+    (ServiceKind::Upload, 1),
+    (ServiceKind::Worker, 1),
+    (ServiceKind::Auth, 1),
+    (ServiceKind::Monitor, 1),
+    (ServiceKind::Transcoder, 2),
+    (ServiceKind::Streaming, 2),
+    (ServiceKind::Cache, 2),
+    (ServiceKind::ApiGateway, 2),
+];
+
+/// One service node.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// `<service>-<i>`: its lane on the timeline.
+    pub name: String,
+    /// The service it runs.
+    pub kind: ServiceKind,
+    /// Its address.
+    pub ip: IpAddr,
+    /// The simulator's id.
+    pub id: NodeId,
+}
+
+/// The running cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Every service node.
+    pub members: Vec<Member>,
+    /// The registry node.
+    pub agent: NodeId,
+    /// The broker node.
+    pub broker: NodeId,
+}
+
+impl Cluster {
+    /// The gateways' HTTP addresses.
+    pub fn gateways(&self) -> Vec<SocketAddr> {
+        self.members
+            .iter()
+            .filter(|m| m.kind == ServiceKind::ApiGateway)
+            .map(|m| SocketAddr::new(m.ip, ServiceKind::ApiGateway.default_port()))
+            .collect()
+    }
+}
+
+/// Where a stateful service keeps its SQLite files in this run (real files:
+/// they survive a node's restart, as a disk would; each seed has its own).
+fn data_root(seed: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("streamgate-swarm-{}-{seed}", std::process::id()))
+}
+
+fn stateful(kind: ServiceKind) -> bool {
+    matches!(
+        kind,
+        ServiceKind::Metadata | ServiceKind::Upload | ServiceKind::Worker | ServiceKind::Auth
+    )
+}
+
+/// Starts the registry node, the broker node and every service node.
+pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
+    let handle = Handle::current();
+    let root = data_root(handle.seed());
+    let _ = std::fs::remove_dir_all(&root);
+    let agent = handle
+        .create_node()
+        .name("registry")
+        .ip(crate::registry::AGENT.ip())
+        .init(crate::registry::serve_agent)
+        .build()
+        .id();
+    let broker = handle
+        .create_node()
+        .name("broker")
+        .ip(BROKER.ip())
+        .init(|| serve_broker(BROKER))
+        .build()
+        .id();
+    let blobs = MemoryBlobStore::new();
+    let engine = Engine::Model {
+        duration: plan.transcode_time,
+        failure_rate: plan.transcode_failure_rate,
+    };
+    let mut members = Vec::new();
+    let mut last = 10u8;
+    let skip = std::env::var("SWARM_SKIP").unwrap_or_default();
+    for (kind, count) in LAYOUT {
+        if skip.split(',').any(|k| k == kind.name()) {
+            continue;
+        }
+        for i in 0..count {
+            let name = format!("{}-{i}", kind.name());
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 9, last));
+            last += 1;
+            let data_dir = (stateful(kind) && std::env::var_os("SWARM_NODISK").is_none())
+                .then(|| root.join(&name));
+            let (tl, blobs, engine, lane) = (
+                timeline.clone(),
+                blobs.clone(),
+                engine.clone(),
+                name.clone(),
+            );
+            let id = handle
+                .create_node()
+                .name(&name)
+                .ip(ip)
+                .init(move || {
+                    let (tl, blobs, engine, lane, data_dir) = (
+                        tl.clone(),
+                        blobs.clone(),
+                        engine.clone(),
+                        lane.clone(),
+                        data_dir.clone(),
+                    );
+                    async move {
+                        let mut opts = ServiceOpts::new(kind, ip);
+                        opts.check_interval = CHECK_INTERVAL;
+                        opts.engine = engine;
+                        opts.data_dir = data_dir;
+                        if kind == ServiceKind::Auth {
+                            opts.auth_secret = Some(Secret::new(vec![9u8; 32]));
+                        }
+                        loop {
+                            let plugins: Vec<Box<dyn Plugin>> =
+                                vec![Box::new(ServicePlugin::new(opts.clone()))];
+                            let seams = Seams {
+                                bus: Arc::new(SimBus::new(BROKER)),
+                                registry: crate::registry::consul(),
+                                blobs: Arc::new(blobs.clone()),
+                            };
+                            let pool = check::pool_config(&lane, &tl);
+                            match Kernel::start_with(seams, pool, plugins).await {
+                                Ok(kernel) => {
+                                    tl.record(&lane, Kind::State, "started");
+                                    std::future::pending::<()>().await;
+                                    drop(kernel);
+                                }
+                                Err(e) => {
+                                    tl.record(
+                                        &lane,
+                                        Kind::State,
+                                        format_args!("start failed: {e}"),
+                                    );
+                                    rt::sleep(Duration::from_secs(1)).await;
+                                }
+                            }
+                        }
+                    }
+                })
+                .build()
+                .id();
+            members.push(Member { name, kind, ip, id });
+        }
+    }
+    Cluster {
+        members,
+        agent,
+        broker,
+    }
+}
+
+/// Removes the data dirs of the run of `seed`.
+pub fn clean_up(seed: u64) {
+    let _ = std::fs::remove_dir_all(data_root(seed));
+}
