@@ -13,6 +13,7 @@ use crate::rt;
 use crate::rt::faults::Bug;
 use crate::services::{Background, Domain, ServiceOpts, media};
 
+pub mod catalog;
 pub mod error;
 pub mod jobs;
 pub mod queue;

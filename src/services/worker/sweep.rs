@@ -1,12 +1,13 @@
-//! The safety net under the FileUploaded event: now and then the worker
-//! asks the catalog for videos still UPLOADED a while after their upload
-//! and submits their transcode job (idempotently: one job per video). An
-//! event lost to a crash or a bus outage so delays a video, never loses it.
+//! The safety net under the events: now and then the worker asks the
+//! catalog for videos still UPLOADED a while after their upload and submits
+//! their transcode job (idempotently: one job per video), and for videos
+//! still TRANSCODING whose job gave up, and marks them failed. An event lost
+//! to a crash or a bus outage so delays a video, never strands it.
 
 use std::time::Duration;
 
 use crate::client::ClientPool;
-use crate::proto::{ListVideosRequest, SubmitJobRequest, VideoState};
+use crate::proto::{GetJobRequest, JobState, ListVideosRequest, SubmitJobRequest, VideoState};
 use crate::rt;
 use crate::services::media;
 
@@ -63,7 +64,52 @@ pub async fn sweep_once(pool: &ClientPool) -> Result<usize, tonic::Status> {
         }
         page_token = page.next_page_token;
     }
+    give_up_stranded(pool, &mut metadata, cutoff).await?;
     Ok(submitted)
+}
+
+/// Marks failed the videos still TRANSCODING whose job is dead-lettered
+/// (their TranscodingFailed event was lost).
+async fn give_up_stranded(
+    pool: &ClientPool,
+    metadata: &mut crate::proto::metadata_service_client::MetadataServiceClient<
+        crate::client::PoolChannel,
+    >,
+    cutoff: i64,
+) -> Result<(), tonic::Status> {
+    let unavailable = |e: crate::client::PoolError| tonic::Status::unavailable(e.to_string());
+    let mut page_token = String::new();
+    for _ in 0..MAX_PAGES {
+        let page = metadata
+            .list_videos(ListVideosRequest {
+                page_size: 100,
+                page_token,
+                state: VideoState::Transcoding as i32,
+                ..ListVideosRequest::default()
+            })
+            .await?
+            .into_inner();
+        for video in page.videos.iter().filter(|v| v.updated_at_ms <= cutoff) {
+            let mut worker = pool.worker().await.map_err(unavailable)?;
+            let req = GetJobRequest {
+                job_id: media::transcode_job_id(&video.id),
+            };
+            let job = match worker.get_job(req).await {
+                Ok(res) => res.into_inner().job.unwrap_or_default(),
+                Err(s) if s.code() == tonic::Code::NotFound => continue,
+                Err(s) => return Err(s),
+            };
+            if job.state == JobState::DeadLetter as i32 {
+                tracing::warn!(video = %video.id, "transcode job gave up but the video was still transcoding");
+                super::catalog::failed(pool, &video.id, &job.last_error).await?;
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(())
 }
 
 fn millis(d: Duration) -> u64 {

@@ -110,7 +110,20 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
                 errors = 0;
                 let status = res.into_inner().status.unwrap_or_default();
                 match TranscodeState::try_from(status.state) {
-                    Ok(TranscodeState::Succeeded) => return Ok(()),
+                    Ok(TranscodeState::Succeeded) => {
+                        // The job succeeds once the catalog says ready, not
+                        // when an event (which may be lost) was sent.
+                        let renditions = status.completed_renditions;
+                        return super::catalog::ready(pool, &p.video_id, renditions)
+                            .await
+                            .map_err(|s| {
+                                Stop::failed(format!(
+                                    "transcoded, but the catalog was not updated: {:?}: {}",
+                                    s.code(),
+                                    s.message()
+                                ))
+                            });
+                    }
                     Ok(TranscodeState::Failed) if status.error.is_empty() => {
                         return Err(Stop::failed("the transcode failed"));
                     }
