@@ -16,6 +16,8 @@ pub mod proto {
 
 pub mod blob;
 pub mod bus;
+#[cfg(not(madsim))]
+pub mod cli;
 pub mod client;
 pub mod kernel;
 pub mod middleware;
