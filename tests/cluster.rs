@@ -9,17 +9,16 @@
 //! `ci/deps`). The test fails, never skips, when those tools are missing.
 #![cfg(not(madsim))]
 
+#[path = "cluster/checks.rs"]
+mod checks;
 #[path = "cluster/support.rs"]
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use streamgate::bus::EventType;
+use checks::{check_events, check_log, read_tap};
 use streamgate::client::{ClientPool, PoolConfig};
 use streamgate::kernel::ServiceKind;
 use streamgate::node::read_keyring;
@@ -28,7 +27,10 @@ use streamgate::proto::{CacheGetRequest, CacheSetRequest};
 use streamgate::registry::Registry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
-use support::{Gateway, LogsOnFailure, Proc, nats_url, probe_script, python};
+use support::{
+    Gateway, LogsOnFailure, Proc, fetch_until_ok, hls_paths, nats_url, probe_script, python,
+    wait_job_succeeded, wait_ready,
+};
 
 const PASSWORD: &str = "cluster-pa55word";
 /// Port offsets: `BASE + slot * 100` for the first instance of each service,
@@ -346,173 +348,6 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         .delete_key_value(bucket.as_str())
         .await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-async fn wait_ready(gw: &Gateway, id: &str) -> Value {
-    for _ in 0..600 {
-        let r = gw.get(&format!("/v1/videos/{id}"), &[]).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        match v["state"].as_str() {
-            Some("ready") => return v,
-            Some("failed") => panic!("transcoding failed: {v}"),
-            _ => rt::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let job = gw.get(&format!("/v1/videos/{id}/job"), &[]).await;
-    panic!("not ready within 60 s; job: {}", job.text());
-}
-
-async fn wait_job_succeeded(gw: &Gateway, id: &str) -> Value {
-    let mut job = Value::Null;
-    for _ in 0..100 {
-        let r = gw.get(&format!("/v1/videos/{id}/job"), &[]).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        job = r.json();
-        if job["state"] == "succeeded" {
-            return job;
-        }
-        rt::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the job did not succeed within 10 s: {job}");
-}
-
-/// The master playlist, the first media playlist and its first segment,
-/// checked once.
-async fn hls_paths(gw: &Gateway, id: &str) -> Vec<String> {
-    let master_path = format!("/v1/videos/{id}/hls/master.m3u8");
-    let master = gw.get(&master_path, &[]).await;
-    assert_eq!(master.status, 200, "{}", master.text());
-    let master = master.text();
-    assert!(master.starts_with("#EXTM3U"), "{master}");
-    let media = master
-        .lines()
-        .find(|l| l.ends_with("index.m3u8"))
-        .unwrap_or_else(|| panic!("a media playlist in {master}"));
-    let media_path = format!("/v1/videos/{id}/hls/{media}");
-    let playlist = gw.get(&media_path, &[]).await;
-    assert_eq!(playlist.status, 200, "{}", playlist.text());
-    let playlist = playlist.text();
-    let segment = playlist
-        .lines()
-        .find(|l| !l.starts_with('#') && !l.is_empty())
-        .unwrap_or_else(|| panic!("a segment in {playlist}"));
-    let rendition = media.trim_end_matches("index.m3u8");
-    let segment_path = format!("/v1/videos/{id}/hls/{rendition}{segment}");
-    let seg = gw.get(&segment_path, &[]).await;
-    assert_eq!(seg.status, 200, "{}", seg.text());
-    assert_eq!(seg.body.first(), Some(&0x47), "an MPEG-TS segment");
-    vec![master_path, media_path, segment_path]
-}
-
-/// GETs `path` until it answers 200 (at most 50 tries, 100 ms apart);
-/// returns what the failed tries got (a status, or `no answer`).
-async fn fetch_until_ok(gw: &Gateway, path: &str) -> Vec<String> {
-    let mut failed = Vec::new();
-    loop {
-        match gw.try_send(http::Method::GET, path, &[], Vec::new()).await {
-            Some(r) if r.status == 200 => return failed,
-            other => {
-                failed.push(other.map_or("no answer".to_owned(), |r| r.status.to_string()));
-                assert!(
-                    failed.len() < 50,
-                    "{path} still failing after the SIGKILL: {failed:?}"
-                );
-                rt::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The tap's lines: (subject, envelope).
-fn read_tap(path: &Path) -> Vec<(String, Value)> {
-    let text = std::fs::read_to_string(path).expect("tap output");
-    text.lines()
-        .skip(1)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (subject, json) = l
-                .split_once(' ')
-                .unwrap_or_else(|| panic!("tap line {l:?}"));
-            let envelope = serde_json::from_str(json)
-                .unwrap_or_else(|e| panic!("not a JSON envelope ({e}): {l}"));
-            (subject.to_owned(), envelope)
-        })
-        .collect()
-}
-
-/// Every event the pipeline publishes for `id` was seen on its subject,
-/// from the right service, in a full envelope.
-fn check_events(seen: &[(String, Value)], prefix: &str, id: &str, job: &Value) {
-    let expected = [
-        (EventType::FileUploaded, "upload"),
-        (EventType::MetadataCreated, "metadata"),
-        (EventType::JobSubmitted, "worker"),
-        (EventType::TranscodingStarted, "transcoder"),
-        (EventType::TranscodingCompleted, "transcoder"),
-        (EventType::MetadataUpdated, "metadata"),
-        (EventType::JobCompleted, "worker"),
-    ];
-    let job_id = job["job_id"]
-        .as_str()
-        .or_else(|| job["id"].as_str())
-        .unwrap_or_else(|| panic!("a job id in {job}"));
-    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
-    for (kind, source) in expected {
-        let subject = format!("{prefix}.{}", kind.subject());
-        let name = serde_json::to_value(kind).expect("type name");
-        let ours: Vec<&Value> = seen
-            .iter()
-            .filter(|(s, _)| *s == subject)
-            .map(|(_, e)| e)
-            .filter(|e| e["data"]["video_id"] == id || e["data"]["job_id"] == job_id)
-            .collect();
-        assert!(
-            !ours.is_empty(),
-            "no {name} for video {id} on {subject}; the tap saw: {:#?}",
-            seen.iter().map(|(s, _)| s).collect::<Vec<_>>()
-        );
-        for e in &ours {
-            assert!(e["id"].as_str().is_some_and(|i| !i.is_empty()), "id: {e}");
-            assert_eq!(e["type"], name, "{e}");
-            assert_eq!(e["source"], source, "{e}");
-            assert!(
-                e["time"].as_u64().is_some_and(|t| t > 1_600_000_000_000),
-                "time: {e}"
-            );
-            assert!(e["data"].is_object(), "data: {e}");
-        }
-        by_type.insert(name.as_str().expect("string").to_owned(), ours.len());
-    }
-    eprintln!("events seen by the tap for the video: {by_type:?}");
-}
-
-/// Every line of a JSON log names `kind`; none holds a secret.
-fn check_log(path: &Path, kind: ServiceKind, secrets: &[&str]) {
-    let text = std::fs::read_to_string(path).expect("log");
-    let mut lines = 0;
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("{}: not a JSON line ({e}): {line}", path.display()));
-        assert_eq!(v["service"], kind.name(), "{line}");
-        assert!(
-            v["fields"]["message"].is_string() && v["level"].is_string(),
-            "{line}"
-        );
-        lines += 1;
-    }
-    assert!(
-        text.contains("\"registered\""),
-        "{}: the log is on ({lines} lines)",
-        path.display()
-    );
-    for secret in secrets {
-        assert!(
-            !text.contains(secret),
-            "{}: a secret in the log",
-            path.display()
-        );
-    }
 }
 
 #[test]

@@ -326,3 +326,79 @@ impl Drop for Tap {
         let _ = self.0.wait();
     }
 }
+
+pub async fn wait_ready(gw: &Gateway, id: &str) -> Value {
+    for _ in 0..600 {
+        let r = gw.get(&format!("/v1/videos/{id}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        match v["state"].as_str() {
+            Some("ready") => return v,
+            Some("failed") => panic!("transcoding failed: {v}"),
+            _ => rt::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let job = gw.get(&format!("/v1/videos/{id}/job"), &[]).await;
+    panic!("not ready within 60 s; job: {}", job.text());
+}
+
+pub async fn wait_job_succeeded(gw: &Gateway, id: &str) -> Value {
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        let r = gw.get(&format!("/v1/videos/{id}/job"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        job = r.json();
+        if job["state"] == "succeeded" {
+            return job;
+        }
+        rt::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the job did not succeed within 10 s: {job}");
+}
+
+/// The master playlist, the first media playlist and its first segment,
+/// checked once.
+pub async fn hls_paths(gw: &Gateway, id: &str) -> Vec<String> {
+    let master_path = format!("/v1/videos/{id}/hls/master.m3u8");
+    let master = gw.get(&master_path, &[]).await;
+    assert_eq!(master.status, 200, "{}", master.text());
+    let master = master.text();
+    assert!(master.starts_with("#EXTM3U"), "{master}");
+    let media = master
+        .lines()
+        .find(|l| l.ends_with("index.m3u8"))
+        .unwrap_or_else(|| panic!("a media playlist in {master}"));
+    let media_path = format!("/v1/videos/{id}/hls/{media}");
+    let playlist = gw.get(&media_path, &[]).await;
+    assert_eq!(playlist.status, 200, "{}", playlist.text());
+    let playlist = playlist.text();
+    let segment = playlist
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap_or_else(|| panic!("a segment in {playlist}"));
+    let rendition = media.trim_end_matches("index.m3u8");
+    let segment_path = format!("/v1/videos/{id}/hls/{rendition}{segment}");
+    let seg = gw.get(&segment_path, &[]).await;
+    assert_eq!(seg.status, 200, "{}", seg.text());
+    assert_eq!(seg.body.first(), Some(&0x47), "an MPEG-TS segment");
+    vec![master_path, media_path, segment_path]
+}
+
+/// GETs `path` until it answers 200 (at most 50 tries, 100 ms apart);
+/// returns what the failed tries got (a status, or `no answer`).
+pub async fn fetch_until_ok(gw: &Gateway, path: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    loop {
+        match gw.try_send(http::Method::GET, path, &[], Vec::new()).await {
+            Some(r) if r.status == 200 => return failed,
+            other => {
+                failed.push(other.map_or("no answer".to_owned(), |r| r.status.to_string()));
+                assert!(
+                    failed.len() < 50,
+                    "{path} still failing after the SIGKILL: {failed:?}"
+                );
+                rt::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
