@@ -23,6 +23,8 @@ pub type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
 
 pub mod blob;
 pub mod bus;
+#[cfg(not(madsim))]
+pub mod cli;
 pub mod client;
 pub mod kernel;
 pub mod middleware;

@@ -20,6 +20,10 @@ pub struct NodeOpts {
     /// Address every service listens on.
     #[arg(long, env = "STREAMGATE_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// The address other services reach this process at, as registered
+    /// (default: `--host`, or 127.0.0.1 when that is 0.0.0.0 or ::).
+    #[arg(long, env = "STREAMGATE_ADVERTISE_HOST")]
+    pub advertise_host: Option<IpAddr>,
     /// Added to every default port (e.g. 1000: the gateway on 10090), to run
     /// a second copy beside the first.
     #[arg(long, env = "STREAMGATE_PORT_OFFSET", default_value_t = 0)]
@@ -64,6 +68,7 @@ impl NodeOpts {
                     })?;
                 let mut opts = ServiceOpts::new(kind, self.host);
                 opts.listen = SocketAddr::new(self.host, port);
+                opts.advertise = self.advertise_host;
                 opts.data_dir = Some(self.data_dir.clone());
                 opts.max_upload_bytes = self.max_upload_bytes;
                 if kind == ServiceKind::Auth {
@@ -146,6 +151,7 @@ pub enum RegistryKind {
 
 /// How a microservice reaches the rest of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Cluster: bus, registry, service tokens")]
 pub struct ClusterOpts {
     /// NATS server URL(s), comma-separated.
     #[arg(
@@ -162,6 +168,11 @@ pub struct ClusterOpts {
         default_value = "nats-kv"
     )]
     pub registry: RegistryKind,
+    /// Namespace put in front of every event subject on the wire (e.g.
+    /// `staging`: `staging.streamgate.v1.file.uploaded`), so clusters can
+    /// share a NATS server; every process of a cluster needs the same one.
+    #[arg(long, env = "STREAMGATE_BUS_SUBJECT_PREFIX")]
+    pub bus_subject_prefix: Option<String>,
     /// The NATS KV bucket holding registrations.
     #[arg(
         long,
@@ -335,6 +346,7 @@ pub async fn run_service(
     let bus_opts = NatsOpts {
         url: cluster.nats_url.clone(),
         client_name: format!("streamgate-{}", kind.name()),
+        subject_prefix: cluster.bus_subject_prefix.clone(),
         ..NatsOpts::default()
     };
     let bus = NatsBus::connect(bus_opts)

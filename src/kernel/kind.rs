@@ -55,6 +55,22 @@ impl ServiceKind {
         }
     }
 
+    /// What it does, in a few words (for `--help`).
+    #[must_use]
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::ApiGateway => "the HTTP API: accounts, uploads, playback",
+            Self::Upload => "receives uploads into the blob store",
+            Self::Transcoder => "turns originals into HLS renditions with ffmpeg",
+            Self::Streaming => "serves byte ranges of originals and HLS from the blob store",
+            Self::Metadata => "the video catalog and its state machine",
+            Self::Cache => "a TTL, byte-bounded cache",
+            Self::Auth => "accounts, access and refresh tokens, service tokens",
+            Self::Worker => "the job queue that drives transcoding",
+            Self::Monitor => "health of every service, alerts",
+        }
+    }
+
     /// The default port of the design.
     #[must_use]
     pub fn default_port(self) -> u16 {

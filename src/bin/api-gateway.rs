@@ -1,0 +1,10 @@
+//! `api-gateway`: one StreamGate service in its own process (microservices mode).
+//! `api-gateway --help` lists every option and its environment variable.
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    streamgate::cli::service_main(streamgate::kernel::ServiceKind::ApiGateway)
+}
+
+#[cfg(madsim)]
+fn main() {}

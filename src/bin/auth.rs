@@ -1,0 +1,10 @@
+//! `auth`: one StreamGate service in its own process (microservices mode).
+//! `auth --help` lists every option and its environment variable.
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Auth)
+}
+
+#[cfg(madsim)]
+fn main() {}

@@ -1,0 +1,10 @@
+//! `cache`: one StreamGate service in its own process (microservices mode).
+//! `cache --help` lists every option and its environment variable.
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Cache)
+}
+
+#[cfg(madsim)]
+fn main() {}

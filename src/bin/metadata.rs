@@ -1,0 +1,10 @@
+//! `metadata`: one StreamGate service in its own process (microservices mode).
+//! `metadata --help` lists every option and its environment variable.
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Metadata)
+}
+
+#[cfg(madsim)]
+fn main() {}

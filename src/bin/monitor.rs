@@ -1,0 +1,10 @@
+//! `monitor`: one StreamGate service in its own process (microservices mode).
+//! `monitor --help` lists every option and its environment variable.
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Monitor)
+}
+
+#[cfg(madsim)]
+fn main() {}

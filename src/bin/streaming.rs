@@ -1,0 +1,10 @@
+//! `streaming`: one StreamGate service in its own process (microservices mode).
+//! `streaming --help` lists every option and its environment variable.
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Streaming)
+}
+
+#[cfg(madsim)]
+fn main() {}

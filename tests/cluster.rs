@@ -1,0 +1,423 @@
+//! Microservices mode end to end: the nine binaries as separate processes
+//! on loopback (two streaming instances, two gateways), the real NATS server
+//! as bus and registry (a fresh KV bucket, a subject prefix of this run's
+//! own), one shared data dir and key file, options from a config file under
+//! the environment and flags. A video goes in and plays back; a streaming
+//! instance is SIGKILLed and playback goes on; SIGTERM takes a process out
+//! of the registry before it exits. Outside tools check it too: a stock gRPC
+//! health probe and a NATS subscriber, in Python (`ci/probe/`, the venv of
+//! `ci/deps`). The test fails, never skips, when those tools are missing.
+#![cfg(not(madsim))]
+
+#[path = "cluster/checks.rs"]
+mod checks;
+#[path = "cluster/support.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use checks::{check_events, check_log, read_tap};
+use streamgate::client::{ClientPool, PoolConfig};
+use streamgate::kernel::ServiceKind;
+use streamgate::node::read_keyring;
+use streamgate::proto::cache_service_client::CacheServiceClient;
+use streamgate::proto::{CacheGetRequest, CacheSetRequest};
+use streamgate::registry::Registry;
+use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
+use streamgate::rt;
+use support::{
+    Gateway, LogsOnFailure, Proc, fetch_until_ok, hls_paths, nats_url, probe_script, python,
+    wait_job_succeeded, wait_ready,
+};
+
+const PASSWORD: &str = "cluster-pa55word";
+/// Port offsets: `BASE + slot * 100` for the first instance of each service,
+/// `+ SECOND` for the second streaming and gateway. Ports span 9005..=9103
+/// plus the offset: 31005..=32613, above tests/pipeline.rs (at most 30993),
+/// below the ephemeral range (32768).
+const BASE: u16 = 22_000;
+const SECOND: u16 = 10;
+
+/// Elapsed times of the phases, printed at the end.
+struct Phases(Vec<(&'static str, Duration)>, rt::Instant);
+
+impl Phases {
+    fn mark(&mut self, name: &'static str) {
+        self.0.push((name, rt::now() - self.1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
+    support::require_tools();
+    let mut phases = Phases(Vec::new(), rt::now());
+    let run = &rt::random_hex128()[..10];
+    let dir = std::env::temp_dir().join(format!("sg-cluster-{run}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bucket = format!("sgtest_cluster_{run}");
+    let prefix = format!("sgtest{run}");
+
+    let mut options = Options::new(nats_url());
+    options.bucket.clone_from(&bucket);
+    let registry: Arc<dyn Registry> =
+        Arc::new(NatsKvRegistry::connect(options).await.unwrap_or_else(|e| {
+            panic!(
+                "NATS with JetStream must answer at {} (run ci/deps): {e}",
+                nats_url()
+            )
+        }));
+
+    // What the cluster shares: the key file, the auth secret, a config file.
+    let key_hex = rt::random_hex128().repeat(2);
+    let key_file = dir.join("service.keys");
+    std::fs::write(&key_file, format!("k1 {key_hex}\n")).expect("keys");
+    let auth_secret = format!("{}{}", rt::random_hex128(), rt::random_hex128());
+    let secret_file = dir.join("auth.secret");
+    std::fs::write(&secret_file, &auth_secret).expect("secret");
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {data:?}\nnats-url = {url:?}\nregistry-bucket = {bucket:?}\n\
+             bus-subject-prefix = {prefix:?}\nservice-key-file = {keys:?}\n\
+             auth-secret-file = {secret:?}\nlog-format = \"json\"\nlog-filter = \"info\"\n\
+             max-upload-bytes = 1024\n",
+            data = dir.join("data"),
+            url = nats_url(),
+            keys = key_file,
+            secret = secret_file,
+        ),
+    )
+    .expect("config");
+    let config_path = config.to_str().expect("utf-8 path");
+    // The environment beats the file's 1 KiB upload limit.
+    let env = [
+        ("STREAMGATE_CONFIG", config_path),
+        ("STREAMGATE_MAX_UPLOAD_BYTES", "8388608"),
+    ];
+    let clip = support::test_clip(&dir, 2);
+
+    let base = BASE + u16::try_from(rt::random_u64() % 16).expect("small") * 100;
+    let mut layout: Vec<(ServiceKind, u16)> = ServiceKind::ALL.iter().map(|&k| (k, base)).collect();
+    layout.push((ServiceKind::Streaming, base + SECOND));
+    layout.push((ServiceKind::ApiGateway, base + SECOND));
+    let _logs = LogsOnFailure(
+        layout
+            .iter()
+            .map(|&(k, o)| {
+                let log = dir.join(format!("{}-{o}.log", k.name()));
+                (format!("{}@{}", k.name(), k.default_port() + o), log)
+            })
+            .collect(),
+    );
+    let mut procs: Vec<Proc> = layout
+        .iter()
+        .map(|&(kind, offset)| Proc::start(kind, offset, &env, &dir))
+        .collect();
+    for p in &mut procs {
+        p.serving().await;
+    }
+    phases.mark("11 processes SERVING");
+    let started = rt::now();
+    for kind in ServiceKind::ALL {
+        let want = layout.iter().filter(|(k, _)| *k == kind).count();
+        while registry
+            .discover(kind.name())
+            .await
+            .expect("discover")
+            .len()
+            < want
+        {
+            assert!(
+                rt::now() - started < Duration::from_secs(5),
+                "{want} {kind} registered within 5 s"
+            );
+            rt::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // procs[i] runs layout[i].
+    let index = |kind: ServiceKind, offset: u16| {
+        layout
+            .iter()
+            .position(|&l| l == (kind, offset))
+            .expect("in the layout")
+    };
+
+    // A stock health probe from outside sees every process SERVING.
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr().to_string()).collect();
+    let probe = Command::new(python())
+        .arg(probe_script("health_probe.py"))
+        .args(&addrs)
+        .output()
+        .expect("python runs");
+    let said = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success(), "health_probe.py: {said}");
+    assert_eq!(said.matches(" SERVING").count(), procs.len(), "{said}");
+
+    // A NATS subscriber from outside taps the cluster's subjects.
+    let tap_out = dir.join("tap.out");
+    let mut tap = support::Tap(
+        Command::new(python())
+            .arg(probe_script("nats_tap.py"))
+            .args(["--url", &nats_url(), "--seconds", "120"])
+            .arg(format!("{prefix}.>"))
+            .stdout(std::fs::File::create(&tap_out).expect("tap file"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python runs"),
+    );
+    for _ in 0..100 {
+        if std::fs::read_to_string(&tap_out).is_ok_and(|t| t.starts_with("ready")) {
+            break;
+        }
+        rt::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&tap_out).is_ok_and(|t| t.starts_with("ready")),
+        "nats_tap.py subscribed within 5 s"
+    );
+    phases.mark("outside probes ready");
+
+    // Over HTTP, as a user: no token, 401; sign up on one gateway, log in
+    // on the other.
+    let mut gw1 = Gateway {
+        http: support::http(),
+        addr: procs[index(ServiceKind::ApiGateway, base)].addr(),
+        token: None,
+    };
+    let mut gw2 = Gateway {
+        http: support::http(),
+        addr: procs[index(ServiceKind::ApiGateway, base + SECOND)].addr(),
+        token: None,
+    };
+    let denied = gw1.get("/v1/videos", &[]).await;
+    assert_eq!(denied.status, 401, "{}", denied.text());
+    assert_eq!(denied.headers["www-authenticate"], "Bearer");
+    let creds = serde_json::json!({"email": "cluster@example.com", "password": PASSWORD});
+    let signed = gw1.post_json("/v1/auth/signup", &creds).await;
+    assert_eq!(signed.status, 201, "{}", signed.text());
+    let logged = gw2.post_json("/v1/auth/login", &creds).await;
+    assert_eq!(logged.status, 200, "{}", logged.text());
+    let token = logged.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    gw1.token = Some(token.clone());
+    gw2.token = Some(token);
+
+    let created = gw1
+        .try_send(
+            http::Method::POST,
+            "/v1/videos?name=clip.mp4&title=Cluster%20clip",
+            &[("content-type", "video/mp4")],
+            clip.clone(),
+        )
+        .await
+        .expect("the gateway answers the upload");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["video_id"]
+        .as_str()
+        .expect("video_id")
+        .to_owned();
+    phases.mark("signed up, uploaded");
+    let video = wait_ready(&gw2, &id).await;
+    phases.mark("transcoded (ready)");
+    assert_eq!(video["title"], "Cluster clip");
+    assert_eq!(video["size_bytes"].as_u64(), Some(clip.len() as u64));
+
+    // A byte range of the original, and HLS, through both gateways.
+    let part = gw2
+        .get(
+            &format!("/v1/videos/{id}/original"),
+            &[("range", "bytes=100-1099")],
+        )
+        .await;
+    assert_eq!(part.status, 206, "{}", part.text());
+    assert_eq!(&part.body[..], &clip[100..1100]);
+    let hls = hls_paths(&gw1, &id).await;
+    for path in &hls {
+        let r = gw2.get(path, &[]).await;
+        assert_eq!(r.status, 200, "{path} via the second gateway");
+    }
+    let job = wait_job_succeeded(&gw1, &id).await;
+
+    // The subscriber saw the pipeline's events, each in its envelope, on
+    // its subject.
+    tap.stop().await;
+    let seen = read_tap(&tap_out);
+    check_events(&seen, &prefix, &id, &job);
+    phases.mark("played back, events checked");
+
+    // Kill -9 one streaming instance: playback goes on (a few failures are
+    // allowed while its breaker trips and it leaves the registry).
+    let victim = index(ServiceKind::Streaming, base);
+    procs[victim].signal("-KILL");
+    procs[victim].exited(Duration::from_secs(5)).await;
+    let mut failures = Vec::new();
+    for round in 0..12 {
+        for path in &hls {
+            failures.extend(fetch_until_ok(&gw1, path).await);
+        }
+        if round >= 6 {
+            assert!(failures.is_empty(), "failures after recovery: {failures:?}");
+        } else if round == 5 {
+            eprintln!(
+                "playback after the SIGKILL: {} failed requests before recovery: {failures:?}",
+                failures.len()
+            );
+            failures.clear();
+            // Past the registration's TTL (4 s) the dead instance is gone.
+            rt::sleep(Duration::from_secs(4)).await;
+        }
+    }
+    phases.mark("playback survived a SIGKILL");
+
+    // Service tokens: without one, UNAUTHENTICATED; with the cluster's keys, OK.
+    let cache_addr = procs[index(ServiceKind::Cache, base)].addr();
+    let mut bare = CacheServiceClient::new(rt::transport::channel(cache_addr));
+    let refused = bare
+        .get(CacheGetRequest { key: "k".into() })
+        .await
+        .expect_err("no service token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let pool = ClientPool::new(
+        registry.clone(),
+        PoolConfig::new(read_keyring(&key_file).expect("keys"), "cluster-test"),
+    );
+    pool.cache()
+        .await
+        .expect("cache discovered")
+        .set(CacheSetRequest {
+            key: "k".into(),
+            value: vec![1],
+            ttl_ms: 0,
+        })
+        .await
+        .expect("a call with a service token");
+
+    // SIGTERM: the second gateway leaves the registry before it exits.
+    let leaving = index(ServiceKind::ApiGateway, base + SECOND);
+    procs[leaving].signal("-TERM");
+    let exit = procs[leaving].exited(Duration::from_secs(15)).await;
+    assert!(exit.success(), "a graceful stop exits 0: {exit}");
+    let left = registry.discover("api-gateway").await.expect("discover");
+    assert_eq!(left.len(), 1, "gone from the registry at once: {left:?}");
+    assert_eq!(left[0].port, gw1.addr.port());
+    assert_eq!(gw1.get("/v1/videos", &[]).await.status, 200);
+    phases.mark("SIGTERM'd gateway deregistered");
+
+    // Every other process stops gracefully too, and leaves the registry.
+    let running: Vec<usize> = (0..procs.len())
+        .filter(|&i| i != victim && i != leaving)
+        .collect();
+    for &i in &running {
+        procs[i].signal("-TERM");
+    }
+    for &i in &running {
+        let exit = procs[i].exited(Duration::from_secs(15)).await;
+        assert!(
+            exit.success(),
+            "{} exits 0 on SIGTERM: {exit}",
+            procs[i].name()
+        );
+    }
+    for kind in ServiceKind::ALL {
+        let left = registry.discover(kind.name()).await.expect("discover");
+        assert!(left.is_empty(), "{kind} deregistered: {left:?}");
+    }
+    phases.mark("all stopped, registry empty");
+
+    // JSON logs, each line naming its service; no password or secret in them.
+    for p in &procs {
+        check_log(&p.log, p.kind, &[PASSWORD, &auth_secret, &key_hex[..32]]);
+    }
+    let mut last = Duration::ZERO;
+    for (name, at) in &phases.0 {
+        eprintln!(
+            "{:>6.1} s (+{:.1} s) {name}",
+            at.as_secs_f64(),
+            (*at - last).as_secs_f64()
+        );
+        last = *at;
+    }
+    drop(procs);
+    let client = async_nats::connect(nats_url()).await.expect("NATS");
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(bucket.as_str())
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn options_come_from_flags_then_env_then_the_file_then_defaults() {
+    let dir = std::env::temp_dir().join(format!("sg-options-{}", rt::random_hex128()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "port-offset = 100\ndata-dir = \"/from/file\"\nregistry-bucket = \"from_file\"\n\
+         service-key-file = \"keys\"\n",
+    )
+    .expect("config");
+    let out = Command::new(support::binary(ServiceKind::Cache))
+        .args(["--print-config", "--port-offset", "7"])
+        .env("STREAMGATE_CONFIG", &config)
+        .env("STREAMGATE_DATA_DIR", "/from/env")
+        .env("STREAMGATE_PORT_OFFSET", "8")
+        .output()
+        .expect("cache runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "port-offset = 7   # flag",
+        "data-dir = \"/from/env\"   # env STREAMGATE_DATA_DIR",
+        "registry-bucket = \"from_file\"   # file",
+        "service-key-file = \"keys\"   # file",
+        "nats-url = \"nats://127.0.0.1:4222\"   # default",
+    ] {
+        assert!(said.lines().any(|l| l == line), "{line:?} in:\n{said}");
+    }
+
+    // A bad file stops the binary with the key and the file named.
+    std::fs::write(&config, "port-offset = 100\nprot = 1\n").expect("config");
+    let out = Command::new(support::binary(ServiceKind::Upload))
+        .args(["--config"])
+        .arg(&config)
+        .output()
+        .expect("upload runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unknown key `prot`") && err.contains(&config.display().to_string()),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_binary_documents_every_option_and_its_env() {
+    for kind in ServiceKind::ALL {
+        let out = Command::new(support::binary(kind))
+            .arg("--help")
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{kind} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains(kind.summary()), "{kind}: {help}");
+        let cmd = streamgate::cli::ServiceCli::command_for(kind);
+        for arg in cmd.get_arguments() {
+            let long = arg.get_long().expect("every option is long");
+            assert!(help.contains(&format!("--{long}")), "{kind}: --{long}");
+            if let Some(env) = arg.get_env() {
+                let env = env.to_string_lossy();
+                assert!(help.contains(&format!("[env: {env}")), "{kind}: {env}");
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! What tests/cluster.rs runs on: the service processes with their logs,
+//! an HTTP client for the gateway, and the tools from outside the project
+//! (ffmpeg, the NATS server, the Python probes of `ci/probe/`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use streamgate::kernel::ServiceKind;
+use streamgate::rt;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const DEPS: &str = "run ci/deps (it installs nats-server, ffmpeg and the Python venv)";
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// The Python of the venv `ci/deps` makes (or `STREAMGATE_PYTHON`).
+pub fn python() -> PathBuf {
+    std::env::var_os("STREAMGATE_PYTHON").map_or_else(
+        || PathBuf::from("/var/cache/streamgate/pyenv/bin/python"),
+        PathBuf::from,
+    )
+}
+
+pub fn probe_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("ci/probe")
+        .join(name)
+}
+
+/// Fails (never skips) when a tool from outside is missing.
+pub fn require_tools() {
+    let ok = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(
+        ok(Command::new("ffmpeg").arg("-version")),
+        "ffmpeg is missing: {DEPS}"
+    );
+    let py = python();
+    assert!(
+        ok(Command::new(&py).args(["-c", "import grpc, grpc_health.v1.health_pb2, nats"])),
+        "{} cannot import grpcio, grpcio-health-checking and nats-py: {DEPS}, \
+         or point STREAMGATE_PYTHON at a Python that has them",
+        py.display()
+    );
+}
+
+/// A `seconds` long 320x240 H.264/AAC clip made by ffmpeg.
+pub fn test_clip(dir: &Path, seconds: u32) -> Vec<u8> {
+    let out = dir.join("clip.mp4");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=duration={seconds}:size=320x240:rate=25"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:duration={seconds}"))
+        .args([
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("ffmpeg: {e}: {DEPS}"));
+    assert!(status.success(), "ffmpeg made the test clip");
+    std::fs::read(out).expect("clip")
+}
+
+/// One service process; killed when dropped.
+pub struct Proc {
+    pub kind: ServiceKind,
+    /// The port offset it runs at.
+    pub offset: u16,
+    pub child: Child,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `kind`'s binary at `offset`, in `env`, logging to `dir`.
+    pub fn start(kind: ServiceKind, offset: u16, env: &[(&str, &str)], dir: &Path) -> Self {
+        let log = dir.join(format!("{}-{offset}.log", kind.name()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(binary(kind));
+        cmd.args(["--port-offset", &offset.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        Self {
+            kind,
+            offset,
+            child: cmd.spawn().expect("the binary starts"),
+            log,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.kind.default_port() + self.offset))
+    }
+
+    pub fn name(&self) -> String {
+        format!("{}@{}", self.kind.name(), self.addr().port())
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} {}", self.name());
+    }
+
+    /// Waits for it to exit, at most `limit`.
+    pub async fn exited(&mut self, limit: Duration) -> ExitStatus {
+        let started = rt::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                rt::now() - started < limit,
+                "{} still running {limit:?} after the signal",
+                self.name()
+            );
+            rt::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until its gRPC health says SERVING (at most 20 s).
+    pub async fn serving(&mut self) {
+        for _ in 0..200 {
+            let mut client = HealthClient::new(rt::transport::channel(self.addr()));
+            let req = HealthCheckRequest {
+                service: String::new(),
+            };
+            if let Ok(res) = client.check(req).await
+                && res.into_inner().status == 1
+            {
+                return;
+            }
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                panic!("{} exited early: {exit}", self.name());
+            }
+            rt::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} not SERVING within 20 s", self.name());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn binary(kind: ServiceKind) -> &'static str {
+    match kind {
+        ServiceKind::ApiGateway => env!("CARGO_BIN_EXE_api-gateway"),
+        ServiceKind::Upload => env!("CARGO_BIN_EXE_upload"),
+        ServiceKind::Transcoder => env!("CARGO_BIN_EXE_transcoder"),
+        ServiceKind::Streaming => env!("CARGO_BIN_EXE_streaming"),
+        ServiceKind::Metadata => env!("CARGO_BIN_EXE_metadata"),
+        ServiceKind::Cache => env!("CARGO_BIN_EXE_cache"),
+        ServiceKind::Auth => env!("CARGO_BIN_EXE_auth"),
+        ServiceKind::Worker => env!("CARGO_BIN_EXE_worker"),
+        ServiceKind::Monitor => env!("CARGO_BIN_EXE_monitor"),
+    }
+}
+
+/// The logs of `procs`, each headed by its name, the last `lines` of each.
+pub fn log_tails(logs: &[(String, PathBuf)], lines: usize) -> String {
+    logs.iter()
+        .map(|(name, path)| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            format!(
+                "---- {name} ({})\n{}",
+                path.display(),
+                all[all.len().saturating_sub(lines)..].join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Prints every process's log if the test fails (the guard outlives them).
+pub struct LogsOnFailure(pub Vec<(String, PathBuf)>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== the processes' logs (last 40 lines each)\n{}",
+                log_tails(&self.0, 40)
+            );
+        }
+    }
+}
+
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http() -> Http {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A gateway as a client sees it.
+pub struct Gateway {
+    pub http: Http,
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Gateway {
+    /// `method path` with the token (if any), `headers` and `body`; `None`
+    /// when the gateway could not be reached.
+    pub async fn try_send(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Option<Reply> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
+        let res = rt::timeout(Duration::from_secs(20), self.http.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let (parts, body) = res.into_parts();
+        Some(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await.ok()?.to_bytes(),
+        })
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.try_send(http::Method::GET, path, headers, Vec::new())
+            .await
+            .unwrap_or_else(|| panic!("the gateway {} answers GET {path}", self.addr))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.try_send(
+            http::Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body.to_string().into_bytes(),
+        )
+        .await
+        .unwrap_or_else(|| panic!("the gateway {} answers POST {path}", self.addr))
+    }
+}
+
+/// The NATS tap (`ci/probe/nats_tap.py`); killed when dropped.
+pub struct Tap(pub Child);
+
+impl Tap {
+    /// SIGTERM: it drains its subscription and exits.
+    pub async fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if self.0.try_wait().expect("wait").is_some() {
+                return;
+            }
+            rt::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats_tap.py did not exit within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn wait_ready(gw: &Gateway, id: &str) -> Value {
+    for _ in 0..600 {
+        let r = gw.get(&format!("/v1/videos/{id}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        match v["state"].as_str() {
+            Some("ready") => return v,
+            Some("failed") => panic!("transcoding failed: {v}"),
+            _ => rt::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let job = gw.get(&format!("/v1/videos/{id}/job"), &[]).await;
+    panic!("not ready within 60 s; job: {}", job.text());
+}
+
+pub async fn wait_job_succeeded(gw: &Gateway, id: &str) -> Value {
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        let r = gw.get(&format!("/v1/videos/{id}/job"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        job = r.json();
+        if job["state"] == "succeeded" {
+            return job;
+        }
+        rt::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the job did not succeed within 10 s: {job}");
+}
+
+/// The master playlist, the first media playlist and its first segment,
+/// checked once.
+pub async fn hls_paths(gw: &Gateway, id: &str) -> Vec<String> {
+    let master_path = format!("/v1/videos/{id}/hls/master.m3u8");
+    let master = gw.get(&master_path, &[]).await;
+    assert_eq!(master.status, 200, "{}", master.text());
+    let master = master.text();
+    assert!(master.starts_with("#EXTM3U"), "{master}");
+    let media = master
+        .lines()
+        .find(|l| l.ends_with("index.m3u8"))
+        .unwrap_or_else(|| panic!("a media playlist in {master}"));
+    let media_path = format!("/v1/videos/{id}/hls/{media}");
+    let playlist = gw.get(&media_path, &[]).await;
+    assert_eq!(playlist.status, 200, "{}", playlist.text());
+    let playlist = playlist.text();
+    let segment = playlist
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap_or_else(|| panic!("a segment in {playlist}"));
+    let rendition = media.trim_end_matches("index.m3u8");
+    let segment_path = format!("/v1/videos/{id}/hls/{rendition}{segment}");
+    let seg = gw.get(&segment_path, &[]).await;
+    assert_eq!(seg.status, 200, "{}", seg.text());
+    assert_eq!(seg.body.first(), Some(&0x47), "an MPEG-TS segment");
+    vec![master_path, media_path, segment_path]
+}
+
+/// GETs `path` until it answers 200 (at most 50 tries, 100 ms apart);
+/// returns what the failed tries got (a status, or `no answer`).
+pub async fn fetch_until_ok(gw: &Gateway, path: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    loop {
+        match gw.try_send(http::Method::GET, path, &[], Vec::new()).await {
+            Some(r) if r.status == 200 => return failed,
+            other => {
+                failed.push(other.map_or("no answer".to_owned(), |r| r.status.to_string()));
+                assert!(
+                    failed.len() < 50,
+                    "{path} still failing after the SIGKILL: {failed:?}"
+                );
+                rt::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
