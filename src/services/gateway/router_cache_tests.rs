@@ -3,7 +3,7 @@
 //! from the cache, even with metadata gone; PATCH and DELETE invalidate for
 //! their client; Metadata* events from elsewhere invalidate; without a
 //! cache, with a stopped one or a silent one, GET still answers from
-//! metadata.
+//! metadata; two gateways agree on which cache instance holds a key.
 
 use std::time::Duration;
 
@@ -14,8 +14,9 @@ use http::{Request, StatusCode, header};
 use super::router_tests::{Fixture, fixture, get, send};
 use super::video_cache::{self, BUDGET, key};
 use crate::bus::events::{MetadataUpdated, Payload as _};
+use crate::client::{ClientPool, PoolConfig};
 use crate::kernel::ServiceKind;
-use crate::proto::{CacheGetRequest, CreateVideoRequest, UpdateVideoRequest};
+use crate::proto::{CacheGetRequest, CacheSetRequest, CreateVideoRequest, UpdateVideoRequest};
 use crate::resilience::breaker::State;
 use crate::rt;
 use crate::services::{self, RunningService, ServiceOpts};
@@ -256,4 +257,67 @@ async fn a_silent_cache_costs_its_budget_until_its_breaker_opens() {
     assert_eq!(endpoints[0].in_flight(), 0);
     assert_eq!(f.rt.metrics.cache_reads("fallback"), 12);
     drop(silent);
+}
+
+/// Two gateways (two pools on one registry) over three cache instances:
+/// what one stores, the other finds; an instance leaving takes only its
+/// own keys with it.
+#[tokio::test]
+async fn gateways_agree_on_owners_and_a_leaving_instance_moves_only_its_keys() {
+    let f = fixture().await;
+    let mut caches = Vec::new();
+    for _ in 0..3 {
+        caches.push(start(&f, ServiceKind::Cache).await);
+    }
+    let other = ClientPool::new(
+        f.rt.registry.clone(),
+        PoolConfig::new(f.rt.keys.clone(), "api-gateway"),
+    );
+    let keys: Vec<String> = (0..60).map(|i| key(&format!("v{i}"))).collect();
+    for k in &keys {
+        let mut cache = f.rt.pool.cache_for_key(k).await.expect("cache");
+        let req = CacheSetRequest {
+            key: k.clone(),
+            value: k.as_bytes().to_vec(),
+            ttl_ms: 60_000,
+        };
+        cache.set(req).await.expect("set");
+    }
+    let found = async |pool: &ClientPool, k: &String| {
+        let mut cache = pool.cache_for_key(k).await.expect("cache");
+        let req = CacheGetRequest { key: k.clone() };
+        cache.get(req).await.expect("get").into_inner().found
+    };
+    for k in &keys {
+        assert!(
+            found(&other, k).await,
+            "{k} not where the other gateway looks"
+        );
+    }
+    let owners: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            f.rt.pool
+                .owner("cache", k.as_bytes())
+                .expect("owner")
+                .id
+                .clone()
+        })
+        .collect();
+    let gone = caches[0].info().id.clone();
+    let moved = owners.iter().filter(|o| **o == gone).count();
+    assert!(
+        moved > 5 && moved < 40,
+        "{moved} of 60 keys on one of three"
+    );
+
+    f.rt.registry.deregister(&gone).await.expect("deregistered");
+    assert!(eventually(async || other.endpoints("cache").len() == 2).await);
+    for (k, owner) in keys.iter().zip(&owners) {
+        assert_eq!(
+            found(&other, k).await,
+            *owner != gone,
+            "{k} (owned by {owner})"
+        );
+    }
 }
