@@ -1,7 +1,9 @@
 //! The pool's per-service channel: every call picks an instance by P2C among
-//! those whose circuit breaker admits it, counts itself in flight there, and
-//! reports its outcome to that breaker. A call no breaker admits fails with
-//! UNAVAILABLE without touching the network.
+//! those whose circuit breaker admits it (or, on a keyed channel, the key's
+//! owner by rendezvous hashing), counts itself in flight there, and reports
+//! its outcome to that breaker. A call no breaker admits fails with
+//! UNAVAILABLE without touching the network. A call's `grpc-timeout` is
+//! enforced here, so a silent instance counts as failing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +19,8 @@ use tonic::{Code, Status};
 use tower::Service;
 
 use super::balance::p2c;
+use super::rendezvous;
+use crate::grpc_timeout;
 use crate::resilience::breaker::{Admit, Breaker, BreakerConfig, Permit, State, Transition};
 use crate::rt::{self, transport};
 
@@ -91,12 +95,24 @@ pub struct Hooks {
     pub on_outcome: Option<OutcomeHook>,
 }
 
+/// How a call chooses its instance.
+#[derive(Debug, Clone)]
+enum Route {
+    /// Power of two choices among the instances whose breaker admits it.
+    P2c,
+    /// The key's owner by rendezvous hashing over every instance the
+    /// registry reports healthy, whatever this caller's breakers say: every
+    /// caller must agree on the owner, and breakers are per caller.
+    Owner(Arc<[u8]>),
+}
+
 /// The instances of one service, replaced as the registry watch reports.
 #[derive(Clone)]
 pub struct Balanced {
     service: Arc<str>,
     endpoints: Arc<Mutex<BTreeMap<String, Arc<Endpoint>>>>,
     hooks: Hooks,
+    route: Route,
 }
 
 impl std::fmt::Debug for Balanced {
@@ -124,7 +140,29 @@ impl Balanced {
             service: service.into(),
             endpoints: Arc::default(),
             hooks,
+            route: Route::P2c,
         }
+    }
+
+    /// The same instances, but every call goes to the owner of `key` (see
+    /// [`rendezvous`]). When the owner's breaker is open the call fails at
+    /// once rather than going elsewhere: a second copy of the key on another
+    /// instance would escape invalidations sent to the owner.
+    #[must_use]
+    pub fn for_key(&self, key: &[u8]) -> Self {
+        Self {
+            route: Route::Owner(key.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The instance that owns `key` now, if there is any instance.
+    #[must_use]
+    pub fn owner(&self, key: &[u8]) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints();
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        let i = rendezvous::owner(key, &ids)?;
+        Some(endpoints[i].clone())
     }
 
     /// The endpoints, by instance id.
@@ -164,7 +202,7 @@ impl Balanced {
         }
     }
 
-    /// Picks an instance and takes a breaker permit on it.
+    /// Picks an instance as the route says and takes a breaker permit on it.
     fn pick(&self) -> Result<(Arc<Endpoint>, Permit), Status> {
         let endpoints = self.endpoints();
         if endpoints.is_empty() {
@@ -173,6 +211,31 @@ impl Balanced {
                 self.service
             )));
         }
+        match &self.route {
+            Route::P2c => self.pick_p2c(endpoints),
+            Route::Owner(key) => self.pick_owner(&endpoints, key),
+        }
+    }
+
+    fn pick_owner(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        key: &[u8],
+    ) -> Result<(Arc<Endpoint>, Permit), Status> {
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        let owner = &endpoints[rendezvous::owner(key, &ids).expect("endpoints are not empty")];
+        let (admit, t) = owner.lock().try_acquire(rt::now());
+        self.notify(&owner.id, t);
+        match admit {
+            Admit::Yes(permit) => Ok((owner.clone(), permit)),
+            Admit::No { retry_after } => Err(Status::unavailable(format!(
+                "{} owns the key and is open (circuit breaker); retry in {retry_after:?}",
+                owner.id
+            ))),
+        }
+    }
+
+    fn pick_p2c(&self, endpoints: Vec<Arc<Endpoint>>) -> Result<(Arc<Endpoint>, Permit), Status> {
         let now = rt::now();
         let mut admitted = Vec::new();
         let mut retry_after = None;
@@ -216,29 +279,49 @@ impl Service<Request<Body>> for Balanced {
         let this = self.clone();
         Box::pin(async move {
             let (endpoint, permit) = this.pick()?;
-            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let call = Admitted::start(endpoint.clone(), permit);
+            let limit = grpc_timeout::from_headers(req.headers());
             let mut channel = endpoint.channel.clone();
-            let result = match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-                Ok(()) => channel
-                    .call(req)
-                    .await
-                    .map_err(|e| Status::from_error(e.into())),
-                Err(e) => Err(Status::from_error(e.into())),
+            let exchange = async {
+                match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                    Ok(()) => channel
+                        .call(req)
+                        .await
+                        .map_err(|e| Status::from_error(e.into())),
+                    Err(e) => Err(Status::from_error(e.into())),
+                }
             };
-            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            // Enforced here rather than left to the transport: tonic's own
+            // timer ends the call as CANCELLED, which no breaker counts.
+            let result = match limit {
+                Some(limit) => {
+                    let elapsed = || {
+                        Status::deadline_exceeded(format!(
+                            "deadline of {limit:?} elapsed waiting for {}",
+                            endpoint.id
+                        ))
+                    };
+                    let started = rt::now();
+                    match rt::timeout(limit, exchange).await {
+                        // tonic's timer may fire in the same tick as ours.
+                        Ok(Err(s))
+                            if s.code() == Code::Cancelled && rt::now() - started >= limit =>
+                        {
+                            Err(elapsed())
+                        }
+                        Ok(result) => result,
+                        Err(rt::Elapsed) => Err(elapsed()),
+                    }
+                }
+                None => exchange.await,
+            };
             let failed = match &result {
                 Err(status) => is_instance_failure(status.code()),
                 // Trailers-only responses carry their status in the headers.
                 Ok(res) => Status::from_header_map(res.headers())
                     .is_some_and(|s| is_instance_failure(s.code())),
             };
-            let (probe, t) = {
-                let mut breaker = endpoint.lock();
-                let probe = breaker.is_current_probe(&permit);
-                let t =
-                    breaker.on_result(permit, !failed, rt::now(), rt::rng().gen_range(0.0..1.0));
-                (probe, t)
-            };
+            let (probe, t) = call.finish(!failed);
             if let Some(hook) = &this.hooks.on_outcome {
                 let outcome = Outcome {
                     probe,
@@ -252,3 +335,45 @@ impl Service<Request<Body>> for Balanced {
         })
     }
 }
+
+/// A call admitted on an endpoint, counted in flight there until it ends.
+/// One dropped before its outcome (its caller gave up, e.g. a timeout
+/// around it) gives its permit back untouched: neither the count nor a
+/// half-open probe slot leaks.
+struct Admitted {
+    endpoint: Arc<Endpoint>,
+    permit: Option<Permit>,
+}
+
+impl Admitted {
+    fn start(endpoint: Arc<Endpoint>, permit: Permit) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            endpoint,
+            permit: Some(permit),
+        }
+    }
+
+    /// Reports the outcome to the endpoint's breaker: whether the call was
+    /// a probe of the current half-open period, and the transition.
+    fn finish(mut self, success: bool) -> (bool, Option<Transition>) {
+        let permit = self.permit.take().expect("an admitted call finishes once");
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut breaker = self.endpoint.lock();
+        let probe = breaker.is_current_probe(&permit);
+        let t = breaker.on_result(permit, success, rt::now(), rt::rng().gen_range(0.0..1.0));
+        (probe, t)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.endpoint.lock().release(permit);
+        }
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests;

@@ -46,3 +46,19 @@ getters! {
     /// A client of the monitor service.
     monitor => MonitorServiceClient, "monitor";
 }
+
+impl ClientPool {
+    /// A client of the cache instance that owns `key` (rendezvous hashing
+    /// over the healthy instances; [`ClientPool::channel_for_key`]).
+    ///
+    /// # Errors
+    /// As [`ClientPool::channel`].
+    pub async fn cache_for_key(
+        &self,
+        key: &str,
+    ) -> Result<CacheServiceClient<PoolChannel>, PoolError> {
+        Ok(CacheServiceClient::new(
+            self.channel_for_key("cache", key.as_bytes()).await?,
+        ))
+    }
+}

@@ -195,6 +195,43 @@ impl ClientPool {
     /// # Errors
     /// Closed pool, or no healthy instance known.
     pub async fn channel(&self, service: &str) -> Result<PoolChannel, PoolError> {
+        let balanced = self.balanced(service).await?;
+        Ok(self.layered(balanced))
+    }
+
+    /// A channel to the instance of `service` that owns `key` by rendezvous
+    /// hashing over its healthy instances (see [`super::rendezvous`]), so
+    /// every caller sends a key to the same instance. The owner is chosen
+    /// per call, as the registry reports instances coming and going; the
+    /// breaker and in-flight count of that instance apply.
+    ///
+    /// # Errors
+    /// As [`ClientPool::channel`].
+    pub async fn channel_for_key(
+        &self,
+        service: &str,
+        key: &[u8],
+    ) -> Result<PoolChannel, PoolError> {
+        let balanced = self.balanced(service).await?;
+        Ok(self.layered(balanced.for_key(key)))
+    }
+
+    /// The instance of `service` that owns `key` now (for status pages and
+    /// tests), if the pool follows `service` and knows an instance.
+    #[must_use]
+    pub fn owner(&self, service: &str, key: &[u8]) -> Option<Arc<super::balanced::Endpoint>> {
+        self.lock().get(service)?.balanced.owner(key)
+    }
+
+    fn layered(&self, balanced: Balanced) -> PoolChannel {
+        let layered = PropagateDeadlineLayer.layer(balanced);
+        let layered = ClientTraceLayer.layer(self.inner.attach.layer(layered));
+        RequestIdLayer::new().layer(layered)
+    }
+
+    /// The instances of `service`, followed from the registry from the
+    /// first call on.
+    async fn balanced(&self, service: &str) -> Result<Balanced, PoolError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PoolError::Closed);
         }
@@ -226,9 +263,7 @@ impl ClientPool {
         if balanced.endpoints().is_empty() {
             return Err(PoolError::NoInstance(service.to_owned()));
         }
-        let layered = PropagateDeadlineLayer.layer(balanced);
-        let layered = ClientTraceLayer.layer(self.inner.attach.layer(layered));
-        Ok(RequestIdLayer::new().layer(layered))
+        Ok(balanced)
     }
 
     /// Retries for idempotent calls, with the pool's policy and one budget

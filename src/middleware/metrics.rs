@@ -41,6 +41,14 @@ pub struct DoneLabels {
     pub code: String,
 }
 
+/// The outcome of a read-through cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheReadLabels {
+    /// `hit`, `miss` or `fallback` (the cache failed, timed out or has no
+    /// instance: the read went to the source directly).
+    pub outcome: String,
+}
+
 /// An instance's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -57,6 +65,7 @@ struct Inner {
     breaker_transitions: Family<InstanceLabels, Counter>,
     retries: Counter,
     budget_exhausted: Counter,
+    cache_reads: Family<CacheReadLabels, Counter>,
 }
 
 /// The node's metrics; cheap to clone.
@@ -82,6 +91,7 @@ impl Default for Metrics {
         let breaker_state = Family::<InstanceLabels, Gauge>::default();
         let breaker_transitions = Family::<InstanceLabels, Counter>::default();
         let (retries, budget_exhausted) = (Counter::default(), Counter::default());
+        let cache_reads = Family::<CacheReadLabels, Counter>::default();
         registry.register("requests", "Calls served, by status", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -105,6 +115,11 @@ impl Default for Metrics {
             "Retries refused by the retry budget",
             budget_exhausted.clone(),
         );
+        registry.register(
+            "cache_reads",
+            "Read-through cache lookups by outcome (hit, miss, fallback)",
+            cache_reads.clone(),
+        );
         let inner = Inner {
             registry,
             requests,
@@ -114,6 +129,7 @@ impl Default for Metrics {
             breaker_transitions,
             retries,
             budget_exhausted,
+            cache_reads,
         };
         Self {
             inner: Arc::new(Mutex::new(inner)),
@@ -173,6 +189,23 @@ impl Metrics {
             i.retries.inc_by(retries);
             i.budget_exhausted.inc_by(exhausted);
         });
+    }
+
+    /// Counts a read-through cache lookup (`hit`, `miss` or `fallback`).
+    pub fn cache_read(&self, outcome: &str) {
+        let labels = CacheReadLabels {
+            outcome: outcome.to_owned(),
+        };
+        self.with(|i| i.cache_reads.get_or_create(&labels).inc());
+    }
+
+    /// Read-through cache lookups with `outcome` so far.
+    #[must_use]
+    pub fn cache_reads(&self, outcome: &str) -> u64 {
+        let labels = CacheReadLabels {
+            outcome: outcome.to_owned(),
+        };
+        self.with(|i| i.cache_reads.get_or_create(&labels).get())
     }
 
     fn start(&self, labels: &CallLabels) {

@@ -20,6 +20,7 @@ pub mod range;
 pub mod status;
 pub mod token_cache;
 mod upload;
+pub mod video_cache;
 mod videos;
 
 pub use error::ApiError;
@@ -102,14 +103,24 @@ pub async fn not_found() -> ApiError {
     ApiError::new(http::StatusCode::NOT_FOUND, "no such route")
 }
 
-/// The service's public HTTP routes.
+/// The service's public HTTP routes, and the consumers that invalidate
+/// cached videos on Metadata* events.
 ///
 /// # Errors
-/// None today; the signature matches the other services.
-#[allow(clippy::unused_async)]
+/// The bus refused a subscription.
 pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+    let subscriptions = video_cache::subscribe(rt)
+        .await
+        .map_err(|e| KernelError::Config {
+            plugin: "api-gateway".to_owned(),
+            reason: format!("event bus: {e}"),
+        })?;
     Ok(Domain {
         http: Some(router(rt.clone(), opts.max_upload_bytes)),
+        background: crate::services::Background {
+            subscriptions,
+            tasks: Vec::new(),
+        },
         ..Domain::default()
     })
 }
@@ -121,3 +132,7 @@ mod router_tests;
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_auth_tests.rs"]
 mod router_auth_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_cache_tests.rs"]
+mod router_cache_tests;

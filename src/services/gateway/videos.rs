@@ -1,5 +1,6 @@
 //! The catalog routes: list, get, patch and delete videos through the
-//! metadata service, with videos rendered as JSON.
+//! metadata service, with videos rendered as JSON. One video is read
+//! through the cache ([`video_cache`]); patch and delete invalidate it.
 
 use axum::Json;
 use axum::body::Body;
@@ -12,10 +13,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::query::Query;
-use super::{Api, IdPath, video_id};
-use crate::proto::{
-    DeleteVideoRequest, GetVideoRequest, ListVideosRequest, UpdateVideoRequest, Video, VideoState,
-};
+use super::{Api, IdPath, video_cache, video_id};
+use crate::proto::{DeleteVideoRequest, ListVideosRequest, UpdateVideoRequest, Video, VideoState};
 
 /// Largest JSON request body.
 pub const MAX_JSON_BYTES: usize = 64 << 10;
@@ -84,17 +83,11 @@ pub async fn list(State(api): State<Api>, uri: Uri) -> Result<Json<Value>, ApiEr
     ))
 }
 
-/// `GET /v1/videos/{id}`
+/// `GET /v1/videos/{id}`, read through the cache.
 pub async fn get(State(api): State<Api>, path: IdPath) -> Result<Json<Value>, ApiError> {
     let video_id = video_id(path)?;
-    let res = api
-        .rt
-        .pool
-        .metadata()
-        .await?
-        .get_video(GetVideoRequest { video_id })
-        .await?;
-    video_response(res.into_inner().video)
+    let video = video_cache::video(&api.rt, video_id).await?;
+    Ok(Json(video_json(&video)))
 }
 
 /// The body of a PATCH: the fields to change.
@@ -130,7 +123,7 @@ pub async fn patch(
     let video_id = video_id(path)?;
     let patch: Patch = json_body(body).await?;
     let mut req = UpdateVideoRequest {
-        video_id,
+        video_id: video_id.clone(),
         ..UpdateVideoRequest::default()
     };
     if let Some(title) = patch.title {
@@ -147,6 +140,10 @@ pub async fn patch(
         ));
     }
     let res = api.rt.pool.metadata().await?.update_video(req).await?;
+    // Before answering, so this client's next read sees its change (the
+    // MetadataUpdated event invalidates too, but later). A failure is
+    // logged; the entry then lives out its TTL.
+    let _ = video_cache::forget(&api.rt, &video_id).await;
     video_response(res.into_inner().video)
 }
 
@@ -157,8 +154,12 @@ pub async fn delete(State(api): State<Api>, path: IdPath) -> Result<Response, Ap
         .pool
         .metadata()
         .await?
-        .delete_video(DeleteVideoRequest { video_id })
+        .delete_video(DeleteVideoRequest {
+            video_id: video_id.clone(),
+        })
         .await?;
+    // As in `patch`: the client's next read must not find it in the cache.
+    let _ = video_cache::forget(&api.rt, &video_id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
