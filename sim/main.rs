@@ -4,6 +4,7 @@
 #![cfg(madsim)]
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod broker;
 mod bus;
 mod call;

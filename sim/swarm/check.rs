@@ -16,12 +16,28 @@ use streamgate::resilience::retry::{Decision, RetryPolicy};
 use super::timeline::{Kind, Timeline};
 use crate::retry_check::RetryChecker;
 
-/// The retry budget every node's pool uses here: tight, so that a storm
-/// shows within one window.
+/// The retry budget every node's pool uses here: no floor, so retries stay
+/// within a fifth of the calls and a storm shows within one window even at
+/// the workload's low rate.
 pub const BUDGET: BudgetConfig = BudgetConfig {
     ttl: Duration::from_secs(10),
-    min_per_sec: 1,
+    min_per_sec: 0,
     ratio: 0.2,
+};
+
+/// The breakers of every node's pool here: the design's shape with small
+/// numbers (3 failures in a row or half of at least 3 calls, open 1 s and
+/// growing), so that they trip, probe and reopen at the workload's rate.
+pub const BREAKER: BreakerConfig = BreakerConfig {
+    consecutive_failures: 3,
+    failure_rate: 0.5,
+    window: Duration::from_secs(10),
+    min_calls: 3,
+    open_base: Duration::from_secs(1),
+    open_max: Duration::from_secs(10),
+    open_multiplier: 2.0,
+    jitter: 0.1,
+    half_open_probes: 1,
 };
 
 /// One instance's breaker as the checker follows it.
@@ -157,7 +173,7 @@ pub fn pool_config(lane: &str, timeline: &Timeline) -> PoolConfig {
     let base = crate::common::pool(lane);
     let breaker = Arc::new(Mutex::new(BreakerCheck {
         lane: lane.to_owned(),
-        cfg: base.breaker,
+        cfg: BREAKER,
         followed: HashMap::new(),
     }));
     let (tl, l) = (timeline.clone(), lane.to_owned());
@@ -199,6 +215,7 @@ pub fn pool_config(lane: &str, timeline: &Timeline) -> PoolConfig {
         }
     });
     PoolConfig {
+        breaker: BREAKER,
         on_transition: Some(on_transition),
         on_outcome: Some(on_outcome),
         retry: policy,

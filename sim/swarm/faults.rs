@@ -13,6 +13,7 @@ use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use rand::Rng as _;
 use rand::seq::SliceRandom as _;
+use streamgate::kernel::ServiceKind;
 use streamgate::rt;
 
 use super::cluster::Cluster;
@@ -244,7 +245,29 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 });
             }
             Fault::Clog => {
-                let pair: Vec<NodeId> = nodes.choose_multiple(&mut rt::rng(), 2).copied().collect();
+                // Half the time a gateway's link to a service it calls: the
+                // service stays registered (its heartbeats get through), so
+                // the gateway's breaker for it must trip, probe and reopen.
+                let pair: Vec<NodeId> = if rt::rng().gen_bool(0.5) {
+                    let gateways: Vec<NodeId> = cluster
+                        .members
+                        .iter()
+                        .filter(|m| m.kind == ServiceKind::ApiGateway)
+                        .map(|m| m.id)
+                        .collect();
+                    let others: Vec<NodeId> = cluster
+                        .members
+                        .iter()
+                        .filter(|m| m.kind != ServiceKind::ApiGateway)
+                        .map(|m| m.id)
+                        .collect();
+                    vec![
+                        *gateways.choose(&mut rt::rng()).expect("a gateway"),
+                        *others.choose(&mut rt::rng()).expect("a service"),
+                    ]
+                } else {
+                    nodes.choose_multiple(&mut rt::rng(), 2).copied().collect()
+                };
                 let (from, to) = (pair[0], pair[1]);
                 if !b.clogged.insert((from, to)) {
                     continue;

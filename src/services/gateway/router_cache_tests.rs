@@ -33,10 +33,15 @@ async fn start(f: &Fixture, kind: ServiceKind) -> RunningService {
     service
 }
 
-/// A video titled `title`, created in metadata directly.
+/// A video titled `title` owned by the fixture's user, created in metadata
+/// directly.
 async fn create(f: &Fixture, title: &str) -> String {
+    create_for(f, &f.user_id, title).await
+}
+
+async fn create_for(f: &Fixture, owner: &str, title: &str) -> String {
     let req = CreateVideoRequest {
-        owner_id: "u1".into(),
+        owner_id: owner.into(),
         title: title.into(),
         content_type: "video/mp4".into(),
         size_bytes: 10,
@@ -320,4 +325,32 @@ async fn gateways_agree_on_owners_and_a_leaving_instance_moves_only_its_keys() {
             "{k} (owned by {owner})"
         );
     }
+}
+
+#[tokio::test]
+async fn only_the_owner_changes_or_deletes_a_video() {
+    let f = fixture().await;
+    let _metadata = start(&f, ServiceKind::Metadata).await;
+    let theirs = create_for(&f, "someone-else", "theirs").await;
+    let (status, _, body) = send(&f, patch(&theirs, "mine now")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+    assert!(super::router_tests::error_of(&body).contains("owner"));
+    let delete = |id: &str| {
+        Request::delete(format!("/v1/videos/{id}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    assert_eq!(send(&f, delete(&theirs)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_title(&f, &theirs).await,
+        (StatusCode::OK, "theirs".into())
+    );
+
+    let mine = create(&f, "mine").await;
+    assert_eq!(send(&f, patch(&mine, "renamed")).await.0, StatusCode::OK);
+    assert_eq!(send(&f, delete(&mine)).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        send(&f, delete("nosuchvideo")).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

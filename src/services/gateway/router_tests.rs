@@ -30,6 +30,8 @@ pub(super) struct Fixture {
     pub(super) rt: Runtime,
     blobs: MemoryBlobStore,
     pub(super) token: String,
+    /// The user the token is for.
+    pub(super) user_id: String,
     _streaming: services::RunningService,
     _auth: services::RunningService,
 }
@@ -65,7 +67,7 @@ pub(super) async fn fixture() -> Fixture {
     opts.auth_secret = Some(auth_secret());
     let auth = services::start(&opts, &rt).await.expect("auth starts");
     registry.register(auth.info()).await.expect("register");
-    let token = rt
+    let signed_up = rt
         .pool
         .auth()
         .await
@@ -77,15 +79,15 @@ pub(super) async fn fixture() -> Fixture {
         })
         .await
         .expect("sign-up")
-        .into_inner()
-        .tokens
-        .expect("tokens")
-        .access_token;
+        .into_inner();
+    let user_id = signed_up.user_id;
+    let token = signed_up.tokens.expect("tokens").access_token;
     Fixture {
         app: router(rt.clone(), 1000),
         rt,
         blobs,
         token,
+        user_id,
         _streaming: streaming,
         _auth: auth,
     }

@@ -2,6 +2,7 @@
 //! metadata service, with videos rendered as JSON. One video is read
 //! through the cache ([`video_cache`]); patch and delete invalidate it.
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -11,10 +12,13 @@ use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::query::Query;
 use super::{Api, IdPath, video_cache, video_id};
-use crate::proto::{DeleteVideoRequest, ListVideosRequest, UpdateVideoRequest, Video, VideoState};
+use crate::proto::{
+    DeleteVideoRequest, GetVideoRequest, ListVideosRequest, UpdateVideoRequest, Video, VideoState,
+};
 
 /// Largest JSON request body.
 pub const MAX_JSON_BYTES: usize = 64 << 10;
@@ -114,14 +118,41 @@ pub(super) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Res
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
 }
 
-/// `PATCH /v1/videos/{id}` with `{"title"?, "description"?}`
+/// Only a video's owner may change or delete it (one recorded without an
+/// owner, by anyone signed in). The record is read from metadata, not the
+/// cache: the owner never changes, but a cached copy may be of a deleted
+/// video.
+async fn check_owner(
+    api: &Api,
+    user: Option<&Extension<AuthUser>>,
+    video_id: &str,
+) -> Result<(), ApiError> {
+    let Some(Extension(AuthUser(user))) = user else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    let req = GetVideoRequest {
+        video_id: video_id.to_owned(),
+    };
+    let video = api.rt.pool.metadata().await?.get_video(req).await?;
+    match video.into_inner().video {
+        Some(v) if !v.owner_id.is_empty() && v.owner_id != *user => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the video's owner may change or delete it",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `PATCH /v1/videos/{id}` with `{"title"?, "description"?}`; the owner only.
 pub async fn patch(
     State(api): State<Api>,
     path: IdPath,
+    user: Option<Extension<AuthUser>>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let video_id = video_id(path)?;
     let patch: Patch = json_body(body).await?;
+    check_owner(&api, user.as_ref(), &video_id).await?;
     let mut req = UpdateVideoRequest {
         video_id: video_id.clone(),
         ..UpdateVideoRequest::default()
@@ -147,9 +178,14 @@ pub async fn patch(
     video_response(res.into_inner().video)
 }
 
-/// `DELETE /v1/videos/{id}`
-pub async fn delete(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
+/// `DELETE /v1/videos/{id}`; the owner only.
+pub async fn delete(
+    State(api): State<Api>,
+    path: IdPath,
+    user: Option<Extension<AuthUser>>,
+) -> Result<Response, ApiError> {
     let video_id = video_id(path)?;
+    check_owner(&api, user.as_ref(), &video_id).await?;
     api.rt
         .pool
         .metadata()
