@@ -30,7 +30,11 @@ async fn toy() {
     let received = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for i in 0..NODES {
-        let node = handle.create_node().name(format!("toy-{i}")).ip(ip(i)).build();
+        let node = handle
+            .create_node()
+            .name(format!("toy-{i}"))
+            .ip(ip(i))
+            .build();
         let received = received.clone();
         senders.push(node.spawn(async move {
             let ep = Arc::new(Endpoint::bind((ip(i), 7000)).await.expect("bind"));
