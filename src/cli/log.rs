@@ -154,7 +154,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .event_format(WithService::json(
                 "cache",
-                format().json().flatten_event(true),
+                format().json().with_span_list(false),
             ))
             .finish();
         tracing::subscriber::with_default(subscriber, || {

@@ -169,13 +169,16 @@ async fn uploads_become_jobs_and_a_restart_resumes_the_queue() {
         "a redelivered upload makes no second job"
     );
 
-    // Same data dir, now with a transcoder: every job runs to the end.
+    // Same data dir, now with a transcoder (and the catalog a job reports
+    // to; these videos are not in it, which ends the report): every job
+    // runs to the end.
     let bus = Arc::new(MemoryBus::new());
     let (_subs, mut events) = listen(&bus, &[EventType::JobCompleted]).await;
     let second = node(
         bus.clone(),
         blobs.clone(),
         vec![
+            opts(ServiceKind::Metadata, None, 0.0),
             opts(ServiceKind::Transcoder, None, 0.0),
             opts(ServiceKind::Worker, Some(dir.0.clone()), 0.0),
         ],
