@@ -1,13 +1,14 @@
 //! The safety net under the events: now and then the worker asks the
-//! catalog for videos still UPLOADED a while after their upload and submits
-//! their transcode job (idempotently: one job per video), and for videos
-//! still TRANSCODING whose job gave up, and marks them failed. An event lost
-//! to a crash or a bus outage so delays a video, never strands it.
+//! catalog for videos still UPLOADED or TRANSCODING a while after their
+//! last change, submits their transcode job (idempotently: one job per
+//! video, an existing one is left as it is), and marks failed those whose
+//! job gave up. An event lost to a crash or a bus outage so delays a video,
+//! never strands it.
 
 use std::time::Duration;
 
 use crate::client::ClientPool;
-use crate::proto::{GetJobRequest, JobState, ListVideosRequest, SubmitJobRequest, VideoState};
+use crate::proto::{JobState, ListVideosRequest, SubmitJobRequest, VideoState};
 use crate::rt;
 use crate::services::media;
 
@@ -18,8 +19,10 @@ pub const GRACE: Duration = Duration::from_secs(30);
 /// Most catalog pages read per sweep (100 videos each).
 pub const MAX_PAGES: usize = 10;
 
-/// One sweep: submits the jobs of stale UPLOADED videos; how many it
-/// submitted (new jobs only).
+/// One sweep: submits the jobs of stale UPLOADED and TRANSCODING videos
+/// (idempotently: a job that exists is returned as it is), and marks failed
+/// those whose job has given up; returns how many jobs it submitted (new
+/// jobs only).
 ///
 /// # Errors
 /// The catalog or the worker could not be reached.
@@ -28,88 +31,50 @@ pub async fn sweep_once(pool: &ClientPool) -> Result<usize, tonic::Status> {
     let mut metadata = pool.metadata().await.map_err(unavailable)?;
     let cutoff = i64::try_from(rt::unix_ms().saturating_sub(millis(GRACE))).unwrap_or(0);
     let mut submitted = 0;
-    let mut page_token = String::new();
-    for _ in 0..MAX_PAGES {
-        let page = metadata
-            .list_videos(ListVideosRequest {
-                page_size: 100,
-                page_token,
-                state: VideoState::Uploaded as i32,
-                ..ListVideosRequest::default()
-            })
-            .await?
-            .into_inner();
-        for video in page.videos.iter().filter(|v| v.updated_at_ms <= cutoff) {
-            let mut worker = pool.worker().await.map_err(unavailable)?;
-            let job_id = media::transcode_job_id(&video.id);
-            let res = worker
-                .submit_job(SubmitJobRequest {
-                    kind: media::TRANSCODE_JOB.to_owned(),
-                    payload_json: super::transcode::payload_json(
-                        &video.id,
-                        &media::original_key(&video.id),
-                    ),
-                    idempotency_key: job_id,
-                    ..SubmitJobRequest::default()
+    for state in [VideoState::Uploaded, VideoState::Transcoding] {
+        let mut page_token = String::new();
+        for _ in 0..MAX_PAGES {
+            let page = metadata
+                .list_videos(ListVideosRequest {
+                    page_size: 100,
+                    page_token,
+                    state: state as i32,
+                    ..ListVideosRequest::default()
                 })
                 .await?
                 .into_inner();
-            if !res.deduplicated {
-                tracing::warn!(video = %video.id, "transcode job was missing; submitted");
-                submitted += 1;
+            for video in page.videos.iter().filter(|v| v.updated_at_ms <= cutoff) {
+                let mut worker = pool.worker().await.map_err(unavailable)?;
+                let res = worker
+                    .submit_job(SubmitJobRequest {
+                        kind: media::TRANSCODE_JOB.to_owned(),
+                        payload_json: super::transcode::payload_json(
+                            &video.id,
+                            &media::original_key(&video.id),
+                        ),
+                        idempotency_key: media::transcode_job_id(&video.id),
+                        ..SubmitJobRequest::default()
+                    })
+                    .await?
+                    .into_inner();
+                if !res.deduplicated {
+                    tracing::warn!(video = %video.id, "transcode job was missing; submitted");
+                    submitted += 1;
+                }
+                let job = res.job.unwrap_or_default();
+                if job.state == JobState::DeadLetter as i32 {
+                    // Its TranscodingFailed event was lost.
+                    tracing::warn!(video = %video.id, "transcode job gave up; marking the video failed");
+                    super::catalog::failed(pool, &video.id, &job.last_error).await?;
+                }
             }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
     }
-    give_up_stranded(pool, &mut metadata, cutoff).await?;
     Ok(submitted)
-}
-
-/// Marks failed the videos still TRANSCODING whose job is dead-lettered
-/// (their TranscodingFailed event was lost).
-async fn give_up_stranded(
-    pool: &ClientPool,
-    metadata: &mut crate::proto::metadata_service_client::MetadataServiceClient<
-        crate::client::PoolChannel,
-    >,
-    cutoff: i64,
-) -> Result<(), tonic::Status> {
-    let unavailable = |e: crate::client::PoolError| tonic::Status::unavailable(e.to_string());
-    let mut page_token = String::new();
-    for _ in 0..MAX_PAGES {
-        let page = metadata
-            .list_videos(ListVideosRequest {
-                page_size: 100,
-                page_token,
-                state: VideoState::Transcoding as i32,
-                ..ListVideosRequest::default()
-            })
-            .await?
-            .into_inner();
-        for video in page.videos.iter().filter(|v| v.updated_at_ms <= cutoff) {
-            let mut worker = pool.worker().await.map_err(unavailable)?;
-            let req = GetJobRequest {
-                job_id: media::transcode_job_id(&video.id),
-            };
-            let job = match worker.get_job(req).await {
-                Ok(res) => res.into_inner().job.unwrap_or_default(),
-                Err(s) if s.code() == tonic::Code::NotFound => continue,
-                Err(s) => return Err(s),
-            };
-            if job.state == JobState::DeadLetter as i32 {
-                tracing::warn!(video = %video.id, "transcode job gave up but the video was still transcoding");
-                super::catalog::failed(pool, &video.id, &job.last_error).await?;
-            }
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    Ok(())
 }
 
 fn millis(d: Duration) -> u64 {
