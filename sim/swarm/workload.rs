@@ -109,6 +109,11 @@ impl User {
         }
     }
 
+    async fn get(&self, path: &str) -> Answer {
+        self.send(Method::GET, path, Bytes::new(), "text/plain")
+            .await
+    }
+
     /// Signs up (retrying while the cluster starts or a fault hides it).
     pub async fn sign_up(tl: Timeline, gateways: Vec<SocketAddr>, deadline: Duration) -> Self {
         let mut user = Self {
@@ -246,14 +251,7 @@ impl User {
     }
 
     async fn read(&mut self, id: &str) {
-        let answer = self
-            .send(
-                Method::GET,
-                &format!("/v1/videos/{id}"),
-                Bytes::new(),
-                "text/plain",
-            )
-            .await;
+        let answer = self.get(&format!("/v1/videos/{id}")).await;
         self.record(&format!("get {}", &id[..8]), &answer);
         let v = &self.videos[id];
         match &answer {
@@ -332,9 +330,7 @@ impl User {
 
     async fn watch(&mut self, id: &str) {
         let path = format!("/v1/videos/{id}/hls/master.m3u8");
-        let answer = self
-            .send(Method::GET, &path, Bytes::new(), "text/plain")
-            .await;
+        let answer = self.get(&path).await;
         self.record(&format!("watch {}", &id[..8]), &answer);
         let v = &self.videos[id];
         match &answer {
@@ -349,9 +345,7 @@ impl User {
 
     async fn job(&mut self, id: &str) {
         let path = format!("/v1/videos/{id}/job");
-        let answer = self
-            .send(Method::GET, &path, Bytes::new(), "text/plain")
-            .await;
+        let answer = self.get(&path).await;
         self.record(&format!("job of {}", &id[..8]), &answer);
         match &answer {
             Ok((StatusCode::OK, body)) if json(body)["state"].is_string() => self.ok += 1,
@@ -367,14 +361,7 @@ impl User {
     /// what is still missing (a wrong settled answer is a violation).
     pub async fn settled(&self, id: &str) -> Result<(), String> {
         let v = &self.videos[id];
-        let answer = self
-            .send(
-                Method::GET,
-                &format!("/v1/videos/{id}"),
-                Bytes::new(),
-                "text/plain",
-            )
-            .await;
+        let answer = self.get(&format!("/v1/videos/{id}")).await;
         match &answer {
             Ok((StatusCode::NOT_FOUND, _)) if v.deleted || v.maybe_deleted => return Ok(()),
             Ok((StatusCode::OK, _)) if v.deleted => {
@@ -389,14 +376,7 @@ impl User {
                 match j["state"].as_str().unwrap_or_default() {
                     "ready" => {}
                     "failed" => {
-                        let job = self
-                            .send(
-                                Method::GET,
-                                &format!("/v1/videos/{id}/job"),
-                                Bytes::new(),
-                                "text/plain",
-                            )
-                            .await;
+                        let job = self.get(&format!("/v1/videos/{id}/job")).await;
                         return match &job {
                             Ok((StatusCode::OK, b)) if json(b)["state"] == "dead_letter" => Ok(()),
                             _ => Err("failed, job not given up yet".to_owned()),
@@ -409,10 +389,7 @@ impl User {
             _ => self.wrong(&format!("settled {id}"), &answer),
         }
         let path = format!("/v1/videos/{id}/hls/master.m3u8");
-        match self
-            .send(Method::GET, &path, Bytes::new(), "text/plain")
-            .await
-        {
+        match self.get(&path).await {
             Ok((StatusCode::OK, body)) if body.starts_with(b"#EXTM3U") => Ok(()),
             other => Err(format!("ready, master playlist {other:?}")),
         }
@@ -420,14 +397,7 @@ impl User {
 
     /// The catalog as listed: every id, known or not.
     pub async fn listed(&self) -> Result<Vec<String>, String> {
-        let answer = self
-            .send(
-                Method::GET,
-                "/v1/videos?page_size=100",
-                Bytes::new(),
-                "text/plain",
-            )
-            .await;
+        let answer = self.get("/v1/videos?page_size=100").await;
         match &answer {
             Ok((StatusCode::OK, body)) => Ok(json(body)["videos"]
                 .as_array()
