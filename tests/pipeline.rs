@@ -194,29 +194,13 @@ async fn up(http: &Http, m: &mut Monolith) {
     panic!("the gateway did not answer within 20 s");
 }
 
+#[path = "shared/clip.rs"]
+mod clip;
+
 /// A `seconds` long 640x480 H.264/AAC clip made by ffmpeg (which the test
 /// needs: CI installs it).
 fn test_video(dir: &Path, seconds: u32) -> Vec<u8> {
-    let out = dir.join("clip.mp4");
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=duration={seconds}:size=640x480:rate=25"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={seconds}"))
-        .args([
-            "-shortest",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-        ])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg is installed (ci/deps installs it)");
-    assert!(status.success(), "ffmpeg made the test clip");
-    std::fs::read(out).expect("clip")
+    clip::make(dir, seconds, 640, 480)
 }
 
 fn originals(data: &Path) -> usize {

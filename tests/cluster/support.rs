@@ -59,28 +59,12 @@ pub fn require_tools() {
     );
 }
 
+#[path = "../shared/clip.rs"]
+mod clip;
+
 /// A `seconds` long 320x240 H.264/AAC clip made by ffmpeg.
 pub fn test_clip(dir: &Path, seconds: u32) -> Vec<u8> {
-    let out = dir.join("clip.mp4");
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=duration={seconds}:size=320x240:rate=25"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={seconds}"))
-        .args([
-            "-shortest",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| panic!("ffmpeg: {e}: {DEPS}"));
-    assert!(status.success(), "ffmpeg made the test clip");
-    std::fs::read(out).expect("clip")
+    clip::make(dir, seconds, 320, 240)
 }
 
 /// One service process; killed when dropped.
