@@ -1,11 +1,15 @@
 //! The job table in SQLite (a file under the data dir, or in memory): every
 //! change is a transaction that loads a job, applies a [`queue`] transition
-//! and saves it. The file belongs to one worker process.
+//! and saves it. The file belongs to one worker process. Transactions take
+//! the write lock when they begin (IMMEDIATE): a deferred one that reads and
+//! then writes fails at once with "database is locked" when another
+//! connection wrote in between (a restarted worker while the old one's last
+//! write finishes), where an immediate one waits out the busy timeout.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, TransactionBehavior, params};
 
 use super::error::WorkerError;
 use super::queue::{Job, JobState, Refused};
@@ -173,7 +177,7 @@ impl Store {
         };
         let recovered = store
             .with(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let jobs = change_all(&tx, "state = 'leased'", [], |j| j.recover(now_ms))?;
                 tx.commit()?;
                 Ok(jobs)
@@ -199,7 +203,7 @@ impl Store {
     /// [`WorkerError::Full`] with `max_active` unfinished jobs; store failures.
     pub async fn submit(&self, job: Job, max_active: u64) -> Result<(Job, bool), WorkerError> {
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let existing = match job.idempotency_key.as_str() {
                 "" => None,
                 key => find(&tx, "idempotency_key", key)?,
@@ -248,7 +252,7 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<Job>, WorkerError> {
         let id = id.to_owned();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             Ok(find(&tx, "id", &id)?)
         })
         .await
@@ -265,7 +269,7 @@ impl Store {
     ) -> Result<(Job, T), WorkerError> {
         let id = id.to_owned();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut job = find(&tx, "id", &id)?.ok_or_else(|| WorkerError::NotFound(id.clone()))?;
             let out = f(&mut job).map_err(|r| WorkerError::Refused(id, r))?;
             save(&tx, &job)?;
@@ -286,7 +290,7 @@ impl Store {
         lease_ms: u64,
     ) -> Result<(Option<Job>, Vec<Job>), WorkerError> {
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let expired = change_all(
                 &tx,
                 "state = 'leased' AND lease_until_ms <= ?1",
