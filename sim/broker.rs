@@ -85,6 +85,16 @@ async fn subscribe(
             if rt::faults::buggify(0.03) {
                 let _ = tx.send(line.clone()).await;
             }
+            // buggify: held back a while, so that later events overtake it
+            // (as after a redelivery, or from two publishers).
+            if rt::faults::buggify(0.03) {
+                let hold = Duration::from_millis(rt::faults::buggify_range(10, 2_000));
+                rt::spawn(async move {
+                    rt::sleep(hold).await;
+                    let _ = tx.send(line).await;
+                });
+                return Ok(());
+            }
             tx.send(line).await.map_err(|_| "subscriber gone".into())
         }
     });

@@ -18,7 +18,7 @@ const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)
 
 #[madsim::test]
 async fn sim_bus_meets_the_contract() {
-    announce("sim_bus_meets_the_contract");
+    let _progress = announce("sim_bus_meets_the_contract");
     let handle = Handle::current();
     handle
         .create_node()
@@ -42,7 +42,7 @@ async fn sim_bus_meets_the_contract() {
 
 #[madsim::test]
 async fn subscribers_reconnect_after_a_broker_restart() {
-    announce("subscribers_reconnect_after_a_broker_restart");
+    let _progress = announce("subscribers_reconnect_after_a_broker_restart");
     let handle = Handle::current();
     let broker = handle
         .create_node()

@@ -98,7 +98,7 @@ async fn set_until_ok(
 
 #[madsim::test]
 async fn call_survives_kill_restart_and_clog() {
-    announce("call_survives_kill_restart_and_clog");
+    let _progress = announce("call_survives_kill_restart_and_clog");
     let handle = Handle::current();
     let server = handle
         .create_node()

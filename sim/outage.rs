@@ -27,7 +27,7 @@ fn cache_ip(i: u8) -> IpAddr {
 
 #[madsim::test]
 async fn hung_instance_trips_and_full_outage_stays_within_the_retry_budget() {
-    announce("hung_instance_trips_and_full_outage_stays_within_the_retry_budget");
+    let _progress = announce("hung_instance_trips_and_full_outage_stays_within_the_retry_budget");
     let handle = Handle::current();
     let registry = Arc::new(MemoryRegistry::new());
     // Long TTL: the registry keeps listing them, so only the breakers and

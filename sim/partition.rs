@@ -25,7 +25,7 @@ fn cache_ip(i: u8) -> IpAddr {
 
 #[madsim::test]
 async fn partitioned_instance_trips_and_its_breaker_closes_after_healing() {
-    announce("partitioned_instance_trips_and_its_breaker_closes_after_healing");
+    let _progress = announce("partitioned_instance_trips_and_its_breaker_closes_after_healing");
     let registry = Arc::new(MemoryRegistry::new());
     let ips: Vec<_> = (0..2u8).map(cache_ip).collect();
     let nodes = crate::common::cache_nodes(&registry, &ips, Duration::from_secs(1));

@@ -130,7 +130,7 @@ async fn final_state(pool: &ClientPool, video_id: &str) -> Option<(VideoState, S
 
 #[madsim::test]
 async fn every_acknowledged_upload_ends_final_exactly_once() {
-    announce("every_acknowledged_upload_ends_final_exactly_once");
+    let _progress = announce("every_acknowledged_upload_ends_final_exactly_once");
     let handle = Handle::current();
     handle
         .create_node()

@@ -102,7 +102,7 @@ impl BreakerChecker {
 
 #[madsim::test]
 async fn traffic_moves_off_a_crashed_instance_and_back() {
-    announce("traffic_moves_off_a_crashed_instance_and_back");
+    let _progress = announce("traffic_moves_off_a_crashed_instance_and_back");
     let handle = Handle::current();
     // The registry is shared in memory here; the simulated registry node
     // replaces it in the registry scenarios.

@@ -72,7 +72,7 @@ async fn healthy(registry: &dyn Registry) -> usize {
 
 #[madsim::test]
 async fn services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set() {
-    announce("services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set");
+    let _progress = announce("services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set");
     let handle = Handle::current();
     let agent = handle
         .create_node()
@@ -191,7 +191,7 @@ async fn services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set() {
 
 #[madsim::test]
 async fn simulated_registry_meets_the_contract() {
-    announce("simulated_registry_meets_the_contract");
+    let _progress = announce("simulated_registry_meets_the_contract");
     let handle = Handle::current();
     handle
         .create_node()

@@ -16,9 +16,12 @@
 //!
 //! `STREAMGATE_INJECT_BUG=<name>` switches on one deliberate bug (see
 //! `streamgate::rt::faults::Bug`); `ci/sim-bugs` shows each is caught.
+//! `ci/sim-shrink <seed>` narrows a failing seed's faults down to those it
+//! needs (`SWARM_KEEP`).
 
 mod check;
 mod cluster;
+mod disk;
 mod faults;
 mod timeline;
 mod workload;
@@ -232,17 +235,22 @@ async fn tap(tl: &Timeline) -> Vec<streamgate::bus::Subscription> {
 
 #[madsim::test]
 async fn swarm() {
-    announce("swarm");
+    let _progress = announce("swarm");
     let tl = Timeline::new();
     let plan = Plan::draw();
     let bug = streamgate::rt::faults::Bug::ALL
         .into_iter()
         .find(|b| streamgate::rt::faults::injected(*b));
-    let header = format!(
+    let mut header = format!(
         "{}\ninjected bug: {}",
         plan.describe(),
         bug.map_or("none", |b| b.name())
     );
+    if let Ok(keep) = std::env::var("SWARM_KEEP") {
+        header.push_str(&format!(
+            "\nonly faults {keep} of the schedule (SWARM_KEEP)"
+        ));
+    }
     Autopsy {
         tl: tl.clone(),
         seed: Handle::current().seed(),

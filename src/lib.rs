@@ -32,4 +32,5 @@ pub mod node;
 pub mod registry;
 pub mod resilience;
 pub mod services;
+pub mod sqlite;
 pub mod testkit;

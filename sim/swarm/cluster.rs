@@ -55,6 +55,8 @@ pub struct Member {
     pub ip: IpAddr,
     /// The simulator's id.
     pub id: NodeId,
+    /// Its disk: where a stateful service keeps its SQLite files.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The running cluster.
@@ -129,6 +131,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
             last += 1;
             let data_dir = (stateful(kind) && std::env::var_os("SWARM_NODISK").is_none())
                 .then(|| root.join(&name));
+            let dir = data_dir.clone();
             let (tl, blobs, engine, lane) = (
                 timeline.clone(),
                 blobs.clone(),
@@ -184,7 +187,13 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                 })
                 .build()
                 .id();
-            members.push(Member { name, kind, ip, id });
+            members.push(Member {
+                name,
+                kind,
+                ip,
+                id,
+                data_dir: dir,
+            });
         }
     }
     Cluster {

@@ -11,18 +11,22 @@ use std::time::Duration;
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
-use rand::Rng as _;
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
+use rand::{Rng as _, SeedableRng as _};
 use streamgate::kernel::ServiceKind;
 use streamgate::rt;
 
 use super::cluster::Cluster;
+use super::disk::Snapshot;
 use super::timeline::{Kind, Timeline};
 
 /// The kinds of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
-    /// A service node crashes and restarts later (its data dir survives).
+    /// A service node crashes and restarts later. Its data dir survives as
+    /// the crash left it; half the time it also loses what it had written
+    /// but not flushed (see `disk.rs`).
     Crash,
     /// A service node is cut off from every other node.
     Partition,
@@ -75,9 +79,11 @@ pub struct Plan {
     pub transcode_time: Duration,
     /// Share of transcode attempts that fail.
     pub transcode_failure_rate: f64,
-    /// buggify points forced on now and then (short timeouts, dropped
-    /// acks, duplicated events).
+    /// buggify points forced on now and then (short deadlines, dropped
+    /// acks, duplicated and reordered events).
     pub buggify: bool,
+    /// Seeds the fault schedule's own generator.
+    pub schedule: u64,
 }
 
 impl Plan {
@@ -98,6 +104,7 @@ impl Plan {
             }),
             transcode_failure_rate: [0.0, 0.1, 0.3][rng.gen_range(0..3)],
             buggify: rng.gen_bool(0.5),
+            schedule: rng.r#gen(),
         }
     }
 
@@ -159,18 +166,86 @@ fn lock(b: &Shared) -> std::sync::MutexGuard<'_, Broken> {
     b.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One fault of the schedule, every parameter drawn up front so that the
+/// schedule is the same whichever faults a shrinking run leaves out.
+#[derive(Debug, Clone, Copy)]
+struct Strike {
+    fault: Fault,
+    /// Index of the first node (victim, or a clogged link's sender).
+    a: usize,
+    /// Index of the second node (a clogged link's receiver), `!= a`.
+    b: usize,
+    /// A clog between a gateway and a service it calls (else any pair).
+    gateway_link: bool,
+    /// Where in its kind's duration range the fault's duration falls, in `[0, 1)`.
+    length: f64,
+    /// Where in its kind's range the loss rate or latency falls, in `[0, 1)`.
+    level: f64,
+    /// A crash that also loses the node's unflushed disk writes.
+    lossy: bool,
+    /// Seeds what a lossy crash loses.
+    seed: u64,
+}
+
+impl Strike {
+    fn draw(plan: &Plan, rng: &mut StdRng, nodes: usize) -> Self {
+        let fault = *plan.faults.choose(rng).expect("some fault");
+        let a = rng.gen_range(0..nodes);
+        let b = (a + rng.gen_range(1..nodes.max(2))) % nodes;
+        Self {
+            fault,
+            a,
+            b,
+            gateway_link: rng.gen_bool(0.5),
+            length: rng.r#gen(),
+            level: rng.r#gen(),
+            lossy: rng.gen_bool(0.5),
+            seed: rng.r#gen(),
+        }
+    }
+
+    /// A duration in `lo..hi` ms, capped at `left`.
+    fn span(&self, lo: u64, hi: u64, left: Duration) -> Duration {
+        let ms = lo + ((hi - lo) as f64 * self.length) as u64;
+        Duration::from_millis(ms).min(left)
+    }
+}
+
+/// `SWARM_KEEP=3,9` applies only those faults of the seed's schedule (the
+/// others are drawn and left out): what `ci/sim-shrink` narrows a failing
+/// schedule down with.
+fn kept() -> Option<BTreeSet<u32>> {
+    let list = std::env::var("SWARM_KEEP").ok()?;
+    Some(
+        list.split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+    )
+}
+
 /// Strikes faults of `plan` until `until` (simulated time since the start
-/// of the timeline); every fault heals by then.
+/// of the timeline); every fault heals by then. The schedule (when, which
+/// kind, which nodes, how long) comes from the plan's own generator, so it
+/// does not depend on what the cluster does meanwhile, and leaving faults
+/// out (`SWARM_KEEP`) leaves the others as they were.
 pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, until: Duration) {
     if plan.faults.is_empty() {
         return;
     }
+    let keep = kept();
+    let mut rng = StdRng::seed_from_u64(plan.schedule);
     let handle = Handle::current();
     let net = NetSim::current();
     let mut default_net = None;
     net.update_config(|c| default_net = Some(c.clone()));
     let default_net = default_net.expect("config read");
     let nodes: Vec<NodeId> = cluster.members.iter().map(|m| m.id).collect();
+    let gateways: Vec<usize> = (0..nodes.len())
+        .filter(|&i| cluster.members[i].kind == ServiceKind::ApiGateway)
+        .collect();
+    let others: Vec<usize> = (0..nodes.len())
+        .filter(|&i| cluster.members[i].kind != ServiceKind::ApiGateway)
+        .collect();
     let lane_of = |id: NodeId| {
         cluster
             .members
@@ -178,40 +253,59 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
             .find(|m| m.id == id)
             .map_or_else(|| format!("{id}"), |m| m.name.clone())
     };
-    loop {
-        let gap = plan.gap.mul_f64(rt::rng().gen_range(0.2..1.8));
+    // n: the fault's number in the schedule (what `SWARM_KEEP` names).
+    for n in 1.. {
+        let gap = plan.gap.mul_f64(rng.gen_range(0.2..1.8));
+        let strike = Strike::draw(&plan, &mut rng, nodes.len());
         rt::sleep(gap).await;
         let now = tl.elapsed();
         if now >= until {
             return;
         }
+        if keep.as_ref().is_some_and(|k| !k.contains(&n)) {
+            continue;
+        }
         let left = until - now;
-        let span = |lo: u64, hi: u64| Duration::from_millis(rt::rng().gen_range(lo..hi)).min(left);
-        let fault = *plan.faults.choose(&mut rt::rng()).expect("some fault");
         let mut b = lock(&broken);
         b.count += 1;
-        match fault {
+        match strike.fault {
             Fault::Crash => {
-                let up: Vec<NodeId> = nodes
-                    .iter()
-                    .copied()
-                    .filter(|n| !b.down.contains(n))
-                    .collect();
-                let Some(&victim) = up.choose(&mut rt::rng()) else {
+                let victim = nodes[strike.a];
+                if b.down.contains(&victim) {
                     continue;
-                };
-                let d = span(500, 8_000);
+                }
+                let d = strike.span(500, 8_000, left);
+                let member = &cluster.members[strike.a];
+                let dir = member.data_dir.clone();
+                let mut disk = dir.as_deref().map(Snapshot::take);
                 handle.kill(victim);
+                let lossy = strike.lossy && disk.is_some();
+                let lost = match &mut disk {
+                    Some(disk) if lossy => {
+                        disk.lose_unflushed(&mut StdRng::seed_from_u64(strike.seed))
+                    }
+                    _ => String::new(),
+                };
                 b.down.insert(victim);
                 b.disturbed.push((victim, now));
                 tl.print(
                     &lane_of(victim),
                     Kind::Fault,
-                    format_args!("crash for {d:?}"),
+                    format_args!(
+                        "#{n} crash for {d:?}{}{lost}",
+                        if lossy {
+                            ", losing unflushed disk writes"
+                        } else {
+                            ""
+                        }
+                    ),
                 );
                 let (tl, broken, lane) = (tl.clone(), broken.clone(), lane_of(victim));
                 rt::spawn(async move {
                     rt::sleep(d).await;
+                    if let (Some(disk), Some(dir)) = (&disk, &dir) {
+                        disk.restore(dir);
+                    }
                     Handle::current().restart(victim);
                     let mut b = lock(&broken);
                     b.down.remove(&victim);
@@ -220,19 +314,17 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 });
             }
             Fault::Partition => {
-                let Some(&victim) = nodes.choose(&mut rt::rng()) else {
-                    continue;
-                };
+                let victim = nodes[strike.a];
                 if !b.cut.insert(victim) {
                     continue;
                 }
-                let d = span(1_000, 8_000);
+                let d = strike.span(1_000, 8_000, left);
                 net.clog_node(victim);
                 b.disturbed.push((victim, now));
                 tl.print(
                     &lane_of(victim),
                     Kind::Fault,
-                    format_args!("partitioned for {d:?}"),
+                    format_args!("#{n} partitioned for {d:?}"),
                 );
                 let (tl, broken, lane) = (tl.clone(), broken.clone(), lane_of(victim));
                 rt::spawn(async move {
@@ -248,38 +340,26 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 // Half the time a gateway's link to a service it calls: the
                 // service stays registered (its heartbeats get through), so
                 // the gateway's breaker for it must trip, probe and reopen.
-                let pair: Vec<NodeId> = if rt::rng().gen_bool(0.5) {
-                    let gateways: Vec<NodeId> = cluster
-                        .members
-                        .iter()
-                        .filter(|m| m.kind == ServiceKind::ApiGateway)
-                        .map(|m| m.id)
-                        .collect();
-                    let others: Vec<NodeId> = cluster
-                        .members
-                        .iter()
-                        .filter(|m| m.kind != ServiceKind::ApiGateway)
-                        .map(|m| m.id)
-                        .collect();
-                    vec![
-                        *gateways.choose(&mut rt::rng()).expect("a gateway"),
-                        *others.choose(&mut rt::rng()).expect("a service"),
-                    ]
-                } else {
-                    nodes.choose_multiple(&mut rt::rng(), 2).copied().collect()
-                };
-                let (from, to) = (pair[0], pair[1]);
-                if !b.clogged.insert((from, to)) {
+                let (from, to) =
+                    if strike.gateway_link && !gateways.is_empty() && !others.is_empty() {
+                        (
+                            nodes[gateways[strike.a % gateways.len()]],
+                            nodes[others[strike.b % others.len()]],
+                        )
+                    } else {
+                        (nodes[strike.a], nodes[strike.b])
+                    };
+                if from == to || !b.clogged.insert((from, to)) {
                     continue;
                 }
-                let d = span(2_000, 12_000);
+                let d = strike.span(2_000, 12_000, left);
                 net.clog_link(from, to);
                 b.disturbed.push((from, now));
                 b.disturbed.push((to, now));
                 tl.print(
                     &lane_of(from),
                     Kind::Fault,
-                    format_args!("link to {} clogged for {d:?}", lane_of(to)),
+                    format_args!("#{n} link to {} clogged for {d:?}", lane_of(to)),
                 );
                 let (tl, broken, lane, other) =
                     (tl.clone(), broken.clone(), lane_of(from), lane_of(to));
@@ -300,24 +380,24 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 }
                 b.network = true;
                 b.network_disturbed = Some(now);
-                let d = span(1_000, 6_000);
-                if fault == Fault::Loss {
-                    let rate = rt::rng().gen_range(0.01..0.1);
+                let d = strike.span(1_000, 6_000, left);
+                if strike.fault == Fault::Loss {
+                    let rate = 0.01 + 0.09 * strike.level;
                     net.update_config(|c| c.packet_loss_rate = rate);
                     tl.print(
                         "network",
                         Kind::Fault,
-                        format_args!("{:.0} % packet loss for {d:?}", rate * 100.0),
+                        format_args!("#{n} {:.0} % packet loss for {d:?}", rate * 100.0),
                     );
                 } else {
-                    let ms = rt::rng().gen_range(50..500);
+                    let ms = 50 + (450.0 * strike.level) as u64;
                     net.update_config(|c| {
                         c.send_latency = Duration::from_millis(ms / 2)..Duration::from_millis(ms);
                     });
                     tl.print(
                         "network",
                         Kind::Fault,
-                        format_args!("latency up to {ms} ms for {d:?}"),
+                        format_args!("#{n} latency up to {ms} ms for {d:?}"),
                     );
                 }
                 let (tl, broken, restore) = (tl.clone(), broken.clone(), default_net.clone());
@@ -342,17 +422,17 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 tl.print(
                     "registry",
                     Kind::Fault,
-                    "restarted: every registration wiped",
+                    format_args!("#{n} restarted: every registration wiped"),
                 );
             }
             Fault::RegistryOutage => {
                 if b.registry_down {
                     continue;
                 }
-                let d = span(1_000, 8_000);
+                let d = strike.span(1_000, 8_000, left);
                 handle.kill(cluster.agent);
                 b.registry_down = true;
-                tl.print("registry", Kind::Fault, format_args!("down for {d:?}"));
+                tl.print("registry", Kind::Fault, format_args!("#{n} down for {d:?}"));
                 let (tl, broken, agent) = (tl.clone(), broken.clone(), cluster.agent);
                 rt::spawn(async move {
                     rt::sleep(d).await;
@@ -367,10 +447,10 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 if b.broker_down {
                     continue;
                 }
-                let d = span(1_000, 8_000);
+                let d = strike.span(1_000, 8_000, left);
                 handle.kill(cluster.broker);
                 b.broker_down = true;
-                tl.print("broker", Kind::Fault, format_args!("down for {d:?}"));
+                tl.print("broker", Kind::Fault, format_args!("#{n} down for {d:?}"));
                 let (tl, broken, node) = (tl.clone(), broken.clone(), cluster.broker);
                 rt::spawn(async move {
                     rt::sleep(d).await;

@@ -115,7 +115,9 @@ impl Timeline {
     /// Records `text` as a fault or heal and prints it on the trace.
     pub fn print(&self, lane: &str, kind: Kind, text: impl std::fmt::Display) {
         let text = text.to_string();
-        println!("[{:>10.3}s] {lane}: {text}", self.elapsed().as_secs_f64());
+        if !crate::trace::quiet() {
+            println!("[{:>10.3}s] {lane}: {text}", self.elapsed().as_secs_f64());
+        }
         self.record(lane, kind, text);
     }
 

@@ -157,6 +157,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // buggify (simulation only): a call now and then gets a deadline far
+        // too short for it, so that every caller meets DEADLINE_EXCEEDED
+        // (on either side of the wire) on paths that normally succeed.
+        if rt::faults::buggify(0.01) {
+            let short = Duration::from_millis(rt::faults::buggify_range(1, 200));
+            req.headers_mut()
+                .insert(grpc_timeout::HEADER, grpc_timeout::encode(short));
+        }
         if let Some(deadline) = current_deadline() {
             let left = deadline.saturating_duration_since(rt::now());
             if left.is_zero() {

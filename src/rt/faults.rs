@@ -1,7 +1,7 @@
 //! Fault hooks for the simulator, compiled to nothing outside it.
 //!
 //! - [`buggify`]: a rare path forced on now and then (a dropped ack, a
-//!   duplicated event), when the simulation run switched it on (its seed
+//!   duplicated or reordered event, a call with a far too short deadline), when the simulation run switched it on (its seed
 //!   decides). Always `false` outside the simulator.
 //! - [`injected`]: a deliberate bug, switched on for a whole simulation run
 //!   by `STREAMGATE_INJECT_BUG=<name>`, to prove the simulation's checkers
@@ -23,15 +23,20 @@ pub enum Bug {
     /// delivery instead of one per video. Caught by the one-job-per-video
     /// checker.
     NonIdempotentHandler,
+    /// SQLite commits are acknowledged before they reach the disk
+    /// (`synchronous = OFF`). Caught when a crash loses the node's unflushed
+    /// writes: an acknowledged video, user or job is gone after the restart.
+    UnsyncedCommits,
 }
 
 impl Bug {
     /// Every bug, in order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::BreakerForgetsProbeFailures,
         Self::RetryWithoutBudget,
         Self::NoReregistration,
         Self::NonIdempotentHandler,
+        Self::UnsyncedCommits,
     ];
 
     /// The name `STREAMGATE_INJECT_BUG` takes.
@@ -42,6 +47,7 @@ impl Bug {
             Self::RetryWithoutBudget => "retry-without-budget",
             Self::NoReregistration => "no-reregistration",
             Self::NonIdempotentHandler => "non-idempotent-handler",
+            Self::UnsyncedCommits => "unsynced-commits",
         }
     }
 }
@@ -81,6 +87,26 @@ pub fn buggify(p: f64) -> bool {
     {
         let _ = p;
         false
+    }
+}
+
+/// A number in `lo..hi` drawn from the simulation's seed (for a buggify
+/// point's parameters); `lo` outside the simulator.
+#[must_use]
+pub fn buggify_range(lo: u64, hi: u64) -> u64 {
+    #[cfg(madsim)]
+    {
+        use rand::Rng as _;
+        if lo < hi {
+            super::rng().gen_range(lo..hi)
+        } else {
+            lo
+        }
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = hi;
+        lo
     }
 }
 

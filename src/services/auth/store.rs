@@ -64,14 +64,9 @@ impl Store {
     /// # Errors
     /// SQLite cannot open or migrate the file.
     pub fn open(path: Option<&Path>) -> Result<Self, AuthError> {
-        let conn = match path {
-            Some(p) => Connection::open(p)?,
-            None => Connection::open_in_memory()?,
-        };
+        let conn = crate::sqlite::open(path)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS users (
+            "CREATE TABLE IF NOT EXISTS users (
                  id TEXT PRIMARY KEY,
                  email_key TEXT NOT NULL UNIQUE,
                  email TEXT NOT NULL,

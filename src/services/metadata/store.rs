@@ -60,14 +60,9 @@ impl Store {
     /// # Errors
     /// SQLite cannot open or migrate the file.
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
-        let conn = match path {
-            Some(p) => Connection::open(p)?,
-            None => Connection::open_in_memory()?,
-        };
+        let conn = crate::sqlite::open(path)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS videos (
+            "CREATE TABLE IF NOT EXISTS videos (
                  id TEXT PRIMARY KEY,
                  owner_id TEXT NOT NULL,
                  title TEXT NOT NULL,

@@ -6,7 +6,7 @@
 //! connection wrote in between (a restarted worker while the old one's last
 //! write finishes), where an immediate one waits out the busy timeout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, TransactionBehavior, params};
@@ -153,20 +153,11 @@ impl Store {
     /// The database cannot be opened or set up.
     pub async fn open(path: Option<PathBuf>, now_ms: u64) -> Result<(Self, Vec<Job>), WorkerError> {
         let conn = rt::blocking(move || -> Result<Connection, WorkerError> {
-            let conn = match path {
-                Some(path) => {
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)
-                            .map_err(|e| WorkerError::Store(format!("{}: {e}", dir.display())))?;
-                    }
-                    let conn = Connection::open(path)?;
-                    conn.pragma_update(None, "journal_mode", "WAL")?;
-                    conn
-                }
-                None => Connection::open_in_memory()?,
-            };
-            // An acknowledged submission survives a power loss.
-            conn.pragma_update(None, "synchronous", "FULL")?;
+            if let Some(dir) = path.as_deref().and_then(Path::parent) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| WorkerError::Store(format!("{}: {e}", dir.display())))?;
+            }
+            let conn = crate::sqlite::open(path.as_deref())?;
             conn.execute_batch(SCHEMA)?;
             Ok(conn)
         })
