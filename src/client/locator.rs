@@ -61,4 +61,20 @@ impl ClientPool {
             self.channel_for_key("cache", key.as_bytes()).await?,
         ))
     }
+
+    /// A client of the streaming instance that owns `video_id` (rendezvous
+    /// hashing): viewing sessions live in one instance's memory, so a
+    /// video's sessions start and stop on the same one.
+    ///
+    /// # Errors
+    /// As [`ClientPool::channel`].
+    pub async fn streaming_for_video(
+        &self,
+        video_id: &str,
+    ) -> Result<StreamingServiceClient<PoolChannel>, PoolError> {
+        Ok(StreamingServiceClient::new(
+            self.channel_for_key("streaming", video_id.as_bytes())
+                .await?,
+        ))
+    }
 }

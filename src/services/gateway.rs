@@ -17,6 +17,7 @@ pub mod limit;
 mod playback;
 pub mod query;
 pub mod range;
+mod sessions;
 pub mod status;
 pub mod token_cache;
 mod upload;
@@ -78,6 +79,11 @@ pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
         .route(
             "/v1/videos/{id}/hls/{rendition}/{segment}",
             get(playback::segment),
+        )
+        .route("/v1/videos/{id}/sessions", post(sessions::start))
+        .route(
+            "/v1/videos/{id}/sessions/{session_id}/stop",
+            post(sessions::stop),
         )
         .route("/v1/videos/{id}/job", get(jobs::of_video))
         .route("/v1/jobs/{job_id}", get(jobs::get))

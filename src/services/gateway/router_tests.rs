@@ -313,3 +313,127 @@ async fn a_missing_service_is_unavailable() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(error_of(&body).contains("metadata"), "{}", error_of(&body));
 }
+
+fn post_json(uri: &str, body: &str) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn viewing_sessions_start_and_stop_once_with_their_events() {
+    use crate::bus::events::{Payload as _, StreamingStarted, StreamingStopped};
+    use crate::bus::{EventType, handler};
+
+    let f = fixture().await;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let mut subs = Vec::new();
+    for kind in [EventType::StreamingStarted, EventType::StreamingStopped] {
+        let tx = tx.clone();
+        let h = handler(move |e| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+                Ok(())
+            }
+        });
+        subs.push(
+            f.rt.bus
+                .subscribe(kind.subject(), None, h)
+                .await
+                .expect("subscribe"),
+        );
+    }
+    f.blobs
+        .put(&media::original_key("v1"), Bytes::from_static(b"video"))
+        .await
+        .expect("put");
+
+    let (status, _, body) = send(
+        &f,
+        post_json("/v1/videos/v1/sessions", r#"{"rendition":"480p"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    let started: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let session = started["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    assert!(started["started_at_ms"].as_i64().expect("started_at_ms") > 0);
+    let e = events.recv().await.expect("StreamingStarted");
+    let p = StreamingStarted::from_event(&e).expect("payload");
+    assert_eq!(
+        (
+            p.video_id.as_str(),
+            p.session_id.as_str(),
+            p.rendition.as_str()
+        ),
+        ("v1", session.as_str(), "480p")
+    );
+
+    let stop = format!("/v1/videos/v1/sessions/{session}/stop");
+    let (status, _, body) = send(
+        &f,
+        post_json(&stop, r#"{"bytes_served":1234,"watched_ms":5000}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let first: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let e = events.recv().await.expect("StreamingStopped");
+    let p = StreamingStopped::from_event(&e).expect("payload");
+    assert_eq!(
+        (p.session_id.as_str(), p.bytes_served),
+        (session.as_str(), 1234)
+    );
+    // A repeat (an empty body is fine) answers the first stop, and says nothing on the bus.
+    let (status, _, body) = send(&f, post_json(&stop, "")).await;
+    assert_eq!(status, StatusCode::OK);
+    let again: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(again["stopped_at_ms"], first["stopped_at_ms"]);
+    assert!(
+        crate::rt::timeout(Duration::from_millis(200), events.recv())
+            .await
+            .is_err()
+    );
+
+    // Bad input: 4xx with a message, nothing started.
+    for (req, want) in [
+        (
+            post_json("/v1/videos/nope/sessions", ""),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            post_json("/v1/videos/v1/sessions", r#"{"rendition":"../x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post_json("/v1/videos/v1/sessions", r#"{"speed":2}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post_json("/v1/videos/v1/sessions", "not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post_json("/v1/videos/v1/sessions/unknown/stop", ""),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            post_json("/v1/videos/v1/sessions/a.b/stop", ""),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post_json("/v1/videos/v1/sessions", &"x".repeat(70_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let uri = req.uri().to_string();
+        let (status, _, body) = send(&f, req).await;
+        assert_eq!(status, want, "{uri}: {body:?}");
+        assert!(!error_of(&body).is_empty());
+    }
+    assert!(events.try_recv().is_err(), "no event for a refused request");
+    drop(subs);
+}
