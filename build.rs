@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // instead of copying into a fresh Vec (the streaming path's hot spot).
         .bytes(".streamgate.v1.DataChunk.data")
         .bytes(".streamgate.v1.GetSegmentResponse.data")
+        .bytes(".streamgate.v1.GetThumbnailResponse.data")
         .bytes(".streamgate.v1.UploadChunk.data")
         // Messages carrying passwords, tokens or secrets get a hand-written,
         // redacted Debug (src/services/auth/redact.rs), so logging one

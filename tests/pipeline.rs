@@ -355,6 +355,11 @@ async fn a_video_goes_in_and_plays_back_as_ranges_and_hls() {
     assert_eq!(seg.status, 200);
     assert_eq!(seg.body.first(), Some(&0x47), "an MPEG-TS segment");
 
+    // The thumbnail ffmpeg made: a JPEG (starts with the SOI marker).
+    let thumb = get(&http, &m, &format!("/v1/videos/{id}/thumbnail.jpg"), None).await;
+    assert_eq!(thumb.status, 200, "{:?}", thumb.body);
+    assert_eq!(thumb.body.get(..2), Some(&[0xff, 0xd8][..]), "a JPEG");
+
     // The worker sees the transcode finish on its next progress poll.
     let mut job = Value::Null;
     for _ in 0..100 {

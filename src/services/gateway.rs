@@ -72,6 +72,7 @@ pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
         )
         .route("/v1/videos/{id}/original", get(playback::original))
         .route("/v1/videos/{id}/hls/master.m3u8", get(playback::master))
+        .route("/v1/videos/{id}/thumbnail.jpg", get(playback::thumbnail))
         .route(
             "/v1/videos/{id}/hls/{rendition}/index.m3u8",
             get(playback::media_playlist),

@@ -21,6 +21,8 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_PLAYLIST_BYTES: usize = 1 << 20;
 /// Largest segment served.
 pub const MAX_SEGMENT_BYTES: usize = 16 << 20;
+/// Largest thumbnail served (what the transcoder uploads at most).
+pub const MAX_THUMBNAIL_BYTES: usize = 4 << 20;
 /// Largest encoded message of the service (clients size their decoders by it).
 pub const MAX_MESSAGE_BYTES: usize = MAX_SEGMENT_BYTES + (64 << 10);
 

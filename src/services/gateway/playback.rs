@@ -1,5 +1,5 @@
 //! The playback routes: the original with byte ranges, streamed chunk by
-//! chunk from ReadRange, and the HLS playlists and segments.
+//! chunk from ReadRange, the HLS playlists and segments, and the thumbnail.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -14,7 +14,9 @@ use super::error::ApiError;
 use super::range::{self, Parsed, Spec};
 use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
-use crate::proto::{DataChunk, GetPlaylistRequest, GetSegmentRequest, ReadRangeRequest};
+use crate::proto::{
+    DataChunk, GetPlaylistRequest, GetSegmentRequest, GetThumbnailRequest, ReadRangeRequest,
+};
 use crate::services::media;
 use crate::services::streaming::MAX_MESSAGE_BYTES;
 
@@ -309,6 +311,28 @@ pub async fn segment(
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.message))?;
             Ok(client.get_segment(req).await?.into_inner())
+        })
+        .await?;
+    Ok(typed(&res.content_type, res.data))
+}
+
+/// `GET /v1/videos/{id}/thumbnail.jpg`
+pub async fn thumbnail(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
+    let video_id = &video_id(path)?;
+    let api = &api;
+    let res = api
+        .rt
+        .pool
+        .retrier()
+        .call(true, |previous| async move {
+            let mut req = tonic::Request::new(GetThumbnailRequest {
+                video_id: video_id.clone(),
+            });
+            stamp(&mut req, previous);
+            let mut client = streaming(api)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.message))?;
+            Ok(client.get_thumbnail(req).await?.into_inner())
         })
         .await?;
     Ok(typed(&res.content_type, res.data))

@@ -437,3 +437,28 @@ async fn viewing_sessions_start_and_stop_once_with_their_events() {
     assert!(events.try_recv().is_err(), "no event for a refused request");
     drop(subs);
 }
+
+#[tokio::test]
+async fn thumbnails_are_served_as_jpeg() {
+    let f = fixture().await;
+    let jpeg = Bytes::from_static(b"\xff\xd8\xff\xe0 a jpeg");
+    for (key, data) in [
+        (media::original_key("v1"), Bytes::from_static(b"video")),
+        (media::master_key("v1"), Bytes::from_static(b"#EXTM3U\n")),
+        (media::thumbnail_key("v1"), jpeg.clone()),
+    ] {
+        f.blobs.put(&key, data).await.expect("put");
+    }
+    let (status, h, body) = send(&f, get("/v1/videos/v1/thumbnail.jpg", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "image/jpeg");
+    assert_eq!(body, jpeg);
+    for (uri, want) in [
+        ("/v1/videos/nope/thumbnail.jpg", StatusCode::NOT_FOUND),
+        ("/v1/videos/a.b/thumbnail.jpg", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _, body) = send(&f, get(uri, None)).await;
+        assert_eq!(status, want, "{uri}");
+        assert!(!error_of(&body).is_empty());
+    }
+}

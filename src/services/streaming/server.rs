@@ -9,15 +9,15 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::sessions::{Session, Sessions, Stop};
-use super::{MAX_PLAYLIST_BYTES, MAX_SEGMENT_BYTES, StreamingError, read};
+use super::{MAX_PLAYLIST_BYTES, MAX_SEGMENT_BYTES, MAX_THUMBNAIL_BYTES, StreamingError, read};
 use crate::blob::{BlobError, BlobStore};
 use crate::bus::EventBus;
 use crate::bus::events::{Payload as _, StreamingStarted, StreamingStopped};
 use crate::proto::streaming_service_server::StreamingService;
 use crate::proto::{
     DataChunk, GetPlaylistRequest, GetPlaylistResponse, GetSegmentRequest, GetSegmentResponse,
-    ReadRangeRequest, StartSessionRequest, StartSessionResponse, StopSessionRequest,
-    StopSessionResponse,
+    GetThumbnailRequest, GetThumbnailResponse, ReadRangeRequest, StartSessionRequest,
+    StartSessionResponse, StopSessionRequest, StopSessionResponse,
 };
 use crate::rt;
 use crate::services::media;
@@ -220,6 +220,27 @@ impl StreamingService for StreamingServer {
         Ok(Response::new(GetSegmentResponse {
             data,
             content_type: segment_type(&req.segment_name).to_owned(),
+        }))
+    }
+
+    async fn get_thumbnail(
+        &self,
+        req: Request<GetThumbnailRequest>,
+    ) -> Result<Response<GetThumbnailResponse>, Status> {
+        let req = req.into_inner();
+        check_id("video_id", &req.video_id)?;
+        let key = media::thumbnail_key(&req.video_id);
+        let data = self
+            .read_small(
+                &req.video_id,
+                &key,
+                ("thumbnail", "thumbnail".to_owned()),
+                MAX_THUMBNAIL_BYTES,
+            )
+            .await?;
+        Ok(Response::new(GetThumbnailResponse {
+            data,
+            content_type: "image/jpeg".to_owned(),
         }))
     }
 

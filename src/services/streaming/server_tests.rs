@@ -10,7 +10,7 @@ use tonic::{Code, Request};
 use super::*;
 use crate::blob::memory::MemoryBlobStore;
 use crate::bus::{BusError, Event, EventType, Handler, Subscription};
-use crate::services::streaming::CHUNK_BYTES;
+use crate::services::streaming::{CHUNK_BYTES, MAX_THUMBNAIL_BYTES};
 
 /// Records what is published; fails every publish when `fail` is set.
 #[derive(Default)]
@@ -301,6 +301,46 @@ async fn segments_carry_their_content_type() {
             .expect_err("refused");
         assert_eq!(err.code(), want, "{rendition}/{name}");
     }
+}
+
+#[tokio::test]
+async fn thumbnails_are_served_once_the_video_is_ready() {
+    let blobs = Arc::new(MemoryBlobStore::new());
+    let (s, _) = server(blobs.clone());
+    let thumb = |id: &str| {
+        s.get_thumbnail(Request::new(GetThumbnailRequest {
+            video_id: id.into(),
+        }))
+    };
+    assert_eq!(thumb("v1").await.expect_err("none").code(), Code::NotFound);
+    assert_eq!(
+        thumb("../x").await.expect_err("bad id").code(),
+        Code::InvalidArgument
+    );
+    blobs
+        .put(&media::original_key("v1"), Bytes::from_static(b"video"))
+        .await
+        .expect("put");
+    assert_eq!(
+        thumb("v1").await.expect_err("not ready").code(),
+        Code::FailedPrecondition
+    );
+    let jpeg = Bytes::from_static(b"\xff\xd8\xff\xe0 a jpeg");
+    blobs
+        .put(&media::thumbnail_key("v1"), jpeg.clone())
+        .await
+        .expect("put");
+    let res = thumb("v1").await.expect("thumbnail").into_inner();
+    assert_eq!((res.data, res.content_type.as_str()), (jpeg, "image/jpeg"));
+    let huge = Bytes::from(vec![0u8; MAX_THUMBNAIL_BYTES + 1]);
+    blobs
+        .put(&media::thumbnail_key("v1"), huge)
+        .await
+        .expect("put");
+    assert_eq!(
+        thumb("v1").await.expect_err("too large").code(),
+        Code::Internal
+    );
 }
 
 async fn start(s: &StreamingServer, id: &str) -> Result<StartSessionResponse, Status> {
