@@ -192,7 +192,7 @@ impl Store {
     ///
     /// # Errors
     /// [`WorkerError::Full`] with `max_active` unfinished jobs; store failures.
-    pub async fn submit(&self, job: Job, max_active: u64) -> Result<(Job, bool), WorkerError> {
+    pub async fn submit(&self, mut job: Job, max_active: u64) -> Result<(Job, bool), WorkerError> {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let existing = match job.idempotency_key.as_str() {
@@ -209,6 +209,20 @@ impl Store {
             )?;
             if big(active) >= max_active {
                 return Err(WorkerError::Full(max_active));
+            }
+            // Creation times follow submission order: two submissions that
+            // read the clock in one order may commit in the other, and a
+            // clock may step back; the list is newest first by both.
+            let latest: Option<i64> = tx
+                .query_row(
+                    "SELECT created_ms FROM jobs ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(latest) = latest.and_then(|ms| u64::try_from(ms).ok()) {
+                job.created_ms = job.created_ms.max(latest);
+                job.updated_ms = job.updated_ms.max(job.created_ms);
             }
             tx.execute(
                 "INSERT INTO jobs (id, kind, payload_json, state, attempts, max_attempts, \
@@ -408,6 +422,18 @@ mod tests {
             store.update("nope", |j| j.cancel(130, "")).await,
             Err(WorkerError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn creation_times_follow_submission_order() {
+        let (store, _) = Store::open(None, 0).await.unwrap();
+        store.submit(job("late", "", 100), 100).await.unwrap();
+        // Read the clock earlier, committed later (or the clock stepped back).
+        let (early, _) = store.submit(job("early", "", 50), 100).await.unwrap();
+        assert_eq!(early.created_ms, 100);
+        let (page, _) = store.list(Filter::default(), 10).await.unwrap();
+        let got: Vec<_> = page.iter().map(|j| (j.id.as_str(), j.created_ms)).collect();
+        assert_eq!(got, [("early", 100), ("late", 100)]);
     }
 
     #[tokio::test]
