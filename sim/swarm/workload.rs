@@ -1,11 +1,12 @@
 //! The workload: one user acting through the gateways' HTTP API (sign up,
-//! upload, read, rename, delete, watch, follow the job), and the auditor: a
-//! model of what each answer may be. During the safety phase a fault may
-//! turn any call into a 5xx or a timeout (its effect is then unknown, and
-//! the model keeps both outcomes possible); it may never turn it into a
-//! wrong answer: a 4xx for a valid request, a lost video, a title nobody
-//! wrote. After healing, the liveness phase requires every video to settle.
-
+//! upload, read, rename, delete, watch with a viewing session, follow the
+//! job), and the auditor: a model of what each answer may be. During the
+//! safety phase a fault may turn any call into a 5xx or a timeout (its
+//! effect is then unknown, and the model keeps both outcomes possible); it
+//! may never turn it into a wrong answer: a 4xx for a valid request, a lost
+//! video, a title nobody wrote. After healing, the liveness phase requires
+//! every video to settle (ready ones with their master playlist and
+//! thumbnail served).
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -341,6 +342,52 @@ impl User {
             a if unclear(a) => self.unclear += 1,
             _ => self.wrong(&format!("watch {id}"), &answer),
         }
+        self.session(id).await;
+    }
+
+    /// A viewing session: started (the original exists, so 201 unless the
+    /// video is gone), then stopped. A stop may find no session (404) when
+    /// the streaming instance that owns the video changed in between (a
+    /// crash, or an instance leaving or joining the registry); any other
+    /// refusal is wrong.
+    async fn session(&mut self, id: &str) {
+        let sessions = format!("/v1/videos/{id}/sessions");
+        let answer = self
+            .send(Method::POST, &sessions, Bytes::new(), "application/json")
+            .await;
+        self.record(&format!("session on {}", &id[..8]), &answer);
+        let v = &self.videos[id];
+        let session = match &answer {
+            Ok((StatusCode::CREATED, body)) => {
+                let j = json(body);
+                match j["session_id"].as_str() {
+                    Some(s) if j["started_at_ms"].is_i64() => s.to_owned(),
+                    _ => self.wrong(&format!("session on {id}"), &answer),
+                }
+            }
+            Ok((StatusCode::NOT_FOUND, _)) if v.deleted || v.maybe_deleted => {
+                self.ok += 1;
+                return;
+            }
+            a if unclear(a) => {
+                self.unclear += 1;
+                return;
+            }
+            _ => self.wrong(&format!("session on {id}"), &answer),
+        };
+        self.ok += 1;
+        let stop = format!("{sessions}/{session}/stop");
+        let body = r#"{"bytes_served":1000,"watched_ms":2000}"#;
+        let answer = self
+            .send(Method::POST, &stop, body.into(), "application/json")
+            .await;
+        self.record(&format!("session stop on {}", &id[..8]), &answer);
+        match &answer {
+            Ok((StatusCode::OK, body)) if json(body)["duration_ms"].is_u64() => self.ok += 1,
+            Ok((StatusCode::NOT_FOUND, _)) => self.ok += 1,
+            a if unclear(a) => self.unclear += 1,
+            _ => self.wrong(&format!("session stop on {id}"), &answer),
+        }
     }
 
     async fn job(&mut self, id: &str) {
@@ -390,8 +437,14 @@ impl User {
         }
         let path = format!("/v1/videos/{id}/hls/master.m3u8");
         match self.get(&path).await {
-            Ok((StatusCode::OK, body)) if body.starts_with(b"#EXTM3U") => Ok(()),
-            other => Err(format!("ready, master playlist {other:?}")),
+            Ok((StatusCode::OK, body)) if body.starts_with(b"#EXTM3U") => {}
+            other => return Err(format!("ready, master playlist {other:?}")),
+        }
+        // The transcoder model's thumbnail: a JPEG's first marker.
+        let path = format!("/v1/videos/{id}/thumbnail.jpg");
+        match self.get(&path).await {
+            Ok((StatusCode::OK, body)) if body.starts_with(&[0xff, 0xd8]) => Ok(()),
+            other => Err(format!("ready, thumbnail {other:?}")),
         }
     }
 
