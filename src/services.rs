@@ -105,6 +105,14 @@ impl ServiceOpts {
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest deadline a call may ask for.
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest deadline of an upload stream (UploadService.Upload): a large
+/// video over a slow link takes long, so what bounds an upload is
+/// [`UPLOAD_IDLE_TIMEOUT`] between chunks, with this as the outer limit
+/// (2 GiB at 100 kB/s).
+pub const MAX_UPLOAD_CALL_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// Longest an upload may go without a byte arriving (at the gateway, from
+/// the client; at the upload service, from the gateway) before it is cut.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Calls each calling service may burst, and make per second on average, by
 /// default (every instance of a calling service shares its caller identity).
 pub const RATE_LIMIT: (u32, f64) = (10_000, 20_000.0);
@@ -306,7 +314,10 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
                 .layer(ServerTraceLayer)
                 .layer(ErrorLayer)
                 .layer(MetricsLayer::new(rt.metrics.clone()))
-                .layer(TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT))
+                .layer(
+                    TimeoutLayer::new(DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT)
+                        .with_max_for(upload::UPLOAD_PATH, MAX_UPLOAD_CALL_TIMEOUT),
+                )
                 .layer(VerifyLayer::new(rt.keys.clone()))
                 .layer(RateLimitLayer::new(opts.rate_limit.0, opts.rate_limit.1)),
             shutdown,

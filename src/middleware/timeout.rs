@@ -41,13 +41,35 @@ fn deadline_response<B: Default>(message: &str) -> Response<B> {
 pub struct TimeoutLayer {
     default: Duration,
     max: Duration,
+    /// One method (by path) with a ceiling of its own.
+    long: Option<(&'static str, Duration)>,
 }
 
 impl TimeoutLayer {
     /// Calls without `grpc-timeout` get `default`; none gets more than `max`.
     #[must_use]
     pub fn new(default: Duration, max: Duration) -> Self {
-        Self { default, max }
+        Self {
+            default,
+            max,
+            long: None,
+        }
+    }
+
+    /// Calls to `path` (e.g. a long client stream) may ask for up to `max`.
+    #[must_use]
+    pub fn with_max_for(self, path: &'static str, max: Duration) -> Self {
+        Self {
+            long: Some((path, max)),
+            ..self
+        }
+    }
+
+    fn max_for(&self, path: &str) -> Duration {
+        match self.long {
+            Some((p, max)) if p == path => max,
+            _ => self.max,
+        }
     }
 }
 
@@ -86,7 +108,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let limit = grpc_timeout::from_headers(req.headers())
             .unwrap_or(self.layer.default)
-            .min(self.layer.max);
+            .min(self.layer.max_for(req.uri().path()));
         let deadline = rt::now() + limit;
         req.extensions_mut().insert(Deadline(deadline));
         let inner = DEADLINE.scope(deadline, self.inner.call(req));
@@ -279,6 +301,24 @@ mod tests {
             grpc_timeout::parse(res.body().as_bytes()),
             Some(Duration::from_secs(60)),
             "capped at the maximum"
+        );
+
+        // One method may have a longer ceiling; the others keep theirs.
+        let long = layer.with_max_for("/pkg.Svc/Long", Duration::from_secs(3 * 3600));
+        let to = |path: &str| {
+            let mut req = request(Some("2H"), 0);
+            *req.uri_mut() = path.parse().unwrap();
+            long.layer(sleeper()).oneshot(req)
+        };
+        let res = to("/pkg.Svc/Long").await.unwrap();
+        assert_eq!(
+            grpc_timeout::parse(res.body().as_bytes()),
+            Some(Duration::from_secs(2 * 3600))
+        );
+        let res = to("/pkg.Svc/Other").await.unwrap();
+        assert_eq!(
+            grpc_timeout::parse(res.body().as_bytes()),
+            Some(Duration::from_secs(60))
         );
     }
 }

@@ -18,6 +18,9 @@ pub use server::UploadServer;
 
 /// File name of the upload records under the data dir.
 pub const DB_FILE: &str = "uploads.sqlite";
+/// The gRPC path of the upload stream (its deadline may be longer than
+/// other calls'; see [`crate::services::MAX_UPLOAD_CALL_TIMEOUT`]).
+pub const UPLOAD_PATH: &str = "/streamgate.v1.UploadService/Upload";
 
 /// The service's routes, and the consumer that removes deleted videos' blobs.
 ///

@@ -17,8 +17,9 @@ use super::error::ApiError;
 use super::query::Query;
 use crate::proto::upload_chunk::Payload;
 use crate::proto::{UploadChunk, UploadMetadata};
-use crate::services::MAX_CALL_TIMEOUT;
+use crate::rt;
 use crate::services::upload::server::USER_ID_HEADER;
+use crate::services::{MAX_UPLOAD_CALL_TIMEOUT, UPLOAD_IDLE_TIMEOUT};
 
 /// Largest data chunk sent to the upload service (the proto's limit).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -32,6 +33,8 @@ enum Cut {
     TooLarge(u64),
     /// The client's body failed (closed early, malformed chunking ...).
     Body(String),
+    /// The client sent nothing for this long.
+    Idle(std::time::Duration),
 }
 
 impl From<Cut> for ApiError {
@@ -42,6 +45,10 @@ impl From<Cut> for ApiError {
                 format!("body: exceeds {max} bytes"),
             ),
             Cut::Body(e) => ApiError::bad_request(format!("body: incomplete upload: {e}")),
+            Cut::Idle(idle) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body: nothing received for {} s", idle.as_secs()),
+            ),
         }
     }
 }
@@ -83,6 +90,8 @@ struct Rechunk {
     max: u64,
     cut: Arc<Mutex<Option<Cut>>>,
     done: bool,
+    /// Longest wait for the client's next bytes.
+    idle: std::time::Duration,
 }
 
 impl Rechunk {
@@ -112,7 +121,11 @@ impl Rechunk {
                 let full = std::mem::replace(&mut self.out, Vec::with_capacity(CHUNK_BYTES));
                 return Some((data_chunk(full), self));
             }
-            match self.body.next().await {
+            let Ok(next) = rt::timeout(self.idle, self.body.next()).await else {
+                let idle = self.idle;
+                return self.cut(Cut::Idle(idle));
+            };
+            match next {
                 Some(Ok(frame)) => {
                     self.received = self.received.saturating_add(frame.len() as u64);
                     if self.received > self.max {
@@ -149,6 +162,7 @@ fn chunks(
         max,
         cut,
         done: false,
+        idle: UPLOAD_IDLE_TIMEOUT,
     };
     futures::stream::once(std::future::ready(metadata_chunk(meta)))
         .chain(futures::stream::unfold(state, Rechunk::next))
@@ -201,8 +215,9 @@ pub async fn create(
     let mut client = api.rt.pool.upload().await?;
     let cut = Arc::new(Mutex::new(None));
     let mut req = tonic::Request::new(chunks(meta, body, api.max_upload_bytes, cut.clone()));
-    // The deadline covers the whole transfer.
-    req.set_timeout(MAX_CALL_TIMEOUT);
+    // The deadline covers the whole transfer, which may take hours on a
+    // slow link; a stalled one is cut after UPLOAD_IDLE_TIMEOUT instead.
+    req.set_timeout(MAX_UPLOAD_CALL_TIMEOUT);
     // The owner: the upload service trusts this header because only our
     // services can call it (service tokens).
     if let Some(Extension(AuthUser(id))) = &user
@@ -310,5 +325,27 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a\\b", "a\0b", &"x".repeat(256)] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_cut_after_the_idle_timeout() {
+        let first: Result<bytes::Bytes, std::io::Error> = Ok(vec![7u8; 10].into());
+        let stalled = futures::stream::iter([first]).chain(futures::stream::pending());
+        let body = Body::from_stream(stalled);
+        let cut = Arc::new(Mutex::new(None));
+        let started = rt::now();
+        let out = payloads(
+            chunks(UploadMetadata::default(), body, u64::MAX, cut.clone())
+                .collect()
+                .await,
+        );
+        assert_eq!(rt::now() - started, UPLOAD_IDLE_TIMEOUT);
+        // The metadata, then the poison pill: nothing of the body commits.
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|p| matches!(p, Payload::Metadata(_))));
+        let cut = cut.lock().unwrap().take();
+        assert_eq!(cut, Some(Cut::Idle(UPLOAD_IDLE_TIMEOUT)));
+        let err = ApiError::from(cut.unwrap());
+        assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
     }
 }

@@ -21,7 +21,7 @@ use crate::proto::{
     UploadInfo, UploadMetadata, UploadResponse,
 };
 use crate::rt;
-use crate::services::media;
+use crate::services::{UPLOAD_IDLE_TIMEOUT, media};
 
 /// Largest data chunk.
 pub const MAX_CHUNK: usize = 1 << 20;
@@ -70,6 +70,20 @@ fn stream_error(status: Status) -> Status {
         }
         _ => status,
     }
+}
+
+/// The next chunk of an upload stream; a stream that sends nothing for
+/// [`UPLOAD_IDLE_TIMEOUT`] is cut (the call's own deadline may be hours).
+async fn next_chunk(stream: &mut Streaming<UploadChunk>) -> Result<Option<UploadChunk>, Status> {
+    rt::timeout(UPLOAD_IDLE_TIMEOUT, stream.message())
+        .await
+        .map_err(|rt::Elapsed| {
+            Status::deadline_exceeded(format!(
+                "upload stream: no chunk for {} s",
+                UPLOAD_IDLE_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(stream_error)
 }
 
 /// Checks a file name: 1..=255 bytes, no `/`, `\`, NUL or other control
@@ -214,7 +228,7 @@ impl UploadServer {
             .map_err(|e| media::blob_status(&e))?;
         let mut hasher = Sha256::new();
         let mut total: u64 = 0;
-        while let Some(chunk) = stream.message().await.map_err(stream_error)? {
+        while let Some(chunk) = next_chunk(stream).await? {
             let data = match chunk.payload {
                 Some(Chunk::Data(data)) => data,
                 Some(Chunk::Metadata(_)) => return Err(invalid("metadata after the first chunk")),
@@ -379,7 +393,7 @@ impl UploadService for UploadServer {
     ) -> Result<Response<UploadResponse>, Status> {
         let owner = owner_of(req.metadata());
         let mut stream = req.into_inner();
-        let meta = match stream.message().await.map_err(stream_error)? {
+        let meta = match next_chunk(&mut stream).await? {
             Some(UploadChunk {
                 payload: Some(Chunk::Metadata(m)),
             }) => m,
