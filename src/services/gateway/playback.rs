@@ -50,18 +50,41 @@ fn wanted(headers: &HeaderMap) -> Result<Wanted, ApiError> {
     }
 }
 
-async fn streaming(
-    api: &Api,
-) -> Result<
-    crate::proto::streaming_service_client::StreamingServiceClient<crate::client::PoolChannel>,
-    ApiError,
-> {
+type StreamingClient =
+    crate::proto::streaming_service_client::StreamingServiceClient<crate::client::PoolChannel>;
+
+async fn streaming(api: &Api) -> Result<StreamingClient, ApiError> {
     Ok(api
         .rt
         .pool
         .streaming()
         .await?
         .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// One idempotent read from streaming (`msg` sent through `method`),
+/// retried by the pool's policy: nothing has reached the client yet.
+async fn retried<M, R, F, Fut>(api: &Api, msg: M, method: F) -> Result<R, ApiError>
+where
+    M: Clone,
+    F: Fn(StreamingClient, tonic::Request<M>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let (msg, method) = (&msg, &method);
+    let res = api
+        .rt
+        .pool
+        .retrier()
+        .call(true, |previous| async move {
+            let mut req = tonic::Request::new(msg.clone());
+            stamp(&mut req, previous);
+            let client = streaming(api)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.message))?;
+            Ok(method(client, req).await?.into_inner())
+        })
+        .await?;
+    Ok(res)
 }
 
 /// Opens ReadRange and waits for its first chunk (which carries the size).
@@ -243,23 +266,16 @@ fn typed(content_type: &str, body: impl Into<Body>) -> Response {
 }
 
 async fn playlist(api: &Api, video_id: String, rendition: String) -> Result<Response, ApiError> {
-    let (video_id, rendition) = (&video_id, &rendition);
-    let res = api
-        .rt
-        .pool
-        .retrier()
-        .call(true, |previous| async move {
-            let mut req = tonic::Request::new(GetPlaylistRequest {
-                video_id: video_id.clone(),
-                rendition: rendition.clone(),
-            });
-            stamp(&mut req, previous);
-            let mut client = streaming(api)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.message))?;
-            Ok(client.get_playlist(req).await?.into_inner())
-        })
-        .await?;
+    let msg = GetPlaylistRequest {
+        video_id,
+        rendition,
+    };
+    let res = retried(
+        api,
+        msg,
+        |mut c, req| async move { c.get_playlist(req).await },
+    )
+    .await?;
     Ok(typed(&res.content_type, res.content))
 }
 
@@ -294,47 +310,31 @@ pub async fn segment(
             "segment: expected 1..=255 chars of [A-Za-z0-9_.-], not '.' or '..'",
         ));
     }
-    let (video_id, name, segment_name) = (&video_id, &name, &segment_name);
-    let api = &api;
-    let res = api
-        .rt
-        .pool
-        .retrier()
-        .call(true, |previous| async move {
-            let mut req = tonic::Request::new(GetSegmentRequest {
-                video_id: video_id.clone(),
-                rendition: name.clone(),
-                segment_name: segment_name.clone(),
-            });
-            stamp(&mut req, previous);
-            let mut client = streaming(api)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.message))?;
-            Ok(client.get_segment(req).await?.into_inner())
-        })
-        .await?;
+    let msg = GetSegmentRequest {
+        video_id,
+        rendition: name,
+        segment_name,
+    };
+    let res = retried(
+        &api,
+        msg,
+        |mut c, req| async move { c.get_segment(req).await },
+    )
+    .await?;
     Ok(typed(&res.content_type, res.data))
 }
 
 /// `GET /v1/videos/{id}/thumbnail.jpg`
 pub async fn thumbnail(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
-    let video_id = &video_id(path)?;
-    let api = &api;
-    let res = api
-        .rt
-        .pool
-        .retrier()
-        .call(true, |previous| async move {
-            let mut req = tonic::Request::new(GetThumbnailRequest {
-                video_id: video_id.clone(),
-            });
-            stamp(&mut req, previous);
-            let mut client = streaming(api)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.message))?;
-            Ok(client.get_thumbnail(req).await?.into_inner())
-        })
-        .await?;
+    let msg = GetThumbnailRequest {
+        video_id: video_id(path)?,
+    };
+    let res = retried(
+        &api,
+        msg,
+        |mut c, req| async move { c.get_thumbnail(req).await },
+    )
+    .await?;
     Ok(typed(&res.content_type, res.data))
 }
 
