@@ -1,7 +1,9 @@
 //! Unary calls through the client pool and the full middleware stack (both
 //! sides) against a raw tonic channel to a bare server, measured in the same
 //! run, rounds interleaved: throughput and p50/p99 at concurrency 1 and 64,
-//! printed as ratios.
+//! printed as ratios. Two more paths split the cost: the pool's client side
+//! alone (pool -> bare server) and the server's layers alone (raw tonic with
+//! a service token -> full server).
 //!
 //! `cargo bench --bench pool_overhead`. Server and client each run on their
 //! own single-threaded runtime (their own thread); for steadier figures pin
@@ -30,7 +32,7 @@ mod bench {
     use streamgate::proto::CacheGetRequest;
     use streamgate::proto::cache_service_client::CacheServiceClient;
     use streamgate::proto::cache_service_server::CacheServiceServer;
-    use streamgate::registry::Registry;
+    use streamgate::registry::Registry as _;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt::{self, transport};
     use streamgate::services::cache::CacheServer;
@@ -143,54 +145,112 @@ mod bench {
         Ok(rx.recv()?)
     }
 
+    /// A client making one kind of call: which channel, and whether the
+    /// request carries a service token (the full server requires one).
+    #[derive(Clone)]
+    struct Path {
+        channel: ChannelKind,
+        token: Option<http::HeaderValue>,
+    }
+
+    #[derive(Clone)]
+    enum ChannelKind {
+        Raw(transport::Channel),
+        Pool(streamgate::client::PoolChannel),
+    }
+
+    async fn run(path: Path, concurrency: usize) -> Figures {
+        match path.channel {
+            ChannelKind::Raw(ch) => {
+                let token = path.token;
+                measure(
+                    concurrency,
+                    move || CacheServiceClient::new(ch.clone()),
+                    move |mut c| {
+                        let token = token.clone();
+                        Box::pin(async move {
+                            let mut req = request();
+                            if let Some(t) = token {
+                                req.metadata_mut().insert(
+                                    streamgate::middleware::auth::HEADER,
+                                    tonic::metadata::MetadataValue::try_from(t.as_bytes())
+                                        .expect("token"),
+                                );
+                            }
+                            c.get(req).await.expect("raw call");
+                            c
+                        })
+                    },
+                )
+                .await
+            }
+            ChannelKind::Pool(ch) => {
+                measure(
+                    concurrency,
+                    move || CacheServiceClient::new(ch.clone()),
+                    |mut c| {
+                        Box::pin(async move {
+                            c.get(request()).await.expect("pool call");
+                            c
+                        })
+                    },
+                )
+                .await
+            }
+        }
+    }
+
     pub fn main() -> anyhow::Result<()> {
         let keys = Keyring::generate("bench");
         let registry = Arc::new(MemoryRegistry::new());
-        let (bare, _full) = start_servers(keys.clone(), registry.clone())?;
+        let (bare, full) = start_servers(keys.clone(), registry.clone())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         runtime.block_on(async move {
-            let pool = ClientPool::new(registry, PoolConfig::new(keys, "bench"));
-            let pooled = pool.channel("cache").await.expect("pool channel");
-            let raw = transport::channel(bare);
-            println!("unary CacheService/Get, {ROUNDS} interleaved rounds of {ROUND:?} each");
-            println!("{:>11} | {:>22} | {:>22} | ratio (pool / raw)", "concurrency", "raw tonic: calls/s p50 p99", "pool+middleware");
+            // The bare server, registered under a name of its own, so the
+            // pool's client side can be measured against it alone.
+            let mut info = registry.discover("cache").await.expect("cache")[0].clone();
+            info.name = "cache-bare".into();
+            info.id = "cache-bare-1".into();
+            info.port = bare.port();
+            registry.register(&info).await.expect("register");
+            let pool = ClientPool::new(registry, PoolConfig::new(keys.clone(), "bench"));
+            let token = http::HeaderValue::try_from(streamgate::middleware::auth::mint(
+                &keys.current,
+                "bench",
+                rt::unix_ms() + 3_600_000,
+            ))
+            .expect("token");
+            let paths = [
+                ("raw tonic -> bare server (baseline)", Path { channel: ChannelKind::Raw(transport::channel(bare)), token: None }),
+                ("pool -> bare server (client side)", Path { channel: ChannelKind::Pool(pool.channel("cache-bare").await.expect("pool")), token: None }),
+                ("raw tonic -> full server (server side)", Path { channel: ChannelKind::Raw(transport::channel(full)), token: Some(token) }),
+                ("pool -> full server (both)", Path { channel: ChannelKind::Pool(pool.channel("cache").await.expect("pool")), token: None }),
+            ];
+            println!("unary CacheService/Get, {ROUNDS} interleaved rounds of {ROUND:?} each; ratios against the baseline");
             for concurrency in [1usize, 64] {
-                let (mut raw_runs, mut pool_runs) = (Vec::new(), Vec::new());
+                let mut runs: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
                 for _ in 0..ROUNDS {
-                    let r = raw.clone();
-                    raw_runs.push(
-                        measure(concurrency, move || CacheServiceClient::new(r.clone()), |mut c| {
-                            Box::pin(async move {
-                                c.get(request()).await.expect("raw call");
-                                c
-                            })
-                        })
-                        .await,
-                    );
-                    let p = pooled.clone();
-                    pool_runs.push(
-                        measure(concurrency, move || CacheServiceClient::new(p.clone()), |mut c| {
-                            Box::pin(async move {
-                                c.get(request()).await.expect("pool call");
-                                c
-                            })
-                        })
-                        .await,
-                    );
+                    for (i, (_, path)) in paths.iter().enumerate() {
+                        runs[i].push(run(path.clone(), concurrency).await);
+                    }
                 }
                 let median = |runs: &mut Vec<Figures>| {
                     runs.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
                     runs.remove(runs.len() / 2)
                 };
-                let (r, p) = (median(&mut raw_runs), median(&mut pool_runs));
-                println!(
-                    "{concurrency:>11} | {:>8.0} {:>6.0?} {:>6.0?} | {:>8.0} {:>6.0?} {:>6.0?} | throughput {:.3}x, p99 {:.3}x",
-                    r.per_sec, r.p50, r.p99, p.per_sec, p.p50, p.p99,
-                    p.per_sec / r.per_sec,
-                    p.p99.as_secs_f64() / r.p99.as_secs_f64(),
-                );
+                let figures: Vec<Figures> = runs.iter_mut().map(median).collect();
+                let base = &figures[0];
+                println!("concurrency {concurrency}:");
+                for ((name, _), f) in paths.iter().zip(&figures) {
+                    println!(
+                        "  {name:<40} {:>8.0} calls/s  p50 {:>6.0?}  p99 {:>6.0?} | throughput {:.3}x, p99 {:.3}x",
+                        f.per_sec, f.p50, f.p99,
+                        f.per_sec / base.per_sec,
+                        f.p99.as_secs_f64() / base.p99.as_secs_f64(),
+                    );
+                }
             }
         });
         Ok(())
