@@ -55,6 +55,13 @@ impl Endpoint {
         self.lock().state()
     }
 
+    /// Its breaker's state and failures in a row, read together.
+    #[must_use]
+    pub fn breaker_view(&self) -> (State, u32) {
+        let b = self.lock();
+        (b.state(), b.consecutive_failures())
+    }
+
     /// Calls in flight.
     #[must_use]
     pub fn in_flight(&self) -> u32 {

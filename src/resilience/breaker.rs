@@ -161,6 +161,13 @@ impl Breaker {
         self.state
     }
 
+    /// Failures in a row since the last success (what the consecutive-failure
+    /// trip counts).
+    #[must_use]
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
     /// The settings.
     #[must_use]
     pub fn config(&self) -> &BreakerConfig {

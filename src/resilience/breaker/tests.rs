@@ -47,11 +47,18 @@ fn design_breaker_trips_after_five_failures_for_thirty_seconds() {
 fn successes_reset_the_consecutive_count() {
     let now = t0();
     let mut b = Breaker::new(BreakerConfig::new(3, Duration::from_secs(1)));
+    let mut streak = 0;
     for ok in [false, false, true, false, false, true] {
         let (Admit::Yes(p), _) = b.try_acquire(now) else {
             panic!()
         };
         assert_eq!(b.on_result(p, ok, now, 0.0), None);
+        streak = if ok { 0 } else { streak + 1 };
+        assert_eq!(
+            b.consecutive_failures(),
+            streak,
+            "as the monitor reports it"
+        );
     }
     assert_eq!(b.state(), State::Closed);
 }

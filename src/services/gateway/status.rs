@@ -37,6 +37,7 @@ pub fn status_json(s: &GetStatusResponse) -> Value {
                 "breakers": svc.breakers.iter().map(|b| json!({
                     "target": b.target,
                     "state": breaker_name(b.state),
+                    "consecutive_failures": b.consecutive_failures,
                     "opened_at_ms": b.opened_at_ms,
                 })).collect::<Vec<_>>(),
                 "event_rates": svc.event_rates.iter().map(|r| json!({

@@ -145,7 +145,8 @@ fn breakers(endpoints: &[Arc<Endpoint>]) -> Vec<BreakerView> {
         .iter()
         .take(MAX_INSTANCES)
         .map(|e| {
-            let (state, opened_at_ms) = match e.breaker_state() {
+            let (breaker, consecutive_failures) = e.breaker_view();
+            let (state, opened_at_ms) = match breaker {
                 State::Closed => (proto::BreakerState::Closed, 0),
                 State::HalfOpen { .. } => (proto::BreakerState::HalfOpen, 0),
                 State::Open { until, interval } => {
@@ -159,6 +160,7 @@ fn breakers(endpoints: &[Arc<Endpoint>]) -> Vec<BreakerView> {
                 target: target_name(&e.id),
                 state,
                 opened_at_ms,
+                consecutive_failures,
             }
         })
         .collect()

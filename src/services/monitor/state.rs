@@ -29,6 +29,8 @@ pub struct BreakerView {
     pub state: proto::BreakerState,
     /// When it opened, Unix ms; 0 unless open.
     pub opened_at_ms: u64,
+    /// Failures in a row since the last success.
+    pub consecutive_failures: u32,
 }
 
 /// What one probe round found about one service.
@@ -232,7 +234,7 @@ impl Monitor {
                     .map(|b| proto::BreakerStatus {
                         target: b.target.clone(),
                         state: b.state.into(),
-                        consecutive_failures: 0,
+                        consecutive_failures: b.consecutive_failures,
                         opened_at_ms: ms(b.opened_at_ms),
                     })
                     .collect(),
