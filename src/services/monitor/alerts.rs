@@ -1,7 +1,8 @@
 //! The alert state machine, sans I/O: per service, a sequence of health
 //! observations (each with `now`) becomes Triggered / Escalated / Resolved
-//! transitions, damped so that one bad probe never pages anyone and a
-//! flapping service stays firing until it is stable again.
+//! transitions, damped so that one bad probe never pages anyone, a flapping
+//! service fires (even one that is never bad twice in a row) and stays
+//! firing until it is stable again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -11,7 +12,8 @@ use super::health::{Health, Severity};
 /// How observations are damped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Damping {
-    /// Consecutive unhealthy probes before an alert fires (N, at least 1).
+    /// Consecutive unhealthy probes before an alert fires (N, at least 1);
+    /// a flapping service fires on its next unhealthy probe regardless.
     pub trigger_after: u32,
     /// Consecutive healthy probes before a firing alert resolves (M, at least 1).
     pub resolve_after: u32,
@@ -98,7 +100,7 @@ impl Damper {
         }
         let flapping = flapping(&cfg, track, now_ms);
         match (track.firing, health.severity()) {
-            (None, Some(severity)) if track.unhealthy_run >= cfg.trigger_after => {
+            (None, Some(severity)) if track.unhealthy_run >= cfg.trigger_after || flapping => {
                 track.firing = Some(severity);
                 Some(Change::Triggered(severity))
             }
@@ -156,7 +158,8 @@ mod tests {
     }
 
     /// Per service, each observation and the change it caused.
-    type Log = Vec<Vec<(Health, Option<Change>)>>;
+    /// Per service: each observation, the change it made, and its time.
+    type Log = Vec<Vec<(Health, Option<Change>, u64)>>;
 
     /// Runs `steps` (service index, health, ms since the previous step);
     /// returns per service its observations and the changes at each.
@@ -167,7 +170,7 @@ mod tests {
         for &(service, health, dt) in steps {
             now += dt;
             let change = damper.observe(&format!("svc{service}"), health, now);
-            log[service].push((health, change));
+            log[service].push((health, change, now));
         }
         (damper, now, log)
     }
@@ -201,6 +204,26 @@ mod tests {
             Some(Change::Escalated(Severity::Critical))
         );
         assert_eq!(d.observe("a", Health::Degraded, 3), None, "never shrinks");
+        assert_eq!(d.firing("a"), Some(Severity::Critical));
+    }
+
+    #[test]
+    fn a_service_bad_every_other_probe_fires_once_it_flaps() {
+        let cfg = Damping::default();
+        let mut d = Damper::new(cfg);
+        let mut fired_at = None;
+        for i in 0..20u64 {
+            let h = if i % 2 == 0 { UP } else { DOWN };
+            if let Some(Change::Triggered(_)) = d.observe("a", h, i * 2_000) {
+                fired_at = Some(i);
+                break;
+            }
+        }
+        // Flips at probes 1, 2, 3, ...: the first unhealthy probe after more
+        // than K flips fires.
+        let first = u64::from(cfg.flap_limit) + 1;
+        let expected = if first % 2 == 1 { first } else { first + 1 };
+        assert_eq!(fired_at, Some(expected));
         assert_eq!(d.firing("a"), Some(Severity::Critical));
     }
 
@@ -247,19 +270,26 @@ mod tests {
             let cfg = Damping { trigger_after: n, resolve_after: m, flap_limit: k, ..Damping::default() };
             let (_, _, log) = run(cfg, &steps);
             for history in &log {
-                for (i, (_, change)) in history.iter().enumerate() {
+                for (i, (health, change, at)) in history.iter().enumerate() {
                     let last = |len: u32| {
                         let len = len as usize;
                         (i + 1 >= len).then(|| &history[i + 1 - len..=i])
                     };
                     match change {
                         Some(Change::Triggered(_)) => {
-                            let run = last(n).expect("at least N probes seen");
-                            prop_assert!(run.iter().all(|(h, _)| !h.is_healthy()), "fired without N bad probes");
+                            let bad_run = last(n).is_some_and(|run| run.iter().all(|(h, _, _)| !h.is_healthy()));
+                            // Flapping: more than K flips within the window up to now.
+                            let window = u64::try_from(cfg.flap_window.as_millis()).unwrap();
+                            let flips = (1..=i)
+                                .filter(|&j| history[j].0.is_healthy() != history[j - 1].0.is_healthy())
+                                .filter(|&j| at - history[j].2 < window)
+                                .count();
+                            prop_assert!(!health.is_healthy(), "fired on a healthy probe");
+                            prop_assert!(bad_run || flips > k as usize, "fired without N bad probes or flapping");
                         }
                         Some(Change::Resolved) => {
                             let run = last(m).expect("at least M probes seen");
-                            prop_assert!(run.iter().all(|(h, _)| h.is_healthy()), "resolved without M good probes");
+                            prop_assert!(run.iter().all(|(h, _, _)| h.is_healthy()), "resolved without M good probes");
                         }
                         _ => {}
                     }
@@ -276,7 +306,7 @@ mod tests {
             let (damper, _, log) = run(cfg, &steps);
             for (service, history) in log.iter().enumerate() {
                 let mut firing = false;
-                for (_, change) in history {
+                for (_, change, _) in history {
                     match change {
                         Some(Change::Triggered(_)) => { prop_assert!(!firing); firing = true; }
                         Some(Change::Escalated(_)) => prop_assert!(firing),
