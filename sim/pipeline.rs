@@ -278,3 +278,76 @@ async fn every_acknowledged_upload_ends_final_exactly_once() {
         .await
         .expect("scenario");
 }
+
+/// An upload whose sender goes quiet after its first chunk: the upload
+/// service cuts it after its idle limit (60 s of simulated time, though
+/// the call's deadline is hours) and nothing of it is stored.
+#[madsim::test]
+async fn a_stalled_upload_is_cut_and_leaves_nothing() {
+    use streamgate::proto::{ListUploadsRequest, ListVideosRequest};
+    use streamgate::services::UPLOAD_IDLE_TIMEOUT;
+
+    let _progress = announce("a_stalled_upload_is_cut_and_leaves_nothing");
+    let handle = Handle::current();
+    handle
+        .create_node()
+        .name("broker")
+        .ip(BROKER.ip())
+        .init(|| serve_broker(BROKER))
+        .build();
+    let registry = Arc::new(MemoryRegistry::new());
+    let blobs = MemoryBlobStore::new();
+    service_node("metadata-0", 10, ServiceKind::Metadata, &registry, &blobs);
+    service_node("upload-0", 11, ServiceKind::Upload, &registry, &blobs);
+    let client = handle.create_node().name("client").ip(ip(2)).build();
+    client
+        .spawn(async move {
+            rt::sleep(Duration::from_secs(1)).await;
+            let pool = ClientPool::new(registry, crate::common::pool("api-gateway"));
+            let mut upload = pool.upload().await.expect("upload client");
+            let meta = UploadChunk {
+                payload: Some(Chunk::Metadata(UploadMetadata {
+                    file_name: "stalled.mp4".into(),
+                    content_type: "video/mp4".into(),
+                    ..UploadMetadata::default()
+                })),
+            };
+            let first = UploadChunk {
+                payload: Some(Chunk::Data(bytes::Bytes::from_static(b"the first bytes"))),
+            };
+            let stalled = futures::StreamExt::chain(
+                futures::stream::iter([meta, first]),
+                futures::stream::pending(),
+            );
+            let mut req = tonic::Request::new(stalled);
+            req.set_timeout(Duration::from_secs(2 * 3600));
+            let started = rt::now();
+            let err = upload
+                .upload(req)
+                .await
+                .expect_err("a stalled upload fails");
+            let took = rt::now() - started;
+            assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+            assert!(
+                took >= UPLOAD_IDLE_TIMEOUT && took < UPLOAD_IDLE_TIMEOUT + Duration::from_secs(5),
+                "cut after {took:?}"
+            );
+            let uploads = upload
+                .list_uploads(ListUploadsRequest::default())
+                .await
+                .expect("list uploads")
+                .into_inner();
+            assert!(uploads.uploads.is_empty(), "{uploads:?}");
+            let videos = pool
+                .metadata()
+                .await
+                .expect("metadata client")
+                .list_videos(ListVideosRequest::default())
+                .await
+                .expect("list videos")
+                .into_inner();
+            assert!(videos.videos.is_empty(), "{videos:?}");
+        })
+        .await
+        .expect("client");
+}
