@@ -32,6 +32,18 @@ const STREAM_LIFETIME: Duration = Duration::from_secs(60);
 /// Deadline of one publish.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Creates the broker node (named `broker`) at `addr`; it serves again
+/// after a restart.
+pub fn broker_node(addr: SocketAddr) -> madsim::task::NodeId {
+    madsim::runtime::Handle::current()
+        .create_node()
+        .name("broker")
+        .ip(addr.ip())
+        .init(move || serve_broker(addr))
+        .build()
+        .id()
+}
+
 /// Runs the broker on this node until it is killed.
 pub async fn serve_broker(addr: SocketAddr) {
     let bus = Arc::new(MemoryBus::new());

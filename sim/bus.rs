@@ -11,7 +11,7 @@ use streamgate::bus::{BusError, Event, EventBus, EventType, handler};
 use streamgate::rt;
 use streamgate::testkit::bus_contract;
 
-use crate::broker::{SimBus, serve_broker};
+use crate::broker::{SimBus, broker_node};
 use crate::trace::{announce, note};
 
 const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), 4222);
@@ -20,12 +20,7 @@ const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)
 async fn sim_bus_meets_the_contract() {
     let _progress = announce("sim_bus_meets_the_contract");
     let handle = Handle::current();
-    handle
-        .create_node()
-        .name("broker")
-        .ip(BROKER.ip())
-        .init(|| serve_broker(BROKER))
-        .build();
+    broker_node(BROKER);
     let client = handle
         .create_node()
         .name("client")
@@ -44,18 +39,12 @@ async fn sim_bus_meets_the_contract() {
 async fn subscribers_reconnect_after_a_broker_restart() {
     let _progress = announce("subscribers_reconnect_after_a_broker_restart");
     let handle = Handle::current();
-    let broker = handle
-        .create_node()
-        .name("broker")
-        .ip(BROKER.ip())
-        .init(|| serve_broker(BROKER))
-        .build();
+    let broker_id = broker_node(BROKER);
     let client = handle
         .create_node()
         .name("client")
         .ip([10, 0, 1, 2].into())
         .build();
-    let broker_id = broker.id();
     client
         .spawn(async move {
             let start = rt::now();

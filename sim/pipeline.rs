@@ -29,7 +29,7 @@ use streamgate::services::ServiceOpts;
 use streamgate::services::media;
 use streamgate::services::transcoder::Engine;
 
-use crate::broker::{SimBus, serve_broker};
+use crate::broker::{SimBus, broker_node};
 use crate::trace::{announce, note};
 
 const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 7, 1)), 4222);
@@ -132,12 +132,7 @@ async fn final_state(pool: &ClientPool, video_id: &str) -> Option<(VideoState, S
 async fn every_acknowledged_upload_ends_final_exactly_once() {
     let _progress = announce("every_acknowledged_upload_ends_final_exactly_once");
     let handle = Handle::current();
-    handle
-        .create_node()
-        .name("broker")
-        .ip(BROKER.ip())
-        .init(|| serve_broker(BROKER))
-        .build();
+    broker_node(BROKER);
     let registry = Arc::new(MemoryRegistry::new());
     let blobs = MemoryBlobStore::new();
     let nodes = [
@@ -289,12 +284,7 @@ async fn a_stalled_upload_is_cut_and_leaves_nothing() {
 
     let _progress = announce("a_stalled_upload_is_cut_and_leaves_nothing");
     let handle = Handle::current();
-    handle
-        .create_node()
-        .name("broker")
-        .ip(BROKER.ip())
-        .init(|| serve_broker(BROKER))
-        .build();
+    broker_node(BROKER);
     let registry = Arc::new(MemoryRegistry::new());
     let blobs = MemoryBlobStore::new();
     service_node("metadata-0", 10, ServiceKind::Metadata, &registry, &blobs);

@@ -35,7 +35,10 @@ fn runs() -> u64 {
 /// replay command, and replaying it alone prints its trace).
 /// `SIM_VERBOSE=1` prints them anyway.
 pub fn quiet() -> bool {
-    runs() > 1 && std::io::stderr().is_terminal() && std::env::var_os("SIM_VERBOSE").is_none()
+    static QUIET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *QUIET.get_or_init(|| {
+        runs() > 1 && std::io::stderr().is_terminal() && std::env::var_os("SIM_VERBOSE").is_none()
+    })
 }
 
 /// Prints the seed and how to replay it; the guard counts the run done

@@ -22,7 +22,7 @@ use streamgate::services::transcoder::Engine;
 use super::check;
 use super::faults::Plan;
 use super::timeline::{Kind, Timeline};
-use crate::broker::{SimBus, serve_broker};
+use crate::broker::{SimBus, broker_node};
 
 /// The broker node's address.
 pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 1)), 4222);
@@ -106,13 +106,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         .init(crate::registry::serve_agent)
         .build()
         .id();
-    let broker = handle
-        .create_node()
-        .name("broker")
-        .ip(BROKER.ip())
-        .init(|| serve_broker(BROKER))
-        .build()
-        .id();
+    let broker = broker_node(BROKER);
     let blobs = MemoryBlobStore::new();
     let engine = Engine::Model {
         duration: plan.transcode_time,

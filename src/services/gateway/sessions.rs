@@ -14,11 +14,12 @@ use serde_json::{Value, json};
 
 use super::bearer::AuthUser;
 use super::error::ApiError;
-use super::videos::MAX_JSON_BYTES;
+use super::videos::{json_bytes, parse_json};
 use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{StartSessionRequest, StopSessionRequest};
 use crate::services::media;
+use crate::services::worker::queue::truncate;
 
 /// Longest client description passed on (the proto's limit).
 const MAX_CLIENT_INFO: usize = 256;
@@ -41,23 +42,15 @@ struct Stop {
     watched_ms: Option<u64>,
 }
 
-/// An optional JSON body of at most [`MAX_JSON_BYTES`]: empty means the
-/// defaults.
+/// An optional JSON body (see [`json_bytes`]): empty means the defaults.
 async fn optional_body<T: serde::de::DeserializeOwned + Default>(
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_JSON_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body: unreadable or over {MAX_JSON_BYTES} bytes"),
-            )
-        })?;
+    let bytes = json_bytes(body).await?;
     if bytes.is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+    parse_json(&bytes)
 }
 
 /// The User-Agent, cut to [`MAX_CLIENT_INFO`] bytes on a character boundary.
@@ -66,11 +59,7 @@ fn client_info(headers: &HeaderMap) -> String {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let mut end = ua.len().min(MAX_CLIENT_INFO);
-    while !ua.is_char_boundary(end) {
-        end -= 1;
-    }
-    ua[..end].to_owned()
+    truncate(ua, MAX_CLIENT_INFO)
 }
 
 /// `POST /v1/videos/{id}/sessions` with `{"rendition"?}`: 201

@@ -102,20 +102,27 @@ struct Patch {
     description: Option<String>,
 }
 
+/// Reads a body of at most [`MAX_JSON_BYTES`] (413 beyond, 400 if it fails).
+pub(super) async fn json_bytes(body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body: exceeds {MAX_JSON_BYTES} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("body: {e}"))),
+    }
+}
+
+/// Parses a JSON body (400 with serde's message if it does not fit `T`).
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
 pub(super) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
-    let bytes = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body: exceeds {MAX_JSON_BYTES} bytes"),
-            ));
-        }
-        Err(e) => return Err(ApiError::bad_request(format!("body: {e}"))),
-    };
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+    parse_json(&json_bytes(body).await?)
 }
 
 /// Only a video's owner may change or delete it (one recorded without an
