@@ -7,7 +7,10 @@
 //!
 //! `cargo bench --bench pool_overhead`. Server and client each run on their
 //! own single-threaded runtime (their own thread); for steadier figures pin
-//! the process to two cores (`taskset -c 0,1`).
+//! the process to two cores (`taskset -c 0,1`). `-- --profile PATH CALLS`
+//! makes CALLS calls on one path (0 baseline, 1 client side, 2 server side,
+//! 3 both) and measures nothing: instructions per call, under callgrind, are
+//! the difference of two paths' totals over CALLS.
 #![allow(clippy::print_stdout)]
 
 #[cfg(not(madsim))]
@@ -200,6 +203,16 @@ mod bench {
         }
     }
 
+    /// `--profile PATH CALLS`: the index of one path (0 baseline, 1 client
+    /// side, 2 server side, 3 both) and how many calls to make on it.
+    fn profile_args() -> Option<(usize, usize)> {
+        let args: Vec<String> = std::env::args().collect();
+        let at = args.iter().position(|a| a == "--profile")?;
+        let path = args.get(at + 1)?.parse().ok().filter(|p| *p < 4)?;
+        let calls = args.get(at + 2)?.parse().ok()?;
+        Some((path, calls))
+    }
+
     pub fn main() -> anyhow::Result<()> {
         let keys = Keyring::generate("bench");
         let registry = Arc::new(MemoryRegistry::new());
@@ -228,6 +241,35 @@ mod bench {
                 ("raw tonic -> full server (server side)", Path { channel: ChannelKind::Raw(transport::channel(full)), token: Some(token) }),
                 ("pool -> full server (both)", Path { channel: ChannelKind::Pool(pool.channel("cache").await.expect("pool")), token: None }),
             ];
+            if let Some((path, calls)) = profile_args() {
+                // For a profiler (e.g. `valgrind --tool=callgrind`): one path,
+                // a fixed number of calls, one at a time, nothing measured.
+                let (name, path) = &paths[path];
+                let client = match path.channel.clone() {
+                    ChannelKind::Raw(ch) => Err(CacheServiceClient::new(ch)),
+                    ChannelKind::Pool(ch) => Ok(CacheServiceClient::new(ch)),
+                };
+                for _ in 0..calls {
+                    match client.clone() {
+                        Err(mut c) => {
+                            let mut req = request();
+                            if let Some(t) = &path.token {
+                                req.metadata_mut().insert(
+                                    streamgate::middleware::auth::HEADER,
+                                    tonic::metadata::MetadataValue::try_from(t.as_bytes())
+                                        .expect("token"),
+                                );
+                            }
+                            c.get(req).await.expect("raw call");
+                        }
+                        Ok(mut c) => {
+                            c.get(request()).await.expect("pool call");
+                        }
+                    }
+                }
+                println!("{calls} calls on {name}");
+                return;
+            }
             println!("unary CacheService/Get, {ROUNDS} interleaved rounds of {ROUND:?} each; ratios against the baseline");
             for concurrency in [1usize, 64] {
                 let mut runs: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();

@@ -34,3 +34,4 @@ pub mod resilience;
 pub mod services;
 pub mod sqlite;
 pub mod testkit;
+pub mod text;

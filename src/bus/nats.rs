@@ -43,8 +43,9 @@ pub struct NatsBus {
     opts: NatsOpts,
     durable: Option<Arc<jetstream::Durable>>,
     /// Per [`EventType`] (by position in [`EventType::ALL`]): its wire subject
-    /// and whether it goes through JetStream, worked out once, not per publish.
-    routes: Vec<(String, bool)>,
+    /// and whether it goes through JetStream, worked out once, not per publish
+    /// (a `Subject` clones without allocating).
+    routes: Vec<(async_nats::Subject, bool)>,
     counters: Arc<Counters>,
     closed: AtomicBool,
 }
@@ -94,7 +95,8 @@ impl NatsBus {
             .map(|kind| {
                 let subject = kind.subject();
                 let wire = prefixed(opts.subject_prefix.as_deref(), subject);
-                (wire, durable.as_ref().is_some_and(|d| d.covers(subject)))
+                let durable = durable.as_ref().is_some_and(|d| d.covers(subject));
+                (async_nats::Subject::from(wire), durable)
             })
             .collect();
         Ok(Self {
@@ -147,7 +149,11 @@ impl NatsBus {
         Ok(())
     }
 
-    async fn publish_core(&self, subject: String, payload: bytes::Bytes) -> Result<(), BusError> {
+    async fn publish_core(
+        &self,
+        subject: async_nats::Subject,
+        payload: bytes::Bytes,
+    ) -> Result<(), BusError> {
         let confirm = self.opts.confirm_publish;
         if confirm && self.status() != ConnectionStatus::Connected {
             return Err(BusError::Unavailable("NATS disconnected".to_owned()));
@@ -159,7 +165,9 @@ impl NatsBus {
                 .await
                 .map_err(|e| BusError::Unavailable(format!("publish: {e}")))?;
             if confirm {
-                self.confirm().await?;
+                // Boxed, like JetStream's publish: a request's future is
+                // large, and unconfirmed publishes should not carry it.
+                Box::pin(self.confirm()).await?;
             }
             Ok(())
         };
@@ -223,9 +231,10 @@ impl EventBus for NatsBus {
         let result = match self.durable.as_ref().filter(|_| *durable) {
             Some(durable) => {
                 let deadline = rt::now() + NatsOpts::ms(self.opts.publish_timeout_ms);
-                durable
-                    .publish(wire.clone(), event, payload, deadline)
-                    .await
+                // Boxed: its retry loop makes a future of kilobytes, which
+                // would otherwise be allocated and copied on every publish,
+                // core ones included.
+                Box::pin(durable.publish(wire.clone(), event, payload, deadline)).await
             }
             None => self.publish_core(wire.clone(), payload).await,
         };

@@ -56,8 +56,40 @@ pub struct InstanceLabels {
     pub instance: String,
 }
 
+/// Distinct call label sets (service, method) kept; calls on further paths
+/// (only a misbehaving client sends many) count under `http`/`other`.
+pub const MAX_CALL_LABELS: usize = 256;
+
+/// What a call on one path updates, looked up once per call (no label
+/// strings built on the way).
+struct CallMetrics {
+    labels: CallLabels,
+    in_flight: Gauge,
+    latency: Histogram,
+    requests: Family<DoneLabels, Counter>,
+    /// The requests counter per gRPC code (by its number), made on first use.
+    by_code: [std::sync::OnceLock<Counter>; 17],
+}
+
+impl CallMetrics {
+    fn done(&self, code: tonic::Code) {
+        let i = usize::try_from(code as i32).unwrap_or(0).min(16);
+        self.by_code[i]
+            .get_or_init(|| {
+                self.requests.get_or_create_owned(&DoneLabels {
+                    service: self.labels.service.clone(),
+                    method: self.labels.method.clone(),
+                    code: format!("{code:?}"),
+                })
+            })
+            .inc();
+    }
+}
+
 struct Inner {
     registry: Registry,
+    /// Per request path, at most [`MAX_CALL_LABELS`].
+    calls: std::collections::HashMap<String, Arc<CallMetrics>>,
     requests: Family<DoneLabels, Counter>,
     latency: Family<CallLabels, Histogram>,
     in_flight: Family<CallLabels, Gauge>,
@@ -122,6 +154,7 @@ impl Default for Metrics {
         );
         let inner = Inner {
             registry,
+            calls: std::collections::HashMap::new(),
             requests,
             latency,
             in_flight,
@@ -208,22 +241,32 @@ impl Metrics {
         self.with(|i| i.cache_reads.get_or_create(&labels).get())
     }
 
-    fn start(&self, labels: &CallLabels) {
-        self.with(|i| i.in_flight.get_or_create(labels).inc());
-    }
-
-    fn finish(&self, labels: CallLabels, code: &str, started: Instant) {
-        let seconds = (rt::now() - started).as_secs_f64();
-        self.with(|i| {
-            i.in_flight.get_or_create(&labels).dec();
-            i.latency.get_or_create(&labels).observe(seconds);
-            let done = DoneLabels {
-                service: labels.service,
-                method: labels.method,
-                code: code.to_owned(),
-            };
-            i.requests.get_or_create(&done).inc();
+    /// The handles of calls on `path` (made on its first call).
+    fn call(&self, path: &str) -> Arc<CallMetrics> {
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(call) = inner.calls.get(path) {
+            return call.clone();
+        }
+        let (service, method) = if inner.calls.len() < MAX_CALL_LABELS {
+            split_path(path)
+        } else {
+            ("http".to_owned(), "other".to_owned())
+        };
+        let labels = CallLabels { service, method };
+        let call = Arc::new(CallMetrics {
+            in_flight: inner.in_flight.get_or_create_owned(&labels),
+            latency: inner.latency.get_or_create_owned(&labels),
+            requests: inner.requests.clone(),
+            by_code: Default::default(),
+            labels,
         });
+        if inner.calls.len() < MAX_CALL_LABELS {
+            inner.calls.insert(path.to_owned(), call.clone());
+        }
+        call
     }
 }
 
@@ -272,12 +315,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (service, method) = split_path(req.uri().path());
-        let labels = CallLabels { service, method };
-        self.metrics.start(&labels);
+        let call = self.metrics.call(req.uri().path());
+        call.in_flight.inc();
         ResponseFuture {
             inner: self.inner.call(req),
-            done: Some((self.metrics.clone(), labels, rt::now())),
+            done: Some((call, rt::now())),
         }
     }
 }
@@ -287,16 +329,23 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        done: Option<(Metrics, CallLabels, Instant)>,
+        done: Option<(Arc<CallMetrics>, Instant)>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some((metrics, labels, started)) = this.project().done.take() {
-                metrics.finish(labels, "Cancelled", started);
+            if let Some((call, started)) = this.project().done.take() {
+                finish(&call, tonic::Code::Cancelled, started);
             }
         }
     }
+}
+
+/// Records a finished call.
+fn finish(call: &CallMetrics, code: tonic::Code, started: Instant) {
+    call.in_flight.dec();
+    call.latency.observe((rt::now() - started).as_secs_f64());
+    call.done(code);
 }
 
 impl<F, ResBody, E> Future for ResponseFuture<F>
@@ -308,7 +357,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Some((metrics, labels, started)) = this.done.take() {
+        if let Some((call, started)) = this.done.take() {
             // Unary errors come trailers-only, so their status is in the head;
             // a status sent later in trailers counts as OK here.
             let code = match &result {
@@ -316,7 +365,7 @@ where
                     .map_or(tonic::Code::Ok, |s| s.code()),
                 Err(_) => tonic::Code::Internal,
             };
-            metrics.finish(labels, &format!("{code:?}"), started);
+            finish(&call, code, started);
         }
         Poll::Ready(result)
     }
@@ -375,6 +424,38 @@ mod tests {
         }
         assert!(
             text.contains("streamgate_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+
+    /// Paths come from outside: past the bound, new ones share one label set.
+    #[tokio::test]
+    async fn distinct_paths_are_bounded() {
+        let metrics = Metrics::default();
+        let svc =
+            tower::service_fn(
+                |_req: Request<()>| async move { Ok::<_, Infallible>(Response::new(())) },
+            );
+        let layer = MetricsLayer::new(metrics.clone());
+        let extra = 50;
+        for n in 0..MAX_CALL_LABELS + extra {
+            let path = format!("/svc{n}/Method");
+            layer
+                .layer(svc)
+                .oneshot(Request::builder().uri(path).body(()).unwrap())
+                .await
+                .unwrap();
+        }
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("streamgate_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_CALL_LABELS + 1, "{text}");
+        assert!(
+            text.contains(&format!(
+                r#"streamgate_requests_total{{service="http",method="other",code="Ok"}} {extra}"#
+            )),
             "{text}"
         );
     }

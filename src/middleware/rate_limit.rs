@@ -47,7 +47,10 @@ impl RateLimitLayer {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = if buckets.contains_key(caller) || buckets.len() < MAX_CALLERS {
+        if let Some(bucket) = buckets.get_mut(caller) {
+            return bucket.try_take(now);
+        }
+        let key = if buckets.len() < MAX_CALLERS {
             caller
         } else {
             OVERFLOW
@@ -100,9 +103,8 @@ where
         let caller = req
             .extensions()
             .get::<Caller>()
-            .map_or("anonymous", |c| c.0.as_str())
-            .to_owned();
-        match self.layer.admit(&caller) {
+            .map_or("anonymous", |c| c.0.as_str());
+        match self.layer.admit(caller) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(wait) => {
                 let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);

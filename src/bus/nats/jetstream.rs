@@ -72,7 +72,7 @@ impl Durable {
     /// retrying (safe: the server deduplicates) until `deadline`.
     pub(super) async fn publish(
         &self,
-        wire_subject: String,
+        wire_subject: async_nats::Subject,
         event: &Event,
         payload: bytes::Bytes,
         deadline: rt::Instant,

@@ -65,11 +65,7 @@ pub fn display_name(n: &str) -> Result<(), AuthError> {
 #[must_use]
 pub fn default_display_name(email: &str) -> String {
     let local = email.split('@').next().unwrap_or_default();
-    let mut end = local.len().min(MAX_DISPLAY_NAME_BYTES);
-    while !local.is_char_boundary(end) {
-        end -= 1;
-    }
-    local[..end].to_owned()
+    crate::text::prefix(local, MAX_DISPLAY_NAME_BYTES).to_owned()
 }
 
 /// Requested scopes: at most 32, each a scope.

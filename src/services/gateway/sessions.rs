@@ -19,7 +19,6 @@ use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{StartSessionRequest, StopSessionRequest};
 use crate::services::media;
-use crate::services::worker::queue::truncate;
 
 /// Longest client description passed on (the proto's limit).
 const MAX_CLIENT_INFO: usize = 256;
@@ -59,7 +58,7 @@ fn client_info(headers: &HeaderMap) -> String {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    truncate(ua, MAX_CLIENT_INFO)
+    crate::text::prefix(ua, MAX_CLIENT_INFO).to_owned()
 }
 
 /// `POST /v1/videos/{id}/sessions` with `{"rendition"?}`: 201

@@ -51,11 +51,7 @@ pub fn after(state: VideoState, step: &Step) -> Option<VideoState> {
 /// `reason` cut to [`MAX_REASON`] bytes on a character boundary.
 #[must_use]
 pub fn clip_reason(reason: &str) -> String {
-    let mut end = reason.len().min(MAX_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
+    crate::text::prefix(reason, MAX_REASON).to_owned()
 }
 
 #[cfg(test)]

@@ -30,13 +30,8 @@ impl Failure {
 /// `s` cut to at most `max` bytes on a char boundary.
 #[must_use]
 pub fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    let end = crate::text::prefix(&s, max).len();
+    s.truncate(end);
     s
 }
 

@@ -154,11 +154,7 @@ fn title_of(m: &UploadMetadata) -> String {
     if !m.title.is_empty() {
         return m.title.clone();
     }
-    let mut end = m.file_name.len().min(200);
-    while !m.file_name.is_char_boundary(end) {
-        end -= 1;
-    }
-    m.file_name[..end].to_owned()
+    crate::text::prefix(&m.file_name, 200).to_owned()
 }
 
 fn response(u: &UploadInfo, deduplicated: bool) -> UploadResponse {

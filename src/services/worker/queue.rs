@@ -295,11 +295,7 @@ impl Job {
 /// `s` cut to at most `max` bytes on a char boundary.
 #[must_use]
 pub fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    crate::text::prefix(s, max).to_owned()
 }
 
 #[cfg(test)]
