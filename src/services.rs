@@ -299,19 +299,20 @@ pub async fn start(opts: &ServiceOpts, rt: &Runtime) -> Result<RunningService, K
             listener,
             Routes::from(router.fallback(gateway::not_found).merge(http)),
             tower::ServiceBuilder::new()
-                .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer)
+                .layer(RequestIdLayer::new())
                 .layer(MetricsLayer::new(rt.metrics.clone())),
             shutdown,
         )),
-        // Outermost first: request id, trace, error handling, metrics,
-        // deadline, service token, rate limit.
+        // Outermost first: trace, request id (the trace id unless the call
+        // names one), error handling, metrics, deadline, service token, rate
+        // limit.
         None => rt::spawn(transport::serve(
             listener,
             Routes::from(router),
             tower::ServiceBuilder::new()
-                .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer)
+                .layer(RequestIdLayer::new())
                 .layer(ErrorLayer)
                 .layer(MetricsLayer::new(rt.metrics.clone()))
                 .layer(

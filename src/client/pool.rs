@@ -13,7 +13,6 @@ use tower::Layer as _;
 
 use super::balanced::{Balanced, Hooks, OutcomeHook, TransitionHook};
 use crate::middleware::auth::{Attach, AttachLayer, Keyring};
-use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::middleware::retry::{Retrier, RetryHook};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
@@ -25,8 +24,10 @@ use crate::resilience::retry::RetryPolicy;
 use crate::rt;
 
 /// A channel as handed out: the balanced instances behind the client
-/// layers (request id, trace context, service token, deadline propagation).
-pub type PoolChannel = RequestId<ClientTrace<Attach<PropagateDeadline<Balanced>>>>;
+/// layers (trace context, service token, deadline propagation). No request
+/// id layer: the server takes the trace id as the request id, so the id
+/// follows the request across hops without a header of its own.
+pub type PoolChannel = ClientTrace<Attach<PropagateDeadline<Balanced>>>;
 
 /// How long [`ClientPool::channel`] waits for a service's first watch answer.
 pub const FIRST_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -225,8 +226,7 @@ impl ClientPool {
 
     fn layered(&self, balanced: Balanced) -> PoolChannel {
         let layered = PropagateDeadlineLayer.layer(balanced);
-        let layered = ClientTraceLayer.layer(self.inner.attach.layer(layered));
-        RequestIdLayer::new().layer(layered)
+        ClientTraceLayer.layer(self.inner.attach.layer(layered))
     }
 
     /// The instances of `service`, followed from the registry from the

@@ -180,11 +180,14 @@ pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<String, AuthE
         .flatten()
         .find(|k| k.id == kid)
         .ok_or_else(|| AuthError::UnknownKey(kid.chars().take(16).collect()))?;
-    let sig = URL_SAFE_NO_PAD
-        .decode(sig)
+    // Decoded on the stack: an HMAC-SHA256 tag is 32 bytes; room for more
+    // only so that a longer one is refused as forged, not as malformed.
+    let mut tag = [0u8; 64];
+    let len = URL_SAFE_NO_PAD
+        .decode_slice(sig, &mut tag)
         .map_err(|_| AuthError::Malformed)?;
     key.mac(body.as_bytes())
-        .verify_slice(&sig)
+        .verify_slice(&tag[..len])
         .map_err(|_| AuthError::Forged)?;
     let skew = u64::try_from(MAX_SKEW.as_millis()).unwrap_or(u64::MAX);
     if now_ms > expires.saturating_add(skew) {

@@ -65,14 +65,16 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let path = req.uri().path().to_owned();
+        // Kept for the log line by reference count, not copied: most calls
+        // never log.
+        let uri = req.uri().clone();
         let request_id = req
             .extensions()
             .get::<RequestIdValue>()
-            .map(|v| String::from_utf8_lossy(v.0.as_bytes()).into_owned());
+            .map(|v| v.0.clone());
         ResponseFuture {
             inner: self.inner.call(req),
-            path,
+            uri,
             request_id,
         }
     }
@@ -83,8 +85,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        path: String,
-        request_id: Option<String>,
+        uri: http::Uri,
+        request_id: Option<http::HeaderValue>,
     }
 }
 
@@ -98,20 +100,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let id = this.request_id.as_deref().unwrap_or("-");
+        let id = this
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let path = this.uri.path();
         let response = match std::task::ready!(this.inner.poll(cx)) {
             Ok(response) => {
                 if let Some(status) = tonic::Status::from_header_map(response.headers()) {
                     if is_server_fault(status.code()) {
-                        tracing::warn!(path = %this.path, request_id = id, code = ?status.code(), message = status.message(), "call failed");
+                        tracing::warn!(path, request_id = id, code = ?status.code(), message = status.message(), "call failed");
                     } else if status.code() != Code::Ok {
-                        tracing::debug!(path = %this.path, request_id = id, code = ?status.code(), message = status.message(), "call refused");
+                        tracing::debug!(path, request_id = id, code = ?status.code(), message = status.message(), "call refused");
                     }
                 }
                 response
             }
             Err(e) => {
-                tracing::error!(path = %this.path, request_id = id, error = %e, "call failed inside the server");
+                tracing::error!(path, request_id = id, error = %e, "call failed inside the server");
                 let status = tonic::Status::internal(format!("internal error (request id {id})"));
                 let (parts, ()) = status.into_http::<()>().into_parts();
                 Response::from_parts(parts, ResBody::default())

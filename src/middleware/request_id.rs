@@ -1,6 +1,11 @@
-//! `x-request-id`: keeps a well-formed incoming id or generates one, makes it
-//! visible to the handler (request extension) and echoes it on the response.
-//! The same layer on the client side stamps outgoing calls.
+//! `x-request-id`: keeps a well-formed incoming id, else takes the call's
+//! trace id (so one id names a request across every hop without a header of
+//! its own), else generates one; makes it visible to the handler (request
+//! extension) and echoes it on the response. Placed inside the server's
+//! trace layer, which puts the [`TraceContext`] in the request's extensions.
+//! The same layer on a client stamps outgoing calls that carry none (the
+//! pool doesn't use it: its calls carry `traceparent`, from which the server
+//! derives the id).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +14,7 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
+use super::trace::TraceContext;
 use crate::rt;
 
 /// The header's name.
@@ -67,9 +73,19 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let id = match req.headers().get(HEADER) {
             Some(v) if is_valid(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::try_from(rt::random_hex128()).expect("hex is a valid header value"),
+            _ => {
+                let hex = match req.extensions().get::<TraceContext>() {
+                    Some(ctx) => format!("{:032x}", ctx.trace_id),
+                    None => rt::random_hex128(),
+                };
+                let mut id = HeaderValue::try_from(hex).expect("hex is a valid header value");
+                // A fresh value per call is never worth a slot in HTTP/2's
+                // header table: sent as a literal, it evicts nothing.
+                id.set_sensitive(true);
+                req.headers_mut().insert(HEADER, id.clone());
+                id
+            }
         };
-        req.headers_mut().insert(HEADER, id.clone());
         req.extensions_mut().insert(RequestIdValue(id.clone()));
         ResponseFuture {
             inner: self.inner.call(req),
@@ -130,6 +146,22 @@ mod tests {
         let res = RequestIdLayer.layer(echo()).oneshot(req).await.unwrap();
         assert_eq!(res.headers()[HEADER], "abc-123");
         assert_eq!(res.body(), "abc-123");
+    }
+
+    #[tokio::test]
+    async fn takes_the_trace_id_when_there_is_none() {
+        let ctx = TraceContext::root();
+        let mut req = Request::new(());
+        req.extensions_mut().insert(ctx);
+        let res = RequestIdLayer.layer(echo()).oneshot(req).await.unwrap();
+        let want = format!("{:032x}", ctx.trace_id);
+        assert_eq!(res.headers()[HEADER], want.as_str());
+        assert_eq!(res.body(), &want);
+        // A valid id of the caller's own still wins.
+        let mut req = Request::builder().header(HEADER, "mine").body(()).unwrap();
+        req.extensions_mut().insert(ctx);
+        let res = RequestIdLayer.layer(echo()).oneshot(req).await.unwrap();
+        assert_eq!(res.headers()[HEADER], "mine");
     }
 
     #[tokio::test]

@@ -166,19 +166,20 @@ pub struct PropagateDeadline<S> {
 impl<S, B, ResBody> Service<Request<B>> for PropagateDeadline<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-    S::Error: 'static,
+    ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Response, S::Error>;
+    /// The inner call's own future (not boxed again), or the refusal.
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        use futures::future::Either;
         // buggify (simulation only): a call now and then gets a deadline far
         // too short for it, so that every caller meets DEADLINE_EXCEEDED
         // (on either side of the wire) on paths that normally succeed.
@@ -190,11 +191,9 @@ where
         if let Some(deadline) = current_deadline() {
             let left = deadline.saturating_duration_since(rt::now());
             if left.is_zero() {
-                return ResponseFuture {
-                    inner: Box::pin(async {
-                        Ok(deadline_response("the caller's deadline has passed"))
-                    }),
-                };
+                return Either::Right(std::future::ready(Ok(deadline_response(
+                    "the caller's deadline has passed",
+                ))));
             }
             let own = grpc_timeout::from_headers(req.headers());
             if own.is_none_or(|own| own > left) {
@@ -202,9 +201,7 @@ where
                     .insert(grpc_timeout::HEADER, grpc_timeout::encode(left));
             }
         }
-        ResponseFuture {
-            inner: Box::pin(self.inner.call(req)),
-        }
+        Either::Left(self.inner.call(req))
     }
 }
 

@@ -192,7 +192,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let ctx = current().map_or_else(TraceContext::root, |c| c.child());
-        let value = HeaderValue::try_from(ctx.header()).expect("hex is a valid header");
+        let mut value = HeaderValue::try_from(ctx.header()).expect("hex is a valid header");
+        // New per call: never worth a slot in HTTP/2's header table.
+        value.set_sensitive(true);
         req.headers_mut().insert(HEADER, value);
         self.inner.call(req)
     }
