@@ -10,13 +10,14 @@
 //! `cargo bench --bench streaming_range`. Needs nginx at /usr/sbin/nginx
 //! (or $NGINX); fails, rather than skips, without it.
 //!
-//! Measured on the 2-core dev VM (2026-11-27, quiet, two runs): 0.31-0.34x
-//! at 1 connection, 0.48-0.51x at 8, 0.45x at 64 (streamgate 1.0-1.5 GB/s,
-//! nginx 2.9-3.2 GB/s); the target of 0.9x is not met.
-//! nginx sendfiles (no user-space copy); this path copies each byte several
-//! times (file read, prost encode, h2 send, h2 receive, tonic decode buffer,
-//! HTTP/1 send), and the gateway's connections share one pooled HTTP/2
-//! connection to streaming.
+//! Measured on the 2-core dev VM (2026-11-27, quiet, two runs): 0.43-0.44x
+//! at 1 connection, 0.66-0.69x at 8, 0.57-0.60x at 64 (streamgate 1.3-2.3
+//! GB/s, nginx 2.9-3.3 GB/s); the target of 0.9x is not met. Before HTTP/2
+//! frames of 256 KiB (16 KiB, the protocol's default): 0.31-0.34x, 0.48-0.51x
+//! and 0.45x. nginx sendfiles (no user-space copy); this path copies each
+//! byte several times (file read, prost encode, h2 send, h2 receive, tonic
+//! decode buffer, HTTP/1 send), and the gateway's connections share one
+//! pooled HTTP/2 connection to streaming.
 #![allow(clippy::print_stdout)]
 
 #[cfg(not(madsim))]

@@ -129,11 +129,12 @@ fn unsatisfiable(size: u64) -> Response {
 
 /// The bytes `[from, end)` of the original as a checked body: chunks must
 /// arrive in order and end exactly at `end`, else the body fails (the
-/// client sees a truncated response, never wrong bytes). After the last
-/// chunk the call is read to its end (its trailers), so that it closes
+/// client sees a truncated response, never wrong bytes). At the last chunk
+/// a task reads the call to its end (its trailers), so that it closes
 /// cleanly: a call dropped before its trailers is reset, and h2 ends a
 /// connection that has reset too many streams (GOAWAY ENHANCE_YOUR_CALM),
-/// failing every call on it.
+/// failing every call on it. (It can't wait for the body's next poll: the
+/// HTTP server stops polling once Content-Length bytes are out.)
 fn body(
     first: DataChunk,
     rest: Chunks,
@@ -142,15 +143,10 @@ fn body(
 ) -> impl Stream<Item = Result<Bytes, tonic::Status>> {
     let state = Read {
         next: Some((first, rest)),
-        drain: None,
         at: from,
         end,
     };
     futures::stream::unfold(state, |mut state| async move {
-        if let Some(rest) = state.drain.take() {
-            drain(rest).await;
-            return None;
-        }
         let (chunk, mut rest) = state.next.take()?;
         let (at, end) = (state.at, state.end);
         if chunk.offset != at || at.saturating_add(chunk.data.len() as u64) > end {
@@ -168,7 +164,7 @@ fn body(
             if next_at != end {
                 return Some((Err(tonic::Status::internal("streaming ended early")), state));
             }
-            state.drain = Some(rest);
+            crate::rt::spawn(drain(rest));
             return Some((Ok(data), state));
         }
         match rest.message().await {
@@ -183,11 +179,9 @@ fn body(
     .filter(|item| std::future::ready(!matches!(item, Ok(b) if b.is_empty())))
 }
 
-/// Where [`body`] stands: the chunk to send next and the call it came on,
-/// or the finished call to read to its end.
+/// Where [`body`] stands: the chunk to send next and the call it came on.
 struct Read {
     next: Option<(DataChunk, Chunks)>,
-    drain: Option<Chunks>,
     at: u64,
     end: u64,
 }
