@@ -25,6 +25,11 @@ use crate::proto::{
 use crate::rt;
 use crate::services::media;
 
+/// How long after a refresh token's exchange a second use of it counts as
+/// the same client racing itself (refused, nothing more) rather than a
+/// stolen copy (which ends the token's whole family).
+pub const REUSE_GRACE_MS: u64 = 10_000;
+
 /// Scopes of a user's tokens.
 pub const USER_SCOPES: [&str; 2] = ["videos:read", "videos:write"];
 
@@ -75,14 +80,31 @@ impl AuthServer {
         .map_err(|e| AuthError::Internal(format!("auth store: {e}")))?
     }
 
-    /// A new access + refresh pair for `sub` at `now_ms`.
-    fn pair(&self, sub: &str, scopes: &[String], now_ms: u64) -> Result<TokenPair, AuthError> {
-        let access = self
-            .tokens
-            .issue(sub, Kind::Access, scopes.to_vec(), ACCESS_TTL, now_ms)?;
-        let refresh =
-            self.tokens
-                .issue(sub, Kind::Refresh, scopes.to_vec(), REFRESH_TTL, now_ms)?;
+    /// A new access + refresh pair for `sub` at `now_ms`, in refresh family
+    /// `fam`.
+    fn pair(
+        &self,
+        sub: &str,
+        scopes: &[String],
+        fam: &str,
+        now_ms: u64,
+    ) -> Result<TokenPair, AuthError> {
+        let access = self.tokens.issue_in_family(
+            sub,
+            Kind::Access,
+            scopes.to_vec(),
+            ACCESS_TTL,
+            fam,
+            now_ms,
+        )?;
+        let refresh = self.tokens.issue_in_family(
+            sub,
+            Kind::Refresh,
+            scopes.to_vec(),
+            REFRESH_TTL,
+            fam,
+            now_ms,
+        )?;
         Ok(TokenPair {
             access_expires_at_ms: ms(access.claims.expires_at_ms()),
             refresh_expires_at_ms: ms(refresh.claims.expires_at_ms()),
@@ -125,7 +147,7 @@ impl AuthServer {
         let id = user.id.clone();
         self.with_store(move |s| s.create_user(&user)).await?;
         tracing::info!(user = %id, "signed up");
-        let pair = self.pair(&id, &Self::user_scopes(), now_ms)?;
+        let pair = self.pair(&id, &Self::user_scopes(), &rt::random_hex128(), now_ms)?;
         Ok((id, pair))
     }
 
@@ -176,7 +198,12 @@ impl AuthServer {
             return Err(AuthError::BadCredentials);
         };
         tracing::info!(user = %id, "logged in");
-        let pair = self.pair(&id, &Self::user_scopes(), rt::unix_ms())?;
+        let pair = self.pair(
+            &id,
+            &Self::user_scopes(),
+            &rt::random_hex128(),
+            rt::unix_ms(),
+        )?;
         Ok((id, pair))
     }
 
@@ -186,7 +213,18 @@ impl AuthServer {
     /// UNAUTHENTICATED for an invalid, expired, non-refresh, revoked or
     /// already used token.
     pub async fn rotate(&self, r: RefreshRequest) -> Result<TokenPair, AuthError> {
-        let now_ms = rt::unix_ms();
+        self.rotate_at(r, rt::unix_ms()).await
+    }
+
+    /// [`AuthServer::rotate`] at `now_ms`. A token used again more than
+    /// [`REUSE_GRACE_MS`] after its exchange (or after it was revoked) was
+    /// copied: the whole refresh family it belongs to is revoked, so the
+    /// thief's and the owner's tokens stop working alike and the owner signs
+    /// in again (reuse detection, OAuth 2.0 Security BCP 4.14.2).
+    ///
+    /// # Errors
+    /// As [`AuthServer::rotate`].
+    pub async fn rotate_at(&self, r: RefreshRequest, now_ms: u64) -> Result<TokenPair, AuthError> {
         let claims = self
             .tokens
             .decode(&r.refresh_token, now_ms)
@@ -196,26 +234,69 @@ impl AuthServer {
                 "refresh token: not a refresh token",
             ));
         }
+        // Tokens from before families start one now.
+        let fam = if claims.fam.is_empty() {
+            rt::random_hex128()
+        } else {
+            claims.fam.clone()
+        };
         let (jti, sub, exp) = (
             claims.jti.clone(),
             claims.sub.clone(),
             claims.expires_at_ms(),
         );
-        // Revoking is the claim on the token: of two concurrent refreshes
-        // with one token, exactly one inserts the revocation and wins.
-        let (fresh, exists) = self
-            .with_store(move |s| Ok((s.revoke(&jti, exp, now_ms)?, s.user_exists(&sub)?)))
+        // A token from before families has none to check or to end.
+        let family = (!claims.fam.is_empty()).then(|| Store::family_key(&claims.fam));
+        let family_ends =
+            now_ms.saturating_add(u64::try_from(REFRESH_TTL.as_millis()).unwrap_or(u64::MAX));
+        let outcome = self
+            .with_store(move |s| {
+                if let Some(family) = &family
+                    && s.is_revoked(family)?
+                {
+                    return Ok(Rotation::FamilyRevoked);
+                }
+                // Revoking is the claim on the token: of two concurrent
+                // refreshes with one token, exactly one inserts the
+                // revocation and wins.
+                if s.revoke(&jti, exp, now_ms)? {
+                    s.record_rotation(&jti, now_ms, exp)?;
+                    return Ok(if s.user_exists(&sub)? {
+                        Rotation::Won
+                    } else {
+                        Rotation::NoUser
+                    });
+                }
+                let raced = s
+                    .rotated_at(&jti)?
+                    .is_some_and(|at| now_ms.saturating_sub(at) <= REUSE_GRACE_MS);
+                if raced {
+                    return Ok(Rotation::Raced);
+                }
+                if let Some(family) = &family {
+                    s.revoke(family, family_ends, now_ms)?;
+                }
+                Ok(Rotation::Reused {
+                    family_ended: family.is_some(),
+                })
+            })
             .await?;
-        if !fresh {
-            tracing::warn!(user = %claims.sub, token_id = %claims.jti, "a used or revoked refresh token was presented");
-            return Err(AuthError::Unauthenticated(
-                "refresh token: already used or revoked",
-            ));
+        match outcome {
+            Rotation::Won => self.pair(&claims.sub, &claims.scopes, &fam, now_ms),
+            Rotation::NoUser => Err(AuthError::Unauthenticated("refresh token: no such user")),
+            Rotation::Raced => Err(AuthError::Unauthenticated("refresh token: already used")),
+            Rotation::Reused { family_ended } => {
+                tracing::warn!(user = %claims.sub, token_id = %claims.jti, family = %claims.fam, family_ended, "a used or revoked refresh token was presented again");
+                Err(AuthError::Unauthenticated(if family_ended {
+                    "refresh token: already used or revoked; every token of this sign-in is now revoked"
+                } else {
+                    "refresh token: already used or revoked"
+                }))
+            }
+            Rotation::FamilyRevoked => Err(AuthError::Unauthenticated(
+                "refresh token: revoked (its sign-in was ended after a reuse)",
+            )),
         }
-        if !exists {
-            return Err(AuthError::Unauthenticated("refresh token: no such user"));
-        }
-        self.pair(&claims.sub, &claims.scopes, now_ms)
     }
 
     /// The claims of a valid `token` having `scope` (if not empty).
@@ -233,7 +314,14 @@ impl AuthServer {
             Err(why) => return Ok(Err(why)),
         };
         let jti = claims.jti.clone();
-        if self.with_store(move |s| s.is_revoked(&jti)).await? {
+        let family = (!claims.fam.is_empty()).then(|| Store::family_key(&claims.fam));
+        let revoked = self
+            .with_store(move |s| {
+                Ok(s.is_revoked(&jti)?
+                    || family.as_deref().map_or(Ok(false), |f| s.is_revoked(f))?)
+            })
+            .await?;
+        if revoked {
             return Ok(Err(Invalid::Revoked));
         }
         if !scope.is_empty() && !claims.scopes.iter().any(|s| s == scope) {
@@ -423,4 +511,22 @@ impl AuthService for AuthServer {
         let revoked = self.revoke(req.into_inner()).await?;
         Ok(Response::new(RevokeTokenResponse { revoked }))
     }
+}
+
+/// How a refresh exchange went, decided in one store transaction.
+enum Rotation {
+    /// The token was fresh: a new pair is issued.
+    Won,
+    /// The token was fresh but its user is gone.
+    NoUser,
+    /// Used again within [`REUSE_GRACE_MS`] of its exchange.
+    Raced,
+    /// Used again later, or after a revocation: its family (if it has
+    /// one) is now revoked.
+    Reused {
+        /// A family was there to revoke.
+        family_ended: bool,
+    },
+    /// Its family was revoked before.
+    FamilyRevoked,
 }

@@ -78,7 +78,12 @@ impl Store {
                  jti TEXT PRIMARY KEY,
                  expires_at_ms INTEGER NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS revoked_by_expiry ON revoked_tokens (expires_at_ms);",
+             CREATE INDEX IF NOT EXISTS revoked_by_expiry ON revoked_tokens (expires_at_ms);
+             CREATE TABLE IF NOT EXISTS rotations (
+                 jti TEXT PRIMARY KEY,
+                 rotated_at_ms INTEGER NOT NULL,
+                 expires_at_ms INTEGER NOT NULL
+             );",
         )?;
         Ok(Self {
             conn,
@@ -169,6 +174,12 @@ impl Store {
         Ok(added)
     }
 
+    /// The revocation-list entry that ends a whole refresh family.
+    #[must_use]
+    pub fn family_key(fam: &str) -> String {
+        format!("family:{fam}")
+    }
+
     /// True if `jti` is on the revocation list.
     ///
     /// # Errors
@@ -180,15 +191,51 @@ impl Store {
         Ok(stmt.query_row([jti], |_| Ok(())).optional()?.is_some())
     }
 
-    /// Forgets revocations of tokens expired by `now_ms`; how many.
+    /// Records that refresh token `jti` was exchanged at `at_ms` (kept
+    /// until it expires).
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn record_rotation(
+        &mut self,
+        jti: &str,
+        at_ms: u64,
+        expires_at_ms: u64,
+    ) -> Result<(), AuthError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO rotations (jti, rotated_at_ms, expires_at_ms) VALUES (?1, ?2, ?3)",
+            params![jti, to_i64(at_ms), to_i64(expires_at_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// When refresh token `jti` was exchanged, if it was.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn rotated_at(&self, jti: &str) -> Result<Option<u64>, AuthError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT rotated_at_ms FROM rotations WHERE jti = ?1")?;
+        let at: Option<i64> = stmt.query_row([jti], |row| row.get(0)).optional()?;
+        Ok(at.map(|ms| u64::try_from(ms).unwrap_or(0)))
+    }
+
+    /// Forgets revocations and rotations of tokens expired by `now_ms`;
+    /// how many.
     ///
     /// # Errors
     /// SQLite failed.
     pub fn sweep(&mut self, now_ms: u64) -> Result<usize, AuthError> {
-        Ok(self.conn.execute(
+        let revocations = self.conn.execute(
             "DELETE FROM revoked_tokens WHERE expires_at_ms <= ?1",
             [to_i64(now_ms)],
-        )?)
+        )?;
+        let rotations = self.conn.execute(
+            "DELETE FROM rotations WHERE expires_at_ms <= ?1",
+            [to_i64(now_ms)],
+        )?;
+        Ok(revocations + rotations)
     }
 }
 

@@ -60,6 +60,77 @@ async fn a_refresh_token_is_spent_once_even_when_raced() {
     assert_eq!(c.scopes, USER_SCOPES.map(str::to_owned));
 }
 
+/// A refresh token used again after its exchange's grace was copied: the
+/// whole sign-in (its family) ends, the owner's newer tokens included; other
+/// sign-ins of the same user are untouched. Within the grace, a second use
+/// is refused and nothing more (one client racing itself).
+#[tokio::test]
+async fn a_reused_refresh_token_ends_its_family() {
+    use super::server::REUSE_GRACE_MS;
+    let s = server();
+    let (_, first) = signed_up(&s).await;
+    let other = s
+        .authenticate(LogInRequest {
+            email: "ada@example.com".into(),
+            password: "correct horse".into(),
+        })
+        .await
+        .expect("log-in")
+        .1;
+    let now = crate::rt::unix_ms();
+    let refresh = |token: &str, at: u64| {
+        let s = s.clone();
+        let token = token.to_owned();
+        async move {
+            s.rotate_at(
+                RefreshRequest {
+                    refresh_token: token,
+                },
+                at,
+            )
+            .await
+        }
+    };
+    let second = refresh(&first.refresh_token, now).await.expect("rotation");
+    // Within the grace: refused, and the new pair still works.
+    assert!(refresh(&first.refresh_token, now + 1_000).await.is_err());
+    assert!(
+        s.check(&second.access_token, "", now)
+            .await
+            .expect("store")
+            .is_ok()
+    );
+    let third = refresh(&second.refresh_token, now + 2_000)
+        .await
+        .expect("the family is intact");
+    // Past the grace: a stolen copy shows; the family ends.
+    let late = now + 2_000 + REUSE_GRACE_MS + 1;
+    let e = refresh(&second.refresh_token, late)
+        .await
+        .expect_err("reuse");
+    assert!(
+        matches!(e, AuthError::Unauthenticated(m) if m.contains("now revoked")),
+        "{e}"
+    );
+    assert!(refresh(&third.refresh_token, late).await.is_err());
+    for token in [&third.access_token, &third.refresh_token] {
+        assert_eq!(
+            s.check(token, "", now + 3_000).await.expect("store"),
+            Err(Invalid::Revoked)
+        );
+    }
+    // Another sign-in of the same user is another family.
+    assert!(
+        s.check(&other.access_token, "", now)
+            .await
+            .expect("store")
+            .is_ok()
+    );
+    refresh(&other.refresh_token, late)
+        .await
+        .expect("other sign-ins go on");
+}
+
 #[tokio::test]
 async fn revoked_and_wrong_kind_tokens_are_refused() {
     let s = server();

@@ -69,6 +69,11 @@ pub struct Claims {
     pub iat: u64,
     /// Unique token id.
     pub jti: String,
+    /// The refresh family: every pair rotated from one sign-in shares it, so
+    /// that a stolen refresh token, once its reuse shows, can end them all.
+    /// Empty for service tokens (and tokens issued before families).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fam: String,
 }
 
 impl Claims {
@@ -178,6 +183,22 @@ impl Tokens {
         ttl: Duration,
         now_ms: u64,
     ) -> Result<Issued, AuthError> {
+        self.issue_in_family(sub, kind, scopes, ttl, "", now_ms)
+    }
+
+    /// [`Tokens::issue`], in refresh family `fam`.
+    ///
+    /// # Errors
+    /// Signing failed (never with a valid key).
+    pub fn issue_in_family(
+        &self,
+        sub: &str,
+        kind: Kind,
+        scopes: Vec<String>,
+        ttl: Duration,
+        fam: &str,
+        now_ms: u64,
+    ) -> Result<Issued, AuthError> {
         let iat = now_ms / 1000;
         let claims = Claims {
             sub: sub.to_owned(),
@@ -186,6 +207,7 @@ impl Tokens {
             exp: iat.saturating_add(ttl.as_secs()),
             iat,
             jti: crate::rt::random_hex128(),
+            fam: fam.to_owned(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Internal(format!("signing a token: {e}")))?;
