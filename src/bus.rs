@@ -235,47 +235,20 @@ pub trait EventBus: Send + Sync + 'static {
 /// so that one bad event never ends a subscription. Returns whether it succeeded.
 pub async fn dispatch(handler: &Handler, event: Event) -> bool {
     use futures::FutureExt as _;
-    // The handler takes the event; the id for a failure's log line is kept
-    // on the stack (no allocation per event on the happy path).
-    let (id, kind) = (LogId::of(&event.id), event.kind);
+    let (id, kind) = (event.id.clone(), event.kind);
     match std::panic::AssertUnwindSafe(handler(event))
         .catch_unwind()
         .await
     {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
-            tracing::warn!(event_id = id.as_str(), ?kind, error = %e, "event handler failed");
+            tracing::warn!(event_id = %id, ?kind, error = %e, "event handler failed");
             false
         }
         Err(_) => {
-            tracing::error!(event_id = id.as_str(), ?kind, "event handler panicked");
+            tracing::error!(event_id = %id, ?kind, "event handler panicked");
             false
         }
-    }
-}
-
-/// An event id for a log line: its first [`LogId::MAX`] bytes, on the stack.
-struct LogId {
-    bytes: [u8; LogId::MAX],
-    len: usize,
-}
-
-impl LogId {
-    /// Ours are 32 hex digits; a longer one from outside is cut.
-    const MAX: usize = 64;
-
-    fn of(id: &str) -> Self {
-        let kept = crate::text::prefix(id, Self::MAX).as_bytes();
-        let mut bytes = [0; Self::MAX];
-        bytes[..kept.len()].copy_from_slice(kept);
-        Self {
-            bytes,
-            len: kept.len(),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
 }
 
@@ -303,17 +276,4 @@ pub fn check_subscription(subject: &str, queue_group: Option<&str>) -> Result<()
         return Err(BusError::InvalidName(group.to_owned()));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_id_keeps_a_bounded_prefix() {
-        assert_eq!(LogId::of("abc").as_str(), "abc");
-        let long = "é".repeat(40);
-        let kept = LogId::of(&long);
-        assert_eq!(kept.as_str(), "é".repeat(32));
-    }
 }

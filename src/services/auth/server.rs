@@ -245,8 +245,7 @@ impl AuthServer {
             claims.sub.clone(),
             claims.expires_at_ms(),
         );
-        // A token from before families has none to check or to end.
-        let family = (!claims.fam.is_empty()).then(|| Store::family_key(&claims.fam));
+        let family = family_key(&claims);
         let family_ends =
             now_ms.saturating_add(u64::try_from(REFRESH_TTL.as_millis()).unwrap_or(u64::MAX));
         let outcome = self
@@ -314,7 +313,7 @@ impl AuthServer {
             Err(why) => return Ok(Err(why)),
         };
         let jti = claims.jti.clone();
-        let family = (!claims.fam.is_empty()).then(|| Store::family_key(&claims.fam));
+        let family = family_key(&claims);
         let revoked = self
             .with_store(move |s| {
                 Ok(s.is_revoked(&jti)?
@@ -511,6 +510,12 @@ impl AuthService for AuthServer {
         let revoked = self.revoke(req.into_inner()).await?;
         Ok(Response::new(RevokeTokenResponse { revoked }))
     }
+}
+
+/// The revocation-list key that ends the family of the token with `claims`;
+/// `None` for a token from before families (none to check or to end).
+fn family_key(claims: &Claims) -> Option<String> {
+    (!claims.fam.is_empty()).then(|| Store::family_key(&claims.fam))
 }
 
 /// How a refresh exchange went, decided in one store transaction.

@@ -141,63 +141,56 @@ fn body(
     from: u64,
     end: u64,
 ) -> impl Stream<Item = Result<Bytes, tonic::Status>> {
-    let state = Read {
-        next: Some((first, rest)),
-        at: from,
-        end,
-    };
-    futures::stream::unfold(state, |mut state| async move {
-        let (chunk, mut rest) = state.next.take()?;
-        let (at, end) = (state.at, state.end);
+    let state = (Some((first, rest)), from, end);
+    futures::stream::unfold(state, |(source, at, end)| async move {
+        let (chunk, mut rest) = source?;
         if chunk.offset != at || at.saturating_add(chunk.data.len() as u64) > end {
             return Some((
                 Err(tonic::Status::internal(
                     "streaming sent a chunk out of place",
                 )),
-                state,
+                (None, at, end),
             ));
         }
         let next_at = at + chunk.data.len() as u64;
-        state.at = next_at;
         let data = chunk.data;
         if chunk.last || next_at == end {
             if next_at != end {
-                return Some((Err(tonic::Status::internal("streaming ended early")), state));
+                return Some((
+                    Err(tonic::Status::internal("streaming ended early")),
+                    (None, at, end),
+                ));
             }
-            crate::rt::spawn(drain(rest));
-            return Some((Ok(data), state));
+            finish(rest);
+            return Some((Ok(data), (None, next_at, end)));
         }
         match rest.message().await {
-            Ok(Some(next)) => {
-                state.next = Some((next, rest));
-                Some((Ok(data), state))
-            }
-            Ok(None) => Some((Err(tonic::Status::internal("streaming ended early")), state)),
-            Err(e) => Some((Err(e), state)),
+            Ok(Some(next)) => Some((Ok(data), (Some((next, rest)), next_at, end))),
+            Ok(None) => Some((
+                Err(tonic::Status::internal("streaming ended early")),
+                (None, at, end),
+            )),
+            Err(e) => Some((Err(e), (None, at, end))),
         }
     })
     .filter(|item| std::future::ready(!matches!(item, Ok(b) if b.is_empty())))
-}
-
-/// Where [`body`] stands: the chunk to send next and the call it came on.
-struct Read {
-    next: Option<(DataChunk, Chunks)>,
-    at: u64,
-    end: u64,
 }
 
 /// How long a finished ReadRange may take to send its trailers before the
 /// gateway drops it anyway (the client already has every byte).
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads a ReadRange call whose last chunk has arrived to its end.
-async fn drain(mut rest: Chunks) {
-    match crate::rt::timeout(DRAIN_TIMEOUT, rest.message()).await {
-        Ok(Ok(None)) => {}
-        Ok(Ok(Some(_))) => tracing::warn!("streaming sent a chunk after the last one"),
-        Ok(Err(status)) => tracing::warn!(%status, "streaming failed after the last chunk"),
-        Err(crate::rt::Elapsed) => tracing::debug!("streaming's trailers did not come in time"),
-    }
+/// Reads a ReadRange call whose last chunk has arrived to its end, from a
+/// task of its own (see [`body`]).
+fn finish(mut rest: Chunks) {
+    crate::rt::spawn(async move {
+        match crate::rt::timeout(DRAIN_TIMEOUT, rest.message()).await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(_))) => tracing::warn!("streaming sent a chunk after the last one"),
+            Ok(Err(status)) => tracing::warn!(%status, "streaming failed after the last chunk"),
+            Err(crate::rt::Elapsed) => tracing::debug!("streaming's trailers did not come in time"),
+        }
+    });
 }
 
 /// A 200 or 206 answer streaming `[from, end)`.
@@ -225,7 +218,7 @@ fn respond(status: StatusCode, first: DataChunk, rest: Chunks, from: u64, end: u
 /// The original's size, from a one-byte read.
 async fn size(api: &Api, video_id: &str) -> Result<u64, ApiError> {
     let (first, rest) = read_range(api, video_id, 0, 1).await?;
-    drain(rest).await;
+    finish(rest);
     Ok(first.total_size_bytes)
 }
 
