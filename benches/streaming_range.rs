@@ -1,23 +1,25 @@
-//! Range-request throughput of the streaming path (HTTP gateway -> gRPC
-//! ReadRange -> blob file) against nginx serving the same file, measured in
-//! the same run, rounds interleaved: random 1 MiB ranges at 1, 8 and 64
-//! keep-alive connections, printed as MB/s and the ratio streamgate/nginx.
-//! Every answer is checked (status and length), so the run also fails if the
-//! path breaks under load: at 64 connections it once did, when the gateway
-//! dropped each ReadRange call before its trailers and h2 closed the
-//! connection after a thousand resets.
+//! Range-request throughput of the streaming path against nginx serving
+//! the same file, measured in the same run, rounds interleaved: random 1 MiB
+//! ranges at 1, 8 and 64 keep-alive connections, printed as MB/s and the
+//! ratio streamgate/nginx. The node is the monolith's shape (gateway,
+//! streaming and auth sharing one file blob store), so the gateway sends
+//! the file itself after one LocateOriginal per video (see
+//! `services::gateway::local`); gateways without streaming's store read
+//! through ReadRange. nginx runs a master and 2 workers (the gateway's
+//! runtime has 2 threads) with sendfile. Every answer is checked (status
+//! and length), so the run also fails if the path breaks under load.
 //!
-//! `cargo bench --bench streaming_range`. Needs nginx at /usr/sbin/nginx
-//! (or $NGINX); fails, rather than skips, without it.
+//! `cargo bench --bench streaming_range` (`CONNECTIONS=1,8` picks the
+//! connection counts). Needs nginx at /usr/sbin/nginx (or $NGINX); fails,
+//! rather than skips, without it.
 //!
-//! Measured on the 2-core dev VM (2026-11-27, quiet, two runs): 0.43-0.44x
-//! at 1 connection, 0.66-0.69x at 8, 0.57-0.60x at 64 (streamgate 1.3-2.3
-//! GB/s, nginx 2.9-3.3 GB/s); the target of 0.9x is not met. Before HTTP/2
-//! frames of 256 KiB (16 KiB, the protocol's default): 0.31-0.34x, 0.48-0.51x
-//! and 0.45x. nginx sendfiles (no user-space copy); this path copies each
-//! byte several times (file read, prost encode, h2 send, h2 receive, tonic
-//! decode buffer, HTTP/1 send), and the gateway's connections share one
-//! pooled HTTP/2 connection to streaming.
+//! Measured on the 2-core dev VM (2026-11-27, two runs): 1.01-1.04x at 1
+//! connection, 1.04-1.09x at 8, 0.70-0.82x at 64 (nginx's zero-copy
+//! sendfile pulls ahead once both cores are busy: this path copies each
+//! byte once more, page cache to buffer). The same path with both file
+//! syscalls on the blocking pool: 0.65-0.82x at 1. Through ReadRange (all
+//! of it before LocateOriginal; nginx with one worker then): 0.43-0.44x,
+//! 0.66-0.69x and 0.57-0.60x.
 #![allow(clippy::print_stdout)]
 
 #[cfg(not(madsim))]
@@ -96,7 +98,7 @@ mod bench {
         }
     }
 
-    /// nginx as a child process, killed on drop.
+    /// nginx (its master process) as a child process, stopped on drop.
     struct Nginx {
         child: Child,
         addr: SocketAddr,
@@ -104,7 +106,13 @@ mod bench {
 
     impl Drop for Nginx {
         fn drop(&mut self) {
-            let _ = self.child.kill();
+            // SIGTERM, so the master stops its workers too (a killed
+            // master leaves them running).
+            let pid = self.child.id().to_string();
+            let stopped = Command::new("kill").args(["-TERM", &pid]).status();
+            if !stopped.is_ok_and(|s| s.success()) {
+                let _ = self.child.kill();
+            }
             let _ = self.child.wait();
         }
     }
@@ -128,7 +136,7 @@ mod bench {
         let port = free_port()?;
         let d = dir.display();
         let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n\
+            "daemon off;\nworker_processes 2;\n\
              error_log {d}/nginx-error.log warn;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
@@ -300,6 +308,21 @@ mod bench {
         Ok(rx.recv()?)
     }
 
+    /// The connection counts to measure: `$CONNECTIONS` (e.g. `1,8`), or
+    /// 1, 8 and 64.
+    fn connections() -> anyhow::Result<Vec<usize>> {
+        let Ok(list) = std::env::var("CONNECTIONS") else {
+            return Ok(vec![1, 8, 64]);
+        };
+        list.split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .context("CONNECTIONS: a comma-separated list of counts")
+            })
+            .collect()
+    }
+
     pub fn main() -> anyhow::Result<()> {
         let dir =
             TempDir(std::env::temp_dir().join(format!("sg-bench-range-{}", rt::random_hex128())));
@@ -325,7 +348,7 @@ mod bench {
                 FILE_BYTES >> 20
             );
             println!("{:>11} | {:>10} | {:>10} | ratio streamgate/nginx", "connections", "nginx", "streamgate");
-            for concurrency in [1usize, 8, 64] {
+            for concurrency in connections()? {
                 let (mut ng, mut sg) = (Vec::new(), Vec::new());
                 for round in 0..ROUNDS {
                     let seed = (concurrency * 100 + round) as u64;

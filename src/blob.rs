@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 #[cfg(not(madsim))]
 pub mod fs;
+pub mod local;
 pub mod memory;
 
 /// Longest key.

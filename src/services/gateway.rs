@@ -14,6 +14,7 @@ pub mod bearer;
 pub mod error;
 mod jobs;
 pub mod limit;
+pub mod local;
 mod playback;
 pub mod query;
 pub mod range;
@@ -31,6 +32,8 @@ pub use error::ApiError;
 pub struct Api {
     rt: Runtime,
     max_upload_bytes: u64,
+    /// Where originals lie, for those sent from this host's files.
+    located: std::sync::Arc<local::Located>,
 }
 
 impl std::fmt::Debug for Api {
@@ -58,6 +61,7 @@ pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
     let api = Api {
         rt,
         max_upload_bytes,
+        located: std::sync::Arc::default(),
     };
     let limits = limit::Limits::new(limit::MAX_IN_FLIGHT);
     let accounts = Router::new()

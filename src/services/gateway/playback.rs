@@ -1,5 +1,7 @@
-//! The playback routes: the original with byte ranges, streamed chunk by
-//! chunk from ReadRange, the HLS playlists and segments, and the thumbnail.
+//! The playback routes: the original with byte ranges (sent from its file
+//! when the gateway shares streaming's file store, see [`super::local`],
+//! else streamed chunk by chunk from ReadRange), the HLS playlists and
+//! segments, and the thumbnail.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -11,11 +13,13 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tonic::Code;
 
 use super::error::ApiError;
+use super::local::{self, Original};
 use super::range::{self, Parsed, Spec};
 use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{
-    DataChunk, GetPlaylistRequest, GetSegmentRequest, GetThumbnailRequest, ReadRangeRequest,
+    DataChunk, GetPlaylistRequest, GetSegmentRequest, GetThumbnailRequest, LocateOriginalRequest,
+    ReadRangeRequest,
 };
 use crate::services::media;
 use crate::services::streaming::MAX_MESSAGE_BYTES;
@@ -193,12 +197,19 @@ fn finish(mut rest: Chunks) {
     });
 }
 
-/// A 200 or 206 answer streaming `[from, end)`.
+/// A 200 or 206 answer streaming `[from, end)` from ReadRange.
 fn respond(status: StatusCode, first: DataChunk, rest: Chunks, from: u64, end: u64) -> Response {
     let size = first.total_size_bytes;
+    let body = Body::from_stream(body(first, rest, from, end));
+    answer(status, body, size, from, end)
+}
+
+/// A 200 or 206 answer sending `body`, the bytes `[from, end)` of an
+/// original of `size` bytes.
+fn answer(status: StatusCode, body: Body, size: u64, from: u64, end: u64) -> Response {
     let length = end - from;
     let last = end.saturating_sub(1);
-    let mut res = Response::new(Body::from_stream(body(first, rest, from, end)));
+    let mut res = Response::new(body);
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -229,7 +240,25 @@ pub async fn original(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let video_id = video_id(path)?;
-    let spec = match wanted(&headers)? {
+    let wanted = wanted(&headers)?;
+    let locate = || async {
+        let msg = LocateOriginalRequest {
+            video_id: video_id.clone(),
+        };
+        let located = retried(&api, msg, |mut c, req| async move {
+            c.locate_original(req).await
+        })
+        .await;
+        located
+            .inspect_err(|e| tracing::debug!(video = %video_id, error = %e.message, "LocateOriginal failed: reading through ReadRange"))
+            .ok()
+    };
+    if let Some(path) = api.rt.blobs.local_path(&media::original_key(&video_id))
+        && let Some(original) = local::open(&api.located, &video_id, path.into(), locate).await
+    {
+        return Ok(send_local(original, wanted));
+    }
+    let spec = match wanted {
         Wanted::Full => {
             let (first, rest) = read_range(&api, &video_id, 0, 0).await?;
             let size = first.total_size_bytes;
@@ -269,6 +298,19 @@ pub async fn original(
         Err(e) if e.code() == Code::OutOfRange => Ok(unsatisfiable(size(&api, &video_id).await?)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The answer for `wanted` of an original opened from the gateway's store.
+fn send_local(original: Original, wanted: Wanted) -> Response {
+    let size = original.size();
+    let (status, from, end) = match wanted {
+        Wanted::Full => (StatusCode::OK, 0, size),
+        Wanted::One(spec) => match spec.resolve(size) {
+            Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last + 1),
+            None => return unsatisfiable(size),
+        },
+    };
+    answer(status, local::body(original, from, end), size, from, end)
 }
 
 fn rendition(name: &str) -> Result<(), ApiError> {

@@ -13,7 +13,7 @@ use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
 use super::router;
-use crate::blob::BlobStore as _;
+use crate::blob::BlobStore;
 use crate::blob::memory::MemoryBlobStore;
 use crate::bus::memory::MemoryBus;
 use crate::client::{ClientPool, PoolConfig};
@@ -28,7 +28,7 @@ use crate::services::{self, ServiceOpts, media};
 pub(super) struct Fixture {
     pub(super) app: axum::Router,
     pub(super) rt: Runtime,
-    blobs: MemoryBlobStore,
+    blobs: Arc<dyn BlobStore>,
     pub(super) token: String,
     /// The user the token is for.
     pub(super) user_id: String,
@@ -42,13 +42,17 @@ pub(super) fn auth_secret() -> Secret {
 }
 
 pub(super) async fn fixture() -> Fixture {
+    fixture_with(Arc::new(MemoryBlobStore::new())).await
+}
+
+/// The fixture over `blobs`.
+async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
     let registry = Arc::new(MemoryRegistry::new());
     let keys = Keyring::generate("test");
-    let blobs = MemoryBlobStore::new();
     let rt = Runtime {
         registry: registry.clone(),
         bus: Arc::new(MemoryBus::new()),
-        blobs: Arc::new(blobs.clone()),
+        blobs: blobs.clone(),
         pool: ClientPool::new(
             registry.clone(),
             PoolConfig::new(keys.clone(), "api-gateway"),
@@ -158,9 +162,56 @@ async fn many_concurrent_range_reads_get_their_bytes() {
         .await;
 }
 
+/// Through ReadRange (a memory store has no files).
 #[tokio::test]
 async fn originals_are_served_whole_and_by_range() {
-    let f = fixture().await;
+    originals_whole_and_by_range(&fixture().await).await;
+}
+
+/// From the file itself: the gateway shares streaming's file system here,
+/// and must answer exactly as through ReadRange; a deleted original is then
+/// a 404, and a replaced one is served afresh.
+#[tokio::test]
+async fn local_originals_are_served_whole_and_by_range() {
+    let dir = std::env::temp_dir().join(format!("sg-gw-fs-{}", crate::rt::random_hex128()));
+    let store = crate::blob::fs::FsBlobStore::open(&dir).expect("store");
+    let f = fixture_with(Arc::new(store)).await;
+    originals_whole_and_by_range(&f).await;
+    let url = "/v1/videos/v1/original";
+    let (status, _, body) = send(&f, get(url, Some("bytes=0-2"))).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::PARTIAL_CONTENT, &[0u8, 1, 2][..])
+    );
+    f.blobs
+        .put("originals/v1", Bytes::from_static(b"replaced"))
+        .await
+        .expect("put");
+    let (status, _, body) = send(&f, get(url, Some("bytes=0-2"))).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::PARTIAL_CONTENT, &b"rep"[..])
+    );
+    f.blobs.delete("originals/v1").await.expect("delete");
+    let (status, _, body) = send(&f, get(url, None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_of(&body).contains("v1"));
+    // Every byte came from the file: ReadRange ran only for the 404s.
+    let metrics = f.rt.metrics.render();
+    let calls = |method: &str, code: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("streamgate_requests_total{{service=\"streamgate.v1.StreamingService\",method=\"{method}\",code=\"{code}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(calls("ReadRange", "Ok"), 0, "{metrics}");
+    assert_eq!(calls("LocateOriginal", "Ok"), 3, "v1, empty, v1 replaced");
+    drop(f);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn originals_whole_and_by_range(f: &Fixture) {
     let file: Bytes = (0..(3 << 20) + 7)
         .map(|i: u32| (i % 253) as u8)
         .collect::<Vec<_>>()
@@ -172,13 +223,13 @@ async fn originals_are_served_whole_and_by_range() {
         .expect("put");
     let url = "/v1/videos/v1/original";
 
-    let (status, h, body) = send(&f, get(url, None)).await;
+    let (status, h, body) = send(f, get(url, None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h[header::ACCEPT_RANGES], "bytes");
     assert_eq!(h[header::CONTENT_LENGTH], size.to_string().as_str());
     assert_eq!(body, file);
 
-    let (status, h, body) = send(&f, get(url, Some("bytes=10-19"))).await;
+    let (status, h, body) = send(f, get(url, Some("bytes=10-19"))).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         h[header::CONTENT_RANGE],
@@ -186,7 +237,7 @@ async fn originals_are_served_whole_and_by_range() {
     );
     assert_eq!(body, file.slice(10..20));
 
-    let (status, h, body) = send(&f, get(url, Some("bytes=-5"))).await;
+    let (status, h, body) = send(f, get(url, Some("bytes=-5"))).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         h[header::CONTENT_RANGE],
@@ -194,12 +245,12 @@ async fn originals_are_served_whole_and_by_range() {
     );
     assert_eq!(body, file.slice(size - 5..));
 
-    let (status, _, body) = send(&f, get(url, Some("bytes=1048570-"))).await;
+    let (status, _, body) = send(f, get(url, Some("bytes=1048570-"))).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(body, file.slice(1_048_570..));
 
     for unsatisfiable in [format!("bytes={size}-"), "bytes=-0".to_owned()] {
-        let (status, h, body) = send(&f, get(url, Some(&unsatisfiable))).await;
+        let (status, h, body) = send(f, get(url, Some(&unsatisfiable))).await;
         assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE, "{unsatisfiable}");
         assert_eq!(h[header::CONTENT_RANGE], format!("bytes */{size}").as_str());
         assert!(!error_of(&body).is_empty());
@@ -207,12 +258,12 @@ async fn originals_are_served_whole_and_by_range() {
 
     // Several ranges, or an invalid header: the whole file.
     for whole in ["bytes=0-1,5-6", "bytes=5-1", "pages=1-2"] {
-        let (status, _, body) = send(&f, get(url, Some(whole))).await;
+        let (status, _, body) = send(f, get(url, Some(whole))).await;
         assert_eq!((status, body.len()), (StatusCode::OK, size), "{whole}");
     }
     let many = format!("bytes={}", vec!["0-0"; 17].join(","));
     assert_eq!(
-        send(&f, get(url, Some(&many))).await.0,
+        send(f, get(url, Some(&many))).await.0,
         StatusCode::BAD_REQUEST
     );
 
@@ -220,17 +271,17 @@ async fn originals_are_served_whole_and_by_range() {
         .put("originals/empty", Bytes::new())
         .await
         .expect("put");
-    let (status, h, body) = send(&f, get("/v1/videos/empty/original", None)).await;
+    let (status, h, body) = send(f, get("/v1/videos/empty/original", None)).await;
     assert_eq!((status, body.len()), (StatusCode::OK, 0));
     assert_eq!(h[header::CONTENT_LENGTH], "0");
-    let (status, h, _) = send(&f, get("/v1/videos/empty/original", Some("bytes=0-"))).await;
+    let (status, h, _) = send(f, get("/v1/videos/empty/original", Some("bytes=0-"))).await;
     assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(h[header::CONTENT_RANGE], "bytes */0");
 
-    let (status, _, body) = send(&f, get("/v1/videos/nope/original", None)).await;
+    let (status, _, body) = send(f, get("/v1/videos/nope/original", None)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error_of(&body).contains("nope"));
-    let (status, _, body) = send(&f, get("/v1/videos/a%20b/original", None)).await;
+    let (status, _, body) = send(f, get("/v1/videos/a%20b/original", None)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_of(&body).contains("video id"));
 }

@@ -137,6 +137,7 @@ mod tests {
         let api = Api {
             rt: kernel.runtime().clone(),
             max_upload_bytes: 0,
+            located: Arc::default(),
         };
         // The first round may run before the services registered; the
         // next comes one interval later.

@@ -1,12 +1,13 @@
 //! The lazy chunk stream behind ReadRange: the next chunk (<= 1 MiB) is read
 //! only when the previous one has been taken, so memory stays one chunk deep.
 
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::Stream;
 
 use super::{CHUNK_BYTES, StreamingError};
+use crate::blob::local::{self, FileId};
 use crate::blob::{BlobError, BlobStore};
 use crate::proto::DataChunk;
 use crate::rt;
@@ -44,14 +45,7 @@ pub(super) async fn open(blobs: &Arc<dyn BlobStore>, key: &str) -> Result<Opened
     };
     let owned = key.to_owned();
     rt::blocking(move || {
-        let not_found = |e: std::io::Error| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                BlobError::NotFound(owned.clone())
-            } else {
-                BlobError::Io(e)
-            }
-        };
-        let file = std::fs::File::open(&path).map_err(not_found)?;
+        let file = std::fs::File::open(&path).map_err(|e| not_found(e, &owned))?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(BlobError::NotFound(owned.clone()));
@@ -63,6 +57,40 @@ pub(super) async fn open(blobs: &Arc<dyn BlobStore>, key: &str) -> Result<Opened
     })
     .await
     .map_err(io_error)?
+}
+
+/// Where the blob under `key` lies on this host: its absolute path and
+/// identity; `None` when the store keeps no local files.
+///
+/// # Errors
+/// [`BlobError::NotFound`] when nothing is stored there; I/O failures.
+pub(super) async fn locate(
+    blobs: &Arc<dyn BlobStore>,
+    key: &str,
+) -> Result<Option<(PathBuf, FileId)>, BlobError> {
+    let Some(path) = blobs.local_path(key) else {
+        blobs.size(key).await?;
+        return Ok(None);
+    };
+    let owned = key.to_owned();
+    rt::blocking(move || {
+        let meta = std::fs::metadata(&path).map_err(|e| not_found(e, &owned))?;
+        if !meta.is_file() {
+            return Err(BlobError::NotFound(owned));
+        }
+        let path = std::fs::canonicalize(&path).map_err(|e| not_found(e, &owned))?;
+        Ok(Some((path, FileId::of(&meta))))
+    })
+    .await
+    .map_err(io_error)?
+}
+
+fn not_found(e: std::io::Error, key: &str) -> BlobError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        BlobError::NotFound(key.to_owned())
+    } else {
+        BlobError::Io(e)
+    }
 }
 
 impl Opened {
@@ -94,7 +122,6 @@ impl Opened {
         };
         let state = Cursor {
             source: Some(self.source),
-            seeked: false,
             pos: offset,
             end,
             size,
@@ -106,7 +133,6 @@ impl Opened {
 /// A stream's position; `source` is `None` once it has ended.
 struct Cursor {
     source: Option<Source>,
-    seeked: bool,
     pos: u64,
     end: u64,
     size: u64,
@@ -119,14 +145,10 @@ impl Cursor {
             .unwrap_or(usize::MAX)
             .min(CHUNK_BYTES);
         let read = match source {
-            Source::File(file) => {
-                let (pos, seek) = (self.pos, !self.seeked);
-                rt::blocking(move || read_file(file, seek.then_some(pos), want))
-                    .await
-                    .map_err(io_error)
-                    .and_then(|r| r.map_err(BlobError::Io))
-                    .map(|(file, data)| (Source::File(file), data))
-            }
+            Source::File(file) => local::read_chunk(file, self.pos, want)
+                .await
+                .map(|(file, data)| (Source::File(file), data))
+                .map_err(BlobError::Io),
             Source::Store(store, key) => store
                 .read(&key, self.pos, want)
                 .await
@@ -146,7 +168,6 @@ impl Cursor {
         }
         let offset = self.pos;
         self.pos += want as u64;
-        self.seeked = true;
         let last = self.pos >= self.end;
         if !last {
             self.source = Some(source);
@@ -159,19 +180,4 @@ impl Cursor {
         };
         Some((Ok(chunk), self))
     }
-}
-
-/// Reads `want` bytes from `file` (after seeking to `seek`, if given) into a
-/// fresh buffer: `read_to_end` fills spare capacity without zeroing it first.
-fn read_file(
-    mut file: std::fs::File,
-    seek: Option<u64>,
-    want: usize,
-) -> std::io::Result<(std::fs::File, Vec<u8>)> {
-    if let Some(pos) = seek {
-        file.seek(SeekFrom::Start(pos))?;
-    }
-    let mut data = Vec::with_capacity(want);
-    file.by_ref().take(want as u64).read_to_end(&mut data)?;
-    Ok((file, data))
 }

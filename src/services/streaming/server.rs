@@ -16,14 +16,17 @@ use crate::bus::events::{Payload as _, StreamingStarted, StreamingStopped};
 use crate::proto::streaming_service_server::StreamingService;
 use crate::proto::{
     DataChunk, GetPlaylistRequest, GetPlaylistResponse, GetSegmentRequest, GetSegmentResponse,
-    GetThumbnailRequest, GetThumbnailResponse, ReadRangeRequest, StartSessionRequest,
-    StartSessionResponse, StopSessionRequest, StopSessionResponse,
+    GetThumbnailRequest, GetThumbnailResponse, LocateOriginalRequest, LocateOriginalResponse,
+    ReadRangeRequest, StartSessionRequest, StartSessionResponse, StopSessionRequest,
+    StopSessionResponse,
 };
 use crate::rt;
 use crate::services::media;
 
 /// MIME type of every playlist.
 pub const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
+/// Longest path LocateOriginal names (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest `client_info` of a session.
 pub const MAX_CLIENT_INFO: usize = 256;
 
@@ -50,6 +53,14 @@ pub fn segment_type(name: &str) -> &'static str {
         Some("ts") => "video/mp2t",
         Some("m4s" | "mp4") => "video/mp4",
         _ => "application/octet-stream",
+    }
+}
+
+/// A failure reading `video_id`'s original: a missing blob is no video.
+fn original_error(e: BlobError, video_id: &str) -> StreamingError {
+    match e {
+        BlobError::NotFound(_) => StreamingError::NoVideo(video_id.to_owned()),
+        e => e.into(),
     }
 }
 
@@ -164,13 +175,39 @@ impl StreamingService for StreamingServer {
         check_id("video_id", &req.video_id)?;
         let opened = read::open(&self.blobs, &media::original_key(&req.video_id))
             .await
-            .map_err(|e| match e {
-                BlobError::NotFound(_) => StreamingError::NoVideo(req.video_id.clone()),
-                e => e.into(),
-            })?;
+            .map_err(|e| original_error(e, &req.video_id))?;
         tracing::debug!(video = %req.video_id, size = opened.size(), offset = req.offset, "read range");
         let chunks = opened.chunks(req.offset, req.length)?;
         Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn locate_original(
+        &self,
+        req: Request<LocateOriginalRequest>,
+    ) -> Result<Response<LocateOriginalResponse>, Status> {
+        let req = req.into_inner();
+        check_id("video_id", &req.video_id)?;
+        let located = read::locate(&self.blobs, &media::original_key(&req.video_id))
+            .await
+            .map_err(|e| original_error(e, &req.video_id))?;
+        let Some((path, id)) = located else {
+            return Ok(Response::new(LocateOriginalResponse::default()));
+        };
+        // A path that is not UTF-8 or too long can't be named: say there is
+        // no local file, and the caller reads with ReadRange.
+        let path = path
+            .into_os_string()
+            .into_string()
+            .ok()
+            .filter(|p| p.len() <= MAX_PATH_BYTES)
+            .unwrap_or_default();
+        Ok(Response::new(LocateOriginalResponse {
+            path,
+            size_bytes: id.size,
+            device: id.device,
+            inode: id.inode,
+            modified_ns: id.modified_ns,
+        }))
     }
 
     async fn get_playlist(

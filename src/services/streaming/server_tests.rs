@@ -134,6 +134,63 @@ async fn ranges_from_local_files() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+async fn locate(s: &StreamingServer, id: &str) -> Result<LocateOriginalResponse, Status> {
+    s.locate_original(Request::new(LocateOriginalRequest {
+        video_id: id.into(),
+    }))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// A memory store keeps no files: no path, so the caller uses ReadRange.
+#[tokio::test]
+async fn originals_in_memory_have_no_place() {
+    let blobs = Arc::new(MemoryBlobStore::new());
+    blobs.put("originals/v1", pattern(10)).await.expect("put");
+    let (s, _) = server(blobs);
+    assert_eq!(
+        locate(&s, "v1").await.expect("located"),
+        LocateOriginalResponse::default()
+    );
+    assert_eq!(
+        locate(&s, "nope").await.expect_err("unknown").code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        locate(&s, "../x").await.expect_err("bad id").code(),
+        Code::InvalidArgument
+    );
+}
+
+/// A file store: the file's absolute path and identity.
+#[cfg(not(madsim))]
+#[tokio::test]
+async fn originals_in_files_are_located_by_path_and_identity() {
+    let dir = std::env::temp_dir().join(format!("sg-streaming-{}", rt::random_hex128()));
+    let store = crate::blob::fs::FsBlobStore::open(&dir).expect("store");
+    store.put("originals/v1", pattern(10)).await.expect("put");
+    let (s, _) = server(Arc::new(store));
+    let found = locate(&s, "v1").await.expect("located");
+    let path = std::path::Path::new(&found.path);
+    assert!(path.is_absolute(), "{found:?}");
+    assert_eq!(std::fs::read(path).expect("the file"), pattern(10));
+    let id = crate::blob::local::FileId::of(&std::fs::metadata(path).expect("meta"));
+    assert_eq!(
+        (
+            found.size_bytes,
+            found.device,
+            found.inode,
+            found.modified_ns
+        ),
+        (10, id.device, id.inode, id.modified_ns)
+    );
+    assert_eq!(
+        locate(&s, "nope").await.expect_err("unknown").code(),
+        Code::NotFound
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn chunks_are_read_lazily() {
     let blobs = Arc::new(MemoryBlobStore::new());
