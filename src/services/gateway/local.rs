@@ -1,17 +1,18 @@
-//! Originals the gateway sends from the local file system, when it shares
-//! streaming's blob store (the monolith; services sharing a data dir), as
-//! nginx's X-Accel-Redirect lets an application name a file for the front
-//! server to send. Streaming still says which file is the original
-//! (LocateOriginal: its identity, device, inode, size and mtime). The
-//! gateway opens the file its own store keeps under the original's key and
-//! sends it only if it is that very file; else it reads through ReadRange
-//! as before. So a file is never opened on streaming's word alone, and the
-//! gRPC hop and its copies leave the byte path.
+//! Originals and HLS segments the gateway sends from the local file system,
+//! when it shares streaming's blob store (the monolith; services sharing a
+//! data dir), as nginx's X-Accel-Redirect lets an application name a file
+//! for the front server to send. Streaming still says which file it is
+//! (LocateOriginal, LocateSegment: its identity, device, inode, size and
+//! mtime). The gateway opens the file its own store keeps under the blob's
+//! key and sends it only if it is that very file; else it reads through
+//! ReadRange or GetSegment as before. So a file is never opened on
+//! streaming's word alone, and the gRPC hop and its copies leave the byte
+//! path.
 //!
-//! What each video's original is, is remembered (bounded): a hit costs an
-//! open and an fstat, no call. A deleted or replaced blob fails the check
-//! and is located afresh; an original found not to be this store's file
-//! stays read through ReadRange.
+//! Each blob's identity is remembered (bounded): a hit costs an open and
+//! an fstat, no call. A deleted or replaced blob fails the check and is
+//! located afresh; a blob found not to be this store's file stays read
+//! through streaming.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,24 +22,24 @@ use bytes::Bytes;
 
 use crate::HashMap;
 use crate::blob::local::{self, FileId};
-use crate::proto::LocateOriginalResponse;
+use crate::proto::LocatedFile;
 use crate::rt;
 
-/// Most videos whose place is remembered; past it the memory starts over.
+/// Most blobs whose place is remembered; past it the memory starts over.
 pub const MAX_ENTRIES: usize = 4096;
 /// Largest read from the file, and so the largest body chunk.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// Where a video's original lies, as far as this gateway can tell.
+/// Where a blob lies, as far as this gateway can tell.
 #[derive(Debug, Clone)]
 enum Place {
     /// The file with this identity.
     File(FileId),
-    /// Not in a file this gateway can open: read it with ReadRange.
+    /// Not in a file this gateway can open: read it through streaming.
     Elsewhere,
 }
 
-/// Video id -> where its original lies.
+/// Blob key -> where the blob lies.
 #[derive(Debug, Default)]
 pub struct Located {
     places: Mutex<HashMap<String, Place>>,
@@ -51,20 +52,20 @@ impl Located {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, video_id: &str) -> Option<Place> {
-        self.lock().get(video_id).cloned()
+    fn get(&self, key: &str) -> Option<Place> {
+        self.lock().get(key).cloned()
     }
 
-    fn put(&self, video_id: &str, place: Place) {
+    fn put(&self, key: &str, place: Place) {
         let mut places = self.lock();
-        if places.len() >= MAX_ENTRIES && !places.contains_key(video_id) {
+        if places.len() >= MAX_ENTRIES && !places.contains_key(key) {
             // Start over rather than track recency: a miss costs one call.
             places.clear();
         }
-        places.insert(video_id.to_owned(), place);
+        places.insert(key.to_owned(), place);
     }
 
-    /// Videos remembered.
+    /// Blobs remembered.
     #[must_use]
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -77,7 +78,7 @@ impl Located {
     }
 }
 
-/// An original opened on this host.
+/// A blob's file, opened from the gateway's store.
 #[derive(Debug)]
 pub struct Original {
     file: std::fs::File,
@@ -107,21 +108,21 @@ async fn open_checked(path: Arc<Path>, id: FileId) -> Option<Original> {
     })
 }
 
-/// The original of `video_id` opened from `path`, the file the gateway's
-/// own store keeps under its key, when that is the file `locate` names; or
-/// `None` when it must be read through ReadRange (another file, no file,
-/// or `locate` failed: ReadRange then answers with the right error).
+/// The blob under `key` opened from `path`, the file the gateway's own
+/// store keeps under that key, when that is the file `locate` names; or
+/// `None` when it must be read through streaming (another file, no file,
+/// or `locate` failed: streaming's read then answers with the right error).
 pub async fn open<F, Fut>(
     located: &Located,
-    video_id: &str,
+    key: &str,
     path: Arc<Path>,
     locate: F,
 ) -> Option<Original>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Option<LocateOriginalResponse>>,
+    Fut: Future<Output = Option<LocatedFile>>,
 {
-    match located.get(video_id) {
+    match located.get(key) {
         Some(Place::Elsewhere) => return None,
         Some(Place::File(id)) => {
             if let Some(original) = open_checked(path.clone(), id).await {
@@ -139,24 +140,24 @@ where
         modified_ns: found.modified_ns,
     };
     if found.path.is_empty() {
-        located.put(video_id, Place::Elsewhere);
+        located.put(key, Place::Elsewhere);
         return None;
     }
     if let Some(original) = open_checked(path.clone(), id).await {
-        located.put(video_id, Place::File(id));
+        located.put(key, Place::File(id));
         return Some(original);
     }
     tracing::debug!(
-        video = video_id,
+        key,
         path = %path.display(),
         located = found.path,
-        "the original is not this store's file: reading it through ReadRange"
+        "the blob is not this store's file: reading it through streaming"
     );
-    located.put(video_id, Place::Elsewhere);
+    located.put(key, Place::Elsewhere);
     None
 }
 
-/// The bytes `[from, end)` of `original`, read [`CHUNK_BYTES`] at a time
+/// The bytes `[from, end)` of `original` (a blob), read [`CHUNK_BYTES`] at a time
 /// as the client takes them. A file that comes up short (changed
 /// underneath) fails the body: the client sees a truncated response, never
 /// wrong bytes.
@@ -197,9 +198,9 @@ mod tests {
         Dir(d)
     }
 
-    fn located_at(path: &Path) -> LocateOriginalResponse {
+    fn located_at(path: &Path) -> LocatedFile {
         let id = FileId::of(&std::fs::metadata(path).expect("meta"));
-        LocateOriginalResponse {
+        LocatedFile {
             path: path.to_str().expect("utf-8").to_owned(),
             size_bytes: id.size,
             device: id.device,
@@ -287,7 +288,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "remembered as elsewhere");
 
         // Streaming keeps no files: elsewhere too.
-        let none = || async { Some(LocateOriginalResponse::default()) };
+        let none = || async { Some(LocatedFile::default()) };
         assert!(open(&located, "v2", at.clone(), none).await.is_none());
         // The gateway opens only its own store's file, never the one
         // streaming names: here its own has gone.

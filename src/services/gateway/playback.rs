@@ -1,7 +1,7 @@
-//! The playback routes: the original with byte ranges (sent from its file
-//! when the gateway shares streaming's file store, see [`super::local`],
-//! else streamed chunk by chunk from ReadRange), the HLS playlists and
-//! segments, and the thumbnail.
+//! The playback routes: the original with byte ranges (streamed chunk by
+//! chunk from ReadRange), the HLS playlists and segments, and the
+//! thumbnail. When the gateway shares streaming's file store, originals
+//! and segments are sent from their files instead (see [`super::local`]).
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -19,10 +19,11 @@ use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{
     DataChunk, GetPlaylistRequest, GetSegmentRequest, GetThumbnailRequest, LocateOriginalRequest,
-    ReadRangeRequest,
+    LocatedFile, ReadRangeRequest,
 };
 use crate::services::media;
 use crate::services::streaming::MAX_MESSAGE_BYTES;
+use crate::services::streaming::server::segment_type;
 
 type Chunks = tonic::Streaming<DataChunk>;
 
@@ -241,20 +242,14 @@ pub async fn original(
 ) -> Result<Response, ApiError> {
     let video_id = video_id(path)?;
     let wanted = wanted(&headers)?;
-    let locate = || async {
-        let msg = LocateOriginalRequest {
-            video_id: video_id.clone(),
-        };
-        let located = retried(&api, msg, |mut c, req| async move {
-            c.locate_original(req).await
-        })
-        .await;
-        located
-            .inspect_err(|e| tracing::debug!(video = %video_id, error = %e.message, "LocateOriginal failed: reading through ReadRange"))
-            .ok()
+    let key = media::original_key(&video_id);
+    let msg = LocateOriginalRequest {
+        video_id: video_id.clone(),
     };
-    if let Some(path) = api.rt.blobs.local_path(&media::original_key(&video_id))
-        && let Some(original) = local::open(&api.located, &video_id, path.into(), locate).await
+    if let Some(original) = open_local(&api, &key, msg, |mut c, req| async move {
+        c.locate_original(req).await
+    })
+    .await
     {
         return Ok(send_local(original, wanted));
     }
@@ -298,6 +293,27 @@ pub async fn original(
         Err(e) if e.code() == Code::OutOfRange => Ok(unsatisfiable(size(&api, &video_id).await?)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The blob under `key` opened from the gateway's own store, when it is the
+/// file streaming locates with `method` (see [`super::local`]); `None`:
+/// read it through streaming.
+async fn open_local<M, F, Fut>(api: &Api, key: &str, msg: M, method: F) -> Option<Original>
+where
+    M: Clone,
+    F: Fn(StreamingClient, tonic::Request<M>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<LocatedFile>, tonic::Status>>,
+{
+    let path = api.rt.blobs.local_path(key)?;
+    let locate = || async {
+        retried(api, msg, method)
+            .await
+            .inspect_err(|e| {
+                tracing::debug!(key, error = %e.message, "locating failed: reading through streaming");
+            })
+            .ok()
+    };
+    local::open(&api.located, key, path.into(), locate).await
 }
 
 /// The answer for `wanted` of an original opened from the gateway's store.
@@ -381,6 +397,15 @@ pub async fn segment(
         rendition: name,
         segment_name,
     };
+    let key = media::segment_key(&msg.video_id, &msg.rendition, &msg.segment_name);
+    let locate = |mut c: StreamingClient, req| async move { c.locate_segment(req).await };
+    if let Some(file) = open_local(&api, &key, msg.clone(), locate).await {
+        let size = file.size();
+        let mut res = typed(segment_type(&msg.segment_name), local::body(file, 0, size));
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        return Ok(res);
+    }
     let res = retried(
         &api,
         msg,

@@ -198,17 +198,24 @@ async fn local_originals_are_served_whole_and_by_range() {
     assert!(error_of(&body).contains("v1"));
     // Every byte came from the file: ReadRange ran only for the 404s.
     let metrics = f.rt.metrics.render();
-    let calls = |method: &str, code: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("streamgate_requests_total{{service=\"streamgate.v1.StreamingService\",method=\"{method}\",code=\"{code}\"}}")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let calls = |method: &str, code: &str| streaming_calls(&metrics, method, code);
     assert_eq!(calls("ReadRange", "Ok"), 0, "{metrics}");
     assert_eq!(calls("LocateOriginal", "Ok"), 3, "v1, empty, v1 replaced");
     drop(f);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// StreamingService calls of `method` that ended with `code`, as the
+/// metrics rendered in `metrics` count them.
+fn streaming_calls(metrics: &str, method: &str, code: &str) -> u64 {
+    let series = format!(
+        "streamgate_requests_total{{service=\"streamgate.v1.StreamingService\",method=\"{method}\",code=\"{code}\"}}"
+    );
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn originals_whole_and_by_range(f: &Fixture) {
@@ -288,12 +295,34 @@ async fn originals_whole_and_by_range(f: &Fixture) {
 
 #[tokio::test]
 async fn hls_needs_a_ready_video() {
-    let f = fixture().await;
+    hls_after_ready(&fixture().await).await;
+}
+
+/// As [`hls_needs_a_ready_video`], with segments sent from their files.
+#[tokio::test]
+async fn local_hls_needs_a_ready_video() {
+    let dir = std::env::temp_dir().join(format!("sg-gw-fs-{}", crate::rt::random_hex128()));
+    let store = crate::blob::fs::FsBlobStore::open(&dir).expect("store");
+    let f = fixture_with(Arc::new(store)).await;
+    hls_after_ready(&f).await;
+    let metrics = f.rt.metrics.render();
+    assert_eq!(
+        streaming_calls(&metrics, "GetSegment", "Ok"),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(streaming_calls(&metrics, "LocateSegment", "Ok"), 1);
+    assert_eq!(streaming_calls(&metrics, "LocateSegment", "NotFound"), 1);
+    drop(f);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn hls_after_ready(f: &Fixture) {
     f.blobs
         .put("originals/v1", Bytes::from_static(b"mp4"))
         .await
         .expect("put");
-    let (status, _, body) = send(&f, get("/v1/videos/v1/hls/master.m3u8", None)).await;
+    let (status, _, body) = send(f, get("/v1/videos/v1/hls/master.m3u8", None)).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(error_of(&body).contains("not ready"));
 
@@ -318,26 +347,26 @@ async fn hls_needs_a_ready_video() {
         )
         .await
         .expect("put");
-    let (status, h, body) = send(&f, get("/v1/videos/v1/hls/master.m3u8", None)).await;
+    let (status, h, body) = send(f, get("/v1/videos/v1/hls/master.m3u8", None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h[header::CONTENT_TYPE], "application/vnd.apple.mpegurl");
     assert!(body.starts_with(b"#EXTM3U"));
-    let (status, _, body) = send(&f, get("/v1/videos/v1/hls/480p/index.m3u8", None)).await;
+    let (status, _, body) = send(f, get("/v1/videos/v1/hls/480p/index.m3u8", None)).await;
     assert_eq!(
         (status, &body[..]),
         (StatusCode::OK, &b"#EXTM3U\nseg_1.ts\n"[..])
     );
-    let (status, h, body) = send(&f, get("/v1/videos/v1/hls/480p/seg_1.ts", None)).await;
+    let (status, h, body) = send(f, get("/v1/videos/v1/hls/480p/seg_1.ts", None)).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"TS"[..]));
     assert_eq!(h[header::CONTENT_TYPE], "video/mp2t");
     assert_eq!(
-        send(&f, get("/v1/videos/v1/hls/480p/seg_9.ts", None))
+        send(f, get("/v1/videos/v1/hls/480p/seg_9.ts", None))
             .await
             .0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        send(&f, get("/v1/videos/v1/hls/4%2F0p/seg_1.ts", None))
+        send(f, get("/v1/videos/v1/hls/4%2F0p/seg_1.ts", None))
             .await
             .0,
         StatusCode::BAD_REQUEST

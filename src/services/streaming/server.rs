@@ -10,13 +10,14 @@ use tonic::{Request, Response, Status};
 
 use super::sessions::{Session, Sessions, Stop};
 use super::{MAX_PLAYLIST_BYTES, MAX_SEGMENT_BYTES, MAX_THUMBNAIL_BYTES, StreamingError, read};
+use crate::blob::local::FileId;
 use crate::blob::{BlobError, BlobStore};
 use crate::bus::EventBus;
 use crate::bus::events::{Payload as _, StreamingStarted, StreamingStopped};
 use crate::proto::streaming_service_server::StreamingService;
 use crate::proto::{
     DataChunk, GetPlaylistRequest, GetPlaylistResponse, GetSegmentRequest, GetSegmentResponse,
-    GetThumbnailRequest, GetThumbnailResponse, LocateOriginalRequest, LocateOriginalResponse,
+    GetThumbnailRequest, GetThumbnailResponse, LocateOriginalRequest, LocatedFile,
     ReadRangeRequest, StartSessionRequest, StartSessionResponse, StopSessionRequest,
     StopSessionResponse,
 };
@@ -53,6 +54,46 @@ pub fn segment_type(name: &str) -> &'static str {
         Some("ts") => "video/mp2t",
         Some("m4s" | "mp4") => "video/mp4",
         _ => "application/octet-stream",
+    }
+}
+
+/// The blob key of the segment `req` names, checked.
+fn segment_key(req: &GetSegmentRequest) -> Result<String, StreamingError> {
+    check_id("video_id", &req.video_id)?;
+    check_rendition(&req.rendition)?;
+    if !media::is_segment_name(&req.segment_name) {
+        return Err(bad(
+            "segment_name: expected 1..=255 chars of [A-Za-z0-9_.-], not '.' or '..'".into(),
+        ));
+    }
+    Ok(media::segment_key(
+        &req.video_id,
+        &req.rendition,
+        &req.segment_name,
+    ))
+}
+
+/// A located blob's answer. A path that is not UTF-8 or too long can't be
+/// named: then it says there is no local file, and the caller reads
+/// through the service.
+fn located_file(located: Option<(std::path::PathBuf, FileId)>) -> LocatedFile {
+    let Some((path, id)) = located else {
+        return LocatedFile::default();
+    };
+    let Some(path) = path
+        .into_os_string()
+        .into_string()
+        .ok()
+        .filter(|p| p.len() <= MAX_PATH_BYTES)
+    else {
+        return LocatedFile::default();
+    };
+    LocatedFile {
+        path,
+        size_bytes: id.size,
+        device: id.device,
+        inode: id.inode,
+        modified_ns: id.modified_ns,
     }
 }
 
@@ -184,30 +225,39 @@ impl StreamingService for StreamingServer {
     async fn locate_original(
         &self,
         req: Request<LocateOriginalRequest>,
-    ) -> Result<Response<LocateOriginalResponse>, Status> {
+    ) -> Result<Response<LocatedFile>, Status> {
         let req = req.into_inner();
         check_id("video_id", &req.video_id)?;
         let located = read::locate(&self.blobs, &media::original_key(&req.video_id))
             .await
             .map_err(|e| original_error(e, &req.video_id))?;
-        let Some((path, id)) = located else {
-            return Ok(Response::new(LocateOriginalResponse::default()));
+        Ok(Response::new(located_file(located)))
+    }
+
+    async fn locate_segment(
+        &self,
+        req: Request<GetSegmentRequest>,
+    ) -> Result<Response<LocatedFile>, Status> {
+        let req = req.into_inner();
+        let key = segment_key(&req)?;
+        let located = match read::locate(&self.blobs, &key).await {
+            Ok(located) => located,
+            Err(BlobError::NotFound(_)) => {
+                let what = format!("segment {}/{}", req.rendition, req.segment_name);
+                return Err(self.missing(&req.video_id, what).await.into());
+            }
+            Err(e) => return Err(StreamingError::from(e).into()),
         };
-        // A path that is not UTF-8 or too long can't be named: say there is
-        // no local file, and the caller reads with ReadRange.
-        let path = path
-            .into_os_string()
-            .into_string()
-            .ok()
-            .filter(|p| p.len() <= MAX_PATH_BYTES)
-            .unwrap_or_default();
-        Ok(Response::new(LocateOriginalResponse {
-            path,
-            size_bytes: id.size,
-            device: id.device,
-            inode: id.inode,
-            modified_ns: id.modified_ns,
-        }))
+        if let Some((_, id)) = &located
+            && id.size > MAX_SEGMENT_BYTES as u64
+        {
+            return Err(StreamingError::TooLarge {
+                what: "segment",
+                limit: MAX_SEGMENT_BYTES,
+            }
+            .into());
+        }
+        Ok(Response::new(located_file(located)))
     }
 
     async fn get_playlist(
@@ -241,15 +291,7 @@ impl StreamingService for StreamingServer {
         req: Request<GetSegmentRequest>,
     ) -> Result<Response<GetSegmentResponse>, Status> {
         let req = req.into_inner();
-        check_id("video_id", &req.video_id)?;
-        check_rendition(&req.rendition)?;
-        if !media::is_segment_name(&req.segment_name) {
-            return Err(bad(
-                "segment_name: expected 1..=255 chars of [A-Za-z0-9_.-], not '.' or '..'".into(),
-            )
-            .into());
-        }
-        let key = media::segment_key(&req.video_id, &req.rendition, &req.segment_name);
+        let key = segment_key(&req)?;
         let what = format!("segment {}/{}", req.rendition, req.segment_name);
         let data = self
             .read_small(&req.video_id, &key, ("segment", what), MAX_SEGMENT_BYTES)

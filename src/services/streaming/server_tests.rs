@@ -134,7 +134,7 @@ async fn ranges_from_local_files() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn locate(s: &StreamingServer, id: &str) -> Result<LocateOriginalResponse, Status> {
+async fn locate(s: &StreamingServer, id: &str) -> Result<LocatedFile, Status> {
     s.locate_original(Request::new(LocateOriginalRequest {
         video_id: id.into(),
     }))
@@ -150,7 +150,7 @@ async fn originals_in_memory_have_no_place() {
     let (s, _) = server(blobs);
     assert_eq!(
         locate(&s, "v1").await.expect("located"),
-        LocateOriginalResponse::default()
+        LocatedFile::default()
     );
     assert_eq!(
         locate(&s, "nope").await.expect_err("unknown").code(),
@@ -159,6 +159,63 @@ async fn originals_in_memory_have_no_place() {
     assert_eq!(
         locate(&s, "../x").await.expect_err("bad id").code(),
         Code::InvalidArgument
+    );
+}
+
+async fn locate_segment(
+    s: &StreamingServer,
+    id: &str,
+    rendition: &str,
+    name: &str,
+) -> Result<LocatedFile, Status> {
+    s.locate_segment(Request::new(GetSegmentRequest {
+        video_id: id.into(),
+        rendition: rendition.into(),
+        segment_name: name.into(),
+    }))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// LocateSegment answers what GetSegment would: no video, not ready, no
+/// such segment, bad names; a segment found in a file has its place.
+#[tokio::test]
+async fn segments_are_located_as_get_segment_finds_them() {
+    let blobs = Arc::new(MemoryBlobStore::new());
+    let (s, _) = server(blobs.clone());
+    let code = |r: Result<LocatedFile, Status>| r.expect_err("an error").code();
+    assert_eq!(
+        code(locate_segment(&s, "v1", "480p", "seg_1.ts").await),
+        Code::NotFound
+    );
+    blobs.put("originals/v1", pattern(10)).await.expect("put");
+    assert_eq!(
+        code(locate_segment(&s, "v1", "480p", "seg_1.ts").await),
+        Code::FailedPrecondition
+    );
+    blobs
+        .put(&media::master_key("v1"), pattern(3))
+        .await
+        .expect("put");
+    assert_eq!(
+        code(locate_segment(&s, "v1", "480p", "seg_1.ts").await),
+        Code::NotFound
+    );
+    for (rendition, name) in [("4/0p", "seg_1.ts"), ("480p", ".."), ("480p", "")] {
+        assert_eq!(
+            code(locate_segment(&s, "v1", rendition, name).await),
+            Code::InvalidArgument,
+            "{rendition} {name}"
+        );
+    }
+    let key = media::segment_key("v1", "480p", "seg_1.ts");
+    blobs.put(&key, pattern(2)).await.expect("put");
+    assert_eq!(
+        locate_segment(&s, "v1", "480p", "seg_1.ts")
+            .await
+            .expect("found"),
+        LocatedFile::default(),
+        "a memory store keeps no files"
     );
 }
 
@@ -188,6 +245,13 @@ async fn originals_in_files_are_located_by_path_and_identity() {
         locate(&s, "nope").await.expect_err("unknown").code(),
         Code::NotFound
     );
+    let key = media::segment_key("v1", "480p", "seg_1.ts");
+    s.blobs.put(&key, pattern(4)).await.expect("put");
+    let segment = locate_segment(&s, "v1", "480p", "seg_1.ts")
+        .await
+        .expect("located");
+    assert!(segment.path.ends_with("seg_1.ts"), "{segment:?}");
+    assert_eq!(segment.size_bytes, 4);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -179,7 +179,7 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         &s.transcoder,
         &s.worker,
     );
-    match method % 40 {
+    match method % 41 {
         0 => run::<CreateVideoRequest, _, _>("CreateVideo", bytes, |r| m.create_video(r)).await,
         1 => run::<GetVideoRequest, _, _>("GetVideo", bytes, |r| m.get_video(r)).await,
         2 => run::<UpdateVideoRequest, _, _>("UpdateVideo", bytes, |r| m.update_video(r)).await,
@@ -216,9 +216,9 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         19 => run::<CancelJobRequest, _, _>("CancelJob", bytes, |r| w.cancel_job(r)).await,
         20 => run::<ListJobsRequest, _, _>("ListJobs", bytes, |r| w.list_jobs(r)).await,
         22 => upload_stream(u, bytes).await,
-        23..=28 => auth(&s.auth, method % 40, bytes).await,
-        29..=33 => cache(&s.cache, method % 40, bytes).await,
-        34..=36 => monitor(&s.monitor, method % 40, bytes).await,
+        23..=28 => auth(&s.auth, method % 41, bytes).await,
+        29..=33 => cache(&s.cache, method % 41, bytes).await,
+        34..=36 => monitor(&s.monitor, method % 41, bytes).await,
         37 => watch_alerts(&s.monitor, bytes).await,
         38 => {
             run::<GetThumbnailRequest, _, _>("GetThumbnail", bytes, |r| st.get_thumbnail(r)).await
@@ -226,6 +226,9 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         39 => {
             run::<LocateOriginalRequest, _, _>("LocateOriginal", bytes, |r| st.locate_original(r))
                 .await;
+        }
+        40 => {
+            run::<GetSegmentRequest, _, _>("LocateSegment", bytes, |r| st.locate_segment(r)).await;
         }
         _ => {
             // A watch streams until the job ends: judge its first update only.
