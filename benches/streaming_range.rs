@@ -1,25 +1,26 @@
 //! Range-request throughput of the streaming path against nginx serving
 //! the same file, measured in the same run, rounds interleaved: random 1 MiB
-//! ranges at 1, 8 and 64 keep-alive connections, printed as MB/s and the
-//! ratio streamgate/nginx. The node is the monolith's shape (gateway,
-//! streaming and auth sharing one file blob store), so the gateway sends
-//! the file itself after one LocateOriginal per video (see
-//! `services::gateway::local`); gateways without streaming's store read
-//! through ReadRange. nginx runs a master and 2 workers (the gateway's
-//! runtime has 2 threads) with sendfile. Every answer is checked (status
-//! and length), so the run also fails if the path breaks under load.
+//! ranges at 1, 8 and 64 keep-alive connections, printed as MB/s and ratios
+//! to nginx. Two gateways are measured: "local", in the monolith's shape
+//! (gateway, streaming and auth sharing one file blob store), which sends
+//! the file itself after one LocateOriginal (see
+//! `services::gateway::local`); and "ReadRange", a second gateway with a
+//! store of its own, as on another host, which reads through streaming's
+//! ReadRange. nginx runs a master and 2 workers (the node's runtime has 2
+//! threads) with sendfile. Every answer is checked (status and length), so
+//! the run also fails if a path breaks under load.
 //!
 //! `cargo bench --bench streaming_range` (`CONNECTIONS=1,8` picks the
 //! connection counts). Needs nginx at /usr/sbin/nginx (or $NGINX); fails,
 //! rather than skips, without it.
 //!
-//! Measured on the 2-core dev VM (2026-11-27, two runs): 1.01-1.04x at 1
-//! connection, 1.04-1.09x at 8, 0.70-0.82x at 64 (nginx's zero-copy
-//! sendfile pulls ahead once both cores are busy: this path copies each
-//! byte once more, page cache to buffer). The same path with both file
-//! syscalls on the blocking pool: 0.65-0.82x at 1. Through ReadRange (all
-//! of it before LocateOriginal; nginx with one worker then): 0.43-0.44x,
-//! 0.66-0.69x and 0.57-0.60x.
+//! Measured on the 2-core dev VM (2026-11-27, 5 runs; the machine's noise
+//! is about ±0.1x): local 0.98-1.04x nginx at 1 connection (one outlier
+//! run 0.79x), 1.04-1.22x at 8, 0.70-0.98x at 64 (once both cores are busy
+//! nginx's zero-copy sendfile pulls ahead: this path copies each byte once
+//! more, page cache to buffer). ReadRange: 0.33-0.43x, 0.44-0.49x and
+//! 0.24-0.35x. The local path with both file syscalls on the blocking pool
+//! gave 0.65-0.82x at 1.
 #![allow(clippy::print_stdout)]
 
 #[cfg(not(madsim))]
@@ -261,9 +262,14 @@ mod bench {
         Ok(())
     }
 
-    /// Starts the gateway, streaming and auth services on a runtime of their own
-    /// (a thread), serving `store`; returns the gateway's address.
-    fn start_node(store: FsBlobStore) -> anyhow::Result<SocketAddr> {
+    /// Starts the gateway, streaming and auth services on a runtime of their
+    /// own (a thread), serving `store`, and a second gateway beside them
+    /// with a store of its own in `elsewhere` (a gateway on another host: it
+    /// reads through ReadRange); returns both gateways' addresses.
+    fn start_node(
+        store: FsBlobStore,
+        elsewhere: FsBlobStore,
+    ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("node".into())
@@ -273,35 +279,52 @@ mod bench {
                     .build()
                     .expect("runtime");
                 runtime.block_on(async move {
-                    let plugins = [
-                        ServiceKind::ApiGateway,
-                        ServiceKind::Streaming,
-                        ServiceKind::Auth,
-                    ]
-                    .into_iter()
-                    .map(|kind| {
-                        let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-                        opts.listen.set_port(0);
-                        opts.auth_secret = Some(secret());
-                        Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
-                    })
-                    .collect();
-                    let seams = Seams {
-                        bus: Arc::new(MemoryBus::new()),
-                        registry: Arc::new(MemoryRegistry::new()),
-                        blobs: Arc::new(store),
+                    let plugins = |kinds: &[ServiceKind]| {
+                        kinds
+                            .iter()
+                            .map(|&kind| {
+                                let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
+                                opts.listen.set_port(0);
+                                opts.auth_secret = Some(secret());
+                                Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
+                            })
+                            .collect()
                     };
-                    let pool = PoolConfig::new(Keyring::generate("bench"), "bench");
-                    let kernel = Kernel::start_with(seams, pool, plugins)
-                        .await
-                        .expect("node starts");
-                    let gateway = kernel
-                        .registrations()
-                        .iter()
-                        .find(|i| i.name == ServiceKind::ApiGateway.name())
-                        .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
-                        .expect("gateway registered");
-                    tx.send(gateway).expect("report");
+                    let (bus, registry) =
+                        (Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
+                    let keys = Keyring::generate("bench");
+                    let seams = |blobs: FsBlobStore| Seams {
+                        bus: bus.clone(),
+                        registry: registry.clone(),
+                        blobs: Arc::new(blobs),
+                    };
+                    let node = Kernel::start_with(
+                        seams(store),
+                        PoolConfig::new(keys.clone(), "bench"),
+                        plugins(&[
+                            ServiceKind::ApiGateway,
+                            ServiceKind::Streaming,
+                            ServiceKind::Auth,
+                        ]),
+                    )
+                    .await
+                    .expect("node starts");
+                    let remote = Kernel::start_with(
+                        seams(elsewhere),
+                        PoolConfig::new(keys, "bench"),
+                        plugins(&[ServiceKind::ApiGateway]),
+                    )
+                    .await
+                    .expect("second gateway starts");
+                    let gateway = |kernel: &Kernel| {
+                        kernel
+                            .registrations()
+                            .iter()
+                            .find(|i| i.name == ServiceKind::ApiGateway.name())
+                            .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
+                            .expect("gateway registered")
+                    };
+                    tx.send((gateway(&node), gateway(&remote))).expect("report");
                     std::future::pending::<()>().await;
                 });
             })?;
@@ -335,36 +358,46 @@ mod bench {
             .build()?;
         runtime.block_on(write_file(&store))?;
         let nginx = start_nginx(&dir.0, &store_dir.join("blobs").join("originals"))?;
-        let gateway = start_node(store)?;
+        let elsewhere = FsBlobStore::open(dir.0.join("elsewhere"))?;
+        let (gateway, remote) = start_node(store, elsewhere)?;
         runtime.block_on(async move {
             let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
             let nginx_url = format!("http://{}/{VIDEO}", nginx.addr);
             let sg_url = format!("http://{gateway}/v1/videos/{VIDEO}/original");
-            wait_ready(&client, &nginx_url).await?;
-            wait_ready(&client, &sg_url).await?;
+            let remote_url = format!("http://{remote}/v1/videos/{VIDEO}/original");
+            for url in [&nginx_url, &sg_url, &remote_url] {
+                wait_ready(&client, url).await?;
+            }
             println!(
                 "random {} MiB ranges of a {} MiB file; {ROUNDS} interleaved rounds of {ROUND:?} (+{WARMUP:?} warm-up); median MB/s",
                 RANGE_BYTES >> 20,
                 FILE_BYTES >> 20
             );
-            println!("{:>11} | {:>10} | {:>10} | ratio streamgate/nginx", "connections", "nginx", "streamgate");
+            println!("local: the gateway shares streaming's store and sends the file; ReadRange: a gateway with a store of its own");
+            println!(
+                "{:>11} | {:>7} | {:>7} | {:>9} | local/nginx | ReadRange/nginx",
+                "connections", "nginx", "local", "ReadRange"
+            );
             for concurrency in connections()? {
-                let (mut ng, mut sg) = (Vec::new(), Vec::new());
+                let (mut ng, mut sg, mut rr) = (Vec::new(), Vec::new(), Vec::new());
                 for round in 0..ROUNDS {
                     let seed = (concurrency * 100 + round) as u64;
                     ng.push(measure(&client, &nginx_url, concurrency, seed).await?);
                     sg.push(measure(&client, &sg_url, concurrency, seed).await?);
+                    rr.push(measure(&client, &remote_url, concurrency, seed).await?);
                 }
                 let median = |v: &mut Vec<f64>| {
                     v.sort_by(f64::total_cmp);
                     v[v.len() / 2]
                 };
-                let (n, s) = (median(&mut ng), median(&mut sg));
+                let (n, s, r) = (median(&mut ng), median(&mut sg), median(&mut rr));
                 println!(
-                    "{concurrency:>11} | {:>10.0} | {:>10.0} | {:.3}x",
+                    "{concurrency:>11} | {:>7.0} | {:>7.0} | {:>9.0} | {:>10.3}x | {:>14.3}x",
                     n / 1e6,
                     s / 1e6,
-                    s / n
+                    r / 1e6,
+                    s / n,
+                    r / n
                 );
             }
             drop(nginx);
