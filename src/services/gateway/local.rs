@@ -65,6 +65,10 @@ impl Located {
         places.insert(key.to_owned(), place);
     }
 
+    fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
     /// Blobs remembered.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -122,7 +126,8 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<LocatedFile>>,
 {
-    match located.get(key) {
+    let remembered = located.get(key);
+    match remembered {
         Some(Place::Elsewhere) => return None,
         Some(Place::File(id)) => {
             if let Some(original) = open_checked(path.clone(), id).await {
@@ -132,7 +137,14 @@ where
         }
         None => {}
     }
-    let found = locate().await?;
+    let Some(found) = locate().await else {
+        if remembered.is_some() {
+            // Gone (or streaming can't say): forget it, not to try its
+            // file again on every request.
+            located.forget(key);
+        }
+        return None;
+    };
     let id = FileId {
         device: found.device,
         inode: found.inode,
@@ -263,8 +275,11 @@ mod tests {
             calls.fetch_add(1, Ordering::SeqCst);
             None
         };
-        assert!(open(&located, "v1", at, gone).await.is_none());
+        assert!(open(&located, "v1", at.clone(), gone).await.is_none());
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(located.is_empty(), "a gone blob is forgotten");
+        assert!(open(&located, "v1", at, gone).await.is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "and asked for again");
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use crate::services::media;
 
 /// MIME type of every playlist.
 pub const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
-/// Longest path LocateOriginal names (Linux's `PATH_MAX`).
+/// Longest path LocateOriginal and LocateSegment name (Linux's `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest `client_info` of a session.
 pub const MAX_CLIENT_INFO: usize = 256;
