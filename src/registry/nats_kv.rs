@@ -131,6 +131,16 @@ impl NatsKvRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// After a failed heartbeat read of `id`: NotFound if the bucket was
+    /// gone (re-created now, without the registration), else Unavailable.
+    async fn lost_or_unavailable(&self, id: &str, e: impl std::fmt::Display) -> RegistryError {
+        match self.ensure_bucket().await {
+            Ok(true) => RegistryError::NotFound(id.to_owned()),
+            Ok(false) => unavailable("heartbeat", e),
+            Err(err) => err,
+        }
+    }
+
     /// Re-creates the bucket if it is gone (the server lost its data or
     /// someone deleted it); `true` if it had to. Fails fast while
     /// disconnected, where a request would only time out.
@@ -317,15 +327,12 @@ impl Registry for NatsKvRegistry {
             let entry = match rt::timeout(self.opts.request_timeout, self.store.entry(&key)).await {
                 Ok(Ok(Some(entry))) if entry.operation == Operation::Put => entry,
                 Ok(Ok(_)) => return Err(not_found()),
-                Ok(Err(e)) => {
-                    // A lost bucket lost the registration with it. (A direct
-                    // get on a missing stream reports a timeout: no responders.)
-                    return Err(match self.ensure_bucket().await? {
-                        true => not_found(),
-                        false => unavailable("heartbeat", e),
-                    });
-                }
-                Err(e) => return Err(unavailable("heartbeat", e)),
+                // A lost bucket lost the registration with it. A direct get
+                // on a missing stream waits out the request timeout (no
+                // responders), and so races this timeout of the same
+                // length: whichever fires first, look at the bucket.
+                Ok(Err(e)) => return Err(self.lost_or_unavailable(id, e).await),
+                Err(e) => return Err(self.lost_or_unavailable(id, e).await),
             };
             let Some(mut record) = Record::parse(&key, &entry.value) else {
                 return Err(not_found());
