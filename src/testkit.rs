@@ -2,9 +2,11 @@
 //! suites every registry and event bus backend must pass. They assert (a
 //! failure is a panic naming the broken rule) and take their time from the
 //! runtime seam, so they run on tokio against real servers and inside madsim.
-//! Also a model of a Consul agent ([`consul_agent`]) to run the Consul backend against.
+//! Also a model of a Consul agent ([`consul_agent`]) to run the Consul backend against,
+//! and scratch directories ([`scratch::Scratch`]) for tests with real files.
 
 pub mod bus_contract;
 pub mod consul_agent;
 pub mod fuzz;
 pub mod registry_contract;
+pub mod scratch;

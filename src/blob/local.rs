@@ -146,9 +146,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_file_is_another_file() {
-        let dir = std::env::temp_dir().join(format!("sg-local-{}", crate::rt::random_hex128()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("blob");
+        let dir = crate::testkit::scratch::Scratch::new("local");
+        let path = dir.path().join("blob");
         std::fs::write(&path, b"0123456789").expect("write");
         let id = FileId::of(&std::fs::metadata(&path).expect("meta"));
         let file = open_checked(&path, id).expect("the same file opens");
@@ -159,7 +158,7 @@ mod tests {
         assert!(err.to_string().contains("short read at 8"), "{err}");
 
         // Replaced as the store replaces a blob: a new file renamed over it.
-        let next = dir.join("next");
+        let next = dir.path().join("next");
         std::fs::write(&next, b"0123456789").expect("write");
         std::fs::rename(&next, &path).expect("rename");
         let err = open_checked(&path, id).expect_err("another file");
@@ -169,6 +168,5 @@ mod tests {
         std::fs::remove_file(&path).expect("remove");
         let err = open_checked(&path, id).expect_err("gone");
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -193,21 +193,12 @@ pub fn body(original: Original, from: u64, end: u64) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::scratch::Scratch;
     use http_body_util::BodyExt as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct Dir(std::path::PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn dir() -> Dir {
-        let d = std::env::temp_dir().join(format!("sg-gw-local-{}", rt::random_hex128()));
-        std::fs::create_dir_all(&d).expect("dir");
-        Dir(d)
+    fn dir() -> Scratch {
+        Scratch::new("gw-local")
     }
 
     fn located_at(path: &Path) -> LocatedFile {
@@ -233,7 +224,7 @@ mod tests {
     #[tokio::test]
     async fn a_located_file_is_opened_and_remembered() {
         let d = dir();
-        let path = d.0.join("original");
+        let path = d.path().join("original");
         let data: Vec<u8> = (0..3 * CHUNK_BYTES + 7).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).expect("write");
         let located = Located::default();
@@ -260,7 +251,7 @@ mod tests {
         assert_eq!(bytes(again, 0, 1).await, &data[..1]);
 
         // Replaced under its key (a new file renamed over it): located again.
-        let next = d.0.join("next");
+        let next = d.path().join("next");
         std::fs::write(&next, b"another original").expect("write");
         std::fs::rename(&next, &path).expect("rename");
         let replaced = open(&located, "v1", at.clone(), locate)
@@ -285,7 +276,7 @@ mod tests {
     #[tokio::test]
     async fn an_original_elsewhere_is_read_through_read_range() {
         let d = dir();
-        let path = d.0.join("original");
+        let path = d.path().join("original");
         std::fs::write(&path, b"0123456789").expect("write");
         let located = Located::default();
         let calls = AtomicUsize::new(0);
@@ -308,7 +299,7 @@ mod tests {
         // The gateway opens only its own store's file, never the one
         // streaming names: here its own has gone.
         let named = located_at(&path);
-        let other_path: Arc<Path> = d.0.join("v3").into();
+        let other_path: Arc<Path> = d.path().join("v3").into();
         assert!(
             open(&located, "v3", other_path, || async { Some(named) })
                 .await
@@ -320,7 +311,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_that_shrank_fails_the_body() {
         let d = dir();
-        let path = d.0.join("original");
+        let path = d.path().join("original");
         std::fs::write(&path, vec![1u8; 100]).expect("write");
         let located = Located::default();
         let original = open(&located, "v1", path.as_path().into(), || async {

@@ -45,6 +45,14 @@ pub(super) async fn fixture() -> Fixture {
     fixture_with(Arc::new(MemoryBlobStore::new())).await
 }
 
+/// The fixture over a file blob store in a scratch directory (kept while
+/// the directory is).
+async fn file_fixture() -> (Fixture, crate::testkit::scratch::Scratch) {
+    let dir = crate::testkit::scratch::Scratch::new("gw-fs");
+    let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
+    (fixture_with(Arc::new(store)).await, dir)
+}
+
 /// The fixture over `blobs`.
 async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
     let registry = Arc::new(MemoryRegistry::new());
@@ -173,9 +181,7 @@ async fn originals_are_served_whole_and_by_range() {
 /// a 404, and a replaced one is served afresh.
 #[tokio::test]
 async fn local_originals_are_served_whole_and_by_range() {
-    let dir = std::env::temp_dir().join(format!("sg-gw-fs-{}", crate::rt::random_hex128()));
-    let store = crate::blob::fs::FsBlobStore::open(&dir).expect("store");
-    let f = fixture_with(Arc::new(store)).await;
+    let (f, _dir) = file_fixture().await;
     originals_whole_and_by_range(&f).await;
     let url = "/v1/videos/v1/original";
     let (status, _, body) = send(&f, get(url, Some("bytes=0-2"))).await;
@@ -201,8 +207,6 @@ async fn local_originals_are_served_whole_and_by_range() {
     let calls = |method: &str, code: &str| streaming_calls(&metrics, method, code);
     assert_eq!(calls("ReadRange", "Ok"), 0, "{metrics}");
     assert_eq!(calls("LocateOriginal", "Ok"), 3, "v1, empty, v1 replaced");
-    drop(f);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// StreamingService calls of `method` that ended with `code`, as the
@@ -301,9 +305,7 @@ async fn hls_needs_a_ready_video() {
 /// As [`hls_needs_a_ready_video`], with segments sent from their files.
 #[tokio::test]
 async fn local_hls_needs_a_ready_video() {
-    let dir = std::env::temp_dir().join(format!("sg-gw-fs-{}", crate::rt::random_hex128()));
-    let store = crate::blob::fs::FsBlobStore::open(&dir).expect("store");
-    let f = fixture_with(Arc::new(store)).await;
+    let (f, _dir) = file_fixture().await;
     hls_after_ready(&f).await;
     let metrics = f.rt.metrics.render();
     assert_eq!(
@@ -313,8 +315,6 @@ async fn local_hls_needs_a_ready_video() {
     );
     assert_eq!(streaming_calls(&metrics, "LocateSegment", "Ok"), 1);
     assert_eq!(streaming_calls(&metrics, "LocateSegment", "NotFound"), 1);
-    drop(f);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn hls_after_ready(f: &Fixture) {

@@ -128,10 +128,9 @@ async fn ranges_from_memory() {
 #[cfg(not(madsim))]
 #[tokio::test]
 async fn ranges_from_local_files() {
-    let dir = std::env::temp_dir().join(format!("sg-streaming-{}", rt::random_hex128()));
-    let store = crate::blob::fs::FsBlobStore::open(&dir).expect("store");
+    let dir = crate::testkit::scratch::Scratch::new("streaming");
+    let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
     ranges_are_served(Arc::new(store)).await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 async fn locate(s: &StreamingServer, id: &str) -> Result<LocatedFile, Status> {
@@ -223,8 +222,8 @@ async fn segments_are_located_as_get_segment_finds_them() {
 #[cfg(not(madsim))]
 #[tokio::test]
 async fn originals_in_files_are_located_by_path_and_identity() {
-    let dir = std::env::temp_dir().join(format!("sg-streaming-{}", rt::random_hex128()));
-    let store = crate::blob::fs::FsBlobStore::open(&dir).expect("store");
+    let dir = crate::testkit::scratch::Scratch::new("streaming");
+    let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
     store.put("originals/v1", pattern(10)).await.expect("put");
     let (s, _) = server(Arc::new(store));
     let found = locate(&s, "v1").await.expect("located");
@@ -252,7 +251,6 @@ async fn originals_in_files_are_located_by_path_and_identity() {
         .expect("located");
     assert!(segment.path.ends_with("seg_1.ts"), "{segment:?}");
     assert_eq!(segment.size_bytes, 4);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]

@@ -25,18 +25,10 @@ use crate::registry::memory::MemoryRegistry;
 use crate::rt;
 use crate::services::transcoder::Engine;
 use crate::services::{ServiceOpts, media};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::testkit::scratch::Scratch;
 
 fn scratch() -> Scratch {
-    Scratch(std::env::temp_dir().join(format!("sg-worker-{}", rt::random_hex128())))
+    Scratch::new("worker")
 }
 
 fn opts(kind: ServiceKind, data_dir: Option<PathBuf>, failure_rate: f64) -> ServiceOpts {
@@ -128,7 +120,11 @@ async fn uploads_become_jobs_and_a_restart_resumes_the_queue() {
     let first = node(
         bus.clone(),
         blobs.clone(),
-        vec![opts(ServiceKind::Worker, Some(dir.0.clone()), 0.0)],
+        vec![opts(
+            ServiceKind::Worker,
+            Some(dir.path().to_path_buf()),
+            0.0,
+        )],
     )
     .await;
     for v in ["v0", "v1", "v0"] {
@@ -180,7 +176,7 @@ async fn uploads_become_jobs_and_a_restart_resumes_the_queue() {
         vec![
             opts(ServiceKind::Metadata, None, 0.0),
             opts(ServiceKind::Transcoder, None, 0.0),
-            opts(ServiceKind::Worker, Some(dir.0.clone()), 0.0),
+            opts(ServiceKind::Worker, Some(dir.path().to_path_buf()), 0.0),
         ],
     )
     .await;
@@ -418,7 +414,7 @@ async fn cancelling_a_running_job_cancels_its_transcode() {
 #[tokio::test]
 async fn the_leases_of_a_crashed_process_come_back_at_open() {
     let dir = scratch();
-    let path = dir.0.join(super::DB_FILE);
+    let path = dir.path().join(super::DB_FILE);
     let (store, _) = super::store::Store::open(Some(path.clone()), 0)
         .await
         .unwrap();

@@ -9,6 +9,7 @@ use super::*;
 use crate::blob::BlobStore;
 use crate::blob::fs::FsBlobStore;
 use crate::blob::memory::MemoryBlobStore;
+use crate::testkit::scratch::Scratch;
 
 #[derive(Default)]
 struct Seen {
@@ -27,22 +28,6 @@ impl Reporter for Seen {
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sg-{name}-{}", rt::random_hex128()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn engine(ffmpeg: &str) -> Engine {
     Engine::Ffmpeg {
         ffmpeg: ffmpeg.into(),
@@ -92,15 +77,15 @@ fn left_in(dir: &Path) -> usize {
 #[tokio::test]
 async fn a_real_clip_becomes_hls_with_a_thumbnail_and_the_master_last() {
     let scratch = Scratch::new("ffmpeg-ok");
-    let store = Arc::new(FsBlobStore::open(scratch.0.join("store")).unwrap());
-    let bytes = clip(&scratch.0).await;
+    let store = Arc::new(FsBlobStore::open(scratch.path().join("store")).unwrap());
+    let bytes = clip(scratch.path()).await;
     store
         .put(&media::original_key("v1"), bytes.into())
         .await
         .unwrap();
     let ctx = Context {
         blobs: store.clone(),
-        work_root: scratch.0.join("work"),
+        work_root: scratch.path().join("work"),
     };
     let seen = Seen::default();
     let out = run(&engine("ffmpeg"), &ctx, &job("v1"), &seen)
@@ -144,7 +129,7 @@ async fn a_real_clip_becomes_hls_with_a_thumbnail_and_the_master_last() {
 #[tokio::test]
 async fn random_bytes_fail_as_corrupt_input() {
     let scratch = Scratch::new("ffmpeg-corrupt");
-    let store = Arc::new(FsBlobStore::open(scratch.0.join("store")).unwrap());
+    let store = Arc::new(FsBlobStore::open(scratch.path().join("store")).unwrap());
     // Fixed bytes: some random draws probe as an audio format, which fails
     // differently ("no video stream"); this one is invalid data.
     let mut junk = vec![0u8; 64 << 10];
@@ -155,7 +140,7 @@ async fn random_bytes_fail_as_corrupt_input() {
         .unwrap();
     let ctx = Context {
         blobs: store.clone(),
-        work_root: scratch.0.join("work"),
+        work_root: scratch.path().join("work"),
     };
     let seen = Seen::default();
     let err = run(&engine("ffmpeg"), &ctx, &job("v2"), &seen)
@@ -165,7 +150,7 @@ async fn random_bytes_fail_as_corrupt_input() {
     assert!(err.0.len() <= 1024);
     assert!(
         err.0.contains("originals/v2: Invalid data")
-            && !err.0.contains(&*scratch.0.to_string_lossy()),
+            && !err.0.contains(&*scratch.path().to_string_lossy()),
         "names the blob, not the local path: {err}"
     );
     assert!(seen.started.lock().unwrap().is_empty());
@@ -177,14 +162,14 @@ async fn random_bytes_fail_as_corrupt_input() {
 async fn a_missing_ffmpeg_is_named_and_a_store_without_files_is_copied() {
     let scratch = Scratch::new("ffmpeg-missing");
     let store = Arc::new(MemoryBlobStore::new());
-    let bytes = clip(&scratch.0).await;
+    let bytes = clip(scratch.path()).await;
     store
         .put(&media::original_key("v3"), bytes.into())
         .await
         .unwrap();
     let ctx = Context {
         blobs: store.clone(),
-        work_root: scratch.0.join("work"),
+        work_root: scratch.path().join("work"),
     };
     let err = run(
         &engine("/nonexistent/bin/ffmpeg"),
@@ -206,15 +191,15 @@ async fn a_missing_ffmpeg_is_named_and_a_store_without_files_is_copied() {
 #[tokio::test]
 async fn a_run_past_its_timeout_fails_and_cleans_up() {
     let scratch = Scratch::new("ffmpeg-timeout");
-    let store = Arc::new(FsBlobStore::open(scratch.0.join("store")).unwrap());
-    let bytes = clip(&scratch.0).await;
+    let store = Arc::new(FsBlobStore::open(scratch.path().join("store")).unwrap());
+    let bytes = clip(scratch.path()).await;
     store
         .put(&media::original_key("v4"), bytes.into())
         .await
         .unwrap();
     let ctx = Context {
         blobs: store,
-        work_root: scratch.0.join("work"),
+        work_root: scratch.path().join("work"),
     };
     let engine = Engine::Ffmpeg {
         ffmpeg: "ffmpeg".into(),
