@@ -28,6 +28,8 @@ pub mod cli;
 pub mod client;
 pub mod kernel;
 pub mod middleware;
+#[cfg(not(madsim))]
+pub mod nats_kv;
 pub mod node;
 pub mod registry;
 pub mod resilience;

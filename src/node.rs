@@ -149,6 +149,17 @@ pub enum RegistryKind {
     Consul,
 }
 
+/// Where a microservice worker keeps its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JobQueueKind {
+    /// A JetStream work queue and key-value bucket on the NATS server:
+    /// workers on any host share the jobs (the default).
+    Jetstream,
+    /// A SQLite file in the data dir: workers share the jobs only with
+    /// those on the same data dir.
+    Sqlite,
+}
+
 /// How a microservice reaches the rest of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 #[command(next_help_heading = "Cluster: bus, registry, service tokens")]
@@ -180,6 +191,20 @@ pub struct ClusterOpts {
         default_value = "streamgate_registry"
     )]
     pub registry_bucket: String,
+    /// Where the worker keeps its jobs.
+    #[arg(
+        long,
+        env = "STREAMGATE_JOB_QUEUE",
+        value_enum,
+        default_value = "jetstream"
+    )]
+    pub job_queue: JobQueueKind,
+    /// Names the worker's JetStream key-value bucket of job records
+    /// (`<name>`), its work queue stream (`<name>_queue`) and the queue's
+    /// subjects (`<name>.dispatch.<job id>`); every worker of a cluster needs
+    /// the same one. 1..=64 characters of `[A-Za-z0-9_-]`.
+    #[arg(long, env = "STREAMGATE_JOBS_NAME", default_value = "streamgate_jobs")]
+    pub jobs_name: String,
     /// The Consul agent's HTTP address.
     #[arg(
         long,
@@ -376,10 +401,24 @@ pub async fn run_service(
             Arc::new(crate::registry::consul::ConsulRegistry::connect(&config)?)
         }
     };
+    let job_queue = match cluster.job_queue {
+        JobQueueKind::Sqlite => crate::services::worker::JobQueue::Sqlite,
+        JobQueueKind::Jetstream => {
+            crate::services::media::check_id("jobs-name", &cluster.jobs_name)
+                .map_err(config_error)?;
+            crate::services::worker::JobQueue::JetStream {
+                url: cluster.nats_url.clone(),
+                name: cluster.jobs_name.clone(),
+            }
+        }
+    };
     let plugins: Vec<Box<dyn Plugin>> = opts
         .service_opts(&[kind])?
         .into_iter()
-        .map(|o| Box::new(ServicePlugin::new(o)) as Box<dyn Plugin>)
+        .map(|mut o| {
+            o.job_queue = job_queue.clone();
+            Box::new(ServicePlugin::new(o)) as Box<dyn Plugin>
+        })
         .collect();
     let seams = Seams {
         bus: Arc::new(bus),

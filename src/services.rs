@@ -62,6 +62,8 @@ pub struct ServiceOpts {
     pub auth_secret: Option<auth::Secret>,
     /// The services the auth service issues service tokens to.
     pub auth_clients: auth::ServiceClients,
+    /// Where the worker keeps its jobs.
+    pub job_queue: worker::JobQueue,
 }
 
 impl ServiceOpts {
@@ -97,6 +99,7 @@ impl ServiceOpts {
             engine: transcoder::Engine::default(),
             auth_secret: None,
             auth_clients: auth::ServiceClients::default(),
+            job_queue: worker::JobQueue::default(),
         }
     }
 }

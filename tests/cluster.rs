@@ -81,6 +81,7 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         &config,
         format!(
             "data-dir = {data:?}\nnats-url = {url:?}\nregistry-bucket = {bucket:?}\n\
+             jobs-name = \"{bucket}_jobs\"\n\
              bus-subject-prefix = {prefix:?}\nservice-key-file = {keys:?}\n\
              auth-secret-file = {secret:?}\nlog-format = \"json\"\nlog-filter = \"info\"\n\
              max-upload-bytes = 1024\n",
@@ -225,6 +226,24 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     let video = wait_ready(&gw2, &id).await;
     phases.mark("transcoded (ready)");
     assert_eq!(video["title"], "Cluster clip");
+    // The transcode job went through the JetStream queue workers share.
+    let nats = async_nats::connect(nats_url()).await.expect("NATS");
+    let jobs = async_nats::jetstream::new(nats)
+        .get_key_value(format!("{bucket}_jobs"))
+        .await
+        .expect("the workers' job bucket");
+    let key = streamgate::services::media::transcode_job_id(&id);
+    let until = rt::now() + Duration::from_secs(10);
+    loop {
+        let value = jobs.get(key.as_str()).await.expect("read the job");
+        let record: serde_json::Value =
+            serde_json::from_slice(&value.expect("the job's record")).expect("JSON");
+        if record["state"] == "succeeded" {
+            break;
+        }
+        assert!(rt::now() < until, "the job did not succeed: {record}");
+        rt::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(video["size_bytes"].as_u64(), Some(clip.len() as u64));
 
     // A byte range of the original, and HLS, through both gateways.
@@ -344,9 +363,11 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     }
     drop(procs);
     let client = async_nats::connect(nats_url()).await.expect("NATS");
-    let _ = async_nats::jetstream::new(client)
-        .delete_key_value(bucket.as_str())
-        .await;
+    let js = async_nats::jetstream::new(client);
+    for name in [bucket.clone(), format!("{bucket}_jobs")] {
+        let _ = js.delete_key_value(name.as_str()).await;
+    }
+    let _ = js.delete_stream(format!("{bucket}_jobs_queue")).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
-use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, ErrorCode};
 use async_trait::async_trait;
 use futures::TryStreamExt as _;
@@ -227,36 +226,16 @@ async fn bind_or_create(
     js: &jetstream::Context,
     opts: &Options,
 ) -> Result<kv::Store, RegistryError> {
-    let timeout = opts.request_timeout;
-    if let Ok(Ok(store)) = rt::timeout(timeout, js.get_key_value(opts.bucket.as_str())).await {
-        return Ok(store);
-    }
-    // The stream a KV bucket is, spelled out: `create_key_value` first asks
-    // for the account info, which async-nats 0.51 cannot parse from 2.9
-    // servers (no `reserved_memory`).
-    let config = stream::Config {
-        name: format!("KV_{}", opts.bucket),
-        description: Some("StreamGate service registry".to_owned()),
-        subjects: vec![format!("$KV.{}.>", opts.bucket)],
-        max_messages_per_subject: opts.history,
+    let bucket = crate::nats_kv::Bucket {
+        name: &opts.bucket,
+        description: "StreamGate service registry",
+        history: opts.history,
         max_age: opts.max_age,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
+        timeout: opts.request_timeout,
     };
-    let created = match rt::timeout(timeout, js.create_stream(config)).await {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(unavailable("creating the bucket", e)),
-        Err(e) => Some(unavailable("creating the bucket", e)),
-    };
-    match rt::timeout(timeout, js.get_key_value(opts.bucket.as_str())).await {
-        Ok(Ok(store)) => Ok(store),
-        Ok(Err(e)) => Err(created.unwrap_or_else(|| unavailable("binding the bucket", e))),
-        Err(e) => Err(created.unwrap_or_else(|| unavailable("binding the bucket", e))),
-    }
+    crate::nats_kv::bind_or_create(js, &bucket)
+        .await
+        .map_err(|e| RegistryError::Unavailable(format!("nats kv: {e}")))
 }
 
 /// The server's timestamp as Unix milliseconds.

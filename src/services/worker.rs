@@ -1,5 +1,6 @@
-//! worker (9008): a durable job queue (SQLite) with leases, retries with
-//! backoff and a dead-letter state; turns each upload into a transcode job.
+//! worker (9008): a durable job queue (SQLite on one host, NATS JetStream
+//! across hosts) with leases, retries with backoff and a dead-letter state;
+//! turns each upload into a transcode job.
 
 use std::sync::Arc;
 
@@ -34,6 +35,23 @@ pub const DB_FILE: &str = "worker.sqlite";
 /// Queue group of the upload consumers: each upload goes to one worker.
 pub const QUEUE_GROUP: &str = "worker";
 
+/// Where the worker keeps its jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum JobQueue {
+    /// SQLite, [`DB_FILE`] under the data dir (in memory without one):
+    /// shared by the workers that share the data dir.
+    #[default]
+    Sqlite,
+    /// NATS JetStream: shared by every worker on the server.
+    #[cfg(not(madsim))]
+    JetStream {
+        /// NATS server URL(s), comma-separated.
+        url: String,
+        /// Names the bucket, the work queue and its subjects.
+        name: String,
+    },
+}
+
 /// The service's routes and background work, with the default [`Config`].
 ///
 /// # Errors
@@ -55,10 +73,28 @@ pub async fn domain_with(
         plugin: "worker".to_owned(),
         source: std::io::Error::other(e.to_string()),
     };
-    let path = opts.data_dir.as_ref().map(|d| d.join(DB_FILE));
-    let (store, recovered) = store::Store::open(path, rt::unix_ms())
-        .await
-        .map_err(|e| fail(&e))?;
+    let (store, recovered) = match &opts.job_queue {
+        JobQueue::Sqlite => {
+            let path = opts.data_dir.as_ref().map(|d| d.join(DB_FILE));
+            store::Store::open(path, rt::unix_ms())
+                .await
+                .map_err(|e| fail(&e))?
+        }
+        #[cfg(not(madsim))]
+        JobQueue::JetStream { url, name } => {
+            let js = store::jetstream::Options {
+                url: url.clone(),
+                name: name.clone(),
+                max_active: config.max_active,
+                lease: config.lease,
+            };
+            let store = store::jetstream::JetStreamStore::connect(&js)
+                .await
+                .map_err(|e| fail(&e))?;
+            // Leases held by a previous run come back when they run out.
+            (store::Store::JetStream(store), Vec::new())
+        }
+    };
     if !recovered.is_empty() {
         tracing::warn!(
             jobs = recovered.len(),

@@ -25,6 +25,9 @@ pub enum WorkerError {
     /// The job store failed.
     #[error("job store: {0}")]
     Store(String),
+    /// The job store cannot be reached (NATS); retrying may help.
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for WorkerError {
@@ -43,6 +46,7 @@ impl From<WorkerError> for Status {
                 Status::resource_exhausted(e.to_string())
             }
             WorkerError::Store(_) => Status::internal(e.to_string()),
+            WorkerError::Unavailable(_) => Status::unavailable(e.to_string()),
         }
     }
 }

@@ -35,7 +35,9 @@ const SOURCE: &str = "worker";
 pub struct Config {
     /// Jobs running at once.
     pub concurrency: usize,
-    /// Lease of an attempt, renewed while it makes progress.
+    /// Lease of an attempt, renewed at every progress poll (at most a call
+    /// timeout apart). It bounds how long a worker that stalls, or dies
+    /// holding JetStream jobs, keeps them from the others.
     pub lease: Duration,
     /// How often an idle runner looks for due jobs.
     pub idle_poll: Duration,
@@ -55,7 +57,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             concurrency: super::CONCURRENCY,
-            lease: Duration::from_secs(30 * 60),
+            lease: Duration::from_secs(120),
             idle_poll: Duration::from_secs(1),
             progress_poll: Duration::from_millis(500),
             backoff: Backoff {

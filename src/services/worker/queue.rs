@@ -2,7 +2,8 @@
 //! (retry or dead-letter), expire, cancel. Time comes in as Unix ms.
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting (also between retries, after a lease was lost).
     Queued,
@@ -73,7 +74,7 @@ pub enum Refused {
 pub const MAX_ERROR_BYTES: usize = 1024;
 
 /// A job, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// Its id.
     pub id: String,

@@ -1,0 +1,587 @@
+//! The job table on NATS JetStream, shared by workers on any host
+//! (microservices mode).
+//!
+//! - **Records:** one key per job in the key-value bucket `<name>` (JSON of
+//!   the [`Job`] and its sequence number, history 1). Every change loads the
+//!   record, applies a [`queue`](crate::services::worker::queue) transition
+//!   and writes it back with compare-and-set on its revision, so racing
+//!   workers never both win (the loser runs the transition again on the
+//!   newer record). Submission creates the key, which deduplicates by id
+//!   (the idempotency key, when there is one).
+//! - **Dispatch:** the work-queue stream `<name>_queue` holds one message,
+//!   `<name>.dispatch.<job id>`, per unfinished job (at most one per subject:
+//!   `discard_new_per_subject`), and at most `max_active` in all: JetStream
+//!   itself refuses the submission past that. One durable pull consumer,
+//!   `workers`, shared by every worker, hands each message to one worker at a
+//!   time. A worker that leases the job keeps the message unacknowledged
+//!   while it runs: renewals extend its ack wait (AckWait is the lease), the
+//!   end of the job acknowledges it (removing it), a retry gives it back
+//!   with a delay (NAK with delay is the backoff). A message whose job is not
+//!   due yet (delayed, or leased by a live worker) goes back with the delay
+//!   left. A worker that dies holding messages gets nothing more done: its
+//!   messages come back after the ack wait, and whoever receives one finds
+//!   the lease expired, counts the lost attempt and leases the job again.
+//! - **Dead letter:** the attempts counted in the record decide it, as with
+//!   SQLite; the consumer's `max_deliver` stays unlimited, because the
+//!   delays above are deliveries too.
+//! - The record is the truth and the message only a prompt to look at it:
+//!   a message for a finished or unknown job is acknowledged and dropped;
+//!   a submission that finds its job already stored and unfinished publishes
+//!   its message again (refused while one exists), which repairs a job whose
+//!   message was lost between the two writes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, Message, stream};
+use futures::StreamExt as _;
+
+use super::Filter;
+use crate::rt;
+use crate::services::worker::error::WorkerError;
+use crate::services::worker::queue::{Job, JobState, Refused};
+
+/// The durable consumer every worker pulls from.
+const CONSUMER: &str = "workers";
+/// Messages looked at per [`JetStreamStore::lease_next`], at most.
+const SCAN: usize = 32;
+/// Compare-and-set rounds of one change before giving up.
+const CAS_ROUNDS: usize = 16;
+/// Most records [`JetStreamStore::list`] reads.
+pub const MAX_LIST_RECORDS: u64 = 100_000;
+/// Longest wait for one request to the server.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one message while listing.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the queue lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// NATS server URL(s), comma-separated.
+    pub url: String,
+    /// Names the records' bucket (`<name>`), the work queue
+    /// (`<name>_queue`) and its subjects (`<name>.dispatch.<job id>`).
+    pub name: String,
+    /// Most unfinished jobs (the work queue's message limit), set when the
+    /// stream is created.
+    pub max_active: u64,
+    /// The consumer's ack wait, set when it is created: how long a worker
+    /// that stopped renewing keeps its jobs.
+    pub lease: Duration,
+}
+
+/// A job record as stored: the job and its submission number.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Record {
+    /// The bucket revision that created it: later submissions have larger
+    /// ones (0 if numbering it failed; it then lists as the oldest).
+    seq: u64,
+    #[serde(flatten)]
+    job: Job,
+}
+
+/// A delivered message this process holds while it runs the job.
+struct Held {
+    attempt: u32,
+    msg: Message,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    kv: kv::Store,
+    consumer: consumer::PullConsumer,
+    /// `<name>.dispatch.`
+    subject: String,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// The job table on JetStream; clones share one connection.
+#[derive(Clone)]
+pub struct JetStreamStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for JetStreamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamStore")
+            .field("subject", &self.inner.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Unavailable(format!("nats: {what}: {e}"))
+}
+
+fn encode(record: &Record) -> Result<bytes::Bytes, WorkerError> {
+    serde_json::to_vec(record)
+        .map(bytes::Bytes::from)
+        .map_err(|e| WorkerError::Store(format!("encoding job {}: {e}", record.job.id)))
+}
+
+fn decode(key: &str, value: &[u8]) -> Result<Record, WorkerError> {
+    serde_json::from_slice(value)
+        .map_err(|e| WorkerError::Store(format!("job record {key:?} is unreadable: {e}")))
+}
+
+fn ms_until(at_ms: u64, now_ms: u64) -> Duration {
+    Duration::from_millis(at_ms.saturating_sub(now_ms))
+}
+
+/// What a dispatch publication came to.
+enum Dispatch {
+    /// Queued.
+    Queued,
+    /// The job's message is already queued.
+    AlreadyQueued,
+    /// The work queue holds `max_active` messages.
+    Full,
+}
+
+impl JetStreamStore {
+    /// Connects, and creates the bucket, the work queue and its consumer
+    /// where they are missing (existing ones keep their settings).
+    ///
+    /// # Errors
+    /// The server is unreachable or refuses to create them.
+    pub async fn connect(opts: &Options) -> Result<Self, WorkerError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("streamgate-worker-jobs")
+            .connect(opts.url.as_str())
+            .await
+            .map_err(|e| unavailable(&format!("connect to {}", opts.url), e))?;
+        let js = jetstream::new(client);
+        let bucket = crate::nats_kv::Bucket {
+            name: &opts.name,
+            description: "StreamGate worker jobs",
+            history: 1,
+            max_age: Duration::ZERO,
+            timeout: REQUEST_TIMEOUT,
+        };
+        let kv = crate::nats_kv::bind_or_create(&js, &bucket)
+            .await
+            .map_err(|e| unavailable("jobs bucket", e))?;
+        let max_active = i64::try_from(opts.max_active).unwrap_or(i64::MAX);
+        let queue = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{}_queue", opts.name),
+                description: Some(
+                    "StreamGate worker dispatch (one message per unfinished job)".to_owned(),
+                ),
+                subjects: vec![format!("{}.dispatch.*", opts.name)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                max_messages: max_active,
+                max_messages_per_subject: 1,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
+                storage: stream::StorageType::File,
+                ..stream::Config::default()
+            })
+            .await
+            .map_err(|e| unavailable("create the work queue", e))?;
+        let consumer = queue
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    description: Some("StreamGate workers".to_owned()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: opts.lease,
+                    deliver_policy: DeliverPolicy::All,
+                    max_deliver: -1,
+                    // Delayed jobs wait unacknowledged: allow all of them.
+                    max_ack_pending: max_active,
+                    ..pull::Config::default()
+                },
+            )
+            .await
+            .map_err(|e| unavailable("create the work queue's consumer", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                js,
+                kv,
+                consumer,
+                subject: format!("{}.dispatch.", opts.name),
+                held: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The record of `id` and its revision.
+    async fn load(&self, id: &str) -> Result<Option<(Record, u64)>, WorkerError> {
+        let entry = self
+            .inner
+            .kv
+            .entry(id)
+            .await
+            .map_err(|e| unavailable(&format!("read job {id}"), e))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some((decode(id, &e.value)?, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `record` over `revision`: false when another writer was first.
+    async fn save(&self, record: &Record, revision: u64) -> Result<bool, WorkerError> {
+        let id = record.job.id.as_str();
+        match self.inner.kv.update(id, encode(record)?, revision).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(unavailable(&format!("write job {id}"), e)),
+        }
+    }
+
+    async fn dispatch(&self, id: &str) -> Result<Dispatch, WorkerError> {
+        let subject = format!("{}{id}", self.inner.subject);
+        let ack = match self.inner.js.publish(subject, bytes::Bytes::new()).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(_) => Ok(Dispatch::Queued),
+            // The server's words (JSStreamStoreFailedF); there is no code
+            // that tells the two limits apart.
+            Err(e) if e.to_string().contains("maximum messages per subject") => {
+                Ok(Dispatch::AlreadyQueued)
+            }
+            Err(e) if e.to_string().contains("maximum messages") => Ok(Dispatch::Full),
+            Err(e) => Err(unavailable(&format!("queue job {id}"), e)),
+        }
+    }
+
+    /// Stores `job` and queues it, or returns the job already stored under
+    /// its id (true: deduplicated; an unfinished one is queued again if its
+    /// message was lost).
+    ///
+    /// # Errors
+    /// [`WorkerError::Full`] when the work queue holds `max_active` jobs
+    /// (the limit the stream was created with); the server failed.
+    pub async fn submit(&self, job: Job, max_active: u64) -> Result<(Job, bool), WorkerError> {
+        let id = job.id.clone();
+        let mut record = Record { seq: 0, job };
+        let created = match self.inner.kv.create(id.as_str(), encode(&record)?).await {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                let Some((existing, _)) = self.load(&id).await? else {
+                    return Err(WorkerError::Unavailable(format!(
+                        "job {id} was removed while submitted again; try again"
+                    )));
+                };
+                if !existing.job.state.is_terminal() {
+                    self.dispatch(&id).await?;
+                }
+                return Ok((existing.job, true));
+            }
+            Err(e) => return Err(unavailable(&format!("create job {id}"), e)),
+        };
+        record.seq = created;
+        let mut revision = created;
+        match self
+            .inner
+            .kv
+            .update(id.as_str(), encode(&record)?, created)
+            .await
+        {
+            Ok(r) => revision = r,
+            Err(e) => {
+                // Only its place in the list suffers.
+                tracing::warn!(job_id = %id, error = %e, "job not numbered");
+                record.seq = 0;
+            }
+        }
+        let outcome = self.dispatch(&id).await;
+        if matches!(outcome, Ok(Dispatch::Queued | Dispatch::AlreadyQueued)) {
+            return Ok((record.job, false));
+        }
+        // Not queued: take the record back, so it is not left waiting for a
+        // message that never comes.
+        if let Err(e) = self
+            .inner
+            .kv
+            .delete_expect_revision(id.as_str(), Some(revision))
+            .await
+        {
+            tracing::warn!(job_id = %id, error = %e, "unqueued job record not removed");
+        }
+        match outcome? {
+            Dispatch::Full => Err(WorkerError::Full(max_active)),
+            Dispatch::Queued | Dispatch::AlreadyQueued => unreachable!("returned above"),
+        }
+    }
+
+    /// The job `id`.
+    ///
+    /// # Errors
+    /// The server failed; the record is unreadable.
+    pub async fn get(&self, id: &str) -> Result<Option<Job>, WorkerError> {
+        Ok(self.load(id).await?.map(|(r, _)| r.job))
+    }
+
+    /// Applies `f` to the job `id` and saves the result (again on the newer
+    /// record when another writer was first); then settles the message this
+    /// process holds for it.
+    ///
+    /// # Errors
+    /// Unknown job; `f` refused; the server failed.
+    pub async fn update<T: Send + 'static>(
+        &self,
+        id: &str,
+        mut f: impl FnMut(&mut Job) -> Result<T, Refused> + Send + 'static,
+    ) -> Result<(Job, T), WorkerError> {
+        for _ in 0..CAS_ROUNDS {
+            let (mut record, revision) = self
+                .load(id)
+                .await?
+                .ok_or_else(|| WorkerError::NotFound(id.to_owned()))?;
+            match f(&mut record.job) {
+                Err(refused) => {
+                    self.settle_refused(&record.job, refused).await;
+                    return Err(WorkerError::Refused(id.to_owned(), refused));
+                }
+                Ok(out) => {
+                    if self.save(&record, revision).await? {
+                        self.settle(&record.job).await;
+                        return Ok((record.job, out));
+                    }
+                }
+            }
+        }
+        Err(WorkerError::Unavailable(format!(
+            "job {id} changed {CAS_ROUNDS} times while being updated; try again"
+        )))
+    }
+
+    /// After `job` was saved: renewals extend the message's ack wait, a
+    /// retry gives it back with its backoff, the end removes it.
+    async fn settle(&self, job: &Job) {
+        let Some(held) = self.held().remove(&job.id) else {
+            return;
+        };
+        let kind = match job.state {
+            JobState::Leased => AckKind::Progress,
+            JobState::Queued | JobState::Failed => {
+                AckKind::Nak(Some(ms_until(job.not_before_ms, rt::unix_ms())))
+            }
+            JobState::Succeeded | JobState::DeadLetter | JobState::Cancelled => AckKind::Ack,
+        };
+        let keep = matches!(kind, AckKind::Progress);
+        if let Err(e) = held.msg.ack_with(kind).await {
+            tracing::warn!(job_id = %job.id, error = %e, "job message not settled");
+        }
+        if keep {
+            self.held().insert(job.id.clone(), held);
+        }
+    }
+
+    /// After a refused change: a finished job's message is removed; a lease
+    /// that moved on means the delivery this process holds is stale.
+    async fn settle_refused(&self, job: &Job, refused: Refused) {
+        let taken = {
+            let mut held = self.held();
+            let current = held
+                .get(&job.id)
+                .is_some_and(|h| job.state == JobState::Leased && h.attempt == job.attempts);
+            match refused {
+                Refused::Terminal(_) => held.remove(&job.id),
+                Refused::StaleLease if !current => {
+                    held.remove(&job.id);
+                    None
+                }
+                Refused::StaleLease | Refused::NotEligible => None,
+            }
+        };
+        if let Some(h) = taken
+            && let Err(e) = h.msg.ack().await
+        {
+            tracing::warn!(job_id = %job.id, error = %e, "job message not removed");
+        }
+    }
+
+    async fn next_message(&self) -> Result<Option<Message>, WorkerError> {
+        let mut batch = self
+            .inner
+            .consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .map_err(|e| unavailable("fetch jobs", e))?;
+        match batch.next().await {
+            Some(Ok(msg)) => Ok(Some(msg)),
+            Some(Err(e)) => Err(unavailable("fetch jobs", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Leases the first due job among the messages delivered, after taking
+    /// back expired leases it meets. Returns the leased job, if any, and the
+    /// jobs whose leases expired.
+    ///
+    /// # Errors
+    /// The server failed.
+    pub async fn lease_next(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<(Option<Job>, Vec<Job>), WorkerError> {
+        let mut expired = Vec::new();
+        for _ in 0..SCAN {
+            let Some(msg) = self.next_message().await? else {
+                break;
+            };
+            let Some(id) = msg.subject.as_str().strip_prefix(&self.inner.subject) else {
+                // Not ours: never delivered again.
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let id = id.to_owned();
+            if let Some(job) = self.take(&id, msg, now_ms, lease_ms, &mut expired).await? {
+                return Ok((Some(job), expired));
+            }
+        }
+        Ok((None, expired))
+    }
+
+    /// Looks at the job `id` of a delivered message: leases it if due, or
+    /// gives the message back for as long as the job is not.
+    async fn take(
+        &self,
+        id: &str,
+        msg: Message,
+        now_ms: u64,
+        lease_ms: u64,
+        expired: &mut Vec<Job>,
+    ) -> Result<Option<Job>, WorkerError> {
+        for _ in 0..CAS_ROUNDS {
+            let loaded = match self.load(id).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    return Err(e);
+                }
+            };
+            let Some((mut record, revision)) = loaded else {
+                // No record (taken back after a refused dispatch): drop it.
+                let _ = msg.ack().await;
+                return Ok(None);
+            };
+            let lost = record.job.expire(now_ms).then(|| record.job.clone());
+            let attempt = record.job.lease(now_ms, lease_ms).ok();
+            if lost.is_none() && attempt.is_none() {
+                let job = &record.job;
+                let kind = match job.state {
+                    s if s.is_terminal() => AckKind::Ack,
+                    // Leased by a live worker whose ack wait ran out first.
+                    JobState::Leased => AckKind::Nak(Some(ms_until(job.lease_until_ms, now_ms))),
+                    _ => AckKind::Nak(Some(ms_until(job.not_before_ms, now_ms))),
+                };
+                let _ = msg.ack_with(kind).await;
+                return Ok(None);
+            }
+            match self.save(&record, revision).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    return Err(e);
+                }
+            }
+            expired.extend(lost);
+            let Some(attempt) = attempt else {
+                // The lost attempt was the last: dead-lettered.
+                let _ = msg.ack().await;
+                return Ok(None);
+            };
+            self.held().insert(id.to_owned(), Held { attempt, msg });
+            return Ok(Some(record.job));
+        }
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        Ok(None)
+    }
+
+    /// Every record, in bucket order.
+    async fn records(&self) -> Result<Vec<Record>, WorkerError> {
+        let kv = &self.inner.kv;
+        let consumer = kv
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{}>", kv.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..pull::OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| unavailable("list jobs", e))?;
+        let pending = consumer.cached_info().num_pending;
+        if pending > MAX_LIST_RECORDS {
+            return Err(WorkerError::Store(format!(
+                "{pending} job records are more than a list reads ({MAX_LIST_RECORDS})"
+            )));
+        }
+        let mut records = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("list jobs", e))?;
+        let mut left = pending;
+        while left > 0 {
+            let msg = match rt::timeout(READ_TIMEOUT, messages.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(Some(Err(e))) => return Err(unavailable("list jobs", e)),
+                Ok(None) => break,
+                Err(_) => return Err(unavailable("list jobs", "timed out")),
+            };
+            left = msg.info().map_or(0, |i| i.pending);
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            if deleted {
+                continue;
+            }
+            let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
+            records.push(decode(key, &msg.payload)?);
+        }
+        Ok(records)
+    }
+
+    /// Up to `limit` jobs matching `filter`, newest first, and the sequence
+    /// number to continue before when there are more. Reads every record
+    /// (at most [`MAX_LIST_RECORDS`]).
+    ///
+    /// # Errors
+    /// The server failed; more records than a list reads.
+    pub async fn list(
+        &self,
+        filter: Filter,
+        limit: u32,
+    ) -> Result<(Vec<Job>, Option<i64>), WorkerError> {
+        let seq = |r: &Record| i64::try_from(r.seq).unwrap_or(i64::MAX);
+        let mut records: Vec<Record> = self
+            .records()
+            .await?
+            .into_iter()
+            .filter(|r| filter.matches(seq(r), &r.job))
+            .collect();
+        records.sort_unstable_by(|a, b| b.seq.cmp(&a.seq).then_with(|| b.job.id.cmp(&a.job.id)));
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let next = (records.len() > limit)
+            .then(|| records.get(limit.saturating_sub(1)).map(seq))
+            .flatten();
+        records.truncate(limit);
+        Ok((records.into_iter().map(|r| r.job).collect(), next))
+    }
+}

@@ -1,0 +1,397 @@
+//! The worker's JetStream job queue against a real NATS server with
+//! JetStream (`NATS_URL`, default `nats://127.0.0.1:4222`): an unreachable
+//! server fails the tests. Two stores on one name stand for two workers on
+//! different hosts.
+//!
+//! Each test uses its own bucket and stream, deleted at the end.
+#![cfg(not(madsim))]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use streamgate::rt;
+use streamgate::services::worker::WorkerError;
+use streamgate::services::worker::queue::{Job, JobState, Refused};
+use streamgate::services::worker::store::jetstream::{JetStreamStore, Options};
+use streamgate::services::worker::store::{Filter, Store};
+
+fn url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A queue of its own: its options, a raw JetStream handle, and a store.
+struct Queue {
+    opts: Options,
+    js: jetstream::Context,
+}
+
+impl Queue {
+    async fn new(max_active: u64, lease: Duration) -> Self {
+        let opts = Options {
+            url: url(),
+            name: format!("sgtest_jobs_{:012x}", rt::random_u64() >> 16),
+            max_active,
+            lease,
+        };
+        let client = async_nats::connect(opts.url.as_str())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "NATS with JetStream must be reachable at {} for these tests \
+                     (start `nats-server -js` or set NATS_URL): {e}",
+                    opts.url
+                )
+            });
+        Self {
+            opts,
+            js: jetstream::new(client),
+        }
+    }
+
+    /// A worker's store (its own connection).
+    async fn store(&self) -> Store {
+        Store::JetStream(JetStreamStore::connect(&self.opts).await.expect("connect"))
+    }
+
+    /// Messages in the work queue: one per unfinished job.
+    async fn queued(&self) -> u64 {
+        let mut stream = self
+            .js
+            .get_stream(format!("{}_queue", self.opts.name))
+            .await
+            .expect("work queue");
+        stream.info().await.expect("stream info").state.messages
+    }
+
+    async fn teardown(self) {
+        self.js
+            .delete_stream(format!("{}_queue", self.opts.name))
+            .await
+            .expect("delete the work queue");
+        self.js
+            .delete_key_value(self.opts.name.as_str())
+            .await
+            .expect("delete the bucket");
+    }
+}
+
+fn job(id: &str, max_attempts: u32, delay_ms: u64) -> Job {
+    Job::new(
+        id.to_owned(),
+        "transcode".to_owned(),
+        "{}".to_owned(),
+        max_attempts,
+        String::new(),
+        rt::unix_ms(),
+        delay_ms,
+    )
+}
+
+const LONG: u64 = 60_000;
+
+/// Leases until `store` finds nothing due.
+async fn lease_all(store: &Store) -> Vec<Job> {
+    let mut got = Vec::new();
+    while let (Some(job), _) = store.lease_next(rt::unix_ms(), LONG).await.unwrap() {
+        got.push(job);
+    }
+    got
+}
+
+#[tokio::test]
+async fn two_workers_share_the_jobs_and_each_runs_once() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let (a, b) = (q.store().await, q.store().await);
+    for i in 0..10 {
+        let (stored, dup) = a.submit(job(&format!("j{i}"), 3, 0), 100).await.unwrap();
+        assert!(!dup);
+        assert_eq!(stored.state, JobState::Queued);
+    }
+    assert_eq!(q.queued().await, 10);
+
+    // Alternate between the two workers: every job is leased exactly once.
+    let mut holder: HashMap<String, &Store> = HashMap::new();
+    loop {
+        let (from_a, _) = a.lease_next(rt::unix_ms(), LONG).await.unwrap();
+        let (from_b, _) = b.lease_next(rt::unix_ms(), LONG).await.unwrap();
+        if from_a.is_none() && from_b.is_none() {
+            break;
+        }
+        for (j, store) in [(from_a, &a), (from_b, &b)] {
+            let Some(j) = j else { continue };
+            assert_eq!((j.state, j.attempts), (JobState::Leased, 1));
+            assert!(
+                holder.insert(j.id.clone(), store).is_none(),
+                "{} leased twice",
+                j.id
+            );
+        }
+    }
+    assert_eq!(holder.len(), 10, "{:?}", holder.keys());
+    let by_b = holder.values().filter(|s| std::ptr::eq(**s, &b)).count();
+    assert!(by_b > 0, "the second worker got none");
+
+    // Each worker records the end of the jobs it holds; the queue empties.
+    for (id, store) in holder {
+        let (done, ()) = store
+            .update(&id, |j| j.succeed(1, rt::unix_ms()))
+            .await
+            .unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+    }
+    assert_eq!(q.queued().await, 0);
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn submissions_deduplicate_and_the_limit_leaves_nothing_behind() {
+    let q = Queue::new(2, Duration::from_secs(60)).await;
+    let store = q.store().await;
+    let (first, dup) = store.submit(job("same", 3, 0), 2).await.unwrap();
+    assert!(!dup);
+    let (again, dup) = store.submit(job("same", 5, 0), 2).await.unwrap();
+    assert!(dup);
+    assert_eq!(again, first, "the stored job is returned unchanged");
+    assert_eq!(q.queued().await, 1, "one message per job");
+
+    store.submit(job("second", 3, 0), 2).await.unwrap();
+    assert_eq!(
+        store.submit(job("third", 3, 0), 2).await,
+        Err(WorkerError::Full(2))
+    );
+    assert_eq!(
+        store.get("third").await.unwrap(),
+        None,
+        "refused, not stored"
+    );
+    assert_eq!(q.queued().await, 2);
+
+    // A job that ends frees its place.
+    let leased = lease_all(&store).await;
+    assert_eq!(leased.len(), 2);
+    store
+        .update("same", |j| j.succeed(1, rt::unix_ms()))
+        .await
+        .unwrap();
+    assert_eq!(q.queued().await, 1);
+    let (third, dup) = store.submit(job("third", 3, 0), 2).await.unwrap();
+    assert!(!dup && third.state == JobState::Queued);
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn a_failed_attempt_waits_its_backoff_then_dead_letters() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let (a, b) = (q.store().await, q.store().await);
+    a.submit(job("flaky", 2, 0), 100).await.unwrap();
+    let leased = lease_all(&a).await;
+    assert_eq!(leased.len(), 1);
+    let (failed, dead) = a
+        .update("flaky", |j| j.fail(1, rt::unix_ms(), "boom", 600, false))
+        .await
+        .unwrap();
+    assert!(!dead);
+    assert_eq!(
+        (failed.state, failed.last_error.as_str()),
+        (JobState::Failed, "boom")
+    );
+
+    // Not before its backoff, on either worker.
+    assert!(lease_all(&b).await.is_empty());
+    assert!(lease_all(&a).await.is_empty());
+    rt::sleep(Duration::from_millis(800)).await;
+    let retried = lease_all(&b).await;
+    assert_eq!(retried.len(), 1, "retried after the backoff");
+    assert_eq!(retried[0].attempts, 2);
+
+    // The last attempt fails: dead letter, and the message is gone.
+    let (dead_job, dead) = b
+        .update("flaky", |j| {
+            j.fail(2, rt::unix_ms(), "boom again", 600, false)
+        })
+        .await
+        .unwrap();
+    assert!(dead);
+    assert_eq!(dead_job.state, JobState::DeadLetter);
+    assert_eq!(q.queued().await, 0);
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn a_delayed_job_runs_after_its_delay() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let store = q.store().await;
+    store.submit(job("later", 1, 700), 100).await.unwrap();
+    assert!(lease_all(&store).await.is_empty(), "too early");
+    rt::sleep(Duration::from_millis(900)).await;
+    assert_eq!(lease_all(&store).await.len(), 1);
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn a_dead_workers_job_comes_back_and_a_renewed_one_does_not() {
+    let lease = Duration::from_secs(1);
+    let lease_ms = 1_000;
+    let q = Queue::new(100, lease).await;
+    let survivor = q.store().await;
+    survivor.submit(job("renewed", 3, 0), 100).await.unwrap();
+    survivor.submit(job("orphan", 3, 0), 100).await.unwrap();
+
+    let doomed = q.store().await;
+    let (orphan, _) = doomed.lease_next(rt::unix_ms(), lease_ms).await.unwrap();
+    let orphan = orphan.expect("a job for the doomed worker");
+    let (renewed, _) = survivor.lease_next(rt::unix_ms(), lease_ms).await.unwrap();
+    let renewed = renewed.expect("a job for the survivor");
+    assert_ne!(orphan.id, renewed.id);
+    // The doomed worker dies holding its job (nothing acknowledged).
+    drop(doomed);
+
+    // The survivor renews its lease well within it for three leases' time;
+    // meanwhile the orphan comes back to it, its lost attempt counted.
+    let other = q.store().await;
+    let mut recovered = None;
+    let mut expired_seen = Vec::new();
+    for _ in 0..12 {
+        rt::sleep(Duration::from_millis(250)).await;
+        survivor
+            .update(&renewed.id, move |j| {
+                j.renew(1, rt::unix_ms(), lease_ms, 50)
+            })
+            .await
+            .expect("the renewed lease holds");
+        let (got, expired) = other.lease_next(rt::unix_ms(), LONG).await.unwrap();
+        expired_seen.extend(expired.into_iter().map(|j| j.id));
+        if let Some(job) = got {
+            assert!(recovered.is_none(), "leased twice: {job:?}");
+            recovered = Some(job);
+        }
+    }
+    let recovered = recovered.expect("the dead worker's job came back");
+    assert_eq!(recovered.id, orphan.id);
+    assert_eq!(recovered.attempts, 2, "the lost attempt counts");
+    assert_eq!(expired_seen, std::slice::from_ref(&orphan.id));
+
+    // The dead worker's attempt can no longer report.
+    assert!(matches!(
+        other
+            .update(&orphan.id, |j| j.succeed(1, rt::unix_ms()))
+            .await,
+        Err(WorkerError::Refused(_, Refused::StaleLease))
+    ));
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn cancelled_jobs_leave_the_queue() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let (a, b) = (q.store().await, q.store().await);
+    a.submit(job("waiting", 3, 0), 100).await.unwrap();
+    // Cancelled before any worker took it: the next delivery drops it.
+    b.update("waiting", |j| j.cancel(rt::unix_ms(), "no longer wanted"))
+        .await
+        .unwrap();
+    assert!(lease_all(&a).await.is_empty());
+    assert_eq!(q.queued().await, 0);
+
+    // Cancelled while running on a: a's next renewal is refused and the
+    // message goes.
+    a.submit(job("running", 3, 0), 100).await.unwrap();
+    assert_eq!(lease_all(&a).await.len(), 1);
+    let (cancelled, ()) = b
+        .update("running", |j| j.cancel(rt::unix_ms(), "stop"))
+        .await
+        .unwrap();
+    assert_eq!(cancelled.last_error, "cancelled: stop");
+    assert!(matches!(
+        a.update("running", |j| j.renew(1, rt::unix_ms(), LONG, 10))
+            .await,
+        Err(WorkerError::Refused(
+            _,
+            Refused::Terminal(JobState::Cancelled)
+        ))
+    ));
+    assert_eq!(q.queued().await, 0);
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn racing_writers_both_apply_their_change() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let (a, b) = (q.store().await, q.store().await);
+    a.submit(job("raced", 3, 0), 100).await.unwrap();
+    lease_all(&a).await;
+    // Progress from the runner and a cancel from another worker, at once:
+    // whichever lands second sees the first (compare-and-set).
+    let (renewal, cancel) = tokio::join!(
+        a.update("raced", |j| j.renew(1, rt::unix_ms(), LONG, 40)),
+        b.update("raced", |j| j.cancel(rt::unix_ms(), ""))
+    );
+    let end = a.get("raced").await.unwrap().unwrap();
+    assert!(cancel.is_ok());
+    assert_eq!(end.state, JobState::Cancelled);
+    match renewal {
+        // Renewed first: its progress survives the cancel.
+        Ok(_) => assert_eq!(end.progress, 40),
+        Err(e) => assert!(matches!(
+            e,
+            WorkerError::Refused(_, Refused::Terminal(JobState::Cancelled))
+        )),
+    }
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn lists_page_newest_first_with_filters() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let store = q.store().await;
+    for i in 0..5 {
+        store
+            .submit(job(&format!("j{i}"), 3, 0), 100)
+            .await
+            .unwrap();
+    }
+    store
+        .update("j1", |j| j.cancel(rt::unix_ms(), ""))
+        .await
+        .unwrap();
+    let (page, next) = store.list(Filter::default(), 2).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["j4", "j3"]);
+    let rest = Filter {
+        before_seq: next,
+        ..Filter::default()
+    };
+    let (page, next) = store.list(rest, 3).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["j2", "j1", "j0"]);
+    assert_eq!(next, None);
+    let cancelled = Filter {
+        state: Some(JobState::Cancelled),
+        ..Filter::default()
+    };
+    let (page, _) = store.list(cancelled, 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, "j1");
+    let other = Filter {
+        kind: Some("other".into()),
+        ..Filter::default()
+    };
+    assert!(store.list(other, 10).await.unwrap().0.is_empty());
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_error() {
+    let opts = Options {
+        url: "nats://127.0.0.1:1".to_owned(),
+        name: "sgtest_unreachable".to_owned(),
+        max_active: 10,
+        lease: Duration::from_secs(1),
+    };
+    let err = JetStreamStore::connect(&opts).await.unwrap_err();
+    assert!(
+        matches!(&err, WorkerError::Unavailable(m) if m.contains("127.0.0.1:1")),
+        "{err}"
+    );
+}
