@@ -378,6 +378,13 @@ async fn lists_page_newest_first_with_filters() {
         ..Filter::default()
     };
     assert!(store.list(other, 10).await.unwrap().0.is_empty());
+    // Each list reads through a consumer of its own and removes it.
+    let mut records =
+        q.js.get_stream(format!("KV_{}", q.opts.name))
+            .await
+            .expect("the bucket's stream");
+    let info = records.info().await.expect("stream info");
+    assert_eq!(info.state.consumer_count, 0);
     q.teardown().await;
 }
 

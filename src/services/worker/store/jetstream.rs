@@ -525,6 +525,21 @@ impl JetStreamStore {
             .await
             .map_err(|e| unavailable("list jobs", e))?;
         let pending = consumer.cached_info().num_pending;
+        let name = consumer.cached_info().name.clone();
+        let records = self.read_records(consumer, pending).await;
+        // The server would drop it after 30 s idle; list calls can be many.
+        if let Err(e) = kv.stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "list consumer not deleted");
+        }
+        records
+    }
+
+    async fn read_records(
+        &self,
+        consumer: consumer::Consumer<pull::OrderedConfig>,
+        pending: u64,
+    ) -> Result<Vec<Record>, WorkerError> {
+        let kv = &self.inner.kv;
         if pending > MAX_LIST_RECORDS {
             return Err(WorkerError::Store(format!(
                 "{pending} job records are more than a list reads ({MAX_LIST_RECORDS})"
