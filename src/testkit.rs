@@ -1,5 +1,5 @@
 //! Test support shared by `tests/`, `sim/` and the unit tests: the contract
-//! suites every registry and event bus backend must pass. They assert (a
+//! suites every registry, event bus and job store backend must pass. They assert (a
 //! failure is a panic naming the broken rule) and take their time from the
 //! runtime seam, so they run on tokio against real servers and inside madsim.
 //! Also a model of a Consul agent ([`consul_agent`]) to run the Consul backend against,
@@ -8,5 +8,6 @@
 pub mod bus_contract;
 pub mod consul_agent;
 pub mod fuzz;
+pub mod job_store_contract;
 pub mod registry_contract;
 pub mod scratch;

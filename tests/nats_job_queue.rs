@@ -13,8 +13,9 @@ use async_nats::jetstream;
 use streamgate::rt;
 use streamgate::services::worker::WorkerError;
 use streamgate::services::worker::queue::{Job, JobState, Refused};
+use streamgate::services::worker::store::Store;
 use streamgate::services::worker::store::jetstream::{JetStreamStore, Options};
-use streamgate::services::worker::store::{Filter, Store};
+use streamgate::testkit::job_store_contract as contract;
 
 fn url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -145,38 +146,20 @@ async fn two_workers_share_the_jobs_and_each_runs_once() {
 }
 
 #[tokio::test]
-async fn submissions_deduplicate_and_the_limit_leaves_nothing_behind() {
-    let q = Queue::new(2, Duration::from_secs(60)).await;
+async fn meets_the_job_store_contract() {
+    let q = Queue::new(contract::MAX_ACTIVE, Duration::from_secs(60)).await;
+    contract::submissions_deduplicate_and_respect_the_limit(&q.store().await).await;
+    q.teardown().await;
+    let q = Queue::new(contract::MAX_ACTIVE, Duration::from_secs(60)).await;
     let store = q.store().await;
-    let (first, dup) = store.submit(job("same", 3, 0), 2).await.unwrap();
-    assert!(!dup);
-    let (again, dup) = store.submit(job("same", 5, 0), 2).await.unwrap();
-    assert!(dup);
-    assert_eq!(again, first, "the stored job is returned unchanged");
-    assert_eq!(q.queued().await, 1, "one message per job");
-
-    store.submit(job("second", 3, 0), 2).await.unwrap();
-    assert_eq!(
-        store.submit(job("third", 3, 0), 2).await,
-        Err(WorkerError::Full(2))
-    );
-    assert_eq!(
-        store.get("third").await.unwrap(),
-        None,
-        "refused, not stored"
-    );
-    assert_eq!(q.queued().await, 2);
-
-    // A job that ends frees its place.
-    let leased = lease_all(&store).await;
-    assert_eq!(leased.len(), 2);
-    store
-        .update("same", |j| j.succeed(1, rt::unix_ms()))
-        .await
-        .unwrap();
-    assert_eq!(q.queued().await, 1);
-    let (third, dup) = store.submit(job("third", 3, 0), 2).await.unwrap();
-    assert!(!dup && third.state == JobState::Queued);
+    contract::lists_page_newest_first_with_filters(&store).await;
+    // Each list reads through a consumer of its own and removes it.
+    let mut records =
+        q.js.get_stream(format!("KV_{}", q.opts.name))
+            .await
+            .expect("the bucket's stream");
+    let info = records.info().await.expect("stream info");
+    assert_eq!(info.state.consumer_count, 0);
     q.teardown().await;
 }
 
@@ -338,53 +321,6 @@ async fn racing_writers_both_apply_their_change() {
             WorkerError::Refused(_, Refused::Terminal(JobState::Cancelled))
         )),
     }
-    q.teardown().await;
-}
-
-#[tokio::test]
-async fn lists_page_newest_first_with_filters() {
-    let q = Queue::new(100, Duration::from_secs(60)).await;
-    let store = q.store().await;
-    for i in 0..5 {
-        store
-            .submit(job(&format!("j{i}"), 3, 0), 100)
-            .await
-            .unwrap();
-    }
-    store
-        .update("j1", |j| j.cancel(rt::unix_ms(), ""))
-        .await
-        .unwrap();
-    let (page, next) = store.list(Filter::default(), 2).await.unwrap();
-    let ids: Vec<_> = page.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(ids, ["j4", "j3"]);
-    let rest = Filter {
-        before_seq: next,
-        ..Filter::default()
-    };
-    let (page, next) = store.list(rest, 3).await.unwrap();
-    let ids: Vec<_> = page.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(ids, ["j2", "j1", "j0"]);
-    assert_eq!(next, None);
-    let cancelled = Filter {
-        state: Some(JobState::Cancelled),
-        ..Filter::default()
-    };
-    let (page, _) = store.list(cancelled, 10).await.unwrap();
-    assert_eq!(page.len(), 1);
-    assert_eq!(page[0].id, "j1");
-    let other = Filter {
-        kind: Some("other".into()),
-        ..Filter::default()
-    };
-    assert!(store.list(other, 10).await.unwrap().0.is_empty());
-    // Each list reads through a consumer of its own and removes it.
-    let mut records =
-        q.js.get_stream(format!("KV_{}", q.opts.name))
-            .await
-            .expect("the bucket's stream");
-    let info = records.info().await.expect("stream info");
-    assert_eq!(info.state.consumer_count, 0);
     q.teardown().await;
 }
 

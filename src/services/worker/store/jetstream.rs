@@ -93,6 +93,7 @@ struct Held {
 struct Inner {
     js: jetstream::Context,
     kv: kv::Store,
+    queue: stream::Stream,
     consumer: consumer::PullConsumer,
     /// `<name>.dispatch.`
     subject: String,
@@ -166,7 +167,7 @@ impl JetStreamStore {
             .await
             .map_err(|e| unavailable("jobs bucket", e))?;
         let max_active = i64::try_from(opts.max_active).unwrap_or(i64::MAX);
-        let queue = js
+        let mut queue = js
             .get_or_create_stream(stream::Config {
                 name: format!("{}_queue", opts.name),
                 description: Some(
@@ -200,10 +201,15 @@ impl JetStreamStore {
             )
             .await
             .map_err(|e| unavailable("create the work queue's consumer", e))?;
+        queue
+            .info()
+            .await
+            .map_err(|e| unavailable("work queue", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 js,
                 kv,
+                queue,
                 consumer,
                 subject: format!("{}.dispatch.", opts.name),
                 held: Mutex::new(HashMap::new()),
@@ -365,9 +371,18 @@ impl JetStreamStore {
     }
 
     /// After `job` was saved: renewals extend the message's ack wait, a
-    /// retry gives it back with its backoff, the end removes it.
+    /// retry gives it back with its backoff, the end removes it (also when
+    /// another process holds it, or none: a cancelled job frees its place
+    /// at once).
     async fn settle(&self, job: &Job) {
-        let Some(held) = self.held().remove(&job.id) else {
+        let held = self.held().remove(&job.id);
+        let Some(held) = held else {
+            if job.state.is_terminal() {
+                let subject = format!("{}{}", self.inner.subject, job.id);
+                if let Err(e) = self.inner.queue.purge().filter(subject).await {
+                    tracing::warn!(job_id = %job.id, error = %e, "ended job's message not removed");
+                }
+            }
             return;
         };
         let kind = match job.state {

@@ -360,6 +360,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::worker::store::Store;
 
     fn job(id: &str, key: &str, now: u64) -> Job {
         Job::new(
@@ -427,35 +428,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn list_pages_newest_first_with_filters() {
+    async fn meets_the_job_store_contract() {
+        use crate::testkit::job_store_contract as contract;
         let (store, _) = SqliteStore::open(None, 0).await.unwrap();
-        for i in 0..5 {
-            store
-                .submit(job(&format!("j{i}"), "", i), 100)
-                .await
-                .unwrap();
-        }
-        store.update("j1", |j| j.cancel(10, "")).await.unwrap();
-        let (page, next) = store.list(Filter::default(), 2).await.unwrap();
-        let ids: Vec<_> = page.iter().map(|j| j.id.as_str()).collect();
-        assert_eq!(ids, ["j4", "j3"]);
-        let filter = Filter {
-            before_seq: next,
-            ..Filter::default()
-        };
-        let (page, next) = store.list(filter, 3).await.unwrap();
-        assert_eq!(page.len(), 3);
-        assert_eq!(next, None);
-        let cancelled = Filter {
-            state: Some(JobState::Cancelled),
-            ..Filter::default()
-        };
-        let (page, _) = store.list(cancelled, 10).await.unwrap();
-        assert_eq!(page.len(), 1);
-        let other = Filter {
-            kind: Some("other".into()),
-            ..Filter::default()
-        };
-        assert!(store.list(other, 10).await.unwrap().0.is_empty());
+        contract::submissions_deduplicate_and_respect_the_limit(&Store::Sqlite(store)).await;
+        let (store, _) = SqliteStore::open(None, 0).await.unwrap();
+        contract::lists_page_newest_first_with_filters(&Store::Sqlite(store)).await;
     }
 }
