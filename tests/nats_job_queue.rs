@@ -15,7 +15,7 @@ use streamgate::services::worker::WorkerError;
 use streamgate::services::worker::queue::{Job, JobState, Refused};
 use streamgate::services::worker::store::Store;
 use streamgate::services::worker::store::jetstream::{JetStreamStore, Options};
-use streamgate::testkit::job_store_contract as contract;
+use streamgate::testkit::job_store_contract::{self as contract, job};
 
 fn url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -75,18 +75,6 @@ impl Queue {
             .await
             .expect("delete the bucket");
     }
-}
-
-fn job(id: &str, max_attempts: u32, delay_ms: u64) -> Job {
-    Job::new(
-        id.to_owned(),
-        "transcode".to_owned(),
-        "{}".to_owned(),
-        max_attempts,
-        String::new(),
-        rt::unix_ms(),
-        delay_ms,
-    )
 }
 
 const LONG: u64 = 60_000;

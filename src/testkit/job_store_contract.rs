@@ -11,9 +11,9 @@ use crate::services::worker::store::{Filter, Store};
 /// The limit on unfinished jobs the checks expect.
 pub const MAX_ACTIVE: u64 = 5;
 
-/// A queued job `id`, due at once.
+/// A queued job `id`, due `delay_ms` from now.
 #[must_use]
-pub fn job(id: &str, max_attempts: u32) -> Job {
+pub fn job(id: &str, max_attempts: u32, delay_ms: u64) -> Job {
     Job::new(
         id.to_owned(),
         "transcode".to_owned(),
@@ -21,7 +21,7 @@ pub fn job(id: &str, max_attempts: u32) -> Job {
         max_attempts,
         String::new(),
         rt::unix_ms(),
-        0,
+        delay_ms,
     )
 }
 
@@ -31,19 +31,19 @@ pub fn job(id: &str, max_attempts: u32) -> Job {
 /// # Panics
 /// When the store breaks the rule.
 pub async fn submissions_deduplicate_and_respect_the_limit(store: &Store) {
-    let (first, dup) = store.submit(job("same", 3), MAX_ACTIVE).await.unwrap();
+    let (first, dup) = store.submit(job("same", 3, 0), MAX_ACTIVE).await.unwrap();
     assert!(!dup, "a new job is not a duplicate");
-    let (again, dup) = store.submit(job("same", 5), MAX_ACTIVE).await.unwrap();
+    let (again, dup) = store.submit(job("same", 5, 0), MAX_ACTIVE).await.unwrap();
     assert!(dup, "a known id is a duplicate");
     assert_eq!(again, first, "the stored job is returned unchanged");
     for i in 1..MAX_ACTIVE {
         store
-            .submit(job(&format!("fill{i}"), 3), MAX_ACTIVE)
+            .submit(job(&format!("fill{i}"), 3, 0), MAX_ACTIVE)
             .await
             .unwrap();
     }
     assert_eq!(
-        store.submit(job("over", 3), MAX_ACTIVE).await,
+        store.submit(job("over", 3, 0), MAX_ACTIVE).await,
         Err(WorkerError::Full(MAX_ACTIVE))
     );
     assert_eq!(
@@ -55,7 +55,7 @@ pub async fn submissions_deduplicate_and_respect_the_limit(store: &Store) {
         .update("same", |j| j.cancel(rt::unix_ms(), ""))
         .await
         .unwrap();
-    let (over, dup) = store.submit(job("over", 3), MAX_ACTIVE).await.unwrap();
+    let (over, dup) = store.submit(job("over", 3, 0), MAX_ACTIVE).await.unwrap();
     assert!(!dup && over.state == JobState::Queued, "{over:?}");
 }
 
@@ -67,7 +67,7 @@ pub async fn submissions_deduplicate_and_respect_the_limit(store: &Store) {
 pub async fn lists_page_newest_first_with_filters(store: &Store) {
     for i in 0..5 {
         store
-            .submit(job(&format!("j{i}"), 3), MAX_ACTIVE)
+            .submit(job(&format!("j{i}"), 3, 0), MAX_ACTIVE)
             .await
             .unwrap();
     }
