@@ -171,7 +171,7 @@ async fn a_failed_attempt_waits_its_backoff_then_dead_letters() {
     // Not before its backoff, on either worker.
     assert!(lease_all(&b).await.is_empty());
     assert!(lease_all(&a).await.is_empty());
-    rt::sleep(Duration::from_millis(800)).await;
+    rt::sleep(Duration::from_millis(1_100)).await;
     let retried = lease_all(&b).await;
     assert_eq!(retried.len(), 1, "retried after the backoff");
     assert_eq!(retried[0].attempts, 2);
@@ -195,15 +195,15 @@ async fn a_delayed_job_runs_after_its_delay() {
     let store = q.store().await;
     store.submit(job("later", 1, 700), 100).await.unwrap();
     assert!(lease_all(&store).await.is_empty(), "too early");
-    rt::sleep(Duration::from_millis(900)).await;
+    rt::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(lease_all(&store).await.len(), 1);
     q.teardown().await;
 }
 
 #[tokio::test]
 async fn a_dead_workers_job_comes_back_and_a_renewed_one_does_not() {
-    let lease = Duration::from_secs(1);
-    let lease_ms = 1_000;
+    let lease = Duration::from_secs(2);
+    let lease_ms = 2_000;
     let q = Queue::new(100, lease).await;
     let survivor = q.store().await;
     survivor.submit(job("renewed", 3, 0), 100).await.unwrap();
@@ -218,12 +218,12 @@ async fn a_dead_workers_job_comes_back_and_a_renewed_one_does_not() {
     // The doomed worker dies holding its job (nothing acknowledged).
     drop(doomed);
 
-    // The survivor renews its lease well within it for three leases' time;
+    // The survivor renews its lease well within it for two and a half leases;
     // meanwhile the orphan comes back to it, its lost attempt counted.
     let other = q.store().await;
     let mut recovered = None;
     let mut expired_seen = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..20 {
         rt::sleep(Duration::from_millis(250)).await;
         survivor
             .update(&renewed.id, move |j| {

@@ -167,7 +167,7 @@ impl JetStreamStore {
             .await
             .map_err(|e| unavailable("jobs bucket", e))?;
         let max_active = i64::try_from(opts.max_active).unwrap_or(i64::MAX);
-        let mut queue = js
+        let queue = js
             .get_or_create_stream(stream::Config {
                 name: format!("{}_queue", opts.name),
                 description: Some(
@@ -201,10 +201,6 @@ impl JetStreamStore {
             )
             .await
             .map_err(|e| unavailable("create the work queue's consumer", e))?;
-        queue
-            .info()
-            .await
-            .map_err(|e| unavailable("work queue", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 js,
