@@ -137,19 +137,43 @@ pub struct RunningService {
 
 /// A service's work besides answering calls: event consumers and loops.
 /// Stopped after the server has drained.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Background {
     /// Event subscriptions (ended by dropping them).
     pub subscriptions: Vec<Subscription>,
     /// Background tasks (aborted).
     pub tasks: Vec<rt::JoinHandle<()>>,
+    /// Run after the tasks are aborted, each for at most [`STOP_TIMEOUT`]
+    /// (e.g. the worker gives back the jobs it held).
+    pub on_stop: Vec<StopStep>,
+}
+
+/// A step of [`Background::on_stop`]: makes the future to run.
+pub type StopStep = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Longest an [`Background::on_stop`] step may take.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("subscriptions", &self.subscriptions)
+            .field("tasks", &self.tasks)
+            .field("on_stop", &self.on_stop.len())
+            .finish()
+    }
 }
 
 impl Background {
-    fn stop(&mut self) {
+    async fn stop(&mut self) {
         self.subscriptions.clear();
         for task in self.tasks.drain(..) {
             task.abort();
+        }
+        for step in self.on_stop.drain(..) {
+            if rt::timeout(STOP_TIMEOUT, step()).await.is_err() {
+                tracing::warn!("a stop step timed out");
+            }
         }
     }
 }
@@ -207,7 +231,7 @@ impl RunningService {
         let plugin = self.info.name.clone();
         let abort = self.task.abort_handle();
         let drained = rt::timeout(DRAIN_TIMEOUT, &mut self.task).await;
-        self.background.stop();
+        self.background.stop().await;
         let Ok(joined) = drained else {
             tracing::warn!(service = %plugin, "drain timed out; closing open connections");
             abort.abort();

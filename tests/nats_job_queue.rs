@@ -326,3 +326,39 @@ async fn an_unreachable_server_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_stopping_worker_gives_its_jobs_back_at_once() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let (stopping, other) = (q.store().await, q.store().await);
+    stopping.submit(job("held", 3, 0), 100).await.unwrap();
+    stopping.submit(job("last", 1, 0), 100).await.unwrap();
+    assert_eq!(lease_all(&stopping).await.len(), 2);
+    let Store::JetStream(js) = &stopping else {
+        unreachable!()
+    };
+    let mut released = js.release(rt::unix_ms()).await;
+    released.sort_by(|a, b| a.id.cmp(&b.id));
+    let states: Vec<_> = released
+        .iter()
+        .map(|j| (j.id.as_str(), j.state, j.attempts))
+        .collect();
+    // The lost attempt counts: "last" had only one.
+    assert_eq!(
+        states,
+        [
+            ("held", JobState::Queued, 1),
+            ("last", JobState::DeadLetter, 1)
+        ]
+    );
+    // Another worker has "held" at once, not after the 60 s ack wait.
+    let taken = lease_all(&other).await;
+    assert_eq!(taken.len(), 1);
+    assert_eq!((taken[0].id.as_str(), taken[0].attempts), ("held", 2));
+    assert_eq!(
+        q.queued().await,
+        1,
+        "the dead-lettered job's message is gone"
+    );
+    q.teardown().await;
+}

@@ -131,6 +131,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
         background: crate::services::Background {
             subscriptions,
             tasks: Vec::new(),
+            ..crate::services::Background::default()
         },
         ..Domain::default()
     })

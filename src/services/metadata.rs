@@ -43,6 +43,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
         background: Background {
             subscriptions,
             tasks: Vec::new(),
+            ..Background::default()
         },
         ..Domain::default()
     })

@@ -149,6 +149,7 @@ pub async fn domain_with(
         background: Background {
             subscriptions,
             tasks: vec![prober],
+            ..Background::default()
         },
         ..Domain::default()
     })

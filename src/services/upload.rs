@@ -81,6 +81,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
         background: Background {
             subscriptions: vec![sub],
             tasks: Vec::new(),
+            ..Background::default()
         },
         ..Domain::default()
     })

@@ -136,6 +136,16 @@ pub async fn domain_with(
     let runner = rt::spawn(runner::run(jobs.clone(), rt.pool.clone()));
     let sweeper = rt::spawn(sweep::run(rt.pool.clone()));
 
+    let releasing = jobs.clone();
+    let release: crate::services::StopStep = Box::new(move || {
+        Box::pin(async move {
+            let released = releasing.store.release(rt::unix_ms()).await;
+            if !released.is_empty() {
+                tracing::info!(jobs = released.len(), "gave back the jobs in progress");
+            }
+            releasing.lost(released).await;
+        })
+    });
     let svc = WorkerServiceServer::new(WorkerServer::new(jobs));
     Ok(Domain {
         routes: Routes::new(svc),
@@ -143,6 +153,7 @@ pub async fn domain_with(
         background: Background {
             subscriptions: vec![subscription],
             tasks: vec![runner, sweeper],
+            on_stop: vec![release],
         },
         ..Domain::default()
     })

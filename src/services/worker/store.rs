@@ -122,6 +122,20 @@ impl Store {
         }
     }
 
+    /// Gives back the jobs this process holds, as it stops: JetStream takes
+    /// their leases back at once (returned); SQLite does when its file is
+    /// opened again (nothing here).
+    pub async fn release(&self, now_ms: u64) -> Vec<Job> {
+        match self {
+            Self::Sqlite(_) => {
+                let _ = now_ms;
+                Vec::new()
+            }
+            #[cfg(not(madsim))]
+            Self::JetStream(s) => s.release(now_ms).await,
+        }
+    }
+
     /// Up to `limit` jobs matching `filter`, newest first, and the sequence
     /// number to continue before when there are more.
     ///

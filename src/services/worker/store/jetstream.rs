@@ -389,7 +389,14 @@ impl JetStreamStore {
             JobState::Succeeded | JobState::DeadLetter | JobState::Cancelled => AckKind::Ack,
         };
         let keep = matches!(kind, AckKind::Progress);
-        if let Err(e) = held.msg.ack_with(kind).await {
+        // The end of a job is confirmed by the server: its place in the
+        // queue is free when this returns.
+        let settled = if matches!(kind, AckKind::Ack) {
+            held.msg.double_ack().await
+        } else {
+            held.msg.ack_with(kind).await
+        };
+        if let Err(e) = settled {
             tracing::warn!(job_id = %job.id, error = %e, "job message not settled");
         }
         if keep {
@@ -415,7 +422,7 @@ impl JetStreamStore {
             }
         };
         if let Some(h) = taken
-            && let Err(e) = h.msg.ack().await
+            && let Err(e) = h.msg.double_ack().await
         {
             tracing::warn!(job_id = %job.id, error = %e, "job message not removed");
         }
@@ -521,6 +528,43 @@ impl JetStreamStore {
         }
         let _ = msg.ack_with(AckKind::Nak(None)).await;
         Ok(None)
+    }
+
+    /// Gives back every job this process holds (it is stopping): each
+    /// lease is taken back as a lost attempt, as SQLite does when its file
+    /// is reopened, and the message goes back at once. Returns those jobs.
+    pub async fn release(&self, now_ms: u64) -> Vec<Job> {
+        let held: Vec<(String, Held)> = self.held().drain().collect();
+        let mut released = Vec::new();
+        for (id, h) in held {
+            let mut outcome = None;
+            for _ in 0..CAS_ROUNDS {
+                let Ok(Some((mut record, revision))) = self.load(&id).await else {
+                    break;
+                };
+                let ours = record.job.state == JobState::Leased && record.job.attempts == h.attempt;
+                if !ours || !record.job.recover(now_ms) {
+                    break;
+                }
+                if let Ok(true) = self.save(&record, revision).await {
+                    outcome = Some(record.job);
+                    break;
+                }
+            }
+            let kind = match &outcome {
+                Some(job) if job.state.is_terminal() => AckKind::Ack,
+                Some(_) => AckKind::Nak(None),
+                // Not ours any more, or the server is away: the ack wait
+                // brings it back.
+                None => continue,
+            };
+            // Confirmed by the server: the process is about to go.
+            if let Err(e) = h.msg.double_ack_with(kind).await {
+                tracing::warn!(job_id = %id, error = %e, "released job's message not settled");
+            }
+            released.extend(outcome);
+        }
+        released
     }
 
     /// Every record, in bucket order.
