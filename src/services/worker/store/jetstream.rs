@@ -304,10 +304,11 @@ impl JetStreamStore {
                 record.seq = 0;
             }
         }
-        let outcome = self.dispatch(&id).await;
-        if matches!(outcome, Ok(Dispatch::Queued | Dispatch::AlreadyQueued)) {
-            return Ok((record.job, false));
-        }
+        let refused = match self.dispatch(&id).await {
+            Ok(Dispatch::Queued | Dispatch::AlreadyQueued) => return Ok((record.job, false)),
+            Ok(Dispatch::Full) => WorkerError::Full(max_active),
+            Err(e) => e,
+        };
         // Not queued: take the record back, so it is not left waiting for a
         // message that never comes.
         if let Err(e) = self
@@ -318,10 +319,7 @@ impl JetStreamStore {
         {
             tracing::warn!(job_id = %id, error = %e, "unqueued job record not removed");
         }
-        match outcome? {
-            Dispatch::Full => Err(WorkerError::Full(max_active)),
-            Dispatch::Queued | Dispatch::AlreadyQueued => unreachable!("returned above"),
-        }
+        Err(refused)
     }
 
     /// The job `id`.
