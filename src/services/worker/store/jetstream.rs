@@ -98,6 +98,9 @@ struct Inner {
     /// `<name>.dispatch.`
     subject: String,
     held: Mutex<HashMap<String, Held>>,
+    /// Set by [`JetStreamStore::release`]: no more leases. Leases in
+    /// flight hold it for reading, so `release` waits for them.
+    closed: tokio::sync::RwLock<bool>,
 }
 
 /// The job table on JetStream; clones share one connection.
@@ -209,6 +212,7 @@ impl JetStreamStore {
                 consumer,
                 subject: format!("{}.dispatch.", opts.name),
                 held: Mutex::new(HashMap::new()),
+                closed: tokio::sync::RwLock::new(false),
             }),
         })
     }
@@ -453,6 +457,25 @@ impl JetStreamStore {
         now_ms: u64,
         lease_ms: u64,
     ) -> Result<(Option<Job>, Vec<Job>), WorkerError> {
+        // Runs to its end even when the caller is dropped (the runner is
+        // aborted when the worker stops): a message in hand is then held,
+        // and `release` gives it back, where a message dropped half-way
+        // would wait out the ack wait.
+        let this = self.clone();
+        rt::spawn(async move { this.lease_next_held(now_ms, lease_ms).await })
+            .await
+            .map_err(|e| WorkerError::Store(format!("leasing: {e}")))?
+    }
+
+    async fn lease_next_held(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<(Option<Job>, Vec<Job>), WorkerError> {
+        let closed = self.inner.closed.read().await;
+        if *closed {
+            return Ok((None, Vec::new()));
+        }
         let mut expired = Vec::new();
         for _ in 0..SCAN {
             let Some(msg) = self.next_message().await? else {
@@ -528,41 +551,72 @@ impl JetStreamStore {
         Ok(None)
     }
 
-    /// Gives back every job this process holds (it is stopping): each
-    /// lease is taken back as a lost attempt, as SQLite does when its file
-    /// is reopened, and the message goes back at once. Returns those jobs.
+    /// Gives back every job this process holds (it is stopping), after
+    /// the leases in flight end; no more are taken. Each lease is taken back
+    /// as a lost attempt, as SQLite does when its file is reopened, and the
+    /// message goes back at once; a job that already ended (its last write
+    /// landed, its acknowledgement did not) has its message removed.
+    /// Returns the jobs taken back.
     pub async fn release(&self, now_ms: u64) -> Vec<Job> {
+        *self.inner.closed.write().await = true;
         let held: Vec<(String, Held)> = self.held().drain().collect();
         let mut released = Vec::new();
         for (id, h) in held {
-            let mut outcome = None;
-            for _ in 0..CAS_ROUNDS {
-                let Ok(Some((mut record, revision))) = self.load(&id).await else {
-                    break;
-                };
-                let ours = record.job.state == JobState::Leased && record.job.attempts == h.attempt;
-                if !ours || !record.job.recover(now_ms) {
-                    break;
-                }
-                if let Ok(true) = self.save(&record, revision).await {
-                    outcome = Some(record.job);
-                    break;
-                }
-            }
-            let kind = match &outcome {
-                Some(job) if job.state.is_terminal() => AckKind::Ack,
-                Some(_) => AckKind::Nak(None),
+            let (kind, taken_back) = self.give_back(&id, h.attempt, now_ms).await;
+            let Some(kind) = kind else {
                 // Not ours any more, or the server is away: the ack wait
                 // brings it back.
-                None => continue,
+                continue;
             };
             // Confirmed by the server: the process is about to go.
             if let Err(e) = h.msg.double_ack_with(kind).await {
                 tracing::warn!(job_id = %id, error = %e, "released job's message not settled");
             }
-            released.extend(outcome);
+            released.extend(taken_back);
         }
         released
+    }
+
+    /// What to do with the message of `attempt` of `id`, and the job if its
+    /// lease was taken back.
+    async fn give_back(
+        &self,
+        id: &str,
+        attempt: u32,
+        now_ms: u64,
+    ) -> (Option<AckKind>, Option<Job>) {
+        for _ in 0..CAS_ROUNDS {
+            let Ok(loaded) = self.load(id).await else {
+                return (None, None);
+            };
+            let Some((mut record, revision)) = loaded else {
+                return (Some(AckKind::Ack), None);
+            };
+            let job = &mut record.job;
+            match job.state {
+                s if s.is_terminal() => return (Some(AckKind::Ack), None),
+                JobState::Leased if job.attempts == attempt => {}
+                JobState::Leased => return (None, None),
+                _ => {
+                    let delay = ms_until(job.not_before_ms, now_ms);
+                    return (Some(AckKind::Nak(Some(delay))), None);
+                }
+            }
+            job.recover(now_ms);
+            match self.save(&record, revision).await {
+                Ok(true) => {
+                    let kind = if record.job.state.is_terminal() {
+                        AckKind::Ack
+                    } else {
+                        AckKind::Nak(None)
+                    };
+                    return (Some(kind), Some(record.job));
+                }
+                Ok(false) => {}
+                Err(_) => return (None, None),
+            }
+        }
+        (None, None)
     }
 
     /// Every record, in bucket order.
