@@ -11,3 +11,10 @@ pub mod fuzz;
 pub mod job_store_contract;
 pub mod registry_contract;
 pub mod scratch;
+
+/// The NATS server the tests use: `NATS_URL`, else the local default (CI
+/// starts one there).
+#[must_use]
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}

@@ -17,12 +17,9 @@ use streamgate::proto::{CacheGetRequest, CacheSetRequest};
 use streamgate::registry::Registry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
+use streamgate::testkit::nats_url;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-
-fn url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// Kills the process if the test ends before it is stopped.
 struct Proc(Child);
@@ -40,7 +37,7 @@ fn service(bucket: &str, key_file: &std::path::Path, offset: u16) -> Proc {
             .args(["service", "cache", "--port-offset", &offset.to_string()])
             .args([
                 "--nats-url",
-                &url(),
+                &nats_url(),
                 "--registry",
                 "nats-kv",
                 "--registry-bucket",
@@ -82,13 +79,13 @@ async fn two_cache_processes_register_serve_and_leave_on_sigterm() {
     std::fs::write(&key_file, format!("k1 {}\n", "ab".repeat(32))).unwrap();
     let bucket = format!("sgtest_ms_{:08x}", rt::random_u64() as u32);
 
-    let mut options = Options::new(url());
+    let mut options = Options::new(nats_url());
     options.bucket.clone_from(&bucket);
     let registry: Arc<dyn Registry> =
         Arc::new(NatsKvRegistry::connect(options).await.unwrap_or_else(|e| {
             panic!(
                 "NATS with JetStream must be reachable at {} (ci/nats-server): {e}",
-                url()
+                nats_url()
             )
         }));
 
@@ -150,7 +147,7 @@ async fn two_cache_processes_register_serve_and_leave_on_sigterm() {
     assert_eq!(left[0].port, port(2001).port());
 
     drop(second);
-    let client = async_nats::connect(url()).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
     let _ = async_nats::jetstream::new(client)
         .delete_key_value(bucket.as_str())
         .await;

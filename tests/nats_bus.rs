@@ -14,12 +14,9 @@ use streamgate::bus::nats::{ConnectionStatus, JetStreamOpts, NatsBus, NatsOpts};
 use streamgate::bus::{BusError, Event, EventBus, EventType, handler};
 use streamgate::rt;
 use streamgate::testkit::bus_contract;
+use streamgate::testkit::nats_url;
 
 use server::NatsServer;
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// Fails the test, loudly, when the shared server is not there.
 async fn require_server(url: &str) {

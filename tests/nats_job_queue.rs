@@ -16,10 +16,7 @@ use streamgate::services::worker::queue::{Job, JobState, Refused};
 use streamgate::services::worker::store::Store;
 use streamgate::services::worker::store::jetstream::{JetStreamStore, Options};
 use streamgate::testkit::job_store_contract::{self as contract, job};
-
-fn url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
+use streamgate::testkit::nats_url;
 
 /// A queue of its own: its options, a raw JetStream handle, and a store.
 struct Queue {
@@ -30,7 +27,7 @@ struct Queue {
 impl Queue {
     async fn new(max_active: u64, lease: Duration) -> Self {
         let opts = Options {
-            url: url(),
+            url: nats_url(),
             name: format!("sgtest_jobs_{:012x}", rt::random_u64() >> 16),
             max_active,
             lease,
@@ -360,5 +357,27 @@ async fn a_stopping_worker_gives_its_jobs_back_at_once() {
         1,
         "the dead-lettered job's message is gone"
     );
+    q.teardown().await;
+}
+
+#[tokio::test]
+async fn a_failed_attempt_without_backoff_runs_again_at_once() {
+    let q = Queue::new(100, Duration::from_secs(60)).await;
+    let (a, b) = (q.store().await, q.store().await);
+    a.submit(job("again", 3, 0), 100).await.unwrap();
+    assert_eq!(lease_all(&a).await.len(), 1);
+    a.update("again", |j| j.fail(1, rt::unix_ms(), "retry now", 0, false))
+        .await
+        .unwrap();
+    // A zero delay must not leave the message waiting out the 60 s ack wait
+    // (the NAK is not confirmed: give the server a moment).
+    let until = rt::now() + Duration::from_secs(2);
+    let mut retried = lease_all(&b).await;
+    while retried.is_empty() && rt::now() < until {
+        rt::sleep(Duration::from_millis(20)).await;
+        retried = lease_all(&b).await;
+    }
+    assert_eq!(retried.len(), 1, "not retried within 2 s");
+    assert_eq!(retried[0].attempts, 2);
     q.teardown().await;
 }

@@ -14,15 +14,12 @@ use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::registry::{CheckKind, Registry, RegistryError};
 use streamgate::rt;
 use streamgate::services::ServiceOpts;
+use streamgate::testkit::nats_url;
 use streamgate::testkit::registry_contract::{self, instance, unique_name};
 
 /// How long a kernel may take to re-register after the registry lost its
 /// data: one heartbeat interval (1 s) to notice, plus round trips.
 const RECOVERY_BOUND: Duration = Duration::from_secs(3);
-
-fn url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// A registry on a fresh bucket, and a raw handle on that bucket.
 async fn setup() -> (
@@ -30,7 +27,7 @@ async fn setup() -> (
     jetstream::kv::Store,
     jetstream::Context,
 ) {
-    let mut opts = Options::new(url());
+    let mut opts = Options::new(nats_url());
     opts.bucket = format!("sgtest_{:016x}", rt::random_u64());
     opts.max_age = Duration::from_secs(120);
     let registry = NatsKvRegistry::connect(opts.clone())

@@ -20,9 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 const DEPS: &str = "run ci/deps (it installs nats-server, ffmpeg and the Python venv)";
 
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
+pub use streamgate::testkit::nats_url;
 
 /// The Python of the venv `ci/deps` makes (or `STREAMGATE_PYTHON`).
 pub fn python() -> PathBuf {

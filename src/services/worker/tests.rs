@@ -116,10 +116,6 @@ impl Queue {
         Self::JetStream(format!("sgtest_worker_{:012x}", rt::random_u64() >> 16))
     }
 
-    fn nats_url() -> String {
-        std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-    }
-
     /// The worker's options, keeping its jobs here.
     fn worker(&self) -> ServiceOpts {
         match self {
@@ -127,7 +123,7 @@ impl Queue {
             Self::JetStream(name) => {
                 let mut o = opts(ServiceKind::Worker, None, 0.0);
                 o.job_queue = super::JobQueue::JetStream {
-                    url: Self::nats_url(),
+                    url: crate::testkit::nats_url(),
                     name: name.clone(),
                 };
                 o
@@ -137,7 +133,9 @@ impl Queue {
 
     async fn remove(self) {
         if let Self::JetStream(name) = self {
-            let client = async_nats::connect(Self::nats_url()).await.expect("NATS");
+            let client = async_nats::connect(crate::testkit::nats_url())
+                .await
+                .expect("NATS");
             let js = async_nats::jetstream::new(client);
             js.delete_stream(format!("{name}_queue"))
                 .await

@@ -132,8 +132,26 @@ fn decode(key: &str, value: &[u8]) -> Result<Record, WorkerError> {
         .map_err(|e| WorkerError::Store(format!("job record {key:?} is unreadable: {e}")))
 }
 
-fn ms_until(at_ms: u64, now_ms: u64) -> Duration {
-    Duration::from_millis(at_ms.saturating_sub(now_ms))
+/// A NAK that has the message delivered again at `at_ms`. A due time
+/// already passed is a plain NAK: nats-server 2.9 does not redeliver a NAK
+/// with a zero delay until the ack wait ends.
+fn nak_until(at_ms: u64, now_ms: u64) -> AckKind {
+    match at_ms.saturating_sub(now_ms) {
+        0 => AckKind::Nak(None),
+        ms => AckKind::Nak(Some(Duration::from_millis(ms))),
+    }
+}
+
+/// The answer to a message of `job` when this process does not run it now:
+/// removed once the job ended, else given back until the job may run next
+/// (its lease or its backoff ends).
+fn not_now(job: &Job, now_ms: u64) -> AckKind {
+    match job.state {
+        JobState::Succeeded | JobState::DeadLetter | JobState::Cancelled => AckKind::Ack,
+        // Leased by a live worker (whose ack wait may have run out first).
+        JobState::Leased => nak_until(job.lease_until_ms, now_ms),
+        JobState::Queued | JobState::Failed => nak_until(job.not_before_ms, now_ms),
+    }
 }
 
 /// What a dispatch publication came to.
@@ -385,10 +403,7 @@ impl JetStreamStore {
         };
         let kind = match job.state {
             JobState::Leased => AckKind::Progress,
-            JobState::Queued | JobState::Failed => {
-                AckKind::Nak(Some(ms_until(job.not_before_ms, rt::unix_ms())))
-            }
-            JobState::Succeeded | JobState::DeadLetter | JobState::Cancelled => AckKind::Ack,
+            _ => not_now(job, rt::unix_ms()),
         };
         let keep = matches!(kind, AckKind::Progress);
         // The end of a job is confirmed by the server: its place in the
@@ -520,14 +535,7 @@ impl JetStreamStore {
             let lost = record.job.expire(now_ms).then(|| record.job.clone());
             let attempt = record.job.lease(now_ms, lease_ms).ok();
             if lost.is_none() && attempt.is_none() {
-                let job = &record.job;
-                let kind = match job.state {
-                    s if s.is_terminal() => AckKind::Ack,
-                    // Leased by a live worker whose ack wait ran out first.
-                    JobState::Leased => AckKind::Nak(Some(ms_until(job.lease_until_ms, now_ms))),
-                    _ => AckKind::Nak(Some(ms_until(job.not_before_ms, now_ms))),
-                };
-                let _ = msg.ack_with(kind).await;
+                let _ = msg.ack_with(not_now(&record.job, now_ms)).await;
                 return Ok(None);
             }
             match self.save(&record, revision).await {
@@ -592,26 +600,14 @@ impl JetStreamStore {
             let Some((mut record, revision)) = loaded else {
                 return (Some(AckKind::Ack), None);
             };
-            let job = &mut record.job;
-            match job.state {
-                s if s.is_terminal() => return (Some(AckKind::Ack), None),
-                JobState::Leased if job.attempts == attempt => {}
+            match record.job.state {
+                JobState::Leased if record.job.attempts == attempt => {}
                 JobState::Leased => return (None, None),
-                _ => {
-                    let delay = ms_until(job.not_before_ms, now_ms);
-                    return (Some(AckKind::Nak(Some(delay))), None);
-                }
+                _ => return (Some(not_now(&record.job, now_ms)), None),
             }
-            job.recover(now_ms);
+            record.job.recover(now_ms);
             match self.save(&record, revision).await {
-                Ok(true) => {
-                    let kind = if record.job.state.is_terminal() {
-                        AckKind::Ack
-                    } else {
-                        AckKind::Nak(None)
-                    };
-                    return (Some(kind), Some(record.job));
-                }
+                Ok(true) => return (Some(not_now(&record.job, now_ms)), Some(record.job)),
                 Ok(false) => {}
                 Err(_) => return (None, None),
             }
