@@ -30,7 +30,7 @@ mod bench {
 
     use streamgate::bus::memory::MemoryBus;
     use streamgate::client::{ClientPool, PoolConfig};
-    use streamgate::kernel::{Runtime, ServiceKind};
+    use streamgate::kernel::Runtime;
     use streamgate::middleware::auth::Keyring;
     use streamgate::proto::CacheGetRequest;
     use streamgate::proto::cache_service_client::CacheServiceClient;
@@ -38,8 +38,9 @@ mod bench {
     use streamgate::registry::Registry as _;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt::{self, transport};
+    use streamgate::services::ServiceKind;
     use streamgate::services::cache::CacheServer;
-    use streamgate::services::{self, ServiceOpts};
+    use streamgate::services::{self, Common, ServiceConfig};
     use tonic::service::Routes;
 
     const ROUND: Duration = Duration::from_secs(2);
@@ -131,13 +132,15 @@ mod bench {
                         keys,
                         metrics: Default::default(),
                     };
-                    let mut opts = ServiceOpts::new(ServiceKind::Cache, [127, 0, 0, 1].into());
-                    opts.listen.set_port(0);
-                    // Measure the limiter's cost, not its refusals.
-                    opts.rate_limit = (u32::MAX, 1e12);
-                    // No kernel heartbeats here: a TTL longer than the run.
-                    opts.check_interval = Duration::from_secs(3600);
-                    let running = services::start(&opts, &runtime_handles)
+                    let common = Common {
+                        // Measure the limiter's cost, not its refusals.
+                        rate_limit: (u32::MAX, 1e12),
+                        // No kernel heartbeats here: a TTL longer than the run.
+                        check_interval: Duration::from_secs(3600),
+                        ..Common::ephemeral()
+                    };
+                    let config = ServiceConfig::new(ServiceKind::Cache);
+                    let running = services::start(&config, &common, &runtime_handles)
                         .await
                         .expect("service");
                     registry.register(running.info()).await.expect("register");

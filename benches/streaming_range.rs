@@ -50,13 +50,14 @@ mod bench {
     use streamgate::blob::fs::FsBlobStore;
     use streamgate::bus::memory::MemoryBus;
     use streamgate::client::PoolConfig;
-    use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+    use streamgate::kernel::{Kernel, Plugin, Seams};
     use streamgate::middleware::auth::Keyring;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt;
-    use streamgate::services::ServiceOpts;
     use streamgate::services::auth::Secret;
     use streamgate::services::auth::token::{Kind, Tokens};
+    use streamgate::services::{Common, ServiceConfig};
+    use streamgate::services::{ServiceKind, ServicePlugin};
 
     const FILE_BYTES: u64 = 256 << 20;
     const RANGE_BYTES: u64 = 1 << 20;
@@ -283,10 +284,12 @@ mod bench {
                         kinds
                             .iter()
                             .map(|&kind| {
-                                let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-                                opts.listen.set_port(0);
-                                opts.auth_secret = Some(secret());
-                                Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
+                                let mut config = ServiceConfig::new(kind);
+                                if let ServiceConfig::Auth(c) = &mut config {
+                                    c.secret = Some(secret());
+                                }
+                                let plugin = ServicePlugin::new(Common::ephemeral(), config);
+                                Box::new(plugin) as Box<dyn Plugin>
                             })
                             .collect()
                     };

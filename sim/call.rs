@@ -10,14 +10,15 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use streamgate::bus::memory::MemoryBus;
 use streamgate::client::ClientPool;
-use streamgate::kernel::{Runtime, ServiceKind};
+use streamgate::kernel::Runtime;
 use streamgate::middleware::auth::AttachLayer;
 use streamgate::middleware::request_id::RequestIdLayer;
 use streamgate::proto::cache_service_client::CacheServiceClient;
 use streamgate::proto::{CacheGetRequest, CacheSetRequest};
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt::{self, transport};
-use streamgate::services::{self, ServiceOpts};
+use streamgate::services::ServiceKind;
+use streamgate::services::{self, Common, ServiceConfig};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -105,9 +106,12 @@ async fn call_survives_kill_restart_and_clog() {
         .name("cache")
         .ip(SERVER.ip())
         .init(|| async {
-            let mut opts = ServiceOpts::new(ServiceKind::Cache, SERVER.ip());
-            opts.listen = SERVER;
-            let _running = services::start(&opts, &node_runtime())
+            let common = Common {
+                listen: SERVER,
+                ..Common::new(ServiceKind::Cache, SERVER.ip())
+            };
+            let config = ServiceConfig::new(ServiceKind::Cache);
+            let _running = services::start(&config, &common, &node_runtime())
                 .await
                 .expect("cache starts");
             std::future::pending::<()>().await;

@@ -24,8 +24,9 @@ pub fn cache_nodes(
 ) -> Vec<madsim::task::NodeId> {
     use std::sync::Arc;
     use streamgate::bus::memory::MemoryBus;
-    use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
-    use streamgate::services::ServiceOpts;
+    use streamgate::kernel::{Kernel, Plugin, Seams};
+    use streamgate::services::{Common, ServiceConfig};
+    use streamgate::services::{ServiceKind, ServicePlugin};
 
     let handle = madsim::runtime::Handle::current();
     ips.iter()
@@ -39,10 +40,13 @@ pub fn cache_nodes(
                 .init(move || {
                     let registry = registry.clone();
                     async move {
-                        let mut opts = ServiceOpts::new(ServiceKind::Cache, ip);
-                        opts.check_interval = check_interval;
+                        let common = Common {
+                            check_interval,
+                            ..Common::new(ServiceKind::Cache, ip)
+                        };
+                        let config = ServiceConfig::new(ServiceKind::Cache);
                         let plugins: Vec<Box<dyn Plugin>> =
-                            vec![Box::new(ServicePlugin::new(opts))];
+                            vec![Box::new(ServicePlugin::new(common, config))];
                         let _kernel = Kernel::start_with(
                             Seams::new(Arc::new(MemoryBus::new()), registry),
                             pool("cache"),

@@ -17,7 +17,7 @@ use streamgate::blob::memory::MemoryBlobStore;
 use streamgate::bus::events::{MetadataUpdated, Payload};
 use streamgate::bus::{EventBus, EventType, handler};
 use streamgate::client::ClientPool;
-use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::kernel::{Kernel, Plugin, Seams};
 use streamgate::proto::upload_chunk::Payload as Chunk;
 use streamgate::proto::{
     GetJobRequest, GetPlaylistRequest, GetVideoRequest, JobState, ListVideosRequest, UploadChunk,
@@ -25,9 +25,10 @@ use streamgate::proto::{
 };
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
 use streamgate::services::media;
 use streamgate::services::transcoder::Engine;
+use streamgate::services::{Common, ServiceConfig};
+use streamgate::services::{ServiceKind, ServicePlugin};
 
 use crate::broker::{SimBus, broker_node};
 use crate::trace::{announce, note};
@@ -59,13 +60,19 @@ fn service_node(
         .init(move || {
             let (registry, blobs) = (registry.clone(), blobs.clone());
             async move {
-                let mut opts = ServiceOpts::new(kind, ip(last));
-                opts.check_interval = Duration::from_secs(1);
-                opts.engine = Engine::Model {
-                    duration: Duration::from_secs(3),
-                    failure_rate: 0.2,
+                let common = Common {
+                    check_interval: Duration::from_secs(1),
+                    ..Common::new(kind, ip(last))
                 };
-                let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
+                let mut config = ServiceConfig::new(kind);
+                if let ServiceConfig::Transcoder(c) = &mut config {
+                    c.engine = Engine::Model {
+                        duration: Duration::from_secs(3),
+                        failure_rate: 0.2,
+                    };
+                }
+                let plugins: Vec<Box<dyn Plugin>> =
+                    vec![Box::new(ServicePlugin::new(common, config))];
                 let seams = Seams {
                     bus: Arc::new(SimBus::new(BROKER)),
                     registry,
@@ -280,7 +287,7 @@ async fn every_acknowledged_upload_ends_final_exactly_once() {
 #[madsim::test]
 async fn a_stalled_upload_is_cut_and_leaves_nothing() {
     use streamgate::proto::{ListUploadsRequest, ListVideosRequest};
-    use streamgate::services::UPLOAD_IDLE_TIMEOUT;
+    use streamgate::services::upload::UPLOAD_IDLE_TIMEOUT;
 
     let _progress = announce("a_stalled_upload_is_cut_and_leaves_nothing");
     let handle = Handle::current();

@@ -11,13 +11,13 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use streamgate::client::balanced::TransitionHook;
 use streamgate::client::{ClientPool, PoolConfig};
-use streamgate::kernel::ServiceKind;
 use streamgate::proto::CacheSetRequest;
 use streamgate::proto::cache_service_client::CacheServiceClient;
 use streamgate::registry::Registry;
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::resilience::breaker::{BreakerConfig, Transition};
 use streamgate::rt;
+use streamgate::services::ServiceKind;
 
 use crate::trace::{announce, note};
 

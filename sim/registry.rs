@@ -12,12 +12,13 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use rand::Rng as _;
 use streamgate::bus::memory::MemoryBus;
-use streamgate::kernel::{HEARTBEAT_INTERVAL, Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::kernel::{HEARTBEAT_INTERVAL, Kernel, Plugin, Seams};
 use streamgate::registry::Registry;
 use streamgate::registry::consul::{ConsulConfig, ConsulRegistry, SimTransport};
 use streamgate::registry::watcher::{WatchPolicy, Watcher};
 use streamgate::rt::{self, transport};
-use streamgate::services::ServiceOpts;
+use streamgate::services::{Common, ServiceConfig};
+use streamgate::services::{ServiceKind, ServicePlugin};
 use streamgate::testkit::consul_agent::{AgentConfig, ConsulAgent};
 
 use crate::trace::{announce, note};
@@ -88,9 +89,13 @@ async fn services_survive_a_registry_wipe_and_crashes_leave_the_healthy_set() {
             .ip(service_ip(i))
             .init(move || async move {
                 rt::sleep(Duration::from_millis(100)).await;
-                let mut opts = ServiceOpts::new(ServiceKind::Cache, service_ip(i));
-                opts.check_interval = CHECK_INTERVAL;
-                let plugins: Vec<Box<dyn Plugin>> = vec![Box::new(ServicePlugin::new(opts))];
+                let common = Common {
+                    check_interval: CHECK_INTERVAL,
+                    ..Common::new(ServiceKind::Cache, service_ip(i))
+                };
+                let config = ServiceConfig::new(ServiceKind::Cache);
+                let plugins: Vec<Box<dyn Plugin>> =
+                    vec![Box::new(ServicePlugin::new(common, config))];
                 let _kernel = Kernel::start_with(
                     Seams::new(Arc::new(MemoryBus::new()), consul()),
                     crate::common::pool("cache"),

@@ -35,8 +35,8 @@ use madsim::runtime::Handle;
 use rand::Rng as _;
 use streamgate::bus::events::{JobSubmitted, MetadataUpdated, Payload as _};
 use streamgate::bus::{EventBus as _, EventType, handler};
-use streamgate::kernel::ServiceKind;
 use streamgate::rt;
+use streamgate::services::ServiceKind;
 
 use crate::broker::SimBus;
 use crate::trace::announce;

@@ -121,7 +121,7 @@ impl Event {
             kind,
             source: source.to_owned(),
             time: rt::unix_ms(),
-            trace: crate::middleware::trace::current().map(|ctx| ctx.child().header()),
+            trace: crate::rt::trace::current().map(|ctx| ctx.child().header()),
             data,
         }
     }

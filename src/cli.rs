@@ -10,8 +10,9 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
-use crate::kernel::{Mode, ServiceKind};
+use crate::kernel::Mode;
 use crate::node::{self, ClusterOpts, NodeOpts};
+use crate::services::ServiceKind;
 
 pub mod config;
 pub mod log;

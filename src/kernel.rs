@@ -23,12 +23,6 @@ use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::rt;
 use crate::rt::faults::Bug;
 
-mod kind;
-mod plugin;
-
-pub use kind::ServiceKind;
-pub use plugin::ServicePlugin;
-
 /// How the services of this process are deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Mode {
@@ -124,9 +118,9 @@ pub trait Plugin: Send + Sync {
     /// The plugin's name, for logs and errors.
     fn name(&self) -> &str;
     /// Validates options and prepares state; nothing is served yet.
-    async fn init(&mut self, rt: &Runtime) -> Result<(), KernelError>;
+    async fn init(&mut self, runtime: &Runtime) -> Result<(), KernelError>;
     /// Starts serving; returns once the plugin answers calls.
-    async fn start(&mut self, rt: &Runtime) -> Result<(), KernelError>;
+    async fn start(&mut self, runtime: &Runtime) -> Result<(), KernelError>;
     /// What to register once started, if anything.
     fn registration(&self) -> Option<ServiceInfo>;
     /// Announces the plugin is going away (health NOT_SERVING).
@@ -140,7 +134,7 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A started node: its runtime handles and plugins.
 pub struct Kernel {
-    rt: Runtime,
+    runtime: Runtime,
     plugins: Vec<Box<dyn Plugin>>,
     registrations: Vec<ServiceInfo>,
     keepalive: Option<rt::JoinHandle<()>>,
@@ -197,7 +191,7 @@ impl Kernel {
             }
         }));
         let pool = ClientPool::new(registry.clone(), pool);
-        let rt = Runtime {
+        let runtime = Runtime {
             registry,
             bus,
             blobs,
@@ -206,15 +200,15 @@ impl Kernel {
             metrics,
         };
         let mut kernel = Self {
-            rt,
+            runtime,
             plugins: Vec::new(),
             registrations: Vec::new(),
             keepalive: None,
         };
         for mut plugin in plugins {
             let started = async {
-                plugin.init(&kernel.rt).await?;
-                plugin.start(&kernel.rt).await
+                plugin.init(&kernel.runtime).await?;
+                plugin.start(&kernel.runtime).await
             }
             .await;
             if let Err(e) = started {
@@ -224,14 +218,17 @@ impl Kernel {
             kernel.plugins.push(plugin);
         }
         for info in kernel.plugins.iter().filter_map(|p| p.registration()) {
-            if let Err(e) = kernel.rt.registry.register(&info).await {
+            if let Err(e) = kernel.runtime.registry.register(&info).await {
                 kernel.shutdown().await;
                 return Err(e.into());
             }
             tracing::info!(id = %info.id, addr = %format!("{}:{}", info.address, info.port), "registered");
             kernel.registrations.push(info);
         }
-        let (registry, infos) = (kernel.rt.registry.clone(), kernel.registrations.clone());
+        let (registry, infos) = (
+            kernel.runtime.registry.clone(),
+            kernel.registrations.clone(),
+        );
         kernel.keepalive = Some(rt::spawn(keep_registered(registry, infos)));
         Ok(kernel)
     }
@@ -239,19 +236,19 @@ impl Kernel {
     /// The node's registry.
     #[must_use]
     pub fn registry(&self) -> &Arc<dyn Registry> {
-        &self.rt.registry
+        &self.runtime.registry
     }
 
     /// The node's client pool.
     #[must_use]
     pub fn pool(&self) -> &ClientPool {
-        &self.rt.pool
+        &self.runtime.pool
     }
 
     /// The node's runtime handles.
     #[must_use]
     pub fn runtime(&self) -> &Runtime {
-        &self.rt
+        &self.runtime
     }
 
     /// What this node registered.
@@ -271,7 +268,7 @@ impl Kernel {
         }
         tracing::debug!("plugins not serving; deregistering");
         for info in self.registrations.drain(..) {
-            if let Err(e) = self.rt.registry.deregister(&info.id).await {
+            if let Err(e) = self.runtime.registry.deregister(&info.id).await {
                 tracing::warn!(id = %info.id, error = %e, "deregister failed");
             }
         }
@@ -282,8 +279,8 @@ impl Kernel {
             }
         }
         tracing::debug!("closing the pool and the bus");
-        self.rt.pool.close();
-        self.rt.bus.close().await;
+        self.runtime.pool.close();
+        self.runtime.bus.close().await;
     }
 }
 

@@ -7,5 +7,6 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 pub mod retry;
+pub mod stack;
 pub mod timeout;
 pub mod trace;

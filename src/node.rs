@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use crate::bus::memory::MemoryBus;
 
-use crate::kernel::{Kernel, KernelError, Mode, Plugin, Seams, ServiceKind, ServicePlugin};
+use crate::kernel::{Kernel, KernelError, Mode, Plugin, Seams};
 use crate::middleware::auth::{Key, Keyring};
 use crate::registry::memory::MemoryRegistry;
-use crate::services::ServiceOpts;
 use crate::services::auth::{Secret, ServiceClient, ServiceClients};
+use crate::services::{Common, ServiceConfig, ServiceKind, ServicePlugin};
 
 /// Options of a process (validated by [`NodeOpts::service_opts`]).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -47,11 +47,13 @@ pub struct NodeOpts {
 }
 
 impl NodeOpts {
-    /// The options of each service of `kinds`.
+    /// The plugins of `kinds`: each service's instance settings and its
+    /// own config from these options.
     ///
     /// # Errors
-    /// [`KernelError::Config`] when an offset port would pass 65535.
-    pub fn service_opts(&self, kinds: &[ServiceKind]) -> Result<Vec<ServiceOpts>, KernelError> {
+    /// [`KernelError::Config`] when an offset port would pass 65535, or a
+    /// file named by an option is missing or invalid.
+    pub fn plugins(&self, kinds: &[ServiceKind]) -> Result<Vec<ServicePlugin>, KernelError> {
         kinds
             .iter()
             .map(|&kind| {
@@ -66,20 +68,32 @@ impl NodeOpts {
                             self.port_offset
                         ),
                     })?;
-                let mut opts = ServiceOpts::new(kind, self.host);
-                opts.listen = SocketAddr::new(self.host, port);
-                opts.advertise = self.advertise_host;
-                opts.data_dir = Some(self.data_dir.clone());
-                opts.max_upload_bytes = self.max_upload_bytes;
-                if kind == ServiceKind::Auth {
-                    if let Some(path) = &self.auth_secret_file {
-                        opts.auth_secret = Some(read_auth_secret(path)?);
+                let common = Common {
+                    listen: SocketAddr::new(self.host, port),
+                    advertise: self.advertise_host,
+                    data_dir: Some(self.data_dir.clone()),
+                    ..Common::new(kind, self.host)
+                };
+                let mut config = ServiceConfig::new(kind);
+                match &mut config {
+                    ServiceConfig::ApiGateway(c) => c.max_upload_bytes = self.max_upload_bytes,
+                    ServiceConfig::Upload(c) => c.max_upload_bytes = self.max_upload_bytes,
+                    ServiceConfig::Metadata(c) => c.max_upload_bytes = self.max_upload_bytes,
+                    ServiceConfig::Auth(c) => {
+                        if let Some(path) = &self.auth_secret_file {
+                            c.secret = Some(read_auth_secret(path)?);
+                        }
+                        if let Some(path) = &self.auth_clients_file {
+                            c.clients = read_auth_clients(path)?;
+                        }
                     }
-                    if let Some(path) = &self.auth_clients_file {
-                        opts.auth_clients = read_auth_clients(path)?;
-                    }
+                    ServiceConfig::Transcoder(_)
+                    | ServiceConfig::Streaming(_)
+                    | ServiceConfig::Cache(_)
+                    | ServiceConfig::Worker(_)
+                    | ServiceConfig::Monitor(_) => {}
                 }
-                Ok(opts)
+                Ok(ServicePlugin::new(common, config))
             })
             .collect()
     }
@@ -97,9 +111,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), KernelError> {
     let plugins: Vec<Box<dyn Plugin>> = opts
-        .service_opts(kinds)?
+        .plugins(kinds)?
         .into_iter()
-        .map(|o| Box::new(ServicePlugin::new(o)) as Box<dyn Plugin>)
+        .map(|p| Box::new(p) as Box<dyn Plugin>)
         .collect();
     let kernel = match mode {
         Mode::Monolith => {
@@ -413,11 +427,13 @@ pub async fn run_service(
         }
     };
     let plugins: Vec<Box<dyn Plugin>> = opts
-        .service_opts(&[kind])?
+        .plugins(&[kind])?
         .into_iter()
-        .map(|mut o| {
-            o.job_queue = job_queue.clone();
-            Box::new(ServicePlugin::new(o)) as Box<dyn Plugin>
+        .map(|mut p| {
+            if let ServiceConfig::Worker(c) = p.config_mut() {
+                c.job_queue = job_queue.clone();
+            }
+            Box::new(p) as Box<dyn Plugin>
         })
         .collect();
     let seams = Seams {

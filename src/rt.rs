@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use std::time::Instant;
 
 pub mod faults;
+pub mod trace;
 pub mod transport;
 pub mod watch;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use streamgate::bus::memory::MemoryBus;
 use streamgate::client::PoolConfig;
-use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::kernel::{Kernel, Plugin, Seams};
 use streamgate::middleware::auth::Keyring;
 use streamgate::proto::auth_service_client::AuthServiceClient;
 use streamgate::proto::{
@@ -18,7 +18,8 @@ use streamgate::proto::{
 };
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
+use streamgate::services::Common;
+use streamgate::services::ServicePlugin;
 use streamgate::services::auth::{Secret, ServiceClient, ServiceClients};
 use tonic::Code;
 
@@ -29,12 +30,15 @@ struct Node {
 }
 
 async fn start(dir: Option<&PathBuf>, clients: ServiceClients) -> Node {
-    let mut opts = ServiceOpts::new(ServiceKind::Auth, [127, 0, 0, 1].into());
-    opts.listen.set_port(0);
-    opts.data_dir = dir.cloned();
-    opts.auth_secret = Some(Secret::new(vec![9u8; 32]));
-    opts.auth_clients = clients;
-    let plugins = vec![Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>];
+    let common = Common {
+        data_dir: dir.cloned(),
+        ..Common::ephemeral()
+    };
+    let config = streamgate::services::auth::Config {
+        secret: Some(Secret::new(vec![9u8; 32])),
+        clients,
+    };
+    let plugins = vec![Box::new(ServicePlugin::new(common, config)) as Box<dyn Plugin>];
     let seams = Seams::new(Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
     let pool = PoolConfig::new(Keyring::generate("test"), "api-gateway");
     let kernel = Kernel::start_with(seams, pool, plugins)

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use checks::{check_events, check_log, read_tap};
 use streamgate::client::{ClientPool, PoolConfig};
-use streamgate::kernel::ServiceKind;
 use streamgate::node::read_keyring;
 use streamgate::proto::cache_service_client::CacheServiceClient;
 use streamgate::proto::{CacheGetRequest, CacheSetRequest};
 use streamgate::registry::Registry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
+use streamgate::services::ServiceKind;
 use support::{
     Gateway, LogsOnFailure, Proc, fetch_until_ok, hls_paths, nats_url, probe_script, python,
     wait_job_succeeded, wait_ready,

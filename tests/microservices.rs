@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streamgate::client::{ClientPool, PoolConfig};
-use streamgate::kernel::ServiceKind;
 use streamgate::node::read_keyring;
 use streamgate::proto::{CacheGetRequest, CacheSetRequest};
 use streamgate::registry::Registry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
+use streamgate::services::ServiceKind;
 use streamgate::testkit::nats_url;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;

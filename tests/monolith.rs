@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streamgate::bus::memory::MemoryBus;
-use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+use streamgate::kernel::{Kernel, Plugin};
 use streamgate::proto::{CacheGetRequest, CacheSetRequest};
 use streamgate::registry::Registry;
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
+use streamgate::services::{Common, ServiceConfig};
+use streamgate::services::{ServiceKind, ServicePlugin};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -30,9 +31,8 @@ async fn start_all(registry: Arc<MemoryRegistry>) -> Kernel {
     let plugins = ServiceKind::ALL
         .iter()
         .map(|&kind| {
-            let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-            opts.listen.set_port(0);
-            Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
+            let plugin = ServicePlugin::new(Common::ephemeral(), ServiceConfig::new(kind));
+            Box::new(plugin) as Box<dyn Plugin>
         })
         .collect();
     Kernel::start(Arc::new(MemoryBus::new()), registry, plugins)

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use streamgate::bus::memory::MemoryBus;
-use streamgate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+use streamgate::kernel::{Kernel, Plugin};
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::registry::{CheckKind, Registry, RegistryError};
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
+use streamgate::services::{Common, ServiceConfig};
+use streamgate::services::{ServiceKind, ServicePlugin};
 use streamgate::testkit::nats_url;
 use streamgate::testkit::registry_contract::{self, instance, unique_name};
 
@@ -152,9 +153,8 @@ async fn lost_data_answers_not_found_and_re_registration_recovers() {
 #[tokio::test]
 async fn kernel_re_registers_after_the_bucket_is_wiped() {
     let (registry, store, js) = setup().await;
-    let mut opts = ServiceOpts::new(ServiceKind::Cache, [127, 0, 0, 1].into());
-    opts.listen.set_port(0);
-    let plugins = vec![Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>];
+    let plugin = ServicePlugin::new(Common::ephemeral(), ServiceConfig::new(ServiceKind::Cache));
+    let plugins = vec![Box::new(plugin) as Box<dyn Plugin>];
     let kernel = Kernel::start(Arc::new(MemoryBus::new()), registry.clone(), plugins)
         .await
         .expect("kernel starts");

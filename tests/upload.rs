@@ -15,7 +15,7 @@ use streamgate::bus::events::{FileUploaded, Payload};
 use streamgate::bus::memory::MemoryBus;
 use streamgate::bus::{EventBus, EventType, handler};
 use streamgate::client::PoolConfig;
-use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::kernel::{Kernel, Plugin, Seams};
 use streamgate::middleware::auth::Keyring;
 use streamgate::proto::upload_chunk::Payload as Chunk;
 use streamgate::proto::{
@@ -24,8 +24,9 @@ use streamgate::proto::{
 };
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
 use streamgate::services::upload::server::{ANONYMOUS, USER_ID_HEADER};
+use streamgate::services::{Common, ServiceConfig};
+use streamgate::services::{ServiceKind, ServicePlugin};
 
 struct Node {
     kernel: Kernel,
@@ -47,11 +48,17 @@ async fn start(max_upload_bytes: u64) -> Node {
     let plugins = [ServiceKind::Upload, ServiceKind::Metadata]
         .into_iter()
         .map(|kind| {
-            let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-            opts.listen.set_port(0);
-            opts.max_upload_bytes = max_upload_bytes;
-            opts.data_dir = Some(dir.clone());
-            Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
+            let common = Common {
+                data_dir: Some(dir.clone()),
+                ..Common::ephemeral()
+            };
+            let mut config = ServiceConfig::new(kind);
+            match &mut config {
+                ServiceConfig::Upload(c) => c.max_upload_bytes = max_upload_bytes,
+                ServiceConfig::Metadata(c) => c.max_upload_bytes = max_upload_bytes,
+                _ => {}
+            }
+            Box::new(ServicePlugin::new(common, config)) as Box<dyn Plugin>
         })
         .collect();
     let seams = Seams {

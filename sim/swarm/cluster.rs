@@ -13,11 +13,12 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use streamgate::blob::memory::MemoryBlobStore;
-use streamgate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use streamgate::kernel::{Kernel, Plugin, Seams};
 use streamgate::rt;
-use streamgate::services::ServiceOpts;
 use streamgate::services::auth::Secret;
 use streamgate::services::transcoder::Engine;
+use streamgate::services::{Common, ServiceConfig};
+use streamgate::services::{ServiceKind, ServicePlugin};
 
 use super::check;
 use super::faults::Plan;
@@ -145,16 +146,20 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                         data_dir.clone(),
                     );
                     async move {
-                        let mut opts = ServiceOpts::new(kind, ip);
-                        opts.check_interval = CHECK_INTERVAL;
-                        opts.engine = engine;
-                        opts.data_dir = data_dir;
-                        if kind == ServiceKind::Auth {
-                            opts.auth_secret = Some(Secret::new(vec![9u8; 32]));
+                        let common = Common {
+                            check_interval: CHECK_INTERVAL,
+                            data_dir,
+                            ..Common::new(kind, ip)
+                        };
+                        let mut config = ServiceConfig::new(kind);
+                        match &mut config {
+                            ServiceConfig::Transcoder(c) => c.engine = engine,
+                            ServiceConfig::Auth(c) => c.secret = Some(Secret::new(vec![9u8; 32])),
+                            _ => {}
                         }
                         loop {
                             let plugins: Vec<Box<dyn Plugin>> =
-                                vec![Box::new(ServicePlugin::new(opts.clone()))];
+                                vec![Box::new(ServicePlugin::new(common.clone(), config.clone()))];
                             let seams = Seams {
                                 bus: Arc::new(SimBus::new(BROKER)),
                                 registry: crate::registry::consul(),

@@ -14,8 +14,8 @@ use madsim::task::NodeId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
-use streamgate::kernel::ServiceKind;
 use streamgate::rt;
+use streamgate::services::ServiceKind;
 
 use super::cluster::Cluster;
 use super::disk::Snapshot;

@@ -3,7 +3,7 @@
 
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
-    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Cache)
+    streamgate::cli::service_main(streamgate::services::ServiceKind::Cache)
 }
 
 #[cfg(madsim)]

@@ -3,7 +3,7 @@
 
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
-    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Monitor)
+    streamgate::cli::service_main(streamgate::services::ServiceKind::Monitor)
 }
 
 #[cfg(madsim)]

@@ -3,7 +3,7 @@
 
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
-    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Streaming)
+    streamgate::cli::service_main(streamgate::services::ServiceKind::Streaming)
 }
 
 #[cfg(madsim)]

@@ -3,7 +3,7 @@
 
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
-    streamgate::cli::service_main(streamgate::kernel::ServiceKind::Upload)
+    streamgate::cli::service_main(streamgate::services::ServiceKind::Upload)
 }
 
 #[cfg(madsim)]

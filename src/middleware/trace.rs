@@ -5,109 +5,13 @@
 //!
 //! `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
 
-use std::future::Future;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
-use crate::rt;
-
-/// The header's name.
-pub const HEADER: &str = "traceparent";
-
-tokio::task_local! {
-    static CURRENT: TraceContext;
-}
-
-/// A position in a trace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    /// The whole trace's id (never all zero).
-    pub trace_id: u128,
-    /// This span's id (never zero).
-    pub span_id: u64,
-    /// Trace flags (bit 0: sampled).
-    pub flags: u8,
-}
-
-fn nonzero_u64() -> u64 {
-    loop {
-        let v = rt::random_u64();
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
-impl TraceContext {
-    /// A new trace (sampled).
-    #[must_use]
-    pub fn root() -> Self {
-        let trace_id = (u128::from(nonzero_u64()) << 64) | u128::from(rt::random_u64());
-        Self {
-            trace_id,
-            span_id: nonzero_u64(),
-            flags: 1,
-        }
-    }
-
-    /// A child span in the same trace.
-    #[must_use]
-    pub fn child(&self) -> Self {
-        Self {
-            span_id: nonzero_u64(),
-            ..*self
-        }
-    }
-
-    /// Parses a `traceparent` value; `None` unless well-formed (version 00,
-    /// lowercase hex, ids not all zero).
-    #[must_use]
-    pub fn parse(value: &[u8]) -> Option<Self> {
-        let s = std::str::from_utf8(value).ok()?;
-        let mut parts = s.split('-');
-        let (Some("00"), Some(trace), Some(span), Some(flags), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return None;
-        };
-        let hex = |p: &str, len: usize| {
-            (p.len() == len
-                && p.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then_some(())
-        };
-        hex(trace, 32)?;
-        hex(span, 16)?;
-        hex(flags, 2)?;
-        let ctx = Self {
-            trace_id: u128::from_str_radix(trace, 16).ok()?,
-            span_id: u64::from_str_radix(span, 16).ok()?,
-            flags: u8::from_str_radix(flags, 16).ok()?,
-        };
-        (ctx.trace_id != 0 && ctx.span_id != 0).then_some(ctx)
-    }
-
-    /// The `traceparent` value.
-    #[must_use]
-    pub fn header(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
-    }
-}
-
-/// The trace context of the call being handled on this task, if any.
-#[must_use]
-pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(|c| *c).ok()
-}
+use crate::rt::trace::CURRENT;
+pub use crate::rt::trace::{HEADER, TraceContext, current, in_context};
 
 /// Server side: continues the caller's trace (or starts one) for each call.
 #[derive(Debug, Clone, Copy, Default)]
@@ -198,15 +102,6 @@ where
         req.headers_mut().insert(HEADER, value);
         self.inner.call(req)
     }
-}
-
-/// Runs `fut` with `ctx` current (for work started outside a call, e.g. an
-/// event handler continuing the event's trace).
-pub fn in_context<F: Future>(
-    ctx: TraceContext,
-    fut: F,
-) -> tokio::task::futures::TaskLocalFuture<TraceContext, F> {
-    CURRENT.scope(ctx, fut)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::auth_service_server::AuthServiceServer;
-use crate::services::{Domain, ServiceOpts};
+use crate::services::{Common, Domain};
 
 pub mod checks;
 pub mod error;
@@ -31,22 +31,47 @@ pub use server::AuthServer;
 /// File name of the accounts database under the data dir.
 pub const DB_FILE: &str = "auth.sqlite";
 
+/// The auth service's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The token signing secret; `None` draws a random one at start
+    /// (tokens then end with the process).
+    pub secret: Option<Secret>,
+    /// The services it issues service tokens to.
+    pub clients: ServiceClients,
+}
+
+impl Config {
+    /// Checks the secret's length.
+    ///
+    /// # Errors
+    /// The secret is shorter than [`secret::MIN_SECRET_BYTES`].
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.secret {
+            Some(s) if s.expose().len() < secret::MIN_SECRET_BYTES => Err(format!(
+                "auth secret: at least {} bytes",
+                secret::MIN_SECRET_BYTES
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The auth service's routes.
 ///
 /// # Errors
 /// The store cannot be opened, or the configured secret is too short.
-pub async fn domain(opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelError> {
+pub async fn domain(
+    config: &Config,
+    common: &Common,
+    _runtime: &Runtime,
+) -> Result<Domain, KernelError> {
     let fail = |reason: String| KernelError::Config {
         plugin: "auth".to_owned(),
         reason,
     };
-    let secret = match &opts.auth_secret {
-        Some(s) if s.expose().len() < secret::MIN_SECRET_BYTES => {
-            return Err(fail(format!(
-                "auth secret: at least {} bytes",
-                secret::MIN_SECRET_BYTES
-            )));
-        }
+    config.validate().map_err(fail)?;
+    let secret = match &config.secret {
         Some(s) => s.clone(),
         None => {
             tracing::warn!(
@@ -55,7 +80,7 @@ pub async fn domain(opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelE
             Secret::random()
         }
     };
-    let path = opts.db_path(DB_FILE).map_err(fail)?;
+    let path = common.db_path(DB_FILE).map_err(fail)?;
     let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
     // The decoy hash now, not on the first unknown email (which would then
     // take twice as long as a wrong password).
@@ -63,11 +88,7 @@ pub async fn domain(opts: &ServiceOpts, _rt: &Runtime) -> Result<Domain, KernelE
         .await
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(e.to_string()))?;
-    let server = AuthServer::new(
-        store,
-        token::Tokens::new(&secret),
-        opts.auth_clients.clone(),
-    );
+    let server = AuthServer::new(store, token::Tokens::new(&secret), config.clients.clone());
     Ok(Domain {
         routes: Routes::new(AuthServiceServer::new(server)),
         grpc_names: vec![<AuthServiceServer<AuthServer> as tonic::server::NamedService>::NAME],

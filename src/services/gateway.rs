@@ -7,7 +7,7 @@ use axum::extract::rejection::PathRejection;
 use axum::routing::{get, post};
 
 use crate::kernel::{KernelError, Runtime};
-use crate::services::{Domain, ServiceOpts, media};
+use crate::services::{Common, Domain, media};
 
 mod accounts;
 pub mod bearer;
@@ -27,10 +27,25 @@ mod videos;
 
 pub use error::ApiError;
 
+/// The gateway's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
+        }
+    }
+}
+
 /// What every handler gets.
 #[derive(Clone)]
 pub struct Api {
-    rt: Runtime,
+    runtime: Runtime,
     max_upload_bytes: u64,
     /// Where originals lie, for those sent from this host's files.
     located: std::sync::Arc<local::Located>,
@@ -56,10 +71,10 @@ fn video_id(path: IdPath) -> Result<String, ApiError> {
 
 /// The API's routes over `rt`'s client pool: the account routes open, every
 /// other `/v1/` route behind the bearer-token check.
-pub fn router(rt: Runtime, max_upload_bytes: u64) -> Router {
-    let verifier = bearer::Verifier::new(rt.clone());
+pub fn router(runtime: Runtime, max_upload_bytes: u64) -> Router {
+    let verifier = bearer::Verifier::new(runtime.clone());
     let api = Api {
-        rt,
+        runtime,
         max_upload_bytes,
         located: std::sync::Arc::default(),
     };
@@ -119,15 +134,19 @@ pub async fn not_found() -> ApiError {
 ///
 /// # Errors
 /// The bus refused a subscription.
-pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
-    let subscriptions = video_cache::subscribe(rt)
+pub async fn domain(
+    config: &Config,
+    _common: &Common,
+    runtime: &Runtime,
+) -> Result<Domain, KernelError> {
+    let subscriptions = video_cache::subscribe(runtime)
         .await
         .map_err(|e| KernelError::Config {
             plugin: "api-gateway".to_owned(),
             reason: format!("event bus: {e}"),
         })?;
     Ok(Domain {
-        http: Some(router(rt.clone(), opts.max_upload_bytes)),
+        http: Some(router(runtime.clone(), config.max_upload_bytes)),
         background: crate::services::Background {
             subscriptions,
             tasks: Vec::new(),

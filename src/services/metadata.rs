@@ -7,7 +7,7 @@ use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::metadata_service_server::MetadataServiceServer;
-use crate::services::{Background, Domain, ServiceOpts};
+use crate::services::{Background, Common, Domain};
 
 pub mod consume;
 pub mod server;
@@ -19,22 +19,41 @@ pub use server::MetadataServer;
 /// File name of the catalog under the data dir.
 pub const DB_FILE: &str = "metadata.sqlite";
 
+/// The catalog's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Largest upload size a record may claim, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
+        }
+    }
+}
+
 /// The catalog's routes and its event consumers.
 ///
 /// # Errors
 /// The store cannot be opened, or the bus refuses the subscriptions.
-pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+pub async fn domain(
+    config: &Config,
+    common: &Common,
+    runtime: &Runtime,
+) -> Result<Domain, KernelError> {
     let fail = |reason: String| KernelError::Config {
         plugin: "metadata".to_owned(),
         reason,
     };
-    let path = opts.db_path(DB_FILE).map_err(fail)?;
+    let path = common.db_path(DB_FILE).map_err(fail)?;
     let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
     let store = Arc::new(Mutex::new(store));
-    let subscriptions = consume::subscribe(&store, &rt.bus)
+    let subscriptions = consume::subscribe(&store, &runtime.bus)
         .await
         .map_err(|e| fail(format!("event bus: {e}")))?;
-    let server = MetadataServer::new(store, rt.bus.clone(), opts.max_upload_bytes);
+    let server = MetadataServer::new(store, runtime.bus.clone(), config.max_upload_bytes);
     Ok(Domain {
         routes: Routes::new(MetadataServiceServer::new(server)),
         grpc_names: vec![

@@ -8,10 +8,11 @@ use std::time::Duration;
 use tonic::service::Routes;
 
 use crate::bus::{EventType, handler};
-use crate::kernel::{KernelError, Runtime, ServiceKind};
+use crate::kernel::{KernelError, Runtime};
 use crate::proto::monitor_service_server::MonitorServiceServer;
 use crate::rt;
-use crate::services::{Background, Domain, ServiceOpts, media};
+use crate::services::ServiceKind;
+use crate::services::{Background, Common, Domain, media};
 
 pub mod alerts;
 pub mod book;
@@ -100,29 +101,21 @@ impl Config {
     }
 }
 
-/// The service's routes and background work, with the default [`Config`].
-///
-/// # Errors
-/// The bus refuses the subscriptions.
-pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
-    domain_with(opts, rt, Config::default()).await
-}
-
-/// As [`domain`], with `config`.
+/// The service's routes and background work.
 ///
 /// # Errors
 /// `config` is invalid, or the bus refuses the subscriptions.
-pub async fn domain_with(
-    _opts: &ServiceOpts,
-    rt: &Runtime,
-    config: Config,
+pub async fn domain(
+    config: &Config,
+    _common: &Common,
+    runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
     let fail = |reason: String| KernelError::Config {
         plugin: "monitor".to_owned(),
         reason,
     };
     config.validate().map_err(fail)?;
-    let monitor = Arc::new(Monitor::new(config));
+    let monitor = Arc::new(Monitor::new(config.clone()));
 
     let mut subscriptions = Vec::with_capacity(EventType::ALL.len());
     for kind in EventType::ALL {
@@ -131,14 +124,14 @@ pub async fn domain_with(
             counter.record_event(&event.source, event.kind);
             async { Ok(()) }
         });
-        let sub = rt
+        let sub = runtime
             .bus
             .subscribe(kind.subject(), None, count)
             .await
             .map_err(|e| fail(format!("event bus: {e}")))?;
         subscriptions.push(sub);
     }
-    let prober = rt::spawn(probe::run(monitor.clone(), rt.clone()));
+    let prober = rt::spawn(probe::run(monitor.clone(), runtime.clone()));
 
     let svc = MonitorServiceServer::new(MonitorServer::new(monitor));
     Ok(Domain {

@@ -5,7 +5,7 @@ use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::streaming_service_server::StreamingServiceServer;
-use crate::services::{Domain, ServiceOpts};
+use crate::services::{Common, Domain};
 
 pub mod error;
 mod read;
@@ -26,16 +26,35 @@ pub const MAX_THUMBNAIL_BYTES: usize = 4 << 20;
 /// Largest encoded message of the service (clients size their decoders by it).
 pub const MAX_MESSAGE_BYTES: usize = MAX_SEGMENT_BYTES + (64 << 10);
 
+/// The streaming service's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Viewing sessions kept at once (the oldest go first).
+    pub max_live_sessions: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_live_sessions: sessions::MAX_LIVE_SESSIONS,
+        }
+    }
+}
+
 /// The service's routes (it has no background work).
 ///
 /// # Errors
 /// None today; the signature matches the other services.
 #[allow(clippy::unused_async)]
-pub async fn domain(_opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+pub async fn domain(
+    config: &Config,
+    _common: &Common,
+    runtime: &Runtime,
+) -> Result<Domain, KernelError> {
     let server = StreamingServer::new(
-        rt.blobs.clone(),
-        rt.bus.clone(),
-        sessions::MAX_LIVE_SESSIONS,
+        runtime.blobs.clone(),
+        runtime.bus.clone(),
+        config.max_live_sessions,
     );
     let svc = StreamingServiceServer::new(server)
         // The largest answer is a segment; leave room for its envelope.

@@ -9,7 +9,7 @@ use tonic::service::Routes;
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::transcoder_service_server::TranscoderServiceServer;
 use crate::rt;
-use crate::services::{Background, Domain, ServiceOpts};
+use crate::services::{Background, Common, Domain};
 
 pub mod engine;
 pub mod error;
@@ -65,10 +65,17 @@ impl Default for Engine {
     }
 }
 
+/// The transcoder's own settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// How videos are transcoded.
+    pub engine: Engine,
+}
+
 /// Where work dirs go: under the data dir (cleared of a crashed run's
 /// leftovers on start), else under the system's temporary directory.
-async fn work_root(opts: &ServiceOpts) -> Result<PathBuf, KernelError> {
-    let Some(dir) = &opts.data_dir else {
+async fn work_root(common: &Common) -> Result<PathBuf, KernelError> {
+    let Some(dir) = &common.data_dir else {
         return Ok(std::env::temp_dir().join("streamgate-transcoder"));
     };
     let root = dir.join("transcoder-work");
@@ -95,12 +102,16 @@ async fn work_root(opts: &ServiceOpts) -> Result<PathBuf, KernelError> {
 ///
 /// # Errors
 /// Leftover work dirs cannot be removed.
-pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+pub async fn domain(
+    config: &Config,
+    common: &Common,
+    runtime: &Runtime,
+) -> Result<Domain, KernelError> {
     let ctx = engine::Context {
-        blobs: rt.blobs.clone(),
-        work_root: work_root(opts).await?,
+        blobs: runtime.blobs.clone(),
+        work_root: work_root(common).await?,
     };
-    let (shared, executor) = run::Shared::new(opts.engine.clone(), ctx, rt.bus.clone());
+    let (shared, executor) = run::Shared::new(config.engine.clone(), ctx, runtime.bus.clone());
     let svc = TranscoderServiceServer::new(TranscoderServer::new(shared));
     Ok(Domain {
         routes: Routes::new(svc),

@@ -9,7 +9,9 @@ use crate::bus::events::{MetadataDeleted, Payload};
 use crate::bus::{EventType, handler};
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::upload_service_server::UploadServiceServer;
-use crate::services::{Background, Domain, ServiceOpts, media};
+use std::time::Duration;
+
+use crate::services::{Background, Common, Domain, media};
 
 pub mod server;
 pub mod store;
@@ -19,23 +21,49 @@ pub use server::UploadServer;
 /// File name of the upload records under the data dir.
 pub const DB_FILE: &str = "uploads.sqlite";
 /// The gRPC path of the upload stream (its deadline may be longer than
-/// other calls'; see [`crate::services::MAX_UPLOAD_CALL_TIMEOUT`]).
+/// other calls'; see [`MAX_UPLOAD_CALL_TIMEOUT`]).
 pub const UPLOAD_PATH: &str = "/streamgate.v1.UploadService/Upload";
+/// Longest deadline of an upload stream: a large video over a slow link
+/// takes long, so what bounds an upload is [`UPLOAD_IDLE_TIMEOUT`] between
+/// chunks, with this as the outer limit (2 GiB at 100 kB/s).
+pub const MAX_UPLOAD_CALL_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// Longest an upload may go without a byte arriving (at the gateway, from
+/// the client; at the upload service, from the gateway) before it is cut.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The upload service's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
+        }
+    }
+}
 
 /// The service's routes, and the consumer that removes deleted videos' blobs.
 ///
 /// # Errors
 /// The records cannot be opened, or the bus refuses the subscription.
-pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
+pub async fn domain(
+    config: &Config,
+    common: &Common,
+    runtime: &Runtime,
+) -> Result<Domain, KernelError> {
     let fail = |reason: String| KernelError::Config {
         plugin: "upload".to_owned(),
         reason,
     };
-    let path = opts.db_path(DB_FILE).map_err(fail)?;
+    let path = common.db_path(DB_FILE).map_err(fail)?;
     let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
     let store = Arc::new(Mutex::new(store));
 
-    let (blobs, records) = (rt.blobs.clone(), store.clone());
+    let (blobs, records) = (runtime.blobs.clone(), store.clone());
     let on_deleted = handler(move |event| {
         let (blobs, records) = (blobs.clone(), records.clone());
         async move {
@@ -58,7 +86,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
             Ok(())
         }
     });
-    let sub = rt
+    let sub = runtime
         .bus
         .subscribe(
             EventType::MetadataDeleted.subject(),
@@ -70,10 +98,10 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
 
     let server = UploadServer::new(
         store,
-        rt.blobs.clone(),
-        rt.bus.clone(),
-        rt.pool.clone(),
-        opts.max_upload_bytes,
+        runtime.blobs.clone(),
+        runtime.bus.clone(),
+        runtime.pool.clone(),
+        config.max_upload_bytes,
     );
     Ok(Domain {
         routes: Routes::new(UploadServiceServer::new(server)),
@@ -83,6 +111,7 @@ pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelEr
             tasks: Vec::new(),
             ..Background::default()
         },
+        long_calls: vec![(UPLOAD_PATH, MAX_UPLOAD_CALL_TIMEOUT)],
         ..Domain::default()
     })
 }

@@ -12,7 +12,7 @@ use crate::kernel::{KernelError, Runtime};
 use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::rt;
 use crate::rt::faults::Bug;
-use crate::services::{Background, Domain, ServiceOpts, media};
+use crate::services::{Background, Common, Domain, media};
 
 pub mod catalog;
 pub mod error;
@@ -25,7 +25,7 @@ pub mod sweep;
 pub mod transcode;
 
 pub use error::WorkerError;
-pub use jobs::{Config, Jobs};
+pub use jobs::Jobs;
 pub use server::WorkerServer;
 
 /// Jobs run at once by default.
@@ -52,30 +52,42 @@ pub enum JobQueue {
     },
 }
 
-/// The service's routes and background work, with the default [`Config`].
-///
-/// # Errors
-/// Its store cannot be opened, or the bus refuses the subscription.
-pub async fn domain(opts: &ServiceOpts, rt: &Runtime) -> Result<Domain, KernelError> {
-    domain_with(opts, rt, Config::default()).await
+/// The worker's own settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// Where it keeps its jobs.
+    pub job_queue: JobQueue,
+    /// How it runs them.
+    pub jobs: jobs::Config,
 }
 
-/// As [`domain`], with `config`.
+impl Config {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A concurrency, lease, poll or limit of zero.
+    pub fn validate(&self) -> Result<(), String> {
+        self.jobs.validate()
+    }
+}
+
+/// The service's routes and background work.
 ///
 /// # Errors
 /// Its store cannot be opened, or the bus refuses the subscription.
-pub async fn domain_with(
-    opts: &ServiceOpts,
-    rt: &Runtime,
-    config: Config,
+pub async fn domain(
+    config: &Config,
+    common: &Common,
+    runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
+    let (job_queue, config) = (&config.job_queue, config.jobs.clone());
     let fail = |e: &dyn std::fmt::Display| KernelError::Io {
         plugin: "worker".to_owned(),
         source: std::io::Error::other(e.to_string()),
     };
-    let (store, recovered) = match &opts.job_queue {
+    let (store, recovered) = match job_queue {
         JobQueue::Sqlite => {
-            let path = opts.data_dir.as_ref().map(|d| d.join(DB_FILE));
+            let path = common.data_dir.as_ref().map(|d| d.join(DB_FILE));
             store::Store::open(path, rt::unix_ms())
                 .await
                 .map_err(|e| fail(&e))?
@@ -101,7 +113,7 @@ pub async fn domain_with(
             "took back the leases of a previous run"
         );
     }
-    let jobs = Arc::new(Jobs::new(store, rt.bus.clone(), config));
+    let jobs = Arc::new(Jobs::new(store, runtime.bus.clone(), config));
     jobs.lost(recovered).await;
 
     let consumer = jobs.clone();
@@ -124,7 +136,7 @@ pub async fn domain_with(
             Ok(())
         }
     });
-    let subscription = rt
+    let subscription = runtime
         .bus
         .subscribe(
             EventType::FileUploaded.subject(),
@@ -133,11 +145,11 @@ pub async fn domain_with(
         )
         .await
         .map_err(|e| fail(&e))?;
-    let runner = rt::spawn(runner::run(jobs.clone(), rt.pool.clone()));
-    let sweeper = rt::spawn(sweep::run(rt.pool.clone()));
+    let runner = rt::spawn(runner::run(jobs.clone(), runtime.pool.clone()));
+    let sweeper = rt::spawn(sweep::run(runtime.pool.clone()));
 
     let releasing = jobs.clone();
-    let release: crate::services::StopStep = Box::new(move || {
+    let release: crate::services::host::StopStep = Box::new(move || {
         Box::pin(async move {
             let released = releasing.store.release(rt::unix_ms()).await;
             if !released.is_empty() {

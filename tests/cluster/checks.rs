@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use streamgate::bus::EventType;
-use streamgate::kernel::ServiceKind;
+use streamgate::services::ServiceKind;
 
 /// The tap's lines: (subject, envelope).
 pub fn read_tap(path: &Path) -> Vec<(String, Value)> {

@@ -5,8 +5,8 @@ use clap::{Arg, Command, FromArgMatches as _, value_parser};
 
 use super::*;
 use crate::cli::{ServiceCli, StreamgateCli, StreamgateCommand};
-use crate::kernel::ServiceKind;
 use crate::rt;
+use crate::services::ServiceKind;
 
 /// A config file with `text`, in a fresh temporary directory.
 fn file_with(text: &str) -> PathBuf {

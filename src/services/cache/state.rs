@@ -33,6 +33,25 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Checks the limits.
+    ///
+    /// # Errors
+    /// A capacity of zero, or a default TTL of zero or over [`MAX_TTL`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.capacity_bytes == 0 {
+            return Err("cache capacity must be positive".to_owned());
+        }
+        if self.default_ttl.is_zero() || self.default_ttl > MAX_TTL {
+            return Err(format!(
+                "cache default TTL must be in 1 ms..={} s",
+                MAX_TTL.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A request the cache refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CacheError {

@@ -68,7 +68,7 @@ fn answer(
 pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
     let r: SignUp = json_body(body).await?;
     let res = api
-        .rt
+        .runtime
         .pool
         .auth()
         .await?
@@ -87,7 +87,7 @@ pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiE
 pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
     let r: LogIn = json_body(body).await?;
     let res = api
-        .rt
+        .runtime
         .pool
         .auth()
         .await?
@@ -105,7 +105,7 @@ pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiEr
 pub async fn refresh(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
     let r: Refresh = json_body(body).await?;
     let res = api
-        .rt
+        .runtime
         .pool
         .auth()
         .await?

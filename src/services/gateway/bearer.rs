@@ -29,7 +29,7 @@ pub struct AuthUser(pub String);
 /// What the check needs: the pool and the cache.
 #[derive(Clone)]
 pub struct Verifier {
-    rt: Runtime,
+    runtime: Runtime,
     cache: Arc<TokenCache>,
 }
 
@@ -42,9 +42,9 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// Checks tokens through `rt`'s pool.
     #[must_use]
-    pub fn new(rt: Runtime) -> Self {
+    pub fn new(runtime: Runtime) -> Self {
         Self {
-            rt,
+            runtime,
             cache: Arc::new(TokenCache::default()),
         }
     }
@@ -66,7 +66,7 @@ impl Verifier {
             )
         };
         let mut client = self
-            .rt
+            .runtime
             .pool
             .auth()
             .await

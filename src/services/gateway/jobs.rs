@@ -34,7 +34,7 @@ pub fn job_json(job: &Job) -> Value {
 async fn job(api: &Api, job_id: String) -> Result<Json<Value>, ApiError> {
     let job_id = &job_id;
     let res = api
-        .rt
+        .runtime
         .pool
         .retrier()
         .call(true, |previous| async move {
@@ -42,7 +42,14 @@ async fn job(api: &Api, job_id: String) -> Result<Json<Value>, ApiError> {
                 job_id: job_id.clone(),
             });
             stamp(&mut req, previous);
-            Ok(api.rt.pool.worker().await?.get_job(req).await?.into_inner())
+            Ok(api
+                .runtime
+                .pool
+                .worker()
+                .await?
+                .get_job(req)
+                .await?
+                .into_inner())
         })
         .await?;
     res.job

@@ -60,7 +60,7 @@ type StreamingClient =
 
 async fn streaming(api: &Api) -> Result<StreamingClient, ApiError> {
     Ok(api
-        .rt
+        .runtime
         .pool
         .streaming()
         .await?
@@ -77,7 +77,7 @@ where
 {
     let (msg, method) = (&msg, &method);
     let res = api
-        .rt
+        .runtime
         .pool
         .retrier()
         .call(true, |previous| async move {
@@ -101,7 +101,7 @@ async fn read_range(
 ) -> Result<(DataChunk, Chunks), tonic::Status> {
     // Opening the stream is idempotent and nothing has reached the client
     // yet, so it is retried; a failure mid-body is not.
-    api.rt
+    api.runtime
         .pool
         .retrier()
         .call(true, |previous| async move {
@@ -304,7 +304,7 @@ where
     F: Fn(StreamingClient, tonic::Request<M>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<LocatedFile>, tonic::Status>>,
 {
-    let path = api.rt.blobs.local_path(key)?;
+    let path = api.runtime.blobs.local_path(key)?;
     let locate = || async {
         retried(api, msg, method)
             .await

@@ -120,7 +120,8 @@ async fn protected_routes_refuse_bad_tokens_with_401() {
         .issue("u1", Kind::Access, vec![], ACCESS_TTL, now)
         .expect("issue")
         .token;
-    f.rt.pool
+    f.runtime
+        .pool
         .auth()
         .await
         .expect("client")
@@ -179,7 +180,7 @@ async fn protected_routes_refuse_bad_tokens_with_401() {
 async fn auth_unreachable_is_503() {
     let registry = Arc::new(MemoryRegistry::new());
     let keys = Keyring::generate("test");
-    let rt = Runtime {
+    let runtime = Runtime {
         registry: registry.clone(),
         bus: Arc::new(MemoryBus::new()),
         blobs: Arc::new(MemoryBlobStore::new()),
@@ -187,7 +188,7 @@ async fn auth_unreachable_is_503() {
         keys,
         metrics: crate::middleware::metrics::Metrics::default(),
     };
-    let app = router(rt, 1000);
+    let app = router(runtime, 1000);
     let req = Request::get("/v1/videos")
         .header(header::AUTHORIZATION, "Bearer abc.def.ghi")
         .body(Body::empty())

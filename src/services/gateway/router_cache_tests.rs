@@ -15,18 +15,22 @@ use super::router_tests::{Fixture, fixture, get, send};
 use super::video_cache::{self, BUDGET, key};
 use crate::bus::events::{MetadataUpdated, Payload as _};
 use crate::client::{ClientPool, PoolConfig};
-use crate::kernel::ServiceKind;
 use crate::proto::{CacheGetRequest, CacheSetRequest, CreateVideoRequest, UpdateVideoRequest};
 use crate::resilience::breaker::State;
 use crate::rt;
-use crate::services::{self, RunningService, ServiceOpts};
+use crate::services::ServiceKind;
+use crate::services::{self, Common, RunningService, ServiceConfig};
 
 async fn start(f: &Fixture, kind: ServiceKind) -> RunningService {
-    let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-    opts.listen.set_port(0);
-    opts.check_interval = Duration::from_secs(3600);
-    let service = services::start(&opts, &f.rt).await.expect("starts");
-    f.rt.registry
+    let common = Common {
+        check_interval: Duration::from_secs(3600),
+        ..Common::ephemeral()
+    };
+    let service = services::start(&ServiceConfig::new(kind), &common, &f.runtime)
+        .await
+        .expect("starts");
+    f.runtime
+        .registry
         .register(service.info())
         .await
         .expect("register");
@@ -48,7 +52,7 @@ async fn create_for(f: &Fixture, owner: &str, title: &str) -> String {
         sha256_hex: "0".repeat(64),
         ..CreateVideoRequest::default()
     };
-    let mut metadata = f.rt.pool.metadata().await.expect("metadata");
+    let mut metadata = f.runtime.pool.metadata().await.expect("metadata");
     let video = metadata.create_video(req).await.expect("created");
     video.into_inner().video.expect("a video").id
 }
@@ -61,12 +65,12 @@ async fn rename(f: &Fixture, id: &str, title: &str) {
         title: title.into(),
         ..UpdateVideoRequest::default()
     };
-    let mut metadata = f.rt.pool.metadata().await.expect("metadata");
+    let mut metadata = f.runtime.pool.metadata().await.expect("metadata");
     metadata.update_video(req).await.expect("updated");
 }
 
 async fn cached(f: &Fixture, id: &str) -> bool {
-    let mut cache = f.rt.pool.cache_for_key(&key(id)).await.expect("cache");
+    let mut cache = f.runtime.pool.cache_for_key(&key(id)).await.expect("cache");
     let req = CacheGetRequest { key: key(id) };
     cache.get(req).await.expect("get").into_inner().found
 }
@@ -113,20 +117,20 @@ async fn a_second_get_is_served_from_the_cache() {
         (status, title(&first)),
         (StatusCode::OK, "first".to_owned())
     );
-    assert_eq!(f.rt.metrics.cache_reads("miss"), 1);
+    assert_eq!(f.runtime.metrics.cache_reads("miss"), 1);
     assert!(cached(&f, &id).await, "filled before the answer");
 
     // Changed behind the gateway's back (no invalidation consumer runs in
     // this test): the cached copy answers.
     rename(&f, &id, "second").await;
     assert_eq!(get_title(&f, &id).await, (StatusCode::OK, "first".into()));
-    assert_eq!(f.rt.metrics.cache_reads("hit"), 1);
+    assert_eq!(f.runtime.metrics.cache_reads("hit"), 1);
 
     // With metadata gone, the cached video is still served; others are not.
     metadata.stop().await.expect("stops");
     let (status, _, again) = send(&f, get(&url, None)).await;
     assert_eq!((status, again), (StatusCode::OK, first));
-    assert_eq!(f.rt.metrics.cache_reads("hit"), 2);
+    assert_eq!(f.runtime.metrics.cache_reads("hit"), 2);
     let (status, _) = get_title(&f, &never_read).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -160,7 +164,7 @@ async fn patch_and_delete_invalidate_for_their_client() {
         .expect("request");
     assert_eq!(send(&f, delete).await.0, StatusCode::NO_CONTENT);
     assert_eq!(get_title(&f, &id).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(f.rt.metrics.cache_reads("hit"), 0);
+    assert_eq!(f.runtime.metrics.cache_reads("hit"), 0);
 }
 
 #[tokio::test]
@@ -168,7 +172,9 @@ async fn metadata_events_from_elsewhere_invalidate() {
     let f = fixture().await;
     let _metadata = start(&f, ServiceKind::Metadata).await;
     let _cache = start(&f, ServiceKind::Cache).await;
-    let _consumers = video_cache::subscribe(&f.rt).await.expect("subscribed");
+    let _consumers = video_cache::subscribe(&f.runtime)
+        .await
+        .expect("subscribed");
     let id = create(&f, "first").await;
 
     // An event from another publisher, metadata unchanged: the entry goes.
@@ -181,7 +187,7 @@ async fn metadata_events_from_elsewhere_invalidate() {
     }
     .to_event("someone-else")
     .expect("event");
-    f.rt.bus.publish(&event).await.expect("published");
+    f.runtime.bus.publish(&event).await.expect("published");
     assert!(eventually(async || !cached(&f, &id).await).await);
 
     // A change made in metadata directly reaches readers through its event.
@@ -189,7 +195,7 @@ async fn metadata_events_from_elsewhere_invalidate() {
     rename(&f, &id, "second").await;
     assert!(eventually(async || get_title(&f, &id).await.1 == "second").await);
 
-    let mut metadata = f.rt.pool.metadata().await.expect("metadata");
+    let mut metadata = f.runtime.pool.metadata().await.expect("metadata");
     let req = crate::proto::DeleteVideoRequest {
         video_id: id.clone(),
     };
@@ -205,8 +211,8 @@ async fn without_a_cache_gets_answer_from_metadata() {
     for _ in 0..2 {
         assert_eq!(get_title(&f, &id).await, (StatusCode::OK, "first".into()));
     }
-    assert_eq!(f.rt.metrics.cache_reads("fallback"), 2);
-    assert_eq!(f.rt.metrics.cache_reads("hit"), 0);
+    assert_eq!(f.runtime.metrics.cache_reads("fallback"), 2);
+    assert_eq!(f.runtime.metrics.cache_reads("hit"), 0);
 }
 
 #[tokio::test]
@@ -222,7 +228,7 @@ async fn a_stopped_cache_degrades_to_metadata() {
     assert_eq!(get_title(&f, &id).await, (StatusCode::OK, "first".into()));
     assert_eq!(send(&f, patch(&id, "second")).await.0, StatusCode::OK);
     assert_eq!(get_title(&f, &id).await, (StatusCode::OK, "second".into()));
-    assert_eq!(f.rt.metrics.cache_reads("fallback"), 2);
+    assert_eq!(f.runtime.metrics.cache_reads("fallback"), 2);
 }
 
 #[tokio::test]
@@ -237,7 +243,7 @@ async fn a_silent_cache_costs_its_budget_until_its_breaker_opens() {
     info.name = "cache".into();
     info.id = "cache-silent".into();
     info.port = silent.local_addr().expect("address").port();
-    f.rt.registry.register(&info).await.expect("register");
+    f.runtime.registry.register(&info).await.expect("register");
     let id = create(&f, "first").await;
 
     let mut slowest = Duration::ZERO;
@@ -249,7 +255,7 @@ async fn a_silent_cache_costs_its_budget_until_its_breaker_opens() {
         slowest = slowest.max(last);
     }
     assert!(slowest < BUDGET + Duration::from_millis(300), "{slowest:?}");
-    let endpoints = f.rt.pool.endpoints("cache");
+    let endpoints = f.runtime.pool.endpoints("cache");
     assert!(
         matches!(endpoints[0].breaker_state(), State::Open { .. }),
         "{:?}",
@@ -260,7 +266,7 @@ async fn a_silent_cache_costs_its_budget_until_its_breaker_opens() {
         "the open breaker answers at once: {last:?}"
     );
     assert_eq!(endpoints[0].in_flight(), 0);
-    assert_eq!(f.rt.metrics.cache_reads("fallback"), 12);
+    assert_eq!(f.runtime.metrics.cache_reads("fallback"), 12);
     drop(silent);
 }
 
@@ -275,12 +281,12 @@ async fn gateways_agree_on_owners_and_a_leaving_instance_moves_only_its_keys() {
         caches.push(start(&f, ServiceKind::Cache).await);
     }
     let other = ClientPool::new(
-        f.rt.registry.clone(),
-        PoolConfig::new(f.rt.keys.clone(), "api-gateway"),
+        f.runtime.registry.clone(),
+        PoolConfig::new(f.runtime.keys.clone(), "api-gateway"),
     );
     let keys: Vec<String> = (0..60).map(|i| key(&format!("v{i}"))).collect();
     for k in &keys {
-        let mut cache = f.rt.pool.cache_for_key(k).await.expect("cache");
+        let mut cache = f.runtime.pool.cache_for_key(k).await.expect("cache");
         let req = CacheSetRequest {
             key: k.clone(),
             value: k.as_bytes().to_vec(),
@@ -302,7 +308,8 @@ async fn gateways_agree_on_owners_and_a_leaving_instance_moves_only_its_keys() {
     let owners: Vec<String> = keys
         .iter()
         .map(|k| {
-            f.rt.pool
+            f.runtime
+                .pool
                 .owner("cache", k.as_bytes())
                 .expect("owner")
                 .id
@@ -316,7 +323,11 @@ async fn gateways_agree_on_owners_and_a_leaving_instance_moves_only_its_keys() {
         "{moved} of 60 keys on one of three"
     );
 
-    f.rt.registry.deregister(&gone).await.expect("deregistered");
+    f.runtime
+        .registry
+        .deregister(&gone)
+        .await
+        .expect("deregistered");
     assert!(eventually(async || other.endpoints("cache").len() == 2).await);
     for (k, owner) in keys.iter().zip(&owners) {
         assert_eq!(

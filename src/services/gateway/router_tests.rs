@@ -17,17 +17,18 @@ use crate::blob::BlobStore;
 use crate::blob::memory::MemoryBlobStore;
 use crate::bus::memory::MemoryBus;
 use crate::client::{ClientPool, PoolConfig};
-use crate::kernel::{Runtime, ServiceKind};
+use crate::kernel::Runtime;
 use crate::middleware::auth::Keyring;
 use crate::proto::SignUpRequest;
 use crate::registry::Registry as _;
 use crate::registry::memory::MemoryRegistry;
+use crate::services::ServiceKind;
 use crate::services::auth::Secret;
-use crate::services::{self, ServiceOpts, media};
+use crate::services::{self, Common, ServiceConfig, media};
 
 pub(super) struct Fixture {
     pub(super) app: axum::Router,
-    pub(super) rt: Runtime,
+    pub(super) runtime: Runtime,
     blobs: Arc<dyn BlobStore>,
     pub(super) token: String,
     /// The user the token is for.
@@ -57,7 +58,7 @@ async fn file_fixture() -> (Fixture, crate::testkit::scratch::Scratch) {
 async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
     let registry = Arc::new(MemoryRegistry::new());
     let keys = Keyring::generate("test");
-    let rt = Runtime {
+    let runtime = Runtime {
         registry: registry.clone(),
         bus: Arc::new(MemoryBus::new()),
         blobs: blobs.clone(),
@@ -68,18 +69,24 @@ async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
         keys,
         metrics: crate::middleware::metrics::Metrics::default(),
     };
-    let mut opts = ServiceOpts::new(ServiceKind::Streaming, [127, 0, 0, 1].into());
-    opts.listen.set_port(0);
-    opts.check_interval = Duration::from_secs(3600);
-    let streaming = services::start(&opts, &rt).await.expect("streaming starts");
+    let common = Common {
+        check_interval: Duration::from_secs(3600),
+        ..Common::ephemeral()
+    };
+    let config = ServiceConfig::new(ServiceKind::Streaming);
+    let streaming = services::start(&config, &common, &runtime)
+        .await
+        .expect("streaming starts");
     registry.register(streaming.info()).await.expect("register");
-    let mut opts = ServiceOpts::new(ServiceKind::Auth, [127, 0, 0, 1].into());
-    opts.listen.set_port(0);
-    opts.check_interval = Duration::from_secs(3600);
-    opts.auth_secret = Some(auth_secret());
-    let auth = services::start(&opts, &rt).await.expect("auth starts");
+    let config = services::auth::Config {
+        secret: Some(auth_secret()),
+        ..Default::default()
+    };
+    let auth = services::start(&config.into(), &common, &runtime)
+        .await
+        .expect("auth starts");
     registry.register(auth.info()).await.expect("register");
-    let signed_up = rt
+    let signed_up = runtime
         .pool
         .auth()
         .await
@@ -95,8 +102,8 @@ async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
     let user_id = signed_up.user_id;
     let token = signed_up.tokens.expect("tokens").access_token;
     Fixture {
-        app: router(rt.clone(), 1000),
-        rt,
+        app: router(runtime.clone(), 1000),
+        runtime,
         blobs,
         token,
         user_id,
@@ -203,7 +210,7 @@ async fn local_originals_are_served_whole_and_by_range() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error_of(&body).contains("v1"));
     // Every byte came from the file: ReadRange ran only for the 404s.
-    let metrics = f.rt.metrics.render();
+    let metrics = f.runtime.metrics.render();
     let calls = |method: &str, code: &str| streaming_calls(&metrics, method, code);
     assert_eq!(calls("ReadRange", "Ok"), 0, "{metrics}");
     assert_eq!(calls("LocateOriginal", "Ok"), 3, "v1, empty, v1 replaced");
@@ -307,7 +314,7 @@ async fn hls_needs_a_ready_video() {
 async fn local_hls_needs_a_ready_video() {
     let (f, _dir) = file_fixture().await;
     hls_after_ready(&f).await;
-    let metrics = f.rt.metrics.render();
+    let metrics = f.runtime.metrics.render();
     assert_eq!(
         streaming_calls(&metrics, "GetSegment", "Ok"),
         0,
@@ -455,7 +462,8 @@ async fn viewing_sessions_start_and_stop_once_with_their_events() {
             }
         });
         subs.push(
-            f.rt.bus
+            f.runtime
+                .bus
                 .subscribe(kind.subject(), None, h)
                 .await
                 .expect("subscribe"),

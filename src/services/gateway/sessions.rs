@@ -80,7 +80,7 @@ pub async fn start(
         ));
     }
     let res = api
-        .rt
+        .runtime
         .pool
         .streaming_for_video(&video_id)
         .await?
@@ -116,7 +116,7 @@ pub async fn stop(
     let stop: Stop = optional_body(body).await?;
     let (api, video_id, session_id) = (&api, &video_id, &session_id);
     let res = api
-        .rt
+        .runtime
         .pool
         .retrier()
         .call(true, |previous| async move {
@@ -127,7 +127,7 @@ pub async fn stop(
             });
             stamp(&mut req, previous);
             let mut client = api
-                .rt
+                .runtime
                 .pool
                 .streaming_for_video(video_id)
                 .await

@@ -59,7 +59,7 @@ pub fn status_json(s: &GetStatusResponse) -> Value {
 /// `GET /v1/status`
 pub async fn status(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let res = api
-        .rt
+        .runtime
         .pool
         .monitor()
         .await?
@@ -75,11 +75,12 @@ mod tests {
 
     use super::*;
     use crate::bus::memory::MemoryBus;
-    use crate::kernel::{Kernel, Plugin, ServiceKind, ServicePlugin};
+    use crate::kernel::{Kernel, Plugin};
     use crate::proto::{BreakerStatus, EventRate, ServiceStatus};
     use crate::registry::memory::MemoryRegistry;
     use crate::rt;
-    use crate::services::ServiceOpts;
+    use crate::services::{Common, ServiceConfig};
+    use crate::services::{ServiceKind, ServicePlugin};
 
     #[test]
     fn renders_services_breakers_rates_and_alerts() {
@@ -125,9 +126,8 @@ mod tests {
         let plugins = [ServiceKind::Cache, ServiceKind::Monitor]
             .into_iter()
             .map(|kind| {
-                let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-                opts.listen.set_port(0);
-                Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>
+                let plugin = ServicePlugin::new(Common::ephemeral(), ServiceConfig::new(kind));
+                Box::new(plugin) as Box<dyn Plugin>
             })
             .collect();
         let bus = Arc::new(MemoryBus::new());
@@ -135,7 +135,7 @@ mod tests {
             .await
             .expect("node starts");
         let api = Api {
-            rt: kernel.runtime().clone(),
+            runtime: kernel.runtime().clone(),
             max_upload_bytes: 0,
             located: Arc::default(),
         };

@@ -19,7 +19,7 @@ use crate::proto::upload_chunk::Payload;
 use crate::proto::{UploadChunk, UploadMetadata};
 use crate::rt;
 use crate::services::upload::server::USER_ID_HEADER;
-use crate::services::{MAX_UPLOAD_CALL_TIMEOUT, UPLOAD_IDLE_TIMEOUT};
+use crate::services::upload::{MAX_UPLOAD_CALL_TIMEOUT, UPLOAD_IDLE_TIMEOUT};
 
 /// Largest data chunk sent to the upload service (the proto's limit).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -212,7 +212,7 @@ pub async fn create(
         description: query.get("description").unwrap_or_default().to_owned(),
         ..UploadMetadata::default()
     };
-    let mut client = api.rt.pool.upload().await?;
+    let mut client = api.runtime.pool.upload().await?;
     let cut = Arc::new(Mutex::new(None));
     let mut req = tonic::Request::new(chunks(meta, body, api.max_upload_bytes, cut.clone()));
     // The deadline covers the whole transfer, which may take hours on a

@@ -66,9 +66,9 @@ enum Lookup {
     Failed,
 }
 
-async fn lookup(rt: &Runtime, video_id: &str, key: &str) -> Lookup {
+async fn lookup(runtime: &Runtime, video_id: &str, key: &str) -> Lookup {
     let get = async {
-        let mut cache = rt.pool.cache_for_key(key).await?;
+        let mut cache = runtime.pool.cache_for_key(key).await?;
         let req = with_deadline(CacheGetRequest {
             key: key.to_owned(),
         });
@@ -94,9 +94,9 @@ async fn lookup(rt: &Runtime, video_id: &str, key: &str) -> Lookup {
 /// Stores `video` under `key` for [`TTL`]. Awaited (within the budget)
 /// before the answer goes out, so that a client's own update after this
 /// read invalidates after the fill, never before it.
-async fn fill(rt: &Runtime, key: String, video: &Video) {
+async fn fill(runtime: &Runtime, key: String, video: &Video) {
     let set = async {
-        let mut cache = rt.pool.cache_for_key(&key).await?;
+        let mut cache = runtime.pool.cache_for_key(&key).await?;
         let req = with_deadline(CacheSetRequest {
             key: key.clone(),
             value: video.encode_to_vec(),
@@ -113,19 +113,19 @@ async fn fill(rt: &Runtime, key: String, video: &Video) {
 ///
 /// # Errors
 /// Metadata's, as for an uncached read.
-pub async fn video(rt: &Runtime, video_id: String) -> Result<Video, ApiError> {
+pub async fn video(runtime: &Runtime, video_id: String) -> Result<Video, ApiError> {
     let key = key(&video_id);
-    let found = lookup(rt, &video_id, &key).await;
+    let found = lookup(runtime, &video_id, &key).await;
     let outcome = match found {
         Lookup::Hit(_) => "hit",
         Lookup::Miss => "miss",
         Lookup::Failed => "fallback",
     };
-    rt.metrics.cache_read(outcome);
+    runtime.metrics.cache_read(outcome);
     if let Lookup::Hit(video) = found {
         return Ok(*video);
     }
-    let res = rt
+    let res = runtime
         .pool
         .metadata()
         .await?
@@ -136,7 +136,7 @@ pub async fn video(rt: &Runtime, video_id: String) -> Result<Video, ApiError> {
     })?;
     // After a failed lookup a fill would most likely fail too: skip it.
     if matches!(found, Lookup::Miss) {
-        fill(rt, key, &video).await;
+        fill(runtime, key, &video).await;
     }
     Ok(video)
 }
@@ -146,10 +146,10 @@ pub async fn video(rt: &Runtime, video_id: String) -> Result<Video, ApiError> {
 /// # Errors
 /// The cache could not be reached in time; the entry (if any) then lives
 /// out its [`TTL`].
-pub async fn forget(rt: &Runtime, video_id: &str) -> Result<(), Status> {
+pub async fn forget(runtime: &Runtime, video_id: &str) -> Result<(), Status> {
     let key = key(video_id);
     let delete = async {
-        let mut cache = rt.pool.cache_for_key(&key).await?;
+        let mut cache = runtime.pool.cache_for_key(&key).await?;
         let req = with_deadline(CacheDeleteRequest { key: key.clone() });
         cache.delete(req).await.map(drop)
     };
@@ -164,12 +164,12 @@ pub async fn forget(rt: &Runtime, video_id: &str) -> Result<(), Status> {
 ///
 /// # Errors
 /// The bus refused a subscription.
-pub async fn subscribe(rt: &Runtime) -> Result<Vec<Subscription>, BusError> {
+pub async fn subscribe(runtime: &Runtime) -> Result<Vec<Subscription>, BusError> {
     let mut subscriptions = Vec::new();
     for kind in [EventType::MetadataUpdated, EventType::MetadataDeleted] {
-        let runtime = rt.clone();
+        let for_handler = runtime.clone();
         let on_event = handler(move |event| {
-            let rt = runtime.clone();
+            let runtime = for_handler.clone();
             async move {
                 let video_id = match event.kind {
                     EventType::MetadataUpdated => MetadataUpdated::from_event(&event)?.video_id,
@@ -178,12 +178,13 @@ pub async fn subscribe(rt: &Runtime) -> Result<Vec<Subscription>, BusError> {
                 if !media::is_id(&video_id) {
                     return Err("video_id is not an id".into());
                 }
-                forget(&rt, &video_id).await?;
+                forget(&runtime, &video_id).await?;
                 Ok(())
             }
         });
         subscriptions.push(
-            rt.bus
+            runtime
+                .bus
                 .subscribe(kind.subject(), Some(GROUP), on_event)
                 .await?,
         );

@@ -79,7 +79,7 @@ pub async fn list(State(api): State<Api>, uri: Uri) -> Result<Json<Value>, ApiEr
         page_token: query.get("page_token").unwrap_or_default().to_owned(),
         ..ListVideosRequest::default()
     };
-    let res = api.rt.pool.metadata().await?.list_videos(req).await?;
+    let res = api.runtime.pool.metadata().await?.list_videos(req).await?;
     let res = res.into_inner();
     let videos: Vec<Value> = res.videos.iter().map(video_json).collect();
     Ok(Json(
@@ -90,7 +90,7 @@ pub async fn list(State(api): State<Api>, uri: Uri) -> Result<Json<Value>, ApiEr
 /// `GET /v1/videos/{id}`, read through the cache.
 pub async fn get(State(api): State<Api>, path: IdPath) -> Result<Json<Value>, ApiError> {
     let video_id = video_id(path)?;
-    let video = video_cache::video(&api.rt, video_id).await?;
+    let video = video_cache::video(&api.runtime, video_id).await?;
     Ok(Json(video_json(&video)))
 }
 
@@ -140,7 +140,7 @@ async fn check_owner(
     let req = GetVideoRequest {
         video_id: video_id.to_owned(),
     };
-    let video = api.rt.pool.metadata().await?.get_video(req).await?;
+    let video = api.runtime.pool.metadata().await?.get_video(req).await?;
     match video.into_inner().video {
         Some(v) if !v.owner_id.is_empty() && v.owner_id != *user => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -177,11 +177,11 @@ pub async fn patch(
             "body: name at least one of title, description",
         ));
     }
-    let res = api.rt.pool.metadata().await?.update_video(req).await?;
+    let res = api.runtime.pool.metadata().await?.update_video(req).await?;
     // Before answering, so this client's next read sees its change (the
     // MetadataUpdated event invalidates too, but later). A failure is
     // logged; the entry then lives out its TTL.
-    let _ = video_cache::forget(&api.rt, &video_id).await;
+    let _ = video_cache::forget(&api.runtime, &video_id).await;
     video_response(res.into_inner().video)
 }
 
@@ -193,7 +193,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let video_id = video_id(path)?;
     check_owner(&api, user.as_ref(), &video_id).await?;
-    api.rt
+    api.runtime
         .pool
         .metadata()
         .await?
@@ -202,7 +202,7 @@ pub async fn delete(
         })
         .await?;
     // As in `patch`: the client's next read must not find it in the cache.
-    let _ = video_cache::forget(&api.rt, &video_id).await;
+    let _ = video_cache::forget(&api.runtime, &video_id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

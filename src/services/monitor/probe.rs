@@ -49,14 +49,14 @@ impl Channels {
 }
 
 /// Runs rounds every `probe_interval` until aborted.
-pub async fn run(monitor: Arc<Monitor>, rt: Runtime) {
+pub async fn run(monitor: Arc<Monitor>, runtime: Runtime) {
     let mut channels = Channels::default();
     let interval = monitor.config().probe_interval;
     loop {
         let started = rt::now();
-        let observed = round(&monitor, &rt, &mut channels).await;
+        let observed = round(&monitor, &runtime, &mut channels).await;
         for out in monitor.apply(observed) {
-            publish(&rt, &monitor, out).await;
+            publish(&runtime, &monitor, out).await;
         }
         rt::sleep_until(started + interval).await;
     }
@@ -64,10 +64,10 @@ pub async fn run(monitor: Arc<Monitor>, rt: Runtime) {
 
 /// One round over every monitored service; a service whose discovery
 /// failed is left out (a registry outage says nothing about the service).
-async fn round(monitor: &Monitor, rt: &Runtime, channels: &mut Channels) -> Vec<Observation> {
+async fn round(monitor: &Monitor, runtime: &Runtime, channels: &mut Channels) -> Vec<Observation> {
     let cfg = monitor.config();
     let found = join_all(cfg.services.iter().map(|name| async move {
-        match rt::timeout(cfg.probe_timeout, rt.registry.discover(name)).await {
+        match rt::timeout(cfg.probe_timeout, runtime.registry.discover(name)).await {
             Ok(Ok(mut instances)) => {
                 instances.sort_by(|a, b| a.id.cmp(&b.id));
                 instances.truncate(MAX_INSTANCES);
@@ -111,7 +111,7 @@ async fn round(monitor: &Monitor, rt: &Runtime, channels: &mut Channels) -> Vec<
         }))
         .await;
         Observation {
-            breakers: breakers(&rt.pool.endpoints(&service)),
+            breakers: breakers(&runtime.pool.endpoints(&service)),
             serving: answers.into_iter().filter(|up| *up).count(),
             instances,
             service,
@@ -180,16 +180,16 @@ fn target_name(id: &str) -> String {
         .collect()
 }
 
-async fn publish(rt: &Runtime, monitor: &Monitor, out: Outgoing) {
+async fn publish(runtime: &Runtime, monitor: &Monitor, out: Outgoing) {
     let timeout = monitor.config().probe_timeout;
     let sent = match &out {
         Outgoing::Triggered(p) => {
             tracing::warn!(service = %p.service_name, alert = %p.alert_id, severity = %p.severity, "alert: {}", p.summary);
-            rt::timeout(timeout, events::publish(rt.bus.as_ref(), SOURCE, p)).await
+            rt::timeout(timeout, events::publish(runtime.bus.as_ref(), SOURCE, p)).await
         }
         Outgoing::Resolved(p) => {
             tracing::info!(service = %p.service_name, alert = %p.alert_id, "alert resolved");
-            rt::timeout(timeout, events::publish(rt.bus.as_ref(), SOURCE, p)).await
+            rt::timeout(timeout, events::publish(runtime.bus.as_ref(), SOURCE, p)).await
         }
     };
     match sent {

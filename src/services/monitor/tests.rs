@@ -10,12 +10,12 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Config, domain_with};
+use super::{Config, domain};
 use crate::bus::events::{AlertResolved, AlertTriggered, MetadataCreated, Payload as _};
 use crate::bus::memory::MemoryBus;
 use crate::bus::{Event, EventBus, EventType, Subscription, handler};
 use crate::client::PoolConfig;
-use crate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use crate::kernel::{Kernel, Plugin, Seams};
 use crate::middleware::auth::Keyring;
 use crate::proto::monitor_service_client::MonitorServiceClient;
 use crate::proto::{
@@ -24,22 +24,22 @@ use crate::proto::{
 };
 use crate::registry::memory::MemoryRegistry;
 use crate::rt::{self, transport};
-use crate::services::{Domain, ServiceOpts};
+use crate::services::{Common, Domain, ServiceConfig};
+use crate::services::{ServiceKind, ServicePlugin};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 
 async fn node(registry: Arc<MemoryRegistry>, bus: Arc<MemoryBus>, kind: ServiceKind) -> Kernel {
-    let mut opts = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-    opts.listen.set_port(0);
-    let plugins = vec![Box::new(ServicePlugin::new(opts)) as Box<dyn Plugin>];
+    let plugin = ServicePlugin::new(Common::ephemeral(), ServiceConfig::new(kind));
+    let plugins = vec![Box::new(plugin) as Box<dyn Plugin>];
     let pool = PoolConfig::new(Keyring::generate("test"), "test");
     Kernel::start_with(Seams::new(bus, registry), pool, plugins)
         .await
         .expect("node starts")
 }
 
-/// The monitor's domain served on its own port (a `Config` of its own,
-/// which `ServicePlugin` cannot pass); stopped on drop.
+/// The monitor's domain served on its own port without the server layers
+/// (so a plain channel can call it); stopped on drop.
 struct Served {
     addr: SocketAddr,
     domain: Domain,
@@ -58,12 +58,13 @@ impl Drop for Served {
 }
 
 async fn serve_monitor(on: &Kernel, config: Config) -> Served {
-    let mut opts = ServiceOpts::new(ServiceKind::Monitor, [127, 0, 0, 1].into());
-    opts.listen.set_port(0);
-    let mut domain = domain_with(&opts, on.runtime(), config)
+    let common = Common::ephemeral();
+    let mut domain = domain(&config, &common, on.runtime())
         .await
         .expect("monitor");
-    let listener = transport::Listener::bind(opts.listen).await.expect("bind");
+    let listener = transport::Listener::bind(common.listen)
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
     let routes = std::mem::take(&mut domain.routes);

@@ -21,7 +21,8 @@ use crate::proto::{
     UploadInfo, UploadMetadata, UploadResponse,
 };
 use crate::rt;
-use crate::services::{UPLOAD_IDLE_TIMEOUT, media};
+use crate::services::media;
+use crate::services::upload::UPLOAD_IDLE_TIMEOUT;
 
 /// Largest data chunk.
 pub const MAX_CHUNK: usize = 1 << 20;

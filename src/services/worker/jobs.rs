@@ -53,6 +53,28 @@ pub struct Config {
     pub max_active: u64,
 }
 
+impl Config {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A concurrency, lease, poll, timeout or limit of zero.
+    pub fn validate(&self) -> Result<(), String> {
+        let zero = [
+            ("concurrency", self.concurrency == 0),
+            ("lease", self.lease.is_zero()),
+            ("idle poll", self.idle_poll.is_zero()),
+            ("progress poll", self.progress_poll.is_zero()),
+            ("call timeout", self.call_timeout.is_zero()),
+            ("attempt timeout", self.attempt_timeout.is_zero()),
+            ("max active jobs", self.max_active == 0),
+        ];
+        match zero.iter().find(|(_, z)| *z) {
+            Some((name, _)) => Err(format!("worker {name} must be positive")),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {

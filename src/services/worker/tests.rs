@@ -15,7 +15,7 @@ use crate::bus::events::{FileUploaded, JobFailed, Payload as _, publish};
 use crate::bus::memory::MemoryBus;
 use crate::bus::{Event, EventBus, EventType, Subscription, handler};
 use crate::client::{PoolChannel, PoolConfig};
-use crate::kernel::{Kernel, Plugin, Seams, ServiceKind, ServicePlugin};
+use crate::kernel::{Kernel, Plugin, Seams};
 use crate::middleware::auth::Keyring;
 use crate::proto::worker_service_client::WorkerServiceClient;
 use crate::proto::{
@@ -24,14 +24,15 @@ use crate::proto::{
 use crate::registry::memory::MemoryRegistry;
 use crate::rt;
 use crate::services::transcoder::Engine;
-use crate::services::{ServiceOpts, media};
+use crate::services::{Common, ServiceConfig, media};
+use crate::services::{ServiceKind, ServicePlugin};
 use crate::testkit::scratch::Scratch;
 
 fn scratch() -> Scratch {
     Scratch::new("worker")
 }
 
-fn opts(kind: ServiceKind, data_dir: Option<PathBuf>, failure_rate: f64) -> ServiceOpts {
+fn opts(kind: ServiceKind, data_dir: Option<PathBuf>, failure_rate: f64) -> ServicePlugin {
     slow_opts(kind, data_dir, failure_rate, Duration::from_millis(100))
 }
 
@@ -40,25 +41,29 @@ fn slow_opts(
     data_dir: Option<PathBuf>,
     failure_rate: f64,
     duration: Duration,
-) -> ServiceOpts {
-    let mut o = ServiceOpts::new(kind, [127, 0, 0, 1].into());
-    o.listen.set_port(0);
-    o.data_dir = data_dir;
-    o.engine = Engine::Model {
-        duration,
-        failure_rate,
+) -> ServicePlugin {
+    let common = Common {
+        data_dir,
+        ..Common::ephemeral()
     };
-    o
+    let mut plugin = ServicePlugin::new(common, ServiceConfig::new(kind));
+    if let ServiceConfig::Transcoder(c) = plugin.config_mut() {
+        c.engine = Engine::Model {
+            duration,
+            failure_rate,
+        };
+    }
+    plugin
 }
 
 async fn node(
     bus: Arc<MemoryBus>,
     blobs: Arc<MemoryBlobStore>,
-    services: Vec<ServiceOpts>,
+    services: Vec<ServicePlugin>,
 ) -> Kernel {
     let plugins = services
         .into_iter()
-        .map(|o| Box::new(ServicePlugin::new(o)) as Box<dyn Plugin>)
+        .map(|p| Box::new(p) as Box<dyn Plugin>)
         .collect();
     let seams = Seams {
         bus,
@@ -117,16 +122,18 @@ impl Queue {
     }
 
     /// The worker's options, keeping its jobs here.
-    fn worker(&self) -> ServiceOpts {
+    fn worker(&self) -> ServicePlugin {
         match self {
             Self::Sqlite(dir) => opts(ServiceKind::Worker, Some(dir.path().to_path_buf()), 0.0),
             Self::JetStream(name) => {
-                let mut o = opts(ServiceKind::Worker, None, 0.0);
-                o.job_queue = super::JobQueue::JetStream {
-                    url: crate::testkit::nats_url(),
-                    name: name.clone(),
-                };
-                o
+                let mut plugin = opts(ServiceKind::Worker, None, 0.0);
+                if let ServiceConfig::Worker(c) = plugin.config_mut() {
+                    c.job_queue = super::JobQueue::JetStream {
+                        url: crate::testkit::nats_url(),
+                        name: name.clone(),
+                    };
+                }
+                plugin
             }
         }
     }

@@ -25,10 +25,10 @@ use crate::registry::Registry as _;
 use crate::registry::memory::MemoryRegistry;
 use crate::services::auth::Secret;
 use crate::services::auth::token::{ACCESS_TTL, Kind, Tokens};
-use crate::services::{self, ServiceOpts, gateway};
+use crate::services::{self, Common, ServiceKind, gateway};
 
 struct Harness {
-    runtime: tokio::runtime::Runtime,
+    executor: tokio::runtime::Runtime,
     router: axum::Router,
     _auth: services::RunningService,
     tokens: Tokens,
@@ -59,13 +59,13 @@ impl Harness {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let executor = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
         let registry = Arc::new(MemoryRegistry::new());
         let keys = Keyring::generate("fuzz");
-        let rt = Runtime {
+        let runtime = Runtime {
             registry: registry.clone(),
             bus: Arc::new(MemoryBus::new()),
             blobs: Arc::new(MemoryBlobStore::new()),
@@ -74,20 +74,27 @@ fn harness() -> &'static Harness {
             metrics: crate::middleware::metrics::Metrics::default(),
         };
         let secret = Secret::random();
-        let mut opts = ServiceOpts::new(crate::kernel::ServiceKind::Auth, [127, 0, 0, 1].into());
-        opts.listen.set_port(0);
-        opts.auth_secret = Some(secret.clone());
-        let (router, auth) = runtime.block_on(async {
-            let auth = services::start(&opts, &rt).await.expect("auth starts");
+        let common = Common {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..Common::new(ServiceKind::Auth, [127, 0, 0, 1].into())
+        };
+        let config = services::auth::Config {
+            secret: Some(secret.clone()),
+            ..Default::default()
+        };
+        let (router, auth) = executor.block_on(async {
+            let auth = services::start(&config.into(), &common, &runtime)
+                .await
+                .expect("auth starts");
             registry.register(auth.info()).await.expect("register");
             // As served (see services::start): unknown paths get the JSON 404.
             (
-                gateway::router(rt, 1 << 20).fallback(gateway::not_found),
+                gateway::router(runtime, 1 << 20).fallback(gateway::not_found),
                 auth,
             )
         });
         Harness {
-            runtime,
+            executor,
             router,
             _auth: auth,
             tokens: Tokens::new(&secret),
@@ -172,7 +179,7 @@ fn answer(data: &[u8]) -> Option<StatusCode> {
     let req = request(data, &h.token())?;
     let authorized = data.first().is_some_and(|&s| s < NO_TOKEN);
     let shown = format!("{} {}", req.method(), req.uri());
-    h.runtime.block_on(async {
+    h.executor.block_on(async {
         let res = h.router.clone().oneshot(req).await.expect("infallible");
         let status = res.status();
         assert!(

@@ -82,7 +82,7 @@ async fn servers() -> Servers {
     let jobs = crate::services::worker::Jobs::new(
         jobs,
         bus.clone(),
-        crate::services::worker::Config::default(),
+        crate::services::worker::jobs::Config::default(),
     );
     let store = crate::services::metadata::store::Store::open(None).expect("in-memory SQLite");
     let records = crate::services::upload::store::Store::open(None).expect("in-memory SQLite");

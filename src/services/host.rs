@@ -1,0 +1,326 @@
+//! Hosting one service: the settings every instance has ([`Common`]),
+//! what a service hands over to be served ([`Domain`]), and [`serve`],
+//! which binds, serves the domain behind the server layer stack and hands
+//! back a [`RunningService`] to stop.
+//!
+//! Every service process serves, on one port: its gRPC services, the standard
+//! `grpc.health.v1.Health` service, and HTTP `GET /health` and `/metrics`.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::{ServiceKind, gateway};
+use crate::bus::Subscription;
+use crate::kernel::{KernelError, Runtime};
+use crate::middleware::stack::{self, Deadlines};
+use crate::registry::{HealthCheck, ServiceInfo};
+use crate::rt::{self, transport};
+
+/// What every service instance is given besides its own [`Config`]:
+/// where it listens, how it registers, where its files live.
+///
+/// [`Config`]: super::ServiceConfig
+#[derive(Debug, Clone, PartialEq)]
+pub struct Common {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The address other services reach it at (default: the listen IP, or
+    /// 127.0.0.1 when listening on all interfaces).
+    pub advertise: Option<IpAddr>,
+    /// Heartbeat TTL interval of its registration.
+    pub check_interval: Duration,
+    /// Per calling service: calls in a burst, and calls per second.
+    pub rate_limit: (u32, f64),
+    /// Where the service keeps its files (SQLite databases, work files);
+    /// `None` keeps them in memory (tests, the simulator).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Common {
+    /// Defaults for `kind` on `host`, at its default port.
+    #[must_use]
+    pub fn new(kind: ServiceKind, host: IpAddr) -> Self {
+        Self {
+            listen: SocketAddr::new(host, kind.default_port()),
+            advertise: None,
+            check_interval: Duration::from_secs(2),
+            rate_limit: RATE_LIMIT,
+            data_dir: None,
+        }
+    }
+
+    /// Defaults, listening on a free port of 127.0.0.1 (tests, benches).
+    #[must_use]
+    pub fn ephemeral() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            check_interval: Duration::from_secs(2),
+            rate_limit: RATE_LIMIT,
+            data_dir: None,
+        }
+    }
+
+    /// Where the service keeps its database `file`: under the data dir
+    /// (created if missing), or `None` to keep it in memory.
+    ///
+    /// # Errors
+    /// The data dir cannot be created (the message names it).
+    pub fn db_path(&self, file: &str) -> Result<Option<PathBuf>, String> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Some(dir.join(file)))
+    }
+}
+
+/// Calls each calling service may burst, and make per second on average, by
+/// default (every instance of a calling service shares its caller identity).
+pub const RATE_LIMIT: (u32, f64) = (10_000, 20_000.0);
+
+/// How long a stopping service waits for open calls and connections.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A service that is serving; [`RunningService::stop`] drains and stops it.
+#[derive(Debug)]
+pub struct RunningService {
+    info: ServiceInfo,
+    local_addr: SocketAddr,
+    health: HealthReporter,
+    grpc_names: Vec<&'static str>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: rt::JoinHandle<Result<(), transport::TransportError>>,
+    background: Background,
+}
+
+/// A service's work besides answering calls: event consumers and loops.
+/// Stopped after the server has drained.
+#[derive(Default)]
+pub struct Background {
+    /// Event subscriptions (ended by dropping them).
+    pub subscriptions: Vec<Subscription>,
+    /// Background tasks (aborted).
+    pub tasks: Vec<rt::JoinHandle<()>>,
+    /// Run after the tasks are aborted, each for at most [`STOP_TIMEOUT`]
+    /// (e.g. the worker gives back the jobs it held).
+    pub on_stop: Vec<StopStep>,
+}
+
+/// A step of [`Background::on_stop`]: makes the future to run.
+pub type StopStep = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Longest an [`Background::on_stop`] step may take.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("subscriptions", &self.subscriptions)
+            .field("tasks", &self.tasks)
+            .field("on_stop", &self.on_stop.len())
+            .finish()
+    }
+}
+
+impl Background {
+    async fn stop(&mut self) {
+        self.subscriptions.clear();
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        for step in self.on_stop.drain(..) {
+            if rt::timeout(STOP_TIMEOUT, step()).await.is_err() {
+                tracing::warn!("a stop step timed out");
+            }
+        }
+    }
+}
+
+/// What a service's module hands to [`start`].
+#[derive(Default)]
+pub struct Domain {
+    /// Its gRPC services.
+    pub routes: Routes,
+    /// Their names, reported by the health service.
+    pub grpc_names: Vec<&'static str>,
+    /// Public HTTP routes (the gateway's API): served beside the gRPC
+    /// routes, outside the service-to-service layers.
+    pub http: Option<axum::Router>,
+    /// Consumers and loops to stop on shutdown.
+    pub background: Background,
+    /// Methods (by path) allowed a deadline past the usual maximum (the
+    /// upload stream).
+    pub long_calls: Vec<(&'static str, Duration)>,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("grpc_names", &self.grpc_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningService {
+    /// What to register.
+    #[must_use]
+    pub fn info(&self) -> &ServiceInfo {
+        &self.info
+    }
+
+    /// The address actually bound.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Reports NOT_SERVING on the health service (before draining).
+    pub async fn set_not_serving(&self) {
+        set_status(&self.health, &self.grpc_names, ServingStatus::NotServing).await;
+    }
+
+    /// Stops accepting and drains calls in flight for at most
+    /// [`DRAIN_TIMEOUT`]; connections still open then are cut.
+    ///
+    /// # Errors
+    /// The server loop had failed.
+    pub async fn stop(mut self) -> Result<(), KernelError> {
+        self.set_not_serving().await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let plugin = self.info.name.clone();
+        let abort = self.task.abort_handle();
+        let drained = rt::timeout(DRAIN_TIMEOUT, &mut self.task).await;
+        self.background.stop().await;
+        let Ok(joined) = drained else {
+            tracing::warn!(service = %plugin, "drain timed out; closing open connections");
+            abort.abort();
+            return Ok(());
+        };
+        match joined {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(KernelError::Io {
+                plugin,
+                source: std::io::Error::other(e),
+            }),
+            Err(e) => Err(KernelError::Io {
+                plugin,
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+}
+
+async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in names {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// Hosts one service: binds `common.listen`, builds the service's
+/// [`Domain`] (`domain`, run once the port is held), serves its routes,
+/// health and `/health` behind the server layer stack
+/// ([`crate::middleware::stack`]), and reports SERVING. Returns once it
+/// answers.
+///
+/// # Errors
+/// [`KernelError::Io`] when the listener cannot be bound; what `domain`
+/// returns.
+pub async fn serve(
+    kind: ServiceKind,
+    common: &Common,
+    runtime: &Runtime,
+    domain: impl Future<Output = Result<Domain, KernelError>>,
+) -> Result<RunningService, KernelError> {
+    let name = kind.name();
+    let io_err = |source| KernelError::Io {
+        plugin: name.to_owned(),
+        source,
+    };
+    let listener = transport::Listener::bind(common.listen)
+        .await
+        .map_err(io_err)?;
+    let local_addr = listener.local_addr().map_err(io_err)?;
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    let metrics = runtime.metrics.clone();
+    let Domain {
+        routes,
+        grpc_names,
+        http,
+        background,
+        long_calls,
+    } = domain.await?;
+    let router = routes
+        .add_service(health_svc)
+        .into_axum_router()
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { metrics.render() }),
+        );
+    set_status(&health, &grpc_names, ServingStatus::Serving).await;
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    let task = match http {
+        Some(http) => rt::spawn(transport::serve(
+            listener,
+            Routes::from(router.fallback(gateway::not_found).merge(http)),
+            stack::public_http(runtime.metrics.clone()),
+            shutdown,
+        )),
+        None => rt::spawn(transport::serve(
+            listener,
+            Routes::from(router),
+            stack::grpc_server(
+                runtime.keys.clone(),
+                runtime.metrics.clone(),
+                &Deadlines {
+                    max_for: long_calls,
+                    ..Deadlines::default()
+                },
+                common.rate_limit,
+            ),
+            shutdown,
+        )),
+    };
+
+    let advertise = common.advertise.unwrap_or_else(|| match local_addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    });
+    let info = ServiceInfo {
+        id: format!("{name}-{advertise}-{}", local_addr.port()),
+        name: name.to_owned(),
+        address: advertise.to_string(),
+        port: local_addr.port(),
+        tags: vec!["v1".to_owned()],
+        metadata: [("grpc".to_owned(), grpc_names.join(","))]
+            .into_iter()
+            .collect(),
+        check: HealthCheck::ttl(common.check_interval),
+    };
+    tracing::info!(service = name, addr = %local_addr, "serving");
+    Ok(RunningService {
+        info,
+        local_addr,
+        health,
+        grpc_names,
+        shutdown: Some(tx),
+        task,
+        background,
+    })
+}
