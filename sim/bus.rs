@@ -9,7 +9,7 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use streamgate::bus::{BusError, Event, EventBus, EventType, handler};
 use streamgate::rt;
-use streamgate::testkit::bus_contract;
+use streamgate_testkit::bus_contract;
 
 use crate::broker::{SimBus, broker_node};
 use crate::trace::{announce, note};

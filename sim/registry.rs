@@ -19,7 +19,7 @@ use streamgate::registry::watcher::{WatchPolicy, Watcher};
 use streamgate::rt::{self, transport};
 use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
-use streamgate::testkit::consul_agent::{AgentConfig, ConsulAgent};
+use streamgate_testkit::consul_agent::{AgentConfig, ConsulAgent};
 
 use crate::trace::{announce, note};
 
@@ -212,11 +212,11 @@ async fn simulated_registry_meets_the_contract() {
     client
         .spawn(async {
             rt::sleep(Duration::from_millis(50)).await;
-            let opts = streamgate::testkit::registry_contract::Options {
+            let opts = streamgate_testkit::registry_contract::Options {
                 ttl_interval: Duration::from_secs(1),
                 expiry_slack: Duration::from_millis(500),
             };
-            streamgate::testkit::registry_contract::run_all(consul(), opts).await;
+            streamgate_testkit::registry_contract::run_all(consul(), opts).await;
         })
         .await
         .expect("contract");

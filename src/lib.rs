@@ -35,5 +35,4 @@ pub mod registry;
 pub mod resilience;
 pub mod services;
 pub mod sqlite;
-pub mod testkit;
 pub mod text;

@@ -180,3 +180,24 @@ pub fn validate(info: &ServiceInfo) -> Result<(), RegistryError> {
     }
     Ok(())
 }
+
+/// Helpers for this crate's unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::Duration;
+
+    use super::{HealthCheck, ServiceInfo};
+
+    /// A valid instance of `name` on 127.0.0.1:`port` with a TTL check.
+    pub fn instance(name: &str, port: u16, ttl: Duration) -> ServiceInfo {
+        ServiceInfo {
+            id: format!("{name}-{port}"),
+            name: name.to_owned(),
+            address: "127.0.0.1".to_owned(),
+            port,
+            tags: vec!["v1".to_owned()],
+            metadata: std::iter::once(("zone".to_owned(), "a".to_owned())).collect(),
+            check: HealthCheck::ttl(ttl),
+        }
+    }
+}

@@ -11,8 +11,8 @@ use axum::routing::{get, put};
 use streamgate::registry::consul::{ConsulConfig, ConsulRegistry};
 use streamgate::registry::{CheckKind, HealthCheck, Registry, RegistryError};
 use streamgate::rt;
-use streamgate::testkit::consul_agent::{AgentConfig, ConsulAgent};
-use streamgate::testkit::registry_contract::{self, instance, unique_name};
+use streamgate_testkit::consul_agent::{AgentConfig, ConsulAgent};
+use streamgate_testkit::registry_contract::{self, instance, unique_name};
 
 /// Serves `app` on an ephemeral loopback port; returns its base URL.
 async fn serve_router(app: Router) -> String {

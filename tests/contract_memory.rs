@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use streamgate::bus::memory::MemoryBus;
 use streamgate::registry::memory::MemoryRegistry;
-use streamgate::testkit::{bus_contract, registry_contract};
+use streamgate_testkit::{bus_contract, registry_contract};
 
 #[tokio::test]
 async fn memory_registry_meets_the_contract() {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use streamgate::testkit::fuzz;
+use streamgate_testkit::fuzz;
 
 fn replay(target: &str, body: fn(&[u8])) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");

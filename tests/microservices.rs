@@ -17,7 +17,7 @@ use streamgate::registry::Registry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
 use streamgate::services::ServiceKind;
-use streamgate::testkit::nats_url;
+use streamgate_testkit::nats_url;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use streamgate::bus::nats::{ConnectionStatus, JetStreamOpts, NatsBus, NatsOpts};
 use streamgate::bus::{BusError, Event, EventBus, EventType, handler};
 use streamgate::rt;
-use streamgate::testkit::bus_contract;
-use streamgate::testkit::nats_url;
+use streamgate_testkit::bus_contract;
+use streamgate_testkit::nats_url;
 
 use server::NatsServer;
 

@@ -15,8 +15,8 @@ use streamgate::services::worker::WorkerError;
 use streamgate::services::worker::queue::{Job, JobState, Refused};
 use streamgate::services::worker::store::Store;
 use streamgate::services::worker::store::jetstream::{JetStreamStore, Options};
-use streamgate::testkit::job_store_contract::{self as contract, job};
-use streamgate::testkit::nats_url;
+use streamgate_testkit::job_store_contract::{self as contract, job};
+use streamgate_testkit::nats_url;
 
 /// A queue of its own: its options, a raw JetStream handle, and a store.
 struct Queue {

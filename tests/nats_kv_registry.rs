@@ -15,8 +15,8 @@ use streamgate::registry::{CheckKind, Registry, RegistryError};
 use streamgate::rt;
 use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
-use streamgate::testkit::nats_url;
-use streamgate::testkit::registry_contract::{self, instance, unique_name};
+use streamgate_testkit::nats_url;
+use streamgate_testkit::registry_contract::{self, instance, unique_name};
 
 /// How long a kernel may take to re-register after the registry lost its
 /// data: one heartbeat interval (1 s) to notice, plus round trips.

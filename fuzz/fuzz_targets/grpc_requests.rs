@@ -1,4 +1,4 @@
-//! Fuzz target: see `streamgate::testkit::fuzz::grpc_requests`.
+//! Fuzz target: see `streamgate_testkit::fuzz::grpc_requests`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| streamgate::testkit::fuzz::grpc_requests(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| streamgate_testkit::fuzz::grpc_requests(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: see `streamgate::testkit::fuzz::nats_kv_record`.
+//! Fuzz target: see `streamgate_testkit::fuzz::nats_kv_record`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| streamgate::testkit::fuzz::nats_kv_record(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| streamgate_testkit::fuzz::nats_kv_record(data));

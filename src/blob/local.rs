@@ -146,7 +146,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_file_is_another_file() {
-        let dir = crate::testkit::scratch::Scratch::new("local");
+        let dir = tempfile::tempdir().expect("a scratch directory");
         let path = dir.path().join("blob");
         std::fs::write(&path, b"0123456789").expect("write");
         let id = FileId::of(&std::fs::metadata(&path).expect("meta"));

@@ -132,8 +132,8 @@ async fn run(
 mod tests {
     use super::*;
     use crate::registry::memory::MemoryRegistry;
+    use crate::registry::test_support::instance;
     use crate::registry::{RegistryError, WatchResult};
-    use crate::testkit::registry_contract::instance;
     use async_trait::async_trait;
     use proptest::prelude::*;
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -20,7 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 const DEPS: &str = "run ci/deps (it installs nats-server, ffmpeg and the Python venv)";
 
-pub use streamgate::testkit::nats_url;
+pub use streamgate_testkit::nats_url;
 
 /// The Python of the venv `ci/deps` makes (or `STREAMGATE_PYTHON`).
 pub fn python() -> PathBuf {

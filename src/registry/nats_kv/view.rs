@@ -175,7 +175,7 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::registry_contract::instance;
+    use crate::registry::test_support::instance;
 
     fn slot(revision: u64, written: u64, record: Option<Record>) -> Slot {
         Slot {

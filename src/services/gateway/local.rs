@@ -193,12 +193,11 @@ pub fn body(original: Original, from: u64, end: u64) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::scratch::Scratch;
     use http_body_util::BodyExt as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn dir() -> Scratch {
-        Scratch::new("gw-local")
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("a scratch directory")
     }
 
     fn located_at(path: &Path) -> LocatedFile {

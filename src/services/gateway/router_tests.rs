@@ -48,8 +48,8 @@ pub(super) async fn fixture() -> Fixture {
 
 /// The fixture over a file blob store in a scratch directory (kept while
 /// the directory is).
-async fn file_fixture() -> (Fixture, crate::testkit::scratch::Scratch) {
-    let dir = crate::testkit::scratch::Scratch::new("gw-fs");
+async fn file_fixture() -> (Fixture, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a scratch directory");
     let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
     (fixture_with(Arc::new(store)).await, dir)
 }

@@ -128,7 +128,7 @@ async fn ranges_from_memory() {
 #[cfg(not(madsim))]
 #[tokio::test]
 async fn ranges_from_local_files() {
-    let dir = crate::testkit::scratch::Scratch::new("streaming");
+    let dir = tempfile::tempdir().expect("a scratch directory");
     let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
     ranges_are_served(Arc::new(store)).await;
 }
@@ -222,7 +222,7 @@ async fn segments_are_located_as_get_segment_finds_them() {
 #[cfg(not(madsim))]
 #[tokio::test]
 async fn originals_in_files_are_located_by_path_and_identity() {
-    let dir = crate::testkit::scratch::Scratch::new("streaming");
+    let dir = tempfile::tempdir().expect("a scratch directory");
     let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
     store.put("originals/v1", pattern(10)).await.expect("put");
     let (s, _) = server(Arc::new(store));

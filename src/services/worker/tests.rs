@@ -26,10 +26,15 @@ use crate::rt;
 use crate::services::transcoder::Engine;
 use crate::services::{Common, ServiceConfig, media};
 use crate::services::{ServiceKind, ServicePlugin};
-use crate::testkit::scratch::Scratch;
 
-fn scratch() -> Scratch {
-    Scratch::new("worker")
+/// The NATS server the tests use: `NATS_URL`, else the local default (CI
+/// starts one there).
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a scratch directory")
 }
 
 fn opts(kind: ServiceKind, data_dir: Option<PathBuf>, failure_rate: f64) -> ServicePlugin {
@@ -111,7 +116,7 @@ async fn job(client: &mut WorkerServiceClient<PoolChannel>, id: &str) -> proto::
 /// Where the worker under test keeps its jobs.
 enum Queue {
     /// SQLite in a scratch data dir.
-    Sqlite(Scratch),
+    Sqlite(tempfile::TempDir),
     /// A JetStream queue of its own on `NATS_URL`.
     JetStream(String),
 }
@@ -129,7 +134,7 @@ impl Queue {
                 let mut plugin = opts(ServiceKind::Worker, None, 0.0);
                 if let ServiceConfig::Worker(c) = plugin.config_mut() {
                     c.job_queue = super::JobQueue::JetStream {
-                        url: crate::testkit::nats_url(),
+                        url: nats_url(),
                         name: name.clone(),
                     };
                 }
@@ -140,9 +145,7 @@ impl Queue {
 
     async fn remove(self) {
         if let Self::JetStream(name) = self {
-            let client = async_nats::connect(crate::testkit::nats_url())
-                .await
-                .expect("NATS");
+            let client = async_nats::connect(nats_url()).await.expect("NATS");
             let js = async_nats::jetstream::new(client);
             js.delete_stream(format!("{name}_queue"))
                 .await

@@ -9,7 +9,6 @@ use super::*;
 use crate::blob::BlobStore;
 use crate::blob::fs::FsBlobStore;
 use crate::blob::memory::MemoryBlobStore;
-use crate::testkit::scratch::Scratch;
 
 #[derive(Default)]
 struct Seen {
@@ -76,7 +75,7 @@ fn left_in(dir: &Path) -> usize {
 
 #[tokio::test]
 async fn a_real_clip_becomes_hls_with_a_thumbnail_and_the_master_last() {
-    let scratch = Scratch::new("ffmpeg-ok");
+    let scratch = tempfile::tempdir().expect("a scratch directory");
     let store = Arc::new(FsBlobStore::open(scratch.path().join("store")).unwrap());
     let bytes = clip(scratch.path()).await;
     store
@@ -128,7 +127,7 @@ async fn a_real_clip_becomes_hls_with_a_thumbnail_and_the_master_last() {
 
 #[tokio::test]
 async fn random_bytes_fail_as_corrupt_input() {
-    let scratch = Scratch::new("ffmpeg-corrupt");
+    let scratch = tempfile::tempdir().expect("a scratch directory");
     let store = Arc::new(FsBlobStore::open(scratch.path().join("store")).unwrap());
     // Fixed bytes: some random draws probe as an audio format, which fails
     // differently ("no video stream"); this one is invalid data.
@@ -160,7 +159,7 @@ async fn random_bytes_fail_as_corrupt_input() {
 
 #[tokio::test]
 async fn a_missing_ffmpeg_is_named_and_a_store_without_files_is_copied() {
-    let scratch = Scratch::new("ffmpeg-missing");
+    let scratch = tempfile::tempdir().expect("a scratch directory");
     let store = Arc::new(MemoryBlobStore::new());
     let bytes = clip(scratch.path()).await;
     store
@@ -190,7 +189,7 @@ async fn a_missing_ffmpeg_is_named_and_a_store_without_files_is_copied() {
 
 #[tokio::test]
 async fn a_run_past_its_timeout_fails_and_cleans_up() {
-    let scratch = Scratch::new("ffmpeg-timeout");
+    let scratch = tempfile::tempdir().expect("a scratch directory");
     let store = Arc::new(FsBlobStore::open(scratch.path().join("store")).unwrap());
     let bytes = clip(scratch.path()).await;
     store

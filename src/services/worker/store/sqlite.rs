@@ -360,7 +360,6 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::worker::store::Store;
 
     fn job(id: &str, key: &str, now: u64) -> Job {
         Job::new(
@@ -425,14 +424,5 @@ mod tests {
         let (page, _) = store.list(Filter::default(), 10).await.unwrap();
         let got: Vec<_> = page.iter().map(|j| (j.id.as_str(), j.created_ms)).collect();
         assert_eq!(got, [("early", 100), ("late", 100)]);
-    }
-
-    #[tokio::test]
-    async fn meets_the_job_store_contract() {
-        use crate::testkit::job_store_contract as contract;
-        let (store, _) = SqliteStore::open(None, 0).await.unwrap();
-        contract::submissions_deduplicate_and_respect_the_limit(&Store::Sqlite(store)).await;
-        let (store, _) = SqliteStore::open(None, 0).await.unwrap();
-        contract::lists_page_newest_first_with_filters(&Store::Sqlite(store)).await;
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::rt::Instant;
+use streamgate::rt::Instant;
 
 /// Health of a check, as Consul names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,7 +433,7 @@ impl AgentState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rt;
+    use streamgate::rt;
 
     #[test]
     fn parses_go_durations() {

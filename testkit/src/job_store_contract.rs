@@ -3,10 +3,10 @@
 //! Each check takes an empty store whose limit on unfinished jobs is
 //! [`MAX_ACTIVE`].
 
-use crate::rt;
-use crate::services::worker::WorkerError;
-use crate::services::worker::queue::{Job, JobState};
-use crate::services::worker::store::{Filter, Store};
+use streamgate::rt;
+use streamgate::services::worker::WorkerError;
+use streamgate::services::worker::queue::{Job, JobState};
+use streamgate::services::worker::store::{Filter, Store};
 
 /// The limit on unfinished jobs the checks expect.
 pub const MAX_ACTIVE: u64 = 5;

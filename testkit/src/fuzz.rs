@@ -14,12 +14,12 @@ pub mod grpc;
 #[cfg(not(madsim))]
 pub use grpc::grpc_requests;
 
-use crate::bus::{Event, events};
-use crate::grpc_timeout;
-use crate::middleware::auth::{Key, Keyring, mint, verify};
-use crate::middleware::request_id;
-use crate::middleware::trace::TraceContext;
-use crate::services::cache::state::{CacheState, Limits};
+use streamgate::bus::{Event, events};
+use streamgate::grpc_timeout;
+use streamgate::middleware::auth::{Key, Keyring, mint, verify};
+use streamgate::middleware::request_id;
+use streamgate::middleware::trace::TraceContext;
+use streamgate::services::cache::state::{CacheState, Limits};
 
 /// The event envelope and its typed payload: decode, validate, and a
 /// decoded event re-encodes to one that decodes equal.
@@ -76,9 +76,9 @@ pub fn call_headers(data: &[u8]) {
 /// Consul's `/v1/health/service` answer.
 #[cfg(not(madsim))]
 pub fn consul_health(data: &[u8]) {
-    if let Ok(instances) = crate::registry::consul::parse_health(data) {
+    if let Ok(instances) = streamgate::registry::consul::parse_health(data) {
         for info in instances {
-            let _ = crate::registry::validate(&info);
+            let _ = streamgate::registry::validate(&info);
         }
     }
 }
@@ -91,10 +91,10 @@ pub fn nats_kv_record(data: &[u8]) {
         None => (data, &[][..]),
     };
     if let Ok(key) = std::str::from_utf8(key)
-        && let Some(record) = crate::registry::nats_kv::view::Record::parse(key, value)
+        && let Some(record) = streamgate::registry::nats_kv::view::Record::parse(key, value)
     {
         assert!(
-            crate::registry::validate(&record.info).is_ok(),
+            streamgate::registry::validate(&record.info).is_ok(),
             "parsed records are valid"
         );
     }
@@ -103,12 +103,12 @@ pub fn nats_kv_record(data: &[u8]) {
 /// A sequence of cache operations against a model: every byte pair is an
 /// operation (what, key, value length, time step).
 pub fn cache_ops(data: &[u8]) {
-    let start = crate::rt::now();
+    let start = streamgate::rt::now();
     let mut cache = CacheState::new(Limits {
         capacity_bytes: 256,
         default_ttl: Duration::from_secs(5),
     });
-    let mut model: std::collections::HashMap<String, (Vec<u8>, crate::rt::Instant)> =
+    let mut model: std::collections::HashMap<String, (Vec<u8>, streamgate::rt::Instant)> =
         Default::default();
     let mut now = start;
     for op in data.chunks_exact(3) {

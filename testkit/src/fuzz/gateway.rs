@@ -16,16 +16,16 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
-use crate::blob::memory::MemoryBlobStore;
-use crate::bus::memory::MemoryBus;
-use crate::client::{ClientPool, PoolConfig};
-use crate::kernel::Runtime;
-use crate::middleware::auth::Keyring;
-use crate::registry::Registry as _;
-use crate::registry::memory::MemoryRegistry;
-use crate::services::auth::Secret;
-use crate::services::auth::token::{ACCESS_TTL, Kind, Tokens};
-use crate::services::{self, Common, ServiceKind, gateway};
+use streamgate::blob::memory::MemoryBlobStore;
+use streamgate::bus::memory::MemoryBus;
+use streamgate::client::{ClientPool, PoolConfig};
+use streamgate::kernel::Runtime;
+use streamgate::middleware::auth::Keyring;
+use streamgate::registry::Registry as _;
+use streamgate::registry::memory::MemoryRegistry;
+use streamgate::services::auth::Secret;
+use streamgate::services::auth::token::{ACCESS_TTL, Kind, Tokens};
+use streamgate::services::{self, Common, ServiceKind, gateway};
 
 struct Harness {
     executor: tokio::runtime::Runtime,
@@ -40,7 +40,7 @@ impl Harness {
     /// A valid access token, minted again a minute before it expires (so
     /// long runs keep passing the check; one token means cache hits).
     fn token(&self) -> String {
-        let now = crate::rt::unix_ms();
+        let now = streamgate::rt::unix_ms();
         let mut t = self
             .token
             .lock()
@@ -71,7 +71,7 @@ fn harness() -> &'static Harness {
             blobs: Arc::new(MemoryBlobStore::new()),
             pool: ClientPool::new(registry.clone(), PoolConfig::new(keys.clone(), "fuzz")),
             keys,
-            metrics: crate::middleware::metrics::Metrics::default(),
+            metrics: streamgate::middleware::metrics::Metrics::default(),
         };
         let secret = Secret::random();
         let common = Common {

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::registry::{HealthCheck, Registry, RegistryError, ServiceInfo};
-use crate::rt;
+use streamgate::registry::{HealthCheck, Registry, RegistryError, ServiceInfo};
+use streamgate::rt;
 
 /// How a backend is exercised.
 #[derive(Debug, Clone, Copy)]

@@ -13,25 +13,25 @@ use futures::StreamExt as _;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::blob::memory::MemoryBlobStore;
-use crate::bus::memory::MemoryBus;
-use crate::client::{ClientPool, PoolConfig};
-use crate::middleware::auth::Keyring;
-use crate::proto::auth_service_server::AuthService;
-use crate::proto::cache_service_server::CacheService;
-use crate::proto::metadata_service_server::MetadataService;
-use crate::proto::monitor_service_server::MonitorService;
-use crate::proto::streaming_service_server::StreamingService;
-use crate::proto::transcoder_service_server::TranscoderService;
-use crate::proto::upload_service_server::UploadService;
-use crate::proto::worker_service_server::WorkerService;
-use crate::proto::{
+use streamgate::blob::memory::MemoryBlobStore;
+use streamgate::bus::memory::MemoryBus;
+use streamgate::client::{ClientPool, PoolConfig};
+use streamgate::middleware::auth::Keyring;
+use streamgate::proto::auth_service_server::AuthService;
+use streamgate::proto::cache_service_server::CacheService;
+use streamgate::proto::metadata_service_server::MetadataService;
+use streamgate::proto::monitor_service_server::MonitorService;
+use streamgate::proto::streaming_service_server::StreamingService;
+use streamgate::proto::transcoder_service_server::TranscoderService;
+use streamgate::proto::upload_service_server::UploadService;
+use streamgate::proto::worker_service_server::WorkerService;
+use streamgate::proto::{
     AcknowledgeAlertRequest, CacheDeleteRequest, CacheGetRequest, CacheInvalidateRequest,
     CacheSetRequest, CacheStatsRequest, GetStatusRequest, IssueServiceTokenRequest,
     ListAlertsRequest, LogInRequest, RefreshRequest, RevokeTokenRequest, SignUpRequest,
     ValidateTokenRequest, WatchAlertsRequest,
 };
-use crate::proto::{
+use streamgate::proto::{
     CancelJobRequest, CancelTranscodeRequest, CreateVideoRequest, DeleteUploadRequest,
     DeleteVideoRequest, GetJobRequest, GetPlaylistRequest, GetSegmentRequest, GetThumbnailRequest,
     GetTranscodeStatusRequest, GetUploadRequest, GetVideoRequest, ListJobsRequest,
@@ -39,21 +39,21 @@ use crate::proto::{
     ReadRangeRequest, StartSessionRequest, StopSessionRequest, SubmitJobRequest, TranscodeRequest,
     UpdateVideoRequest, WatchJobRequest,
 };
-use crate::registry::memory::MemoryRegistry;
-use crate::services::metadata::MetadataServer;
-use crate::services::streaming::StreamingServer;
-use crate::services::transcoder::{Engine, TranscoderServer};
-use crate::services::upload::UploadServer;
-use crate::services::worker::WorkerServer;
+use streamgate::registry::memory::MemoryRegistry;
+use streamgate::services::metadata::MetadataServer;
+use streamgate::services::streaming::StreamingServer;
+use streamgate::services::transcoder::{Engine, TranscoderServer};
+use streamgate::services::upload::UploadServer;
+use streamgate::services::worker::WorkerServer;
 
 /// Most frames handled per input.
 pub const MAX_FRAMES: usize = 64;
 
 /// The servers under test, fresh per input.
 struct Servers {
-    auth: crate::services::auth::AuthServer,
-    cache: crate::services::cache::CacheServer,
-    monitor: crate::services::monitor::server::MonitorServer,
+    auth: streamgate::services::auth::AuthServer,
+    cache: streamgate::services::cache::CacheServer,
+    monitor: streamgate::services::monitor::server::MonitorServer,
     metadata: MetadataServer,
     upload: UploadServer,
     streaming: StreamingServer,
@@ -65,43 +65,45 @@ async fn servers() -> Servers {
     let bus = Arc::new(MemoryBus::new());
     let blobs = Arc::new(MemoryBlobStore::new());
     // Transcodes are accepted and queued; no executor runs them.
-    let (shared, _executor) = crate::services::transcoder::run::Shared::new(
+    let (shared, _executor) = streamgate::services::transcoder::run::Shared::new(
         Engine::Model {
             duration: std::time::Duration::ZERO,
             failure_rate: 0.0,
         },
-        crate::services::transcoder::engine::Context {
+        streamgate::services::transcoder::engine::Context {
             blobs: blobs.clone(),
             work_root: std::env::temp_dir().join("streamgate-fuzz"),
         },
         bus.clone(),
     );
-    let (jobs, _) = crate::services::worker::store::Store::open(None, 0)
+    let (jobs, _) = streamgate::services::worker::store::Store::open(None, 0)
         .await
         .expect("in-memory SQLite");
-    let jobs = crate::services::worker::Jobs::new(
+    let jobs = streamgate::services::worker::Jobs::new(
         jobs,
         bus.clone(),
-        crate::services::worker::jobs::Config::default(),
+        streamgate::services::worker::jobs::Config::default(),
     );
-    let store = crate::services::metadata::store::Store::open(None).expect("in-memory SQLite");
-    let records = crate::services::upload::store::Store::open(None).expect("in-memory SQLite");
+    let store = streamgate::services::metadata::store::Store::open(None).expect("in-memory SQLite");
+    let records = streamgate::services::upload::store::Store::open(None).expect("in-memory SQLite");
     let pool = ClientPool::new(
         Arc::new(MemoryRegistry::new()),
         PoolConfig::new(Keyring::generate("fuzz"), "fuzz"),
     );
     Servers {
-        auth: crate::services::auth::AuthServer::new(
-            crate::services::auth::store::Store::open(None).expect("in-memory SQLite"),
-            crate::services::auth::token::Tokens::new(&crate::services::auth::Secret::random()),
-            crate::services::auth::ServiceClients::default(),
+        auth: streamgate::services::auth::AuthServer::new(
+            streamgate::services::auth::store::Store::open(None).expect("in-memory SQLite"),
+            streamgate::services::auth::token::Tokens::new(
+                &streamgate::services::auth::Secret::random(),
+            ),
+            streamgate::services::auth::ServiceClients::default(),
         ),
-        cache: crate::services::cache::CacheServer::new(
-            crate::services::cache::state::Limits::default(),
+        cache: streamgate::services::cache::CacheServer::new(
+            streamgate::services::cache::state::Limits::default(),
         ),
-        monitor: crate::services::monitor::server::MonitorServer::new(Arc::new(
-            crate::services::monitor::state::Monitor::new(
-                crate::services::monitor::Config::default(),
+        monitor: streamgate::services::monitor::server::MonitorServer::new(Arc::new(
+            streamgate::services::monitor::state::Monitor::new(
+                streamgate::services::monitor::Config::default(),
             ),
         )),
         metadata: MetadataServer::new(Arc::new(Mutex::new(store)), bus.clone(), 1 << 30),
@@ -247,7 +249,7 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
     }
 }
 
-async fn auth(a: &crate::services::auth::AuthServer, method: u8, bytes: &[u8]) {
+async fn auth(a: &streamgate::services::auth::AuthServer, method: u8, bytes: &[u8]) {
     match method {
         23 => run::<SignUpRequest, _, _>("SignUp", bytes, |r| a.sign_up(r)).await,
         24 => run::<LogInRequest, _, _>("LogIn", bytes, |r| a.log_in(r)).await,
@@ -265,7 +267,7 @@ async fn auth(a: &crate::services::auth::AuthServer, method: u8, bytes: &[u8]) {
     }
 }
 
-async fn cache(c: &crate::services::cache::CacheServer, method: u8, bytes: &[u8]) {
+async fn cache(c: &streamgate::services::cache::CacheServer, method: u8, bytes: &[u8]) {
     match method {
         29 => run::<CacheGetRequest, _, _>("Cache.Get", bytes, |r| c.get(r)).await,
         30 => run::<CacheSetRequest, _, _>("Cache.Set", bytes, |r| c.set(r)).await,
@@ -278,7 +280,11 @@ async fn cache(c: &crate::services::cache::CacheServer, method: u8, bytes: &[u8]
     }
 }
 
-async fn monitor(m: &crate::services::monitor::server::MonitorServer, method: u8, bytes: &[u8]) {
+async fn monitor(
+    m: &streamgate::services::monitor::server::MonitorServer,
+    method: u8,
+    bytes: &[u8],
+) {
     match method {
         34 => run::<GetStatusRequest, _, _>("GetStatus", bytes, |r| m.get_status(r)).await,
         35 => run::<ListAlertsRequest, _, _>("ListAlerts", bytes, |r| m.list_alerts(r)).await,
@@ -292,7 +298,7 @@ async fn monitor(m: &crate::services::monitor::server::MonitorServer, method: u8
 }
 
 /// A watch of alerts waits for changes: judge what comes within 10 ms.
-async fn watch_alerts(m: &crate::services::monitor::server::MonitorServer, bytes: &[u8]) {
+async fn watch_alerts(m: &streamgate::services::monitor::server::MonitorServer, bytes: &[u8]) {
     let Ok(req) = WatchAlertsRequest::decode(bytes) else {
         return;
     };
@@ -300,7 +306,7 @@ async fn watch_alerts(m: &crate::services::monitor::server::MonitorServer, bytes
         Ok(res) => {
             let mut stream = res.into_inner();
             if let Ok(Some(item)) =
-                crate::rt::timeout(std::time::Duration::from_millis(10), stream.next()).await
+                streamgate::rt::timeout(std::time::Duration::from_millis(10), stream.next()).await
             {
                 judge("WatchAlerts", item.map(Response::new));
             }
@@ -325,7 +331,7 @@ async fn upload_stream(u: &UploadServer, bytes: &[u8]) {
     }
     body.extend_from_slice(rest);
     let stream = tonic::Streaming::new_request(
-        tonic_prost::ProstDecoder::<crate::proto::UploadChunk>::default(),
+        tonic_prost::ProstDecoder::<streamgate::proto::UploadChunk>::default(),
         http_body_util::Full::new(bytes::Bytes::from(body)),
         None,
         Some(4 << 20),

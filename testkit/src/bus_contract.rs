@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::bus::{BusError, Event, EventBus, EventType, handler};
-use crate::rt;
+use streamgate::bus::{BusError, Event, EventBus, EventType, handler};
+use streamgate::rt;
 
 /// How long a delivery may take before the contract calls it lost.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -15,7 +15,7 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 type Seen = Arc<Mutex<Vec<Event>>>;
 
 /// A handler that records events from `source` only.
-fn recorder(source: String, seen: Seen) -> crate::bus::Handler {
+fn recorder(source: String, seen: Seen) -> streamgate::bus::Handler {
     handler(move |event: Event| {
         let (source, seen) = (source.clone(), seen.clone());
         async move {
