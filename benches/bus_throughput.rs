@@ -2,7 +2,7 @@
 //! measured in one run and reported as ratios: NatsBus vs raw async-nats (same
 //! JSON), MemoryBus vs a tokio broadcast channel.
 //!
-//! Run pinned, one core each (see DESIGN.md): start `taskset -c 1 nats-server -p 4333`,
+//! Run pinned, one core each (see docs/benchmarks.md): start `taskset -c 1 nats-server -p 4333`,
 //! then `NATS_URL=nats://127.0.0.1:4333 taskset -c 0 cargo bench --bench bus_throughput`.
 #![allow(clippy::print_stdout)]
 

@@ -1,4 +1,5 @@
-//! The retry invariants of ../shared/DESIGN.md, asserted on every decision
+//! The retry invariants of ARCHITECTURE.md ("Invariants the simulator
+//! checks", the Retry rows), asserted on every decision
 //! a retrier makes as it makes it (via its hook), not only as totals: the
 //! attempt count is capped; no retry of a committed call, of a
 //! non-idempotent call that may have run, or of a status the policy does

@@ -120,7 +120,8 @@ pub enum RegistryError {
     Invalid(String),
 }
 
-/// The registry contract (the design's Register, Deregister, Discover, Watch, Health).
+/// The registry contract: register, deregister, discover, watch, health,
+/// with Consul's semantics (the contract suite is `testkit/src/registry_contract.rs`).
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// Adds or replaces the instance `info.id`; it starts passing.

@@ -1,6 +1,7 @@
-//! The invariant checkers of ../shared/DESIGN.md, fed by hooks inside every
-//! node's client pool and by a tap on the bus, asserted as events happen:
-//! a violation is recorded on the timeline and fails the run at once.
+//! The invariant checkers of ARCHITECTURE.md ("Invariants the simulator
+//! checks": breaker, retry, budget, one job per video), fed by hooks inside
+//! every node's client pool and by a tap on the bus, asserted as events
+//! happen: a violation is recorded on the timeline and fails the run at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ pub const BUDGET: BudgetConfig = BudgetConfig {
     ratio: 0.2,
 };
 
-/// The breakers of every node's pool here: the design's shape with small
+/// The breakers of every node's pool here: the default's shape with small
 /// numbers (3 failures in a row or half of at least 3 calls, open 1 s and
 /// growing), so that they trip, probe and reopen at the workload's rate.
 pub const BREAKER: BreakerConfig = BreakerConfig {

@@ -1,5 +1,5 @@
-//! Typed payloads of the 14 event types, and the publish helpers of the
-//! design. `data` in the envelope is one of these, as JSON.
+//! Typed payloads of the 14 event types (ARCHITECTURE.md, "Events"), and
+//! publish helpers. `data` in the envelope is one of these, as JSON.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -199,7 +199,7 @@ pub async fn publish<P: Payload>(
     Ok(event)
 }
 
-/// The design's helper: publishes [`FileUploaded`].
+/// Publishes [`FileUploaded`].
 ///
 /// # Errors
 /// As [`EventBus::publish`].
@@ -211,7 +211,7 @@ pub async fn publish_file_uploaded(
     publish(bus, source, p).await
 }
 
-/// The design's helper: publishes [`TranscodingStarted`].
+/// Publishes [`TranscodingStarted`].
 ///
 /// # Errors
 /// As [`EventBus::publish`].
@@ -223,7 +223,7 @@ pub async fn publish_transcoding_started(
     publish(bus, source, p).await
 }
 
-/// The design's helper: publishes [`TranscodingCompleted`].
+/// Publishes [`TranscodingCompleted`].
 ///
 /// # Errors
 /// As [`EventBus::publish`].
@@ -235,7 +235,7 @@ pub async fn publish_transcoding_completed(
     publish(bus, source, p).await
 }
 
-/// The design's helper: publishes [`JobSubmitted`].
+/// Publishes [`JobSubmitted`].
 ///
 /// # Errors
 /// As [`EventBus::publish`].
@@ -247,7 +247,7 @@ pub async fn publish_job_submitted(
     publish(bus, source, p).await
 }
 
-/// The design's helper: publishes [`JobCompleted`].
+/// Publishes [`JobCompleted`].
 ///
 /// # Errors
 /// As [`EventBus::publish`].
@@ -259,7 +259,7 @@ pub async fn publish_job_completed(
     publish(bus, source, p).await
 }
 
-/// The design's helper: publishes [`AlertTriggered`].
+/// Publishes [`AlertTriggered`].
 ///
 /// # Errors
 /// As [`EventBus::publish`].

@@ -1,6 +1,5 @@
-//! The design's ServiceLocator: a typed client getter per service, each a
-//! balanced, layered channel from the pool ([`ClientPool::channel`] is the
-//! design's `GetConnection`).
+//! The service locator: a typed client getter per service, each a
+//! balanced, layered channel from the pool ([`ClientPool::channel`]).
 
 use super::pool::{ClientPool, PoolChannel, PoolError};
 use crate::proto::auth_service_client::AuthServiceClient;

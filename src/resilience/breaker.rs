@@ -3,7 +3,8 @@
 //! an interval that grows with jitter while failures continue, then admits
 //! a bounded number of half-open probes.
 //!
-//! The design's `NewCircuitBreaker(5, 30s)` is [`BreakerConfig::new(5, 30s)`].
+//! The classic shape, five failures in a row open it for 30 s, is
+//! [`BreakerConfig::new(5, 30s)`]; the pool's default adds the rate rule.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -34,8 +35,8 @@ pub struct BreakerConfig {
 }
 
 impl BreakerConfig {
-    /// `threshold` consecutive failures trip it for `open` (the design's
-    /// `NewCircuitBreaker(threshold, open)`); the rate rule is off.
+    /// `threshold` consecutive failures trip it for `open`; the rate rule is
+    /// off.
     #[must_use]
     pub fn new(threshold: u32, open: Duration) -> Self {
         Self {

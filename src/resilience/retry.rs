@@ -148,7 +148,8 @@ mod tests {
 
     proptest! {
         /// Drives whole calls (attempt, fail, decide, sleep) and checks the
-        /// design's retry invariants on each.
+        /// retry invariants of ARCHITECTURE.md ("Invariants the simulator
+        /// checks") on each.
         #[test]
         fn retry_invariants(
             max in 0u32..10,

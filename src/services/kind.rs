@@ -71,7 +71,7 @@ impl ServiceKind {
         }
     }
 
-    /// The default port of the design.
+    /// Its port when `--port-offset` is 0.
     #[must_use]
     pub fn default_port(self) -> u16 {
         match self {

@@ -229,27 +229,82 @@ fn print_config_round_trips_with_sources() {
     }
 }
 
+/// The long options of `cmd` a config file may set.
+fn file_keys(cmd: &Command) -> Vec<String> {
+    cmd.get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|k| !NOT_IN_FILE.contains(k))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `text` sets `key` or shows it commented out (`# key =`).
+fn mentions(text: &str, key: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim_start().trim_start_matches('#').trim_start();
+        line.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+}
+
+fn example(name: &str) -> (String, String) {
+    let path = format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("the example file");
+    (path, text)
+}
+
 #[test]
-fn the_example_file_is_valid_for_every_binary() {
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/streamgate.example.toml"
-    );
+fn the_example_file_is_valid_for_every_binary_and_lists_every_option() {
+    let (path, text) = example("streamgate.example.toml");
     for kind in ServiceKind::ALL {
+        let cmd = ServiceCli::command_for(kind);
+        for key in file_keys(&cmd) {
+            assert!(mentions(&text, &key), "{path} does not list `{key}`");
+        }
         let l = parse(
-            ServiceCli::command_for(kind),
-            vec![kind.name().into(), "--config".into(), example.into()],
+            cmd,
+            vec![kind.name().into(), "--config".into(), path.clone().into()],
             None,
         )
         .unwrap_or_else(|e| panic!("{kind}: {e}"));
         let cli = ServiceCli::from_arg_matches(&l.matches).expect("typed");
-        assert_eq!(
-            cli.cluster.service_key_file,
-            PathBuf::from("/etc/streamgate/service.keys")
-        );
+        assert_eq!(cli.cluster.service_key_file, PathBuf::from("service.keys"));
         assert_eq!(cli.common.log.log_format, crate::cli::LogFormat::Json);
-        assert_eq!(cli.node.data_dir, PathBuf::from("/var/lib/streamgate"));
+        assert_eq!(cli.node.data_dir, PathBuf::from("data"));
     }
+}
+
+#[test]
+fn the_monolith_example_is_valid_for_the_monolith_and_lists_every_option() {
+    use clap::CommandFactory as _;
+    let (path, text) = example("monolith.example.toml");
+    let cmd = StreamgateCli::command();
+    let monolith = cmd.find_subcommand("monolith").expect("monolith");
+    for key in file_keys(monolith) {
+        assert!(mentions(&text, &key), "{path} does not list `{key}`");
+    }
+    let argv: Vec<OsString> = ["streamgate", "monolith", "--config", &path]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    let l = parse(cmd, argv, None).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let cli = StreamgateCli::from_arg_matches(&l.matches).expect("typed");
+    let StreamgateCommand::Monolith { node, common } = cli.command else {
+        panic!("monolith");
+    };
+    assert_eq!(node.data_dir, PathBuf::from("data"));
+    assert_eq!(common.log.log_format, crate::cli::LogFormat::Text);
+
+    // The cluster example is refused by the monolith, as its header says.
+    let (cluster, _) = example("streamgate.example.toml");
+    let argv: Vec<OsString> = ["streamgate", "monolith", "--config", &cluster]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    let err = parse(StreamgateCli::command(), argv, None)
+        .expect_err("cluster keys")
+        .to_string();
+    assert!(err.contains("unknown key"), "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ fn t0() -> Instant {
 }
 
 #[test]
-fn design_breaker_trips_after_five_failures_for_thirty_seconds() {
+fn five_failures_in_a_row_trip_it_for_thirty_seconds() {
     let now = t0();
     let mut b = Breaker::new(BreakerConfig::new(5, Duration::from_secs(30)));
     for i in 0..5 {
@@ -106,7 +106,8 @@ fn config() -> impl Strategy<Value = BreakerConfig> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Every invariant of the design's breaker list, checked after each step
+    /// Every breaker invariant of ARCHITECTURE.md ("Invariants the
+    /// simulator checks"), checked after each step
     /// against what the breaker reported.
     #[test]
     fn invariants_hold_on_every_step(cfg in config(), ops in prop::collection::vec(op(), 1..300), seed in any::<u64>()) {
