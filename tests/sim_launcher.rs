@@ -22,9 +22,14 @@ fn simulation_suite() {
         .join("sim");
     let seed = std::env::var("MADSIM_TEST_SEED")
         .unwrap_or_else(|_| (streamgate::rt::random_u64() % 1_000_000_000).to_string());
-    println!(
-        "simulation seed {seed}: replay with MADSIM_TEST_SEED={seed} cargo test --features sim"
+    // The nested build uses this test's own profile: a release run
+    // replays with --release too.
+    let release = cfg!(not(debug_assertions));
+    let replay = format!(
+        "MADSIM_TEST_SEED={seed} cargo test{} --features sim",
+        if release { " --release" } else { "" }
     );
+    println!("simulation seed {seed}: replay with {replay}");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(&manifest_dir)
         .args([
@@ -37,18 +42,22 @@ fn simulation_suite() {
             MADSIM_CFG,
         ])
         .arg("--target-dir")
-        .arg(&target_dir)
-        .args(["--", "--nocapture", "--test-threads=1"])
+        .arg(&target_dir);
+    // Cargo's own options go before the `--` that starts the test binary's.
+    // A release run keeps the debug assertions: they are the invariants
+    // every simulated run checks (ARCHITECTURE.md, "Invariants").
+    if release {
+        cmd.args([
+            "--release",
+            "--config",
+            "profile.release.debug-assertions=true",
+        ]);
+    }
+    cmd.args(["--", "--nocapture", "--test-threads=1"])
         // RUSTFLAGS in the environment would override the --config above.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("MADSIM_TEST_SEED", &seed);
-    if cfg!(not(debug_assertions)) {
-        cmd.arg("--release");
-    }
     let status = cmd.status().expect("cargo runs");
-    assert!(
-        status.success(),
-        "simulation failed; replay with MADSIM_TEST_SEED={seed} cargo test --features sim"
-    );
+    assert!(status.success(), "simulation failed; replay with {replay}");
 }
