@@ -3,8 +3,12 @@
 //! JSON), MemoryBus vs a tokio broadcast channel.
 //!
 //! Run pinned, one core each (see docs/benchmarks.md): start `taskset -c 1 nats-server -p 4333`,
-//! then `NATS_URL=nats://127.0.0.1:4333 taskset -c 0 cargo bench --bench bus_throughput`.
+//! then `NATS_URL=nats://127.0.0.1:4333 taskset -c 0 cargo bench --bench bus_throughput`
+//! (`-- --quick`: one round of a tenth of the events).
 #![allow(clippy::print_stdout)]
+
+#[cfg(not(madsim))]
+mod support;
 
 #[cfg(not(madsim))]
 fn main() -> anyhow::Result<()> {
@@ -28,6 +32,8 @@ mod bench {
     use streamgate::bus::{Event, EventBus, EventType, handler};
     use streamgate::rt;
     use tokio::sync::Notify;
+
+    use crate::support::{self, Ratio, Rounds};
 
     const ROUNDS: usize = 7;
     const NATS_EVENTS: usize = 50_000;
@@ -153,95 +159,68 @@ mod bench {
         Ok(events.len() as f64 / secs)
     }
 
-    fn median(mut xs: Vec<f64>) -> f64 {
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    }
+    /// What each round measures, in this order (pairs: subject, baseline).
+    const PATHS: [&str; 4] = ["nats bus", "raw", "memory bus", "broadcast"];
 
-    async fn run() -> anyhow::Result<()> {
+    async fn run(opts: support::Opts) -> anyhow::Result<()> {
         let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-        let nats_events = events(NATS_EVENTS);
-        let memory_events = events(MEMORY_EVENTS);
-        let (mut bus_rates, mut raw_rates, mut mem_rates, mut bc_rates) =
-            (vec![], vec![], vec![], vec![]);
-        // Round 0 warms up (connections, allocator, caches) and is not counted.
-        for round in 0..=ROUNDS {
-            let tag = format!("bench{}", &rt::random_hex128()[..8]);
-            let bus = NatsBus::connect(NatsOpts {
-                url: url.clone(),
-                subject_prefix: Some(tag.clone()),
-                ..NatsOpts::default()
-            })
-            .await
-            .with_context(|| format!("NATS at {url}"))?;
-            // Alternate the order so warm-up and drift do not favour one side.
-            let raw_subject = format!("{tag}raw.{}", EventType::JobSubmitted.subject());
-            if round % 2 == 0 {
-                bus_rates.push(through_bus(&bus, &nats_events).await?);
-                raw_rates.push(through_raw_nats(&url, &raw_subject, &nats_events).await?);
-            } else {
-                raw_rates.push(through_raw_nats(&url, &raw_subject, &nats_events).await?);
-                bus_rates.push(through_bus(&bus, &nats_events).await?);
-            }
-            bus.close().await;
-            let memory = MemoryBus::new();
-            if round % 2 == 0 {
-                mem_rates.push(through_bus(&memory, &memory_events).await?);
-                bc_rates.push(through_broadcast(&memory_events).await?);
-            } else {
-                bc_rates.push(through_broadcast(&memory_events).await?);
-                mem_rates.push(through_bus(&memory, &memory_events).await?);
-            }
-            if round == 0 {
-                for rates in [
-                    &mut bus_rates,
-                    &mut raw_rates,
-                    &mut mem_rates,
-                    &mut bc_rates,
-                ] {
-                    rates.clear();
+        let scale = if opts.quick { 10 } else { 1 };
+        let nats_events = events(NATS_EVENTS / scale);
+        let memory_events = events(MEMORY_EVENTS / scale);
+        // One warm-up round (connections, allocator, caches), not counted.
+        let rounds = Rounds::new(opts, ROUNDS, 1, Duration::ZERO);
+        let rates = rounds
+            .interleaved(PATHS.len(), async |path, _| match path {
+                0 => {
+                    let tag = format!("bench{}", &rt::random_hex128()[..8]);
+                    let bus = NatsBus::connect(NatsOpts {
+                        url: url.clone(),
+                        subject_prefix: Some(tag),
+                        ..NatsOpts::default()
+                    })
+                    .await
+                    .with_context(|| format!("NATS at {url}"))?;
+                    let rate = through_bus(&bus, &nats_events).await;
+                    bus.close().await;
+                    rate
                 }
-                println!("warm-up round done");
-                continue;
-            }
-            let i = round - 1;
-            println!(
-                "round {round}: nats bus {:.0}/s raw {:.0}/s | memory bus {:.0}/s broadcast {:.0}/s",
-                bus_rates[i], raw_rates[i], mem_rates[i], bc_rates[i]
-            );
+                1 => {
+                    let tag = format!("bench{}", &rt::random_hex128()[..8]);
+                    let subject = format!("{tag}raw.{}", EventType::JobSubmitted.subject());
+                    through_raw_nats(&url, &subject, &nats_events).await
+                }
+                2 => through_bus(&MemoryBus::new(), &memory_events).await,
+                _ => through_broadcast(&memory_events).await,
+            })
+            .await?;
+        for round in 0..rounds.rounds {
+            let line: Vec<String> = PATHS
+                .iter()
+                .zip(&rates)
+                .map(|(name, r)| format!("{name} {:.0}/s", r[round]))
+                .collect();
+            println!("round {}: {}", round + 1, line.join(", "));
         }
-        // Paired ratios (same round, back to back) resist drift better than a
-        // ratio of medians; both are printed.
-        let paired = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
-        let (nats_paired, mem_paired) = (
-            paired(&bus_rates, &raw_rates),
-            paired(&mem_rates, &bc_rates),
-        );
-        let (bus, raw, mem, bc) = (
-            median(bus_rates),
-            median(raw_rates),
-            median(mem_rates),
-            median(bc_rates),
-        );
-        println!("median of {ROUNDS} rounds (events/s, publish of first to delivery of last):");
+        let [bus, raw, mem, bc] = [0, 1, 2, 3].map(|i| support::median(&rates[i]));
         println!(
-            "  NatsBus   {bus:>9.0}  raw async-nats  {raw:>9.0}  ratio {:.2}x, paired {nats_paired:.2}x (target >= 0.90x)",
-            bus / raw
+            "median of {} rounds (events/s, publish of first to delivery of last):",
+            rounds.rounds
         );
         println!(
-            "  MemoryBus {mem:>9.0}  tokio broadcast {bc:>9.0}  ratio {:.2}x, paired {mem_paired:.2}x (target >= 1.00x)",
-            mem / bc
+            "  NatsBus   {bus:>9.0}  raw async-nats  {raw:>9.0}  ratio {}, paired {} (target >= 0.90x)",
+            Ratio::of(bus, raw),
+            support::paired_ratio(&rates[0], &rates[1]),
+        );
+        println!(
+            "  MemoryBus {mem:>9.0}  tokio broadcast {bc:>9.0}  ratio {}, paired {} (target >= 1.00x)",
+            Ratio::of(mem, bc),
+            support::paired_ratio(&rates[2], &rates[3]),
         );
         Ok(())
     }
 
     pub fn main() -> anyhow::Result<()> {
-        if std::env::args().any(|a| a == "--list") {
-            return Ok(());
-        }
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(run())
+        let opts = support::opts();
+        support::current_thread()?.block_on(run(opts))
     }
 }

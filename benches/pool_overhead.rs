@@ -5,13 +5,17 @@
 //! alone (pool -> bare server) and the server's layers alone (raw tonic with
 //! a service token -> full server).
 //!
-//! `cargo bench --bench pool_overhead`. Server and client each run on their
-//! own single-threaded runtime (their own thread); for steadier figures pin
-//! the process to two cores (`taskset -c 0,1`). `-- --profile PATH CALLS`
-//! makes CALLS calls on one path (0 baseline, 1 client side, 2 server side,
-//! 3 both) and measures nothing: instructions per call, under callgrind, are
-//! the difference of two paths' totals over CALLS.
+//! `cargo bench --bench pool_overhead` (`-- --quick`: one short round).
+//! Server and client each run on their own single-threaded runtime (their
+//! own thread); for steadier figures pin the process to two cores
+//! (`taskset -c 0,1`). `-- --profile PATH CALLS` makes CALLS calls on one
+//! path (0 baseline, 1 client side, 2 server side, 3 both) and measures
+//! nothing: instructions per call, under callgrind, are the difference of
+//! two paths' totals over CALLS.
 #![allow(clippy::print_stdout)]
+
+#[cfg(not(madsim))]
+mod support;
 
 #[cfg(not(madsim))]
 fn main() -> anyhow::Result<()> {
@@ -28,9 +32,9 @@ mod bench {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use streamgate::blob::memory::MemoryBlobStore;
     use streamgate::bus::memory::MemoryBus;
     use streamgate::client::{ClientPool, PoolConfig};
-    use streamgate::kernel::Runtime;
     use streamgate::middleware::auth::Keyring;
     use streamgate::proto::CacheGetRequest;
     use streamgate::proto::cache_service_client::CacheServiceClient;
@@ -38,10 +42,11 @@ mod bench {
     use streamgate::registry::Registry as _;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt::{self, transport};
-    use streamgate::services::ServiceKind;
     use streamgate::services::cache::CacheServer;
-    use streamgate::services::{self, Common, ServiceConfig};
+    use streamgate::services::{Common, ServiceKind};
     use tonic::service::Routes;
+
+    use crate::support::{self, Ratio, Rounds};
 
     const ROUND: Duration = Duration::from_secs(2);
     const ROUNDS: usize = 3;
@@ -52,13 +57,18 @@ mod bench {
         p99: Duration,
     }
 
-    /// Runs `concurrency` loops of calls for [`ROUND`]; `call` makes one call.
-    async fn measure<C, F>(concurrency: usize, make: impl Fn() -> C, call: F) -> Figures
+    /// Runs `concurrency` loops of calls for `round`; `call` makes one call.
+    async fn measure<C, F>(
+        round: Duration,
+        concurrency: usize,
+        make: impl Fn() -> C,
+        call: F,
+    ) -> Figures
     where
         C: Send + 'static,
         F: Fn(C) -> futures::future::BoxFuture<'static, C> + Clone + Send + 'static,
     {
-        let end = rt::now() + ROUND;
+        let end = rt::now() + round;
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
             let (mut client, call) = (make(), call.clone());
@@ -79,7 +89,7 @@ mod bench {
         all.sort_unstable();
         let pick = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
         Figures {
-            per_sec: all.len() as f64 / ROUND.as_secs_f64(),
+            per_sec: all.len() as f64 / round.as_secs_f64(),
             p50: pick(0.5),
             p99: pick(0.99),
         }
@@ -98,57 +108,40 @@ mod bench {
         keys: Keyring,
         registry: Arc<MemoryRegistry>,
     ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("server".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(async move {
-                    // Bare: the generated server alone, no layers.
-                    let listener = transport::Listener::bind("127.0.0.1:0".parse().expect("addr"))
-                        .await
-                        .expect("bind");
-                    let bare = listener.local_addr().expect("addr");
-                    let routes = Routes::new(CacheServiceServer::new(CacheServer::new(
-                        Default::default(),
-                    )));
-                    rt::spawn(transport::serve(
-                        listener,
-                        routes,
-                        tower::layer::util::Identity::new(),
-                        std::future::pending(),
-                    ));
-                    // Full: the service as StreamGate runs it (all server layers).
-                    let pool =
-                        ClientPool::new(registry.clone(), PoolConfig::new(keys.clone(), "cache"));
-                    let runtime_handles = Runtime {
-                        registry: registry.clone(),
-                        bus: Arc::new(MemoryBus::new()),
-                        blobs: Arc::new(streamgate::blob::memory::MemoryBlobStore::new()),
-                        pool,
-                        keys,
-                        metrics: Default::default(),
-                    };
-                    let common = Common {
-                        // Measure the limiter's cost, not its refusals.
-                        rate_limit: (u32::MAX, 1e12),
-                        // No kernel heartbeats here: a TTL longer than the run.
-                        check_interval: Duration::from_secs(3600),
-                        ..Common::ephemeral()
-                    };
-                    let config = ServiceConfig::new(ServiceKind::Cache);
-                    let running = services::start(&config, &common, &runtime_handles)
-                        .await
-                        .expect("service");
-                    registry.register(running.info()).await.expect("register");
-                    tx.send((bare, running.local_addr())).expect("report");
-                    std::future::pending::<()>().await;
-                });
-            })?;
-        Ok(rx.recv()?)
+        support::serve_on_thread("server", support::current_thread()?, move || async move {
+            // Bare: the generated server alone, no layers.
+            let listener = transport::Listener::bind("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("bind");
+            let bare = listener.local_addr().expect("addr");
+            let routes = Routes::new(CacheServiceServer::new(
+                CacheServer::new(Default::default()),
+            ));
+            rt::spawn(transport::serve(
+                listener,
+                routes,
+                tower::layer::util::Identity::new(),
+                std::future::pending(),
+            ));
+            // Full: the service as StreamGate runs it (all server layers).
+            let common = Common {
+                // Measure the limiter's cost, not its refusals.
+                rate_limit: (u32::MAX, 1e12),
+                // No heartbeats during the run: a TTL longer than it.
+                check_interval: Duration::from_secs(3600),
+                ..Common::ephemeral()
+            };
+            let node = support::start_node(
+                registry,
+                Arc::new(MemoryBus::new()),
+                Arc::new(MemoryBlobStore::new()),
+                keys,
+                "cache",
+                vec![support::plugin(ServiceKind::Cache, common, |_| {})],
+            )
+            .await;
+            ((bare, support::address(&node, ServiceKind::Cache)), node)
+        })
     }
 
     /// A client making one kind of call: which channel, and whether the
@@ -165,11 +158,12 @@ mod bench {
         Pool(streamgate::client::PoolChannel),
     }
 
-    async fn run(path: Path, concurrency: usize) -> Figures {
+    async fn run(path: Path, round: Duration, concurrency: usize) -> Figures {
         match path.channel {
             ChannelKind::Raw(ch) => {
                 let token = path.token;
                 measure(
+                    round,
                     concurrency,
                     move || CacheServiceClient::new(ch.clone()),
                     move |mut c| {
@@ -192,6 +186,7 @@ mod bench {
             }
             ChannelKind::Pool(ch) => {
                 measure(
+                    round,
                     concurrency,
                     move || CacheServiceClient::new(ch.clone()),
                     |mut c| {
@@ -209,21 +204,18 @@ mod bench {
     /// `--profile PATH CALLS`: the index of one path (0 baseline, 1 client
     /// side, 2 server side, 3 both) and how many calls to make on it.
     fn profile_args() -> Option<(usize, usize)> {
-        let args: Vec<String> = std::env::args().collect();
-        let at = args.iter().position(|a| a == "--profile")?;
-        let path = args.get(at + 1)?.parse().ok().filter(|p| *p < 4)?;
-        let calls = args.get(at + 2)?.parse().ok()?;
+        let values = support::flag_values("--profile", 2)?;
+        let path = values[0].parse().ok().filter(|p| *p < 4)?;
+        let calls = values[1].parse().ok()?;
         Some((path, calls))
     }
 
     pub fn main() -> anyhow::Result<()> {
+        let rounds = Rounds::new(support::opts(), ROUNDS, 0, ROUND);
         let keys = Keyring::generate("bench");
         let registry = Arc::new(MemoryRegistry::new());
         let (bare, full) = start_servers(keys.clone(), registry.clone())?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
+        support::current_thread()?.block_on(async move {
             // The bare server, registered under a name of its own, so the
             // pool's client side can be measured against it alone.
             let mut info = registry.discover("cache").await.expect("cache")[0].clone();
@@ -271,33 +263,34 @@ mod bench {
                     }
                 }
                 println!("{calls} calls on {name}");
-                return;
+                return Ok(());
             }
-            println!("unary CacheService/Get, {ROUNDS} interleaved rounds of {ROUND:?} each; ratios against the baseline");
+            println!(
+                "unary CacheService/Get, {} interleaved rounds of {:?} each; ratios against the baseline",
+                rounds.rounds, rounds.round
+            );
             for concurrency in [1usize, 64] {
-                let mut runs: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
-                for _ in 0..ROUNDS {
-                    for (i, (_, path)) in paths.iter().enumerate() {
-                        runs[i].push(run(path.clone(), concurrency).await);
-                    }
-                }
-                let median = |runs: &mut Vec<Figures>| {
-                    runs.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
-                    runs.remove(runs.len() / 2)
-                };
-                let figures: Vec<Figures> = runs.iter_mut().map(median).collect();
+                let runs = rounds
+                    .interleaved(paths.len(), async |path, _| {
+                        Ok(run(paths[path].1.clone(), rounds.round, concurrency).await)
+                    })
+                    .await?;
+                let figures: Vec<Figures> = runs
+                    .into_iter()
+                    .map(|runs| support::median_by(runs, |f| f.per_sec))
+                    .collect();
                 let base = &figures[0];
                 println!("concurrency {concurrency}:");
                 for ((name, _), f) in paths.iter().zip(&figures) {
                     println!(
-                        "  {name:<40} {:>8.0} calls/s  p50 {:>6.0?}  p99 {:>6.0?} | throughput {:.3}x, p99 {:.3}x",
+                        "  {name:<40} {:>8.0} calls/s  p50 {:>6.0?}  p99 {:>6.0?} | throughput {}, p99 {}",
                         f.per_sec, f.p50, f.p99,
-                        f.per_sec / base.per_sec,
-                        f.p99.as_secs_f64() / base.p99.as_secs_f64(),
+                        Ratio::of(f.per_sec, base.per_sec),
+                        Ratio::of(f.p99.as_secs_f64(), base.p99.as_secs_f64()),
                     );
                 }
             }
-        });
-        Ok(())
+            anyhow::Ok(())
+        })
     }
 }

@@ -11,8 +11,8 @@
 //! the run also fails if a path breaks under load.
 //!
 //! `cargo bench --bench streaming_range` (`CONNECTIONS=1,8` picks the
-//! connection counts). Needs nginx at /usr/sbin/nginx (or $NGINX); fails,
-//! rather than skips, without it.
+//! connection counts; `-- --quick`: one short round). Needs nginx at
+//! /usr/sbin/nginx (or $NGINX); fails, rather than skips, without it.
 //!
 //! Measured on the 2-core dev VM (2026-11-27, 5 runs; the machine's noise
 //! is about ±0.1x): local 0.98-1.04x nginx at 1 connection (one outlier
@@ -22,6 +22,9 @@
 //! 0.24-0.35x. The local path with both file syscalls on the blocking pool
 //! gave 0.65-0.82x at 1.
 #![allow(clippy::print_stdout)]
+
+#[cfg(not(madsim))]
+mod support;
 
 #[cfg(not(madsim))]
 fn main() -> anyhow::Result<()> {
@@ -35,8 +38,9 @@ fn main() {}
 #[cfg(not(madsim))]
 mod bench {
     use std::net::SocketAddr;
+    use std::os::unix::process::CommandExt as _;
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -49,15 +53,16 @@ mod bench {
     use streamgate::blob::BlobStore as _;
     use streamgate::blob::fs::FsBlobStore;
     use streamgate::bus::memory::MemoryBus;
-    use streamgate::client::PoolConfig;
-    use streamgate::kernel::{Kernel, Plugin, Seams};
     use streamgate::middleware::auth::Keyring;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt;
     use streamgate::services::auth::Secret;
     use streamgate::services::auth::token::{Kind, Tokens};
-    use streamgate::services::{Common, ServiceConfig};
-    use streamgate::services::{ServiceKind, ServicePlugin};
+    use streamgate::services::{Common, ServiceConfig, ServiceKind};
+    use streamgate_testkit::process::Process;
+    use streamgate_testkit::scratch::Scratch;
+
+    use crate::support::{self, Ratio, Rounds};
 
     const FILE_BYTES: u64 = 256 << 20;
     const RANGE_BYTES: u64 = 1 << 20;
@@ -91,32 +96,10 @@ mod bench {
         })
     }
 
-    /// A temporary directory, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// nginx (its master process) as a child process, stopped on drop.
+    /// nginx (its master and workers: a process group), killed on drop.
     struct Nginx {
-        child: Child,
+        _process: Process,
         addr: SocketAddr,
-    }
-
-    impl Drop for Nginx {
-        fn drop(&mut self) {
-            // SIGTERM, so the master stops its workers too (a killed
-            // master leaves them running).
-            let pid = self.child.id().to_string();
-            let stopped = Command::new("kill").args(["-TERM", &pid]).status();
-            if !stopped.is_ok_and(|s| s.success()) {
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
     }
 
     fn free_port() -> anyhow::Result<u16> {
@@ -151,18 +134,15 @@ mod bench {
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
-        let child = Command::new(&bin)
-            .arg("-c")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c")
             .arg(&conf_path)
             .arg("-p")
             .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            // Its workers die with the master on drop.
+            .process_group(0);
         Ok(Nginx {
-            child,
+            _process: Process::spawn("nginx", cmd, dir),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         })
     }
@@ -214,10 +194,11 @@ mod bench {
         Ok(got)
     }
 
-    /// Bytes per second over [`ROUND`] at `concurrency`.
+    /// Bytes per second over `round` (after a warm-up) at `concurrency`.
     async fn measure(
         client: &HttpClient,
         url: &str,
+        round: Duration,
         concurrency: usize,
         seed: u64,
     ) -> anyhow::Result<f64> {
@@ -246,8 +227,8 @@ mod bench {
                 anyhow::Ok(total as f64 / (rt::now() - started).as_secs_f64())
             }
         };
-        run(WARMUP).await?;
-        run(ROUND).await
+        run(WARMUP.min(round)).await?;
+        run(round).await
     }
 
     /// Writes the test file into the store, 1 MiB at a time.
@@ -271,67 +252,49 @@ mod bench {
         store: FsBlobStore,
         elsewhere: FsBlobStore,
     ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("node".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(async move {
-                    let plugins = |kinds: &[ServiceKind]| {
-                        kinds
-                            .iter()
-                            .map(|&kind| {
-                                let mut config = ServiceConfig::new(kind);
-                                if let ServiceConfig::Auth(c) = &mut config {
-                                    c.secret = Some(secret());
-                                }
-                                let plugin = ServicePlugin::new(Common::ephemeral(), config);
-                                Box::new(plugin) as Box<dyn Plugin>
-                            })
-                            .collect()
-                    };
-                    let (bus, registry) =
-                        (Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
-                    let keys = Keyring::generate("bench");
-                    let seams = |blobs: FsBlobStore| Seams {
-                        bus: bus.clone(),
-                        registry: registry.clone(),
-                        blobs: Arc::new(blobs),
-                    };
-                    let node = Kernel::start_with(
-                        seams(store),
-                        PoolConfig::new(keys.clone(), "bench"),
-                        plugins(&[
-                            ServiceKind::ApiGateway,
-                            ServiceKind::Streaming,
-                            ServiceKind::Auth,
-                        ]),
-                    )
-                    .await
-                    .expect("node starts");
-                    let remote = Kernel::start_with(
-                        seams(elsewhere),
-                        PoolConfig::new(keys, "bench"),
-                        plugins(&[ServiceKind::ApiGateway]),
-                    )
-                    .await
-                    .expect("second gateway starts");
-                    let gateway = |kernel: &Kernel| {
-                        kernel
-                            .registrations()
-                            .iter()
-                            .find(|i| i.name == ServiceKind::ApiGateway.name())
-                            .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
-                            .expect("gateway registered")
-                    };
-                    tx.send((gateway(&node), gateway(&remote))).expect("report");
-                    std::future::pending::<()>().await;
-                });
-            })?;
-        Ok(rx.recv()?)
+        support::serve_on_thread("node", support::multi_thread(2)?, || async move {
+            let plugins = |kinds: &[ServiceKind]| {
+                kinds
+                    .iter()
+                    .map(|&kind| {
+                        support::plugin(kind, Common::ephemeral(), |config| {
+                            if let ServiceConfig::Auth(c) = config {
+                                c.secret = Some(secret());
+                            }
+                        })
+                    })
+                    .collect()
+            };
+            let (bus, registry) = (Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
+            let keys = Keyring::generate("bench");
+            let node = support::start_node(
+                registry.clone(),
+                bus.clone(),
+                Arc::new(store),
+                keys.clone(),
+                "bench",
+                plugins(&[
+                    ServiceKind::ApiGateway,
+                    ServiceKind::Streaming,
+                    ServiceKind::Auth,
+                ]),
+            )
+            .await;
+            let remote = support::start_node(
+                registry,
+                bus,
+                Arc::new(elsewhere),
+                keys,
+                "bench",
+                plugins(&[ServiceKind::ApiGateway]),
+            )
+            .await;
+            let gateways = (
+                support::address(&node, ServiceKind::ApiGateway),
+                support::address(&remote, ServiceKind::ApiGateway),
+            );
+            (gateways, (node, remote))
+        })
     }
 
     /// The connection counts to measure: `$CONNECTIONS` (e.g. `1,8`), or
@@ -350,31 +313,32 @@ mod bench {
     }
 
     pub fn main() -> anyhow::Result<()> {
-        let dir =
-            TempDir(std::env::temp_dir().join(format!("sg-bench-range-{}", rt::random_hex128())));
-        std::fs::create_dir_all(&dir.0)?;
-        let store_dir = dir.0.join("store");
+        let rounds = Rounds::new(support::opts(), ROUNDS, 0, ROUND);
+        let dir = Scratch::new("bench-range");
+        let store_dir = dir.path().join("store");
         let store = FsBlobStore::open(&store_dir)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        let runtime = support::multi_thread(2)?;
         runtime.block_on(write_file(&store))?;
-        let nginx = start_nginx(&dir.0, &store_dir.join("blobs").join("originals"))?;
-        let elsewhere = FsBlobStore::open(dir.0.join("elsewhere"))?;
+        let nginx = start_nginx(dir.path(), &store_dir.join("blobs").join("originals"))?;
+        let elsewhere = FsBlobStore::open(dir.path().join("elsewhere"))?;
         let (gateway, remote) = start_node(store, elsewhere)?;
         runtime.block_on(async move {
             let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-            let nginx_url = format!("http://{}/{VIDEO}", nginx.addr);
-            let sg_url = format!("http://{gateway}/v1/videos/{VIDEO}/original");
-            let remote_url = format!("http://{remote}/v1/videos/{VIDEO}/original");
-            for url in [&nginx_url, &sg_url, &remote_url] {
+            let urls = [
+                format!("http://{}/{VIDEO}", nginx.addr),
+                format!("http://{gateway}/v1/videos/{VIDEO}/original"),
+                format!("http://{remote}/v1/videos/{VIDEO}/original"),
+            ];
+            for url in &urls {
                 wait_ready(&client, url).await?;
             }
             println!(
-                "random {} MiB ranges of a {} MiB file; {ROUNDS} interleaved rounds of {ROUND:?} (+{WARMUP:?} warm-up); median MB/s",
+                "random {} MiB ranges of a {} MiB file; {} interleaved rounds of {:?} (+{:?} warm-up); median MB/s",
                 RANGE_BYTES >> 20,
-                FILE_BYTES >> 20
+                FILE_BYTES >> 20,
+                rounds.rounds,
+                rounds.round,
+                WARMUP.min(rounds.round),
             );
             println!("local: the gateway shares streaming's store and sends the file; ReadRange: a gateway with a store of its own");
             println!(
@@ -382,25 +346,20 @@ mod bench {
                 "connections", "nginx", "local", "ReadRange"
             );
             for concurrency in connections()? {
-                let (mut ng, mut sg, mut rr) = (Vec::new(), Vec::new(), Vec::new());
-                for round in 0..ROUNDS {
-                    let seed = (concurrency * 100 + round) as u64;
-                    ng.push(measure(&client, &nginx_url, concurrency, seed).await?);
-                    sg.push(measure(&client, &sg_url, concurrency, seed).await?);
-                    rr.push(measure(&client, &remote_url, concurrency, seed).await?);
-                }
-                let median = |v: &mut Vec<f64>| {
-                    v.sort_by(f64::total_cmp);
-                    v[v.len() / 2]
-                };
-                let (n, s, r) = (median(&mut ng), median(&mut sg), median(&mut rr));
+                let runs = rounds
+                    .interleaved(urls.len(), async |path, round| {
+                        let seed = (concurrency * 100 + round) as u64;
+                        measure(&client, &urls[path], rounds.round, concurrency, seed).await
+                    })
+                    .await?;
+                let [n, s, r] = [0, 1, 2].map(|i| support::median(&runs[i]));
                 println!(
-                    "{concurrency:>11} | {:>7.0} | {:>7.0} | {:>9.0} | {:>10.3}x | {:>14.3}x",
+                    "{concurrency:>11} | {:>7.0} | {:>7.0} | {:>9.0} | {:>11} | {:>15}",
                     n / 1e6,
                     s / 1e6,
                     r / 1e6,
-                    s / n,
-                    r / n
+                    Ratio::of(s, n),
+                    Ratio::of(r, n)
                 );
             }
             drop(nginx);

@@ -28,6 +28,13 @@ pub struct NodeOpts {
     /// a second copy beside the first.
     #[arg(long, env = "STREAMGATE_PORT_OFFSET", default_value_t = 0)]
     pub port_offset: u16,
+    /// The service's port, instead of its default port plus `--port-offset`;
+    /// 0 binds a free one (the monolith takes only 0: each service on a free
+    /// port). Once serving, the process prints one line per service on
+    /// stdout, `listening <service> <address>`, the address it bound (and
+    /// registered).
+    #[arg(long, env = "STREAMGATE_PORT")]
+    pub port: Option<u16>,
     /// Where blobs (originals, HLS renditions) and the SQLite databases live.
     #[arg(long, env = "STREAMGATE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -51,25 +58,22 @@ impl NodeOpts {
     /// own config from these options.
     ///
     /// # Errors
-    /// [`KernelError::Config`] when an offset port would pass 65535, or a
-    /// file named by an option is missing or invalid.
+    /// [`KernelError::Config`] when an offset port would pass 65535, a
+    /// nonzero `--port` is given for more than one service, or a file named
+    /// by an option is missing or invalid.
     pub fn plugins(&self, kinds: &[ServiceKind]) -> Result<Vec<ServicePlugin>, KernelError> {
+        if let Some(port) = self.port.filter(|&p| p != 0 && kinds.len() > 1) {
+            return Err(config_error(format!(
+                "--port {port}: {} services cannot share one port; give --port 0 \
+                 (each on a free port) or --port-offset",
+                kinds.len()
+            )));
+        }
         kinds
             .iter()
             .map(|&kind| {
-                let port = kind
-                    .default_port()
-                    .checked_add(self.port_offset)
-                    .ok_or_else(|| KernelError::Config {
-                        plugin: kind.name().to_owned(),
-                        reason: format!(
-                            "port {} + offset {} > 65535",
-                            kind.default_port(),
-                            self.port_offset
-                        ),
-                    })?;
                 let common = Common {
-                    listen: SocketAddr::new(self.host, port),
+                    listen: self.listen(kind)?,
                     advertise: self.advertise_host,
                     data_dir: Some(self.data_dir.clone()),
                     ..Common::new(kind, self.host)
@@ -96,6 +100,25 @@ impl NodeOpts {
                 Ok(ServicePlugin::new(common, config))
             })
             .collect()
+    }
+
+    /// Where `kind` listens: `--port`, else its default port plus `--port-offset`.
+    fn listen(&self, kind: ServiceKind) -> Result<SocketAddr, KernelError> {
+        let port = match self.port {
+            Some(port) => port,
+            None => kind
+                .default_port()
+                .checked_add(self.port_offset)
+                .ok_or_else(|| KernelError::Config {
+                    plugin: kind.name().to_owned(),
+                    reason: format!(
+                        "port {} + offset {} > 65535",
+                        kind.default_port(),
+                        self.port_offset
+                    ),
+                })?,
+        };
+        Ok(SocketAddr::new(self.host, port))
     }
 }
 
@@ -132,11 +155,31 @@ pub async fn run(
             });
         }
     };
+    announce(opts.host, kernel.registrations());
     tracing::info!(services = kernel.registrations().len(), "streamgate is up");
     shutdown.await;
     tracing::info!("shutting down");
     kernel.shutdown().await;
     Ok(())
+}
+
+/// What a `listening` line on stdout starts with (see [`NodeOpts::port`]).
+pub const LISTENING: &str = "listening";
+
+/// Prints `listening <service> <host>:<port>` on stdout for each service
+/// served: how a caller that passed `--port 0` learns the ports.
+fn announce(host: IpAddr, served: &[crate::registry::ServiceInfo]) {
+    use std::io::Write as _;
+    let lines: String = served
+        .iter()
+        .map(|info| {
+            let addr = SocketAddr::new(host, info.port);
+            format!("{LISTENING} {} {addr}\n", info.name)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    // Nobody reading stdout is no reason to stop serving.
+    let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
 }
 
 /// The blob store under `data_dir` (files; memory in the simulator).
@@ -447,9 +490,55 @@ pub async fn run_service(
         plugins,
     )
     .await?;
+    announce(opts.host, kernel.registrations());
     tracing::info!(service = kind.name(), "up");
     shutdown.await;
     tracing::info!(service = kind.name(), "shutting down");
     kernel.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(port: Option<u16>, port_offset: u16) -> NodeOpts {
+        NodeOpts {
+            host: IpAddr::from([127, 0, 0, 1]),
+            advertise_host: None,
+            port_offset,
+            port,
+            data_dir: PathBuf::from("data"),
+            max_upload_bytes: 1 << 20,
+            auth_secret_file: None,
+            auth_clients_file: None,
+        }
+    }
+
+    fn ports(opts: &NodeOpts, kinds: &[ServiceKind]) -> Result<Vec<u16>, KernelError> {
+        opts.plugins(kinds)?;
+        kinds
+            .iter()
+            .map(|&k| opts.listen(k).map(|a| a.port()))
+            .collect()
+    }
+
+    #[test]
+    fn port_overrides_the_offset_and_zero_serves_any_number_of_services() {
+        let all = &ServiceKind::ALL;
+        let defaults: Vec<u16> = all.iter().map(|k| k.default_port() + 5).collect();
+        assert_eq!(ports(&opts(None, 5), all).unwrap(), defaults);
+        assert_eq!(ports(&opts(Some(0), 5), all).unwrap(), vec![0; 9]);
+        assert_eq!(
+            ports(&opts(Some(4321), 5), &[ServiceKind::Cache]).unwrap(),
+            [4321]
+        );
+        let err = ports(&opts(Some(4321), 0), all).unwrap_err().to_string();
+        assert!(
+            err.contains("--port 4321") && err.contains("--port 0"),
+            "{err}"
+        );
+        let err = ports(&opts(None, 60_000), all).unwrap_err().to_string();
+        assert!(err.contains("> 65535"), "{err}");
+    }
 }

@@ -14,7 +14,7 @@ mod checks;
 #[path = "cluster/support.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,18 +27,14 @@ use streamgate::registry::Registry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
 use streamgate::services::ServiceKind;
+use streamgate_testkit::process::{Process, Signal};
+use streamgate_testkit::scratch::Scratch;
 use support::{
-    Gateway, LogsOnFailure, Proc, fetch_until_ok, hls_paths, nats_url, probe_script, python,
-    wait_job_succeeded, wait_ready,
+    Gateway, Proc, fetch_until_ok, hls_paths, nats_url, probe_script, python, wait_job_succeeded,
+    wait_ready,
 };
 
 const PASSWORD: &str = "cluster-pa55word";
-/// Port offsets: `BASE + slot * 100` for the first instance of each service,
-/// `+ SECOND` for the second streaming and gateway. Ports span 9005..=9103
-/// plus the offset: 31005..=32613, above tests/pipeline.rs (at most 30993),
-/// below the ephemeral range (32768).
-const BASE: u16 = 22_000;
-const SECOND: u16 = 10;
 
 /// Elapsed times of the phases, printed at the end.
 struct Phases(Vec<(&'static str, Duration)>, rt::Instant);
@@ -54,8 +50,8 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     support::require_tools();
     let mut phases = Phases(Vec::new(), rt::now());
     let run = &rt::random_hex128()[..10];
-    let dir = std::env::temp_dir().join(format!("sg-cluster-{run}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new("cluster");
+    let dir = scratch.path();
     let bucket = format!("sgtest_cluster_{run}");
     let prefix = format!("sgtest{run}");
 
@@ -98,27 +94,15 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         ("STREAMGATE_CONFIG", config_path),
         ("STREAMGATE_MAX_UPLOAD_BYTES", "8388608"),
     ];
-    let clip = support::test_clip(&dir, 2);
+    let clip = support::test_clip(dir, 2);
 
-    let base = BASE + u16::try_from(rt::random_u64() % 16).expect("small") * 100;
-    let mut layout: Vec<(ServiceKind, u16)> = ServiceKind::ALL.iter().map(|&k| (k, base)).collect();
-    layout.push((ServiceKind::Streaming, base + SECOND));
-    layout.push((ServiceKind::ApiGateway, base + SECOND));
-    let _logs = LogsOnFailure(
-        layout
-            .iter()
-            .map(|&(k, o)| {
-                let log = dir.join(format!("{}-{o}.log", k.name()));
-                (format!("{}@{}", k.name(), k.default_port() + o), log)
-            })
-            .collect(),
-    );
-    let mut procs: Vec<Proc> = layout
-        .iter()
-        .map(|&(kind, offset)| Proc::start(kind, offset, &env, &dir))
-        .collect();
-    for p in &mut procs {
-        p.serving().await;
+    // (service, instance): one of each, a second streaming and gateway.
+    let mut layout: Vec<(ServiceKind, u32)> = ServiceKind::ALL.iter().map(|&k| (k, 1)).collect();
+    layout.push((ServiceKind::Streaming, 2));
+    layout.push((ServiceKind::ApiGateway, 2));
+    let mut procs: Vec<Proc> = Vec::with_capacity(layout.len());
+    for &(kind, instance) in &layout {
+        procs.push(Proc::start(kind, instance, &env, dir).await);
     }
     phases.mark("11 processes SERVING");
     let started = rt::now();
@@ -139,15 +123,15 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         }
     }
     // procs[i] runs layout[i].
-    let index = |kind: ServiceKind, offset: u16| {
+    let index = |kind: ServiceKind, instance: u32| {
         layout
             .iter()
-            .position(|&l| l == (kind, offset))
+            .position(|&l| l == (kind, instance))
             .expect("in the layout")
     };
 
     // A stock health probe from outside sees every process SERVING.
-    let addrs: Vec<String> = procs.iter().map(|p| p.addr().to_string()).collect();
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.to_string()).collect();
     let probe = Command::new(python())
         .arg(probe_script("health_probe.py"))
         .args(&addrs)
@@ -158,17 +142,13 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     assert_eq!(said.matches(" SERVING").count(), procs.len(), "{said}");
 
     // A NATS subscriber from outside taps the cluster's subjects.
-    let tap_out = dir.join("tap.out");
-    let mut tap = support::Tap(
-        Command::new(python())
-            .arg(probe_script("nats_tap.py"))
-            .args(["--url", &nats_url(), "--seconds", "120"])
-            .arg(format!("{prefix}.>"))
-            .stdout(std::fs::File::create(&tap_out).expect("tap file"))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python runs"),
-    );
+    let mut tap_cmd = Command::new(python());
+    tap_cmd
+        .arg(probe_script("nats_tap.py"))
+        .args(["--url", &nats_url(), "--seconds", "120"])
+        .arg(format!("{prefix}.>"));
+    let mut tap = Process::spawn("nats_tap", tap_cmd, dir);
+    let tap_out = tap.stdout_path().to_owned();
     for _ in 0..100 {
         if std::fs::read_to_string(&tap_out).is_ok_and(|t| t.starts_with("ready")) {
             break;
@@ -185,12 +165,12 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     // on the other.
     let mut gw1 = Gateway {
         http: support::http(),
-        addr: procs[index(ServiceKind::ApiGateway, base)].addr(),
+        addr: procs[index(ServiceKind::ApiGateway, 1)].addr,
         token: None,
     };
     let mut gw2 = Gateway {
         http: support::http(),
-        addr: procs[index(ServiceKind::ApiGateway, base + SECOND)].addr(),
+        addr: procs[index(ServiceKind::ApiGateway, 2)].addr,
         token: None,
     };
     let denied = gw1.get("/v1/videos", &[]).await;
@@ -264,16 +244,17 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
 
     // The subscriber saw the pipeline's events, each in its envelope, on
     // its subject.
-    tap.stop().await;
+    tap.signal(Signal::TERM);
+    tap.exited(Duration::from_secs(5)).await;
     let seen = read_tap(&tap_out);
     check_events(&seen, &prefix, &id, &job);
     phases.mark("played back, events checked");
 
     // Kill -9 one streaming instance: playback goes on (a few failures are
     // allowed while its breaker trips and it leaves the registry).
-    let victim = index(ServiceKind::Streaming, base);
-    procs[victim].signal("-KILL");
-    procs[victim].exited(Duration::from_secs(5)).await;
+    let victim = index(ServiceKind::Streaming, 1);
+    procs[victim].process.signal(Signal::KILL);
+    procs[victim].process.exited(Duration::from_secs(5)).await;
     let mut failures = Vec::new();
     for round in 0..12 {
         for path in &hls {
@@ -294,7 +275,7 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     phases.mark("playback survived a SIGKILL");
 
     // Service tokens: without one, UNAUTHENTICATED; with the cluster's keys, OK.
-    let cache_addr = procs[index(ServiceKind::Cache, base)].addr();
+    let cache_addr = procs[index(ServiceKind::Cache, 1)].addr;
     let mut bare = CacheServiceClient::new(rt::transport::channel(cache_addr));
     let refused = bare
         .get(CacheGetRequest { key: "k".into() })
@@ -317,9 +298,9 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         .expect("a call with a service token");
 
     // SIGTERM: the second gateway leaves the registry before it exits.
-    let leaving = index(ServiceKind::ApiGateway, base + SECOND);
-    procs[leaving].signal("-TERM");
-    let exit = procs[leaving].exited(Duration::from_secs(15)).await;
+    let leaving = index(ServiceKind::ApiGateway, 2);
+    procs[leaving].process.signal(Signal::TERM);
+    let exit = procs[leaving].process.exited(Duration::from_secs(15)).await;
     assert!(exit.success(), "a graceful stop exits 0: {exit}");
     let left = registry.discover("api-gateway").await.expect("discover");
     assert_eq!(left.len(), 1, "gone from the registry at once: {left:?}");
@@ -332,10 +313,10 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         .filter(|&i| i != victim && i != leaving)
         .collect();
     for &i in &running {
-        procs[i].signal("-TERM");
+        procs[i].process.signal(Signal::TERM);
     }
     for &i in &running {
-        let exit = procs[i].exited(Duration::from_secs(15)).await;
+        let exit = procs[i].process.exited(Duration::from_secs(15)).await;
         assert!(
             exit.success(),
             "{} exits 0 on SIGTERM: {exit}",
@@ -350,7 +331,11 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
 
     // JSON logs, each line naming its service; no password or secret in them.
     for p in &procs {
-        check_log(&p.log, p.kind, &[PASSWORD, &auth_secret, &key_hex[..32]]);
+        check_log(
+            p.process.log_path(),
+            p.kind,
+            &[PASSWORD, &auth_secret, &key_hex[..32]],
+        );
     }
     let mut last = Duration::ZERO;
     for (name, at) in &phases.0 {
@@ -368,7 +353,6 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         let _ = js.delete_key_value(name.as_str()).await;
     }
     let _ = js.delete_stream(format!("{bucket}_jobs_queue")).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -387,6 +371,7 @@ fn options_come_from_flags_then_env_then_the_file_then_defaults() {
         .env("STREAMGATE_CONFIG", &config)
         .env("STREAMGATE_DATA_DIR", "/from/env")
         .env("STREAMGATE_PORT_OFFSET", "8")
+        .env("STREAMGATE_PORT", "0")
         .output()
         .expect("cache runs");
     let said = String::from_utf8_lossy(&out.stdout);
@@ -397,6 +382,7 @@ fn options_come_from_flags_then_env_then_the_file_then_defaults() {
     );
     for line in [
         "port-offset = 7   # flag",
+        "port = 0   # env STREAMGATE_PORT",
         "data-dir = \"/from/env\"   # env STREAMGATE_DATA_DIR",
         "registry-bucket = \"from_file\"   # file",
         "service-key-file = \"keys\"   # file",

@@ -1,12 +1,14 @@
 //! Microservices mode for real: two `streamgate service cache` processes on
-//! loopback, the real NATS server as bus and registry (a fresh KV bucket),
-//! service tokens from a shared key file. Both register and serve calls from
-//! a pool in this process; a SIGTERM removes one from the registry before it
-//! exits; a missing or malformed key file is a clear error.
+//! loopback, each on a free port (`--port 0`), the real NATS server as bus
+//! and registry (a fresh KV bucket), service tokens from a shared key file.
+//! Both register and serve calls from a pool in this process; a SIGTERM
+//! removes one from the registry before it exits; a missing or malformed key
+//! file is a clear error.
 #![cfg(not(madsim))]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,42 +18,33 @@ use streamgate::proto::{CacheGetRequest, CacheSetRequest};
 use streamgate::registry::Registry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
-use streamgate::services::ServiceKind;
 use streamgate_testkit::nats_url;
+use streamgate_testkit::process::{Process, Signal};
+use streamgate_testkit::scratch::Scratch;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-/// Kills the process if the test ends before it is stopped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A cache process on a free port; returns it and its address.
+async fn service(name: &str, bucket: &str, dir: &Path) -> (Process, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamgate"));
+    cmd.args(["service", "cache", "--port", "0"])
+        .args([
+            "--nats-url",
+            &nats_url(),
+            "--registry",
+            "nats-kv",
+            "--registry-bucket",
+            bucket,
+        ])
+        .arg("--service-key-file")
+        .arg(dir.join("service.keys"))
+        .env("RUST_LOG", "warn");
+    let mut proc = Process::spawn(name, cmd, dir);
+    let addr = proc.listening("cache").await;
+    (proc, addr)
 }
 
-fn service(bucket: &str, key_file: &std::path::Path, offset: u16) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .args(["service", "cache", "--port-offset", &offset.to_string()])
-            .args([
-                "--nats-url",
-                &nats_url(),
-                "--registry",
-                "nats-kv",
-                "--registry-bucket",
-                bucket,
-            ])
-            .arg("--service-key-file")
-            .arg(key_file)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("binary starts"),
-    )
-}
-
-async fn serving(addr: SocketAddr, proc: &mut Proc) {
+async fn serving(addr: SocketAddr, proc: &mut Process) {
     for _ in 0..100 {
         let mut client = HealthClient::new(rt::transport::channel(addr));
         if let Ok(res) = client
@@ -63,8 +56,8 @@ async fn serving(addr: SocketAddr, proc: &mut Proc) {
         {
             return;
         }
-        if let Some(exit) = proc.0.try_wait().unwrap() {
-            panic!("service on {addr} exited early: {exit}");
+        if let Some(exit) = proc.try_exit() {
+            panic!("{} on {addr} exited early: {exit}", proc.name());
         }
         rt::sleep(Duration::from_millis(100)).await;
     }
@@ -73,8 +66,8 @@ async fn serving(addr: SocketAddr, proc: &mut Proc) {
 
 #[tokio::test]
 async fn two_cache_processes_register_serve_and_leave_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("streamgate-ms-{:016x}", rt::random_u64()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new("microservices");
+    let dir = scratch.path();
     let key_file = dir.join("service.keys");
     std::fs::write(&key_file, format!("k1 {}\n", "ab".repeat(32))).unwrap();
     let bucket = format!("sgtest_ms_{:08x}", rt::random_u64() as u32);
@@ -89,13 +82,11 @@ async fn two_cache_processes_register_serve_and_leave_on_sigterm() {
             )
         }));
 
-    let port = |offset: u16| {
-        SocketAddr::from(([127, 0, 0, 1], ServiceKind::Cache.default_port() + offset))
-    };
-    let mut first = service(&bucket, &key_file, 2000);
-    let mut second = service(&bucket, &key_file, 2001);
-    serving(port(2000), &mut first).await;
-    serving(port(2001), &mut second).await;
+    let (mut first, first_addr) = service("cache-1", &bucket, dir).await;
+    let (mut second, second_addr) = service("cache-2", &bucket, dir).await;
+    assert_ne!(first_addr, second_addr);
+    serving(first_addr, &mut first).await;
+    serving(second_addr, &mut second).await;
     let started = rt::now();
     while registry.discover("cache").await.unwrap().len() < 2 {
         assert!(
@@ -128,30 +119,18 @@ async fn two_cache_processes_register_serve_and_leave_on_sigterm() {
         .expect("get across processes");
 
     // A graceful stop deregisters before the process exits.
-    let killed = Command::new("kill")
-        .args(["-TERM", &first.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let mut exit = None;
-    for _ in 0..150 {
-        exit = first.0.try_wait().unwrap();
-        if exit.is_some() {
-            break;
-        }
-        rt::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(exit.expect("exits within 15 s of SIGTERM").success());
+    first.signal(Signal::TERM);
+    let exit = first.exited(Duration::from_secs(15)).await;
+    assert!(exit.success(), "exits 0 on SIGTERM: {exit}");
     let left = registry.discover("cache").await.unwrap();
     assert_eq!(left.len(), 1, "gone from the registry at once: {left:?}");
-    assert_eq!(left[0].port, port(2001).port());
+    assert_eq!(left[0].port, second_addr.port());
 
     drop(second);
     let client = async_nats::connect(nats_url()).await.unwrap();
     let _ = async_nats::jetstream::new(client)
         .delete_key_value(bucket.as_str())
         .await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -15,6 +15,8 @@ use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt;
 use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
+use streamgate_testkit::process::{Process, Signal};
+use streamgate_testkit::scratch::Scratch;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -155,64 +157,30 @@ async fn cache_calls_go_through_the_pool_and_layers() {
 }
 
 /// The README's run command: the real binary answers health on every
-/// service's port (offset by 1000 here so a developer's running copy does
-/// not collide), and stops cleanly on SIGTERM.
+/// service's port (each a free one, `--port 0`, as its `listening` lines
+/// say), and stops cleanly on SIGTERM.
 #[tokio::test]
 async fn binary_serves_every_port_and_stops_on_sigterm() {
-    let offset = 1000;
-    let mut child = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .args(["monolith", "--port-offset", &offset.to_string()])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("binary starts"),
-    );
+    let scratch = Scratch::new("monolith-bin");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_streamgate"));
+    cmd.args(["monolith", "--port", "0", "--data-dir"])
+        .arg(scratch.path().join("data"))
+        .env("RUST_LOG", "warn");
+    let mut child = Process::spawn("monolith", cmd, scratch.path());
+    let mut addrs = Vec::new();
     for kind in ServiceKind::ALL {
-        let addr = SocketAddr::from(([127, 0, 0, 1], kind.default_port() + offset));
-        let mut status = None;
-        for _ in 0..100 {
-            match health(addr, "").await {
-                Ok(s) => {
-                    status = Some(s);
-                    break;
-                }
-                Err(_) => {
-                    if let Some(exit) = child.0.try_wait().unwrap() {
-                        panic!("streamgate exited early with {exit}");
-                    }
-                    rt::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        let addr = child.listening(kind.name()).await;
         assert_eq!(
-            status,
+            health(addr, "").await.ok(),
             Some(ServingStatus::Serving as i32),
             "{kind} on {addr}"
         );
+        addrs.push(addr);
     }
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let mut exit = None;
-    for _ in 0..150 {
-        exit = child.0.try_wait().unwrap();
-        if exit.is_some() {
-            break;
-        }
-        rt::sleep(Duration::from_millis(100)).await;
-    }
-    let exit = exit.expect("exits within 15 s of SIGTERM");
+    addrs.sort_unstable();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 9, "nine ports: {addrs:?}");
+    child.signal(Signal::TERM);
+    let exit = child.exited(Duration::from_secs(15)).await;
     assert!(exit.success(), "graceful exit, got {exit}");
-}
-
-/// Kills the child if the test fails before it is stopped.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

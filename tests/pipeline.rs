@@ -11,7 +11,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,22 +21,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use streamgate::rt;
-
-/// Kills the process if the test ends before it is stopped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use streamgate_testkit::process::Process;
+use streamgate_testkit::scratch::Scratch;
 
 struct Monolith {
-    proc: Proc,
+    proc: Process,
     gateway: SocketAddr,
-    /// Where its log goes.
-    log: std::path::PathBuf,
     /// The bearer token sent with every request, once signed up.
     token: Option<String>,
 }
@@ -44,38 +34,27 @@ struct Monolith {
 const MAX_UPLOAD: u64 = 8 << 20;
 const PASSWORD: &str = "pipeline-pa55word";
 
-fn start(data: &Path, offset: u16) -> Monolith {
-    start_with(data, offset, "warn", &[])
+async fn start(data: &Path) -> Monolith {
+    start_with(data, "warn", &[]).await
 }
 
-/// The monolith with `RUST_LOG=log` and `extra` arguments; its stdout and
-/// stderr (the log) are appended to `<data>.stderr`.
-fn start_with(data: &Path, offset: u16, log: &str, extra: &[&std::ffi::OsStr]) -> Monolith {
-    if let Some(parent) = data.parent() {
-        std::fs::create_dir_all(parent).expect("test dir");
-    }
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.with_extension("stderr"))
-        .expect("log file");
-    let proc = Proc(
-        Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .args(["monolith", "--port-offset", &offset.to_string()])
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--max-upload-bytes", &MAX_UPLOAD.to_string()])
-            .args(extra)
-            .env("RUST_LOG", log)
-            .stdout(stderr.try_clone().expect("log file"))
-            .stderr(stderr)
-            .spawn()
-            .expect("the binary starts"),
-    );
+/// The monolith on free ports (`--port 0`) with `RUST_LOG=log` and `extra`
+/// arguments, once its gateway serves; its output goes to files beside
+/// `data` (appended to when it restarts), printed if the test fails.
+async fn start_with(data: &Path, log: &str, extra: &[&std::ffi::OsStr]) -> Monolith {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamgate"));
+    cmd.args(["monolith", "--port", "0"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--max-upload-bytes", &MAX_UPLOAD.to_string()])
+        .args(extra)
+        .env("RUST_LOG", log);
+    let dir = data.parent().expect("data lives in the test's dir");
+    let mut proc = Process::spawn("monolith", cmd, dir);
+    let gateway = proc.listening("api-gateway").await;
     Monolith {
         proc,
-        gateway: SocketAddr::from(([127, 0, 0, 1], 9090 + offset)),
-        log: data.with_extension("stderr"),
+        gateway,
         token: None,
     }
 }
@@ -163,37 +142,6 @@ async fn sign_in(http: &Http, m: &mut Monolith, email: &str) -> String {
     v["user_id"].as_str().expect("user_id").to_owned()
 }
 
-/// The last lines of the monolith's log, for a failure message.
-fn log_tail(m: &Monolith) -> String {
-    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("  ")).collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
-}
-
-async fn up(http: &Http, m: &mut Monolith) {
-    for _ in 0..200 {
-        let req = http::Request::get(format!("http://{}/health", m.gateway))
-            .body(Full::default())
-            .expect("request");
-        if let Ok(res) = http.request(req).await
-            && res.status() == 200
-        {
-            // Answered: by this process, unless it died on a port in use
-            // and another one answers there.
-            rt::sleep(Duration::from_millis(200)).await;
-            if let Some(exit) = m.proc.0.try_wait().expect("wait") {
-                panic!("the monolith exited: {exit}\n{}", log_tail(m));
-            }
-            return;
-        }
-        if let Some(exit) = m.proc.0.try_wait().expect("wait") {
-            panic!("the monolith exited early: {exit}\n{}", log_tail(m));
-        }
-        rt::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the gateway did not answer within 20 s");
-}
-
 #[path = "shared/clip.rs"]
 mod clip;
 
@@ -209,15 +157,6 @@ fn originals(data: &Path) -> usize {
 
 fn temp_files(data: &Path) -> usize {
     std::fs::read_dir(data.join("tmp")).map_or(0, Iterator::count)
-}
-
-/// A port offset for test number `test` (0..4): the tests of this file run
-/// in parallel, so each draws from its own range (ports span 9005..=9093,
-/// so offsets step by 100).
-fn offset(test: u16) -> u16 {
-    // Below the kernel's ephemeral range (32768 and up here): a fixed port
-    // in it can be taken by any outgoing connection of a parallel test.
-    10_000 + test * 3_000 + u16::try_from(rt::random_u64() % 30).expect("small") * 100
 }
 
 async fn wait_ready(http: &Http, m: &Monolith, id: &str) -> Value {
@@ -254,12 +193,11 @@ fn extinf_total(playlist: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_video_goes_in_and_plays_back_as_ranges_and_hls() {
-    let dir = std::env::temp_dir().join(format!("sg-pipeline-{}", rt::random_hex128()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let clip = test_video(&dir, 4);
-    let mut m = start(&dir.join("data"), offset(0));
+    let scratch = Scratch::new("pipeline");
+    let dir = scratch.path();
+    let clip = test_video(dir, 4);
+    let mut m = start(&dir.join("data")).await;
     let http = client();
-    up(&http, &mut m).await;
     let user = sign_in(&http, &mut m, "viewer@example.com").await;
 
     let created = post_video(
@@ -372,16 +310,14 @@ async fn a_video_goes_in_and_plays_back_as_ranges_and_hls() {
         rt::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(job["state"], "succeeded", "{job}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_4xx_with_a_body_and_store_nothing() {
-    let dir = std::env::temp_dir().join(format!("sg-bad-{}", rt::random_hex128()));
-    let data = dir.join("data");
-    let mut m = start(&data, offset(1));
+    let scratch = Scratch::new("pipeline-bad");
+    let data = scratch.path().join("data");
+    let mut m = start(&data).await;
     let http = client();
-    up(&http, &mut m).await;
     let token = {
         sign_in(&http, &mut m, "bad@example.com").await;
         m.token.clone().expect("token")
@@ -450,17 +386,14 @@ async fn bad_inputs_get_4xx_with_a_body_and_store_nothing() {
     assert_eq!(list.json()["videos"].as_array().map(Vec::len), Some(0));
     assert_eq!(originals(&data), 0);
     assert_eq!(temp_files(&data), 0);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_upload_leaves_no_partial_blob() {
-    let dir = std::env::temp_dir().join(format!("sg-crash-{}", rt::random_hex128()));
-    let data = dir.join("data");
-    let port = offset(2);
-    let mut m = start(&data, port);
+    let scratch = Scratch::new("pipeline-crash");
+    let data = scratch.path().join("data");
+    let mut m = start(&data).await;
     let http = client();
-    up(&http, &mut m).await;
     sign_in(&http, &mut m, "crash@example.com").await;
     let token = m.token.clone().expect("token");
     let mut raw = std::net::TcpStream::connect(m.gateway).expect("connect");
@@ -472,12 +405,10 @@ async fn a_crash_mid_upload_leaves_no_partial_blob() {
     raw.write_all(&vec![1; 3 << 20]).expect("most of it");
     rt::sleep(Duration::from_millis(500)).await;
     assert!(temp_files(&data) > 0, "the upload is being written");
-    m.proc.0.kill().expect("kill -9");
-    let _ = m.proc.0.wait();
+    m.proc.kill();
     assert_eq!(originals(&data), 0, "nothing visible after the crash");
 
-    let mut m = start(&data, port);
-    up(&http, &mut m).await;
+    let mut m = start(&data).await;
     // The monolith draws a fresh signing secret at start: the old token is
     // void, but the account is kept.
     assert_eq!(get(&http, &m, "/v1/videos", None).await.status, 401);
@@ -499,7 +430,6 @@ async fn a_crash_mid_upload_leaves_no_partial_blob() {
     );
     let list = get(&http, &m, "/v1/videos", None).await;
     assert_eq!(list.json()["videos"].as_array().map(Vec::len), Some(0));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,20 +437,19 @@ async fn accounts_and_the_bearer_rule() {
     use streamgate::services::auth::Secret;
     use streamgate::services::auth::token::{ACCESS_TTL, Kind, Tokens};
 
-    let dir = std::env::temp_dir().join(format!("sg-auth-{}", rt::random_hex128()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = Scratch::new("pipeline-auth");
+    let dir = scratch.path();
     let data = dir.join("data");
     let secret = format!("{}{}", rt::random_hex128(), rt::random_hex128());
     let secret_file = dir.join("auth.secret");
     std::fs::write(&secret_file, format!("{secret}\n")).expect("secret file");
     let mut m = start_with(
         &data,
-        offset(3),
         "info,streamgate=debug",
         &["--auth-secret-file".as_ref(), secret_file.as_os_str()],
-    );
+    )
+    .await;
     let http = client();
-    up(&http, &mut m).await;
 
     // Open routes stay open.
     assert_eq!(get(&http, &m, "/health", None).await.status, 200);
@@ -609,11 +538,10 @@ async fn accounts_and_the_bearer_rule() {
     assert_eq!(video.json()["owner_id"], user.as_str());
 
     // Neither the password nor a token reaches the log.
-    drop(m);
-    let log = std::fs::read_to_string(data.with_extension("stderr")).expect("log");
+    m.proc.kill();
+    let log = m.proc.log();
     assert!(log.contains("signed up"), "the log is on: {log}");
     for secret_text in [PASSWORD, "wrong-pa55word", "another-pa55word", &secret] {
         assert!(!log.contains(secret_text), "{secret_text} in the log");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -43,7 +43,17 @@ impl Backoff {
     #[must_use]
     pub fn delay(&self, n: u32, u: f64) -> Duration {
         let factor = JITTER.0 + (JITTER.1 - JITTER.0) * u.clamp(0.0, 1.0);
-        self.nominal(n).mul_f64(factor)
+        let nominal = self.nominal(n);
+        debug_assert!(
+            nominal <= self.max,
+            "backoff invariant: the nominal delay never exceeds max"
+        );
+        let delay = nominal.mul_f64(factor);
+        debug_assert!(
+            delay >= nominal.mul_f64(JITTER.0) && delay <= nominal.mul_f64(JITTER.1),
+            "backoff invariant: the delay stays within the jitter bounds"
+        );
+        delay
     }
 }
 

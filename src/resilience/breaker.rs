@@ -187,6 +187,7 @@ impl Breaker {
     /// Asks to make a call at `now`; also returns the transition when the
     /// open interval has passed and this call moved the breaker to half-open.
     pub fn try_acquire(&mut self, now: Instant) -> (Admit, Option<Transition>) {
+        let before = self.state;
         let mut transition = None;
         if let State::Open { until, .. } = self.state {
             if now < until {
@@ -220,12 +221,29 @@ impl Breaker {
                 retry_after: Duration::ZERO,
             },
         };
+        debug_assert!(
+            !matches!((before, admit), (State::Open { until, .. }, Admit::Yes(_)) if now < until),
+            "breaker invariant: an open breaker admits nothing before its interval ends"
+        );
+        self.check_invariants();
         (admit, transition)
     }
 
     /// Reports the outcome of an admitted call. `jitter_u` is a uniform
     /// random number in `[0, 1)` used if the breaker (re)opens.
     pub fn on_result(
+        &mut self,
+        permit: Permit,
+        success: bool,
+        now: Instant,
+        jitter_u: f64,
+    ) -> Option<Transition> {
+        let transition = self.apply_result(permit, success, now, jitter_u);
+        self.check_invariants();
+        transition
+    }
+
+    fn apply_result(
         &mut self,
         permit: Permit,
         success: bool,
@@ -252,6 +270,10 @@ impl Breaker {
                 if window_calls < self.cfg.min_calls {
                     return None;
                 }
+                debug_assert!(
+                    window_calls >= self.cfg.min_calls,
+                    "breaker invariant: it never trips with fewer calls than min_calls in the window"
+                );
                 let failures = self.outcomes.iter().filter(|(_, ok)| !ok).count();
                 let rate = failures as f64 / f64::from(window_calls);
                 if self.consecutive_failures >= self.cfg.consecutive_failures
@@ -287,10 +309,17 @@ impl Breaker {
                 {
                     return None;
                 }
+                let previous = self.nominal;
                 self.nominal = self
                     .nominal
                     .mul_f64(self.cfg.open_multiplier.max(1.0))
                     .min(self.cfg.open_max);
+                debug_assert!(
+                    self.nominal >= previous,
+                    "breaker invariant: the open interval never shrinks while failures continue \
+                     (nominal {previous:?} -> {:?})",
+                    self.nominal
+                );
                 let interval = self.open(now, jitter_u);
                 Some(Transition::Reopened { interval })
             }
@@ -313,6 +342,7 @@ impl Breaker {
         {
             *in_flight = in_flight.saturating_sub(1);
         }
+        self.check_invariants();
     }
 
     fn record(&mut self, now: Instant, success: bool) {
@@ -327,6 +357,12 @@ impl Breaker {
             .nominal
             .mul_f64(1.0 + self.cfg.jitter.max(0.0) * jitter_u.clamp(0.0, 1.0));
         let interval = jittered.max(self.last_interval);
+        debug_assert!(
+            interval >= self.last_interval,
+            "breaker invariant: the open interval never shrinks while failures continue \
+             ({:?} -> {interval:?})",
+            self.last_interval
+        );
         self.last_interval = interval;
         self.state = State::Open {
             until: now + interval,
@@ -334,6 +370,53 @@ impl Breaker {
         };
         self.generation += 1;
         interval
+    }
+
+    /// Asserts what holds between any two calls (debug builds: the proptest
+    /// and every simulated run check it on each step).
+    fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let cfg = &self.cfg;
+        match self.state {
+            State::Closed => {}
+            State::Open { interval, .. } => {
+                assert_eq!(
+                    interval, self.last_interval,
+                    "breaker invariant: an open period lasts the interval it was given"
+                );
+                assert!(
+                    interval >= cfg.open_base.min(cfg.open_max)
+                        && interval <= cfg.open_max.mul_f64(1.0 + cfg.jitter.max(0.0)),
+                    "breaker invariant: the open interval stays within open_base..=open_max \
+                     plus jitter ({interval:?})"
+                );
+            }
+            State::HalfOpen {
+                in_flight,
+                successes,
+            } => {
+                assert!(
+                    in_flight <= cfg.half_open_probes,
+                    "breaker invariant: half-open admits at most the probe count \
+                     ({in_flight} > {})",
+                    cfg.half_open_probes
+                );
+                assert!(
+                    successes < cfg.half_open_probes,
+                    "breaker invariant: half-open closes once its probes succeeded"
+                );
+            }
+        }
+        if let (Some((oldest, _)), Some((newest, _))) =
+            (self.outcomes.front(), self.outcomes.back())
+        {
+            assert!(
+                newest.saturating_duration_since(*oldest) < cfg.window,
+                "breaker invariant: the counted outcomes span less than the window"
+            );
+        }
     }
 }
 

@@ -60,6 +60,11 @@ impl RetryBudget {
             {
                 q.pop_front();
             }
+            debug_assert!(
+                q.front()
+                    .is_none_or(|at| now.saturating_duration_since(*at) < ttl),
+                "budget invariant: only the last ttl counts"
+            );
         }
     }
 
@@ -70,6 +75,10 @@ impl RetryBudget {
             self.deposits.pop_front();
         }
         self.deposits.push_back(now);
+        debug_assert!(
+            self.deposits.len() <= MAX_TRACKED,
+            "budget invariant: at most MAX_TRACKED requests are remembered"
+        );
     }
 
     /// How many retries the window allows in all.
@@ -86,6 +95,12 @@ impl RetryBudget {
             return false;
         }
         self.withdrawals.push_back(now);
+        debug_assert!(
+            self.withdrawals.len() as u64 <= self.allowance(),
+            "budget invariant: retries in the window never exceed its allowance ({} > {})",
+            self.withdrawals.len(),
+            self.allowance()
+        );
         true
     }
 }

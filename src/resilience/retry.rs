@@ -127,6 +127,19 @@ impl RetryPolicy {
         if !budget.try_withdraw(now) {
             return give_up(GiveUp::BudgetExhausted);
         }
+        debug_assert!(
+            attempts < self.attempts_max() && self.attempts_max() <= MAX_ATTEMPTS_CAP,
+            "retry invariant: no retry once the attempts reach the maximum"
+        );
+        debug_assert!(
+            !failure.headers_received && (idempotent || !failure.may_have_executed),
+            "retry invariant: never a retry of a committed call, nor of a non-idempotent \
+             one that may have run"
+        );
+        debug_assert!(
+            deadline.is_none_or(|d| now + delay < d),
+            "retry invariant: no attempt starts after the caller's deadline"
+        );
         Decision::RetryAfter(delay)
     }
 }

@@ -3,12 +3,16 @@
 //! failure is a panic naming the broken rule) and take their time from the
 //! runtime seam, so they run on tokio against real servers and inside madsim.
 //! Also a model of a Consul agent ([`consul_agent`]) to run the Consul backend against,
-//! and scratch directories ([`scratch::Scratch`]) for tests with real files.
+//! and scratch directories ([`scratch::Scratch`]) for tests with real files;
+//! child processes that die with the test and show their output when it
+//! fails ([`process::Process`]).
 
 pub mod bus_contract;
 pub mod consul_agent;
 pub mod fuzz;
 pub mod job_store_contract;
+#[cfg(not(madsim))]
+pub mod process;
 pub mod registry_contract;
 pub mod scratch;
 

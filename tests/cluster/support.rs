@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use streamgate::rt;
 use streamgate::services::ServiceKind;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
+use streamgate_testkit::process::Process;
 
 const DEPS: &str = "run ci/deps (it installs nats-server, ffmpeg and the Python venv)";
 
@@ -65,92 +64,32 @@ pub fn test_clip(dir: &Path, seconds: u32) -> Vec<u8> {
     clip::make(dir, seconds, 320, 240)
 }
 
-/// One service process; killed when dropped.
+/// One service process, on a free port; killed when dropped (its log
+/// printed if the test failed).
 pub struct Proc {
     pub kind: ServiceKind,
-    /// The port offset it runs at.
-    pub offset: u16,
-    pub child: Child,
-    /// Its stdout and stderr.
-    pub log: PathBuf,
+    pub process: Process,
+    /// Where it serves, as it said on stdout.
+    pub addr: SocketAddr,
 }
 
 impl Proc {
-    /// Starts `kind`'s binary at `offset`, in `env`, logging to `dir`.
-    pub fn start(kind: ServiceKind, offset: u16, env: &[(&str, &str)], dir: &Path) -> Self {
-        let log = dir.join(format!("{}-{offset}.log", kind.name()));
-        let file = std::fs::File::create(&log).expect("log file");
+    /// Starts instance `instance` of `kind`'s binary with `--port 0`, in
+    /// `env`, its output in `dir`; returns once it serves.
+    pub async fn start(kind: ServiceKind, instance: u32, env: &[(&str, &str)], dir: &Path) -> Self {
         let mut cmd = Command::new(binary(kind));
-        cmd.args(["--port-offset", &offset.to_string()])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file);
+        cmd.args(["--port", "0"]).envs(env.iter().copied());
+        let mut process = Process::spawn(&format!("{}-{instance}", kind.name()), cmd, dir);
+        let addr = process.listening(kind.name()).await;
         Self {
             kind,
-            offset,
-            child: cmd.spawn().expect("the binary starts"),
-            log,
+            process,
+            addr,
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.kind.default_port() + self.offset))
     }
 
     pub fn name(&self) -> String {
-        format!("{}@{}", self.kind.name(), self.addr().port())
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill {signal} {}", self.name());
-    }
-
-    /// Waits for it to exit, at most `limit`.
-    pub async fn exited(&mut self, limit: Duration) -> ExitStatus {
-        let started = rt::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                rt::now() - started < limit,
-                "{} still running {limit:?} after the signal",
-                self.name()
-            );
-            rt::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until its gRPC health says SERVING (at most 20 s).
-    pub async fn serving(&mut self) {
-        for _ in 0..200 {
-            let mut client = HealthClient::new(rt::transport::channel(self.addr()));
-            let req = HealthCheckRequest {
-                service: String::new(),
-            };
-            if let Ok(res) = client.check(req).await
-                && res.into_inner().status == 1
-            {
-                return;
-            }
-            if let Some(exit) = self.child.try_wait().expect("wait") {
-                panic!("{} exited early: {exit}", self.name());
-            }
-            rt::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{} not SERVING within 20 s", self.name());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        format!("{}@{}", self.process.name(), self.addr)
     }
 }
 
@@ -165,36 +104,6 @@ pub fn binary(kind: ServiceKind) -> &'static str {
         ServiceKind::Auth => env!("CARGO_BIN_EXE_auth"),
         ServiceKind::Worker => env!("CARGO_BIN_EXE_worker"),
         ServiceKind::Monitor => env!("CARGO_BIN_EXE_monitor"),
-    }
-}
-
-/// The logs of `procs`, each headed by its name, the last `lines` of each.
-pub fn log_tails(logs: &[(String, PathBuf)], lines: usize) -> String {
-    logs.iter()
-        .map(|(name, path)| {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            format!(
-                "---- {name} ({})\n{}",
-                path.display(),
-                all[all.len().saturating_sub(lines)..].join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Prints every process's log if the test fails (the guard outlives them).
-pub struct LogsOnFailure(pub Vec<(String, PathBuf)>);
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "==== the processes' logs (last 40 lines each)\n{}",
-                log_tails(&self.0, 40)
-            );
-        }
     }
 }
 
@@ -280,32 +189,6 @@ impl Gateway {
         )
         .await
         .unwrap_or_else(|| panic!("the gateway {} answers POST {path}", self.addr))
-    }
-}
-
-/// The NATS tap (`ci/probe/nats_tap.py`); killed when dropped.
-pub struct Tap(pub Child);
-
-impl Tap {
-    /// SIGTERM: it drains its subscription and exits.
-    pub async fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if self.0.try_wait().expect("wait").is_some() {
-                return;
-            }
-            rt::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("nats_tap.py did not exit within 5 s of SIGTERM");
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -1,12 +1,13 @@
 //! A private `nats-server -js` child process for restart tests: its own port
-//! and store directory, killed (and the directory removed) on drop.
+//! and store directory (both removed on drop), killed on drop.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use streamgate::rt;
+use streamgate_testkit::process::Process;
+use streamgate_testkit::scratch::Scratch;
 
 /// The nats-server binary: `NATS_SERVER_BIN`, else `/usr/sbin/nats-server`, else `PATH`.
 fn binary() -> String {
@@ -22,8 +23,9 @@ fn binary() -> String {
 /// A running (or killed, awaiting restart) JetStream server of our own.
 pub struct NatsServer {
     port: u16,
-    store: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
+    /// The store (`store/`) and the server's output; dropped last.
+    dir: Scratch,
 }
 
 impl NatsServer {
@@ -33,12 +35,10 @@ impl NatsServer {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let store = std::env::temp_dir().join(format!("sg-nats-{}", rt::random_hex128()));
-        std::fs::create_dir_all(&store).expect("store dir");
         let mut server = Self {
             port,
-            store,
-            child: None,
+            process: None,
+            dir: Scratch::new("nats"),
         };
         server.restart().await;
         server
@@ -51,45 +51,41 @@ impl NatsServer {
 
     /// SIGKILLs the server (no graceful shutdown, as in a crash).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
     /// Starts the server again on the same port and store, waiting until it accepts.
     pub async fn restart(&mut self) {
         self.kill();
-        let child = Command::new(binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (set NATS_SERVER_BIN): {e}", binary()));
-        self.child = Some(child);
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.dir.path().join("store"));
+        let mut process = Process::spawn("nats-server", cmd, self.dir.path());
         let started = rt::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(exit) = process.try_exit() {
+                panic!(
+                    "nats-server exited ({exit}; set NATS_SERVER_BIN?)\n{}",
+                    process.tail(20)
+                );
+            }
             assert!(
                 rt::now() - started < Duration::from_secs(10),
-                "nats-server on port {} did not come up",
-                self.port
+                "nats-server on port {} did not come up\n{}",
+                self.port,
+                process.tail(20)
             );
             rt::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.store);
+        self.process = Some(process);
     }
 }

@@ -274,6 +274,30 @@ fn the_example_file_is_valid_for_every_binary_and_lists_every_option() {
     }
 }
 
+/// Every option a file may set appears in the example, set or commented
+/// out (`key = ...` or `# key = ...` at the start of a line).
+#[test]
+fn the_example_file_names_every_option() {
+    let example = include_str!("../../../config/streamgate.example.toml");
+    let named = |key: &str| {
+        example.lines().any(|line| {
+            let line = line.trim_start_matches('#').trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    };
+    let cmd = ServiceCli::command_for(ServiceKind::Cache);
+    let keys: Vec<&str> = cmd
+        .get_arguments()
+        .filter_map(clap::Arg::get_long)
+        .filter(|key| !NOT_IN_FILE.contains(key))
+        .collect();
+    assert!(keys.contains(&"port") && keys.len() > 15, "{keys:?}");
+    for key in keys {
+        assert!(named(key), "config/streamgate.example.toml lacks `{key}`");
+    }
+}
+
 #[test]
 fn the_monolith_example_is_valid_for_the_monolith_and_lists_every_option() {
     use clap::CommandFactory as _;

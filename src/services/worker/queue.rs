@@ -116,7 +116,7 @@ impl Job {
         now_ms: u64,
         delay_ms: u64,
     ) -> Self {
-        Self {
+        let job = Self {
             id,
             kind,
             payload_json,
@@ -130,7 +130,9 @@ impl Job {
             idempotency_key,
             not_before_ms: now_ms.saturating_add(delay_ms),
             lease_until_ms: 0,
-        }
+        };
+        job.check_invariants();
+        job
     }
 
     /// Whether a runner may lease it now.
@@ -156,11 +158,13 @@ impl Job {
         if !self.is_eligible(now_ms) {
             return Err(Refused::NotEligible);
         }
+        let before = self.before();
         self.attempts += 1;
         self.state = JobState::Leased;
         self.lease_until_ms = now_ms.saturating_add(lease_ms);
         self.progress = 0;
         self.updated_ms = now_ms;
+        self.check_transition(before);
         Ok(self.attempts)
     }
 
@@ -186,12 +190,14 @@ impl Job {
         progress: u32,
     ) -> Result<(), Refused> {
         self.check_lease(attempt)?;
+        let before = self.before();
         self.lease_until_ms = now_ms.saturating_add(lease_ms);
         let progress = progress.min(100);
         if progress != self.progress {
             self.progress = progress;
             self.updated_ms = now_ms;
         }
+        self.check_transition(before);
         Ok(())
     }
 
@@ -201,10 +207,12 @@ impl Job {
     /// The lease is no longer held, or the job ended (cancelled).
     pub fn succeed(&mut self, attempt: u32, now_ms: u64) -> Result<(), Refused> {
         self.check_lease(attempt)?;
+        let before = self.before();
         self.state = JobState::Succeeded;
         self.progress = 100;
         self.lease_until_ms = 0;
         self.updated_ms = now_ms;
+        self.check_transition(before);
         Ok(())
     }
 
@@ -223,7 +231,10 @@ impl Job {
         permanent: bool,
     ) -> Result<bool, Refused> {
         self.check_lease(attempt)?;
-        Ok(self.attempt_failed(now_ms, error, retry_in_ms, permanent))
+        let before = self.before();
+        let dead = self.attempt_failed(now_ms, error, retry_in_ms, permanent);
+        self.check_transition(before);
+        Ok(dead)
     }
 
     fn attempt_failed(
@@ -268,9 +279,11 @@ impl Job {
     }
 
     fn requeue(&mut self, now_ms: u64, why: &str) {
+        let before = self.before();
         if !self.attempt_failed(now_ms, why, 0, false) {
             self.state = JobState::Queued;
         }
+        self.check_transition(before);
     }
 
     /// Cancels an unfinished job, keeping `reason` as its last error.
@@ -281,6 +294,7 @@ impl Job {
         if self.state.is_terminal() {
             return Err(Refused::Terminal(self.state));
         }
+        let before = self.before();
         self.state = JobState::Cancelled;
         self.last_error = if reason.is_empty() {
             "cancelled".to_owned()
@@ -289,8 +303,93 @@ impl Job {
         };
         self.lease_until_ms = 0;
         self.updated_ms = now_ms;
+        self.check_transition(before);
         Ok(())
     }
+
+    fn before(&self) -> Before {
+        Before {
+            state: self.state,
+            attempts: self.attempts,
+        }
+    }
+
+    /// Asserts (debug builds: the proptest and every simulated run) that a
+    /// transition from `before` took an edge of the state machine and left
+    /// the job consistent.
+    fn check_transition(&self, before: Before) {
+        use JobState::{Cancelled, DeadLetter, Failed, Leased, Queued, Succeeded};
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let (from, to) = (before.state, self.state);
+        assert!(
+            !from.is_terminal(),
+            "job invariant: a terminal state never changes ({from:?} -> {to:?})"
+        );
+        assert!(
+            from == to
+                || matches!(
+                    (from, to),
+                    (Queued | Failed, Leased | Cancelled)
+                        | (Leased, Succeeded | Failed | DeadLetter | Queued | Cancelled)
+                ),
+            "job invariant: only the state machine's edges are taken ({from:?} -> {to:?})"
+        );
+        let started = u32::from(from != Leased && to == Leased);
+        assert_eq!(
+            self.attempts,
+            before.attempts + started,
+            "job invariant: an attempt is counted once, when its lease starts"
+        );
+        self.check_invariants();
+    }
+
+    /// Asserts (debug builds) what holds of every job between transitions.
+    fn check_invariants(&self) {
+        use JobState::{Cancelled, DeadLetter, Failed, Leased, Queued, Succeeded};
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        assert!(
+            self.attempts <= self.max_attempts,
+            "job invariant: attempts never exceed max attempts ({} > {})",
+            self.attempts,
+            self.max_attempts
+        );
+        assert!(
+            self.progress <= 100 && self.last_error.len() <= MAX_ERROR_BYTES,
+            "job invariant: progress and the error stay within their limits"
+        );
+        assert_eq!(
+            self.state == Leased,
+            self.lease_until_ms != 0,
+            "job invariant: a job has a lease expiry exactly while it is leased ({:?})",
+            self.state
+        );
+        match self.state {
+            Leased => assert!(
+                self.attempts >= 1,
+                "job invariant: a leased job has a lease holder (its attempt, >= 1)"
+            ),
+            Queued | Failed => assert!(
+                self.attempts < self.max_attempts,
+                "job invariant: a job waiting to run has attempts left"
+            ),
+            Succeeded => assert_eq!(
+                self.progress, 100,
+                "job invariant: a succeeded job is at 100 %"
+            ),
+            DeadLetter | Cancelled => {}
+        }
+    }
+}
+
+/// What a transition is checked against: the job as it was.
+#[derive(Debug, Clone, Copy)]
+struct Before {
+    state: JobState,
+    attempts: u32,
 }
 
 /// `s` cut to at most `max` bytes on a char boundary.
