@@ -42,13 +42,19 @@ pub enum PoolError {
     #[error("no healthy instance of {0:?}")]
     NoInstance(String),
     /// The registry failed.
-    #[error(transparent)]
+    #[error("the service registry is unavailable")]
     Registry(#[from] RegistryError),
+}
+
+impl crate::error::Classify for PoolError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Unavailable
+    }
 }
 
 impl From<PoolError> for tonic::Status {
     fn from(e: PoolError) -> Self {
-        tonic::Status::unavailable(e.to_string())
+        crate::error::status(&e)
     }
 }
 
