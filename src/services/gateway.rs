@@ -141,10 +141,7 @@ pub async fn domain(
 ) -> Result<Domain, KernelError> {
     let subscriptions = video_cache::subscribe(runtime)
         .await
-        .map_err(|e| KernelError::Config {
-            plugin: "api-gateway".to_owned(),
-            reason: format!("event bus: {e}"),
-        })?;
+        .map_err(|e| KernelError::start("api-gateway", "the event bus", e))?;
     Ok(Domain {
         http: Some(router(runtime.clone(), config.max_upload_bytes)),
         background: crate::services::Background {
