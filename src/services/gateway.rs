@@ -13,6 +13,7 @@ mod accounts;
 pub mod bearer;
 pub mod error;
 mod jobs;
+mod json;
 pub mod limit;
 pub mod local;
 mod playback;
