@@ -10,10 +10,12 @@ use crate::proto::metadata_service_server::MetadataServiceServer;
 use crate::services::{Background, Common, Domain};
 
 pub mod consume;
+pub mod error;
 pub mod server;
 pub mod state;
 pub mod store;
 
+pub use error::MetadataError;
 pub use server::MetadataServer;
 
 /// File name of the catalog under the data dir.

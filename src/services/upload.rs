@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use crate::services::{Background, Common, Domain, media};
 
+pub mod error;
 pub mod server;
 pub mod store;
 
+pub use error::UploadError;
 pub use server::UploadServer;
 
 /// File name of the upload records under the data dir.
