@@ -12,9 +12,31 @@ use crate::proto::{
 };
 use crate::rt;
 use crate::services::media;
+use crate::services::transcoder::engine::Reason;
 
 /// Status polls in a row that may fail before the attempt gives up.
 pub const MAX_POLL_ERRORS: u32 = 20;
+
+/// Why an attempt failed, as users read it (the job's `last_error`, and
+/// the video's `failure_reason` once the job gives up); the detail goes to
+/// the log. A failed transcode reads as the transcoder's reason
+/// ([`Reason`]).
+pub mod reason {
+    /// No transcoder answered.
+    pub const TRANSCODER_UNAVAILABLE: &str = "the transcoder is unavailable";
+    /// The transcoder refused the job's request.
+    pub const REFUSED: &str = "the transcoder refused the job";
+    /// The transcoder lost the run (it restarted).
+    pub const LOST: &str = "the transcoder restarted";
+    /// The run was cancelled on the transcoder.
+    pub const CANCELLED: &str = "the transcode was cancelled";
+    /// The attempt ran past its time.
+    pub const TIMED_OUT: &str = "timed out";
+    /// Transcoded, but the catalog could not be told.
+    pub const CATALOG_UNAVAILABLE: &str = "the catalog is unavailable";
+    /// The job's payload is not a transcode payload.
+    pub const BAD_PAYLOAD: &str = "invalid job payload";
+}
 
 /// The payload of a transcode job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,15 +74,15 @@ pub fn payload_json(video_id: &str, blob_key: &str) -> String {
 /// # Errors
 /// How the attempt stopped.
 pub async fn run(jobs: &Jobs, pool: &ClientPool, job: &Job) -> Result<(), Stop> {
-    let p = parse(&job.payload_json).map_err(Stop::permanent)?;
+    let p = parse(&job.payload_json).map_err(|e| Stop::permanent(reason::BAD_PAYLOAD, e))?;
     let limit = jobs.config.attempt_timeout;
     rt::timeout(limit, drive(jobs, pool, job, &p))
         .await
         .unwrap_or_else(|_| {
-            Err(Stop::failed(format!(
-                "attempt timed out after {} s",
-                limit.as_secs()
-            )))
+            Err(Stop::failed(
+                reason::TIMED_OUT,
+                format!("attempt timed out after {} s", limit.as_secs()),
+            ))
         })
 }
 
@@ -75,7 +97,7 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
     let mut client = pool
         .transcoder()
         .await
-        .map_err(|e| Stop::failed(format!("transcoder unavailable: {e}")))?;
+        .map_err(|e| Stop::failed(reason::TRANSCODER_UNAVAILABLE, e))?;
     let req = TranscodeRequest {
         video_id: p.video_id.clone(),
         source_blob_key: p.blob_key.clone(),
@@ -85,17 +107,16 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
     let transcode_id = match client.transcode(call(req, jobs)).await {
         Ok(res) => res.into_inner().transcode_id,
         Err(s) if s.code() == Code::InvalidArgument => {
-            return Err(Stop::permanent(format!(
-                "the transcoder refused the job: {}",
-                s.message()
-            )));
+            return Err(Stop::permanent(
+                reason::REFUSED,
+                format!("the transcoder refused the job: {}", s.message()),
+            ));
         }
         Err(s) => {
-            return Err(Stop::failed(format!(
-                "transcode call failed: {:?}: {}",
-                s.code(),
-                s.message()
-            )));
+            return Err(Stop::failed(
+                reason::TRANSCODER_UNAVAILABLE,
+                format!("transcode call failed: {:?}: {}", s.code(), s.message()),
+            ));
         }
     };
     let mut errors = 0;
@@ -117,39 +138,46 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
                         return super::catalog::ready(pool, &p.video_id, renditions)
                             .await
                             .map_err(|s| {
-                                Stop::failed(format!(
-                                    "transcoded, but the catalog was not updated: {:?}: {}",
-                                    s.code(),
-                                    s.message()
-                                ))
+                                Stop::failed(
+                                    reason::CATALOG_UNAVAILABLE,
+                                    format!(
+                                        "transcoded, but the catalog was not updated: {:?}: {}",
+                                        s.code(),
+                                        s.message()
+                                    ),
+                                )
                             });
                     }
-                    Ok(TranscodeState::Failed) if status.error.is_empty() => {
-                        return Err(Stop::failed("the transcode failed"));
+                    Ok(TranscodeState::Failed) => {
+                        // Only the transcoder's own reasons pass to users.
+                        let said = Reason::of_message(&status.error).unwrap_or(Reason::Failed);
+                        return Err(Stop::failed(
+                            said.message(),
+                            format!("transcode {transcode_id} failed: {:?}", status.error),
+                        ));
                     }
-                    Ok(TranscodeState::Failed) => return Err(Stop::failed(status.error)),
                     Ok(TranscodeState::Cancelled) => {
-                        return Err(Stop::failed(format!(
-                            "the transcode was cancelled: {}",
-                            status.error
-                        )));
+                        return Err(Stop::failed(
+                            reason::CANCELLED,
+                            format!("the transcode was cancelled: {}", status.error),
+                        ));
                     }
                     _ => progress = status.progress_percent.min(100),
                 }
             }
             Err(s) if s.code() == Code::NotFound => {
-                return Err(Stop::failed(format!(
-                    "transcode {transcode_id} was lost (the transcoder restarted)"
-                )));
+                return Err(Stop::failed(
+                    reason::LOST,
+                    format!("transcode {transcode_id} was lost (the transcoder restarted)"),
+                ));
             }
             Err(s) => {
                 errors += 1;
                 if errors >= MAX_POLL_ERRORS {
-                    return Err(Stop::failed(format!(
-                        "transcoder unreachable: {:?}: {}",
-                        s.code(),
-                        s.message()
-                    )));
+                    return Err(Stop::failed(
+                        reason::TRANSCODER_UNAVAILABLE,
+                        format!("transcoder unreachable: {:?}: {}", s.code(), s.message()),
+                    ));
                 }
             }
         }
