@@ -131,7 +131,7 @@ pub async fn stop(
                 .pool
                 .streaming_for_video(video_id)
                 .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                .map_err(tonic::Status::from)?;
             Ok(client.stop_session(req).await?.into_inner())
         })
         .await?;
