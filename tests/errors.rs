@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use rand::RngCore as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rand::RngCore as _;
 use serde_json::{Value, json};
 use streamgate::bus::memory::MemoryBus;
 use streamgate::kernel::{Kernel, Plugin};
@@ -79,7 +79,12 @@ async fn start() -> Node {
     };
     let creds = json!({"email": "ada@example.com", "password": "correct horse battery"});
     let signed = node
-        .send("POST", "/v1/auth/signup", "application/json", creds.to_string())
+        .send(
+            "POST",
+            "/v1/auth/signup",
+            "application/json",
+            creds.to_string(),
+        )
         .await;
     assert_eq!(signed.status, 201, "{}", signed.json);
     node.token = signed.json["access_token"]
@@ -110,9 +115,8 @@ impl Node {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned(),
-            json: serde_json::from_slice(&body).unwrap_or_else(|e| {
-                panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&body))
-            }),
+            json: serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&body))),
         }
     }
 
@@ -167,7 +171,10 @@ async fn an_internal_failure_shows_only_its_request_id() {
 async fn json_body_refusals_name_the_problem_not_a_rust_type() {
     let node = start().await;
     let cases = [
-        (r#"["ada@example.com","pw","Ada"]"#, "body: expected a JSON object"),
+        (
+            r#"["ada@example.com","pw","Ada"]"#,
+            "body: expected a JSON object",
+        ),
         ("{\"email\": ", "body: invalid JSON at line 1 column 10"),
         (
             r#"{"email":"b@example.com"}"#,
@@ -187,7 +194,9 @@ async fn json_body_refusals_name_the_problem_not_a_rust_type() {
             assert!(!message.contains("struct"), "{message}");
         }
     }
-    let reply = node.send("PATCH", "/v1/videos/v1", "application/json", "[1]").await;
+    let reply = node
+        .send("PATCH", "/v1/videos/v1", "application/json", "[1]")
+        .await;
     assert_eq!(
         (reply.status, &reply.json["error"]),
         (400, &json!("body: expected a JSON object"))
@@ -205,7 +214,10 @@ async fn a_failed_transcode_says_why_in_short() {
         .send("POST", "/v1/videos?name=junk.mp4", "video/mp4", junk)
         .await;
     assert_eq!(uploaded.status, 201, "{}", uploaded.json);
-    let id = uploaded.json["video_id"].as_str().expect("an id").to_owned();
+    let id = uploaded.json["video_id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
     let said = "the file is not a video ffprobe can read";
 
     let mut video = Value::Null;
