@@ -180,7 +180,8 @@ pub fn internal_message(request_id: Option<&str>) -> String {
 /// The gRPC status for `e`, in the call being handled on this task (see
 /// [`rt::trace::request_id`]): its kind's code, and its public message (for
 /// an internal error, [`internal_message`]). A server fault is logged with
-/// its whole chain and the request id.
+/// its whole chain and the request id (one that is not internal only when it
+/// has a cause its message leaves out).
 #[must_use]
 pub fn status<E: Classify + ?Sized>(e: &E) -> tonic::Status {
     status_for(e, rt::trace::request_id().as_deref())
@@ -197,7 +198,9 @@ pub fn status_for<E: Classify + ?Sized>(e: &E, request_id: Option<&str>) -> toni
             tracing::error!(request_id = id, error = %Chain(&e), "internal error");
             internal_message(request_id)
         }
-        k if k.is_server_fault() => {
+        // The server stack logs every failed call with its message; the
+        // cause, which the message leaves out, is logged here.
+        k if k.is_server_fault() && e.source().is_some() => {
             tracing::warn!(request_id = id, ?kind, error = %Chain(&e), "dependency failed");
             e.to_string()
         }

@@ -53,8 +53,13 @@ impl crate::error::Classify for PoolError {
 }
 
 impl From<PoolError> for tonic::Status {
+    /// UNAVAILABLE with the public message; not logged above debug (a
+    /// missing cache instance is met on every read and is no error).
     fn from(e: PoolError) -> Self {
-        crate::error::status(&e)
+        if let PoolError::Registry(cause) = &e {
+            tracing::debug!(error = %cause, "no channel: the registry failed");
+        }
+        tonic::Status::new(crate::error::Classify::kind(&e).code(), e.to_string())
     }
 }
 
