@@ -86,6 +86,16 @@ pub async fn run(jobs: &Jobs, pool: &ClientPool, job: &Job) -> Result<(), Stop> 
         })
 }
 
+/// What users read of a transcode's `error`: the transcoder's reason when
+/// it is one of its own ([`Reason`]), else that transcoding failed (an
+/// older or foreign transcoder's text may name files or quote tools).
+#[must_use]
+pub fn public_reason(transcoder_error: &str) -> &'static str {
+    Reason::of_message(transcoder_error)
+        .unwrap_or(Reason::Failed)
+        .message()
+}
+
 fn call<T>(message: T, jobs: &Jobs) -> Request<T> {
     let mut req = Request::new(message);
     req.set_timeout(jobs.config.call_timeout);
@@ -149,10 +159,8 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
                             });
                     }
                     Ok(TranscodeState::Failed) => {
-                        // Only the transcoder's own reasons pass to users.
-                        let said = Reason::of_message(&status.error).unwrap_or(Reason::Failed);
                         return Err(Stop::failed(
-                            said.message(),
+                            public_reason(&status.error),
                             format!("transcode {transcode_id} failed: {:?}", status.error),
                         ));
                     }
@@ -216,5 +224,19 @@ mod tests {
         assert!(parse(r#"{"video_id":"a/b","blob_key":"x"}"#).is_err());
         assert!(parse(r#"{"video_id":"a","blob_key":"../x"}"#).is_err());
         assert!(parse(r#"{"video_id":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn only_the_transcoders_own_reasons_reach_users() {
+        for r in Reason::ALL {
+            assert_eq!(public_reason(r.message()), r.message());
+        }
+        for foreign in [
+            "",
+            "corrupt or unsupported input: ffprobe exit status: 1: originals/v1: Invalid data",
+            "cancelled: changed my mind",
+        ] {
+            assert_eq!(public_reason(foreign), "transcoding failed", "{foreign}");
+        }
     }
 }
