@@ -44,8 +44,20 @@ pub enum BlobError {
         size: u64,
     },
     /// The storage failed.
-    #[error("blob store I/O: {0}")]
+    #[error("blob store I/O failed")]
     Io(#[from] std::io::Error),
+}
+
+impl crate::error::Classify for BlobError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            Self::BadKey(..) => ErrorKind::Invalid,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Self::Io(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 /// Checks a key: 1..=8 `/`-separated segments of `[A-Za-z0-9_.-]`, none

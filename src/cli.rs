@@ -200,8 +200,14 @@ where
     match runtime.block_on(body(Box::pin(shutdown_signal()))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "stopped on an error");
-            ExitCode::FAILURE
+            tracing::error!(error = %crate::error::Chain(&e), "stopped on an error");
+            // Refused options or configuration are a usage error, as when
+            // the flags or the config file do not parse.
+            if e.is_config() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -67,6 +67,19 @@ pub enum KernelError {
         /// What is wrong.
         reason: String,
     },
+    /// Something a plugin needs would not open or connect: its database,
+    /// the event bus, the job store, a work dir. The same variant in every
+    /// service; the source says why.
+    #[error("plugin {plugin}: cannot open {what}")]
+    Start {
+        /// The plugin.
+        plugin: String,
+        /// What would not open ("its database", "the event bus", ...).
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A listener could not be bound or served.
     #[error("plugin {plugin}: {source}")]
     Io {
@@ -79,6 +92,28 @@ pub enum KernelError {
     /// The registry refused or failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+impl KernelError {
+    /// [`KernelError::Start`]: `plugin` could not open `what`.
+    pub fn start(
+        plugin: &str,
+        what: &str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Start {
+            plugin: plugin.to_owned(),
+            what: what.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether the options or configuration were refused (a usage error,
+    /// exit code 2), not the start itself failing.
+    #[must_use]
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config { .. })
+    }
 }
 
 /// The swappable back ends a node is started on.

@@ -26,6 +26,7 @@ pub mod bus;
 #[cfg(not(madsim))]
 pub mod cli;
 pub mod client;
+pub mod error;
 pub mod kernel;
 pub mod middleware;
 #[cfg(not(madsim))]

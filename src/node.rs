@@ -186,8 +186,13 @@ fn announce(host: IpAddr, served: &[crate::registry::ServiceInfo]) {
 fn blob_store(data_dir: &Path) -> Result<Arc<dyn crate::blob::BlobStore>, KernelError> {
     #[cfg(not(madsim))]
     {
-        let store = crate::blob::fs::FsBlobStore::open(data_dir)
-            .map_err(|e| config_error(format!("blob store in {}: {e}", data_dir.display())))?;
+        let store = crate::blob::fs::FsBlobStore::open(data_dir).map_err(|e| {
+            KernelError::start(
+                "kernel",
+                &format!("the blob store in {}", data_dir.display()),
+                e,
+            )
+        })?;
         Ok(Arc::new(store))
     }
     #[cfg(madsim)]
@@ -431,9 +436,10 @@ pub async fn run_service(
         subject_prefix: cluster.bus_subject_prefix.clone(),
         ..NatsOpts::default()
     };
-    let bus = NatsBus::connect(bus_opts)
-        .await
-        .map_err(|e| config_error(format!("NATS bus: {e}")))?;
+    let bus = NatsBus::connect(bus_opts).await.map_err(|e| match e {
+        crate::bus::nats::NatsBusError::Options(e) => config_error(format!("NATS bus: {e}")),
+        e => KernelError::start("kernel", "the NATS bus", e),
+    })?;
     let registry: Arc<dyn Registry> = match cluster.registry {
         RegistryKind::NatsKv => {
             let mut kv = crate::registry::nats_kv::Options::new(cluster.nats_url.clone());

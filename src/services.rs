@@ -161,3 +161,75 @@ pub async fn start(
     })?;
     host::serve(kind, common, runtime, config.domain(common, runtime)).await
 }
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::blob::memory::MemoryBlobStore;
+    use crate::bus::memory::MemoryBus;
+    use crate::client::{ClientPool, PoolConfig};
+    use crate::middleware::auth::Keyring;
+    use crate::registry::memory::MemoryRegistry;
+
+    /// A store that will not open stops every service that keeps one the
+    /// same way: [`KernelError::Start`] naming the plugin, its cause kept.
+    #[tokio::test]
+    async fn a_store_that_will_not_open_is_a_start_error_everywhere() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let keys = Keyring::generate("test");
+        let runtime = Runtime {
+            registry: registry.clone(),
+            bus: Arc::new(MemoryBus::new()),
+            blobs: Arc::new(MemoryBlobStore::new()),
+            pool: ClientPool::new(registry, PoolConfig::new(keys.clone(), "test")),
+            keys,
+            metrics: crate::middleware::metrics::Metrics::default(),
+        };
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let stores = [
+            (ServiceKind::Metadata, metadata::DB_FILE),
+            (ServiceKind::Upload, upload::DB_FILE),
+            (ServiceKind::Auth, auth::DB_FILE),
+            (ServiceKind::Worker, worker::DB_FILE),
+        ];
+        for (kind, file) in stores {
+            // A directory where the database file should be: SQLite cannot
+            // open it.
+            std::fs::create_dir_all(dir.path().join(file)).expect("a directory");
+            let common = Common {
+                data_dir: Some(dir.path().to_owned()),
+                ..Common::ephemeral()
+            };
+            let err = start(&ServiceConfig::new(kind), &common, &runtime)
+                .await
+                .expect_err("the store does not open");
+            match &err {
+                KernelError::Start { plugin, what, .. } => {
+                    assert_eq!(
+                        (plugin.as_str(), what.as_str()),
+                        (kind.name(), "its database")
+                    );
+                }
+                other => panic!("{kind:?}: {other:?}"),
+            }
+            assert!(!err.is_config(), "not a usage error: exits 1, not 2");
+            assert!(
+                std::error::Error::source(&err).is_some(),
+                "{kind:?}: the cause is kept"
+            );
+        }
+        // Invalid settings are the other kind: a usage error.
+        let zero = cache::Config {
+            limits: cache::state::Limits {
+                capacity_bytes: 0,
+                ..cache::state::Limits::default()
+            },
+        };
+        let err = start(&zero.into(), &Common::ephemeral(), &runtime)
+            .await
+            .expect_err("refused");
+        assert!(err.is_config(), "{err:?}");
+    }
+}

@@ -319,7 +319,7 @@ async fn an_unreachable_server_is_a_clear_error() {
     };
     let err = JetStreamStore::connect(&opts).await.unwrap_err();
     assert!(
-        matches!(&err, WorkerError::Unavailable(m) if m.contains("127.0.0.1:1")),
+        matches!(&err, WorkerError::Unavailable { what, .. } if what.contains("127.0.0.1:1")),
         "{err}"
     );
 }

@@ -290,12 +290,10 @@ impl Service<Request<Body>> for Balanced {
             let limit = grpc_timeout::from_headers(req.headers());
             let mut channel = endpoint.channel.clone();
             let exchange = async {
+                let failed = |e| transport_status(&this.service, &endpoint.id, e);
                 match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-                    Ok(()) => channel
-                        .call(req)
-                        .await
-                        .map_err(|e| Status::from_error(e.into())),
-                    Err(e) => Err(Status::from_error(e.into())),
+                    Ok(()) => channel.call(req).await.map_err(failed),
+                    Err(e) => Err(failed(e)),
                 }
             };
             // Enforced here rather than left to the transport: tonic's own
@@ -380,6 +378,29 @@ impl Drop for Admitted {
             self.endpoint.lock().release(permit);
         }
     }
+}
+
+/// The status of a call the transport failed (no connection, a reset
+/// stream): its code as tonic maps it, a message that names the service;
+/// the transport's own words ("tcp connect error: Connection refused") go
+/// to the log, not to whoever reads the status.
+fn transport_status(
+    service: &str,
+    endpoint: &str,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Status {
+    let status = Status::from_error(e.into());
+    tracing::debug!(
+        service,
+        endpoint,
+        code = ?status.code(),
+        error = status.message(),
+        "call failed in the transport"
+    );
+    Status::new(
+        status.code(),
+        format!("{service}: no answer from {endpoint}"),
+    )
 }
 
 #[cfg(all(test, not(madsim)))]

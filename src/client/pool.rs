@@ -42,13 +42,24 @@ pub enum PoolError {
     #[error("no healthy instance of {0:?}")]
     NoInstance(String),
     /// The registry failed.
-    #[error(transparent)]
+    #[error("the service registry is unavailable")]
     Registry(#[from] RegistryError),
 }
 
+impl crate::error::Classify for PoolError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Unavailable
+    }
+}
+
 impl From<PoolError> for tonic::Status {
+    /// UNAVAILABLE with the public message; not logged above debug (a
+    /// missing cache instance is met on every read and is no error).
     fn from(e: PoolError) -> Self {
-        tonic::Status::unavailable(e.to_string())
+        if let PoolError::Registry(cause) = &e {
+            tracing::debug!(error = %cause, "no channel: the registry failed");
+        }
+        tonic::Status::new(crate::error::Classify::kind(&e).code(), e.to_string())
     }
 }
 

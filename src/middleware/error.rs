@@ -13,6 +13,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::request_id::RequestIdValue;
+use crate::error::internal_message;
 
 /// Whether a status code means the server (not the caller) failed.
 #[must_use]
@@ -119,7 +120,7 @@ where
             }
             Err(e) => {
                 tracing::error!(path, request_id = id, error = %e, "call failed inside the server");
-                let status = tonic::Status::internal(format!("internal error (request id {id})"));
+                let status = tonic::Status::internal(internal_message(Some(id)));
                 let (parts, ()) = status.into_http::<()>().into_parts();
                 Response::from_parts(parts, ResBody::default())
             }

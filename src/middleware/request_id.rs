@@ -1,8 +1,10 @@
 //! `x-request-id`: keeps a well-formed incoming id, else takes the call's
 //! trace id (so one id names a request across every hop without a header of
 //! its own), else generates one; makes it visible to the handler (request
-//! extension) and echoes it on the response. Placed inside the server's
-//! trace layer, which puts the [`TraceContext`] in the request's extensions.
+//! extension and [`rt::trace::request_id`] while it runs, so an internal
+//! error can name it) and echoes it on the response. Placed inside the
+//! server's trace layer, which puts the [`TraceContext`] in the request's
+//! extensions.
 //! The same layer on a client stamps outgoing calls that carry none (the
 //! pool doesn't use it: its calls carry `traceparent`, from which the server
 //! derives the id).
@@ -12,6 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
+use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use super::trace::TraceContext;
@@ -64,7 +67,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<TaskLocalFuture<HeaderValue, S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -88,7 +91,7 @@ where
         };
         req.extensions_mut().insert(RequestIdValue(id.clone()));
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: rt::trace::with_request_id(id.clone(), self.inner.call(req)),
             id: Some(id),
         }
     }
@@ -133,6 +136,8 @@ mod tests {
                 .extensions()
                 .get::<RequestIdValue>()
                 .map(|v| v.0.to_str().unwrap().to_owned());
+            // The handler's task knows it too (for the errors it builds).
+            assert_eq!(rt::trace::request_id(), seen);
             Ok::<_, Infallible>(Response::new(seen.unwrap_or_default()))
         })
     }

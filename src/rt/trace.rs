@@ -2,6 +2,8 @@
 //! for a call's handler (or by an event consumer for an event's), read by
 //! whatever starts work on the task's behalf (outgoing calls, published
 //! events). `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+//! Also the call's request id (`x-request-id`), set by the request id
+//! layer, which names the call in an error a client reads.
 
 use std::future::Future;
 
@@ -12,6 +14,7 @@ pub const HEADER: &str = "traceparent";
 
 tokio::task_local! {
     pub(crate) static CURRENT: TraceContext;
+    pub(crate) static REQUEST_ID: http::HeaderValue;
 }
 
 /// A position in a trace.
@@ -110,4 +113,24 @@ pub fn in_context<F: Future>(
     fut: F,
 ) -> tokio::task::futures::TaskLocalFuture<TraceContext, F> {
     CURRENT.scope(ctx, fut)
+}
+
+/// The request id of the call being handled on this task: the one the
+/// request id layer set, else (work outside a call's layers, e.g. an event
+/// handler) the trace id, which a request id defaults to.
+#[must_use]
+pub fn request_id() -> Option<String> {
+    REQUEST_ID
+        .try_with(|id| id.to_str().ok().map(str::to_owned))
+        .ok()
+        .flatten()
+        .or_else(|| current().map(|c| format!("{:032x}", c.trace_id)))
+}
+
+/// Runs `fut` as the call named `id` (see [`request_id`]).
+pub fn with_request_id<F: Future>(
+    id: http::HeaderValue,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<http::HeaderValue, F> {
+    REQUEST_ID.scope(id, fut)
 }

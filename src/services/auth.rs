@@ -66,11 +66,13 @@ pub async fn domain(
     common: &Common,
     _runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
-    let fail = |reason: String| KernelError::Config {
+    config.validate().map_err(|reason| KernelError::Config {
         plugin: "auth".to_owned(),
         reason,
+    })?;
+    let fail = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+        KernelError::start("auth", what, e)
     };
-    config.validate().map_err(fail)?;
     let secret = match &config.secret {
         Some(s) => s.clone(),
         None => {
@@ -80,14 +82,16 @@ pub async fn domain(
             Secret::random()
         }
     };
-    let path = common.db_path(DB_FILE).map_err(fail)?;
-    let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let path = common
+        .db_path(DB_FILE)
+        .map_err(|e| fail("its data dir", e.into()))?;
+    let store = store::Store::open(path.as_deref()).map_err(|e| fail("its database", e.into()))?;
     // The decoy hash now, not on the first unknown email (which would then
     // take twice as long as a wrong password).
     crate::rt::blocking(|| password::decoy().map(|_| ()))
         .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail("the password hasher", e.into()))?
+        .map_err(|e| fail("the password hasher", e.into()))?;
     let server = AuthServer::new(store, token::Tokens::new(&secret), config.clients.clone());
     Ok(Domain {
         routes: Routes::new(AuthServiceServer::new(server)),

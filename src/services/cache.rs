@@ -6,9 +6,11 @@ use crate::kernel::{KernelError, Runtime};
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::services::{Common, Domain};
 
+pub mod error;
 pub mod server;
 pub mod state;
 
+pub use error::CacheError;
 pub use server::CacheServer;
 
 /// The cache's own settings.

@@ -13,6 +13,7 @@ mod accounts;
 pub mod bearer;
 pub mod error;
 mod jobs;
+mod json;
 pub mod limit;
 pub mod local;
 mod playback;
@@ -141,10 +142,7 @@ pub async fn domain(
 ) -> Result<Domain, KernelError> {
     let subscriptions = video_cache::subscribe(runtime)
         .await
-        .map_err(|e| KernelError::Config {
-            plugin: "api-gateway".to_owned(),
-            reason: format!("event bus: {e}"),
-        })?;
+        .map_err(|e| KernelError::start("api-gateway", "the event bus", e))?;
     Ok(Domain {
         http: Some(router(runtime.clone(), config.max_upload_bytes)),
         background: crate::services::Background {

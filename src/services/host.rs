@@ -72,14 +72,28 @@ impl Common {
     /// (created if missing), or `None` to keep it in memory.
     ///
     /// # Errors
-    /// The data dir cannot be created (the message names it).
-    pub fn db_path(&self, file: &str) -> Result<Option<PathBuf>, String> {
+    /// The data dir cannot be created.
+    pub fn db_path(&self, file: &str) -> Result<Option<PathBuf>, DataDirError> {
         let Some(dir) = &self.data_dir else {
             return Ok(None);
         };
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| DataDirError {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Some(dir.join(file)))
     }
+}
+
+/// The data dir could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("data dir {}", .path.display())]
+pub struct DataDirError {
+    /// The dir.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Calls each calling service may burst, and make per second on average, by
@@ -214,7 +228,7 @@ impl RunningService {
             }),
             Err(e) => Err(KernelError::Io {
                 plugin,
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             }),
         }
     }

@@ -1,8 +1,6 @@
 //! Conventions the pipeline's services share: id rules, where each blob of
 //! a video lives, the rendition profiles, and the transcode job of a video.
 
-use crate::blob::BlobError;
-
 /// Longest id (video, upload, job, session).
 pub const MAX_ID_LEN: usize = 64;
 
@@ -183,17 +181,6 @@ pub fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
-}
-
-/// The gRPC status for a blob store failure.
-#[must_use]
-pub fn blob_status(e: &BlobError) -> tonic::Status {
-    match e {
-        BlobError::BadKey(..) => tonic::Status::invalid_argument(e.to_string()),
-        BlobError::NotFound(_) => tonic::Status::not_found(e.to_string()),
-        BlobError::OutOfRange { .. } => tonic::Status::out_of_range(e.to_string()),
-        BlobError::Io(_) => tonic::Status::internal(e.to_string()),
-    }
 }
 
 #[cfg(test)]

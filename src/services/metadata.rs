@@ -10,10 +10,12 @@ use crate::proto::metadata_service_server::MetadataServiceServer;
 use crate::services::{Background, Common, Domain};
 
 pub mod consume;
+pub mod error;
 pub mod server;
 pub mod state;
 pub mod store;
 
+pub use error::MetadataError;
 pub use server::MetadataServer;
 
 /// File name of the catalog under the data dir.
@@ -43,16 +45,17 @@ pub async fn domain(
     common: &Common,
     runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
-    let fail = |reason: String| KernelError::Config {
-        plugin: "metadata".to_owned(),
-        reason,
+    let fail = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+        KernelError::start("metadata", what, e)
     };
-    let path = common.db_path(DB_FILE).map_err(fail)?;
-    let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let path = common
+        .db_path(DB_FILE)
+        .map_err(|e| fail("its data dir", e.into()))?;
+    let store = store::Store::open(path.as_deref()).map_err(|e| fail("its database", e.into()))?;
     let store = Arc::new(Mutex::new(store));
     let subscriptions = consume::subscribe(&store, &runtime.bus)
         .await
-        .map_err(|e| fail(format!("event bus: {e}")))?;
+        .map_err(|e| fail("the event bus", e.into()))?;
     let server = MetadataServer::new(store, runtime.bus.clone(), config.max_upload_bytes);
     Ok(Domain {
         routes: Routes::new(MetadataServiceServer::new(server)),

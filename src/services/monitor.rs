@@ -110,11 +110,10 @@ pub async fn domain(
     _common: &Common,
     runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
-    let fail = |reason: String| KernelError::Config {
+    config.validate().map_err(|reason| KernelError::Config {
         plugin: "monitor".to_owned(),
         reason,
-    };
-    config.validate().map_err(fail)?;
+    })?;
     let monitor = Arc::new(Monitor::new(config.clone()));
 
     let mut subscriptions = Vec::with_capacity(EventType::ALL.len());
@@ -128,7 +127,7 @@ pub async fn domain(
             .bus
             .subscribe(kind.subject(), None, count)
             .await
-            .map_err(|e| fail(format!("event bus: {e}")))?;
+            .map_err(|e| KernelError::start("monitor", "the event bus", e))?;
         subscriptions.push(sub);
     }
     let prober = rt::spawn(probe::run(monitor.clone(), runtime.clone()));

@@ -82,17 +82,16 @@ async fn work_root(common: &Common) -> Result<PathBuf, KernelError> {
     #[cfg(not(madsim))]
     {
         let clear = root.clone();
-        let cleared = rt::blocking(move || match std::fs::remove_dir_all(&clear) {
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| {
+            KernelError::start("transcoder", "its work dir", e)
+        };
+        rt::blocking(move || match std::fs::remove_dir_all(&clear) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         })
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r);
-        cleared.map_err(|source| KernelError::Io {
-            plugin: "transcoder".to_owned(),
-            source,
-        })?;
+        .map_err(|e| fail(e.into()))?
+        .map_err(|e| fail(e.into()))?;
     }
     Ok(root)
 }

@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use crate::services::{Background, Common, Domain, media};
 
+pub mod error;
 pub mod server;
 pub mod store;
 
+pub use error::UploadError;
 pub use server::UploadServer;
 
 /// File name of the upload records under the data dir.
@@ -55,12 +57,13 @@ pub async fn domain(
     common: &Common,
     runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
-    let fail = |reason: String| KernelError::Config {
-        plugin: "upload".to_owned(),
-        reason,
+    let fail = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+        KernelError::start("upload", what, e)
     };
-    let path = common.db_path(DB_FILE).map_err(fail)?;
-    let store = store::Store::open(path.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let path = common
+        .db_path(DB_FILE)
+        .map_err(|e| fail("its data dir", e.into()))?;
+    let store = store::Store::open(path.as_deref()).map_err(|e| fail("its database", e.into()))?;
     let store = Arc::new(Mutex::new(store));
 
     let (blobs, records) = (runtime.blobs.clone(), store.clone());
@@ -94,7 +97,7 @@ pub async fn domain(
             on_deleted,
         )
         .await
-        .map_err(|e| fail(format!("event bus: {e}")))?;
+        .map_err(|e| fail("the event bus", e.into()))?;
 
     let server = UploadServer::new(
         store,

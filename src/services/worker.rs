@@ -81,16 +81,15 @@ pub async fn domain(
     runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
     let (job_queue, config) = (&config.job_queue, config.jobs.clone());
-    let fail = |e: &dyn std::fmt::Display| KernelError::Io {
-        plugin: "worker".to_owned(),
-        source: std::io::Error::other(e.to_string()),
+    let fail = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+        KernelError::start("worker", what, e)
     };
     let (store, recovered) = match job_queue {
         JobQueue::Sqlite => {
             let path = common.data_dir.as_ref().map(|d| d.join(DB_FILE));
             store::Store::open(path, rt::unix_ms())
                 .await
-                .map_err(|e| fail(&e))?
+                .map_err(|e| fail("its database", e.into()))?
         }
         #[cfg(not(madsim))]
         JobQueue::JetStream { url, name } => {
@@ -102,7 +101,7 @@ pub async fn domain(
             };
             let store = store::jetstream::JetStreamStore::connect(&js)
                 .await
-                .map_err(|e| fail(&e))?;
+                .map_err(|e| fail("the job store", e.into()))?;
             // Leases held by a previous run come back when they run out.
             (store::Store::JetStream(store), Vec::new())
         }
@@ -144,7 +143,7 @@ pub async fn domain(
             on_upload,
         )
         .await
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| fail("the event bus", e.into()))?;
     let runner = rt::spawn(runner::run(jobs.clone(), runtime.pool.clone()));
     let sweeper = rt::spawn(sweep::run(runtime.pool.clone()));
 

@@ -3,6 +3,8 @@
 
 use tonic::Status;
 
+use crate::error::{Classify, ErrorKind};
+
 /// A failed auth request.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -33,34 +35,44 @@ pub enum AuthError {
     )]
     NoServiceClients,
     /// SQLite failed.
-    #[error("auth store: {0}")]
+    #[error("auth store failed")]
     Sqlite(#[from] rusqlite::Error),
-    /// Signing a token, or hashing a password, failed (a bug or a broken
-    /// configuration, never the client's input).
-    #[error("auth: {0}")]
-    Internal(String),
+    /// Hashing a password failed (Argon2 refused its parameters: a bug).
+    #[error("password hashing failed")]
+    Hash(#[source] argon2::password_hash::Error),
+    /// Signing a token failed (a bug or a broken secret, never the
+    /// client's input).
+    #[error("token signing failed")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    /// A blocking task (store or hashing) ended without an answer (it
+    /// panicked).
+    #[error("auth task failed")]
+    Task(#[from] crate::rt::JoinError),
+}
+
+impl Classify for AuthError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::BadCredentials | Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Self::EmailTaken => ErrorKind::AlreadyExists,
+            Self::RateLimited { .. } => ErrorKind::Exhausted,
+            Self::Forbidden(_) => ErrorKind::PermissionDenied,
+            Self::NoServiceClients => ErrorKind::Conflict,
+            Self::Sqlite(_) | Self::Hash(_) | Self::Sign(_) | Self::Task(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
-        let msg = e.to_string();
-        match e {
-            AuthError::Invalid(_) => Status::invalid_argument(msg),
-            AuthError::BadCredentials | AuthError::Unauthenticated(_) => {
-                Status::unauthenticated(msg)
-            }
-            AuthError::EmailTaken => Status::already_exists(msg),
-            AuthError::RateLimited { retry_after_ms } => {
-                let mut status = Status::resource_exhausted(msg);
-                if let Ok(v) = retry_after_ms.to_string().parse() {
-                    status.metadata_mut().insert("retry-after-ms", v);
-                }
-                status
-            }
-            AuthError::Forbidden(_) => Status::permission_denied(msg),
-            AuthError::NoServiceClients => Status::failed_precondition(msg),
-            AuthError::Sqlite(_) | AuthError::Internal(_) => Status::internal(msg),
+        let mut status = crate::error::status(&e);
+        if let AuthError::RateLimited { retry_after_ms } = e
+            && let Ok(v) = retry_after_ms.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after-ms", v);
         }
+        status
     }
 }
 
@@ -82,7 +94,10 @@ mod tests {
             (AuthError::Unauthenticated("revoked"), Code::Unauthenticated),
             (AuthError::Forbidden("x".into()), Code::PermissionDenied),
             (AuthError::NoServiceClients, Code::FailedPrecondition),
-            (AuthError::Internal("x".into()), Code::Internal),
+            (
+                AuthError::Sqlite(rusqlite::Error::InvalidQuery),
+                Code::Internal,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);

@@ -33,7 +33,7 @@ fn hasher() -> Argon2<'static> {
 /// The PHC string (`$argon2id$v=19$m=...`) of `password` with a fresh salt.
 ///
 /// # Errors
-/// [`AuthError::Internal`] if Argon2 refuses its parameters (a bug).
+/// [`AuthError::Hash`] if Argon2 refuses its parameters (a bug).
 pub fn hash(password: &str) -> Result<String, AuthError> {
     let mut salt = [0u8; SALT_BYTES];
     rand::RngCore::fill_bytes(&mut crate::rt::rng(), &mut salt);
@@ -44,7 +44,7 @@ fn hash_salted(password: &str, salt: &[u8]) -> Result<String, AuthError> {
     hasher()
         .hash_password_with_salt(password.as_bytes(), salt)
         .map(|h| h.to_string())
-        .map_err(|e| AuthError::Internal(format!("hashing a password: {e}")))
+        .map_err(AuthError::Hash)
 }
 
 /// True if `password` matches the PHC string `stored`; false for a

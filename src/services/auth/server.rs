@@ -76,8 +76,7 @@ impl AuthServer {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner))
         })
-        .await
-        .map_err(|e| AuthError::Internal(format!("auth store: {e}")))?
+        .await?
     }
 
     /// A new access + refresh pair for `sub` at `now_ms`, in refresh family
@@ -133,9 +132,7 @@ impl AuthServer {
         let email = r.email;
         // Hashing first: a taken email costs the same time as a new one.
         let password = r.password;
-        let hash = rt::blocking(move || password::hash(&password))
-            .await
-            .map_err(|e| AuthError::Internal(format!("hashing: {e}")))??;
+        let hash = rt::blocking(move || password::hash(&password)).await??;
         let now_ms = rt::unix_ms();
         let user = User {
             id: rt::random_hex128(),
@@ -191,8 +188,7 @@ impl AuthServer {
             let ok = password::verify(&password, hash);
             Ok(user.filter(|_| ok).map(|u| u.id))
         })
-        .await
-        .map_err(|e| AuthError::Internal(format!("verifying: {e}")))??;
+        .await??;
         let Some(id) = found else {
             tracing::info!("log-in refused");
             return Err(AuthError::BadCredentials);
@@ -465,9 +461,10 @@ impl AuthService for AuthServer {
     ) -> Result<Response<ValidateTokenResponse>, Status> {
         let r = req.into_inner();
         if !r.required_scope.is_empty() && !is_scope(&r.required_scope) {
-            return Err(Status::invalid_argument(
-                "required_scope: 1..=64 bytes of [a-z0-9_.:-], or empty",
-            ));
+            return Err(AuthError::Invalid(
+                "required_scope: 1..=64 bytes of [a-z0-9_.:-], or empty".to_owned(),
+            )
+            .into());
         }
         let invalid = |why: Invalid| ValidateTokenResponse {
             reason: why.to_string(),

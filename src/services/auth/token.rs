@@ -174,7 +174,7 @@ impl Tokens {
     /// Signs a `kind` token for `sub` with `scopes`, valid for `ttl` from `now_ms`.
     ///
     /// # Errors
-    /// [`AuthError::Internal`] if signing fails (never for valid input).
+    /// [`AuthError::Sign`] if signing fails (never for valid input).
     pub fn issue(
         &self,
         sub: &str,
@@ -210,7 +210,7 @@ impl Tokens {
             fam: fam.to_owned(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AuthError::Internal(format!("signing a token: {e}")))?;
+            .map_err(AuthError::Sign)?;
         Ok(Issued { token, claims })
     }
 

@@ -1,11 +1,12 @@
-//! CacheService over gRPC: validates input, maps [`CacheError`] to statuses.
+//! CacheService over gRPC: validates input, runs it on the cache state;
+//! refusals are [`CacheError`]s (`error.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::state::{CacheError, CacheState, Limits};
+use super::state::{CacheState, Limits};
 use crate::proto::cache_service_server::CacheService;
 use crate::proto::{
     CacheDeleteRequest, CacheDeleteResponse, CacheGetRequest, CacheGetResponse,
@@ -13,15 +14,6 @@ use crate::proto::{
     CacheStatsRequest, CacheStatsResponse,
 };
 use crate::rt;
-
-impl From<CacheError> for Status {
-    fn from(e: CacheError) -> Self {
-        match e {
-            CacheError::NoRoom(_) => Status::resource_exhausted(e.to_string()),
-            _ => Status::invalid_argument(e.to_string()),
-        }
-    }
-}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use super::error::CacheError;
 use crate::rt::Instant;
 
 /// Longest key, in bytes.
@@ -50,23 +51,6 @@ impl Limits {
         }
         Ok(())
     }
-}
-
-/// A request the cache refuses.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CacheError {
-    /// Empty, too long, or containing NUL.
-    #[error("key must be 1..={MAX_KEY_BYTES} bytes without NUL")]
-    BadKey,
-    /// Over [`MAX_VALUE_BYTES`].
-    #[error("value of {0} bytes exceeds {MAX_VALUE_BYTES}")]
-    ValueTooLarge(usize),
-    /// Over [`MAX_TTL`].
-    #[error("ttl of {0:?} exceeds 24h")]
-    TtlTooLong(Duration),
-    /// Larger than the whole cache.
-    #[error("entry of {0} bytes cannot fit in the cache")]
-    NoRoom(u64),
 }
 
 #[derive(Debug, Clone)]

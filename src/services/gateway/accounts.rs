@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::Api;
 use super::error::ApiError;
-use super::videos::json_body;
+use super::json;
 use crate::proto::{LogInRequest, RefreshRequest, SignUpRequest, TokenPair};
 
 /// `{"email", "password", "display_name"?}` (no `Debug`: it holds a password).
@@ -66,7 +66,7 @@ fn answer(
 /// `POST /v1/auth/signup`: 201 with the new user's id and tokens; 409 if
 /// the email is taken.
 pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
-    let r: SignUp = json_body(body).await?;
+    let r: SignUp = json::body(body).await?;
     let res = api
         .runtime
         .pool
@@ -85,7 +85,7 @@ pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiE
 /// `POST /v1/auth/login`: 200 with tokens; 401 for a bad email or password
 /// alike; 429 past the per-email limit.
 pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
-    let r: LogIn = json_body(body).await?;
+    let r: LogIn = json::body(body).await?;
     let res = api
         .runtime
         .pool
@@ -103,7 +103,7 @@ pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiEr
 /// `POST /v1/auth/refresh`: 200 with a new pair; the refresh token sent is
 /// spent (401 if sent again).
 pub async fn refresh(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
-    let r: Refresh = json_body(body).await?;
+    let r: Refresh = json::body(body).await?;
     let res = api
         .runtime
         .pool

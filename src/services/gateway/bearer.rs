@@ -59,18 +59,22 @@ impl Verifier {
         if let Some(user) = self.cache.get(token, now_ms) {
             return Ok(user);
         }
-        let unavailable = |e: String| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("auth service unavailable: {e}"),
-            )
+        // Whatever failed (no instance, a transport error, auth's own
+        // internal error), the client can only retry: the cause is logged.
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(
+                request_id = rt::trace::request_id().as_deref().unwrap_or("-"),
+                error = %e,
+                "token not checked"
+            );
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth service unavailable")
         };
         let mut client = self
             .runtime
             .pool
             .auth()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(&e))?;
         let mut req = tonic::Request::new(ValidateTokenRequest {
             token: token.to_owned(),
             required_scope: String::new(),
@@ -79,7 +83,7 @@ impl Verifier {
         let res = client
             .validate_token(req)
             .await
-            .map_err(|s| unavailable(s.message().to_owned()))?
+            .map_err(|s| unavailable(&s))?
             .into_inner();
         if !res.valid {
             return Err(unauthorized(&format!("invalid token: {}", res.reason)));

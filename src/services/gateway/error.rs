@@ -1,5 +1,8 @@
-//! The API's errors: an HTTP status and a JSON body `{"error": "..."}`, and
-//! the mapping of the gRPC status codes of the services behind it.
+//! The API's errors: an HTTP status and a JSON body `{"error": "..."}`.
+//! A service's answer keeps its message unless it is internal: the client
+//! then reads `internal error (request id ...)`, the id its response's
+//! `x-request-id` carries, and the cause goes to the log under that id.
+//! HTTP statuses come from [`ErrorKind::http_status`], the one mapping.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -7,6 +10,8 @@ use http::StatusCode;
 use tonic::Code;
 
 use crate::client::PoolError;
+use crate::error::{ErrorKind, internal_message};
+use crate::rt;
 
 /// A failed API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,35 +36,53 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// A 500 for a failure of ours: `cause` is logged with the request id,
+    /// which is all the client reads.
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        let id = rt::trace::request_id();
+        tracing::error!(
+            request_id = id.as_deref().unwrap_or("-"),
+            error = %crate::error::Chain(cause),
+            "internal error"
+        );
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            internal_message(id.as_deref()),
+        )
+    }
+
     /// The error for a failed call to an upload (`upload`: RESOURCE_EXHAUSTED
     /// means the file is too large, not that we are busy).
     #[must_use]
     pub fn from_status(status: &tonic::Status, upload: bool) -> Self {
+        let http = http_status(status.code(), upload);
+        if ErrorKind::from_code(status.code()) == ErrorKind::Internal {
+            let id = rt::trace::request_id();
+            tracing::error!(
+                request_id = id.as_deref().unwrap_or("-"),
+                code = ?status.code(),
+                message = status.message(),
+                "a service failed"
+            );
+            return Self::new(http, internal_message(id.as_deref()));
+        }
         let message = if status.message().is_empty() {
             // Never an empty body: say at least which code came back.
             format!("upstream answered {:?}", status.code())
         } else {
             status.message().to_owned()
         };
-        Self::new(http_status(status.code(), upload), message)
+        Self::new(http, message)
     }
 }
 
-/// The HTTP status for a gRPC status code.
+/// The HTTP status for a gRPC status code: its kind's
+/// ([`ErrorKind::http_status`]), but 413 for an upload refused as too large.
 #[must_use]
 pub fn http_status(code: Code, upload: bool) -> StatusCode {
-    match code {
-        Code::InvalidArgument => StatusCode::BAD_REQUEST,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::FailedPrecondition => StatusCode::CONFLICT,
-        Code::OutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
-        Code::ResourceExhausted if upload => StatusCode::PAYLOAD_TOO_LARGE,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    match ErrorKind::from_code(code) {
+        ErrorKind::Exhausted if upload => StatusCode::PAYLOAD_TOO_LARGE,
+        kind => kind.http_status(),
     }
 }
 
@@ -71,7 +94,7 @@ impl From<tonic::Status> for ApiError {
 
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        Self::from_status(&tonic::Status::from(e), false)
     }
 }
 
@@ -96,6 +119,11 @@ mod tests {
 
     #[test]
     fn grpc_codes_map_to_http() {
+        // The gateway goes kind -> code -> HTTP status and back the same way
+        // (the table itself is tested in `crate::error`).
+        for kind in ErrorKind::ALL {
+            assert_eq!(http_status(kind.code(), false), kind.http_status());
+        }
         let cases = [
             (Code::InvalidArgument, 400),
             (Code::NotFound, 404),
@@ -131,6 +159,19 @@ mod tests {
         let bare = ApiError::from(tonic::Status::unimplemented(""));
         assert_eq!(bare.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!bare.message.is_empty());
+        // A service's internal failure: its text stays in the log.
+        let id = http::HeaderValue::from_static("4bf92f3577b34da6");
+        let internal = rt::trace::with_request_id(id, async {
+            ApiError::from(tonic::Status::internal("no such table: videos"))
+        })
+        .await;
+        assert_eq!(
+            (internal.status, internal.message.as_str()),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error (request id 4bf92f3577b34da6)"
+            )
+        );
         let res = ApiError::from(tonic::Status::unauthenticated("no")).into_response();
         assert_eq!(res.headers()[http::header::WWW_AUTHENTICATE], "Bearer");
         let pool = ApiError::from(PoolError::NoInstance("metadata".into()));

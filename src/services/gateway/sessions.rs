@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::bearer::AuthUser;
 use super::error::ApiError;
-use super::videos::{json_bytes, parse_json};
+use super::json;
 use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{StartSessionRequest, StopSessionRequest};
@@ -41,15 +41,15 @@ struct Stop {
     watched_ms: Option<u64>,
 }
 
-/// An optional JSON body (see [`json_bytes`]): empty means the defaults.
+/// An optional JSON body (see [`json::bytes`]): empty means the defaults.
 async fn optional_body<T: serde::de::DeserializeOwned + Default>(
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = json_bytes(body).await?;
+    let bytes = json::bytes(body).await?;
     if bytes.is_empty() {
         return Ok(T::default());
     }
-    parse_json(&bytes)
+    json::parse(&bytes)
 }
 
 /// The User-Agent, cut to [`MAX_CLIENT_INFO`] bytes on a character boundary.
@@ -131,7 +131,7 @@ pub async fn stop(
                 .pool
                 .streaming_for_video(video_id)
                 .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                .map_err(tonic::Status::from)?;
             Ok(client.stop_session(req).await?.into_inner())
         })
         .await?;

@@ -8,20 +8,17 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::bearer::AuthUser;
 use super::error::ApiError;
+use super::json;
 use super::query::Query;
 use super::{Api, IdPath, video_cache, video_id};
 use crate::proto::{
     DeleteVideoRequest, GetVideoRequest, ListVideosRequest, UpdateVideoRequest, Video, VideoState,
 };
-
-/// Largest JSON request body.
-pub const MAX_JSON_BYTES: usize = 64 << 10;
 
 /// The lower-case name of a proto enum value (`VIDEO_STATE_READY` -> `ready`).
 pub(super) fn enum_name(full: &str, prefix: &str) -> String {
@@ -102,29 +99,6 @@ struct Patch {
     description: Option<String>,
 }
 
-/// Reads a body of at most [`MAX_JSON_BYTES`] (413 beyond, 400 if it fails).
-pub(super) async fn json_bytes(body: Body) -> Result<bytes::Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body: exceeds {MAX_JSON_BYTES} bytes"),
-        )),
-        Err(e) => Err(ApiError::bad_request(format!("body: {e}"))),
-    }
-}
-
-/// Parses a JSON body (400 with serde's message if it does not fit `T`).
-pub(super) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
-}
-
-/// Reads a JSON body of at most [`MAX_JSON_BYTES`].
-pub(super) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    parse_json(&json_bytes(body).await?)
-}
-
 /// Only a video's owner may change or delete it (one recorded without an
 /// owner, by anyone signed in). The record is read from metadata, not the
 /// cache: the owner never changes, but a cached copy may be of a deleted
@@ -158,7 +132,7 @@ pub async fn patch(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let video_id = video_id(path)?;
-    let patch: Patch = json_body(body).await?;
+    let patch: Patch = json::body(body).await?;
     check_owner(&api, user.as_ref(), &video_id).await?;
     let mut req = UpdateVideoRequest {
         video_id: video_id.clone(),
@@ -238,15 +212,17 @@ mod tests {
 
     #[tokio::test]
     async fn patch_bodies_are_bounded_and_strict() {
-        let ok: Patch = json_body(Body::from(r#"{"title":"t"}"#)).await.expect("ok");
+        let ok: Patch = json::body(Body::from(r#"{"title":"t"}"#))
+            .await
+            .expect("ok");
         assert_eq!((ok.title.as_deref(), ok.description), (Some("t"), None));
-        let unknown = json_body::<Patch>(Body::from(r#"{"state":"ready"}"#)).await;
+        let unknown = json::body::<Patch>(Body::from(r#"{"state":"ready"}"#)).await;
         assert_eq!(
             unknown.expect_err("unknown field").status,
             StatusCode::BAD_REQUEST
         );
-        let big = format!(r#"{{"title":"{}"}}"#, "x".repeat(MAX_JSON_BYTES));
-        let big = json_body::<Patch>(Body::from(big)).await;
+        let big = format!(r#"{{"title":"{}"}}"#, "x".repeat(json::MAX_JSON_BYTES));
+        let big = json::body::<Patch>(Body::from(big)).await;
         assert_eq!(
             big.expect_err("too big").status,
             StatusCode::PAYLOAD_TOO_LARGE

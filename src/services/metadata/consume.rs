@@ -75,8 +75,7 @@ pub async fn apply(store: &Shared, bus: &Arc<dyn EventBus>, event: Event) -> Han
     let changed = with_store(store, move |s| {
         s.apply(&event_id, &video_id, now, &step, fill)
     })
-    .await
-    .map_err(|s| s.message().to_owned())?;
+    .await?;
     if let Some(v) = changed {
         tracing::info!(video = %v.id, state = video_state(&v), "video state changed");
         announce(

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tonic::{Request, Response, Status};
 
+use super::error::MetadataError;
 use super::state::{self, MAX_REASON};
 use super::store::{Store, StoreError};
 use crate::bus::EventBus;
@@ -25,35 +26,24 @@ pub const DEFAULT_PAGE: u32 = 20;
 /// Most renditions per video.
 pub const MAX_RENDITIONS: usize = 16;
 
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Exists(_) => Status::already_exists(e.to_string()),
-            _ => Status::internal(e.to_string()),
-        }
-    }
-}
-
 /// The store shared by the server and the event consumer.
 pub type Shared = Arc<Mutex<Store>>;
 
 /// Runs `f` on the store off the async workers.
 ///
 /// # Errors
-/// What `f` returns; INTERNAL if it panicked.
+/// What `f` returns; [`MetadataError::Task`] if it panicked.
 pub async fn with_store<T: Send + 'static>(
     store: &Shared,
     f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Status> {
+) -> Result<T, MetadataError> {
     let store = store.clone();
-    rt::blocking(move || {
+    Ok(rt::blocking(move || {
         f(&mut store
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     })
-    .await
-    .map_err(|e| Status::internal(format!("metadata store: {e}")))?
-    .map_err(Status::from)
+    .await??)
 }
 
 /// Publishes `payload`; a bus failure is logged, the change stands.
@@ -82,18 +72,18 @@ impl std::fmt::Debug for MetadataServer {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> Status {
-    Status::invalid_argument(msg.into())
+fn invalid(msg: impl Into<String>) -> MetadataError {
+    MetadataError::Invalid(msg.into())
 }
 
-fn check_title(title: &str) -> Result<(), Status> {
+fn check_title(title: &str) -> Result<(), MetadataError> {
     if title.is_empty() || title.len() > 200 || title.chars().any(char::is_control) {
         return Err(invalid("title: 1..=200 bytes without control characters"));
     }
     Ok(())
 }
 
-fn check_description(d: &str) -> Result<(), Status> {
+fn check_description(d: &str) -> Result<(), MetadataError> {
     if d.len() > 5000 {
         return Err(invalid("description: at most 5000 bytes"));
     }
@@ -116,7 +106,7 @@ pub fn video_state(v: &Video) -> &'static str {
     state_name(VideoState::try_from(v.state).unwrap_or(VideoState::Unspecified))
 }
 
-fn parse_token(token: &str) -> Result<Option<(i64, String)>, Status> {
+fn parse_token(token: &str) -> Result<Option<(i64, String)>, MetadataError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -143,7 +133,7 @@ impl MetadataServer {
         }
     }
 
-    fn new_video(&self, r: CreateVideoRequest) -> Result<Video, Status> {
+    fn new_video(&self, r: CreateVideoRequest) -> Result<Video, MetadataError> {
         let id = if r.video_id.is_empty() {
             rt::random_hex128()
         } else {
@@ -185,13 +175,13 @@ impl MetadataServer {
 }
 
 /// Applies the fields of `r` named in its update mask to `v`.
-fn apply_update(v: &mut Video, r: UpdateVideoRequest) -> Result<Vec<String>, Status> {
+fn apply_update(v: &mut Video, r: UpdateVideoRequest) -> Result<Vec<String>, MetadataError> {
     if r.update_fields.is_empty() || r.update_fields.len() > 7 {
         return Err(invalid("update_fields: 1..=7 field names"));
     }
     if r.expected_updated_at_ms != 0 && r.expected_updated_at_ms != v.updated_at_ms {
-        return Err(Status::failed_precondition(
-            "the video changed since expected_updated_at_ms",
+        return Err(MetadataError::Conflict(
+            "the video changed since expected_updated_at_ms".to_owned(),
         ));
     }
     let mut fields = r.update_fields.clone();
@@ -214,7 +204,7 @@ fn apply_update(v: &mut Video, r: UpdateVideoRequest) -> Result<Vec<String>, Sta
                     return Err(invalid("state: must be set"));
                 }
                 if !state::may_move(from, to) {
-                    return Err(Status::failed_precondition(format!(
+                    return Err(MetadataError::Conflict(format!(
                         "state: {} -> {} is not allowed",
                         state_name(from),
                         state_name(to)
@@ -286,7 +276,7 @@ impl MetadataService for MetadataServer {
             move |s| s.get(&id)
         })
         .await?;
-        let video = found.ok_or_else(|| Status::not_found(format!("no video {id}")))?;
+        let video = found.ok_or(MetadataError::NotFound(id))?;
         Ok(Response::new(GetVideoResponse { video: Some(video) }))
     }
 
@@ -299,11 +289,11 @@ impl MetadataService for MetadataServer {
         let now = i64::try_from(rt::unix_ms()).unwrap_or(i64::MAX);
         let (video, fields) = with_store(&self.store, move |s| {
             let Some(mut v) = s.get(&r.video_id)? else {
-                return Ok(Err(Status::not_found(format!("no video {}", r.video_id))));
+                return Ok(Err(MetadataError::NotFound(r.video_id)));
             };
             let fields = match apply_update(&mut v, r) {
                 Ok(f) => f,
-                Err(status) => return Ok(Err(status)),
+                Err(refused) => return Ok(Err(refused)),
             };
             v.updated_at_ms = v.updated_at_ms.max(now);
             s.put(&v)?;
@@ -334,7 +324,7 @@ impl MetadataService for MetadataServer {
         })
         .await?;
         if !deleted {
-            return Err(Status::not_found(format!("no video {id}")));
+            return Err(MetadataError::NotFound(id).into());
         }
         announce(&self.bus, &MetadataDeleted { video_id: id }).await;
         Ok(Response::new(DeleteVideoResponse { deleted }))
@@ -348,7 +338,7 @@ impl MetadataService for MetadataServer {
         let limit = match r.page_size {
             0 => DEFAULT_PAGE,
             n if n <= MAX_PAGE => n,
-            _ => return Err(invalid("page_size: 1..=100")),
+            _ => return Err(invalid("page_size: 1..=100").into()),
         };
         if !r.owner_id.is_empty() {
             media::check_id("owner_id", &r.owner_id).map_err(invalid)?;
@@ -356,7 +346,7 @@ impl MetadataService for MetadataServer {
         let state = match VideoState::try_from(r.state) {
             Ok(VideoState::Unspecified) => None,
             Ok(s) => Some(s),
-            Err(_) => return Err(invalid("state: unknown value")),
+            Err(_) => return Err(invalid("state: unknown value").into()),
         };
         let after = parse_token(&r.page_token)?;
         let owner = (!r.owner_id.is_empty()).then_some(r.owner_id);

@@ -16,11 +16,11 @@ pub enum StoreError {
     #[error("video {0} already exists")]
     Exists(String),
     /// SQLite failed.
-    #[error("metadata store: {0}")]
+    #[error("metadata store failed")]
     Sqlite(#[from] rusqlite::Error),
-    /// A stored row does not decode.
-    #[error("metadata store: corrupt row: {0}")]
-    Corrupt(String),
+    /// A stored row's renditions do not encode or decode.
+    #[error("metadata store: corrupt renditions")]
+    Corrupt(#[source] serde_json::Error),
 }
 
 /// Applied event ids older than this are forgotten (redelivery happens
@@ -218,8 +218,7 @@ fn write(conn: &Connection, v: &Video) -> Result<(), StoreError> {
             playlist_key: r.playlist_key.clone(),
         })
         .collect();
-    let renditions =
-        serde_json::to_string(&renditions).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let renditions = serde_json::to_string(&renditions).map_err(StoreError::Corrupt)?;
     conn.execute(
         &format!(
             "INSERT OR REPLACE INTO videos ({COLUMNS})
@@ -257,7 +256,7 @@ fn row_to_video(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Video, Store
     let renditions: String = row.get(9)?;
     let renditions = match serde_json::from_str::<Vec<StoredRendition>>(&renditions) {
         Ok(r) => r,
-        Err(e) => return Ok(Err(StoreError::Corrupt(e.to_string()))),
+        Err(e) => return Ok(Err(StoreError::Corrupt(e))),
     };
     Ok(Ok(Video {
         id: row.get(0)?,

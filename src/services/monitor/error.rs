@@ -2,6 +2,8 @@
 
 use tonic::Status;
 
+use crate::error::{Classify, ErrorKind};
+
 /// A monitor failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MonitorError {
@@ -14,6 +16,12 @@ pub enum MonitorError {
     /// Too many alert watches open.
     #[error("too many alert watches; try later")]
     TooManyWatches,
+    /// A watch missed changes (its reader was too slow).
+    #[error("watch fell {0} changes behind; watch again")]
+    FellBehind(u64),
+    /// A watch reached its longest life.
+    #[error("watch lasted its limit; watch again")]
+    WatchEnded,
 }
 
 impl From<super::book::Unknown> for MonitorError {
@@ -22,12 +30,20 @@ impl From<super::book::Unknown> for MonitorError {
     }
 }
 
+impl Classify for MonitorError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::TooManyWatches => ErrorKind::Exhausted,
+            Self::FellBehind(_) => ErrorKind::Aborted,
+            Self::WatchEnded => ErrorKind::DeadlineExceeded,
+        }
+    }
+}
+
 impl From<MonitorError> for Status {
     fn from(e: MonitorError) -> Self {
-        match e {
-            MonitorError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            MonitorError::NotFound(_) => Status::not_found(e.to_string()),
-            MonitorError::TooManyWatches => Status::resource_exhausted(e.to_string()),
-        }
+        crate::error::status(&e)
     }
 }

@@ -105,14 +105,12 @@ async fn next_alert(mut w: Watch) -> Option<(Result<proto::Alert, Status>, Watch
         let end = match rt::timeout_at(w.until, w.rx.recv()).await {
             Ok(Ok(r)) if w.wants(&r) => return Some((Ok(r.to_proto()), w)),
             Ok(Ok(_)) => continue,
-            Ok(Err(RecvError::Lagged(n))) => {
-                Status::aborted(format!("watch fell {n} changes behind; watch again"))
-            }
+            Ok(Err(RecvError::Lagged(n))) => MonitorError::FellBehind(n),
             Ok(Err(RecvError::Closed)) => return None,
-            Err(rt::Elapsed) => Status::deadline_exceeded("watch lasted its limit; watch again"),
+            Err(rt::Elapsed) => MonitorError::WatchEnded,
         };
         w.done = true;
-        return Some((Err(end), w));
+        return Some((Err(end.into()), w));
     }
 }
 

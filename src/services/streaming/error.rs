@@ -1,7 +1,7 @@
 //! What can go wrong serving video bytes, and the gRPC status of each.
 
 use crate::blob::BlobError;
-use crate::services::media;
+use crate::error::{Classify, ErrorKind};
 
 /// A streaming call failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,17 +48,22 @@ pub enum StreamingError {
     NoSession(String),
 }
 
+impl Classify for StreamingError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadInput(_) => ErrorKind::Invalid,
+            Self::Blob(b) => b.kind(),
+            Self::NoVideo(_) | Self::Missing(_) | Self::NoSession(_) => ErrorKind::NotFound,
+            Self::NotReady(_) => ErrorKind::Conflict,
+            Self::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Self::TooLarge { .. } | Self::NotUtf8(_) => ErrorKind::Internal,
+            Self::TooManySessions(_) => ErrorKind::Exhausted,
+        }
+    }
+}
+
 impl From<StreamingError> for tonic::Status {
     fn from(e: StreamingError) -> Self {
-        use StreamingError as E;
-        match e {
-            E::BadInput(m) => Self::invalid_argument(m),
-            E::Blob(b) => media::blob_status(&b),
-            E::NoVideo(_) | E::Missing(_) | E::NoSession(_) => Self::not_found(e.to_string()),
-            E::NotReady(_) => Self::failed_precondition(e.to_string()),
-            E::OutOfRange { .. } => Self::out_of_range(e.to_string()),
-            E::TooLarge { .. } | E::NotUtf8(_) => Self::internal(e.to_string()),
-            E::TooManySessions(_) => Self::resource_exhausted(e.to_string()),
-        }
+        crate::error::status(&e)
     }
 }

@@ -27,8 +27,8 @@ pub(super) struct Opened {
     size: u64,
 }
 
-fn io_error(e: impl std::fmt::Display) -> BlobError {
-    BlobError::Io(std::io::Error::other(e.to_string()))
+fn io_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BlobError {
+    BlobError::Io(std::io::Error::other(e))
 }
 
 /// Opens the blob under `key`: its local file where the store has one.
@@ -125,6 +125,9 @@ impl Opened {
             pos: offset,
             end,
             size,
+            // The stream is polled after the handler returned, outside the
+            // call's task-local request id: an error names the one it had.
+            request_id: crate::rt::trace::request_id(),
         };
         Ok(futures::stream::unfold(state, Cursor::next))
     }
@@ -136,9 +139,14 @@ struct Cursor {
     pos: u64,
     end: u64,
     size: u64,
+    request_id: Option<String>,
 }
 
 impl Cursor {
+    fn failed(&self, e: impl Into<StreamingError>) -> tonic::Status {
+        crate::error::status_for(&e.into(), self.request_id.as_deref())
+    }
+
     async fn next(mut self) -> Option<(Result<DataChunk, tonic::Status>, Self)> {
         let source = self.source.take()?;
         let want = usize::try_from(self.end - self.pos)
@@ -156,7 +164,7 @@ impl Cursor {
         };
         let (source, data) = match read {
             Ok(ok) => ok,
-            Err(e) => return Some((Err(StreamingError::from(e).into()), self)),
+            Err(e) => return Some((Err(self.failed(e)), self)),
         };
         if data.len() != want {
             let e = io_error(format!(
@@ -164,7 +172,7 @@ impl Cursor {
                 self.pos,
                 data.len()
             ));
-            return Some((Err(StreamingError::from(e).into()), self));
+            return Some((Err(self.failed(e)), self));
         }
         let offset = self.pos;
         self.pos += want as u64;

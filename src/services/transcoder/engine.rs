@@ -11,19 +11,79 @@ use super::hls::Rendition;
 use crate::blob::BlobStore;
 use crate::services::media::Profile;
 
-/// Longest failure reason kept (the proto allows 1024 bytes).
+/// Longest failure detail kept (a log line's worth).
 pub const MAX_REASON_BYTES: usize = 1024;
 
-/// Why a transcode failed, for people (e.g. "corrupt or unsupported input: ...").
+/// Why a transcode failed, as users are told (the video's
+/// `failure_reason`, the job's `last_error`): a few fixed words that name
+/// no file, key or tool output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// ffprobe could not read the original as a video.
+    NotAVideo,
+    /// The original could not be read from the blob store.
+    SourceUnavailable,
+    /// The original is larger than a transcode takes.
+    SourceTooLarge,
+    /// The transcode took longer than allowed.
+    TimedOut,
+    /// The encoder (or the transcoder itself) failed.
+    Failed,
+    /// The outputs could not be stored.
+    StoreFailed,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Self; 6] = [
+        Self::NotAVideo,
+        Self::SourceUnavailable,
+        Self::SourceTooLarge,
+        Self::TimedOut,
+        Self::Failed,
+        Self::StoreFailed,
+    ];
+
+    /// What a user reads.
+    #[must_use]
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::NotAVideo => "the file is not a video ffprobe can read",
+            Self::SourceUnavailable => "the original could not be read",
+            Self::SourceTooLarge => "the original is too large to transcode",
+            Self::TimedOut => "timed out",
+            Self::Failed => "transcoding failed",
+            Self::StoreFailed => "the transcoded files could not be stored",
+        }
+    }
+
+    /// The reason whose message is `message`, if one.
+    #[must_use]
+    pub fn of_message(message: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.message() == message)
+    }
+}
+
+/// A failed transcode: the [`Reason`] users read, and the detail (ffprobe's
+/// stderr, blob keys, the I/O error) that goes to the log with the video's
+/// id and never further.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Failure(pub String);
+#[error("{}: {detail}", .reason.message())]
+pub struct Failure {
+    /// What users are told.
+    pub reason: Reason,
+    /// What happened, for the log; cut to [`MAX_REASON_BYTES`].
+    pub detail: String,
+}
 
 impl Failure {
-    /// A failure saying `reason`, cut to [`MAX_REASON_BYTES`].
+    /// A failure for `reason`, `detail` cut to [`MAX_REASON_BYTES`].
     #[must_use]
-    pub fn new(reason: impl Into<String>) -> Self {
-        Self(truncate(reason.into(), MAX_REASON_BYTES))
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: truncate(detail.into(), MAX_REASON_BYTES),
+        }
     }
 }
 
@@ -89,7 +149,10 @@ pub async fn run(
         #[cfg(not(madsim))]
         Engine::Ffmpeg { .. } => super::ffmpeg::run(engine, ctx, job, report).await,
         #[cfg(madsim)]
-        Engine::Ffmpeg { .. } => Err(Failure::new("the ffmpeg engine is not available here")),
+        Engine::Ffmpeg { .. } => Err(Failure::new(
+            Reason::Failed,
+            "the ffmpeg engine is not available here",
+        )),
         Engine::Model {
             duration,
             failure_rate,
@@ -105,6 +168,13 @@ mod tests {
     fn reasons_are_cut_on_char_boundaries() {
         assert_eq!(truncate("héllo".into(), 2), "h");
         assert_eq!(truncate("abc".into(), 5), "abc");
-        assert_eq!(Failure::new("x".repeat(5000)).0.len(), MAX_REASON_BYTES);
+        assert_eq!(
+            Failure::new(Reason::Failed, "x".repeat(5000)).detail.len(),
+            MAX_REASON_BYTES
+        );
+        for r in Reason::ALL {
+            assert_eq!(Reason::of_message(r.message()), Some(r));
+        }
+        assert_eq!(Reason::of_message("originals/v1: Invalid data"), None);
     }
 }

@@ -3,6 +3,7 @@
 use tonic::Status;
 
 use super::state::Phase;
+use crate::error::{Classify, ErrorKind};
 
 /// A refused transcoder request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,14 +25,20 @@ pub enum TranscoderError {
     Busy(usize),
 }
 
+impl Classify for TranscoderError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Finished(..) => ErrorKind::Conflict,
+            Self::KeyReused(_) => ErrorKind::AlreadyExists,
+            Self::Busy(_) => ErrorKind::Exhausted,
+        }
+    }
+}
+
 impl From<TranscoderError> for Status {
     fn from(e: TranscoderError) -> Self {
-        match e {
-            TranscoderError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            TranscoderError::NotFound(_) => Status::not_found(e.to_string()),
-            TranscoderError::Finished(..) => Status::failed_precondition(e.to_string()),
-            TranscoderError::KeyReused(_) => Status::already_exists(e.to_string()),
-            TranscoderError::Busy(_) => Status::resource_exhausted(e.to_string()),
-        }
+        crate::error::status(&e)
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::process::Command;
 
 use super::Engine;
-use super::engine::{Context, Failure, Job, Output, Reporter};
+use super::engine::{Context, Failure, Job, Output, Reason, Reporter};
 use super::hls::{self, Rendition};
 use super::process;
 use crate::rt;
@@ -105,22 +105,22 @@ pub async fn run(
         timeout,
     } = engine
     else {
-        return Err(Failure::new("not the ffmpeg engine"));
+        return Err(Failure::new(Reason::Failed, "not the ffmpeg engine"));
     };
     let path = ctx.work_root.join(rt::random_hex128());
     let create = path.clone();
     rt::blocking(move || std::fs::create_dir_all(create))
         .await
-        .map_err(|e| Failure::new(e.to_string()))?
-        .map_err(|e| Failure::new(format!("cannot create a work dir: {e}")))?;
+        .map_err(|e| Failure::new(Reason::Failed, e.to_string()))?
+        .map_err(|e| Failure::new(Reason::Failed, format!("cannot create a work dir: {e}")))?;
     let mut work = WorkDir { path, armed: true };
     let tools = Tools { ffmpeg, ffprobe };
     let result = match rt::timeout(*timeout, tools.pipeline(ctx, &work.path, job, report)).await {
         Ok(result) => result,
-        Err(_) => Err(Failure::new(format!(
-            "timed out after {}",
-            seconds(*timeout)
-        ))),
+        Err(_) => Err(Failure::new(
+            Reason::TimedOut,
+            format!("timed out after {}", seconds(*timeout)),
+        )),
     };
     let remove = work.path.clone();
     if let Ok(Ok(())) = rt::blocking(move || std::fs::remove_dir_all(remove)).await {
@@ -212,14 +212,21 @@ impl Tools<'_> {
         let keep = usize::try_from(MAX_PLAYLIST_BYTES).unwrap_or(usize::MAX);
         let out = process::run(cmd, "ffprobe", self.ffprobe, keep, |_| {}).await?;
         if !out.status.success() {
-            return Err(Failure::new(format!(
-                "corrupt or unsupported input: ffprobe {}{}",
-                out.status,
-                quoted(&out, src, key)
-            )));
+            return Err(Failure::new(
+                Reason::NotAVideo,
+                format!(
+                    "corrupt or unsupported input: ffprobe {}{}",
+                    out.status,
+                    quoted(&out, src, key)
+                ),
+            ));
         }
-        parse_probe(&out.stdout)
-            .map_err(|e| Failure::new(format!("corrupt or unsupported input: {e}")))
+        parse_probe(&out.stdout).map_err(|e| {
+            Failure::new(
+                Reason::NotAVideo,
+                format!("corrupt or unsupported input: {e}"),
+            )
+        })
     }
 
     async fn encode(
@@ -234,8 +241,8 @@ impl Tools<'_> {
         let create = dir.to_owned();
         rt::blocking(move || std::fs::create_dir_all(create))
             .await
-            .map_err(|e| Failure::new(e.to_string()))?
-            .map_err(|e| Failure::new(format!("cannot create a work dir: {e}")))?;
+            .map_err(|e| Failure::new(Reason::Failed, e.to_string()))?
+            .map_err(|e| Failure::new(Reason::Failed, format!("cannot create a work dir: {e}")))?;
         let p = r.profile;
         let kbps = |k: u32| format!("{k}k");
         let mut cmd = Command::new(self.ffmpeg);
@@ -262,12 +269,15 @@ impl Tools<'_> {
         })
         .await?;
         if !out.status.success() {
-            return Err(Failure::new(format!(
-                "ffmpeg failed on {} ({}){}",
-                p.name,
-                out.status,
-                quoted(&out, src, key)
-            )));
+            return Err(Failure::new(
+                Reason::Failed,
+                format!(
+                    "ffmpeg failed on {} ({}){}",
+                    p.name,
+                    out.status,
+                    quoted(&out, src, key)
+                ),
+            ));
         }
         on_progress(100);
         Ok(())
@@ -287,33 +297,39 @@ impl Tools<'_> {
         if out.status.success() {
             Ok(())
         } else {
-            Err(Failure::new(format!(
-                "thumbnail failed ({}){}",
-                out.status,
-                out.quoted_error()
-            )))
+            Err(Failure::new(
+                Reason::Failed,
+                format!("thumbnail failed ({}){}", out.status, out.quoted_error()),
+            ))
         }
     }
 }
 
 /// A local file with the original: the store's own, or a copy in `work`.
 async fn source(ctx: &Context, work: &Path, key: &str) -> Result<PathBuf, Failure> {
-    let size = ctx
-        .blobs
-        .size(key)
-        .await
-        .map_err(|e| Failure::new(format!("source unavailable: {e}")))?;
+    let size = ctx.blobs.size(key).await.map_err(|e| {
+        Failure::new(
+            Reason::SourceUnavailable,
+            format!("source unavailable: {e}"),
+        )
+    })?;
     if let Some(path) = ctx.blobs.local_path(key) {
         return Ok(path);
     }
     if size > MAX_SOURCE_BYTES {
-        return Err(Failure::new(format!(
-            "source of {size} bytes exceeds {MAX_SOURCE_BYTES}"
-        )));
+        return Err(Failure::new(
+            Reason::SourceTooLarge,
+            format!("source of {size} bytes exceeds {MAX_SOURCE_BYTES}"),
+        ));
     }
     let path = work.join("source");
-    let io = |e: std::io::Error| Failure::new(format!("copying the source: {e}"));
-    let join = |e: rt::JoinError| Failure::new(e.to_string());
+    let io = |e: std::io::Error| {
+        Failure::new(
+            Reason::SourceUnavailable,
+            format!("copying the source: {e}"),
+        )
+    };
+    let join = |e: rt::JoinError| Failure::new(Reason::Failed, e.to_string());
     let create = path.clone();
     let mut file = rt::blocking(move || std::fs::File::create(create))
         .await
@@ -321,11 +337,12 @@ async fn source(ctx: &Context, work: &Path, key: &str) -> Result<PathBuf, Failur
         .map_err(io)?;
     let mut offset = 0u64;
     while offset < size {
-        let chunk = ctx
-            .blobs
-            .read(key, offset, COPY_CHUNK)
-            .await
-            .map_err(|e| Failure::new(format!("reading the source: {e}")))?;
+        let chunk = ctx.blobs.read(key, offset, COPY_CHUNK).await.map_err(|e| {
+            Failure::new(
+                Reason::SourceUnavailable,
+                format!("reading the source: {e}"),
+            )
+        })?;
         if chunk.is_empty() {
             break;
         }
@@ -354,16 +371,16 @@ async fn read_file(path: &Path, max: u64) -> Result<Bytes, Failure> {
         std::fs::read(&p)
     })
     .await
-    .map_err(|e| Failure::new(e.to_string()))?;
+    .map_err(|e| Failure::new(Reason::Failed, e.to_string()))?;
     read.map(Bytes::from)
-        .map_err(|e| Failure::new(format!("output {}: {e}", path.display())))
+        .map_err(|e| Failure::new(Reason::Failed, format!("output {}: {e}", path.display())))
 }
 
 async fn put(ctx: &Context, key: &str, data: Bytes) -> Result<(), Failure> {
     ctx.blobs
         .put(key, data)
         .await
-        .map_err(|e| Failure::new(format!("uploading {key}: {e}")))
+        .map_err(|e| Failure::new(Reason::StoreFailed, format!("uploading {key}: {e}")))
 }
 
 /// Uploads the segments a rendition's playlist names, then the playlist.
@@ -376,20 +393,23 @@ async fn upload_rendition(
     let name = r.profile.name;
     let playlist = read_file(&dir.join("index.m3u8"), MAX_PLAYLIST_BYTES).await?;
     let text = std::str::from_utf8(&playlist)
-        .map_err(|_| Failure::new(format!("{name}: playlist is not UTF-8")))?;
+        .map_err(|_| Failure::new(Reason::Failed, format!("{name}: playlist is not UTF-8")))?;
     let segments = hls::segment_names(text);
     if segments.len() > MAX_SEGMENTS {
-        return Err(Failure::new(format!(
-            "{name}: {} segments exceed {MAX_SEGMENTS}",
-            segments.len()
-        )));
+        return Err(Failure::new(
+            Reason::Failed,
+            format!("{name}: {} segments exceed {MAX_SEGMENTS}", segments.len()),
+        ));
     }
     for segment in segments {
         if !media::is_segment_name(segment) {
-            return Err(Failure::new(format!(
-                "{name}: unexpected segment name {:?}",
-                segment.chars().take(64).collect::<String>()
-            )));
+            return Err(Failure::new(
+                Reason::Failed,
+                format!(
+                    "{name}: unexpected segment name {:?}",
+                    segment.chars().take(64).collect::<String>()
+                ),
+            ));
         }
         let bytes = read_file(&dir.join(segment), MAX_SEGMENT_BYTES).await?;
         put(ctx, &media::segment_key(video_id, name, segment), bytes).await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::Rng as _;
 
-use super::engine::{Context, Failure, Job, Output, Reporter};
+use super::engine::{Context, Failure, Job, Output, Reason, Reporter};
 use super::hls::{Rendition, master_playlist, media_playlist};
 use crate::rt;
 use crate::services::media;
@@ -29,10 +29,12 @@ pub async fn run(
     job: &Job,
     report: &dyn Reporter,
 ) -> Result<Output, Failure> {
-    ctx.blobs
-        .size(&job.source_key)
-        .await
-        .map_err(|e| Failure::new(format!("source unavailable: {e}")))?;
+    ctx.blobs.size(&job.source_key).await.map_err(|e| {
+        Failure::new(
+            Reason::SourceUnavailable,
+            format!("source unavailable: {e}"),
+        )
+    })?;
     let profiles = job
         .profiles
         .clone()
@@ -47,13 +49,16 @@ pub async fn run(
         report.progress(step * 90 / STEPS);
     }
     if rt::rng().gen_bool(failure_rate.clamp(0.0, 1.0)) {
-        return Err(Failure::new("model: simulated transcode failure"));
+        return Err(Failure::new(
+            Reason::Failed,
+            "model: simulated transcode failure",
+        ));
     }
     let put = |key: String, data: Bytes| async move {
         ctx.blobs
             .put(&key, data)
             .await
-            .map_err(|e| Failure::new(format!("uploading {key}: {e}")))
+            .map_err(|e| Failure::new(Reason::StoreFailed, format!("uploading {key}: {e}")))
     };
     let segment = "seg_00000.ts";
     #[allow(clippy::cast_precision_loss)]

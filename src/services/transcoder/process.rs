@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::Command;
 
-use super::engine::{Failure, truncate};
+use super::engine::{Failure, Reason, truncate};
 
 /// Bytes of stderr kept (its end).
 const STDERR_TAIL: usize = 8 << 10;
@@ -62,13 +62,22 @@ pub async fn run(
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Failure::new(format!("{what} not found: {}: {e}", program.display()))
+                Failure::new(
+                    Reason::Failed,
+                    format!("{what} not found: {}: {e}", program.display()),
+                )
             } else {
-                Failure::new(format!("cannot start {what} ({}): {e}", program.display()))
+                Failure::new(
+                    Reason::Failed,
+                    format!("cannot start {what} ({}): {e}", program.display()),
+                )
             }
         })?;
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(Failure::new(format!("{what}: no pipes to the child")));
+        return Err(Failure::new(
+            Reason::Failed,
+            format!("{what}: no pipes to the child"),
+        ));
     };
     let read_out = async {
         let mut kept = Vec::new();
@@ -100,14 +109,17 @@ pub async fn run(
         Ok::<_, std::io::Error>((kept, overflow))
     };
     let (out, err) = tokio::join!(read_out, tail(stderr, STDERR_TAIL));
-    let io = |e: std::io::Error| Failure::new(format!("{what}: reading its output: {e}"));
+    let io = |e: std::io::Error| {
+        Failure::new(Reason::Failed, format!("{what}: reading its output: {e}"))
+    };
     let (stdout, overflow) = out.map_err(io)?;
     let err = err.map_err(io)?;
     let status = child.wait().await.map_err(io)?;
     if overflow {
-        return Err(Failure::new(format!(
-            "{what}: output exceeds {keep_stdout} bytes"
-        )));
+        return Err(Failure::new(
+            Reason::Failed,
+            format!("{what}: output exceeds {keep_stdout} bytes"),
+        ));
     }
     Ok(Finished {
         status,

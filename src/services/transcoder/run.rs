@@ -186,7 +186,8 @@ impl Shared {
         };
         let outcome = match &result {
             Ok(out) => Ok(out.renditions.clone()),
-            Err(failure) => Err(failure.0.clone()),
+            // Users read the reason; the detail stays in this log.
+            Err(failure) => Err(failure.reason.message().to_owned()),
         };
         if !lock(&self.table).finish(&id, outcome, rt::unix_ms()) {
             return;
@@ -204,8 +205,16 @@ impl Shared {
                 self.publish(&p).await;
             }
             Err(failure) => {
-                tracing::warn!(video_id = %job.video_id, %id, reason = %failure, "transcode failed");
-                self.failed(&job.video_id, &job_id, &failure.0).await;
+                tracing::warn!(
+                    video_id = %job.video_id,
+                    %job_id,
+                    %id,
+                    reason = failure.reason.message(),
+                    detail = %failure.detail,
+                    "transcode failed"
+                );
+                self.failed(&job.video_id, &job_id, failure.reason.message())
+                    .await;
             }
         }
     }

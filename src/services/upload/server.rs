@@ -8,6 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::error::UploadError;
 use super::store::{Store, StoreError};
 use crate::blob::BlobStore;
 use crate::bus::EventBus;
@@ -34,12 +35,6 @@ pub const USER_ID_HEADER: &str = "x-user-id";
 /// Attempts at announcing FileUploaded before the upload is undone.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
-        Status::internal(e.to_string())
-    }
-}
-
 /// The gRPC face of the upload service.
 #[derive(Clone)]
 pub struct UploadServer {
@@ -58,33 +53,19 @@ impl std::fmt::Debug for UploadServer {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> Status {
-    Status::invalid_argument(msg.into())
-}
-
-/// A failure reading the client's stream: tonic reports a message that
-/// does not decode as INTERNAL, but the fault is the client's.
-fn stream_error(status: Status) -> Status {
-    match status.code() {
-        tonic::Code::Internal | tonic::Code::Unknown => {
-            invalid(format!("upload stream: {}", status.message()))
-        }
-        _ => status,
-    }
+fn invalid(msg: impl Into<String>) -> UploadError {
+    UploadError::Invalid(msg.into())
 }
 
 /// The next chunk of an upload stream; a stream that sends nothing for
 /// [`UPLOAD_IDLE_TIMEOUT`] is cut (the call's own deadline may be hours).
-async fn next_chunk(stream: &mut Streaming<UploadChunk>) -> Result<Option<UploadChunk>, Status> {
+async fn next_chunk(
+    stream: &mut Streaming<UploadChunk>,
+) -> Result<Option<UploadChunk>, UploadError> {
     rt::timeout(UPLOAD_IDLE_TIMEOUT, stream.message())
         .await
-        .map_err(|rt::Elapsed| {
-            Status::deadline_exceeded(format!(
-                "upload stream: no chunk for {} s",
-                UPLOAD_IDLE_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(stream_error)
+        .map_err(|rt::Elapsed| UploadError::Idle(UPLOAD_IDLE_TIMEOUT))?
+        .map_err(UploadError::Stream)
 }
 
 /// Checks a file name: 1..=255 bytes, no `/`, `\`, NUL or other control
@@ -111,13 +92,13 @@ fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// Checks the metadata chunk against `max_size`.
-fn check_metadata(m: &UploadMetadata, max_size: u64) -> Result<(), Status> {
+fn check_metadata(m: &UploadMetadata, max_size: u64) -> Result<(), UploadError> {
     check_file_name(&m.file_name).map_err(invalid)?;
     if !m.content_type.starts_with("video/") || m.content_type.len() > 127 {
         return Err(invalid("content_type: video/*, at most 127 bytes"));
     }
     if m.size_bytes > max_size {
-        return Err(Status::resource_exhausted(format!(
+        return Err(UploadError::TooLarge(format!(
             "size_bytes {} is over the limit of {max_size} bytes",
             m.size_bytes
         )));
@@ -193,16 +174,14 @@ impl UploadServer {
     async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Status> {
+    ) -> Result<T, UploadError> {
         let store = self.store.clone();
-        rt::blocking(move || {
+        Ok(rt::blocking(move || {
             f(&mut store
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner))
         })
-        .await
-        .map_err(|e| Status::internal(format!("upload records: {e}")))?
-        .map_err(Status::from)
+        .await??)
     }
 
     /// Receives the data chunks into a committed blob at `key`; returns
@@ -212,17 +191,13 @@ impl UploadServer {
         stream: &mut Streaming<UploadChunk>,
         meta: &UploadMetadata,
         key: &str,
-    ) -> Result<(u64, String), Status> {
+    ) -> Result<(u64, String), UploadError> {
         let limit = if meta.size_bytes > 0 {
             meta.size_bytes
         } else {
             self.max_size
         };
-        let mut writer = self
-            .blobs
-            .create()
-            .await
-            .map_err(|e| media::blob_status(&e))?;
+        let mut writer = self.blobs.create().await?;
         let mut hasher = Sha256::new();
         let mut total: u64 = 0;
         while let Some(chunk) = next_chunk(stream).await? {
@@ -237,7 +212,7 @@ impl UploadServer {
             total += data.len() as u64;
             if total > limit {
                 return Err(if limit == self.max_size {
-                    Status::resource_exhausted(format!(
+                    UploadError::TooLarge(format!(
                         "upload is over the limit of {} bytes",
                         self.max_size
                     ))
@@ -246,10 +221,7 @@ impl UploadServer {
                 });
             }
             hasher.update(&data);
-            writer
-                .write(&data)
-                .await
-                .map_err(|e| media::blob_status(&e))?;
+            writer.write(&data).await?;
         }
         if total == 0 {
             return Err(invalid("empty upload: no data chunks"));
@@ -267,10 +239,7 @@ impl UploadServer {
                 meta.sha256_hex
             )));
         }
-        writer
-            .commit(key)
-            .await
-            .map_err(|e| media::blob_status(&e))?;
+        writer.commit(key).await?;
         Ok((total, sha))
     }
 
@@ -289,10 +258,8 @@ impl UploadServer {
         }
     }
 
-    async fn publish(&self, payload: &FileUploaded) -> Result<(), Status> {
-        let event = payload
-            .to_event("upload")
-            .map_err(|e| Status::internal(e.to_string()))?;
+    async fn publish(&self, payload: &FileUploaded) -> Result<(), UploadError> {
+        let event = payload.to_event("upload").map_err(UploadError::Encode)?;
         let mut last = None;
         for attempt in 0..PUBLISH_ATTEMPTS {
             if attempt > 0 {
@@ -303,10 +270,9 @@ impl UploadServer {
                 Err(e) => last = Some(e),
             }
         }
-        Err(Status::unavailable(format!(
-            "event bus: {}",
-            last.map_or_else(String::new, |e| e.to_string())
-        )))
+        Err(UploadError::Bus(
+            last.unwrap_or(crate::bus::BusError::Closed),
+        ))
     }
 
     /// Stores the data, records the video, announces it; undoes it all on
@@ -316,7 +282,7 @@ impl UploadServer {
         stream: &mut Streaming<UploadChunk>,
         meta: UploadMetadata,
         owner: String,
-    ) -> Result<UploadInfo, Status> {
+    ) -> Result<UploadInfo, UploadError> {
         let video_id = rt::random_hex128();
         let key = media::original_key(&video_id);
         let (size, sha) = self.receive(stream, &meta, &key).await?;
@@ -330,12 +296,11 @@ impl UploadServer {
             sha256_hex: sha.clone(),
         };
         let created = async {
-            let mut metadata = self
-                .pool
-                .metadata()
+            let mut metadata = self.pool.metadata().await?;
+            metadata
+                .create_video(create)
                 .await
-                .map_err(|e| Status::unavailable(format!("metadata: {e}")))?;
-            metadata.create_video(create).await
+                .map_err(|s| UploadError::Metadata(crate::error::Upstream(s)))
         }
         .await;
         if let Err(e) = created {
@@ -394,8 +359,8 @@ impl UploadService for UploadServer {
             Some(UploadChunk {
                 payload: Some(Chunk::Metadata(m)),
             }) => m,
-            Some(_) => return Err(invalid("the first chunk must carry the metadata")),
-            None => return Err(invalid("empty upload stream")),
+            Some(_) => return Err(invalid("the first chunk must carry the metadata").into()),
+            None => return Err(invalid("empty upload stream").into()),
         };
         check_metadata(&meta, self.max_size)?;
         if !meta.idempotency_key.is_empty() {
@@ -419,9 +384,7 @@ impl UploadService for UploadServer {
             let id = id.clone();
             move |s| s.get(&id)
         });
-        let upload = found
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no upload {id}")))?;
+        let upload = found.await?.ok_or(UploadError::NotFound(id))?;
         Ok(Response::new(GetUploadResponse {
             upload: Some(upload),
         }))
@@ -439,11 +402,11 @@ impl UploadService for UploadServer {
         });
         let upload = found
             .await?
-            .ok_or_else(|| Status::not_found(format!("no upload {id}")))?;
+            .ok_or_else(|| UploadError::NotFound(id.clone()))?;
         self.blobs
             .delete(&upload.blob_key)
             .await
-            .map_err(|e| media::blob_status(&e))?;
+            .map_err(UploadError::from)?;
         let deleted = self.with_store(move |s| s.delete(&id)).await?;
         Ok(Response::new(DeleteUploadResponse { deleted }))
     }
@@ -456,7 +419,7 @@ impl UploadService for UploadServer {
         let limit = match r.page_size {
             0 => 20,
             n if n <= 100 => n,
-            _ => return Err(invalid("page_size: 1..=100")),
+            _ => return Err(invalid("page_size: 1..=100").into()),
         };
         let owner = if r.owner_id.is_empty() {
             ANONYMOUS.to_owned()
@@ -471,7 +434,7 @@ impl UploadService for UploadServer {
             let (at, id) = r.page_token.split_once('.').ok_or_else(bad)?;
             let at: i64 = at.parse().map_err(|_| bad())?;
             if r.page_token.len() > 512 || !media::is_id(id) {
-                return Err(bad());
+                return Err(bad().into());
             }
             Some((at, id.to_owned()))
         };
@@ -529,7 +492,7 @@ mod tests {
             ..ok.clone()
         };
         assert_eq!(
-            check_metadata(&wrong_type, 10).expect_err("type").code(),
+            tonic::Status::from(check_metadata(&wrong_type, 10).expect_err("type")).code(),
             tonic::Code::InvalidArgument
         );
         let too_big = UploadMetadata {
@@ -537,7 +500,7 @@ mod tests {
             ..ok.clone()
         };
         assert_eq!(
-            check_metadata(&too_big, 10).expect_err("size").code(),
+            tonic::Status::from(check_metadata(&too_big, 10).expect_err("size")).code(),
             tonic::Code::ResourceExhausted
         );
         assert_eq!(title_of(&ok), "a.mp4");

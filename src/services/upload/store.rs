@@ -9,7 +9,7 @@ use crate::proto::UploadInfo;
 
 /// SQLite failed.
 #[derive(Debug, thiserror::Error)]
-#[error("upload records: {0}")]
+#[error("upload records failed")]
 pub struct StoreError(#[from] rusqlite::Error);
 
 /// The upload records.

@@ -114,8 +114,11 @@ pub struct Submit {
 pub enum Stop {
     /// It failed; retried unless `permanent` or out of attempts.
     Failed {
-        /// Why.
+        /// Why, as users read it (the job's `last_error`): a few fixed
+        /// words, no key, path or other service's text.
         reason: String,
+        /// What happened, for the log (with the job id).
+        detail: String,
         /// Retrying cannot help (e.g. a malformed payload).
         permanent: bool,
     },
@@ -124,20 +127,22 @@ pub enum Stop {
 }
 
 impl Stop {
-    /// A failure worth retrying.
+    /// A failure worth retrying: `reason` for users, `detail` for the log.
     #[must_use]
-    pub fn failed(reason: impl Into<String>) -> Self {
+    pub fn failed(reason: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Self::Failed {
             reason: reason.into(),
+            detail: detail.to_string(),
             permanent: false,
         }
     }
 
-    /// A failure retries cannot fix.
+    /// A failure retries cannot fix: `reason` for users, `detail` for the log.
     #[must_use]
-    pub fn permanent(reason: impl Into<String>) -> Self {
+    pub fn permanent(reason: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Self::Failed {
             reason: reason.into(),
+            detail: detail.to_string(),
             permanent: true,
         }
     }
@@ -341,8 +346,9 @@ impl Jobs {
         }
     }
 
-    /// Records that `attempt` of `job` failed: retry after a backoff, or
-    /// dead-letter; publishes JobFailed either way.
+    /// Records that `attempt` of `job` failed with `reason` (what users
+    /// read): retry after a backoff, or dead-letter; publishes JobFailed
+    /// either way.
     pub async fn failed(&self, job: &Job, attempt: u32, reason: &str, permanent: bool) {
         let delay = self.config.backoff.delay(attempt, rt::rng().r#gen::<f64>());
         let (delay_ms, why) = (millis(delay), reason.to_owned());

@@ -52,7 +52,10 @@ async fn attempt(jobs: Arc<Jobs>, pool: ClientPool, job: Job) {
     let attempt = job.attempts;
     let result = match job.kind.as_str() {
         media::TRANSCODE_JOB => transcode::run(&jobs, &pool, &job).await,
-        other => Err(Stop::permanent(format!("unknown job kind {other:?}"))),
+        other => Err(Stop::permanent(
+            "unknown job kind",
+            format!("unknown job kind {other:?}"),
+        )),
     };
     match result {
         // buggify (simulation only): the ack is lost; the lease runs out
@@ -61,7 +64,12 @@ async fn attempt(jobs: Arc<Jobs>, pool: ClientPool, job: Job) {
             tracing::warn!(job_id = %job.id, attempt, "buggify: ack dropped");
         }
         Ok(()) => jobs.succeeded(&job, attempt).await,
-        Err(Stop::Failed { reason, permanent }) => {
+        Err(Stop::Failed {
+            reason,
+            detail,
+            permanent,
+        }) => {
+            tracing::warn!(job_id = %job.id, attempt, %reason, %detail, "attempt failed");
             jobs.failed(&job, attempt, &reason, permanent).await;
         }
         Err(Stop::Abandoned) => {

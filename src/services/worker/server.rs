@@ -1,6 +1,7 @@
 //! WorkerService over gRPC: submit, get, cancel, list (cursor pages) and
 //! watch (a bounded stream polling the store until the job ends).
 
+use crate::error::status_for;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,6 +150,8 @@ struct Watch {
     last: Option<(JobState, u32, u32)>,
     until: rt::Instant,
     done: bool,
+    /// The watch call's: the stream is polled outside its task-local one.
+    request_id: Option<String>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -163,7 +166,7 @@ async fn next_update(mut w: Watch) -> Option<(Result<JobProgress, Status>, Watch
             None => {
                 if rt::now() >= w.until {
                     w.done = true;
-                    let late = Status::deadline_exceeded("watch lasted its limit; watch again");
+                    let late = status_for(&WorkerError::WatchEnded, w.request_id.as_deref());
                     return Some((Err(late), w));
                 }
                 rt::sleep(WATCH_POLL).await;
@@ -171,7 +174,7 @@ async fn next_update(mut w: Watch) -> Option<(Result<JobProgress, Status>, Watch
                     Ok(job) => job,
                     Err(e) => {
                         w.done = true;
-                        return Some((Err(e.into()), w));
+                        return Some((Err(status_for(&e, w.request_id.as_deref())), w));
                     }
                 }
             }
@@ -285,6 +288,7 @@ impl WorkerService for WorkerServer {
             last: None,
             until: rt::now() + MAX_WATCH,
             done: false,
+            request_id: rt::trace::request_id(),
             _permit: permit,
         };
         let stream: WatchStream = Box::pin(futures::stream::unfold(watch, next_update));

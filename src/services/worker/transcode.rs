@@ -12,9 +12,31 @@ use crate::proto::{
 };
 use crate::rt;
 use crate::services::media;
+use crate::services::transcoder::engine::Reason;
 
 /// Status polls in a row that may fail before the attempt gives up.
 pub const MAX_POLL_ERRORS: u32 = 20;
+
+/// Why an attempt failed, as users read it (the job's `last_error`, and
+/// the video's `failure_reason` once the job gives up); the detail goes to
+/// the log. A failed transcode reads as the transcoder's reason
+/// ([`Reason`]).
+pub mod reason {
+    /// No transcoder answered.
+    pub const TRANSCODER_UNAVAILABLE: &str = "the transcoder is unavailable";
+    /// The transcoder refused the job's request.
+    pub const REFUSED: &str = "the transcoder refused the job";
+    /// The transcoder lost the run (it restarted).
+    pub const LOST: &str = "the transcoder restarted";
+    /// The run was cancelled on the transcoder.
+    pub const CANCELLED: &str = "the transcode was cancelled";
+    /// The attempt ran past its time.
+    pub const TIMED_OUT: &str = "timed out";
+    /// Transcoded, but the catalog could not be told.
+    pub const CATALOG_UNAVAILABLE: &str = "the catalog is unavailable";
+    /// The job's payload is not a transcode payload.
+    pub const BAD_PAYLOAD: &str = "invalid job payload";
+}
 
 /// The payload of a transcode job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,16 +74,26 @@ pub fn payload_json(video_id: &str, blob_key: &str) -> String {
 /// # Errors
 /// How the attempt stopped.
 pub async fn run(jobs: &Jobs, pool: &ClientPool, job: &Job) -> Result<(), Stop> {
-    let p = parse(&job.payload_json).map_err(Stop::permanent)?;
+    let p = parse(&job.payload_json).map_err(|e| Stop::permanent(reason::BAD_PAYLOAD, e))?;
     let limit = jobs.config.attempt_timeout;
     rt::timeout(limit, drive(jobs, pool, job, &p))
         .await
         .unwrap_or_else(|_| {
-            Err(Stop::failed(format!(
-                "attempt timed out after {} s",
-                limit.as_secs()
-            )))
+            Err(Stop::failed(
+                reason::TIMED_OUT,
+                format!("attempt timed out after {} s", limit.as_secs()),
+            ))
         })
+}
+
+/// What users read of a transcode's `error`: the transcoder's reason when
+/// it is one of its own ([`Reason`]), else that transcoding failed (an
+/// older or foreign transcoder's text may name files or quote tools).
+#[must_use]
+pub fn public_reason(transcoder_error: &str) -> &'static str {
+    Reason::of_message(transcoder_error)
+        .unwrap_or(Reason::Failed)
+        .message()
 }
 
 fn call<T>(message: T, jobs: &Jobs) -> Request<T> {
@@ -75,7 +107,7 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
     let mut client = pool
         .transcoder()
         .await
-        .map_err(|e| Stop::failed(format!("transcoder unavailable: {e}")))?;
+        .map_err(|e| Stop::failed(reason::TRANSCODER_UNAVAILABLE, e))?;
     let req = TranscodeRequest {
         video_id: p.video_id.clone(),
         source_blob_key: p.blob_key.clone(),
@@ -85,17 +117,16 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
     let transcode_id = match client.transcode(call(req, jobs)).await {
         Ok(res) => res.into_inner().transcode_id,
         Err(s) if s.code() == Code::InvalidArgument => {
-            return Err(Stop::permanent(format!(
-                "the transcoder refused the job: {}",
-                s.message()
-            )));
+            return Err(Stop::permanent(
+                reason::REFUSED,
+                format!("the transcoder refused the job: {}", s.message()),
+            ));
         }
         Err(s) => {
-            return Err(Stop::failed(format!(
-                "transcode call failed: {:?}: {}",
-                s.code(),
-                s.message()
-            )));
+            return Err(Stop::failed(
+                reason::TRANSCODER_UNAVAILABLE,
+                format!("transcode call failed: {:?}: {}", s.code(), s.message()),
+            ));
         }
     };
     let mut errors = 0;
@@ -117,39 +148,44 @@ async fn drive(jobs: &Jobs, pool: &ClientPool, job: &Job, p: &Payload) -> Result
                         return super::catalog::ready(pool, &p.video_id, renditions)
                             .await
                             .map_err(|s| {
-                                Stop::failed(format!(
-                                    "transcoded, but the catalog was not updated: {:?}: {}",
-                                    s.code(),
-                                    s.message()
-                                ))
+                                Stop::failed(
+                                    reason::CATALOG_UNAVAILABLE,
+                                    format!(
+                                        "transcoded, but the catalog was not updated: {:?}: {}",
+                                        s.code(),
+                                        s.message()
+                                    ),
+                                )
                             });
                     }
-                    Ok(TranscodeState::Failed) if status.error.is_empty() => {
-                        return Err(Stop::failed("the transcode failed"));
+                    Ok(TranscodeState::Failed) => {
+                        return Err(Stop::failed(
+                            public_reason(&status.error),
+                            format!("transcode {transcode_id} failed: {:?}", status.error),
+                        ));
                     }
-                    Ok(TranscodeState::Failed) => return Err(Stop::failed(status.error)),
                     Ok(TranscodeState::Cancelled) => {
-                        return Err(Stop::failed(format!(
-                            "the transcode was cancelled: {}",
-                            status.error
-                        )));
+                        return Err(Stop::failed(
+                            reason::CANCELLED,
+                            format!("the transcode was cancelled: {}", status.error),
+                        ));
                     }
                     _ => progress = status.progress_percent.min(100),
                 }
             }
             Err(s) if s.code() == Code::NotFound => {
-                return Err(Stop::failed(format!(
-                    "transcode {transcode_id} was lost (the transcoder restarted)"
-                )));
+                return Err(Stop::failed(
+                    reason::LOST,
+                    format!("transcode {transcode_id} was lost (the transcoder restarted)"),
+                ));
             }
             Err(s) => {
                 errors += 1;
                 if errors >= MAX_POLL_ERRORS {
-                    return Err(Stop::failed(format!(
-                        "transcoder unreachable: {:?}: {}",
-                        s.code(),
-                        s.message()
-                    )));
+                    return Err(Stop::failed(
+                        reason::TRANSCODER_UNAVAILABLE,
+                        format!("transcoder unreachable: {:?}: {}", s.code(), s.message()),
+                    ));
                 }
             }
         }
@@ -188,5 +224,19 @@ mod tests {
         assert!(parse(r#"{"video_id":"a/b","blob_key":"x"}"#).is_err());
         assert!(parse(r#"{"video_id":"a","blob_key":"../x"}"#).is_err());
         assert!(parse(r#"{"video_id":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn only_the_transcoders_own_reasons_reach_users() {
+        for r in Reason::ALL {
+            assert_eq!(public_reason(r.message()), r.message());
+        }
+        for foreign in [
+            "",
+            "corrupt or unsupported input: ffprobe exit status: 1: originals/v1: Invalid data",
+            "cancelled: changed my mind",
+        ] {
+            assert_eq!(public_reason(foreign), "transcoding failed", "{foreign}");
+        }
     }
 }

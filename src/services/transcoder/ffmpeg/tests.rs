@@ -145,11 +145,16 @@ async fn random_bytes_fail_as_corrupt_input() {
     let err = run(&engine("ffmpeg"), &ctx, &job("v2"), &seen)
         .await
         .unwrap_err();
-    assert!(err.0.starts_with("corrupt or unsupported input: "), "{err}");
-    assert!(err.0.len() <= 1024);
+    assert_eq!(err.reason, Reason::NotAVideo, "{err}");
+    // The detail, for the log.
     assert!(
-        err.0.contains("originals/v2: Invalid data")
-            && !err.0.contains(&*scratch.path().to_string_lossy()),
+        err.detail.starts_with("corrupt or unsupported input: "),
+        "{err}"
+    );
+    assert!(err.detail.len() <= 1024);
+    assert!(
+        err.detail.contains("originals/v2: Invalid data")
+            && !err.detail.contains(&*scratch.path().to_string_lossy()),
         "names the blob, not the local path: {err}"
     );
     assert!(seen.started.lock().unwrap().is_empty());
@@ -178,13 +183,18 @@ async fn a_missing_ffmpeg_is_named_and_a_store_without_files_is_copied() {
     )
     .await
     .unwrap_err();
-    assert!(err.0.starts_with("ffmpeg not found: "), "{err}");
+    assert_eq!(err.reason, Reason::Failed, "{err}");
+    assert!(err.detail.starts_with("ffmpeg not found: "), "{err}");
     assert_eq!(left_in(&ctx.work_root), 0);
 
     let missing = run(&engine("ffmpeg"), &ctx, &job("nope"), &Seen::default())
         .await
         .unwrap_err();
-    assert!(missing.0.starts_with("source unavailable"), "{missing}");
+    assert_eq!(missing.reason, Reason::SourceUnavailable, "{missing}");
+    assert!(
+        missing.detail.starts_with("source unavailable"),
+        "{missing}"
+    );
 }
 
 #[tokio::test]
@@ -208,7 +218,8 @@ async fn a_run_past_its_timeout_fails_and_cleans_up() {
     let err = run(&engine, &ctx, &job("v4"), &Seen::default())
         .await
         .unwrap_err();
-    assert!(err.0.starts_with("timed out after"), "{err}");
+    assert_eq!(err.reason, Reason::TimedOut, "{err}");
+    assert!(err.detail.starts_with("timed out after"), "{err}");
     assert_eq!(left_in(&ctx.work_root), 0);
 }
 

@@ -117,19 +117,24 @@ impl std::fmt::Debug for JetStreamStore {
     }
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> WorkerError {
-    WorkerError::Unavailable(format!("nats: {what}: {e}"))
+fn unavailable(what: &str, e: impl Into<super::super::error::Cause>) -> WorkerError {
+    WorkerError::unavailable(format!("nats: {what}"), e)
 }
 
 fn encode(record: &Record) -> Result<bytes::Bytes, WorkerError> {
     serde_json::to_vec(record)
         .map(bytes::Bytes::from)
-        .map_err(|e| WorkerError::Store(format!("encoding job {}: {e}", record.job.id)))
+        .map_err(|source| WorkerError::Record {
+            key: record.job.id.clone(),
+            source,
+        })
 }
 
 fn decode(key: &str, value: &[u8]) -> Result<Record, WorkerError> {
-    serde_json::from_slice(value)
-        .map_err(|e| WorkerError::Store(format!("job record {key:?} is unreadable: {e}")))
+    serde_json::from_slice(value).map_err(|source| WorkerError::Record {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// A NAK that has the message delivered again at `at_ms`. A due time
@@ -300,9 +305,10 @@ impl JetStreamStore {
             Ok(revision) => revision,
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 let Some((existing, _)) = self.load(&id).await? else {
-                    return Err(WorkerError::Unavailable(format!(
-                        "job {id} was removed while submitted again; try again"
-                    )));
+                    return Err(WorkerError::Unavailable {
+                        source: None,
+                        what: format!("job {id} was removed while submitted again; try again"),
+                    });
                 };
                 if !existing.job.state.is_terminal() {
                     self.dispatch(&id).await?;
@@ -381,9 +387,10 @@ impl JetStreamStore {
                 }
             }
         }
-        Err(WorkerError::Unavailable(format!(
-            "job {id} changed {CAS_ROUNDS} times while being updated; try again"
-        )))
+        Err(WorkerError::Unavailable {
+            source: None,
+            what: format!("job {id} changed {CAS_ROUNDS} times while being updated; try again"),
+        })
     }
 
     /// After `job` was saved: renewals extend the message's ack wait, a
@@ -477,9 +484,7 @@ impl JetStreamStore {
         // and `release` gives it back, where a message dropped half-way
         // would wait out the ack wait.
         let this = self.clone();
-        rt::spawn(async move { this.lease_next_held(now_ms, lease_ms).await })
-            .await
-            .map_err(|e| WorkerError::Store(format!("leasing: {e}")))?
+        rt::spawn(async move { this.lease_next_held(now_ms, lease_ms).await }).await?
     }
 
     async fn lease_next_held(
@@ -644,9 +649,7 @@ impl JetStreamStore {
     ) -> Result<Vec<Record>, WorkerError> {
         let kv = &self.inner.kv;
         if pending > MAX_LIST_RECORDS {
-            return Err(WorkerError::Store(format!(
-                "{pending} job records are more than a list reads ({MAX_LIST_RECORDS})"
-            )));
+            return Err(WorkerError::TooManyRecords(pending));
         }
         let mut records = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
         let mut messages = consumer

@@ -144,15 +144,16 @@ impl SqliteStore {
     pub async fn open(path: Option<PathBuf>, now_ms: u64) -> Result<(Self, Vec<Job>), WorkerError> {
         let conn = rt::blocking(move || -> Result<Connection, WorkerError> {
             if let Some(dir) = path.as_deref().and_then(Path::parent) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| WorkerError::Store(format!("{}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|source| WorkerError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
             }
             let conn = crate::sqlite::open(path.as_deref())?;
             conn.execute_batch(SCHEMA)?;
             Ok(conn)
         })
-        .await
-        .map_err(|e| WorkerError::Store(e.to_string()))??;
+        .await??;
         let store = Self {
             conn: Arc::new(Mutex::new(conn)),
         };
@@ -172,9 +173,7 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, WorkerError> + Send + 'static,
     ) -> Result<T, WorkerError> {
         let conn = self.conn.clone();
-        rt::blocking(move || f(&mut conn.lock().unwrap_or_else(PoisonError::into_inner)))
-            .await
-            .map_err(|e| WorkerError::Store(e.to_string()))?
+        rt::blocking(move || f(&mut conn.lock().unwrap_or_else(PoisonError::into_inner))).await?
     }
 
     /// Stores `job`, or returns the job already stored under its
