@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("proto", 0),
     ("HashMap", 0),
     ("rt", 1),
+    ("error", 2),
     ("resilience", 2),
     ("blob", 2),
     ("bus", 2),
