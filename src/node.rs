@@ -44,6 +44,21 @@ pub struct NodeOpts {
     /// line `<service name> <client secret> [scope,scope...]` each.
     #[arg(long, env = "STREAMGATE_AUTH_CLIENTS_FILE")]
     pub auth_clients_file: Option<PathBuf>,
+    /// Reverse proxies in front of the gateway whose `X-Forwarded-For`
+    /// names the client (the log-in lock-out is per client address):
+    /// comma-separated IP addresses or CIDR networks, e.g.
+    /// `10.0.0.0/8,::1`. Empty (the default): the header is ignored and the
+    /// connection's peer is the client.
+    #[arg(long, env = "STREAMGATE_TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The value of `--trusted-proxies`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+fn parse_proxies(s: &str) -> Result<TrustedProxies, String> {
+    crate::services::gateway::client_addr::parse_trusted_proxies(s).map(TrustedProxies)
 }
 
 impl NodeOpts {
@@ -76,7 +91,10 @@ impl NodeOpts {
                 };
                 let mut config = ServiceConfig::new(kind);
                 match &mut config {
-                    ServiceConfig::ApiGateway(c) => c.max_upload_bytes = self.max_upload_bytes,
+                    ServiceConfig::ApiGateway(c) => {
+                        c.max_upload_bytes = self.max_upload_bytes;
+                        c.trusted_proxies.clone_from(&self.trusted_proxies.0);
+                    }
                     ServiceConfig::Upload(c) => c.max_upload_bytes = self.max_upload_bytes,
                     ServiceConfig::Metadata(c) => c.max_upload_bytes = self.max_upload_bytes,
                     ServiceConfig::Auth(c) => {
