@@ -175,6 +175,9 @@ mod tests {
         async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
             Err(RegistryError::NotFound(id.into()))
         }
+        async fn confirm(&self, id: &str) -> Result<(), RegistryError> {
+            Err(RegistryError::NotFound(id.into()))
+        }
         async fn watch(&self, _: &str, _: u64, _: Duration) -> Result<WatchResult, RegistryError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if self.fail {
