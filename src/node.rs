@@ -334,6 +334,7 @@ where
     };
     let started = rt::now();
     let mut attempt = 0u32;
+    let mut last_error: Option<String> = None;
     loop {
         attempt = attempt.saturating_add(1);
         let left = deadline.saturating_duration_since(rt::now());
@@ -345,8 +346,14 @@ where
                 return Ok(v);
             }
             Ok(Err(e)) => e.to_string(),
-            Err(rt::Elapsed) => format!("no answer within {left:?}"),
+            // The last attempt, cut short by the deadline, says less than
+            // the one before.
+            Err(rt::Elapsed) => match last_error.take() {
+                Some(before) if left < STARTUP_MAX_BACKOFF => before,
+                _ => format!("no answer within {left:?}"),
+            },
         };
+        last_error = Some(error.clone());
         let left = deadline.saturating_duration_since(rt::now());
         if left.is_zero() {
             return Err(KernelError::Unreachable {
@@ -606,4 +613,56 @@ pub async fn run_service(
     tracing::info!(service = kind.name(), "shutting down");
     kernel.shutdown().await;
     Ok(())
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
+        for bad in ["", "60", "s", "1h", "-1s", "0s", "1.5s", "90000s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_backs_off_and_gives_up_at_the_deadline() {
+        use crate::rt;
+        let started = rt::now();
+        let mut attempts = Vec::new();
+        let result: Result<(), KernelError> =
+            wait_for("the thing", started + Duration::from_secs(10), || {
+                attempts.push(rt::now() - started);
+                async { Err::<(), _>("refused") }
+            })
+            .await;
+        match result {
+            Err(KernelError::Unreachable {
+                what,
+                waited,
+                last_error,
+            }) => {
+                assert_eq!(what, "the thing");
+                assert_eq!(waited, Duration::from_secs(10));
+                assert_eq!(last_error, "refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        // 0, then waits of 0.2, 0.4, 0.8, 1.6, 3.2 s, then the deadline.
+        let ms: Vec<u128> = attempts.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 200, 600, 1400, 3000, 6200, 10_000]);
+        // Reached on the third attempt.
+        let mut n = 0;
+        let got = wait_for("x", rt::now() + Duration::from_secs(10), || {
+            n += 1;
+            let ok = n == 3;
+            async move { if ok { Ok(n) } else { Err("not yet") } }
+        })
+        .await;
+        assert_eq!(got.expect("reached"), 3);
+    }
 }
