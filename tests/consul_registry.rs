@@ -827,3 +827,48 @@ async fn a_service_gives_up_with_code_2_naming_what_it_waited_for() {
         assert!(log.contains("not reachable after waiting"), "{log}");
     }
 }
+
+#[tokio::test]
+async fn the_monitor_follows_services_by_blocking_queries() {
+    use streamgate::services::{Common, ServiceConfig, ServicePlugin};
+
+    let (agent, _registry, url) = agent_and_client(fast_agent(), None).await;
+    let cache = ServicePlugin::new(Common::ephemeral(), ServiceConfig::new(ServiceKind::Cache));
+    let monitor = ServicePlugin::new(
+        Common::ephemeral(),
+        ServiceConfig::new(ServiceKind::Monitor),
+    );
+    let kernel = kernel_on(&url, vec![Box::new(cache), Box::new(monitor)]).await;
+    let (plain_before, _) = agent.health_queries();
+    // Three probe rounds (2 s apart): one watch per followed service; the
+    // old loop made a plain query per service per round (9 x 3).
+    rt::sleep(Duration::from_millis(6500)).await;
+    let (plain, blocking) = agent.health_queries();
+    let plain = plain - plain_before;
+    assert!(plain <= 9, "{plain} non-blocking health queries");
+    assert!(
+        blocking >= 9,
+        "{blocking} blocking queries: one per service at least"
+    );
+    // And the rounds see what the watches see: the cache is SERVING.
+    let status = kernel
+        .pool()
+        .monitor()
+        .await
+        .expect("monitor client")
+        .get_status(streamgate::proto::GetStatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner();
+    let cache = status
+        .services
+        .iter()
+        .find(|s| s.name == "cache")
+        .expect("the cache is followed");
+    assert_eq!(
+        cache.health,
+        streamgate::proto::ServiceHealth::Serving as i32,
+        "{cache:?}"
+    );
+    kernel.shutdown().await;
+}

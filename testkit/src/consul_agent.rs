@@ -85,6 +85,8 @@ pub struct ConsulAgent {
     register_bodies: Mutex<Vec<serde_json::Value>>,
     faults: Mutex<Faults>,
     check_updates: std::sync::atomic::AtomicU64,
+    /// Health queries: [non-blocking, blocking].
+    health_queries: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// Faults of check updates (`check/pass|warn|fail`) on demand.
@@ -113,6 +115,7 @@ impl ConsulAgent {
             register_bodies: Mutex::new(Vec::new()),
             faults: Mutex::new(Faults::default()),
             check_updates: std::sync::atomic::AtomicU64::new(0),
+            health_queries: Default::default(),
         })
     }
 
@@ -153,6 +156,17 @@ impl ConsulAgent {
     /// From now on, check updates never answer (a hung agent), or answer again.
     pub fn hang_check_updates(&self, hang: bool) {
         lock(&self.faults).hang = hang;
+    }
+
+    /// `GET /v1/health/service` queries received so far: (non-blocking,
+    /// blocking on an `index`).
+    #[must_use]
+    pub fn health_queries(&self) -> (u64, u64) {
+        let [plain, blocking] = &self.health_queries;
+        (
+            plain.load(std::sync::atomic::Ordering::SeqCst),
+            blocking.load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 
     /// Check updates received (answered or not).
@@ -369,6 +383,8 @@ async fn health(
         Ok(q) => q,
         Err(r) => return refuse(r),
     };
+    agent.health_queries[usize::from(q.index != 0)]
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let deadline = rt::now() + q.wait;
     loop {
         let mut changes = agent.changes.subscribe();
