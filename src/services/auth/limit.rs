@@ -257,9 +257,9 @@ impl LoginThrottle for MemoryThrottle {
 mod tests {
     use super::*;
 
-    fn at(email: &str, client: &str) -> Attempt<'static> {
+    fn at<'a>(email: &'a str, client: &str) -> Attempt<'a> {
         Attempt {
-            email: Box::leak(email.to_owned().into_boxed_str()),
+            email,
             client: Some(client.parse().expect("ip")),
         }
     }
@@ -373,8 +373,8 @@ mod tests {
         let t0 = rt::now();
         let mut l = Lockout::new(3);
         for i in 0..100u64 {
-            let a = at(&format!("u{i}@x.io"), "192.0.2.1");
-            let _ = l.admit(a, t0 + Duration::from_millis(i));
+            let email = format!("u{i}@x.io");
+            let _ = l.admit(at(&email, "192.0.2.1"), t0 + Duration::from_millis(i));
             let (pairs, emails) = l.len();
             assert!(pairs <= 3 && emails <= 3, "{pairs} {emails}");
         }

@@ -136,12 +136,12 @@ impl AuthServer {
         let client = client_address(&r.client_address)?;
         checks::password(&r.password)?;
         checks::display_name(&r.display_name)?;
+        let email = r.email.trim().to_owned();
         let display_name = if r.display_name.is_empty() {
-            checks::default_display_name(&r.email)
+            checks::default_display_name(&email)
         } else {
             r.display_name
         };
-        let email = r.email.trim().to_owned();
         // Hashing first: a taken email costs the same time as a new one.
         let password = r.password;
         let hash = rt::blocking(move || password::hash(&password))
