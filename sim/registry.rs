@@ -215,6 +215,11 @@ async fn simulated_registry_meets_the_contract() {
             let opts = streamgate_testkit::registry_contract::Options {
                 ttl_interval: Duration::from_secs(1),
                 expiry_slack: Duration::from_millis(500),
+                set_status: Some(streamgate_testkit::consul_agent::set_status_over_http(
+                    format!("http://{AGENT}"),
+                    None,
+                    Arc::new(SimTransport),
+                )),
             };
             streamgate_testkit::registry_contract::run_all(consul(), opts).await;
         })

@@ -199,6 +199,11 @@ where
     };
     match runtime.block_on(body(Box::pin(shutdown_signal()))) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ crate::kernel::KernelError::Unreachable { .. }) => {
+            // As for bad options: the process cannot run as configured.
+            tracing::error!(error = %e, "gave up waiting at start");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = %crate::error::Chain(&e), "stopped on an error");
             // Refused options or configuration are a usage error, as when

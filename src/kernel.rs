@@ -92,6 +92,17 @@ pub enum KernelError {
     /// The registry refused or failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Something the node needs (the NATS server, the registry) did not
+    /// answer before the start-up timeout.
+    #[error("{what} not reachable after waiting {waited:?}: {last_error}")]
+    Unreachable {
+        /// What was waited for, and where.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// The last attempt's failure.
+        last_error: String,
+    },
 }
 
 impl KernelError {
@@ -319,22 +330,122 @@ impl Kernel {
     }
 }
 
-/// Heartbeats every registration; re-registers one the registry lost.
-async fn keep_registered(registry: Arc<dyn Registry>, infos: Vec<ServiceInfo>) {
-    loop {
-        rt::sleep(HEARTBEAT_INTERVAL).await;
-        for info in &infos {
-            match registry.heartbeat(&info.id).await {
-                Ok(()) => {}
-                Err(RegistryError::NotFound(_)) if rt::faults::injected(Bug::NoReregistration) => {}
-                Err(RegistryError::NotFound(_)) => {
-                    tracing::warn!(id = %info.id, "registration lost; registering again");
-                    if let Err(e) = registry.register(info).await {
-                        tracing::warn!(id = %info.id, error = %e, "re-registration failed");
+/// Heartbeat failures in a row after which a TTL registration is confirmed
+/// ([`Registry::confirm`]): an agent that answers every heartbeat with an
+/// error may have lost it (Consul before 1.x answered 500 for unknown
+/// checks), and a lost one is registered again.
+pub const CONFIRM_AFTER_FAILURES: u32 = 3;
+
+/// One registration's keep-alive.
+#[derive(Debug)]
+struct Kept {
+    info: ServiceInfo,
+    /// Heartbeats (or confirmations) failed in a row.
+    failures: u32,
+    /// When to look at it next.
+    due: rt::Instant,
+}
+
+impl Kept {
+    /// Longest one call to the registry may take for this registration: a
+    /// hung registry must not hold a heartbeat past the instance's TTL, so
+    /// half the TTL window (the next heartbeat still lands in time once the
+    /// registry answers again); for a check the registry runs, its interval.
+    fn call_bound(&self) -> Duration {
+        let check = &self.info.check;
+        let bound = if check.is_ttl() {
+            check.ttl_expiry() / 2
+        } else {
+            check.interval
+        };
+        bound.max(Duration::from_millis(100))
+    }
+
+    /// The wait after `failures` failures in a row: the heartbeat interval,
+    /// doubling per repeated failure, at most half the TTL window (so a
+    /// registry that recovers sees a heartbeat well within a TTL).
+    fn retry_after(&self) -> Duration {
+        let cap = HEARTBEAT_INTERVAL.max(self.call_bound());
+        let doublings = self.failures.saturating_sub(1).min(16);
+        HEARTBEAT_INTERVAL.saturating_mul(1 << doublings).min(cap)
+    }
+
+    /// Heartbeats (TTL checks) or confirms (checks the registry runs) the
+    /// registration; registers it again when the registry lost it.
+    async fn tick(&mut self, registry: &dyn Registry) {
+        let id = self.info.id.clone();
+        let bound = self.call_bound();
+        let bounded = |r: Result<Result<(), RegistryError>, rt::Elapsed>| {
+            r.unwrap_or_else(|_| {
+                Err(RegistryError::Unavailable(format!(
+                    "no answer within {bound:?}"
+                )))
+            })
+        };
+        let outcome = if self.info.check.is_ttl() {
+            let beat = bounded(rt::timeout(bound, registry.heartbeat(&id)).await);
+            match beat {
+                Err(RegistryError::Unavailable(e))
+                    if self.failures + 1 >= CONFIRM_AFTER_FAILURES =>
+                {
+                    match bounded(rt::timeout(bound, registry.confirm(&id)).await) {
+                        Err(RegistryError::NotFound(n)) => Err(RegistryError::NotFound(n)),
+                        _ => Err(RegistryError::Unavailable(e)),
                     }
                 }
-                Err(e) => tracing::warn!(id = %info.id, error = %e, "heartbeat failed"),
+                other => other,
             }
+        } else {
+            bounded(rt::timeout(bound, registry.confirm(&id)).await)
+        };
+        match outcome {
+            Ok(()) => self.failures = 0,
+            Err(RegistryError::NotFound(_)) if rt::faults::injected(Bug::NoReregistration) => {}
+            Err(RegistryError::NotFound(_)) => {
+                tracing::warn!(%id, "registration lost; registering again");
+                match bounded(rt::timeout(bound, registry.register(&self.info)).await) {
+                    Ok(()) => self.failures = 0,
+                    Err(e) => {
+                        self.failures = self.failures.saturating_add(1);
+                        tracing::warn!(%id, error = %e, "re-registration failed");
+                    }
+                }
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                tracing::warn!(%id, error = %e, failures = self.failures, retry_in = ?self.retry_after(), "heartbeat failed");
+            }
+        }
+        self.due = rt::now()
+            + if self.failures == 0 {
+                HEARTBEAT_INTERVAL
+            } else {
+                self.retry_after()
+            };
+    }
+}
+
+/// Heartbeats every TTL registration, confirms the others (whose checks
+/// the registry runs itself: no heartbeats), and re-registers one the
+/// registry lost. Failures are logged and retried with backoff.
+async fn keep_registered(registry: Arc<dyn Registry>, infos: Vec<ServiceInfo>) {
+    let first = rt::now() + HEARTBEAT_INTERVAL;
+    let mut kept: Vec<Kept> = infos
+        .into_iter()
+        .map(|info| Kept {
+            info,
+            failures: 0,
+            due: first,
+        })
+        .collect();
+    loop {
+        let Some(next) = kept.iter().map(|k| k.due).min() else {
+            return;
+        };
+        rt::sleep_until(next).await;
+        let now = rt::now();
+        for k in kept.iter_mut().filter(|k| k.due <= now) {
+            k.tick(&*registry).await;
         }
     }
 }

@@ -5,11 +5,13 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::bus::memory::MemoryBus;
 
 use crate::kernel::{Kernel, KernelError, Mode, Plugin, Seams};
 use crate::middleware::auth::{Key, Keyring};
+use crate::registry::CheckStyle;
 use crate::registry::memory::MemoryRegistry;
 use crate::services::auth::{Secret, ServiceClient, ServiceClients};
 use crate::services::{Common, ServiceConfig, ServiceKind, ServicePlugin};
@@ -51,6 +53,21 @@ pub struct NodeOpts {
     /// line `<service name> <client secret> [scope,scope...]` each.
     #[arg(long, env = "STREAMGATE_AUTH_CLIENTS_FILE")]
     pub auth_clients_file: Option<PathBuf>,
+    /// Reverse proxies in front of the gateway whose `X-Forwarded-For`
+    /// names the client (the log-in lock-out is per client address):
+    /// comma-separated IP addresses or CIDR networks, e.g.
+    /// `10.0.0.0/8,::1`. Empty (the default): the header is ignored and the
+    /// connection's peer is the client.
+    #[arg(long, env = "STREAMGATE_TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The value of `--trusted-proxies`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+fn parse_proxies(s: &str) -> Result<TrustedProxies, String> {
+    crate::services::gateway::client_addr::parse_trusted_proxies(s).map(TrustedProxies)
 }
 
 impl NodeOpts {
@@ -80,7 +97,10 @@ impl NodeOpts {
                 };
                 let mut config = ServiceConfig::new(kind);
                 match &mut config {
-                    ServiceConfig::ApiGateway(c) => c.max_upload_bytes = self.max_upload_bytes,
+                    ServiceConfig::ApiGateway(c) => {
+                        c.max_upload_bytes = self.max_upload_bytes;
+                        c.trusted_proxies.clone_from(&self.trusted_proxies.0);
+                    }
                     ServiceConfig::Upload(c) => c.max_upload_bytes = self.max_upload_bytes,
                     ServiceConfig::Metadata(c) => c.max_upload_bytes = self.max_upload_bytes,
                     ServiceConfig::Auth(c) => {
@@ -277,11 +297,123 @@ pub struct ClusterOpts {
     /// File holding the Consul ACL token, if ACLs are on.
     #[arg(long, env = "STREAMGATE_CONSUL_TOKEN_FILE")]
     pub consul_token_file: Option<PathBuf>,
+    /// The check a service registers in Consul with: `ttl` (it sends
+    /// heartbeats), `grpc` (Consul asks its standard gRPC health service,
+    /// plain text) or `http` (Consul GETs its `/health`); every 2 s, 1 s
+    /// timeout, removed after 1 min critical. Consul only.
+    #[arg(
+        long,
+        env = "STREAMGATE_CONSUL_CHECK",
+        value_enum,
+        default_value = "ttl"
+    )]
+    pub consul_check: CheckStyle,
+    /// How long a starting service waits for the NATS server and the
+    /// registry to answer (retrying with backoff, each failure logged)
+    /// before it exits with code 2 naming what it waited for: `60s`,
+    /// `500ms`, `2m`.
+    #[arg(
+        long,
+        env = "STREAMGATE_STARTUP_TIMEOUT",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub startup_timeout: Duration,
     /// File holding the service-token keys shared by the cluster: one line
     /// `<key id> <secret as hex, >= 64 digits>` for the current key, and an
     /// optional second line for the previous key (during a rotation).
     #[arg(long, env = "STREAMGATE_SERVICE_KEY_FILE")]
     pub service_key_file: PathBuf,
+}
+
+/// Parses a duration option: a whole number with a unit, `ms`, `s` or `m`
+/// (`500ms`, `60s`, `2m`), at least 1 ms and at most a day.
+///
+/// # Errors
+/// What is wrong with `s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 60s or 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{s:?}: the unit is ms, s or m")),
+    };
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?}: between 1ms and 24h"));
+    }
+    Ok(d)
+}
+
+/// First wait after a failed attempt to reach a dependency at start-up;
+/// it doubles up to [`STARTUP_MAX_BACKOFF`].
+pub const STARTUP_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts at start-up.
+pub const STARTUP_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Tries `connect` until it succeeds or `deadline` passes, waiting with
+/// exponential backoff between attempts ([`STARTUP_FIRST_BACKOFF`]
+/// doubling to [`STARTUP_MAX_BACKOFF`]) and logging each failure: under an
+/// orchestrator that starts everything at once, what a service needs may
+/// come up after it. Each attempt is cut at the deadline.
+///
+/// # Errors
+/// [`KernelError::Unreachable`] naming `what` and the last failure.
+pub async fn wait_for<T, E, Fut>(
+    what: &str,
+    deadline: crate::rt::Instant,
+    mut connect: impl FnMut() -> Fut,
+) -> Result<T, KernelError>
+where
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    use crate::resilience::backoff::Backoff;
+    use crate::rt;
+    let backoff = Backoff {
+        initial: STARTUP_FIRST_BACKOFF,
+        max: STARTUP_MAX_BACKOFF,
+        multiplier: 2.0,
+    };
+    let started = rt::now();
+    let mut attempt = 0u32;
+    let mut last_error: Option<String> = None;
+    loop {
+        attempt = attempt.saturating_add(1);
+        let left = deadline.saturating_duration_since(rt::now());
+        let error = match rt::timeout(left, connect()).await {
+            Ok(Ok(v)) => {
+                if attempt > 1 {
+                    tracing::info!(what, attempts = attempt, waited = ?(rt::now() - started), "reachable");
+                }
+                return Ok(v);
+            }
+            Ok(Err(e)) => e.to_string(),
+            // The last attempt, cut short by the deadline, says less than
+            // the one before.
+            Err(rt::Elapsed) => match last_error.take() {
+                Some(before) if left < STARTUP_MAX_BACKOFF => before,
+                _ => format!("no answer within {left:?}"),
+            },
+        };
+        last_error = Some(error.clone());
+        let left = deadline.saturating_duration_since(rt::now());
+        if left.is_zero() {
+            return Err(KernelError::Unreachable {
+                what: what.to_owned(),
+                waited: rt::now() - started,
+                last_error: error,
+            });
+        }
+        let delay = backoff.nominal(attempt).min(left);
+        tracing::warn!(what, attempt, %error, retry_in = ?delay, "not reachable yet; waiting");
+        rt::sleep(delay).await;
+    }
 }
 
 fn config_error(reason: String) -> KernelError {
@@ -430,38 +562,65 @@ pub async fn run_service(
     use crate::registry::Registry;
 
     let keys = read_keyring(&cluster.service_key_file)?;
-    let bus_opts = NatsOpts {
-        url: cluster.nats_url.clone(),
-        client_name: format!("streamgate-{}", kind.name()),
-        subject_prefix: cluster.bus_subject_prefix.clone(),
-        ..NatsOpts::default()
+    if cluster.consul_check != CheckStyle::Ttl && cluster.registry != RegistryKind::Consul {
+        return Err(config_error(
+            "--consul-check grpc or http needs --registry consul (the NATS KV registry has TTL checks only)"
+                .to_owned(),
+        ));
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    let deadline = crate::rt::now() + cluster.startup_timeout;
+    let dependencies = async {
+        let bus_opts = NatsOpts {
+            url: cluster.nats_url.clone(),
+            client_name: format!("streamgate-{}", kind.name()),
+            subject_prefix: cluster.bus_subject_prefix.clone(),
+            ..NatsOpts::default()
+        };
+        let bus = wait_for(&format!("NATS at {}", cluster.nats_url), deadline, || {
+            NatsBus::connect(bus_opts.clone())
+        })
+        .await?;
+        let registry: Arc<dyn Registry> = match cluster.registry {
+            RegistryKind::NatsKv => {
+                let mut kv = crate::registry::nats_kv::Options::new(cluster.nats_url.clone());
+                kv.bucket.clone_from(&cluster.registry_bucket);
+                let what = format!("the NATS KV registry at {}", cluster.nats_url);
+                Arc::new(
+                    wait_for(&what, deadline, || {
+                        crate::registry::nats_kv::NatsKvRegistry::connect(kv.clone())
+                    })
+                    .await?,
+                )
+            }
+            RegistryKind::Consul => {
+                let token = match &cluster.consul_token_file {
+                    Some(path) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|e| config_error(format!("{}: {e}", path.display())))?
+                            .trim()
+                            .to_owned(),
+                    ),
+                    None => None,
+                };
+                let config = crate::registry::consul::ConsulConfig {
+                    address: cluster.consul_addr.clone(),
+                    token,
+                    ..Default::default()
+                };
+                let consul = crate::registry::consul::ConsulRegistry::connect(&config)?;
+                let what = format!("the Consul agent at {}", cluster.consul_addr);
+                wait_for(&what, deadline, || consul.health()).await?;
+                Arc::new(consul)
+            }
+        };
+        Ok::<_, KernelError>((bus, registry))
     };
-    let bus = NatsBus::connect(bus_opts).await.map_err(|e| match e {
-        crate::bus::nats::NatsBusError::Options(e) => config_error(format!("NATS bus: {e}")),
-        e => KernelError::start("kernel", "the NATS bus", e),
-    })?;
-    let registry: Arc<dyn Registry> = match cluster.registry {
-        RegistryKind::NatsKv => {
-            let mut kv = crate::registry::nats_kv::Options::new(cluster.nats_url.clone());
-            kv.bucket.clone_from(&cluster.registry_bucket);
-            Arc::new(crate::registry::nats_kv::NatsKvRegistry::connect(kv).await?)
-        }
-        RegistryKind::Consul => {
-            let token = match &cluster.consul_token_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| config_error(format!("{}: {e}", path.display())))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => None,
-            };
-            let config = crate::registry::consul::ConsulConfig {
-                address: cluster.consul_addr.clone(),
-                token,
-                ..Default::default()
-            };
-            Arc::new(crate::registry::consul::ConsulRegistry::connect(&config)?)
+    let (bus, registry) = tokio::select! {
+        ready = dependencies => ready?,
+        () = &mut shutdown => {
+            tracing::info!(service = kind.name(), "stopped while waiting for its dependencies");
+            return Ok(());
         }
     };
     let job_queue = match cluster.job_queue {
@@ -482,6 +641,7 @@ pub async fn run_service(
             if let ServiceConfig::Worker(c) = p.config_mut() {
                 c.job_queue = job_queue.clone();
             }
+            p.common_mut().check = cluster.consul_check;
             Box::new(p) as Box<dyn Plugin>
         })
         .collect();
@@ -504,7 +664,7 @@ pub async fn run_service(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(madsim)))]
 mod tests {
     use super::*;
 
@@ -518,6 +678,7 @@ mod tests {
             max_upload_bytes: 1 << 20,
             auth_secret_file: None,
             auth_clients_file: None,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 
@@ -546,5 +707,52 @@ mod tests {
         );
         let err = ports(&opts(None, 60_000), all).unwrap_err().to_string();
         assert!(err.contains("> 65535"), "{err}");
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
+        for bad in ["", "60", "s", "1h", "-1s", "0s", "1.5s", "90000s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_backs_off_and_gives_up_at_the_deadline() {
+        use crate::rt;
+        let started = rt::now();
+        let mut attempts = Vec::new();
+        let result: Result<(), KernelError> =
+            wait_for("the thing", started + Duration::from_secs(10), || {
+                attempts.push(rt::now() - started);
+                async { Err::<(), _>("refused") }
+            })
+            .await;
+        match result {
+            Err(KernelError::Unreachable {
+                what,
+                waited,
+                last_error,
+            }) => {
+                assert_eq!(what, "the thing");
+                assert_eq!(waited, Duration::from_secs(10));
+                assert_eq!(last_error, "refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        // 0, then waits of 0.2, 0.4, 0.8, 1.6, 3.2 s, then the deadline.
+        let ms: Vec<u128> = attempts.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 200, 600, 1400, 3000, 6200, 10_000]);
+        // Reached on the third attempt.
+        let mut n = 0;
+        let got = wait_for("x", rt::now() + Duration::from_secs(10), || {
+            n += 1;
+            let ok = n == 3;
+            async move { if ok { Ok(n) } else { Err("not yet") } }
+        })
+        .await;
+        assert_eq!(got.expect("reached"), 3);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! One trait, several backends: [`memory`] (monolith, tests), `nats_kv`
 //! (production); Consul and the simulated registry node follow the same
-//! contract. Semantics follow Consul's: discovery returns only passing
-//! instances, and [`Registry::watch`] is a blocking query on an index.
+//! contract. Semantics follow Consul's: discovery returns the instances
+//! that are not critical (passing or warning), and [`Registry::watch`] is a
+//! blocking query on an index.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -62,6 +63,12 @@ pub enum CheckKind {
         /// The URL probed.
         url: String,
     },
+    /// The registry asks the standard gRPC health service at this
+    /// `host:port` (plain text): SERVING passing, else critical.
+    Grpc {
+        /// `host:port`.
+        target: String,
+    },
     /// The instance must call [`Registry::heartbeat`] within `interval + timeout`.
     Ttl,
 }
@@ -78,10 +85,63 @@ impl HealthCheck {
         }
     }
 
+    /// An HTTP check of `url` every `interval`, each probe allowed half of it.
+    #[must_use]
+    pub fn http(url: String, interval: Duration) -> Self {
+        Self {
+            kind: CheckKind::Http { url },
+            timeout: interval / 2,
+            ..Self::ttl(interval)
+        }
+    }
+
+    /// A gRPC health check of `target` (`host:port`) every `interval`, each
+    /// probe allowed half of it.
+    #[must_use]
+    pub fn grpc(target: String, interval: Duration) -> Self {
+        Self {
+            kind: CheckKind::Grpc { target },
+            timeout: interval / 2,
+            ..Self::ttl(interval)
+        }
+    }
+
     /// How long after the last heartbeat a TTL instance turns critical.
     #[must_use]
     pub fn ttl_expiry(&self) -> Duration {
         self.interval + self.timeout
+    }
+
+    /// Whether the instance keeps itself healthy by heartbeats (else the
+    /// registry probes it).
+    #[must_use]
+    pub fn is_ttl(&self) -> bool {
+        self.kind == CheckKind::Ttl
+    }
+}
+
+/// Which check a service registers with (`--consul-check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CheckStyle {
+    /// A TTL check the instance keeps passing with heartbeats.
+    #[default]
+    Ttl,
+    /// The registry asks the instance's standard gRPC health service.
+    Grpc,
+    /// The registry GETs the instance's `/health`.
+    Http,
+}
+
+impl CheckStyle {
+    /// The check of an instance reachable at `addr`, run (or due) every
+    /// `interval`.
+    #[must_use]
+    pub fn check(self, addr: std::net::SocketAddr, interval: Duration) -> HealthCheck {
+        match self {
+            Self::Ttl => HealthCheck::ttl(interval),
+            Self::Grpc => HealthCheck::grpc(addr.to_string(), interval),
+            Self::Http => HealthCheck::http(format!("http://{addr}/health"), interval),
+        }
     }
 }
 
@@ -132,6 +192,11 @@ pub trait Registry: Send + Sync + 'static {
     ///
     /// [`RegistryError::NotFound`] means the registration was lost.
     async fn heartbeat(&self, id: &str) -> Result<(), RegistryError>;
+    /// Confirms instance `id` is still registered, without touching its
+    /// check (for instances the registry probes itself, which send no
+    /// heartbeats). [`RegistryError::NotFound`] means the registration
+    /// was lost.
+    async fn confirm(&self, id: &str) -> Result<(), RegistryError>;
     /// The passing (and warning) instances of service `name`.
     async fn discover(&self, name: &str) -> Result<Vec<ServiceInfo>, RegistryError> {
         Ok(self.watch(name, 0, Duration::ZERO).await?.instances)

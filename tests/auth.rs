@@ -1,6 +1,6 @@
 //! The auth service on real sockets, through the client pool: accounts,
-//! log-in failures that never say which part was wrong, the per-email
-//! limit, refresh-token rotation with reuse detection, validation,
+//! log-in failures that never say which part was wrong, the lock-out per
+//! (email, client address), refresh-token rotation with reuse detection, validation,
 //! revocation, service tokens, and accounts surviving a restart.
 #![cfg(not(madsim))]
 
@@ -58,6 +58,7 @@ async fn sign_up(node: &Node, email: &str) -> (String, TokenPair) {
             email: email.into(),
             password: PASSWORD.into(),
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .expect("sign-up")
@@ -78,11 +79,22 @@ async fn validate(node: &Node, token: &str, scope: &str) -> ValidateTokenRespons
 }
 
 async fn log_in(node: &Node, email: &str, password: &str) -> Result<TokenPair, tonic::Status> {
+    log_in_from(node, email, password, "").await
+}
+
+/// A log-in on behalf of a user at `client_address`.
+async fn log_in_from(
+    node: &Node,
+    email: &str,
+    password: &str,
+    client_address: &str,
+) -> Result<TokenPair, tonic::Status> {
     let res = client(node)
         .await
         .log_in(LogInRequest {
             email: email.into(),
             password: password.into(),
+            client_address: client_address.into(),
         })
         .await?
         .into_inner();
@@ -101,6 +113,7 @@ async fn accounts_and_the_token_life_cycle() {
             email: "ada@example.COM".into(),
             password: PASSWORD.into(),
             display_name: "Other".into(),
+            ..Default::default()
         })
         .await
         .expect_err("taken");
@@ -153,6 +166,7 @@ async fn accounts_and_the_token_life_cycle() {
                 .await
                 .refresh(RefreshRequest {
                     refresh_token: token,
+                    ..Default::default()
                 })
                 .await
         }
@@ -171,6 +185,7 @@ async fn accounts_and_the_token_life_cycle() {
         .await
         .refresh(RefreshRequest {
             refresh_token: rotated.access_token.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("an access token is not a refresh token");
@@ -229,23 +244,46 @@ async fn accounts_and_the_token_life_cycle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_in_is_limited_per_email() {
+async fn log_in_is_limited_per_email_and_client_address() {
     let node = start(None, ServiceClients::default()).await;
     sign_up(&node, "eve@example.com").await;
+    let attacker = "198.51.100.7";
     let mut codes = Vec::new();
-    for _ in 0..12 {
-        let e = log_in(&node, "eve@example.com", "not the password")
+    for _ in 0..7 {
+        let e = log_in_from(&node, "eve@example.com", "not the password", attacker)
             .await
             .expect_err("refused");
         codes.push(e.code());
+        if e.code() == Code::ResourceExhausted {
+            let wait: u64 = e
+                .metadata()
+                .get("retry-after-ms")
+                .expect("retry-after-ms")
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("ms");
+            assert!((1..=1000).contains(&wait), "{wait}");
+        }
     }
-    assert_eq!(codes[..10], [Code::Unauthenticated; 10]);
-    assert_eq!(codes[10..], [Code::ResourceExhausted; 2]);
-    // Another email is not affected.
-    let other = log_in(&node, "mallory@example.com", "not the password")
+    assert_eq!(codes[..5], [Code::Unauthenticated; 5]);
+    assert_eq!(codes[5..], [Code::ResourceExhausted; 2]);
+    // The owner, from another address, is not slowed.
+    for owner in ["203.0.113.9", "2001:db8::1", ""] {
+        log_in_from(&node, "eve@example.com", PASSWORD, owner)
+            .await
+            .expect("the owner gets in");
+    }
+    // Another email from the attacker's address is not affected either.
+    let other = log_in_from(&node, "mallory@example.com", "not the password", attacker)
         .await
         .expect_err("x");
     assert_eq!(other.code(), Code::Unauthenticated);
+    // The address must be one.
+    let bad = log_in_from(&node, "eve@example.com", PASSWORD, "not-an-ip")
+        .await
+        .expect_err("bad address");
+    assert_eq!(bad.code(), Code::InvalidArgument);
     node.kernel.shutdown().await;
 }
 

@@ -8,10 +8,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, put};
-use streamgate::registry::consul::{ConsulConfig, ConsulRegistry};
+use streamgate::bus::memory::MemoryBus;
+use streamgate::client::PoolConfig;
+use streamgate::kernel::{Kernel, KernelError, Plugin, Runtime, Seams};
+use streamgate::middleware::auth::Keyring;
+use streamgate::registry::consul::{ConsulConfig, ConsulRegistry, HyperTransport};
 use streamgate::registry::{CheckKind, HealthCheck, Registry, RegistryError};
 use streamgate::rt;
-use streamgate_testkit::consul_agent::{AgentConfig, ConsulAgent};
+use streamgate_testkit::consul_agent::{AgentConfig, ConsulAgent, set_status_over_http};
 use streamgate_testkit::registry_contract::{self, instance, unique_name};
 
 /// Serves `app` on an ephemeral loopback port; returns its base URL.
@@ -53,10 +57,20 @@ fn client(url: &str, token: Option<&str>) -> ConsulRegistry {
     .expect("client")
 }
 
+/// The contract's options against the agent at `url`: warnings and
+/// failures are set through Consul's own check update endpoints.
+fn contract(url: &str, token: Option<&str>) -> registry_contract::Options {
+    registry_contract::Options::with_status(set_status_over_http(
+        url.to_owned(),
+        token.map(str::to_owned),
+        Arc::new(HyperTransport::new()),
+    ))
+}
+
 #[tokio::test]
 async fn consul_registry_meets_the_contract() {
-    let (_agent, registry, _) = agent_and_client(fast_agent(), None).await;
-    registry_contract::run_all(Arc::new(registry), registry_contract::Options::default()).await;
+    let (_agent, registry, url) = agent_and_client(fast_agent(), None).await;
+    registry_contract::run_all(Arc::new(registry), contract(&url, None)).await;
 }
 
 #[tokio::test]
@@ -65,8 +79,8 @@ async fn consul_registry_meets_the_contract_with_acl() {
         acl_token: Some("s3cret".into()),
         ..fast_agent()
     };
-    let (_agent, registry, _) = agent_and_client(config, Some("s3cret")).await;
-    registry_contract::run_all(Arc::new(registry), registry_contract::Options::default()).await;
+    let (_agent, registry, url) = agent_and_client(config, Some("s3cret")).await;
+    registry_contract::run_all(Arc::new(registry), contract(&url, Some("s3cret"))).await;
 }
 
 fn keys(v: &serde_json::Value) -> Vec<String> {
@@ -420,4 +434,441 @@ async fn index_is_kept_at_least_one_and_returned_when_backwards() {
     .await;
     let r = zero.watch("x", 0, Duration::ZERO).await.expect("watch");
     assert_eq!(r.index, 1);
+}
+
+#[tokio::test]
+async fn heartbeat_404_is_lost_500_is_a_failed_heartbeat() {
+    let (agent, registry, _) = agent_and_client(fast_agent(), None).await;
+    let name = unique_name("codes");
+    let a = instance(&name, 8401, Duration::from_secs(5));
+    registry.register(&a).await.expect("register");
+    // 404 (unknown check): lost, register again.
+    assert_eq!(
+        registry.heartbeat("ghost-1").await,
+        Err(RegistryError::NotFound("ghost-1".into()))
+    );
+    assert_eq!(
+        registry.confirm("ghost-1").await,
+        Err(RegistryError::NotFound("ghost-1".into()))
+    );
+    // 500 (Consul could not persist the check's state): the registration
+    // is there, the heartbeat failed.
+    agent.fail_check_updates(Some(500));
+    match registry.heartbeat(&a.id).await {
+        Err(RegistryError::Unavailable(m)) => assert!(m.contains("500"), "{m}"),
+        other => panic!("a 500 is a failed heartbeat, not a lost registration: {other:?}"),
+    }
+    registry.confirm(&a.id).await.expect("still registered");
+    agent.fail_check_updates(None);
+    registry.heartbeat(&a.id).await.expect("heartbeats again");
+    // 500 for a check that is no TTL check: failed too, not lost.
+    let mut probed = a.clone();
+    probed.check = HealthCheck::grpc("127.0.0.1:8401".into(), Duration::from_secs(2));
+    registry
+        .register(&probed)
+        .await
+        .expect("re-register with a gRPC check");
+    match registry.heartbeat(&a.id).await {
+        Err(RegistryError::Unavailable(m)) => assert!(m.contains("TTL"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A plugin that serves nothing and registers `info` (the kernel's
+/// keep-alive is what is under test).
+struct Registered(streamgate::registry::ServiceInfo);
+
+#[async_trait::async_trait]
+impl Plugin for Registered {
+    fn name(&self) -> &str {
+        "registered"
+    }
+    async fn init(&mut self, _: &Runtime) -> Result<(), KernelError> {
+        Ok(())
+    }
+    async fn start(&mut self, _: &Runtime) -> Result<(), KernelError> {
+        Ok(())
+    }
+    fn registration(&self) -> Option<streamgate::registry::ServiceInfo> {
+        Some(self.0.clone())
+    }
+    async fn stop(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
+}
+
+/// A kernel registering `plugins` with the agent at `url`, its Consul
+/// client as in production (10 s request timeout).
+async fn kernel_on(url: &str, plugins: Vec<Box<dyn Plugin>>) -> Kernel {
+    let consul = ConsulRegistry::connect(&ConsulConfig {
+        address: url.to_owned(),
+        ..ConsulConfig::default()
+    })
+    .expect("client");
+    let seams = Seams::new(Arc::new(MemoryBus::new()), Arc::new(consul));
+    Kernel::start_with(
+        seams,
+        PoolConfig::new(Keyring::generate("t"), "test"),
+        plugins,
+    )
+    .await
+    .expect("kernel starts")
+}
+
+/// Polls `cond` every 50 ms for at most `bound`; how long it took.
+async fn within(bound: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) -> Duration {
+    let started = rt::now();
+    while !cond().await {
+        assert!(rt::now() - started < bound, "{what} within {bound:?}");
+        rt::sleep(Duration::from_millis(50)).await;
+    }
+    rt::now() - started
+}
+
+#[tokio::test]
+async fn the_kernel_retries_failed_heartbeats_and_re_registers_only_lost_ones() {
+    let (agent, registry, url) = agent_and_client(fast_agent(), None).await;
+    let name = unique_name("keep");
+    let a = instance(&name, 8501, Duration::from_secs(2));
+    let kernel = kernel_on(&url, vec![Box::new(Registered(a.clone()))]).await;
+    assert_eq!(agent.register_bodies().len(), 1);
+    // Every heartbeat answered 500 for 5 s: retried with backoff, never
+    // answered by registering again (the old client re-registered every
+    // second); after a few failures the kernel confirms the registration
+    // is there.
+    agent.fail_check_updates(Some(500));
+    let before = agent.check_updates();
+    rt::sleep(Duration::from_secs(5)).await;
+    let tried = agent.check_updates() - before;
+    assert!((2..=5).contains(&tried), "{tried} heartbeats in 5 s");
+    assert_eq!(
+        agent.register_bodies().len(),
+        1,
+        "no re-registration on 500s"
+    );
+    agent.fail_check_updates(None);
+    within(Duration::from_secs(4), "passing again", async || {
+        registry.discover(&name).await.expect("discover") == vec![a.clone()]
+    })
+    .await;
+    // A 404 (the agent lost it): registered again at the next heartbeat.
+    agent.wipe();
+    within(
+        Duration::from_secs(3),
+        "re-registered after a wipe",
+        async || registry.discover(&name).await.expect("discover") == vec![a.clone()],
+    )
+    .await;
+    assert_eq!(agent.register_bodies().len(), 2);
+    kernel.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hung_agent_holds_a_heartbeat_half_a_ttl_at_most() {
+    let (agent, registry, url) = agent_and_client(fast_agent(), None).await;
+    let name = unique_name("hung");
+    // TTL window 4 s: each heartbeat is cut after 2 s.
+    let a = instance(&name, 8601, Duration::from_secs(2));
+    let kernel = kernel_on(&url, vec![Box::new(Registered(a.clone()))]).await;
+    agent.hang_check_updates(true);
+    let before = agent.check_updates();
+    within(
+        Duration::from_secs(6),
+        "critical without heartbeats",
+        async || registry.discover(&name).await.expect("discover").is_empty(),
+    )
+    .await;
+    rt::sleep(Duration::from_secs(1)).await;
+    let tried = agent.check_updates() - before;
+    assert!(
+        tried >= 2,
+        "a heartbeat waits 2 s, not the 10 s request timeout ({tried} tried)"
+    );
+    // Answering again, the agent sees a heartbeat well within one TTL.
+    agent.hang_check_updates(false);
+    let took = within(Duration::from_secs(4), "passing again", async || {
+        registry.discover(&name).await.expect("discover") == vec![a.clone()]
+    })
+    .await;
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    kernel.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_and_http_checks_are_registered_for_consul_to_run() {
+    use streamgate::registry::CheckStyle;
+    use streamgate::services::{Common, ServiceConfig, ServiceKind, ServicePlugin};
+    use streamgate_testkit::consul_agent::CheckType;
+
+    let (agent, registry, url) = agent_and_client(fast_agent(), None).await;
+    for (style, kind) in [
+        (CheckStyle::Grpc, CheckType::Grpc),
+        (CheckStyle::Http, CheckType::Http),
+    ] {
+        let common = Common {
+            check: style,
+            ..Common::ephemeral()
+        };
+        let plugin = ServicePlugin::new(common, ServiceConfig::new(ServiceKind::Cache));
+        let kernel = kernel_on(&url, vec![Box::new(plugin)]).await;
+        let info = kernel.registrations()[0].clone();
+        let body = agent.register_bodies().pop().expect("registered");
+        let check = &body["Check"];
+        let addr = format!("127.0.0.1:{}", info.port);
+        match style {
+            CheckStyle::Grpc => {
+                assert_eq!(check["GRPC"], addr.as_str());
+                assert_eq!(check["GRPCUseTLS"], false);
+            }
+            _ => assert_eq!(check["HTTP"], format!("http://{addr}/health").as_str()),
+        }
+        assert_eq!(check["Interval"], "2s");
+        assert_eq!(check["Timeout"], "1s");
+        assert_eq!(check["DeregisterCriticalServiceAfter"], "60s");
+        assert!(check.get("TTL").is_none(), "{check}");
+        assert_eq!(
+            agent
+                .check_kind(&format!("service:{}", info.id))
+                .map(|k| k.0),
+            Some(kind)
+        );
+        // What Consul would probe answers: the gRPC health service, /health.
+        match style {
+            CheckStyle::Grpc => {
+                let channel = streamgate::rt::transport::channel(addr.parse().expect("addr"));
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let res = health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .expect("health answers");
+                assert_eq!(res.get_ref().status, 1, "SERVING");
+            }
+            _ => {
+                use streamgate::registry::consul::HttpTransport as _;
+                let req = http::Request::get(format!("http://{addr}/health"))
+                    .body(bytes::Bytes::new())
+                    .expect("request");
+                let res = HyperTransport::new()
+                    .send(req, 1024)
+                    .await
+                    .expect("/health answers");
+                assert_eq!(res.status(), 200);
+            }
+        }
+        // No heartbeats for a check Consul runs itself.
+        let before = agent.check_updates();
+        rt::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(agent.check_updates(), before, "no TTL heartbeats");
+        assert_eq!(
+            registry.discover("cache").await.expect("discover"),
+            vec![info.clone()]
+        );
+        // A lost registration is still noticed (GET agent/service: 404).
+        agent.wipe();
+        within(Duration::from_secs(3), "re-registered", async || {
+            registry.discover("cache").await.expect("discover") == vec![info.clone()]
+        })
+        .await;
+        kernel.shutdown().await;
+    }
+}
+
+/// A port free right now on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A `cache` process on a free port, with its registry and NATS where
+/// `args` say; its log in `log`. Killed when dropped.
+struct Cache(std::process::Child);
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cache(dir: &std::path::Path, args: &[&str]) -> (Cache, u16) {
+    let keys = dir.join("service.keys");
+    std::fs::write(&keys, format!("k1 {}\n", "cd".repeat(32))).expect("key file");
+    let port = free_port();
+    let offset = port - ServiceKind::Cache.default_port();
+    let log = std::fs::File::create(dir.join("cache.log")).expect("log file");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cache"))
+        .args(["--port-offset", &offset.to_string()])
+        .arg("--service-key-file")
+        .arg(&keys)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("STREAMGATE_LOG_FORMAT", "text")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("the binary starts");
+    (Cache(child), port)
+}
+
+/// Waits up to `bound` for the process to exit; its exit code.
+async fn exit_code(proc: &mut Cache, bound: Duration) -> Option<i32> {
+    let started = rt::now();
+    loop {
+        if let Some(status) = proc.0.try_wait().expect("wait") {
+            return status.code();
+        }
+        assert!(rt::now() - started < bound, "still running after {bound:?}");
+        rt::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+use streamgate::services::ServiceKind;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_before_its_registry_waits_for_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let agent_port = free_port();
+    let consul_addr = format!("http://127.0.0.1:{agent_port}");
+    let (mut proc, port) = cache(
+        dir.path(),
+        &[
+            "--nats-url",
+            &streamgate_testkit::nats_url(),
+            "--registry",
+            "consul",
+            "--consul-addr",
+            &consul_addr,
+            "--startup-timeout",
+            "30s",
+        ],
+    );
+    // The agent comes up 2 s after the service.
+    rt::sleep(Duration::from_secs(2)).await;
+    assert!(
+        proc.0.try_wait().expect("wait").is_none(),
+        "the service waits"
+    );
+    let agent = ConsulAgent::new(fast_agent());
+    #[allow(clippy::disallowed_methods)]
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", agent_port))
+        .await
+        .expect("the reserved port");
+    let app = agent.router();
+    rt::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    let registry = client(&consul_addr, None);
+    let took = within(
+        Duration::from_secs(15),
+        "the service registers",
+        async || {
+            registry
+                .discover("cache")
+                .await
+                .is_ok_and(|found| found.iter().any(|i| i.port == port))
+        },
+    )
+    .await;
+    assert!(
+        proc.0.try_wait().expect("wait").is_none(),
+        "and runs ({took:?})"
+    );
+    let log = std::fs::read_to_string(dir.path().join("cache.log")).expect("log");
+    assert!(
+        log.contains("not reachable yet") && log.contains(&consul_addr),
+        "each failed attempt is logged: {log}"
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    assert_eq!(exit_code(&mut proc, Duration::from_secs(15)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gives_up_with_code_2_naming_what_it_waited_for() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let nats = format!("nats://{nowhere}");
+    let consul = format!("http://{nowhere}");
+    let real_nats = streamgate_testkit::nats_url();
+    for (args, named) in [
+        (vec!["--nats-url", &nats], format!("NATS at {nats}")),
+        (
+            vec![
+                "--nats-url",
+                &real_nats,
+                "--registry",
+                "consul",
+                "--consul-addr",
+                &consul,
+            ],
+            format!("Consul agent at {consul}"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut args = args.clone();
+        args.extend(["--startup-timeout", "2s"]);
+        let started = rt::now();
+        let (mut proc, _) = cache(dir.path(), &args);
+        assert_eq!(
+            exit_code(&mut proc, Duration::from_secs(15)).await,
+            Some(2),
+            "{named}"
+        );
+        let waited = rt::now() - started;
+        assert!(waited >= Duration::from_secs(2), "it waited ({waited:?})");
+        let log = std::fs::read_to_string(dir.path().join("cache.log")).expect("log");
+        assert!(log.contains(&named), "the error names {named}: {log}");
+        assert!(log.contains("not reachable after waiting"), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn the_monitor_follows_services_by_blocking_queries() {
+    use streamgate::services::{Common, ServiceConfig, ServicePlugin};
+
+    let (agent, _registry, url) = agent_and_client(fast_agent(), None).await;
+    let cache = ServicePlugin::new(Common::ephemeral(), ServiceConfig::new(ServiceKind::Cache));
+    let monitor = ServicePlugin::new(
+        Common::ephemeral(),
+        ServiceConfig::new(ServiceKind::Monitor),
+    );
+    let kernel = kernel_on(&url, vec![Box::new(cache), Box::new(monitor)]).await;
+    let (plain_before, _) = agent.health_queries();
+    // Three probe rounds (2 s apart): one watch per followed service; the
+    // old loop made a plain query per service per round (9 x 3).
+    rt::sleep(Duration::from_millis(6500)).await;
+    let (plain, blocking) = agent.health_queries();
+    let plain = plain - plain_before;
+    assert!(plain <= 9, "{plain} non-blocking health queries");
+    assert!(
+        blocking >= 9,
+        "{blocking} blocking queries: one per service at least"
+    );
+    // And the rounds see what the watches see: the cache is SERVING.
+    let status = kernel
+        .pool()
+        .monitor()
+        .await
+        .expect("monitor client")
+        .get_status(streamgate::proto::GetStatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner();
+    let cache = status
+        .services
+        .iter()
+        .find(|s| s.name == "cache")
+        .expect("the cache is followed");
+    assert_eq!(
+        cache.health,
+        streamgate::proto::ServiceHealth::Serving as i32,
+        "{cache:?}"
+    );
+    kernel.shutdown().await;
 }

@@ -8,9 +8,15 @@ use streamgate_testkit::{bus_contract, registry_contract};
 
 #[tokio::test]
 async fn memory_registry_meets_the_contract() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let handle = registry.clone();
+    let set_status: registry_contract::SetStatus = Arc::new(move |id, status| {
+        assert!(handle.set_status(&id, status), "{id} is registered");
+        Box::pin(async {})
+    });
     registry_contract::run_all(
-        Arc::new(MemoryRegistry::new()),
-        registry_contract::Options::default(),
+        registry,
+        registry_contract::Options::with_status(set_status),
     )
     .await;
 }

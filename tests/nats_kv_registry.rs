@@ -87,6 +87,8 @@ async fn nats_kv_registry_meets_the_contract() {
         registry_contract::Options {
             ttl_interval: Duration::from_secs(1),
             expiry_slack: Duration::from_millis(500),
+            // An entry is fresh or expired: no warning state to set.
+            set_status: None,
         },
     )
     .await;

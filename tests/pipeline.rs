@@ -537,6 +537,26 @@ async fn accounts_and_the_bearer_rule() {
     let video = get(&http, &m, &format!("/v1/videos/{id}"), None).await;
     assert_eq!(video.json()["owner_id"], user.as_str());
 
+    // The lock-out follows the connection's address (the transport hands
+    // the peer to the gateway): from 127.0.0.2, forging the owner's address
+    // in X-Forwarded-For, 5 wrong passwords and then 429; the owner, from
+    // 127.0.0.1, still gets in.
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some([127, 0, 0, 2].into()));
+    let attacker = Client::builder(TokioExecutor::new()).build(connector);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let req = http::Request::post(format!("http://{}/v1/auth/login", m.gateway))
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", "127.0.0.1")
+            .body(Full::new(Bytes::from(wrong.to_string())))
+            .expect("request");
+        statuses.push(call(&attacker, req).await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    let r = post_json(&http, &m, "/v1/auth/login", &creds).await;
+    assert_eq!(r.status, 200, "the owner is not locked out: {:?}", r.body);
+
     // Neither the password nor a token reaches the log.
     m.proc.kill();
     let log = m.proc.log();

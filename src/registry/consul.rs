@@ -38,7 +38,8 @@ pub const TOKEN_HEADER: &str = "x-consul-token";
 /// Header Consul sets when ACLs hid part of a read's result.
 pub const FILTERED_HEADER: &str = "x-consul-results-filtered-by-acls";
 
-/// Parses the body of `GET /v1/health/service/:name` into instances.
+/// Parses the body of `GET /v1/health/service/:name` into the instances
+/// discovery hands out: those with no critical check (passing or warning).
 ///
 /// # Errors
 /// [`RegistryError::Unavailable`] for malformed JSON (never a panic).
@@ -46,7 +47,11 @@ pub fn parse_health(body: &[u8]) -> Result<Vec<ServiceInfo>, RegistryError> {
     let entries: Vec<wire::HealthEntry> = serde_json::from_slice(body).map_err(|e| {
         RegistryError::Unavailable(format!("consul health/service: malformed JSON: {e}"))
     })?;
-    Ok(entries.into_iter().map(wire::service_info).collect())
+    Ok(entries
+        .into_iter()
+        .filter(wire::HealthEntry::healthy)
+        .map(wire::service_info)
+        .collect())
 }
 
 /// Where and how to reach the agent.
@@ -243,12 +248,29 @@ impl Registry for ConsulRegistry {
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(()),
-            // 404 "Unknown check ID" (newer agents) or 500 "does not have
-            // associated TTL" (older ones): the agent lost the registration.
-            StatusCode::NOT_FOUND | StatusCode::INTERNAL_SERVER_ERROR => {
-                Err(RegistryError::NotFound(id.to_owned()))
-            }
+            // "Unknown check ID": the agent lost the registration.
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound(id.to_owned())),
+            // A check that is no TTL check, or an agent that could not
+            // persist the update: the registration is there, the heartbeat
+            // failed. (Agents before 1.x also answered 500 for unknown
+            // checks: the kernel confirms the registration after repeated
+            // failures, see [`Registry::confirm`].)
             _ => Err(unexpected("heartbeat", &resp)),
+        }
+    }
+
+    async fn confirm(&self, id: &str) -> Result<(), RegistryError> {
+        if !plausible_id(id) {
+            return Err(RegistryError::NotFound(id.to_owned()));
+        }
+        let path = format!("/v1/agent/service/{}", wire::encode_segment(id));
+        let resp = self
+            .call(Method::GET, &path, Bytes::new(), self.request_timeout)
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound(id.to_owned())),
+            _ => Err(unexpected("agent/service", &resp)),
         }
     }
 
@@ -259,16 +281,16 @@ impl Registry for ConsulRegistry {
         wait: Duration,
     ) -> Result<WatchResult, RegistryError> {
         let wait = wait.min(MAX_WAIT);
-        let mut path = format!(
-            "/v1/health/service/{}?passing=1",
-            wire::encode_segment(name)
-        );
+        // The full list, not `?passing`: Consul's `passing` drops warning
+        // instances too, and the contract hands them out (see
+        // [`parse_health`]).
+        let mut path = format!("/v1/health/service/{}", wire::encode_segment(name));
         // Without `index` (or with wait 0) the query does not block; Consul
         // would read a missing `wait` as its 5-minute default.
         let timeout = if index == 0 || wait.is_zero() {
             self.request_timeout
         } else {
-            path.push_str(&format!("&index={index}&wait={}", format_duration(wait)));
+            path.push_str(&format!("?index={index}&wait={}", format_duration(wait)));
             wait + wait / 16 + self.request_timeout
         };
         let resp = self.call(Method::GET, &path, Bytes::new(), timeout).await?;

@@ -111,6 +111,24 @@ impl MemoryRegistry {
         .expect("wipe cannot fail");
     }
 
+    /// Sets the health of instance `id`, as a check the registry ran would
+    /// (an HTTP check answering 429 is a warning); a heartbeat makes a TTL
+    /// instance passing again. False if `id` is not registered.
+    pub fn set_status(&self, id: &str, status: HealthStatus) -> bool {
+        let now = rt::now();
+        self.mutate(|s| {
+            let Some(e) = s.entries.get_mut(id) else {
+                return Ok(false);
+            };
+            if e.status != status {
+                e.status = status;
+                e.critical_since = (status == HealthStatus::Critical).then_some(now);
+            }
+            Ok(true)
+        })
+        .unwrap_or(false)
+    }
+
     /// The health of instance `id`, if registered.
     #[must_use]
     pub fn status(&self, id: &str) -> Option<HealthStatus> {
@@ -187,6 +205,16 @@ impl Registry for MemoryRegistry {
             self.changes.send_replace(index);
         }
         Ok(())
+    }
+
+    async fn confirm(&self, id: &str) -> Result<(), RegistryError> {
+        let mut s = self.lock();
+        s.reap(rt::now());
+        if s.entries.contains_key(id) {
+            Ok(())
+        } else {
+            Err(RegistryError::NotFound(id.to_owned()))
+        }
     }
 
     async fn watch(

@@ -339,6 +339,17 @@ impl Registry for NatsKvRegistry {
         Err(unavailable("heartbeat", "the entry kept changing"))
     }
 
+    async fn confirm(&self, id: &str) -> Result<(), RegistryError> {
+        let not_found = || RegistryError::NotFound(id.to_owned());
+        let key = self.find(id).await?.ok_or_else(not_found)?;
+        match rt::timeout(self.opts.request_timeout, self.store.entry(&key)).await {
+            Ok(Ok(Some(entry))) if entry.operation == Operation::Put => Ok(()),
+            Ok(Ok(_)) => Err(not_found()),
+            Ok(Err(e)) => Err(self.lost_or_unavailable(id, e).await),
+            Err(e) => Err(self.lost_or_unavailable(id, e).await),
+        }
+    }
+
     async fn discover(&self, name: &str) -> Result<Vec<ServiceInfo>, RegistryError> {
         let view = self.list_retrying(name).await?;
         let now_ms = rt::unix_ms();

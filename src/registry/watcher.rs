@@ -4,6 +4,7 @@
 //! loop so that no answer pattern can make it spin.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::rt::watch;
@@ -64,6 +65,9 @@ pub fn error_delay(policy: &WatchPolicy, errors: u32, rng: &mut impl rand::Rng) 
 pub struct Watcher {
     rx: watch::Receiver<Vec<ServiceInfo>>,
     task: rt::JoinHandle<()>,
+    /// Queries failed in a row since the last answer; `u32::MAX` until the
+    /// first answer.
+    errors: Arc<AtomicU32>,
 }
 
 impl Watcher {
@@ -71,14 +75,22 @@ impl Watcher {
     #[must_use]
     pub fn spawn(registry: Arc<dyn Registry>, name: &str, policy: WatchPolicy) -> Self {
         let (tx, rx) = watch::channel(Vec::new());
-        let task = rt::spawn(run(registry, name.to_owned(), policy, tx));
-        Self { rx, task }
+        let errors = Arc::new(AtomicU32::new(u32::MAX));
+        let task = rt::spawn(run(registry, name.to_owned(), policy, tx, errors.clone()));
+        Self { rx, task, errors }
     }
 
     /// A receiver of the healthy set (changes wake `changed()`).
     #[must_use]
     pub fn instances(&self) -> watch::Receiver<Vec<ServiceInfo>> {
         self.rx.clone()
+    }
+
+    /// The healthy set, if the watch is current: it has answered, and its
+    /// last query did not fail (else the set may be stale).
+    #[must_use]
+    pub fn current(&self) -> Option<Vec<ServiceInfo>> {
+        (self.errors.load(Ordering::Acquire) == 0).then(|| self.rx.borrow().clone())
     }
 }
 
@@ -93,6 +105,7 @@ async fn run(
     name: String,
     policy: WatchPolicy,
     tx: watch::Sender<Vec<ServiceInfo>>,
+    failing: Arc<AtomicU32>,
 ) {
     let mut index = 0;
     let mut errors = 0u32;
@@ -116,9 +129,13 @@ async fn run(
                     changed
                 });
                 answered = true;
+                failing.store(0, Ordering::Release);
             }
             Err(e) => {
                 errors = errors.saturating_add(1);
+                if answered {
+                    failing.store(errors, Ordering::Release);
+                }
                 let delay = error_delay(&policy, errors, &mut rt::rng());
                 tracing::warn!(service = %name, error = %e, ?delay, "registry watch failed");
                 rt::sleep(delay).await;
@@ -136,7 +153,7 @@ mod tests {
     use crate::registry::{RegistryError, WatchResult};
     use async_trait::async_trait;
     use proptest::prelude::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     proptest! {
         #[test]
@@ -175,6 +192,9 @@ mod tests {
         async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
             Err(RegistryError::NotFound(id.into()))
         }
+        async fn confirm(&self, id: &str) -> Result<(), RegistryError> {
+            Err(RegistryError::NotFound(id.into()))
+        }
         async fn watch(&self, _: &str, _: u64, _: Duration) -> Result<WatchResult, RegistryError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if self.fail {
@@ -200,6 +220,11 @@ mod tests {
             let policy = WatchPolicy::default();
             let watcher = Watcher::spawn(registry.clone(), "svc", policy);
             rt::sleep(Duration::from_secs(10)).await;
+            assert_eq!(
+                watcher.current().is_some(),
+                !fail,
+                "fail={fail}: current only while queries succeed"
+            );
             drop(watcher);
             let calls = registry.calls.load(Ordering::SeqCst);
             let most = 10_000 / policy.min_interval.as_millis() as u64 + 1;
@@ -222,6 +247,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(watcher.current(), Some(vec![a.clone()]));
         registry.deregister(&a.id).await.unwrap();
         rt::timeout(Duration::from_secs(5), rx.wait_for(Vec::is_empty))
             .await

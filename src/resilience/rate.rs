@@ -44,6 +44,12 @@ impl TokenBucket {
         }
         Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
     }
+
+    /// Returns a token taken for something that turned out not to count
+    /// (never past `burst`).
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,31 @@ pub fn channel(addr: SocketAddr) -> Channel {
     }
 }
 
+/// The peer address of a served request's connection, in its extensions.
+/// The simulator's transport inserts it; tonic's inserts its own
+/// `TcpConnectInfo`, which [`peer_addr`] reads as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The peer address of the connection a served request came on, if the
+/// transport recorded it (requests made in-process have none).
+#[must_use]
+pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
+    if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
+        return Some(*addr);
+    }
+    #[cfg(not(madsim))]
+    {
+        extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+    }
+    #[cfg(madsim)]
+    {
+        None
+    }
+}
+
 /// A bound listening socket, ready for [`serve`].
 #[derive(Debug)]
 pub struct Listener {

@@ -12,6 +12,7 @@ use crate::proto::auth_service_server::AuthServiceServer;
 use crate::services::{Common, Domain};
 
 pub mod checks;
+pub mod email;
 pub mod error;
 pub mod limit;
 pub mod password;

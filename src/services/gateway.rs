@@ -11,6 +11,7 @@ use crate::services::{Common, Domain, media};
 
 mod accounts;
 pub mod bearer;
+pub mod client_addr;
 pub mod error;
 mod jobs;
 mod json;
@@ -33,12 +34,16 @@ pub use error::ApiError;
 pub struct Config {
     /// Largest upload accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies);
+    /// empty: the header is ignored ([`client_addr`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -50,6 +55,14 @@ pub struct Api {
     max_upload_bytes: u64,
     /// Where originals lie, for those sent from this host's files.
     located: std::sync::Arc<local::Located>,
+    /// Whose `X-Forwarded-For` to believe.
+    trusted_proxies: client_addr::TrustedProxies,
+}
+
+impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
+    fn from_ref(api: &Api) -> Self {
+        api.trusted_proxies.clone()
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -71,13 +84,25 @@ fn video_id(path: IdPath) -> Result<String, ApiError> {
 }
 
 /// The API's routes over `rt`'s client pool: the account routes open, every
-/// other `/v1/` route behind the bearer-token check.
+/// other `/v1/` route behind the bearer-token check; no trusted proxies.
 pub fn router(runtime: Runtime, max_upload_bytes: u64) -> Router {
+    router_with(
+        runtime,
+        &Config {
+            max_upload_bytes,
+            ..Config::default()
+        },
+    )
+}
+
+/// [`router`] with every setting of `config`.
+pub fn router_with(runtime: Runtime, config: &Config) -> Router {
     let verifier = bearer::Verifier::new(runtime.clone());
     let api = Api {
         runtime,
-        max_upload_bytes,
+        max_upload_bytes: config.max_upload_bytes,
         located: std::sync::Arc::default(),
+        trusted_proxies: client_addr::TrustedProxies(config.trusted_proxies.clone().into()),
     };
     let limits = limit::Limits::new(limit::MAX_IN_FLIGHT);
     let accounts = Router::new()
@@ -144,7 +169,7 @@ pub async fn domain(
         .await
         .map_err(|e| KernelError::start("api-gateway", "the event bus", e))?;
     Ok(Domain {
-        http: Some(router(runtime.clone(), config.max_upload_bytes)),
+        http: Some(router_with(runtime.clone(), config)),
         background: crate::services::Background {
             subscriptions,
             tasks: Vec::new(),

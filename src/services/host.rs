@@ -20,7 +20,7 @@ use super::{ServiceKind, gateway};
 use crate::bus::Subscription;
 use crate::kernel::{KernelError, Runtime};
 use crate::middleware::stack::{self, Deadlines};
-use crate::registry::{HealthCheck, ServiceInfo};
+use crate::registry::{CheckStyle, ServiceInfo};
 use crate::rt::{self, transport};
 
 /// What every service instance is given besides its own [`Config`]:
@@ -34,8 +34,11 @@ pub struct Common {
     /// The address other services reach it at (default: the listen IP, or
     /// 127.0.0.1 when listening on all interfaces).
     pub advertise: Option<IpAddr>,
-    /// Heartbeat TTL interval of its registration.
+    /// Heartbeat TTL interval of its registration (or how often the
+    /// registry probes it, for a gRPC or HTTP check).
     pub check_interval: Duration,
+    /// The check it registers with.
+    pub check: CheckStyle,
     /// Per calling service: calls in a burst, and calls per second.
     pub rate_limit: (u32, f64),
     /// Where the service keeps its files (SQLite databases, work files);
@@ -51,6 +54,7 @@ impl Common {
             listen: SocketAddr::new(host, kind.default_port()),
             advertise: None,
             check_interval: Duration::from_secs(2),
+            check: CheckStyle::Ttl,
             rate_limit: RATE_LIMIT,
             data_dir: None,
         }
@@ -63,6 +67,7 @@ impl Common {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
             check_interval: Duration::from_secs(2),
+            check: CheckStyle::Ttl,
             rate_limit: RATE_LIMIT,
             data_dir: None,
         }
@@ -325,7 +330,10 @@ pub async fn serve(
         metadata: [("grpc".to_owned(), grpc_names.join(","))]
             .into_iter()
             .collect(),
-        check: HealthCheck::ttl(common.check_interval),
+        check: common.check.check(
+            SocketAddr::new(advertise, local_addr.port()),
+            common.check_interval,
+        ),
     };
     tracing::info!(service = name, addr = %local_addr, "serving");
     Ok(RunningService {

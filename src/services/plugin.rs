@@ -27,6 +27,11 @@ impl ServicePlugin {
         }
     }
 
+    /// Its instance settings, to adjust before it starts.
+    pub fn common_mut(&mut self) -> &mut Common {
+        &mut self.common
+    }
+
     /// Its config, to adjust before it starts.
     pub fn config_mut(&mut self) -> &mut ServiceConfig {
         &mut self.config

@@ -2,8 +2,11 @@
 //! uses), as an axum router over a pure state machine timed by `rt::now()`.
 //!
 //! Behaviour and the Consul documentation each line follows:
-//! - register/deregister/check pass: agent/service and agent/check API docs
-//!   (unknown ids answer 404; passing a check without TTL answers 500);
+//! - register/deregister/check pass, warn and fail, and a service's
+//!   definition: agent/service and agent/check API docs (unknown ids
+//!   answer 404; updating a check without TTL answers 500);
+//! - TTL, HTTP and GRPC checks (checks docs: an Interval for the probed
+//!   kinds, `GRPCUseTLS`), each reported with its `Type`;
 //! - checks start critical unless `Status` is given (checks docs, "Initial health check status");
 //! - a TTL check without a pass turns critical after its TTL (checks docs, "TTL");
 //! - `DeregisterCriticalServiceAfter` is raised to at least 1 minute and applied
@@ -19,7 +22,11 @@
 //!   a query whose index is above the agent's answers at once, as Consul's
 //!   abandoned state store wakes blocked queries).
 //!
-//! HTTP checks are not probed: they keep their initial `Status`.
+//! HTTP and GRPC checks are not probed: they keep their initial `Status`
+//! until [`ConsulAgent::set_status`] says otherwise (what a probe would
+//! find). Faults on demand: check updates answering an error (Consul's 500
+//! when it cannot persist the check's state), or never answering (a hung
+//! agent).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -36,7 +43,7 @@ use streamgate::rt;
 
 mod state;
 
-pub use state::{AgentState, Refusal, Status, parse_duration};
+pub use state::{AgentState, CheckType, Refusal, Status, parse_duration};
 
 /// Consul's default blocking `wait`.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -76,6 +83,19 @@ pub struct ConsulAgent {
     state: Mutex<AgentState>,
     changes: watch::Sender<u64>,
     register_bodies: Mutex<Vec<serde_json::Value>>,
+    faults: Mutex<Faults>,
+    check_updates: std::sync::atomic::AtomicU64,
+    /// Health queries: [non-blocking, blocking].
+    health_queries: [std::sync::atomic::AtomicU64; 2],
+}
+
+/// Faults of check updates (`check/pass|warn|fail`) on demand.
+#[derive(Debug, Default, Clone, Copy)]
+struct Faults {
+    /// Answer this HTTP status instead (e.g. 500).
+    status: Option<u16>,
+    /// Never answer.
+    hang: bool,
 }
 
 enum Access {
@@ -93,18 +113,66 @@ impl ConsulAgent {
             state: Mutex::new(state),
             changes: watch::Sender::new(1),
             register_bodies: Mutex::new(Vec::new()),
+            faults: Mutex::new(Faults::default()),
+            check_updates: std::sync::atomic::AtomicU64::new(0),
+            health_queries: Default::default(),
         })
     }
 
-    /// The HTTP API: register, deregister, check pass, health service, status leader.
+    /// The HTTP API: register, deregister, a service's definition, check
+    /// pass/warn/fail, health service, status leader.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/agent/service/register", put(register))
             .route("/v1/agent/service/deregister/{id}", put(deregister))
+            .route("/v1/agent/service/{id}", get(service))
             .route("/v1/agent/check/pass/{check_id}", put(pass))
+            .route("/v1/agent/check/warn/{check_id}", put(warn))
+            .route("/v1/agent/check/fail/{check_id}", put(fail))
             .route("/v1/health/service/{name}", get(health))
             .route("/v1/status/leader", get(leader))
             .with_state(self.clone())
+    }
+
+    /// Sets check `check_id`'s status as a probe would (see
+    /// [`AgentState::set_status`]); false for an unknown check.
+    pub fn set_status(&self, check_id: &str, status: Status) -> bool {
+        let now = rt::now();
+        self.with_state(|s| s.set_status(check_id, status, now))
+    }
+
+    /// The type and target of check `check_id`, if registered.
+    #[must_use]
+    pub fn check_kind(&self, check_id: &str) -> Option<(CheckType, String)> {
+        self.with_state(|s| s.check_kind(check_id))
+    }
+
+    /// From now on, check updates answer `status` (e.g. 500, as Consul does
+    /// when it cannot persist a check's state); `None` restores them.
+    pub fn fail_check_updates(&self, status: Option<u16>) {
+        lock(&self.faults).status = status;
+    }
+
+    /// From now on, check updates never answer (a hung agent), or answer again.
+    pub fn hang_check_updates(&self, hang: bool) {
+        lock(&self.faults).hang = hang;
+    }
+
+    /// `GET /v1/health/service` queries received so far: (non-blocking,
+    /// blocking on an `index`).
+    #[must_use]
+    pub fn health_queries(&self) -> (u64, u64) {
+        let [plain, blocking] = &self.health_queries;
+        (
+            plain.load(std::sync::atomic::Ordering::SeqCst),
+            blocking.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    /// Check updates received (answered or not).
+    #[must_use]
+    pub fn check_updates(&self) -> u64 {
+        self.check_updates.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Simulates the agent losing its data: every service gone, index reset.
@@ -206,16 +274,62 @@ async fn deregister(
     done(agent.with_state(|s| s.deregister(&id)))
 }
 
+async fn update(agent: &ConsulAgent, check_id: &str, headers: &HeaderMap, to: Status) -> Response {
+    agent
+        .check_updates
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Err(r) = agent.write_access(headers, "service:write") {
+        return refuse(r);
+    }
+    let faults = *lock(&agent.faults);
+    if faults.hang {
+        std::future::pending::<()>().await;
+    }
+    if let Some(code) = faults.status {
+        return refuse((code, "failed to persist check state".to_owned()));
+    }
+    let now = rt::now();
+    done(agent.with_state(|s| s.update(check_id, to, now)))
+}
+
 async fn pass(
     State(agent): State<Arc<ConsulAgent>>,
     Path(check_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = agent.write_access(&headers, "service:write") {
+    update(&agent, &check_id, &headers, Status::Passing).await
+}
+
+async fn warn(
+    State(agent): State<Arc<ConsulAgent>>,
+    Path(check_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    update(&agent, &check_id, &headers, Status::Warning).await
+}
+
+async fn fail(
+    State(agent): State<Arc<ConsulAgent>>,
+    Path(check_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    update(&agent, &check_id, &headers, Status::Critical).await
+}
+
+async fn service(
+    State(agent): State<Arc<ConsulAgent>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    // agent/service docs: reading a definition needs service:read, which
+    // the anonymous token lacks.
+    if let Err(r) = agent.write_access(&headers, "service:read") {
         return refuse(r);
     }
-    let now = rt::now();
-    done(agent.with_state(|s| s.pass(&check_id, now)))
+    match agent.with_state(|s| s.service(&id)) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => refuse(r),
+    }
 }
 
 async fn leader() -> Response {
@@ -269,6 +383,8 @@ async fn health(
         Ok(q) => q,
         Err(r) => return refuse(r),
     };
+    agent.health_queries[usize::from(q.index != 0)]
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let deadline = rt::now() + q.wait;
     loop {
         let mut changes = agent.changes.subscribe();
@@ -298,4 +414,42 @@ async fn health(
         let until = next.map_or(deadline, |n| n.min(deadline));
         let _ = rt::timeout_at(until, changes.changed()).await;
     }
+}
+
+/// A [`SetStatus`](crate::registry_contract::SetStatus) for the Consul
+/// agent at `base` (this model or a real one): `PUT
+/// /v1/agent/check/{pass,warn,fail}/service:<id>` through `transport`,
+/// with the ACL `token` if any. Panics on a refusal (a test helper).
+#[must_use]
+pub fn set_status_over_http(
+    base: String,
+    token: Option<String>,
+    transport: Arc<dyn streamgate::registry::consul::HttpTransport>,
+) -> crate::registry_contract::SetStatus {
+    use streamgate::registry::HealthStatus;
+    Arc::new(move |id: String, status: HealthStatus| {
+        let verb = match status {
+            HealthStatus::Passing => "pass",
+            HealthStatus::Warning => "warn",
+            HealthStatus::Critical => "fail",
+        };
+        let check = streamgate::registry::consul::check_id(&id).replace(':', "%3A");
+        let mut req = http::Request::put(format!("{base}/v1/agent/check/{verb}/{check}"));
+        if let Some(t) = &token {
+            req = req.header("x-consul-token", t.as_str());
+        }
+        let req = req.body(Bytes::new()).expect("a valid request");
+        let transport = transport.clone();
+        Box::pin(async move {
+            let resp = transport
+                .send(req, 1 << 20)
+                .await
+                .expect("the agent answers");
+            assert!(
+                resp.status().is_success(),
+                "check/{verb} of {id}: HTTP {}",
+                resp.status()
+            );
+        })
+    })
 }

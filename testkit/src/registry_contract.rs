@@ -6,24 +6,48 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use streamgate::registry::{HealthCheck, Registry, RegistryError, ServiceInfo};
+use futures::future::BoxFuture;
+use streamgate::registry::{HealthCheck, HealthStatus, Registry, RegistryError, ServiceInfo};
 use streamgate::rt;
 
+/// Puts instance `id` into a health state from outside, as the registry's
+/// own check would (an HTTP check answering 429 is a warning; Consul's
+/// `check/warn`, the memory registry's `set_status`).
+pub type SetStatus = Arc<dyn Fn(String, HealthStatus) -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// How a backend is exercised.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Options {
     /// TTL check interval to register with; the expiry check waits about
     /// `3 * ttl_interval` plus `expiry_slack`.
     pub ttl_interval: Duration,
     /// Extra time the backend may take to notice an expiry (its reaper's period).
     pub expiry_slack: Duration,
+    /// How to put an instance into warning or critical. `None` only for a
+    /// backend that has no such states besides its TTL (NATS KV: an entry
+    /// is fresh or expired), where [`warning_instances_are_discovered`]
+    /// does not apply.
+    pub set_status: Option<SetStatus>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("ttl_interval", &self.ttl_interval)
+            .field("expiry_slack", &self.expiry_slack)
+            .field("set_status", &self.set_status.is_some())
+            .finish()
+    }
+}
+
+impl Options {
+    /// The defaults (1 s TTL interval, 1 s slack) with `set_status`.
+    #[must_use]
+    pub fn with_status(set_status: SetStatus) -> Self {
         Self {
             ttl_interval: Duration::from_secs(1),
             expiry_slack: Duration::from_secs(1),
+            set_status: Some(set_status),
         }
     }
 }
@@ -54,16 +78,81 @@ pub async fn run_all(registry: Arc<dyn Registry>, opts: Options) {
         .health()
         .await
         .expect("health: a reachable registry reports healthy");
-    register_discover_deregister(&*registry, opts).await;
+    register_discover_deregister(&*registry, &opts).await;
     refuses_invalid(&*registry).await;
     heartbeat_of_unknown_is_not_found(&*registry).await;
-    watch_blocks_until_change(registry.clone(), opts).await;
-    ttl_expiry_and_recovery(&*registry, opts).await;
+    watch_blocks_until_change(registry.clone(), &opts).await;
+    ttl_expiry_and_recovery(&*registry, &opts).await;
+    if let Some(set_status) = &opts.set_status {
+        warning_instances_are_discovered(registry.clone(), set_status).await;
+    }
+}
+
+/// An instance in warning is handed out (degraded is still usable: Consul's
+/// meaning of warning, e.g. an HTTP check answering 429), by discovery and
+/// by watches alike; a critical one is not.
+pub async fn warning_instances_are_discovered(registry: Arc<dyn Registry>, set_status: &SetStatus) {
+    let name = unique_name("contract-warn");
+    // A long TTL: the states set below must not expire during the case.
+    let ttl = Duration::from_secs(30);
+    let (a, b) = (instance(&name, 7007, ttl), instance(&name, 7008, ttl));
+    registry.register(&a).await.expect("register a");
+    registry.register(&b).await.expect("register b");
+    let before = registry
+        .watch(&name, 0, Duration::ZERO)
+        .await
+        .expect("watch");
+    assert_eq!(before.instances.len(), 2);
+
+    set_status(a.id.clone(), HealthStatus::Warning).await;
+    let mut found = registry.discover(&name).await.expect("discover");
+    found.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(
+        found,
+        vec![a.clone(), b.clone()],
+        "an instance in warning is discovered, fields intact"
+    );
+    let watched = registry
+        .watch(&name, 0, Duration::ZERO)
+        .await
+        .expect("watch");
+    assert_eq!(watched.instances.len(), 2, "and watched");
+
+    let (set, b_id) = (set_status.clone(), b.id.clone());
+    let failer = rt::spawn(async move {
+        rt::sleep(Duration::from_millis(200)).await;
+        set(b_id, HealthStatus::Critical).await;
+    });
+    let started = rt::now();
+    let mut index = watched.index;
+    loop {
+        let r = registry
+            .watch(&name, index, Duration::from_secs(5))
+            .await
+            .expect("blocking watch");
+        if r.instances == vec![a.clone()] {
+            break;
+        }
+        index = r.index;
+        assert!(
+            rt::now() - started < Duration::from_secs(5),
+            "a critical instance leaves the watched set"
+        );
+    }
+    failer.await.expect("failer");
+    assert_eq!(
+        registry.discover(&name).await.expect("discover"),
+        vec![a.clone()],
+        "a critical instance is not discovered; the warning one still is"
+    );
+    for id in [&a.id, &b.id] {
+        registry.deregister(id).await.expect("cleanup");
+    }
 }
 
 /// Registered instances are discoverable with every field intact, replaced
 /// by id, isolated by name, and gone at once after deregistration.
-pub async fn register_discover_deregister(registry: &dyn Registry, opts: Options) {
+pub async fn register_discover_deregister(registry: &dyn Registry, opts: &Options) {
     let name = unique_name("contract-reg");
     let a = instance(&name, 7001, opts.ttl_interval);
     let b = instance(&name, 7002, opts.ttl_interval);
@@ -167,7 +256,7 @@ pub async fn heartbeat_of_unknown_is_not_found(registry: &dyn Registry) {
 
 /// A watch at the current index blocks until the set changes, then returns
 /// a larger index and the new set; without a change it returns after `wait`.
-pub async fn watch_blocks_until_change(registry: Arc<dyn Registry>, opts: Options) {
+pub async fn watch_blocks_until_change(registry: Arc<dyn Registry>, opts: &Options) {
     let name = unique_name("contract-watch");
     let a = instance(&name, 7004, opts.ttl_interval);
     registry.register(&a).await.expect("register");
@@ -234,7 +323,7 @@ pub async fn watch_blocks_until_change(registry: Arc<dyn Registry>, opts: Option
 /// An instance whose heartbeats stop leaves the healthy set within its TTL
 /// expiry (plus the backend's slack); heartbeats (or re-registering after
 /// [`RegistryError::NotFound`]) bring it back.
-pub async fn ttl_expiry_and_recovery(registry: &dyn Registry, opts: Options) {
+pub async fn ttl_expiry_and_recovery(registry: &dyn Registry, opts: &Options) {
     let name = unique_name("contract-ttl");
     let a = instance(&name, 7006, opts.ttl_interval);
     registry.register(&a).await.expect("register");

@@ -48,6 +48,12 @@ pub struct CheckBody {
     pub ttl: Option<String>,
     #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// `host:port` of a gRPC health check.
+    #[serde(rename = "GRPC", skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    /// Plain-text gRPC (the services serve no TLS).
+    #[serde(rename = "GRPCUseTLS", skip_serializing_if = "Option::is_none")]
+    pub grpc_use_tls: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +68,31 @@ pub struct HealthEntry {
     #[serde(default)]
     pub node: Option<NodeEntry>,
     pub service: ServiceEntry,
+    /// The node's checks and the service's (Consul returns both).
+    #[serde(default)]
+    pub checks: Option<Vec<CheckEntry>>,
+}
+
+/// One check of a health entry (only its status matters here).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckEntry {
+    #[serde(default)]
+    pub status: String,
+}
+
+impl HealthEntry {
+    /// Whether discovery hands the instance out: no check critical (or
+    /// anything else Consul may report, such as `maintenance`), warnings
+    /// included, as the registry contract says. Consul's `?passing` would
+    /// drop warnings too, hence the filtering here.
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        self.checks
+            .iter()
+            .flatten()
+            .all(|c| c.status == "passing" || c.status == "warning")
+    }
 }
 
 /// The `Node` of a health entry (only what the mapping needs).
@@ -124,7 +155,8 @@ fn nanos(d: Duration, what: &str) -> Result<u64, RegistryError> {
 }
 
 /// Encodes `check` as the [`CHECK_META_KEY`] value:
-/// `v1;ttl;<interval ns>;<timeout ns>;<deregister ns>` or `v1;http;...;<url>`.
+/// `v1;ttl;<interval ns>;<timeout ns>;<deregister ns>`, `v1;http;...;<url>`
+/// or `v1;grpc;...;<host:port>`.
 ///
 /// # Errors
 /// [`RegistryError::Invalid`] when it does not fit Consul's 512-character value.
@@ -132,6 +164,7 @@ pub fn encode_check(check: &HealthCheck) -> Result<String, RegistryError> {
     let (kind, url) = match &check.kind {
         CheckKind::Ttl => ("ttl", ""),
         CheckKind::Http { url } => ("http", url.as_str()),
+        CheckKind::Grpc { target } => ("grpc", target.as_str()),
     };
     let mut s = format!(
         "v1;{kind};{};{};{}",
@@ -165,6 +198,9 @@ pub fn decode_check(s: &str) -> Option<HealthCheck> {
         ("ttl", None) => CheckKind::Ttl,
         ("http", Some(url)) => CheckKind::Http {
             url: url.to_owned(),
+        },
+        ("grpc", Some(target)) => CheckKind::Grpc {
+            target: target.to_owned(),
         },
         _ => return None,
     };
@@ -207,15 +243,22 @@ pub fn register_body(info: &ServiceInfo) -> Result<RegisterBody, RegistryError> 
     let mut meta = info.metadata.clone();
     meta.insert(CHECK_META_KEY.to_owned(), encode_check(&info.check)?);
     let c = &info.check;
-    let (ttl, http, interval, timeout) = match &c.kind {
-        // Consul's TTL is the whole window; ours is interval + grace.
-        CheckKind::Ttl => (Some(format_duration(c.ttl_expiry())), None, None, None),
-        CheckKind::Http { url } => (
-            None,
-            Some(url.clone()),
+    let probe = || {
+        (
             Some(format_duration(c.interval)),
             Some(format_duration(c.timeout)),
+        )
+    };
+    let (ttl, http, grpc, (interval, timeout)) = match &c.kind {
+        // Consul's TTL is the whole window; ours is interval + grace.
+        CheckKind::Ttl => (
+            Some(format_duration(c.ttl_expiry())),
+            None,
+            None,
+            (None, None),
         ),
+        CheckKind::Http { url } => (None, Some(url.clone()), None, probe()),
+        CheckKind::Grpc { target } => (None, None, Some(target.clone()), probe()),
     };
     Ok(RegisterBody {
         id: info.id.clone(),
@@ -230,6 +273,8 @@ pub fn register_body(info: &ServiceInfo) -> Result<RegisterBody, RegistryError> 
             status: "passing",
             ttl,
             http,
+            grpc_use_tls: grpc.as_ref().map(|_| false),
+            grpc,
             interval,
             timeout,
             deregister_critical_service_after: format_duration(
@@ -287,6 +332,8 @@ mod tests {
             ..HealthCheck::ttl(Duration::from_secs(3))
         };
         assert_eq!(decode_check(&encode_check(&http).unwrap()), Some(http));
+        let grpc = HealthCheck::grpc("10.0.0.5:9006".into(), Duration::from_secs(2));
+        assert_eq!(decode_check(&encode_check(&grpc).unwrap()), Some(grpc));
         assert_eq!(decode_check("v1;ttl;1;2"), None);
         assert_eq!(decode_check("garbage"), None);
     }

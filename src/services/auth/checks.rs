@@ -5,33 +5,11 @@ use super::error::AuthError;
 use super::password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
 use super::token::{MAX_SCOPES, is_scope};
 
-/// Longest email.
-pub const MAX_EMAIL_BYTES: usize = 254;
 /// Longest display name.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 100;
 
 fn invalid(msg: &str) -> AuthError {
     AuthError::Invalid(msg.to_owned())
-}
-
-/// An email: 3..=254 bytes, exactly one `@` with something on both sides,
-/// no whitespace or control characters.
-///
-/// # Errors
-/// INVALID_ARGUMENT naming the rule.
-pub fn email(e: &str) -> Result<(), AuthError> {
-    let shaped = (3..=MAX_EMAIL_BYTES).contains(&e.len())
-        && e.matches('@').count() == 1
-        && !e.starts_with('@')
-        && !e.ends_with('@')
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
-    if shaped {
-        Ok(())
-    } else {
-        Err(invalid(
-            "email: 3..=254 bytes with exactly one '@', no spaces or control characters",
-        ))
-    }
 }
 
 /// A password: 8..=128 bytes.
@@ -88,13 +66,6 @@ mod tests {
 
     #[test]
     fn fields_follow_the_proto() {
-        for good in ["a@b", "ada@example.com", "A.B+c@x.io"] {
-            assert!(email(good).is_ok(), "{good}");
-        }
-        let long = format!("{}@x.io", "a".repeat(250));
-        for bad in ["", "ab", "a@b@c", "@ab", "ab@", "a b@c.d", "a\n@b.c", &long] {
-            assert!(email(bad).is_err(), "{bad:?}");
-        }
         assert!(password("12345678").is_ok());
         assert!(password("1234567").is_err());
         assert!(password(&"p".repeat(129)).is_err());

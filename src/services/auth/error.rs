@@ -17,8 +17,8 @@ pub enum AuthError {
     /// Sign-up with an email that has an account.
     #[error("email already registered")]
     EmailTaken,
-    /// Too many log-in attempts for one email.
-    #[error("too many log-in attempts for this email; retry in {retry_after_ms} ms")]
+    /// Too many log-in attempts (see `limit.rs`).
+    #[error("too many log-in attempts; retry in {retry_after_ms} ms")]
     RateLimited {
         /// When the next attempt is allowed.
         retry_after_ms: u64,

@@ -28,6 +28,7 @@ impl Debug for SignUpRequest {
             .field("email", &self.email)
             .field("password", &hidden(&self.password))
             .field("display_name", &self.display_name)
+            .field("client_address", &self.client_address)
             .finish()
     }
 }
@@ -37,6 +38,7 @@ impl Debug for LogInRequest {
         f.debug_struct("LogInRequest")
             .field("email", &self.email)
             .field("password", &hidden(&self.password))
+            .field("client_address", &self.client_address)
             .finish()
     }
 }
@@ -45,6 +47,7 @@ impl Debug for RefreshRequest {
     fn fmt(&self, f: &mut Formatter<'_>) -> Result {
         f.debug_struct("RefreshRequest")
             .field("refresh_token", &hidden(&self.refresh_token))
+            .field("client_address", &self.client_address)
             .finish()
     }
 }
@@ -120,6 +123,7 @@ mod tests {
                     email: "a@b.c".into(),
                     password: secret.into(),
                     display_name: "Ada".into(),
+                    ..Default::default()
                 })
             ),
             format!(
@@ -127,12 +131,14 @@ mod tests {
                 LogInRequest {
                     email: "a@b.c".into(),
                     password: secret.into(),
+                    ..Default::default()
                 }
             ),
             format!(
                 "{:?}",
                 RefreshRequest {
-                    refresh_token: secret.into()
+                    refresh_token: secret.into(),
+                    ..Default::default()
                 }
             ),
             format!(

@@ -2,16 +2,18 @@
 //! (Refresh with rotation, ValidateToken, RevokeToken) and service tokens.
 //! SQLite and Argon2 run through `rt::blocking`, off the async workers.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use tonic::{Request, Response, Status};
 
 use super::checks;
+use super::email;
 use super::error::AuthError;
-use super::limit::LoginLimiter;
+use super::limit::{Attempt, LoginThrottle, MemoryThrottle, Outcome};
 use super::password;
 use super::secret::ServiceClients;
-use super::store::{Store, User, email_key};
+use super::store::{Store, User};
 use super::token::{
     ACCESS_TTL, Claims, Invalid, Kind, MAX_SERVICE_TTL, MAX_TOKEN_BYTES, MAX_TTL, REFRESH_TTL,
     SERVICE_TTL, Tokens, is_scope,
@@ -42,7 +44,7 @@ fn ms(v: u64) -> i64 {
 pub struct AuthServer {
     store: Arc<Mutex<Store>>,
     tokens: Tokens,
-    limiter: Arc<Mutex<LoginLimiter>>,
+    throttle: Arc<dyn LoginThrottle>,
     clients: Arc<ServiceClients>,
 }
 
@@ -60,9 +62,17 @@ impl AuthServer {
         Self {
             store: Arc::new(Mutex::new(store)),
             tokens,
-            limiter: Arc::new(Mutex::new(LoginLimiter::default())),
+            throttle: Arc::new(MemoryThrottle::default()),
             clients: Arc::new(clients),
         }
+    }
+
+    /// The same server with `throttle` limiting log-ins (instead of this
+    /// instance's memory).
+    #[must_use]
+    pub fn with_throttle(mut self, throttle: Arc<dyn LoginThrottle>) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     /// Runs `f` on the store off the async workers.
@@ -121,15 +131,16 @@ impl AuthServer {
     /// # Errors
     /// Bad fields, a taken email, a store failure.
     pub async fn register(&self, r: SignUpRequest) -> Result<(String, TokenPair), AuthError> {
-        checks::email(&r.email)?;
+        let key = email::key(&r.email)?;
+        let client = client_address(&r.client_address)?;
         checks::password(&r.password)?;
         checks::display_name(&r.display_name)?;
+        let email = r.email.trim().to_owned();
         let display_name = if r.display_name.is_empty() {
-            checks::default_display_name(&r.email)
+            checks::default_display_name(&email)
         } else {
             r.display_name
         };
-        let email = r.email;
         // Hashing first: a taken email costs the same time as a new one.
         let password = r.password;
         let hash = rt::blocking(move || password::hash(&password)).await??;
@@ -142,8 +153,8 @@ impl AuthServer {
             created_at_ms: now_ms,
         };
         let id = user.id.clone();
-        self.with_store(move |s| s.create_user(&user)).await?;
-        tracing::info!(user = %id, "signed up");
+        self.with_store(move |s| s.create_user(&key, &user)).await?;
+        tracing::info!(user = %id, client = ?client, "signed up");
         let pair = self.pair(&id, &Self::user_scopes(), &rt::random_hex128(), now_ms)?;
         Ok((id, pair))
     }
@@ -152,33 +163,56 @@ impl AuthServer {
     ///
     /// # Errors
     /// [`AuthError::BadCredentials`] for an unknown email or a wrong
-    /// password alike; [`AuthError::RateLimited`] past the per-email limit.
+    /// password alike; [`AuthError::RateLimited`] while the (email, client
+    /// address) pair or the email is throttled ([`super::limit`]).
     pub async fn authenticate(&self, r: LogInRequest) -> Result<(String, TokenPair), AuthError> {
-        if r.email.len() > checks::MAX_EMAIL_BYTES
-            || r.password.len() > password::MAX_PASSWORD_BYTES
-        {
-            return Err(AuthError::Invalid(
-                "email: at most 254 bytes; password: at most 128 bytes".to_owned(),
-            ));
+        if r.password.len() > password::MAX_PASSWORD_BYTES {
+            return Err(AuthError::Invalid("password: at most 128 bytes".to_owned()));
         }
-        let key = email_key(&r.email);
-        let limited = self
-            .limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .attempt(&key, rt::now());
-        if let Err(wait) = limited {
+        let key = email::key(&r.email)?;
+        let client = client_address(&r.client_address)?;
+        let attempt = Attempt {
+            email: &key,
+            client,
+        };
+        if let Err(wait) = self.throttle.admit(attempt).await {
+            tracing::info!(client = ?client, "log-in throttled");
             return Err(AuthError::RateLimited {
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
             });
         }
+        let found = self.verify(key.clone(), r.password).await;
+        let attempt = Attempt {
+            email: &key,
+            client,
+        };
+        let outcome = match &found {
+            Ok(Some(_)) => Outcome::Success,
+            _ => Outcome::Failure,
+        };
+        self.throttle.settle(attempt, outcome).await;
+        let Some(id) = found? else {
+            tracing::info!(client = ?client, "log-in refused");
+            return Err(AuthError::BadCredentials);
+        };
+        tracing::info!(user = %id, client = ?client, "logged in");
+        let pair = self.pair(
+            &id,
+            &Self::user_scopes(),
+            &rt::random_hex128(),
+            rt::unix_ms(),
+        )?;
+        Ok((id, pair))
+    }
+
+    /// The id of the user with email `key` if `password` is theirs.
+    async fn verify(&self, key: String, password: String) -> Result<Option<String>, AuthError> {
         let store = self.store.clone();
-        let password = r.password;
-        let found = rt::blocking(move || -> Result<Option<String>, AuthError> {
+        rt::blocking(move || -> Result<Option<String>, AuthError> {
             let user = store
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .user_by_email(&key)?;
+                .user_by_key(&key)?;
             // An unknown email is checked against a decoy hash, so both
             // failures take the time of one Argon2 verification.
             let hash = match &user {
@@ -188,19 +222,7 @@ impl AuthServer {
             let ok = password::verify(&password, hash);
             Ok(user.filter(|_| ok).map(|u| u.id))
         })
-        .await??;
-        let Some(id) = found else {
-            tracing::info!("log-in refused");
-            return Err(AuthError::BadCredentials);
-        };
-        tracing::info!(user = %id, "logged in");
-        let pair = self.pair(
-            &id,
-            &Self::user_scopes(),
-            &rt::random_hex128(),
-            rt::unix_ms(),
-        )?;
-        Ok((id, pair))
+        .await?
     }
 
     /// Exchanges a refresh token for a new pair, revoking it (rotation).
@@ -221,6 +243,7 @@ impl AuthServer {
     /// # Errors
     /// As [`AuthServer::rotate`].
     pub async fn rotate_at(&self, r: RefreshRequest, now_ms: u64) -> Result<TokenPair, AuthError> {
+        let client = client_address(&r.client_address)?;
         let claims = self
             .tokens
             .decode(&r.refresh_token, now_ms)
@@ -281,7 +304,7 @@ impl AuthServer {
             Rotation::NoUser => Err(AuthError::Unauthenticated("refresh token: no such user")),
             Rotation::Raced => Err(AuthError::Unauthenticated("refresh token: already used")),
             Rotation::Reused { family_ended } => {
-                tracing::warn!(user = %claims.sub, token_id = %claims.jti, family = %claims.fam, family_ended, "a used or revoked refresh token was presented again");
+                tracing::warn!(user = %claims.sub, token_id = %claims.jti, family = %claims.fam, family_ended, client = ?client, "a used or revoked refresh token was presented again");
                 Err(AuthError::Unauthenticated(if family_ended {
                     "refresh token: already used or revoked; every token of this sign-in is now revoked"
                 } else {
@@ -507,6 +530,27 @@ impl AuthService for AuthServer {
         let revoked = self.revoke(req.into_inner()).await?;
         Ok(Response::new(RevokeTokenResponse { revoked }))
     }
+}
+
+/// Longest `client_address` accepted (an IPv6 address with a zone fits).
+pub const MAX_CLIENT_ADDRESS_BYTES: usize = 64;
+
+/// The `client_address` of a request: empty is unknown, else an IP address.
+///
+/// # Errors
+/// INVALID_ARGUMENT for anything else.
+pub fn client_address(s: &str) -> Result<Option<IpAddr>, AuthError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > MAX_CLIENT_ADDRESS_BYTES {
+        return Err(AuthError::Invalid(
+            "client_address: an IP address of at most 64 bytes, or empty".to_owned(),
+        ));
+    }
+    s.parse().map(Some).map_err(|_| {
+        AuthError::Invalid("client_address: an IPv4 or IPv6 address, or empty".to_owned())
+    })
 }
 
 /// The revocation-list key that ends the family of the token with `claims`;

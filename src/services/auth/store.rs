@@ -1,11 +1,12 @@
 //! Users and revoked token ids in SQLite (a file under the data dir, or in
-//! memory). Emails are unique case-insensitively; revocations are kept
-//! until the token would have expired anyway.
+//! memory). Emails are unique by their key ([`super::email::key`]);
+//! revocations are kept until the token would have expired anyway.
 
 use std::path::Path;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
+use super::email;
 use super::error::AuthError;
 
 /// A user account. `Debug` hides the password hash.
@@ -34,10 +35,24 @@ impl std::fmt::Debug for User {
     }
 }
 
-/// The key an email is unique under.
-#[must_use]
-pub fn email_key(email: &str) -> String {
-    email.trim().to_lowercase()
+/// The schema version this code writes (`PRAGMA user_version`): 1 since
+/// email keys are [`email::key`] (before: trimmed and lower-cased only).
+const SCHEMA_VERSION: i64 = 1;
+
+/// What [`Store::open`] did to the email keys of existing accounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyMigration {
+    /// Accounts whose key changed to the new normalisation.
+    pub rekeyed: usize,
+    /// Accounts whose email the new rules refuse (invisible or mixed-script
+    /// characters, a bad domain): their key is moved aside
+    /// (`legacy:<id>`), so no spelling logs into them and the address is
+    /// free for a new sign-up; their ids are logged.
+    pub set_aside: Vec<String>,
+    /// Accounts whose new key another account already has (a look-alike
+    /// signed up before this rule): the older account keeps the key, these
+    /// are moved aside like the refused ones.
+    pub collided: Vec<String>,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -85,23 +100,86 @@ impl Store {
                  expires_at_ms INTEGER NOT NULL
              );",
         )?;
-        Ok(Self {
+        let mut store = Self {
             conn,
             revocations: 0,
-        })
+        };
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version < SCHEMA_VERSION {
+            let done = store.migrate_email_keys()?;
+            if done != KeyMigration::default() {
+                tracing::warn!(
+                    rekeyed = done.rekeyed,
+                    set_aside = ?done.set_aside,
+                    collided = ?done.collided,
+                    "auth store: email keys migrated to the normalised form; the accounts set aside cannot log in until an operator gives them a valid email"
+                );
+            }
+        }
+        Ok(store)
     }
 
-    /// Inserts a new user.
+    /// Recomputes every account's email key with [`email::key`], in one
+    /// transaction, and records the schema version (so it runs once).
+    /// Accounts are visited oldest first, so of two that now share a key
+    /// the first signed up keeps it.
     ///
     /// # Errors
-    /// [`AuthError::EmailTaken`] if the email (any case) has an account.
-    pub fn create_user(&mut self, u: &User) -> Result<(), AuthError> {
+    /// SQLite failed (nothing is changed then).
+    pub fn migrate_email_keys(&mut self) -> Result<KeyMigration, AuthError> {
+        let tx = self.conn.transaction()?;
+        let mut done = KeyMigration::default();
+        let rows: Vec<(String, String, String)> = tx
+            .prepare("SELECT id, email_key, email FROM users ORDER BY created_at_ms, id")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        // Old keys first move aside, so a new key never meets a stale one.
+        tx.execute("UPDATE users SET email_key = 'migrating:' || id", [])?;
+        for (id, old, raw) in rows {
+            let aside = format!("legacy:{id}");
+            let new = match email::key(&raw) {
+                Err(_) => {
+                    done.set_aside.push(id.clone());
+                    aside
+                }
+                Ok(k)
+                    if tx
+                        .prepare_cached("SELECT 1 FROM users WHERE email_key = ?1")?
+                        .exists([&k])? =>
+                {
+                    done.collided.push(id.clone());
+                    aside
+                }
+                Ok(k) => {
+                    if k != old {
+                        done.rekeyed += 1;
+                    }
+                    k
+                }
+            };
+            tx.execute(
+                "UPDATE users SET email_key = ?1 WHERE id = ?2",
+                params![new, id],
+            )?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// Inserts a new user under `key` ([`email::key`] of its email).
+    ///
+    /// # Errors
+    /// [`AuthError::EmailTaken`] if the key has an account.
+    pub fn create_user(&mut self, key: &str, u: &User) -> Result<(), AuthError> {
         let inserted = self.conn.execute(
             "INSERT INTO users (id, email_key, email, password_hash, display_name, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 u.id,
-                email_key(&u.email),
+                key,
                 u.email,
                 u.password_hash,
                 u.display_name,
@@ -119,17 +197,17 @@ impl Store {
         }
     }
 
-    /// The user with `email` (any case).
+    /// The user whose email has `key` ([`email::key`]).
     ///
     /// # Errors
     /// SQLite failed.
-    pub fn user_by_email(&self, email: &str) -> Result<Option<User>, AuthError> {
+    pub fn user_by_key(&self, key: &str) -> Result<Option<User>, AuthError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, email, password_hash, display_name, created_at_ms
              FROM users WHERE email_key = ?1",
         )?;
         Ok(stmt
-            .query_row([email_key(email)], |row| {
+            .query_row([key], |row| {
                 Ok(User {
                     id: row.get(0)?,
                     email: row.get(1)?,
@@ -253,23 +331,101 @@ mod tests {
         }
     }
 
+    fn key(email: &str) -> String {
+        email::key(email).expect("a valid email")
+    }
+
     #[test]
-    fn emails_are_unique_in_any_case() {
+    fn emails_are_unique_by_key() {
         let mut s = Store::open(None).expect("open");
-        s.create_user(&user("u1", "Ada@Example.com"))
+        s.create_user(&key("Ada@Example.com"), &user("u1", "Ada@Example.com"))
             .expect("create");
         assert!(matches!(
-            s.create_user(&user("u2", "ada@example.COM")),
+            s.create_user(&key("ada@example.COM"), &user("u2", "ada@example.COM")),
             Err(AuthError::EmailTaken)
         ));
         let found = s
-            .user_by_email("ADA@example.com")
+            .user_by_key(&key("ADA@example.com"))
             .expect("get")
             .expect("found");
         assert_eq!(found, user("u1", "Ada@Example.com"));
-        assert!(s.user_by_email("bob@example.com").expect("get").is_none());
+        assert!(
+            s.user_by_key(&key("bob@example.com"))
+                .expect("get")
+                .is_none()
+        );
         assert!(s.user_exists("u1").expect("exists"));
         assert!(!format!("{found:?}").contains("secret-hash"));
+    }
+
+    /// A database written before keys were normalised: rows keyed
+    /// `trim().to_lowercase()`, user_version 0.
+    fn old_database(path: &Path, rows: &[(&str, &str, u64)]) {
+        let conn = crate::sqlite::open(Some(path)).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE users (id TEXT PRIMARY KEY, email_key TEXT NOT NULL UNIQUE,
+                 email TEXT NOT NULL, password_hash TEXT NOT NULL,
+                 display_name TEXT NOT NULL, created_at_ms INTEGER NOT NULL);",
+        )
+        .expect("schema");
+        for (id, email, at) in rows {
+            conn.execute(
+                "INSERT INTO users VALUES (?1, ?2, ?3, 'h', 'd', ?4)",
+                params![id, email.trim().to_lowercase(), email, to_i64(*at)],
+            )
+            .expect("insert");
+        }
+    }
+
+    #[test]
+    fn old_keys_are_migrated_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("auth.sqlite");
+        old_database(
+            &path,
+            &[
+                ("plain", "Ada@Example.com", 1),
+                ("wide", "ＢＯＢ@example.com", 2),
+                ("zwsp", "ev\u{200B}e@example.com", 3),
+                ("first", "kim@example.com", 4),
+                ("twin", "ｋｉｍ@example.com", 5),
+            ],
+        );
+        let mut s = Store::open(Some(&path)).expect("open migrates");
+        let id_of = |s: &Store, email: &str| s.user_by_key(&key(email)).expect("get").map(|u| u.id);
+        assert_eq!(
+            id_of(&s, "ada@example.com").as_deref(),
+            Some("plain"),
+            "ASCII keys unchanged"
+        );
+        assert_eq!(
+            id_of(&s, "bob@example.com").as_deref(),
+            Some("wide"),
+            "re-keyed"
+        );
+        assert_eq!(
+            id_of(&s, "KIM@example.com").as_deref(),
+            Some("first"),
+            "the older keeps the key"
+        );
+        assert_eq!(
+            id_of(&s, "eve@example.com"),
+            None,
+            "the refused one is set aside"
+        );
+        assert!(s.user_exists("zwsp").expect("kept") && s.user_exists("twin").expect("kept"));
+        // The set-aside address is free; the migration does not run again.
+        s.create_user(&key("eve@example.com"), &user("eve", "eve@example.com"))
+            .expect("free");
+        assert_eq!(s.migrate_email_keys().expect("again").rekeyed, 0);
+        drop(s);
+        let s = Store::open(Some(&path)).expect("reopen");
+        assert_eq!(id_of(&s, "eve@example.com").as_deref(), Some("eve"));
+        let version: i64 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
@@ -290,11 +446,12 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("auth.sqlite");
         let mut s = Store::open(Some(&path)).expect("open");
-        s.create_user(&user("u1", "a@b.c")).expect("create");
+        s.create_user(&key("a@b.c"), &user("u1", "a@b.c"))
+            .expect("create");
         s.revoke("j", u64::MAX / 2, 0).expect("revoke");
         drop(s);
         let s = Store::open(Some(&path)).expect("reopen");
-        assert!(s.user_by_email("a@b.c").expect("get").is_some());
+        assert!(s.user_by_key(&key("a@b.c")).expect("get").is_some());
         assert!(s.is_revoked("j").expect("check"));
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -22,6 +22,7 @@ async fn signed_up(s: &AuthServer) -> (String, crate::proto::TokenPair) {
         email: "ada@example.com".into(),
         password: "correct horse".into(),
         display_name: String::new(),
+        ..Default::default()
     })
     .await
     .expect("sign-up")
@@ -37,6 +38,7 @@ async fn a_refresh_token_is_spent_once_even_when_raced() {
             crate::rt::spawn(async move {
                 s.rotate(RefreshRequest {
                     refresh_token: token,
+                    ..Default::default()
                 })
                 .await
             })
@@ -73,6 +75,7 @@ async fn a_reused_refresh_token_ends_its_family() {
         .authenticate(LogInRequest {
             email: "ada@example.com".into(),
             password: "correct horse".into(),
+            ..Default::default()
         })
         .await
         .expect("log-in")
@@ -85,6 +88,7 @@ async fn a_reused_refresh_token_ends_its_family() {
             s.rotate_at(
                 RefreshRequest {
                     refresh_token: token,
+                    ..Default::default()
                 },
                 at,
             )
@@ -142,6 +146,7 @@ async fn revoked_and_wrong_kind_tokens_are_refused() {
     let e = s
         .rotate(RefreshRequest {
             refresh_token: pair.access_token.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("not a refresh token");
@@ -158,6 +163,7 @@ async fn revoked_and_wrong_kind_tokens_are_refused() {
     assert!(
         s.rotate(RefreshRequest {
             refresh_token: pair.refresh_token.clone(),
+            ..Default::default()
         })
         .await
         .is_err()
@@ -182,6 +188,7 @@ async fn log_in_failures_look_alike() {
         s.authenticate(LogInRequest {
             email: email.into(),
             password: password.into(),
+            ..Default::default()
         })
     };
     let wrong = attempt("ada@example.com", "wrong horse")
@@ -193,4 +200,110 @@ async fn log_in_failures_look_alike() {
     assert_eq!(wrong.to_string(), unknown.to_string());
     assert!(matches!(wrong, AuthError::BadCredentials));
     assert!(attempt("ADA@example.com", "correct horse").await.is_ok());
+}
+
+fn log_in(email: &str, password: &str, client: &str) -> LogInRequest {
+    LogInRequest {
+        email: email.into(),
+        password: password.into(),
+        client_address: client.into(),
+    }
+}
+
+/// The probe's lock-out: one wrong password per second from the attacker's
+/// address for two minutes; the owner, from another address, logs in every
+/// ten seconds and is never refused, while the attacker's waits double.
+#[tokio::test(start_paused = true)]
+async fn an_attacker_address_is_locked_out_not_the_owner() {
+    use super::limit::{BACKOFF, FREE_FAILURES};
+    let s = server();
+    signed_up(&s).await;
+    let (attacker, owner) = ("198.51.100.7", "2001:db8::9");
+    let started = crate::rt::now();
+    let (mut wrong, mut throttled, mut waits) = (0, 0, Vec::new());
+    for second in 0..120u64 {
+        crate::rt::sleep_until(started + std::time::Duration::from_secs(second)).await;
+        match s
+            .authenticate(log_in("ada@example.com", "wrong horse", attacker))
+            .await
+        {
+            Err(AuthError::BadCredentials) => wrong += 1,
+            Err(AuthError::RateLimited { retry_after_ms }) => {
+                throttled += 1;
+                waits.push(retry_after_ms);
+            }
+            other => panic!("attacker: {other:?}"),
+        }
+        if second % 10 == 5 {
+            s.authenticate(log_in("ADA@example.com", "correct horse", owner))
+                .await
+                .expect("the owner gets in every time");
+        }
+    }
+    // 5 free failures, then one after each wait of 1, 2, 4, 8, 16, 32, 64 s.
+    assert_eq!(wrong, FREE_FAILURES + 6, "{waits:?}");
+    assert_eq!(throttled, 120 - wrong);
+    assert!(waits.iter().all(|&w| w <= 64_000), "{waits:?}");
+    assert!(waits.windows(2).any(|w| w[1] > w[0]), "the waits grow");
+    // The attacker's right password, once its wait is over, resets its pair.
+    let wait = crate::rt::now() - started;
+    crate::rt::sleep(BACKOFF.max.saturating_sub(wait)).await;
+    s.authenticate(log_in("ada@example.com", "correct horse", attacker))
+        .await
+        .expect("after the wait");
+    for _ in 0..FREE_FAILURES - 1 {
+        let e = s
+            .authenticate(log_in("ada@example.com", "wrong horse", attacker))
+            .await
+            .expect_err("wrong");
+        assert!(matches!(e, AuthError::BadCredentials), "free again: {e}");
+    }
+    // A client address that is no IP address is refused.
+    let e = s
+        .authenticate(log_in("ada@example.com", "correct horse", "evil.example"))
+        .await
+        .expect_err("bad address");
+    assert!(matches!(e, AuthError::Invalid(_)), "{e}");
+}
+
+/// The probe's look-alike sign-ups: each spelling either finds the existing
+/// account (taken) or is refused as invalid; none makes a second account.
+#[tokio::test]
+async fn look_alike_emails_never_make_a_second_account() {
+    let s = server();
+    signed_up(&s).await;
+    let sign_up = |email: &str| {
+        s.register(SignUpRequest {
+            email: email.into(),
+            password: "another horse".into(),
+            ..Default::default()
+        })
+    };
+    for same in [
+        "ADA@example.com",
+        "Ada@EXAMPLE.com",
+        "ａｄａ@example.com",
+        "ada＠ｅｘａｍｐｌｅ．ｃｏｍ",
+        " ada@example.com ",
+    ] {
+        let e = sign_up(same).await.expect_err(same);
+        assert!(matches!(e, AuthError::EmailTaken), "{same:?}: {e}");
+    }
+    for refused in [
+        "a\u{200B}da@example.com",
+        "ada\u{2060}@example.com",
+        "\u{FEFF}ada@example.com",
+        "ad\u{202E}a@example.com",
+        "\u{430}da@example.com",
+        "ada@ex\u{430}mple.com",
+        "ada@example.com.",
+    ] {
+        let e = sign_up(refused).await.expect_err(refused);
+        assert!(matches!(e, AuthError::Invalid(_)), "{refused:?}: {e}");
+    }
+    // A plain new address is unaffected; the full-width spelling logs in.
+    sign_up("bob@example.com").await.expect("new account");
+    s.authenticate(log_in("ａｄａ@example.com", "correct horse", ""))
+        .await
+        .expect("one account, any spelling");
 }

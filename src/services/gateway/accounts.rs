@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Api;
+use super::client_addr::ClientIp;
 use super::error::ApiError;
 use super::json;
 use crate::proto::{LogInRequest, RefreshRequest, SignUpRequest, TokenPair};
@@ -65,7 +66,11 @@ fn answer(
 
 /// `POST /v1/auth/signup`: 201 with the new user's id and tokens; 409 if
 /// the email is taken.
-pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
+pub async fn signup(
+    State(api): State<Api>,
+    client: ClientIp,
+    body: Body,
+) -> Result<Response, ApiError> {
     let r: SignUp = json::body(body).await?;
     let res = api
         .runtime
@@ -76,6 +81,7 @@ pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiE
             email: r.email,
             password: r.password,
             display_name: r.display_name,
+            client_address: client.to_field(),
         })
         .await?
         .into_inner();
@@ -83,8 +89,13 @@ pub async fn signup(State(api): State<Api>, body: Body) -> Result<Response, ApiE
 }
 
 /// `POST /v1/auth/login`: 200 with tokens; 401 for a bad email or password
-/// alike; 429 past the per-email limit.
-pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
+/// alike; 429 while this (email, client address) pair, or the email, is
+/// throttled.
+pub async fn login(
+    State(api): State<Api>,
+    client: ClientIp,
+    body: Body,
+) -> Result<Response, ApiError> {
     let r: LogIn = json::body(body).await?;
     let res = api
         .runtime
@@ -94,6 +105,7 @@ pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiEr
         .log_in(LogInRequest {
             email: r.email,
             password: r.password,
+            client_address: client.to_field(),
         })
         .await?
         .into_inner();
@@ -102,7 +114,11 @@ pub async fn login(State(api): State<Api>, body: Body) -> Result<Response, ApiEr
 
 /// `POST /v1/auth/refresh`: 200 with a new pair; the refresh token sent is
 /// spent (401 if sent again).
-pub async fn refresh(State(api): State<Api>, body: Body) -> Result<Response, ApiError> {
+pub async fn refresh(
+    State(api): State<Api>,
+    client: ClientIp,
+    body: Body,
+) -> Result<Response, ApiError> {
     let r: Refresh = json::body(body).await?;
     let res = api
         .runtime
@@ -111,6 +127,7 @@ pub async fn refresh(State(api): State<Api>, body: Body) -> Result<Response, Api
         .await?
         .refresh(RefreshRequest {
             refresh_token: r.refresh_token,
+            client_address: client.to_field(),
         })
         .await?
         .into_inner();

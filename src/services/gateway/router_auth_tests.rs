@@ -198,3 +198,68 @@ async fn auth_unreachable_is_503() {
         .expect("infallible");
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// A log-in from `peer` (the connection's address), with an
+/// `X-Forwarded-For` if given; its status.
+async fn log_in_from(
+    app: &axum::Router,
+    peer: &str,
+    forwarded: Option<&str>,
+    password: &str,
+) -> StatusCode {
+    use tower::ServiceExt as _;
+    let body = serde_json::json!({"email": "vic@example.com", "password": password});
+    let mut req = post_json("/v1/auth/login", &body);
+    req.extensions_mut().insert(crate::rt::transport::PeerAddr(
+        format!("{peer}:40000").parse().expect("addr"),
+    ));
+    if let Some(f) = forwarded {
+        req.headers_mut()
+            .insert("x-forwarded-for", f.parse().expect("header"));
+    }
+    app.clone().oneshot(req).await.expect("infallible").status()
+}
+
+#[tokio::test]
+async fn log_in_lock_out_follows_the_client_address() {
+    let f = fixture().await;
+    let creds = serde_json::json!({"email": "vic@example.com", "password": "correct horse 1"});
+    let (status, _, _) = send(&f, post_json("/v1/auth/signup", &creds)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let config = super::Config {
+        trusted_proxies: super::client_addr::parse_trusted_proxies("10.0.0.1").expect("net"),
+        ..super::Config::default()
+    };
+    let app = super::router_with(f.runtime.clone(), &config);
+    let (attacker, victim, proxy) = ("198.51.100.7", "203.0.113.9", "10.0.0.1");
+    // The attacker forges the victim's address in X-Forwarded-For: ignored,
+    // its own address is the one locked out.
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(log_in_from(&app, attacker, Some(victim), "wrong horse 1").await);
+    }
+    assert_eq!(statuses[..5], [StatusCode::UNAUTHORIZED; 5]);
+    assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+    assert_eq!(
+        log_in_from(&app, victim, None, "correct horse 1").await,
+        StatusCode::OK,
+        "the victim's address is not locked"
+    );
+    // Behind the trusted proxy, X-Forwarded-For names the client.
+    assert_eq!(
+        log_in_from(&app, proxy, Some(attacker), "correct horse 1").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the attacker is still locked out behind the proxy"
+    );
+    assert_eq!(
+        log_in_from(
+            &app,
+            proxy,
+            Some(&format!("{attacker}, {victim}")),
+            "correct horse 1"
+        )
+        .await,
+        StatusCode::OK,
+        "the proxy's own entry names the victim"
+    );
+}

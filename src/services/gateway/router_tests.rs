@@ -95,6 +95,7 @@ async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
             email: format!("{}@example.com", crate::rt::random_hex128()),
             password: "correct horse battery".into(),
             display_name: String::new(),
+            ..Default::default()
         })
         .await
         .expect("sign-up")

@@ -138,6 +138,7 @@ mod tests {
             runtime: kernel.runtime().clone(),
             max_upload_bytes: 0,
             located: Arc::default(),
+            trusted_proxies: crate::services::gateway::client_addr::TrustedProxies::default(),
         };
         // The first round may run before the services registered; the
         // next comes one interval later.

@@ -1,7 +1,9 @@
-//! The probe loop: every interval, for each monitored service, find its
-//! instances in the registry, ask each the standard gRPC health check
-//! (short deadline), read this node's breakers towards them, hand the
-//! round to the [`Monitor`] and publish the alert events it returns.
+//! The probe loop: every interval, for each monitored service, take its
+//! instances from a registry watch (blocking queries, so the registry is
+//! not polled), ask each the standard gRPC health check (short deadline),
+//! read this node's breakers towards them, hand the round to the
+//! [`Monitor`] and publish the alert events it returns. While a service's
+//! watch fails, a slow poll ([`FALLBACK_POLL_INTERVAL`]) stands in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +21,7 @@ use crate::client::balanced::Endpoint;
 use crate::kernel::Runtime;
 use crate::proto;
 use crate::registry::ServiceInfo;
+use crate::registry::watcher::{WatchPolicy, Watcher};
 use crate::resilience::breaker::State;
 use crate::rt::{self, transport};
 
@@ -27,6 +30,88 @@ use crate::rt::{self, transport};
 pub const MAX_INSTANCES: usize = 64;
 /// The `source` of the events the monitor publishes.
 pub const SOURCE: &str = "monitor";
+/// How often a service is discovered by a plain query while its watch
+/// fails (or before its first answer).
+pub const FALLBACK_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where each round finds the instances: one watch per service, and the
+/// last fallback poll of each service whose watch is not current.
+struct Discovery {
+    watchers: BTreeMap<String, Watcher>,
+    polled: BTreeMap<String, (rt::Instant, Option<Vec<ServiceInfo>>)>,
+}
+
+impl Discovery {
+    fn new(runtime: &Runtime, services: &[String]) -> Self {
+        let watchers = services
+            .iter()
+            .map(|name| {
+                let watcher =
+                    Watcher::spawn(runtime.registry.clone(), name, WatchPolicy::default());
+                (name.clone(), watcher)
+            })
+            .collect();
+        Self {
+            watchers,
+            polled: BTreeMap::new(),
+        }
+    }
+
+    /// The instances of each of `names` (in order): the watch's set while
+    /// it is current, else the last poll, polling again (all at once) those
+    /// older than [`FALLBACK_POLL_INTERVAL`]; `None` when nothing is known.
+    async fn instances(
+        &mut self,
+        runtime: &Runtime,
+        names: &[String],
+        timeout: Duration,
+    ) -> Vec<Option<Vec<ServiceInfo>>> {
+        let now = rt::now();
+        let current: Vec<Option<Vec<ServiceInfo>>> = names
+            .iter()
+            .map(|name| self.watchers.get(name).and_then(Watcher::current))
+            .collect();
+        let due: Vec<&String> = names
+            .iter()
+            .zip(&current)
+            .filter(|(name, set)| {
+                set.is_none()
+                    && self.polled.get(*name).is_none_or(|(at, _)| {
+                        now.saturating_duration_since(*at) >= FALLBACK_POLL_INTERVAL
+                    })
+            })
+            .map(|(name, _)| name)
+            .collect();
+        let polls = join_all(due.iter().map(|name| async move {
+            match rt::timeout(timeout, runtime.registry.discover(name)).await {
+                Ok(Ok(set)) => Some(set),
+                Ok(Err(e)) => {
+                    tracing::warn!(service = %name, error = %e, "monitor: discovery failed");
+                    None
+                }
+                Err(rt::Elapsed) => {
+                    tracing::warn!(service = %name, "monitor: discovery timed out");
+                    None
+                }
+            }
+        }))
+        .await;
+        for (name, found) in due.into_iter().zip(polls) {
+            self.polled.insert(name.clone(), (now, found));
+        }
+        names
+            .iter()
+            .zip(current)
+            .map(|(name, set)| match set {
+                Some(set) => {
+                    self.polled.remove(name);
+                    Some(set)
+                }
+                None => self.polled.get(name).and_then(|(_, set)| set.clone()),
+            })
+            .collect()
+    }
+}
 
 /// Channels to the instances probed last round, by instance id (kept so
 /// that each probe does not open a new connection).
@@ -51,10 +136,11 @@ impl Channels {
 /// Runs rounds every `probe_interval` until aborted.
 pub async fn run(monitor: Arc<Monitor>, runtime: Runtime) {
     let mut channels = Channels::default();
+    let mut discovery = Discovery::new(&runtime, &monitor.config().services);
     let interval = monitor.config().probe_interval;
     loop {
         let started = rt::now();
-        let observed = round(&monitor, &runtime, &mut channels).await;
+        let observed = round(&monitor, &runtime, &mut discovery, &mut channels).await;
         for out in monitor.apply(observed) {
             publish(&runtime, &monitor, out).await;
         }
@@ -62,28 +148,28 @@ pub async fn run(monitor: Arc<Monitor>, runtime: Runtime) {
     }
 }
 
-/// One round over every monitored service; a service whose discovery
-/// failed is left out (a registry outage says nothing about the service).
-async fn round(monitor: &Monitor, runtime: &Runtime, channels: &mut Channels) -> Vec<Observation> {
+/// One round over every monitored service; a service whose instances are
+/// unknown (its watch failing and its fallback poll too) is left out (a
+/// registry outage says nothing about the service).
+async fn round(
+    monitor: &Monitor,
+    runtime: &Runtime,
+    discovery: &mut Discovery,
+    channels: &mut Channels,
+) -> Vec<Observation> {
     let cfg = monitor.config();
-    let found = join_all(cfg.services.iter().map(|name| async move {
-        match rt::timeout(cfg.probe_timeout, runtime.registry.discover(name)).await {
-            Ok(Ok(mut instances)) => {
-                instances.sort_by(|a, b| a.id.cmp(&b.id));
-                instances.truncate(MAX_INSTANCES);
-                Some((name.clone(), instances))
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(service = %name, error = %e, "monitor: discovery failed");
-                None
-            }
-            Err(rt::Elapsed) => {
-                tracing::warn!(service = %name, "monitor: discovery timed out");
-                None
-            }
-        }
-    }))
-    .await;
+    let found: Vec<Option<(String, Vec<ServiceInfo>)>> = discovery
+        .instances(runtime, &cfg.services, cfg.probe_timeout)
+        .await
+        .into_iter()
+        .zip(&cfg.services)
+        .map(|(set, name)| {
+            let mut instances = set?;
+            instances.sort_by(|a, b| a.id.cmp(&b.id));
+            instances.truncate(MAX_INSTANCES);
+            Some((name.clone(), instances))
+        })
+        .collect();
 
     let mut seen = BTreeSet::new();
     let mut probes = Vec::new();

@@ -51,6 +51,10 @@ struct CheckReq {
     ttl: Option<String>,
     #[serde(rename = "HTTP")]
     http: Option<String>,
+    #[serde(rename = "GRPC")]
+    grpc: Option<String>,
+    #[serde(rename = "GRPCUseTLS")]
+    grpc_use_tls: Option<bool>,
     interval: Option<String>,
     timeout: Option<String>,
     deregister_critical_service_after: Option<String>,
@@ -70,10 +74,34 @@ struct RegisterReq {
     check: Option<CheckReq>,
 }
 
+/// The type of a check, as `/v1/health` reports it in `Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckType {
+    /// Fed by `check/pass|warn|fail` within its TTL.
+    Ttl,
+    /// The agent GETs a URL (not probed by the model).
+    Http,
+    /// The agent asks a gRPC health service (not probed by the model).
+    Grpc,
+}
+
+impl CheckType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ttl => "ttl",
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Check {
     id: String,
     name: String,
+    kind: CheckType,
+    /// The gRPC target or HTTP URL probed; empty for TTL checks.
+    target: String,
     ttl: Option<Duration>,
     status: Status,
     ttl_deadline: Option<Instant>,
@@ -311,17 +339,24 @@ impl AgentState {
             c.deregister_critical_service_after.as_ref(),
         )?
         .filter(|d| !d.is_zero());
-        let valid = match (ttl, &c.http, interval) {
-            (Some(t), None, _) => !t.is_zero(),
-            (None, Some(_), Some(i)) => !i.is_zero(),
-            _ => false,
+        // Checks docs: exactly one kind; TTL > 0, or an Interval for the
+        // probed kinds (HTTP, GRPC).
+        let (kind, target) = match (ttl, &c.http, &c.grpc, interval) {
+            (Some(t), None, None, _) if !t.is_zero() => (CheckType::Ttl, String::new()),
+            (None, Some(url), None, Some(i)) if !i.is_zero() => (CheckType::Http, url.clone()),
+            (None, None, Some(target), Some(i)) if !i.is_zero() && !target.is_empty() => {
+                (CheckType::Grpc, target.clone())
+            }
+            _ => {
+                return Err((
+                    400,
+                    "Invalid check: TTL must be > 0 for TTL checks; HTTP and GRPC checks need an Interval"
+                        .to_owned(),
+                ));
+            }
         };
-        if !valid {
-            return Err((
-                400,
-                "Invalid check: TTL must be > 0 for TTL checks, HTTP checks need an Interval"
-                    .to_owned(),
-            ));
+        if c.grpc_use_tls.is_some() && kind != CheckType::Grpc {
+            return Err((400, "Invalid check: GRPCUseTLS without GRPC".to_owned()));
         }
         // Check docs: checks start critical unless `Status` says otherwise.
         let status = match &c.status {
@@ -336,6 +371,8 @@ impl AgentState {
             name: c
                 .name
                 .unwrap_or_else(|| format!("Service '{service_id}' check")),
+            kind,
+            target,
             ttl,
             status,
             ttl_deadline: ttl.filter(|_| status != Status::Critical).map(|t| now + t),
@@ -362,6 +399,16 @@ impl AgentState {
     /// # Errors
     /// 404 "Unknown check ID"; 500 for a check without a TTL (as Consul).
     pub fn pass(&mut self, check_id: &str, now: Instant) -> Result<(), Refusal> {
+        self.update(check_id, Status::Passing, now)
+    }
+
+    /// `PUT /v1/agent/check/{pass,warn,fail}/:check_id` (agent/check docs,
+    /// "TTL Check Pass/Warn/Fail"): sets a TTL check's status and resets
+    /// its TTL.
+    ///
+    /// # Errors
+    /// 404 "Unknown check ID"; 500 for a check without a TTL (as Consul).
+    pub fn update(&mut self, check_id: &str, status: Status, now: Instant) -> Result<(), Refusal> {
         let (name, was) = {
             let s = self
                 .services
@@ -378,16 +425,71 @@ impl AgentState {
                 ));
             };
             let was = c.status;
-            c.status = Status::Passing;
+            c.status = status;
             c.ttl_deadline = Some(now + ttl);
-            c.critical_since = None;
+            c.critical_since = match (status, c.critical_since) {
+                (Status::Critical, None) => Some(now),
+                (Status::Critical, since) => since,
+                _ => None,
+            };
             (s.name.clone(), was)
         };
         // An unchanged status is not a catalog change (no index bump).
-        if was != Status::Passing {
+        if was != status {
             self.bump(&name);
         }
         Ok(())
+    }
+
+    /// Sets the status of check `check_id` of any kind, as the result of a
+    /// probe the model does not run (an HTTP check answering 429 turns
+    /// warning); TTL checks keep their TTL. False for an unknown check.
+    pub fn set_status(&mut self, check_id: &str, status: Status, now: Instant) -> bool {
+        let Some(s) = self
+            .services
+            .values_mut()
+            .find(|s| s.check.as_ref().is_some_and(|c| c.id == check_id))
+        else {
+            return false;
+        };
+        let Some(c) = s.check.as_mut() else {
+            return false;
+        };
+        if c.status == status {
+            return true;
+        }
+        c.status = status;
+        c.critical_since = (status == Status::Critical).then_some(now);
+        let name = s.name.clone();
+        self.bump(&name);
+        true
+    }
+
+    /// `GET /v1/agent/service/:service_id` (agent/service docs, "Get
+    /// Service Configuration"): the service's definition.
+    ///
+    /// # Errors
+    /// 404 for an unknown service id.
+    pub fn service(&self, id: &str) -> Result<Value, Refusal> {
+        let s = self
+            .services
+            .get(id)
+            .ok_or_else(|| (404, format!("unknown service ID: {id}")))?;
+        Ok(
+            json!({"ID": s.id, "Service": s.name, "Tags": s.tags, "Meta": s.meta,
+            "Port": s.port, "Address": s.address, "ContentHash": format!("{:016x}", s.modify_index),
+            "Datacenter": "dc1"}),
+        )
+    }
+
+    /// The type and target of check `check_id`, if registered.
+    #[must_use]
+    pub fn check_kind(&self, check_id: &str) -> Option<(CheckType, String)> {
+        self.services
+            .values()
+            .filter_map(|s| s.check.as_ref())
+            .find(|c| c.id == check_id)
+            .map(|c| (c.kind, c.target.clone()))
     }
 
     /// The `/v1/health/service/:name` entries for `name` on `node`, all or
@@ -407,7 +509,7 @@ impl AgentState {
                 if let Some(c) = &s.check {
                     checks.push(json!({"Node": node, "CheckID": c.id, "Name": c.name,
                         "Status": c.status.as_str(), "ServiceID": s.id, "ServiceName": s.name,
-                        "Output": ""}));
+                        "Output": "", "Type": c.kind.as_str()}));
                 }
                 json!({
                     "Node": {"ID": "00000000-0000-0000-0000-000000000001", "Node": node,
@@ -481,5 +583,35 @@ mod tests {
         assert_eq!(s.health("svc", true, "n").len(), 1);
         assert_eq!(s.register(b"{}", t0).unwrap_err().0, 400);
         assert_eq!(s.register(b"nope", t0).unwrap_err().0, 400);
+    }
+
+    #[test]
+    fn probed_checks_are_accepted_and_refuse_ttl_updates() {
+        let t0 = rt::now();
+        let mut s = AgentState::new(t0, Duration::from_secs(30), Duration::from_secs(60));
+        let grpc = br#"{"ID":"g","Name":"svc","Port":1,"Check":{"GRPC":"10.0.0.1:1","GRPCUseTLS":false,"Interval":"2s","Timeout":"1s","Status":"passing"}}"#;
+        s.register(grpc, t0).unwrap();
+        assert_eq!(
+            s.check_kind("service:g"),
+            Some((CheckType::Grpc, "10.0.0.1:1".to_owned()))
+        );
+        let http = br#"{"ID":"h","Name":"svc","Port":2,"Check":{"HTTP":"http://10.0.0.1:2/health","Interval":"2s","Status":"passing"}}"#;
+        s.register(http, t0).unwrap();
+        // Not probed: they keep their status, well past any TTL.
+        s.advance(t0 + Duration::from_secs(600));
+        assert_eq!(s.health("svc", true, "n").len(), 2);
+        assert_eq!(s.health("svc", true, "n")[0]["Checks"][1]["Type"], "grpc");
+        // No TTL: a heartbeat is a 500, as Consul answers.
+        assert_eq!(s.pass("service:g", t0).unwrap_err().0, 500);
+        assert_eq!(s.pass("service:nope", t0).unwrap_err().0, 404);
+        // Without an Interval a probed check is refused.
+        let bad = br#"{"ID":"b","Name":"svc","Check":{"GRPC":"10.0.0.1:1"}}"#;
+        assert_eq!(s.register(bad, t0).unwrap_err().0, 400);
+        // A warning is not passing.
+        assert!(s.set_status("service:h", Status::Warning, t0));
+        assert_eq!(s.health("svc", true, "n").len(), 1);
+        assert_eq!(s.health("svc", false, "n").len(), 2);
+        assert_eq!(s.service("g").unwrap()["Port"], 1);
+        assert_eq!(s.service("nope").unwrap_err().0, 404);
     }
 }
