@@ -681,59 +681,33 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A `cache` process on a free port, with its registry and NATS where
-/// `args` say; its log in `log`. Killed when dropped.
-struct Cache(std::process::Child);
-
-impl Drop for Cache {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cache(dir: &std::path::Path, args: &[&str]) -> (Cache, u16) {
+/// A `cache` process on a free port (`--port 0`), with its registry and
+/// NATS where `args` say, under the tests' process guard (its output kept in
+/// `dir`, printed if the test fails; killed when dropped).
+fn cache(dir: &std::path::Path, args: &[&str]) -> Process {
     let keys = dir.join("service.keys");
     std::fs::write(&keys, format!("k1 {}\n", "cd".repeat(32))).expect("key file");
-    let port = free_port();
-    let offset = port - ServiceKind::Cache.default_port();
-    let log = std::fs::File::create(dir.join("cache.log")).expect("log file");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cache"))
-        .args(["--port-offset", &offset.to_string()])
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cache"));
+    cmd.args(["--port", "0"])
         .arg("--service-key-file")
         .arg(&keys)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(args)
         .env("RUST_LOG", "info")
-        .env("STREAMGATE_LOG_FORMAT", "text")
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("the binary starts");
-    (Cache(child), port)
-}
-
-/// Waits up to `bound` for the process to exit; its exit code.
-async fn exit_code(proc: &mut Cache, bound: Duration) -> Option<i32> {
-    let started = rt::now();
-    loop {
-        if let Some(status) = proc.0.try_wait().expect("wait") {
-            return status.code();
-        }
-        assert!(rt::now() - started < bound, "still running after {bound:?}");
-        rt::sleep(Duration::from_millis(50)).await;
-    }
+        .env("STREAMGATE_LOG_FORMAT", "text");
+    Process::spawn("cache", cmd, dir)
 }
 
 use streamgate::services::ServiceKind;
+use streamgate_testkit::process::{Process, Signal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_before_its_registry_waits_for_it() {
     let dir = tempfile::tempdir().expect("dir");
     let agent_port = free_port();
     let consul_addr = format!("http://127.0.0.1:{agent_port}");
-    let (mut proc, port) = cache(
+    let mut proc = cache(
         dir.path(),
         &[
             "--nats-url",
@@ -748,10 +722,7 @@ async fn a_service_started_before_its_registry_waits_for_it() {
     );
     // The agent comes up 2 s after the service.
     rt::sleep(Duration::from_secs(2)).await;
-    assert!(
-        proc.0.try_wait().expect("wait").is_none(),
-        "the service waits"
-    );
+    assert!(proc.try_exit().is_none(), "the service waits");
     let agent = ConsulAgent::new(fast_agent());
     #[allow(clippy::disallowed_methods)]
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", agent_port))
@@ -761,6 +732,7 @@ async fn a_service_started_before_its_registry_waits_for_it() {
     rt::spawn(async move {
         axum::serve(listener, app).await.expect("serve");
     });
+    let port = proc.listening("cache").await.port();
     let registry = client(&consul_addr, None);
     let took = within(
         Duration::from_secs(15),
@@ -773,21 +745,14 @@ async fn a_service_started_before_its_registry_waits_for_it() {
         },
     )
     .await;
-    assert!(
-        proc.0.try_wait().expect("wait").is_none(),
-        "and runs ({took:?})"
-    );
-    let log = std::fs::read_to_string(dir.path().join("cache.log")).expect("log");
+    assert!(proc.try_exit().is_none(), "and runs ({took:?})");
+    let log = proc.log();
     assert!(
         log.contains("not reachable yet") && log.contains(&consul_addr),
         "each failed attempt is logged: {log}"
     );
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &proc.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-    assert_eq!(exit_code(&mut proc, Duration::from_secs(15)).await, Some(0));
+    proc.signal(Signal::TERM);
+    assert_eq!(proc.exited(Duration::from_secs(15)).await.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -814,15 +779,15 @@ async fn a_service_gives_up_with_code_2_naming_what_it_waited_for() {
         let mut args = args.clone();
         args.extend(["--startup-timeout", "2s"]);
         let started = rt::now();
-        let (mut proc, _) = cache(dir.path(), &args);
+        let mut proc = cache(dir.path(), &args);
         assert_eq!(
-            exit_code(&mut proc, Duration::from_secs(15)).await,
+            proc.exited(Duration::from_secs(15)).await.code(),
             Some(2),
             "{named}"
         );
         let waited = rt::now() - started;
         assert!(waited >= Duration::from_secs(2), "it waited ({waited:?})");
-        let log = std::fs::read_to_string(dir.path().join("cache.log")).expect("log");
+        let log = proc.log();
         assert!(log.contains(&named), "the error names {named}: {log}");
         assert!(log.contains("not reachable after waiting"), "{log}");
     }
