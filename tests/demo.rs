@@ -5,57 +5,10 @@
 //! (`ci/deps`); fails, never skips, without them.
 #![cfg(not(madsim))]
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
-use streamgate::rt;
-use streamgate::services::ServiceKind;
-
-/// Kills the monolith if the test ends before it is stopped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A port offset at which every service's port is free now. Drawn above
-/// the kernel's ephemeral range (32768..=60999 here), where no outgoing
-/// connection takes a port, and away from the offsets other tests use.
-fn free_offset() -> u16 {
-    for _ in 0..100 {
-        let offset = 52_000 + u16::try_from(rt::random_u64() % 4_400).expect("small");
-        let free = ServiceKind::ALL.iter().all(|kind| {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, kind.default_port() + offset)).is_ok()
-        });
-        if free {
-            return offset;
-        }
-    }
-    panic!("no port offset with nine free ports in 100 draws");
-}
-
-/// Whether `GET /health` at `addr` answers 200.
-fn healthy(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = "GET /health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
-    let mut answer = String::new();
-    stream.write_all(request.as_bytes()).is_ok()
-        && stream.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
-}
-
-fn log_of(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
+use streamgate_testkit::process::Process;
 
 /// The header and URL of the printed `ffplay -headers '<header>' '<url>'` line.
 fn ffplay_line(out: &str) -> (String, String) {
@@ -70,33 +23,14 @@ fn ffplay_line(out: &str) -> (String, String) {
 
 #[tokio::test]
 async fn ci_demo_uploads_a_clip_that_then_plays() {
-    let dir = std::env::temp_dir().join(format!("sg-demo-{}", rt::random_hex128()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let log: PathBuf = dir.join("monolith.log");
-    let offset = free_offset();
-    let gateway = SocketAddr::from(([127, 0, 0, 1], 9090 + offset));
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let mut monolith = Proc(
-        Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .args(["monolith", "--port-offset", &offset.to_string()])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(log_file.try_clone().expect("log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("the monolith starts"),
-    );
-    for _ in 0..300 {
-        if let Some(exit) = monolith.0.try_wait().expect("wait") {
-            panic!("the monolith exited: {exit}\n{}", log_of(&log));
-        }
-        if healthy(gateway) {
-            break;
-        }
-        rt::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(healthy(gateway), "no gateway within 30 s\n{}", log_of(&log));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamgate"));
+    cmd.args(["monolith", "--port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn");
+    let mut monolith = Process::spawn("monolith", cmd, dir.path());
+    let gateway = monolith.listening("api-gateway").await;
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/demo");
     let demo = Command::new(&script)
@@ -107,10 +41,9 @@ async fn ci_demo_uploads_a_clip_that_then_plays() {
     let out = String::from_utf8_lossy(&demo.stdout);
     assert!(
         demo.status.success(),
-        "ci/demo failed: {}\n{out}\n{}\nmonolith log:\n{}",
+        "ci/demo failed: {}\n{out}\n{}",
         demo.status,
         String::from_utf8_lossy(&demo.stderr),
-        log_of(&log)
     );
 
     // Play what it printed: the ffplay line's header and URL, through
@@ -143,5 +76,4 @@ async fn ci_demo_uploads_a_clip_that_then_plays() {
     assert!(!refused.status.success(), "played without a token");
 
     drop(monolith);
-    let _ = std::fs::remove_dir_all(&dir);
 }
