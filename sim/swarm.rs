@@ -23,6 +23,7 @@ mod check;
 mod cluster;
 mod disk;
 mod faults;
+mod orphans;
 mod timeline;
 mod workload;
 
@@ -348,6 +349,8 @@ async fn swarm() {
                     tl.violated("swarm", format_args!("video {id} missing from the list"));
                 }
             }
+            let catalog: BTreeSet<String> = listed.iter().cloned().collect();
+            orphans::check(&cluster.blobs, &catalog, &tl).await;
             let unknown = listed.iter().filter(|id| !user.videos.contains_key(*id)).count();
             if unknown > user.maybe_uploads as usize {
                 tl.violated(

@@ -69,6 +69,8 @@ pub struct Cluster {
     pub agent: NodeId,
     /// The broker node.
     pub broker: NodeId,
+    /// The blob store every node shares (object storage).
+    pub blobs: MemoryBlobStore,
 }
 
 impl Cluster {
@@ -199,6 +201,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         members,
         agent,
         broker,
+        blobs,
     }
 }
 
