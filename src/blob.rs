@@ -8,7 +8,6 @@
 
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,8 +33,8 @@ pub struct BlobMeta {
     pub key: String,
     /// Its size in bytes.
     pub size: u64,
-    /// When it was last written (committed).
-    pub last_modified: SystemTime,
+    /// When it was last written (committed), in ms since the Unix epoch.
+    pub last_modified_ms: u64,
 }
 
 /// A blob store failure.

@@ -63,8 +63,14 @@ pub fn system_now() -> SystemTime {
 /// Milliseconds since the Unix epoch on the runtime's wall clock.
 #[must_use]
 pub fn unix_ms() -> u64 {
-    system_now()
-        .duration_since(UNIX_EPOCH)
+    unix_ms_of(system_now())
+}
+
+/// Milliseconds since the Unix epoch of `time` (a file's modification
+/// time, say); 0 before it.
+#[must_use]
+pub fn unix_ms_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 

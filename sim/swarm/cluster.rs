@@ -32,6 +32,14 @@ pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 2));
 /// TTL check interval of every registration (critical after 2x).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The upload service's orphan sweep: often, with a grace that outlasts an
+/// upload's commit (one upload instance: its own commits are safe anyway).
+pub const ORPHAN_SWEEP: streamgate::services::upload::sweep::Config =
+    streamgate::services::upload::sweep::Config {
+        interval: Duration::from_secs(5),
+        grace: Duration::from_secs(20),
+    };
+
 /// The services and how many instances of each.
 const LAYOUT: [(ServiceKind, u8); 9] = [
     (ServiceKind::Metadata, 1),
@@ -157,6 +165,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                         match &mut config {
                             ServiceConfig::Transcoder(c) => c.engine = engine,
                             ServiceConfig::Auth(c) => c.secret = Some(Secret::new(vec![9u8; 32])),
+                            ServiceConfig::Upload(c) => c.sweep = ORPHAN_SWEEP,
                             _ => {}
                         }
                         loop {

@@ -16,8 +16,8 @@ use streamgate::rt;
 use super::timeline::{Kind, Timeline};
 
 /// How long after the catalog settled an orphan may remain: the swarm's
-/// sweep grace and interval (`cluster.rs`), a transcode still running for a
-/// deleted video, and slack.
+/// sweep grace and interval (`cluster::ORPHAN_SWEEP`, 20 s and 5 s), a
+/// transcode still running for a deleted video, and slack.
 pub const ORPHAN_BOUND: Duration = Duration::from_secs(60);
 
 /// The blob prefixes that hold a video's files.

@@ -273,7 +273,7 @@ fn walk(
             page.push(BlobMeta {
                 key: child,
                 size: meta.len(),
-                last_modified: meta.modified()?,
+                last_modified_ms: rt::unix_ms_of(meta.modified()?),
             });
         }
     }
@@ -384,7 +384,7 @@ mod tests {
             "hls/a0",
             "hls/b/720p/index.m3u8",
         ];
-        let before = rt::system_now() - std::time::Duration::from_secs(1);
+        let before = rt::unix_ms() - 1000;
         for key in keys.iter().rev() {
             store
                 .put(key, Bytes::from(key.as_bytes().to_vec()))
@@ -404,7 +404,7 @@ mod tests {
         assert_eq!(names, sorted, "every key under hls/, in byte order");
         for m in &all {
             assert_eq!(m.size, m.key.len() as u64);
-            assert!(m.last_modified >= before, "{m:?}");
+            assert!(m.last_modified_ms >= before, "{m:?}");
         }
         // Pages of two, each starting after the last key of the one before.
         let mut paged = Vec::new();

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use crate::rt;
 #[derive(Debug, Clone)]
 struct Stored {
     data: Bytes,
-    modified: SystemTime,
+    modified_ms: u64,
 }
 
 /// A blob store in memory; clones share the blobs.
@@ -57,7 +56,7 @@ impl BlobStore for MemoryBlobStore {
         check_key(key)?;
         let stored = Stored {
             data,
-            modified: rt::system_now(),
+            modified_ms: rt::unix_ms(),
         };
         self.with(|b| b.insert(key.to_owned(), stored));
         Ok(())
@@ -111,7 +110,7 @@ impl BlobStore for MemoryBlobStore {
                 .map(|(k, s)| BlobMeta {
                     key: k.clone(),
                     size: s.data.len() as u64,
-                    last_modified: s.modified,
+                    last_modified_ms: s.modified_ms,
                 })
                 .collect()
         }))

@@ -50,6 +50,9 @@ pub enum UploadError {
     /// FileUploaded could not be published.
     #[error("event bus unavailable")]
     Bus(#[source] BusError),
+    /// Recording and announcing the upload took too long; it was undone.
+    #[error("storing the upload took longer than {} s; nothing was kept", .0.as_secs())]
+    CommitTimeout(Duration),
 }
 
 impl Classify for UploadError {
@@ -65,7 +68,7 @@ impl Classify for UploadError {
             },
             Self::Blob(e) => e.kind(),
             Self::Metadata(e) => e.kind(),
-            Self::NoMetadata(_) | Self::Bus(_) => ErrorKind::Unavailable,
+            Self::NoMetadata(_) | Self::Bus(_) | Self::CommitTimeout(_) => ErrorKind::Unavailable,
             Self::Store(_) | Self::Task(_) | Self::Encode(_) => ErrorKind::Internal,
         }
     }
