@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use std::time::Instant;
 
 pub mod faults;
+#[cfg(not(madsim))]
+pub mod process;
 pub mod trace;
 pub mod transport;
 pub mod watch;
