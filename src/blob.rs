@@ -56,8 +56,13 @@ pub enum BlobError {
         /// The blob's size.
         size: u64,
     },
-    /// The storage failed.
-    #[error("blob store I/O failed")]
+    /// The storage failed: full ([`crate::error::ErrorKind::StorageFull`]),
+    /// or an I/O error.
+    #[error("{}", if crate::error::io_kind(.0) == crate::error::ErrorKind::StorageFull {
+        "blob store full"
+    } else {
+        "blob store I/O failed"
+    })]
     Io(#[from] std::io::Error),
 }
 
@@ -68,7 +73,7 @@ impl crate::error::Classify for BlobError {
             Self::BadKey(..) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::OutOfRange { .. } => ErrorKind::OutOfRange,
-            Self::Io(_) => ErrorKind::Internal,
+            Self::Io(e) => crate::error::io_kind(e),
         }
     }
 }

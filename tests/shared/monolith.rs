@@ -39,7 +39,21 @@ impl Reply {
 pub struct Monolith {
     /// The process.
     pub process: Process,
-    /// The HTTP API's address.
+    /// Its HTTP API.
+    pub api: Api,
+}
+
+impl std::ops::Deref for Monolith {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// The HTTP API of a gateway.
+pub struct Api {
+    /// The gateway's address.
     pub gateway: SocketAddr,
     /// The client.
     pub http: Http,
@@ -65,8 +79,7 @@ pub async fn start(logs: &Path, data: &Path, secret: &Path, extra: &[&str]) -> M
     }
     Monolith {
         process,
-        gateway,
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        api: Api::new(gateway),
     }
 }
 
@@ -77,7 +90,15 @@ pub fn secret(dir: &Path) -> PathBuf {
     path
 }
 
-impl Monolith {
+impl Api {
+    /// The API at `gateway`.
+    pub fn new(gateway: SocketAddr) -> Self {
+        Self {
+            gateway,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
     /// Sends a request; `None` when no answer came (the process died).
     pub async fn try_send(
         &self,
@@ -118,7 +139,7 @@ impl Monolith {
     ) -> Reply {
         self.try_send(method, path, token, ctype, body)
             .await
-            .unwrap_or_else(|| panic!("{method} {path}: no answer\n{}", self.process.tail(30)))
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"))
     }
 
     /// Signs `email` up (or, when taken, logs in); the access token.
