@@ -22,6 +22,7 @@
 mod check;
 mod cluster;
 mod disk;
+mod disk_faults;
 mod faults;
 mod orphans;
 mod timeline;
@@ -237,6 +238,13 @@ async fn tap(tl: &Timeline) -> Vec<streamgate::bus::Subscription> {
 #[madsim::test]
 async fn swarm() {
     let _progress = announce("swarm");
+    // `SWARM_LOG=warn,streamgate=info`: the services' own logs (tracing),
+    // to see why a seed fails.
+    if let Ok(filter) = std::env::var("SWARM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .try_init();
+    }
     let tl = Timeline::new();
     let plan = Plan::draw();
     let bug = streamgate::rt::faults::Bug::ALL

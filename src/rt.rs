@@ -129,7 +129,8 @@ where
 }
 
 /// Runs blocking work (file I/O, SQLite) off the async workers; under the
-/// simulator it runs inline, keeping the run deterministic.
+/// simulator it runs inline, keeping the run deterministic (after the
+/// delay of a slow disk, when the simulation put one on the node).
 ///
 /// # Errors
 /// The closure panicked (normal runtime only).
@@ -144,6 +145,10 @@ where
     }
     #[cfg(madsim)]
     {
+        // A slow disk (a simulated fault) makes disk work take longer.
+        if let Some(faults::DiskFault::Slow(d)) = faults::disk_fault() {
+            madsim::time::sleep(d).await;
+        }
         Ok(f())
     }
 }

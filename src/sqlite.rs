@@ -23,8 +23,49 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     let flushed = !crate::rt::faults::injected(crate::rt::faults::Bug::UnsyncedCommits);
     conn.pragma_update(None, "synchronous", if flushed { "FULL" } else { "OFF" })?;
     #[cfg(madsim)]
-    durability::opened(path, flushed);
+    {
+        durability::opened(path, flushed);
+        obey_disk_faults(&conn)?;
+    }
     Ok(conn)
+}
+
+/// Makes the connection fail as SQLite on a faulty disk would, while the
+/// simulation puts a fault on this node's disk (`rt::faults::DiskFault`):
+/// on a full disk every commit is refused (rolled back: nothing of it
+/// stays), on a failing one every statement is interrupted. SQLite's own
+/// errors on a real disk are `SQLITE_FULL` and `SQLITE_IOERR`; [`kind`]
+/// classifies these the same (a full disk, unavailable).
+#[cfg(madsim)]
+fn obey_disk_faults(conn: &Connection) -> rusqlite::Result<()> {
+    use crate::rt::faults::{DiskFault, disk_fault_of};
+    let node = madsim::plugin::node();
+    conn.commit_hook(Some(move || disk_fault_of(node) == Some(DiskFault::Full)))?;
+    // Every few virtual machine steps: each statement takes dozens.
+    conn.progress_handler(
+        4,
+        Some(move || disk_fault_of(node) == Some(DiskFault::Failing)),
+    )
+}
+
+/// Starts a transaction of `behavior`, first rolling back one that an
+/// earlier failure left open: when a statement inside a transaction fails
+/// on a bad disk (an I/O error, an interrupt) and the rollback on the way
+/// out fails too, the connection stays in that transaction, and every later
+/// `BEGIN` would fail ("cannot start a transaction within a transaction")
+/// long after the disk healed.
+///
+/// # Errors
+/// SQLite cannot begin.
+pub fn transaction(
+    conn: &mut Connection,
+    behavior: rusqlite::TransactionBehavior,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    if !conn.is_autocommit() {
+        tracing::warn!("rolling back a transaction an earlier failure left open");
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.transaction_with_behavior(behavior)
 }
 
 /// The kind of a SQLite failure: a full disk is
@@ -92,6 +133,26 @@ mod tests {
 
     fn failure(code: i32) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_transaction_left_open_by_a_failure_is_rolled_back_first() {
+        let mut conn = open(None).expect("in memory");
+        conn.execute_batch("CREATE TABLE t (x); BEGIN; INSERT INTO t VALUES (1);")
+            .expect("a transaction left open");
+        assert!(conn.transaction().is_err(), "a plain BEGIN fails");
+        let tx = transaction(&mut conn, rusqlite::TransactionBehavior::Immediate)
+            .expect("begins after a rollback");
+        tx.execute("INSERT INTO t VALUES (2)", []).expect("insert");
+        tx.commit().expect("commit");
+        let rows: Vec<i64> = conn
+            .prepare("SELECT x FROM t")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("values");
+        assert_eq!(rows, [2], "the abandoned insert is gone");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
 
 use super::check;
+use super::disk_faults::FaultyBlobs;
 use super::faults::Plan;
 use super::timeline::{Kind, Timeline};
 use crate::broker::{SimBus, broker_node};
@@ -174,7 +175,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                             let seams = Seams {
                                 bus: Arc::new(SimBus::new(BROKER)),
                                 registry: crate::registry::consul(),
-                                blobs: Arc::new(blobs.clone()),
+                                blobs: Arc::new(FaultyBlobs(blobs.clone())),
                             };
                             let pool = check::pool_config(&lane, &tl);
                             match Kernel::start_with(seams, pool, plugins).await {
