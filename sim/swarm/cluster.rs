@@ -111,6 +111,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
     let handle = Handle::current();
     let root = data_root(handle.seed());
     let _ = std::fs::remove_dir_all(&root);
+    streamgate::rt::faults::clear_disk_faults();
     let agent = handle
         .create_node()
         .name("registry")

@@ -155,6 +155,13 @@ pub fn set_disk_fault(node: madsim::task::NodeId, fault: Option<DiskFault>) {
     });
 }
 
+/// Heals every disk: a new run starts with none faulty (runs of several
+/// seeds share the thread).
+#[cfg(madsim)]
+pub fn clear_disk_faults() {
+    DISKS.with(|d| d.borrow_mut().clear());
+}
+
 /// The fault on the disk of `node`, if any.
 #[cfg(madsim)]
 #[must_use]
