@@ -3,6 +3,8 @@
 //! ffprobe it started is still running 1 s later, round after round (each
 //! restart takes the transcode up again, and is killed again).
 #![cfg(not(madsim))]
+// Reports how long the children took to die (run with --nocapture).
+#![allow(clippy::print_stdout)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -121,6 +123,11 @@ async fn no_ffmpeg_outlives_a_kill_9_of_the_monolith() {
         assert!(
             left.is_empty(),
             "round {round}: {left:?} still running {DIE_WITHIN:?} after the kill"
+        );
+        println!(
+            "round {round}: {} ffmpeg gone {:?} after the kill",
+            running.len(),
+            rt::now() - killed
         );
     }
 }
