@@ -22,7 +22,9 @@
 mod check;
 mod cluster;
 mod disk;
+mod disk_faults;
 mod faults;
+mod orphans;
 mod timeline;
 mod workload;
 
@@ -236,6 +238,13 @@ async fn tap(tl: &Timeline) -> Vec<streamgate::bus::Subscription> {
 #[madsim::test]
 async fn swarm() {
     let _progress = announce("swarm");
+    // `SWARM_LOG=warn,streamgate=info`: the services' own logs (tracing),
+    // to see why a seed fails.
+    if let Ok(filter) = std::env::var("SWARM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .try_init();
+    }
     let tl = Timeline::new();
     let plan = Plan::draw();
     let bug = streamgate::rt::faults::Bug::ALL
@@ -348,6 +357,8 @@ async fn swarm() {
                     tl.violated("swarm", format_args!("video {id} missing from the list"));
                 }
             }
+            let catalog: BTreeSet<String> = listed.iter().cloned().collect();
+            orphans::check(&cluster.blobs, &catalog, &tl).await;
             let unknown = listed.iter().filter(|id| !user.videos.contains_key(*id)).count();
             if unknown > user.maybe_uploads as usize {
                 tl.violated(

@@ -23,6 +23,19 @@ pub const MAX_KEY_LEN: usize = 512;
 pub const MAX_KEY_SEGMENTS: usize = 8;
 /// Largest single read.
 pub const MAX_READ: usize = 16 << 20;
+/// Most entries in one page of a listing (S3's own page size).
+pub const MAX_LIST: usize = 1000;
+
+/// A stored blob, as a listing names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written (committed), in ms since the Unix epoch.
+    pub last_modified_ms: u64,
+}
 
 /// A blob store failure.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +56,13 @@ pub enum BlobError {
         /// The blob's size.
         size: u64,
     },
-    /// The storage failed.
-    #[error("blob store I/O failed")]
+    /// The storage failed: full ([`crate::error::ErrorKind::StorageFull`]),
+    /// or an I/O error.
+    #[error("{}", if crate::error::io_kind(.0) == crate::error::ErrorKind::StorageFull {
+        "blob store full"
+    } else {
+        "blob store I/O failed"
+    })]
     Io(#[from] std::io::Error),
 }
 
@@ -55,7 +73,7 @@ impl crate::error::Classify for BlobError {
             Self::BadKey(..) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::OutOfRange { .. } => ErrorKind::OutOfRange,
-            Self::Io(_) => ErrorKind::Internal,
+            Self::Io(e) => crate::error::io_kind(e),
         }
     }
 }
@@ -103,6 +121,19 @@ pub trait BlobStore: Send + Sync + Debug {
     /// Removes the blob under `key` and every blob under `key/`; true if
     /// anything was removed.
     async fn delete(&self, key: &str) -> Result<bool, BlobError>;
+    /// One page of the blobs under `prefix/` (a valid key), in key order:
+    /// up to `limit` (at most [`MAX_LIST`]) whose keys sort after `after`;
+    /// fewer than asked means the listing is done. The shape of S3's
+    /// `ListObjectsV2` (prefix, start-after, max-keys) and of
+    /// `object_store`'s `list_with_offset`, so an object storage backend
+    /// maps onto it directly. Blobs written or removed meanwhile may or may
+    /// not show.
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BlobMeta>, BlobError>;
     /// A local file holding the blob, where the backend has one (ffmpeg
     /// reads from it directly).
     fn local_path(&self, key: &str) -> Option<PathBuf>;

@@ -38,6 +38,9 @@ pub enum ErrorKind {
     PermissionDenied,
     /// A limit or quota is used up; retry later, or ask for less.
     Exhausted,
+    /// The server's storage is full (a disk without space): nothing was
+    /// stored; retry once space is freed.
+    StorageFull,
     /// A dependency cannot be reached now (the message may name it);
     /// retrying may help.
     Unavailable,
@@ -49,7 +52,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Invalid,
         Self::NotFound,
         Self::AlreadyExists,
@@ -59,6 +62,7 @@ impl ErrorKind {
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::Exhausted,
+        Self::StorageFull,
         Self::Unavailable,
         Self::DeadlineExceeded,
         Self::Internal,
@@ -76,10 +80,26 @@ impl ErrorKind {
             Self::OutOfRange => Code::OutOfRange,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::PermissionDenied => Code::PermissionDenied,
-            Self::Exhausted => Code::ResourceExhausted,
+            Self::Exhausted | Self::StorageFull => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Internal => Code::Internal,
+        }
+    }
+
+    /// The kind of another service's answer: its code's, made precise by
+    /// [`KIND_HEADER`] where one code stands for two kinds (a full disk is
+    /// RESOURCE_EXHAUSTED, as a used-up quota is).
+    #[must_use]
+    pub fn of_status(status: &tonic::Status) -> Self {
+        let kind = Self::from_code(status.code());
+        let named = status
+            .metadata()
+            .get(KIND_HEADER)
+            .and_then(|v| v.to_str().ok());
+        match (kind, named) {
+            (Self::Exhausted, Some(STORAGE_FULL_NAME)) => Self::StorageFull,
+            _ => kind,
         }
     }
 
@@ -121,6 +141,7 @@ impl ErrorKind {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::Exhausted => StatusCode::TOO_MANY_REQUESTS,
+            Self::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,8 +153,32 @@ impl ErrorKind {
     pub const fn is_server_fault(self) -> bool {
         matches!(
             self,
-            Self::Unavailable | Self::DeadlineExceeded | Self::Internal
+            Self::StorageFull | Self::Unavailable | Self::DeadlineExceeded | Self::Internal
         )
+    }
+}
+
+/// The gRPC metadata entry naming a kind that a code alone does not tell
+/// apart from another (only [`ErrorKind::StorageFull`] so far).
+pub const KIND_HEADER: &str = "x-error-kind";
+/// [`KIND_HEADER`]'s value for [`ErrorKind::StorageFull`].
+const STORAGE_FULL_NAME: &str = "storage-full";
+/// What a caller reads for a full disk, whichever store it was.
+pub const STORAGE_FULL_MESSAGE: &str = "insufficient storage: nothing was stored; try again later";
+
+/// The kind of an I/O failure of our storage: a full disk (or quota) is
+/// [`ErrorKind::StorageFull`]; any other error the system reported (EIO, a
+/// read-only or vanished disk) [`ErrorKind::Unavailable`]: the request was
+/// fine, the storage could not take it now; an error of our own making (a
+/// file that changed underneath, a task that panicked) is internal.
+#[must_use]
+pub fn io_kind(e: &std::io::Error) -> ErrorKind {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            ErrorKind::StorageFull
+        }
+        _ if e.raw_os_error().is_some() => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -198,6 +243,10 @@ pub fn status_for<E: Classify + ?Sized>(e: &E, request_id: Option<&str>) -> toni
             tracing::error!(request_id = id, error = %Chain(&e), "internal error");
             internal_message(request_id)
         }
+        ErrorKind::StorageFull => {
+            tracing::warn!(request_id = id, error = %Chain(&e), "storage full");
+            STORAGE_FULL_MESSAGE.to_owned()
+        }
         // The server stack logs every failed call with its message; the
         // cause, which the message leaves out, is logged here.
         k if k.is_server_fault() && e.source().is_some() => {
@@ -206,7 +255,14 @@ pub fn status_for<E: Classify + ?Sized>(e: &E, request_id: Option<&str>) -> toni
         }
         _ => e.to_string(),
     };
-    tonic::Status::new(kind.code(), message)
+    let mut status = tonic::Status::new(kind.code(), message);
+    if kind == ErrorKind::StorageFull {
+        status.metadata_mut().insert(
+            KIND_HEADER,
+            tonic::metadata::MetadataValue::from_static(STORAGE_FULL_NAME),
+        );
+    }
+    status
 }
 
 /// A status from another service, as an error this service can return:
@@ -219,7 +275,7 @@ pub struct Upstream(pub tonic::Status);
 
 impl Classify for Upstream {
     fn kind(&self) -> ErrorKind {
-        ErrorKind::from_code(self.0.code())
+        ErrorKind::of_status(&self.0)
     }
 }
 
@@ -240,6 +296,7 @@ mod tests {
             (ErrorKind::Unauthenticated, Code::Unauthenticated, 401),
             (ErrorKind::PermissionDenied, Code::PermissionDenied, 403),
             (ErrorKind::Exhausted, Code::ResourceExhausted, 429),
+            (ErrorKind::StorageFull, Code::ResourceExhausted, 507),
             (ErrorKind::Unavailable, Code::Unavailable, 503),
             (ErrorKind::DeadlineExceeded, Code::DeadlineExceeded, 504),
             (ErrorKind::Internal, Code::Internal, 500),
@@ -247,7 +304,9 @@ mod tests {
         assert_eq!(table.len(), ErrorKind::ALL.len(), "every kind is listed");
         for (kind, code, http) in table {
             assert_eq!(kind.code(), code, "{kind:?}");
-            assert_eq!(ErrorKind::from_code(code), kind, "{code:?} comes back");
+            if kind != ErrorKind::StorageFull {
+                assert_eq!(ErrorKind::from_code(code), kind, "{code:?} comes back");
+            }
             assert_eq!(kind.http_status().as_u16(), http, "{kind:?}");
         }
         for code in [
@@ -261,8 +320,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_full_disk_crosses_the_wire_as_itself() {
+        use std::io::ErrorKind as Io;
+        let full = std::io::Error::from(Io::StorageFull);
+        assert_eq!(io_kind(&full), ErrorKind::StorageFull);
+        assert_eq!(
+            io_kind(&std::io::Error::from(Io::QuotaExceeded)),
+            ErrorKind::StorageFull
+        );
+        assert_eq!(
+            io_kind(&std::io::Error::from_raw_os_error(5)),
+            ErrorKind::Unavailable
+        );
+        let s = status_for(&Probe::Full(full), Some("r1"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::ResourceExhausted, STORAGE_FULL_MESSAGE)
+        );
+        assert!(!s.message().contains("/srv"), "the cause stays in the log");
+        assert_eq!(ErrorKind::of_status(&s), ErrorKind::StorageFull);
+        // Passed on by another service, it stays a full disk.
+        let again = status_for(&Upstream(s), Some("r2"));
+        assert_eq!(ErrorKind::of_status(&again), ErrorKind::StorageFull);
+        let quota = tonic::Status::resource_exhausted("too many sessions");
+        assert_eq!(ErrorKind::of_status(&quota), ErrorKind::Exhausted);
+    }
+
     #[derive(Debug, thiserror::Error)]
     enum Probe {
+        #[error("no space at /srv/x")]
+        Full(#[source] std::io::Error),
         #[error("title: at most 200 bytes")]
         Invalid,
         #[error("the store failed")]
@@ -277,6 +365,7 @@ mod tests {
                 Self::Invalid => ErrorKind::Invalid,
                 Self::Store(_) => ErrorKind::Internal,
                 Self::Down(_) => ErrorKind::Unavailable,
+                Self::Full(e) => io_kind(e),
             }
         }
     }

@@ -60,6 +60,9 @@ pub struct NodeOpts {
     /// connection's peer is the client.
     #[arg(long, env = "STREAMGATE_TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
     pub trusted_proxies: TrustedProxies,
+    /// The upload service's orphan sweep.
+    #[command(flatten)]
+    pub sweep: SweepOpts,
 }
 
 /// The value of `--trusted-proxies`.
@@ -68,6 +71,52 @@ pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
 
 fn parse_proxies(s: &str) -> Result<TrustedProxies, String> {
     crate::services::gateway::client_addr::parse_trusted_proxies(s).map(TrustedProxies)
+}
+
+/// The upload service's orphan sweep: blobs no video record names (an
+/// upload that crashed mid-commit, a deleted video's files whose deletion
+/// event was lost) are removed once older than the grace period.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct SweepOpts {
+    /// Seconds between two orphan sweeps (the first runs at start).
+    #[arg(
+        long,
+        env = "STREAMGATE_ORPHAN_SWEEP_INTERVAL_SECS",
+        default_value_t = crate::services::upload::sweep::INTERVAL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub orphan_sweep_interval_secs: u64,
+    /// Age in seconds a blob without a record must reach before the sweep
+    /// removes it. With several upload instances on one blob store it must
+    /// exceed an upload's commit (60 s); one instance is safe with any.
+    #[arg(
+        long,
+        env = "STREAMGATE_ORPHAN_SWEEP_GRACE_SECS",
+        default_value_t = crate::services::upload::sweep::GRACE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(0..=30 * 86_400)
+    )]
+    pub orphan_sweep_grace_secs: u64,
+}
+
+impl SweepOpts {
+    /// The sweep's settings.
+    #[must_use]
+    pub fn config(&self) -> crate::services::upload::sweep::Config {
+        crate::services::upload::sweep::Config {
+            interval: Duration::from_secs(self.orphan_sweep_interval_secs),
+            grace: Duration::from_secs(self.orphan_sweep_grace_secs),
+        }
+    }
+}
+
+impl Default for SweepOpts {
+    fn default() -> Self {
+        let config = crate::services::upload::sweep::Config::default();
+        Self {
+            orphan_sweep_interval_secs: config.interval.as_secs(),
+            orphan_sweep_grace_secs: config.grace.as_secs(),
+        }
+    }
 }
 
 impl NodeOpts {
@@ -101,7 +150,10 @@ impl NodeOpts {
                         c.max_upload_bytes = self.max_upload_bytes;
                         c.trusted_proxies.clone_from(&self.trusted_proxies.0);
                     }
-                    ServiceConfig::Upload(c) => c.max_upload_bytes = self.max_upload_bytes,
+                    ServiceConfig::Upload(c) => {
+                        c.max_upload_bytes = self.max_upload_bytes;
+                        c.sweep = self.sweep.config();
+                    }
                     ServiceConfig::Metadata(c) => c.max_upload_bytes = self.max_upload_bytes,
                     ServiceConfig::Auth(c) => {
                         if let Some(path) = &self.auth_secret_file {
@@ -679,6 +731,7 @@ mod tests {
             auth_secret_file: None,
             auth_clients_file: None,
             trusted_proxies: TrustedProxies::default(),
+            sweep: SweepOpts::default(),
         }
     }
 

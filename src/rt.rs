@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use std::time::Instant;
 
 pub mod faults;
+#[cfg(not(madsim))]
+pub mod process;
 pub mod trace;
 pub mod transport;
 pub mod watch;
@@ -63,8 +65,14 @@ pub fn system_now() -> SystemTime {
 /// Milliseconds since the Unix epoch on the runtime's wall clock.
 #[must_use]
 pub fn unix_ms() -> u64 {
-    system_now()
-        .duration_since(UNIX_EPOCH)
+    unix_ms_of(system_now())
+}
+
+/// Milliseconds since the Unix epoch of `time` (a file's modification
+/// time, say); 0 before it.
+#[must_use]
+pub fn unix_ms_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -121,7 +129,8 @@ where
 }
 
 /// Runs blocking work (file I/O, SQLite) off the async workers; under the
-/// simulator it runs inline, keeping the run deterministic.
+/// simulator it runs inline, keeping the run deterministic (after the
+/// delay of a slow disk, when the simulation put one on the node).
 ///
 /// # Errors
 /// The closure panicked (normal runtime only).
@@ -136,6 +145,10 @@ where
     }
     #[cfg(madsim)]
     {
+        // A slow disk (a simulated fault) makes disk work take longer.
+        if let Some(faults::DiskFault::Slow(d)) = faults::disk_fault() {
+            madsim::time::sleep(d).await;
+        }
         Ok(f())
     }
 }

@@ -118,11 +118,10 @@ impl ServiceConfig {
             Self::Worker(c) => c.validate(),
             Self::Monitor(c) => c.validate(),
             Self::Cache(c) => c.validate(),
-            Self::ApiGateway(_)
-            | Self::Upload(_)
-            | Self::Transcoder(_)
-            | Self::Streaming(_)
-            | Self::Metadata(_) => Ok(()),
+            Self::Upload(c) => c.validate(),
+            Self::ApiGateway(_) | Self::Transcoder(_) | Self::Streaming(_) | Self::Metadata(_) => {
+                Ok(())
+            }
         }
     }
 

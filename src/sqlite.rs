@@ -7,6 +7,8 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
+use crate::error::ErrorKind;
+
 /// Opens (creating) the database at `path`, or one in memory for `None`.
 ///
 /// # Errors
@@ -21,8 +23,78 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     let flushed = !crate::rt::faults::injected(crate::rt::faults::Bug::UnsyncedCommits);
     conn.pragma_update(None, "synchronous", if flushed { "FULL" } else { "OFF" })?;
     #[cfg(madsim)]
-    durability::opened(path, flushed);
+    {
+        durability::opened(path, flushed);
+        obey_disk_faults(&conn)?;
+    }
     Ok(conn)
+}
+
+/// Makes the connection fail as SQLite on a faulty disk would, while the
+/// simulation puts a fault on this node's disk (`rt::faults::DiskFault`):
+/// on a full disk every commit is refused (rolled back: nothing of it
+/// stays), on a failing one every statement is interrupted. SQLite's own
+/// errors on a real disk are `SQLITE_FULL` and `SQLITE_IOERR`; [`kind`]
+/// classifies these the same (a full disk, unavailable).
+#[cfg(madsim)]
+fn obey_disk_faults(conn: &Connection) -> rusqlite::Result<()> {
+    use crate::rt::faults::{DiskFault, disk_fault_of};
+    let node = madsim::plugin::node();
+    conn.commit_hook(Some(move || disk_fault_of(node) == Some(DiskFault::Full)))?;
+    // Every few virtual machine steps: each statement takes dozens.
+    conn.progress_handler(
+        4,
+        Some(move || disk_fault_of(node) == Some(DiskFault::Failing)),
+    )
+}
+
+/// Starts a transaction of `behavior`, first rolling back one that an
+/// earlier failure left open: when a statement inside a transaction fails
+/// on a bad disk (an I/O error, an interrupt) and the rollback on the way
+/// out fails too, the connection stays in that transaction, and every later
+/// `BEGIN` would fail ("cannot start a transaction within a transaction")
+/// long after the disk healed.
+///
+/// # Errors
+/// SQLite cannot begin.
+pub fn transaction(
+    conn: &mut Connection,
+    behavior: rusqlite::TransactionBehavior,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    if !conn.is_autocommit() {
+        tracing::warn!("rolling back a transaction an earlier failure left open");
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.transaction_with_behavior(behavior)
+}
+
+/// The kind of a SQLite failure: a full disk is
+/// [`ErrorKind::StorageFull`], an I/O error, a busy or locked database or an
+/// interrupted statement is [`ErrorKind::Unavailable`] (retrying may help),
+/// anything else (a bug, a corrupt file) [`ErrorKind::Internal`].
+#[must_use]
+pub fn kind(e: &rusqlite::Error) -> ErrorKind {
+    use rusqlite::ErrorCode;
+    let rusqlite::Error::SqliteFailure(failure, _) = e else {
+        return ErrorKind::Internal;
+    };
+    match failure.code {
+        ErrorCode::DiskFull => ErrorKind::StorageFull,
+        // A commit hook refused the commit: only the simulator's full disk
+        // installs one (see `faults`).
+        ErrorCode::ConstraintViolation
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_COMMITHOOK =>
+        {
+            ErrorKind::StorageFull
+        }
+        ErrorCode::SystemIoFailure
+        | ErrorCode::CannotOpen
+        | ErrorCode::DatabaseBusy
+        | ErrorCode::DatabaseLocked
+        | ErrorCode::OperationInterrupted
+        | ErrorCode::ReadOnly => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    }
 }
 
 /// What the simulator's disk model needs to know: whether the last
@@ -51,5 +123,79 @@ pub mod durability {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(path)
             .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::ffi;
+
+    fn failure(code: i32) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_transaction_left_open_by_a_failure_is_rolled_back_first() {
+        let mut conn = open(None).expect("in memory");
+        conn.execute_batch("CREATE TABLE t (x); BEGIN; INSERT INTO t VALUES (1);")
+            .expect("a transaction left open");
+        assert!(conn.transaction().is_err(), "a plain BEGIN fails");
+        let tx = transaction(&mut conn, rusqlite::TransactionBehavior::Immediate)
+            .expect("begins after a rollback");
+        tx.execute("INSERT INTO t VALUES (2)", []).expect("insert");
+        tx.commit().expect("commit");
+        let rows: Vec<i64> = conn
+            .prepare("SELECT x FROM t")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("values");
+        assert_eq!(rows, [2], "the abandoned insert is gone");
+    }
+
+    #[test]
+    fn failures_are_classified_by_what_a_caller_can_do() {
+        assert_eq!(kind(&failure(ffi::SQLITE_FULL)), ErrorKind::StorageFull);
+        assert_eq!(
+            kind(&failure(ffi::SQLITE_IOERR_WRITE)),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind(&failure(ffi::SQLITE_IOERR_FSYNC)),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(kind(&failure(ffi::SQLITE_BUSY)), ErrorKind::Unavailable);
+        assert_eq!(
+            kind(&failure(ffi::SQLITE_CONSTRAINT_UNIQUE)),
+            ErrorKind::Internal
+        );
+        assert_eq!(kind(&failure(ffi::SQLITE_CORRUPT)), ErrorKind::Internal);
+        assert_eq!(kind(&rusqlite::Error::InvalidQuery), ErrorKind::Internal);
+    }
+
+    /// The two ways the simulator's disk refuses work (`faults`), as SQLite
+    /// reports them.
+    #[test]
+    fn a_refused_commit_is_a_full_disk_and_an_interrupt_is_unavailable() {
+        let conn = open(None).expect("in memory");
+        conn.execute_batch("CREATE TABLE t (x)").expect("table");
+        conn.commit_hook(Some(|| true)).expect("hook");
+        let refused = conn
+            .execute("INSERT INTO t VALUES (1)", [])
+            .expect_err("refused");
+        assert_eq!(kind(&refused), ErrorKind::StorageFull, "{refused}");
+        conn.commit_hook(None::<fn() -> bool>).expect("unhooked");
+        conn.progress_handler(1, Some(|| true)).expect("handler");
+        let stopped = conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+        let stopped = stopped.expect_err("interrupted");
+        assert_eq!(kind(&stopped), ErrorKind::Unavailable, "{stopped}");
+        conn.progress_handler(1, None::<fn() -> bool>)
+            .expect("no handler");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("healed");
+        assert_eq!(rows, 0, "the refused commit left nothing");
     }
 }

@@ -21,6 +21,7 @@ use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
 
 use super::check;
+use super::disk_faults::FaultyBlobs;
 use super::faults::Plan;
 use super::timeline::{Kind, Timeline};
 use crate::broker::{SimBus, broker_node};
@@ -31,6 +32,14 @@ pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9
 pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 2));
 /// TTL check interval of every registration (critical after 2x).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The upload service's orphan sweep: often, with a grace that outlasts an
+/// upload's commit (one upload instance: its own commits are safe anyway).
+pub const ORPHAN_SWEEP: streamgate::services::upload::sweep::Config =
+    streamgate::services::upload::sweep::Config {
+        interval: Duration::from_secs(5),
+        grace: Duration::from_secs(20),
+    };
 
 /// The services and how many instances of each.
 const LAYOUT: [(ServiceKind, u8); 9] = [
@@ -69,6 +78,8 @@ pub struct Cluster {
     pub agent: NodeId,
     /// The broker node.
     pub broker: NodeId,
+    /// The blob store every node shares (object storage).
+    pub blobs: MemoryBlobStore,
 }
 
 impl Cluster {
@@ -100,6 +111,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
     let handle = Handle::current();
     let root = data_root(handle.seed());
     let _ = std::fs::remove_dir_all(&root);
+    streamgate::rt::faults::clear_disk_faults();
     let agent = handle
         .create_node()
         .name("registry")
@@ -155,6 +167,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                         match &mut config {
                             ServiceConfig::Transcoder(c) => c.engine = engine,
                             ServiceConfig::Auth(c) => c.secret = Some(Secret::new(vec![9u8; 32])),
+                            ServiceConfig::Upload(c) => c.sweep = ORPHAN_SWEEP,
                             _ => {}
                         }
                         loop {
@@ -163,7 +176,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                             let seams = Seams {
                                 bus: Arc::new(SimBus::new(BROKER)),
                                 registry: crate::registry::consul(),
-                                blobs: Arc::new(blobs.clone()),
+                                blobs: Arc::new(FaultyBlobs(blobs.clone())),
                             };
                             let pool = check::pool_config(&lane, &tl);
                             match Kernel::start_with(seams, pool, plugins).await {
@@ -199,6 +212,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         members,
         agent,
         broker,
+        blobs,
     }
 }
 

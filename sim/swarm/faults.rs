@@ -19,6 +19,7 @@ use streamgate::services::ServiceKind;
 
 use super::cluster::Cluster;
 use super::disk::Snapshot;
+use super::disk_faults;
 use super::timeline::{Kind, Timeline};
 
 /// The kinds of fault.
@@ -42,9 +43,15 @@ pub enum Fault {
     RegistryOutage,
     /// The broker is down for a while (events published meanwhile are lost).
     BrokerOutage,
+    /// A stateful node's disk is full for a while (`disk_faults.rs`).
+    DiskFull,
+    /// A stateful node's disk fails every operation for a while.
+    DiskFailing,
+    /// A stateful node's disk is slow for a while.
+    DiskSlow,
 }
 
-const ALL: [Fault; 8] = [
+const ALL: [Fault; 11] = [
     Fault::Crash,
     Fault::Partition,
     Fault::Clog,
@@ -53,6 +60,9 @@ const ALL: [Fault; 8] = [
     Fault::RegistryWipe,
     Fault::RegistryOutage,
     Fault::BrokerOutage,
+    Fault::DiskFull,
+    Fault::DiskFailing,
+    Fault::DiskSlow,
 ];
 
 /// `SWARM_FAULTS=crash,clog,...` (or `none`) keeps only those kinds of
@@ -136,6 +146,8 @@ pub struct Broken {
     pub registry_down: bool,
     /// The broker node is down.
     pub broker_down: bool,
+    /// Service nodes with a faulty disk.
+    pub disks: BTreeSet<NodeId>,
     /// Faults so far.
     pub count: u32,
     /// When each node (or link end) was last disturbed.
@@ -245,6 +257,9 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
         .collect();
     let others: Vec<usize> = (0..nodes.len())
         .filter(|&i| cluster.members[i].kind != ServiceKind::ApiGateway)
+        .collect();
+    let with_disk: Vec<usize> = (0..nodes.len())
+        .filter(|&i| cluster.members[i].data_dir.is_some())
         .collect();
     let lane_of = |id: NodeId| {
         cluster
@@ -443,6 +458,38 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                     tl.print("registry", Kind::Heal, "back, empty");
                 });
             }
+            Fault::DiskFull | Fault::DiskFailing | Fault::DiskSlow => {
+                if with_disk.is_empty() {
+                    continue;
+                }
+                let victim = nodes[with_disk[strike.a % with_disk.len()]];
+                if !b.disks.insert(victim) {
+                    continue;
+                }
+                let kind = match strike.fault {
+                    Fault::DiskFull => 0,
+                    Fault::DiskFailing => 1,
+                    _ => 2,
+                };
+                let fault = disk_faults::fault(kind, strike.level);
+                let d = strike.span(1_000, 8_000, left);
+                disk_faults::strike(victim, fault);
+                b.disturbed.push((victim, now));
+                tl.print(
+                    &lane_of(victim),
+                    Kind::Fault,
+                    format_args!("#{n} disk {fault:?} for {d:?}"),
+                );
+                let (tl, broken, lane) = (tl.clone(), broken.clone(), lane_of(victim));
+                rt::spawn(async move {
+                    rt::sleep(d).await;
+                    disk_faults::heal(victim);
+                    let mut b = lock(&broken);
+                    b.disks.remove(&victim);
+                    b.disturbed.push((victim, tl.elapsed()));
+                    tl.print(&lane, Kind::Heal, "disk healed");
+                });
+            }
             Fault::BrokerOutage => {
                 if b.broker_down {
                     continue;
@@ -472,4 +519,5 @@ pub fn all_healed(broken: &Shared) -> bool {
         && !b.network
         && !b.registry_down
         && !b.broker_down
+        && b.disks.is_empty()
 }

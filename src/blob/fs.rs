@@ -1,7 +1,8 @@
 //! Blobs as files under a root directory: `<root>/blobs/<key>`. A new blob
 //! is written to `<root>/tmp/`, fsynced, then renamed into place (and the
 //! directory fsynced), so readers see either nothing or the whole blob.
-//! Leftover temporary files (a crash mid-write) are removed on open.
+//! Leftover temporary files (a crash mid-write) are removed on open. A
+//! blob's modification time is the moment it was committed.
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{BlobError, BlobStore, BlobWriter, MAX_READ, check_key};
+use super::{BlobError, BlobMeta, BlobStore, BlobWriter, MAX_LIST, MAX_READ, check_key};
 use crate::rt;
 
 /// A blob store in a directory.
@@ -67,6 +68,14 @@ impl FsBlobStore {
     }
 }
 
+/// Makes `file` (a finished temporary file) durable, its modification time
+/// now: a listing then shows when it was committed, not when its first
+/// bytes came (what the orphan sweep's grace period is measured from).
+fn finish(file: &std::fs::File) -> std::io::Result<()> {
+    file.set_modified(rt::system_now())?;
+    file.sync_all()
+}
+
 /// Moves the finished temporary file `tmp` to `dest` durably.
 fn install(tmp: &Path, dest: &Path) -> std::io::Result<()> {
     let dir = dest.parent().unwrap_or(dest);
@@ -92,10 +101,14 @@ impl BlobStore for FsBlobStore {
         let dest = self.path(key)?;
         let tmp = self.temp();
         blocking(move || {
-            let mut f = std::fs::File::create_new(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            install(&tmp, &dest).inspect_err(|_| {
+            let written = std::fs::File::create_new(&tmp).and_then(|mut f| {
+                f.write_all(&data)?;
+                finish(&f)?;
+                drop(f);
+                install(&tmp, &dest)
+            });
+            // A full disk or a failed write leaves nothing behind.
+            written.inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })
         })
@@ -165,9 +178,106 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BlobMeta>, BlobError> {
+        let dir = self.path(prefix)?;
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        let limit = limit.min(MAX_LIST);
+        blocking(move || {
+            let mut page = Vec::new();
+            walk(&dir, &prefix, after.as_deref(), limit, &mut page)?;
+            Ok(page)
+        })
+        .await
+    }
+
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path(key).ok()
     }
+}
+
+/// Adds to `page` the blobs under `dir` (whose key is `key`) that sort
+/// after `after`, in key order, until it holds `limit`. Entries whose names
+/// are no key segment (nothing the store wrote) and symbolic links are
+/// passed over; an entry removed meanwhile is too.
+fn walk(
+    dir: &Path,
+    key: &str,
+    after: Option<&str>,
+    limit: usize,
+    page: &mut Vec<BlobMeta>,
+) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut children = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() || check_key(&name).is_err() {
+            continue;
+        }
+        // A directory's keys all start `name/`: sorting it as `name/`
+        // puts every key of the listing in byte order.
+        let sort = if kind.is_dir() {
+            format!("{name}/")
+        } else {
+            name.clone()
+        };
+        children.push((sort, name, kind.is_dir()));
+    }
+    children.sort_unstable();
+    for (_, name, is_dir) in children {
+        if page.len() >= limit {
+            break;
+        }
+        let child = format!("{key}/{name}");
+        // Deeper or longer than any key: nothing the store wrote.
+        if check_key(&child).is_err()
+            || (is_dir && child.split('/').count() >= super::MAX_KEY_SEGMENTS)
+        {
+            continue;
+        }
+        if is_dir {
+            let inner = format!("{child}/");
+            // Every key under it sorts before `after` unless `after` is
+            // inside it or before it.
+            if after.is_some_and(|a| a > inner.as_str() && !a.starts_with(&inner)) {
+                continue;
+            }
+            walk(&dir.join(&name), &child, after, limit, page)?;
+        } else if after.is_none_or(|a| child.as_str() > a) {
+            let meta = match std::fs::metadata(dir.join(&name)) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            page.push(BlobMeta {
+                key: child,
+                size: meta.len(),
+                last_modified_ms: rt::unix_ms_of(meta.modified()?),
+            });
+        }
+    }
+    Ok(())
 }
 
 struct FsWriter {
@@ -199,7 +309,7 @@ impl BlobWriter for FsWriter {
         let file = self.file()?;
         let tmp = self.path.clone();
         blocking(move || {
-            file.sync_all()?;
+            finish(&file)?;
             drop(file);
             install(&tmp, &dest)
         })
@@ -259,6 +369,80 @@ mod tests {
         std::fs::write(root.join("tmp").join("x.part"), b"junk").expect("junk");
         let _store = FsBlobStore::open(&root).expect("reopen");
         assert_eq!(std::fs::read_dir(root.join("tmp")).expect("tmp").count(), 0);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[tokio::test]
+    async fn listings_page_in_key_order_with_commit_times() {
+        let root = dir("list");
+        let store = FsBlobStore::open(&root).expect("open");
+        let keys = [
+            "hls/a/480p/seg_00001.ts",
+            "hls/a/master.m3u8",
+            "hls/a-b/x",
+            "hls/a.b",
+            "hls/a0",
+            "hls/b/720p/index.m3u8",
+        ];
+        let before = rt::unix_ms() - 1000;
+        for key in keys.iter().rev() {
+            store
+                .put(key, Bytes::from(key.as_bytes().to_vec()))
+                .await
+                .expect("put");
+        }
+        // Bytes the store never wrote are no blobs.
+        std::fs::write(root.join("blobs/hls/not a key"), b"x").expect("stray file");
+        store
+            .put("originals/v", Bytes::from_static(b"1"))
+            .await
+            .expect("put");
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        let all = store.list("hls", None, 100).await.expect("list");
+        let names: Vec<&str> = all.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(names, sorted, "every key under hls/, in byte order");
+        for m in &all {
+            assert_eq!(m.size, m.key.len() as u64);
+            assert!(m.last_modified_ms >= before, "{m:?}");
+        }
+        // Pages of two, each starting after the last key of the one before.
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list("hls", after.as_deref(), 2).await.expect("page");
+            paged.extend(page.iter().map(|m| m.key.clone()));
+            if page.len() < 2 {
+                break;
+            }
+            after = page.last().map(|m| m.key.clone());
+        }
+        assert_eq!(paged, sorted);
+        // A start inside a directory, between two of its keys.
+        let tail = store
+            .list("hls", Some("hls/a/480p"), 100)
+            .await
+            .expect("list");
+        let tail: Vec<&str> = tail.iter().map(|m| m.key.as_str()).collect();
+        let want: Vec<&str> = sorted
+            .iter()
+            .copied()
+            .filter(|k| *k > "hls/a/480p")
+            .collect();
+        assert_eq!(tail, want);
+        let none = store.list("hls", Some("hls/z"), 100).await.expect("list");
+        assert!(none.is_empty());
+        assert!(
+            store
+                .list("thumbs", None, 10)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        assert!(matches!(
+            store.list("../x", None, 10).await,
+            Err(BlobError::BadKey(..))
+        ));
         let _ = std::fs::remove_dir_all(root);
     }
 

@@ -1,17 +1,25 @@
 //! Blobs in memory: the simulator's and the tests' store.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::HashMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{BlobError, BlobStore, BlobWriter, MAX_READ, check_key};
+use super::{BlobError, BlobMeta, BlobStore, BlobWriter, MAX_LIST, MAX_READ, check_key};
+use crate::rt;
+
+/// A blob and when it was stored.
+#[derive(Debug, Clone)]
+struct Stored {
+    data: Bytes,
+    modified_ms: u64,
+}
 
 /// A blob store in memory; clones share the blobs.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBlobStore {
-    blobs: Arc<Mutex<HashMap<String, Bytes>>>,
+    blobs: Arc<Mutex<BTreeMap<String, Stored>>>,
 }
 
 impl MemoryBlobStore {
@@ -21,7 +29,7 @@ impl MemoryBlobStore {
         Self::default()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Bytes>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Stored>) -> T) -> T {
         f(&mut self
             .blobs
             .lock()
@@ -30,7 +38,7 @@ impl MemoryBlobStore {
 
     fn get(&self, key: &str) -> Result<Bytes, BlobError> {
         check_key(key)?;
-        self.with(|b| b.get(key).cloned())
+        self.with(|b| b.get(key).map(|s| s.data.clone()))
             .ok_or_else(|| BlobError::NotFound(key.to_owned()))
     }
 }
@@ -46,7 +54,11 @@ impl BlobStore for MemoryBlobStore {
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError> {
         check_key(key)?;
-        self.with(|b| b.insert(key.to_owned(), data));
+        let stored = Stored {
+            data,
+            modified_ms: rt::unix_ms(),
+        };
+        self.with(|b| b.insert(key.to_owned(), stored));
         Ok(())
     }
 
@@ -79,6 +91,31 @@ impl BlobStore for MemoryBlobStore {
         }))
     }
 
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BlobMeta>, BlobError> {
+        check_key(prefix)?;
+        let dir = format!("{prefix}/");
+        let start = match after {
+            Some(a) if a >= dir.as_str() => std::ops::Bound::Excluded(a.to_owned()),
+            _ => std::ops::Bound::Included(dir.clone()),
+        };
+        Ok(self.with(|b| {
+            b.range((start, std::ops::Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(&dir))
+                .take(limit.min(MAX_LIST))
+                .map(|(k, s)| BlobMeta {
+                    key: k.clone(),
+                    size: s.data.len() as u64,
+                    last_modified_ms: s.modified_ms,
+                })
+                .collect()
+        }))
+    }
+
     fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
         None
     }
@@ -98,5 +135,44 @@ impl BlobWriter for MemoryWriter {
 
     async fn commit(self: Box<Self>, key: &str) -> Result<(), BlobError> {
         self.store.put(key, self.buf.into()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listings_page_in_key_order_under_their_prefix() {
+        let store = MemoryBlobStore::new();
+        for key in ["hls/b/x", "hls/a/1", "hls/a.b", "hlsx/y", "hl/z", "hls/a/2"] {
+            store
+                .put(key, Bytes::from_static(b"ab"))
+                .await
+                .expect("put");
+        }
+        let keys = |page: Vec<BlobMeta>| page.into_iter().map(|m| m.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.list("hls", None, 10).await.expect("list")),
+            ["hls/a.b", "hls/a/1", "hls/a/2", "hls/b/x"]
+        );
+        assert_eq!(
+            keys(store.list("hls", Some("hls/a/1"), 2).await.expect("list")),
+            ["hls/a/2", "hls/b/x"]
+        );
+        assert_eq!(
+            keys(store.list("hls", Some("a"), 1).await.expect("list")),
+            ["hls/a.b"],
+            "a start before the prefix starts at it"
+        );
+        assert!(
+            store
+                .list("hls", Some("i"), 10)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        let one = &store.list("hl", None, 10).await.expect("list")[0];
+        assert_eq!((one.key.as_str(), one.size), ("hl/z", 2));
     }
 }

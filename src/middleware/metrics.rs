@@ -49,6 +49,13 @@ pub struct CacheReadLabels {
     pub outcome: String,
 }
 
+/// What an orphaned blob the upload service's sweep removed was.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrphanLabels {
+    /// `original`, `hls` (a video's tree) or `thumbnail`.
+    pub kind: String,
+}
+
 /// An instance's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -98,6 +105,8 @@ struct Inner {
     retries: Counter,
     budget_exhausted: Counter,
     cache_reads: Family<CacheReadLabels, Counter>,
+    orphans_removed: Family<OrphanLabels, Counter>,
+    orphan_sweeps: Counter,
 }
 
 /// The node's metrics; cheap to clone.
@@ -124,6 +133,8 @@ impl Default for Metrics {
         let breaker_transitions = Family::<InstanceLabels, Counter>::default();
         let (retries, budget_exhausted) = (Counter::default(), Counter::default());
         let cache_reads = Family::<CacheReadLabels, Counter>::default();
+        let orphans_removed = Family::<OrphanLabels, Counter>::default();
+        let orphan_sweeps = Counter::default();
         registry.register("requests", "Calls served, by status", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -152,6 +163,16 @@ impl Default for Metrics {
             "Read-through cache lookups by outcome (hit, miss, fallback)",
             cache_reads.clone(),
         );
+        registry.register(
+            "orphans_removed",
+            "Blobs no video record names, removed by the upload service's sweep, by kind",
+            orphans_removed.clone(),
+        );
+        registry.register(
+            "orphan_sweeps",
+            "Orphan sweeps of the upload service that went through every blob",
+            orphan_sweeps.clone(),
+        );
         let inner = Inner {
             registry,
             calls: std::collections::HashMap::new(),
@@ -163,6 +184,8 @@ impl Default for Metrics {
             retries,
             budget_exhausted,
             cache_reads,
+            orphans_removed,
+            orphan_sweeps,
         };
         Self {
             inner: Arc::new(Mutex::new(inner)),
@@ -239,6 +262,34 @@ impl Metrics {
             outcome: outcome.to_owned(),
         };
         self.with(|i| i.cache_reads.get_or_create(&labels).get())
+    }
+
+    /// Counts an orphaned blob removed (`original`, `hls` or `thumbnail`).
+    pub fn orphan_removed(&self, kind: &str) {
+        let labels = OrphanLabels {
+            kind: kind.to_owned(),
+        };
+        self.with(|i| i.orphans_removed.get_or_create(&labels).inc());
+    }
+
+    /// Orphaned blobs of `kind` removed so far.
+    #[must_use]
+    pub fn orphans_removed(&self, kind: &str) -> u64 {
+        let labels = OrphanLabels {
+            kind: kind.to_owned(),
+        };
+        self.with(|i| i.orphans_removed.get_or_create(&labels).get())
+    }
+
+    /// Counts an orphan sweep that went through every blob.
+    pub fn orphan_sweep_finished(&self) {
+        self.with(|i| i.orphan_sweeps.inc());
+    }
+
+    /// Orphan sweeps finished so far.
+    #[must_use]
+    pub fn orphan_sweeps(&self) -> u64 {
+        self.with(|i| i.orphan_sweeps.get())
     }
 
     /// The handles of calls on `path` (made on its first call).

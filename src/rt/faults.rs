@@ -7,6 +7,10 @@
 //!   by `STREAMGATE_INJECT_BUG=<name>`, to prove the simulation's checkers
 //!   catch it (see `sim/swarm.rs`). Always `false` outside the simulator, so
 //!   production builds cannot carry one.
+//! - [`disk_fault`]: the fault the simulation put on the current node's disk
+//!   (full, failing, slow), which its SQLite files (`crate::sqlite`), its
+//!   blocking work ([`super::blocking`]) and the simulator's blob store
+//!   wrapper obey. Always `None` outside the simulator.
 
 /// The bugs the simulation can inject, each caught by one checker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,4 +124,65 @@ thread_local! {
 #[cfg(madsim)]
 pub fn set_buggify(on: bool) {
     BUGGIFY.with(|b| b.set(on));
+}
+
+/// A fault on a node's disk (simulation only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    /// No space: writes fail (SQLite refuses every commit; the blob store
+    /// answers ENOSPC), reads and deletes work.
+    Full,
+    /// Every operation fails (SQLite statements are interrupted; the blob
+    /// store answers EIO).
+    Failing,
+    /// Every operation takes this much longer.
+    Slow(std::time::Duration),
+}
+
+#[cfg(madsim)]
+thread_local! {
+    /// The faults on the run's nodes (a simulation runs on one thread).
+    static DISKS: std::cell::RefCell<std::collections::BTreeMap<madsim::task::NodeId, DiskFault>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// Puts `fault` on the disk of `node`, or heals it (`None`).
+#[cfg(madsim)]
+pub fn set_disk_fault(node: madsim::task::NodeId, fault: Option<DiskFault>) {
+    DISKS.with(|d| match fault {
+        Some(f) => d.borrow_mut().insert(node, f),
+        None => d.borrow_mut().remove(&node),
+    });
+}
+
+/// Heals every disk: a new run starts with none faulty (runs of several
+/// seeds share the thread).
+#[cfg(madsim)]
+pub fn clear_disk_faults() {
+    DISKS.with(|d| d.borrow_mut().clear());
+}
+
+/// The fault on the disk of `node`, if any.
+#[cfg(madsim)]
+#[must_use]
+pub fn disk_fault_of(node: madsim::task::NodeId) -> Option<DiskFault> {
+    DISKS.with(|d| d.borrow().get(&node).copied())
+}
+
+/// The fault on the current node's disk, if any (never outside the
+/// simulator).
+#[must_use]
+#[inline]
+pub fn disk_fault() -> Option<DiskFault> {
+    #[cfg(madsim)]
+    {
+        if DISKS.with(|d| d.borrow().is_empty()) {
+            return None;
+        }
+        disk_fault_of(madsim::plugin::node())
+    }
+    #[cfg(not(madsim))]
+    {
+        None
+    }
 }

@@ -16,6 +16,7 @@ use crate::services::{Background, Common, Domain, media};
 pub mod error;
 pub mod server;
 pub mod store;
+pub mod sweep;
 
 pub use error::UploadError;
 pub use server::UploadServer;
@@ -38,17 +39,31 @@ pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Config {
     /// Largest upload accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// The orphan sweep's interval and grace period.
+    pub sweep: sweep::Config,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
+            sweep: sweep::Config::default(),
         }
     }
 }
 
-/// The service's routes, and the consumer that removes deleted videos' blobs.
+impl Config {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// The sweep's interval or grace is out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        self.sweep.validate()
+    }
+}
+
+/// The service's routes, the consumer that removes deleted videos' blobs,
+/// and the orphan sweep.
 ///
 /// # Errors
 /// The records cannot be opened, or the bus refuses the subscription.
@@ -99,19 +114,36 @@ pub async fn domain(
         .await
         .map_err(|e| fail("the event bus", e.into()))?;
 
+    let committing = sweep::Committing::default();
+    if config.sweep.grace < server::COMMIT_TIMEOUT {
+        tracing::warn!(
+            grace_secs = config.sweep.grace.as_secs(),
+            "the orphan sweep's grace is shorter than an upload's commit may take: safe only \
+             while this is the one upload instance on its blob store"
+        );
+    }
+    let sweeper = sweep::Sweeper {
+        config: config.sweep,
+        blobs: runtime.blobs.clone(),
+        pool: runtime.pool.clone(),
+        records: store.clone(),
+        committing: committing.clone(),
+        metrics: runtime.metrics.clone(),
+    };
     let server = UploadServer::new(
         store,
         runtime.blobs.clone(),
         runtime.bus.clone(),
         runtime.pool.clone(),
         config.max_upload_bytes,
+        committing,
     );
     Ok(Domain {
         routes: Routes::new(UploadServiceServer::new(server)),
         grpc_names: vec![<UploadServiceServer<UploadServer> as tonic::server::NamedService>::NAME],
         background: Background {
             subscriptions: vec![sub],
-            tasks: Vec::new(),
+            tasks: vec![crate::rt::spawn(sweeper.run())],
             ..Background::default()
         },
         long_calls: vec![(UPLOAD_PATH, MAX_UPLOAD_CALL_TIMEOUT)],

@@ -59,7 +59,8 @@ impl Classify for AuthError {
             Self::RateLimited { .. } => ErrorKind::Exhausted,
             Self::Forbidden(_) => ErrorKind::PermissionDenied,
             Self::NoServiceClients => ErrorKind::Conflict,
-            Self::Sqlite(_) | Self::Hash(_) | Self::Sign(_) | Self::Task(_) => ErrorKind::Internal,
+            Self::Sqlite(e) => crate::sqlite::kind(e),
+            Self::Hash(_) | Self::Sign(_) | Self::Task(_) => ErrorKind::Internal,
         }
     }
 }

@@ -188,8 +188,11 @@ impl Store {
         );
         match inserted {
             Ok(_) => Ok(()),
+            // The email's unique index only: another constraint (the
+            // simulator's full disk refuses commits as one) is no answer.
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation =>
+                if e.code == ErrorCode::ConstraintViolation
+                    && e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
             {
                 Err(AuthError::EmailTaken)
             }

@@ -7,7 +7,6 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use tonic::Code;
 
 use crate::client::PoolError;
 use crate::error::{ErrorKind, internal_message};
@@ -55,8 +54,9 @@ impl ApiError {
     /// means the file is too large, not that we are busy).
     #[must_use]
     pub fn from_status(status: &tonic::Status, upload: bool) -> Self {
-        let http = http_status(status.code(), upload);
-        if ErrorKind::from_code(status.code()) == ErrorKind::Internal {
+        let kind = ErrorKind::of_status(status);
+        let http = http_status(kind, upload);
+        if kind == ErrorKind::Internal {
             let id = rt::trace::request_id();
             tracing::error!(
                 request_id = id.as_deref().unwrap_or("-"),
@@ -76,11 +76,12 @@ impl ApiError {
     }
 }
 
-/// The HTTP status for a gRPC status code: its kind's
-/// ([`ErrorKind::http_status`]), but 413 for an upload refused as too large.
+/// The HTTP status for a service's answer of `kind`
+/// ([`ErrorKind::of_status`]): the kind's ([`ErrorKind::http_status`]), but
+/// 413 for an upload refused as too large (a full disk stays 507).
 #[must_use]
-pub fn http_status(code: Code, upload: bool) -> StatusCode {
-    match ErrorKind::from_code(code) {
+pub fn http_status(kind: ErrorKind, upload: bool) -> StatusCode {
+    match kind {
         ErrorKind::Exhausted if upload => StatusCode::PAYLOAD_TOO_LARGE,
         kind => kind.http_status(),
     }
@@ -116,14 +117,16 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[test]
     fn grpc_codes_map_to_http() {
         // The gateway goes kind -> code -> HTTP status and back the same way
         // (the table itself is tested in `crate::error`).
         for kind in ErrorKind::ALL {
-            assert_eq!(http_status(kind.code(), false), kind.http_status());
+            assert_eq!(http_status(kind, false), kind.http_status());
         }
+        let of = |code| ErrorKind::from_code(code);
         let cases = [
             (Code::InvalidArgument, 400),
             (Code::NotFound, 404),
@@ -140,10 +143,29 @@ mod tests {
             (Code::Ok, 500),
         ];
         for (code, want) in cases {
-            assert_eq!(http_status(code, false).as_u16(), want, "{code:?}");
+            assert_eq!(http_status(of(code), false).as_u16(), want, "{code:?}");
         }
-        assert_eq!(http_status(Code::ResourceExhausted, true).as_u16(), 413);
-        assert_eq!(http_status(Code::NotFound, true).as_u16(), 404);
+        assert_eq!(http_status(of(Code::ResourceExhausted), true).as_u16(), 413);
+        assert_eq!(http_status(of(Code::NotFound), true).as_u16(), 404);
+        // A full disk, as a service says it: 507 whatever the route.
+        let full = crate::error::status_for(
+            &crate::blob::BlobError::Io(std::io::ErrorKind::StorageFull.into()),
+            Some("r1"),
+        );
+        for upload in [false, true] {
+            let e = ApiError::from_status(&full, upload);
+            assert_eq!(e.status.as_u16(), 507, "upload {upload}");
+            assert_eq!(e.message, crate::error::STORAGE_FULL_MESSAGE);
+        }
+        let eio = crate::error::status_for(
+            &crate::blob::BlobError::Io(std::io::Error::from_raw_os_error(5)),
+            Some("r1"),
+        );
+        let e = ApiError::from_status(&eio, true);
+        assert_eq!(
+            (e.status.as_u16(), e.message.as_str()),
+            (503, "blob store I/O failed")
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@ impl Classify for MetadataError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Store(StoreError::Exists(_)) => ErrorKind::AlreadyExists,
-            Self::Store(_) | Self::Task(_) => ErrorKind::Internal,
+            Self::Store(StoreError::Sqlite(e)) => crate::sqlite::kind(e),
+            Self::Store(StoreError::Corrupt(_)) | Self::Task(_) => ErrorKind::Internal,
         }
     }
 }

@@ -92,7 +92,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Exists`] if the id is taken.
     pub fn create(&mut self, v: &Video) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx =
+            crate::sqlite::transaction(&mut self.conn, rusqlite::TransactionBehavior::Deferred)?;
         let taken: bool = tx
             .query_row("SELECT 1 FROM videos WHERE id = ?1", [&v.id], |_| Ok(true))
             .optional()?
@@ -172,7 +173,8 @@ impl Store {
         step: &Step,
         fill: impl FnOnce(&mut Video),
     ) -> Result<Option<Video>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx =
+            crate::sqlite::transaction(&mut self.conn, rusqlite::TransactionBehavior::Deferred)?;
         let seen = tx.execute(
             "INSERT OR IGNORE INTO applied_events (event_id, at_ms) VALUES (?1, ?2)",
             params![event_id, to_i64(now_ms)],

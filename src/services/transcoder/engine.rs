@@ -135,6 +135,60 @@ pub struct Context {
     pub work_root: PathBuf,
 }
 
+/// Most listing pages read when clearing a video's stale HLS files.
+const MAX_PRUNE_PAGES: usize = 1000;
+
+/// Removes what an earlier, dead transcode of `video_id` left under its HLS
+/// tree and this run did not write (`written`): renditions or segments it
+/// does not make, which the master this run writes next must not sit
+/// beside. Called after every other output is in place and before the
+/// master, which is left for the run to replace (a complete earlier run
+/// keeps serving meanwhile); a concurrent run of the same video writes the
+/// same keys, so it loses nothing.
+///
+/// # Errors
+/// The blob store failed.
+pub async fn prune_stale(
+    ctx: &Context,
+    video_id: &str,
+    written: &std::collections::BTreeSet<String>,
+) -> Result<usize, Failure> {
+    use crate::services::media;
+    let store = |e: crate::blob::BlobError| {
+        Failure::new(Reason::StoreFailed, format!("clearing stale outputs: {e}"))
+    };
+    let (prefix, master) = (media::hls_prefix(video_id), media::master_key(video_id));
+    let mut stale = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..MAX_PRUNE_PAGES {
+        let page = ctx
+            .blobs
+            .list(&prefix, after.as_deref(), crate::blob::MAX_LIST)
+            .await
+            .map_err(store)?;
+        stale.extend(
+            page.iter()
+                .filter(|b| b.key != master && !written.contains(&b.key))
+                .map(|b| b.key.clone()),
+        );
+        if page.len() < crate::blob::MAX_LIST {
+            break;
+        }
+        after = page.last().map(|b| b.key.clone());
+    }
+    for key in &stale {
+        ctx.blobs.delete(key).await.map_err(store)?;
+    }
+    if !stale.is_empty() {
+        tracing::info!(
+            video_id,
+            removed = stale.len(),
+            "stale outputs of an earlier transcode removed"
+        );
+    }
+    Ok(stale.len())
+}
+
 /// Runs `job` on `engine`.
 ///
 /// # Errors

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::process::Command;
 
 use super::Engine;
 use super::engine::{Context, Failure, Job, Output, Reason, Reporter};
 use super::hls::{self, Rendition};
 use super::process;
 use crate::rt;
+use crate::rt::process::Command;
 use crate::services::media;
 
 /// Largest original copied out of a store without local files.
@@ -182,8 +182,10 @@ impl Tools<'_> {
             }
         };
         report.progress(ENCODE_SHARE + 2);
+        let mut written = std::collections::BTreeSet::new();
         for r in &renditions {
-            upload_rendition(ctx, &job.video_id, &work.join(r.profile.name), r).await?;
+            let dir = work.join(r.profile.name);
+            written.extend(upload_rendition(ctx, &job.video_id, &dir, r).await?);
         }
         let thumbnail_key = match thumbnail {
             Some(bytes) => {
@@ -193,6 +195,7 @@ impl Tools<'_> {
             }
             None => None,
         };
+        super::engine::prune_stale(ctx, &job.video_id, &written).await?;
         // The master goes last: its presence means the video is ready.
         let master = hls::master_playlist(&renditions);
         put(ctx, &media::master_key(&job.video_id), master.into()).await?;
@@ -210,7 +213,7 @@ impl Tools<'_> {
             .args(["-show_format", "-show_streams"])
             .arg(src);
         let keep = usize::try_from(MAX_PLAYLIST_BYTES).unwrap_or(usize::MAX);
-        let out = process::run(cmd, "ffprobe", self.ffprobe, keep, |_| {}).await?;
+        let out = process::run(&cmd, "ffprobe", keep, |_| {}).await?;
         if !out.status.success() {
             return Err(Failure::new(
                 Reason::NotAVideo,
@@ -262,7 +265,7 @@ impl Tools<'_> {
             .arg(dir.join("seg_%05d.ts"))
             .arg(dir.join("index.m3u8"))
             .args(["-progress", "pipe:1"]);
-        let out = process::run(cmd, "ffmpeg", self.ffmpeg, 0, |line| {
+        let out = process::run(&cmd, "ffmpeg", 0, |line| {
             if let Some(us) = hls::progress_us(line) {
                 on_progress(hls::percent(us, probe.duration_ms));
             }
@@ -293,7 +296,7 @@ impl Tools<'_> {
             .args(["-frames:v", "1", "-vf", "scale=320:-2"])
             .args(["-f", "image2", "-c:v", "mjpeg", "-q:v", "4"])
             .arg(dest);
-        let out = process::run(cmd, "ffmpeg", self.ffmpeg, 0, |_| {}).await?;
+        let out = process::run(&cmd, "ffmpeg", 0, |_| {}).await?;
         if out.status.success() {
             Ok(())
         } else {
@@ -383,13 +386,14 @@ async fn put(ctx: &Context, key: &str, data: Bytes) -> Result<(), Failure> {
         .map_err(|e| Failure::new(Reason::StoreFailed, format!("uploading {key}: {e}")))
 }
 
-/// Uploads the segments a rendition's playlist names, then the playlist.
+/// Uploads the segments a rendition's playlist names, then the playlist;
+/// the keys written.
 async fn upload_rendition(
     ctx: &Context,
     video_id: &str,
     dir: &Path,
     r: &Rendition,
-) -> Result<(), Failure> {
+) -> Result<Vec<String>, Failure> {
     let name = r.profile.name;
     let playlist = read_file(&dir.join("index.m3u8"), MAX_PLAYLIST_BYTES).await?;
     let text = std::str::from_utf8(&playlist)
@@ -401,6 +405,7 @@ async fn upload_rendition(
             format!("{name}: {} segments exceed {MAX_SEGMENTS}", segments.len()),
         ));
     }
+    let mut written = Vec::with_capacity(segments.len() + 1);
     for segment in segments {
         if !media::is_segment_name(segment) {
             return Err(Failure::new(
@@ -412,9 +417,14 @@ async fn upload_rendition(
             ));
         }
         let bytes = read_file(&dir.join(segment), MAX_SEGMENT_BYTES).await?;
-        put(ctx, &media::segment_key(video_id, name, segment), bytes).await?;
+        let key = media::segment_key(video_id, name, segment);
+        put(ctx, &key, bytes).await?;
+        written.push(key);
     }
-    put(ctx, &media::playlist_key(video_id, name), playlist).await
+    let key = media::playlist_key(video_id, name);
+    put(ctx, &key, playlist).await?;
+    written.push(key);
+    Ok(written)
 }
 
 #[cfg(test)]

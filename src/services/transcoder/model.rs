@@ -63,12 +63,17 @@ pub async fn run(
     let segment = "seg_00000.ts";
     #[allow(clippy::cast_precision_loss)]
     let seconds = MODEL_DURATION_MS as f64 / 1000.0;
+    let mut written = std::collections::BTreeSet::new();
     for r in &renditions {
         let name = r.profile.name;
         let fake = Bytes::from(format!("model segment of {} {name}", job.video_id));
-        put(media::segment_key(&job.video_id, name, segment), fake).await?;
+        let key = media::segment_key(&job.video_id, name, segment);
+        put(key.clone(), fake).await?;
+        written.insert(key);
         let playlist = media_playlist(&[(segment, seconds)]);
-        put(media::playlist_key(&job.video_id, name), playlist.into()).await?;
+        let key = media::playlist_key(&job.video_id, name);
+        put(key.clone(), playlist.into()).await?;
+        written.insert(key);
     }
     let thumbnail_key = media::thumbnail_key(&job.video_id);
     put(
@@ -76,6 +81,7 @@ pub async fn run(
         Bytes::from_static(b"\xff\xd8\xff\xd9"),
     )
     .await?;
+    super::engine::prune_stale(ctx, &job.video_id, &written).await?;
     // The master goes last: its presence means the video is ready.
     let master = master_playlist(&renditions);
     put(media::master_key(&job.video_id), master.into()).await?;

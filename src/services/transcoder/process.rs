@@ -1,13 +1,14 @@
 //! Runs ffmpeg and ffprobe as child processes with bounded output: stdout
 //! kept up to a limit (and fed line by line), only the tail of stderr kept.
+//! The children die with this process and their groups with their run
+//! (`rt::process`).
 
-use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::process::Command;
 
 use super::engine::{Failure, Reason, truncate};
+use crate::rt::process::{self as child, Command};
 
 /// Bytes of stderr kept (its end).
 const STDERR_TAIL: usize = 8 << 10;
@@ -39,41 +40,35 @@ impl Finished {
     }
 }
 
-/// Runs `cmd` (the program at `program`, called `what` in failures) to its
-/// end: stdin closed, each stdout line to `on_line`, at most `keep_stdout`
-/// bytes of stdout kept (0: none, and no limit). The child is killed if the
-/// future is dropped.
+/// Runs `cmd` (called `what` in failures) to its end: stdin closed, each
+/// stdout line to `on_line`, at most `keep_stdout` bytes of stdout kept (0:
+/// none, and no limit). The child and its process group are killed if the
+/// future is dropped, and the child dies with this process.
 ///
 /// # Errors
 /// "`what` not found: ..." when the program is missing; stdout over
 /// `keep_stdout`; I/O failures.
 pub async fn run(
-    mut cmd: Command,
+    cmd: &Command,
     what: &str,
-    program: &Path,
     keep_stdout: usize,
     mut on_line: impl FnMut(&str) + Send,
 ) -> Result<Finished, Failure> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Failure::new(
-                    Reason::Failed,
-                    format!("{what} not found: {}: {e}", program.display()),
-                )
-            } else {
-                Failure::new(
-                    Reason::Failed,
-                    format!("cannot start {what} ({}): {e}", program.display()),
-                )
-            }
-        })?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let program = cmd.program();
+    let mut child = child::spawn(cmd).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Failure::new(
+                Reason::Failed,
+                format!("{what} not found: {}: {e}", program.display()),
+            )
+        } else {
+            Failure::new(
+                Reason::Failed,
+                format!("cannot start {what} ({}): {e}", program.display()),
+            )
+        }
+    })?;
+    let Some((stdout, stderr)) = child.pipes() else {
         return Err(Failure::new(
             Reason::Failed,
             format!("{what}: no pipes to the child"),
@@ -115,6 +110,13 @@ pub async fn run(
     let (stdout, overflow) = out.map_err(io)?;
     let err = err.map_err(io)?;
     let status = child.wait().await.map_err(io)?;
+    let last_error = last_line(&err);
+    if child::not_found(status, &last_error) {
+        return Err(Failure::new(
+            Reason::Failed,
+            format!("{what} not found: {}: {last_error}", program.display()),
+        ));
+    }
     if overflow {
         return Err(Failure::new(
             Reason::Failed,
@@ -124,7 +126,7 @@ pub async fn run(
     Ok(Finished {
         status,
         stdout,
-        last_error: last_line(&err),
+        last_error,
     })
 }
 

@@ -50,6 +50,9 @@ pub enum UploadError {
     /// FileUploaded could not be published.
     #[error("event bus unavailable")]
     Bus(#[source] BusError),
+    /// Recording and announcing the upload took too long; it was undone.
+    #[error("storing the upload took longer than {} s; nothing was kept", .0.as_secs())]
+    CommitTimeout(Duration),
 }
 
 impl Classify for UploadError {
@@ -65,8 +68,9 @@ impl Classify for UploadError {
             },
             Self::Blob(e) => e.kind(),
             Self::Metadata(e) => e.kind(),
-            Self::NoMetadata(_) | Self::Bus(_) => ErrorKind::Unavailable,
-            Self::Store(_) | Self::Task(_) | Self::Encode(_) => ErrorKind::Internal,
+            Self::NoMetadata(_) | Self::Bus(_) | Self::CommitTimeout(_) => ErrorKind::Unavailable,
+            Self::Store(e) => crate::sqlite::kind(&e.0),
+            Self::Task(_) | Self::Encode(_) => ErrorKind::Internal,
         }
     }
 }
@@ -116,5 +120,16 @@ mod tests {
         let status = tonic::Status::from(io);
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("EIO"), "{}", status.message());
+        // The disk's own failures: a full one, and one that fails writes.
+        let full = UploadError::Blob(BlobError::Io(std::io::Error::from_raw_os_error(28)));
+        let status = tonic::Status::from(full);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), crate::error::STORAGE_FULL_MESSAGE);
+        let eio = UploadError::Blob(BlobError::Io(std::io::Error::from_raw_os_error(5)));
+        let status = tonic::Status::from(eio);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "blob store I/O failed")
+        );
     }
 }

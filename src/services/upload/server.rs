@@ -10,10 +10,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::UploadError;
 use super::store::{Store, StoreError};
+use super::sweep::Committing;
 use crate::blob::BlobStore;
 use crate::bus::EventBus;
 use crate::bus::events::{FileUploaded, Payload};
 use crate::client::ClientPool;
+use crate::error::Classify as _;
 use crate::proto::upload_chunk::Payload as Chunk;
 use crate::proto::upload_service_server::UploadService;
 use crate::proto::{
@@ -34,6 +36,12 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const USER_ID_HEADER: &str = "x-user-id";
 /// Attempts at announcing FileUploaded before the upload is undone.
 const PUBLISH_ATTEMPTS: u32 = 3;
+/// Longest the steps after the blob's commit (record the video, record the
+/// upload, announce it) may take before the upload is undone; the orphan
+/// sweep's grace must be longer when upload instances share a blob store.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of the catalog's CreateVideo within the commit.
+const CREATE_VIDEO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The gRPC face of the upload service.
 #[derive(Clone)]
@@ -43,6 +51,7 @@ pub struct UploadServer {
     bus: Arc<dyn EventBus>,
     pool: ClientPool,
     max_size: u64,
+    committing: Committing,
 }
 
 impl std::fmt::Debug for UploadServer {
@@ -153,7 +162,8 @@ fn response(u: &UploadInfo, deduplicated: bool) -> UploadResponse {
 
 impl UploadServer {
     /// A server storing in `blobs`, recording in `store`, creating videos
-    /// through `pool` and announcing on `bus`; uploads up to `max_size`.
+    /// through `pool` and announcing on `bus`; uploads up to `max_size`,
+    /// marking each in `committing` while it commits.
     #[must_use]
     pub fn new(
         store: Arc<Mutex<Store>>,
@@ -161,6 +171,7 @@ impl UploadServer {
         bus: Arc<dyn EventBus>,
         pool: ClientPool,
         max_size: u64,
+        committing: Committing,
     ) -> Self {
         Self {
             store,
@@ -168,6 +179,7 @@ impl UploadServer {
             bus,
             pool,
             max_size,
+            committing,
         }
     }
 
@@ -243,18 +255,28 @@ impl UploadServer {
         Ok((total, sha))
     }
 
-    /// Removes what a failed upload of `video_id` left (best effort).
+    /// Removes what a failed upload of `video_id` left (best effort): its
+    /// video record (when it was, or may have been, created), its original
+    /// and its upload records.
     async fn undo(&self, video_id: &str, video_created: bool) {
         if video_created && let Ok(mut metadata) = self.pool.metadata().await {
             let req = DeleteVideoRequest {
                 video_id: video_id.to_owned(),
             };
-            if let Err(e) = metadata.delete_video(req).await {
-                tracing::warn!(video = video_id, error = %e, "undo: video record not deleted");
+            match metadata.delete_video(req).await {
+                Ok(_) => {}
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(video = video_id, error = %e, "undo: video record not deleted");
+                }
             }
         }
         if let Err(e) = self.blobs.delete(&media::original_key(video_id)).await {
             tracing::warn!(video = video_id, error = %e, "undo: original not deleted");
+        }
+        let id = video_id.to_owned();
+        if let Err(e) = self.with_store(move |s| s.delete_video(&id)).await {
+            tracing::warn!(video = video_id, error = %e, "undo: upload record not deleted");
         }
     }
 
@@ -275,8 +297,12 @@ impl UploadServer {
         ))
     }
 
-    /// Stores the data, records the video, announces it; undoes it all on
-    /// any failure.
+    /// Steps 1 and 2 of the commit (ARCHITECTURE.md, "The upload commit
+    /// order"), then 3 to 5 on a task of their own, bounded by
+    /// [`COMMIT_TIMEOUT`]: a client that goes away meanwhile cannot leave
+    /// a commit (or its undo) half done. From before the blob exists until
+    /// the record is written or the upload undone, the video is marked as
+    /// being committed, so the orphan sweep leaves its blob alone.
     async fn store_upload(
         &self,
         stream: &mut Streaming<UploadChunk>,
@@ -284,17 +310,48 @@ impl UploadServer {
         owner: String,
     ) -> Result<UploadInfo, UploadError> {
         let video_id = rt::random_hex128();
-        let key = media::original_key(&video_id);
-        let (size, sha) = self.receive(stream, &meta, &key).await?;
-        let create = CreateVideoRequest {
+        let committing = self.committing.begin(&video_id);
+        let (size, sha) = self
+            .receive(stream, &meta, &media::original_key(&video_id))
+            .await?;
+        let this = self.clone();
+        let commit = rt::spawn(async move {
+            let _committing = committing;
+            let received = Received {
+                video_id,
+                meta,
+                owner,
+                size,
+                sha,
+            };
+            match rt::timeout(COMMIT_TIMEOUT, this.record(&received)).await {
+                Ok(result) => result,
+                Err(rt::Elapsed) => {
+                    this.undo(&received.video_id, true).await;
+                    Err(UploadError::CommitTimeout(COMMIT_TIMEOUT))
+                }
+            }
+        });
+        commit.await?
+    }
+
+    /// Records the received video and announces it (steps 3 to 5); undoes
+    /// it all on any failure.
+    async fn record(&self, r: &Received) -> Result<UploadInfo, UploadError> {
+        let video_id = &r.video_id;
+        let key = media::original_key(video_id);
+        let mut create = tonic::Request::new(CreateVideoRequest {
             video_id: video_id.clone(),
-            owner_id: owner.clone(),
-            title: title_of(&meta),
-            description: meta.description.clone(),
-            content_type: meta.content_type.clone(),
-            size_bytes: size,
-            sha256_hex: sha.clone(),
-        };
+            owner_id: r.owner.clone(),
+            title: title_of(&r.meta),
+            description: r.meta.description.clone(),
+            content_type: r.meta.content_type.clone(),
+            size_bytes: r.size,
+            sha256_hex: r.sha.clone(),
+        });
+        // Within the commit's bound, so that the catalog never records the
+        // video after the upload gave up on it.
+        create.set_timeout(CREATE_VIDEO_TIMEOUT);
         let created = async {
             let mut metadata = self.pool.metadata().await?;
             metadata
@@ -304,22 +361,23 @@ impl UploadServer {
         }
         .await;
         if let Err(e) = created {
-            self.undo(&video_id, false).await;
+            // A server fault leaves unknown whether the record was made.
+            self.undo(video_id, e.kind().is_server_fault()).await;
             return Err(e);
         }
         let info = UploadInfo {
             upload_id: rt::random_hex128(),
             video_id: video_id.clone(),
-            owner_id: owner,
-            file_name: meta.file_name.clone(),
-            content_type: meta.content_type.clone(),
-            size_bytes: size,
-            sha256_hex: sha.clone(),
+            owner_id: r.owner.clone(),
+            file_name: r.meta.file_name.clone(),
+            content_type: r.meta.content_type.clone(),
+            size_bytes: r.size,
+            sha256_hex: r.sha.clone(),
             blob_key: key.clone(),
             created_at_ms: i64::try_from(rt::unix_ms()).unwrap_or(i64::MAX),
         };
         let record = info.clone();
-        let idem = (!meta.idempotency_key.is_empty()).then(|| meta.idempotency_key.clone());
+        let idem = (!r.meta.idempotency_key.is_empty()).then(|| r.meta.idempotency_key.clone());
         let recorded = self
             .with_store(move |s| s.insert(&record, idem.as_deref()))
             .await;
@@ -328,23 +386,30 @@ impl UploadServer {
                 let event = FileUploaded {
                     video_id: video_id.clone(),
                     blob_key: key,
-                    size_bytes: size,
-                    content_type: meta.content_type,
-                    sha256_hex: sha,
+                    size_bytes: r.size,
+                    content_type: r.meta.content_type.clone(),
+                    sha256_hex: r.sha.clone(),
                 };
                 self.publish(&event).await
             }
             Err(e) => Err(e),
         };
         if let Err(e) = announced {
-            self.undo(&video_id, true).await;
-            let upload_id = info.upload_id.clone();
-            let _ = self.with_store(move |s| s.delete(&upload_id)).await;
+            self.undo(video_id, true).await;
             return Err(e);
         }
-        tracing::info!(video = %video_id, bytes = size, "upload stored");
+        tracing::info!(video = %video_id, bytes = r.size, "upload stored");
         Ok(info)
     }
+}
+
+/// An upload whose blob is committed (steps 1 and 2 done).
+struct Received {
+    video_id: String,
+    meta: UploadMetadata,
+    owner: String,
+    size: u64,
+    sha: String,
 }
 
 #[tonic::async_trait]

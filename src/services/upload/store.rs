@@ -10,7 +10,7 @@ use crate::proto::UploadInfo;
 /// SQLite failed.
 #[derive(Debug, thiserror::Error)]
 #[error("upload records failed")]
-pub struct StoreError(#[from] rusqlite::Error);
+pub struct StoreError(#[from] pub rusqlite::Error);
 
 /// The upload records.
 #[derive(Debug)]

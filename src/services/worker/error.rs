@@ -108,11 +108,10 @@ impl Classify for WorkerError {
             Self::Full(_) | Self::TooManyWatches => ErrorKind::Exhausted,
             Self::WatchEnded => ErrorKind::DeadlineExceeded,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::Sqlite(_)
-            | Self::Dir { .. }
-            | Self::Record { .. }
-            | Self::TooManyRecords(_)
-            | Self::Task(_) => ErrorKind::Internal,
+            Self::Sqlite(e) => crate::sqlite::kind(e),
+            Self::Dir { .. } | Self::Record { .. } | Self::TooManyRecords(_) | Self::Task(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }

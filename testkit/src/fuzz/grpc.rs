@@ -113,6 +113,7 @@ async fn servers() -> Servers {
             bus.clone(),
             pool,
             1 << 30,
+            streamgate::services::upload::sweep::Committing::default(),
         ),
         streaming: StreamingServer::new(blobs, bus, 1000),
         transcoder: TranscoderServer::new(shared),

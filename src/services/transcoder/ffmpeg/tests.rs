@@ -38,7 +38,7 @@ fn engine(ffmpeg: &str) -> Engine {
 /// A 2 s 320x240 clip with sound, made by the real ffmpeg.
 async fn clip(dir: &Path) -> Vec<u8> {
     let path = dir.join("clip.mp4");
-    let out = Command::new("ffmpeg")
+    let out = tokio::process::Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-y"])
         .args([
             "-f",
@@ -82,6 +82,12 @@ async fn a_real_clip_becomes_hls_with_a_thumbnail_and_the_master_last() {
         .put(&media::original_key("v1"), bytes.into())
         .await
         .unwrap();
+    // What a transcode killed midway left: a rendition this one will not
+    // make, and a segment past the end of one it will.
+    let stale = ["hls/v1/720p/seg_00003.ts", "hls/v1/240p/seg_00099.ts"];
+    for key in stale {
+        store.put(key, Bytes::from_static(b"stale")).await.unwrap();
+    }
     let ctx = Context {
         blobs: store.clone(),
         work_root: scratch.path().join("work"),
@@ -90,6 +96,9 @@ async fn a_real_clip_becomes_hls_with_a_thumbnail_and_the_master_last() {
     let out = run(&engine("ffmpeg"), &ctx, &job("v1"), &seen)
         .await
         .expect("transcodes");
+    for key in stale {
+        assert!(store.size(key).await.is_err(), "{key} was replaced");
+    }
 
     assert_eq!(out.renditions.len(), 1, "a 240-line source fits 240p only");
     let r = out.renditions[0];

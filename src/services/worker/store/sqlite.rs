@@ -159,7 +159,7 @@ impl SqliteStore {
         };
         let recovered = store
             .with(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = crate::sqlite::transaction(conn, TransactionBehavior::Immediate)?;
                 let jobs = change_all(&tx, "state = 'leased'", [], |j| j.recover(now_ms))?;
                 tx.commit()?;
                 Ok(jobs)
@@ -183,7 +183,7 @@ impl SqliteStore {
     /// [`WorkerError::Full`] with `max_active` unfinished jobs; store failures.
     pub async fn submit(&self, mut job: Job, max_active: u64) -> Result<(Job, bool), WorkerError> {
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = crate::sqlite::transaction(conn, TransactionBehavior::Immediate)?;
             let existing = match job.idempotency_key.as_str() {
                 "" => None,
                 key => find(&tx, "idempotency_key", key)?,
@@ -246,7 +246,7 @@ impl SqliteStore {
     pub async fn get(&self, id: &str) -> Result<Option<Job>, WorkerError> {
         let id = id.to_owned();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = crate::sqlite::transaction(conn, TransactionBehavior::Immediate)?;
             Ok(find(&tx, "id", &id)?)
         })
         .await
@@ -263,7 +263,7 @@ impl SqliteStore {
     ) -> Result<(Job, T), WorkerError> {
         let id = id.to_owned();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = crate::sqlite::transaction(conn, TransactionBehavior::Immediate)?;
             let mut job = find(&tx, "id", &id)?.ok_or_else(|| WorkerError::NotFound(id.clone()))?;
             let out = f(&mut job).map_err(|r| WorkerError::Refused(id, r))?;
             save(&tx, &job)?;
@@ -284,7 +284,7 @@ impl SqliteStore {
         lease_ms: u64,
     ) -> Result<(Option<Job>, Vec<Job>), WorkerError> {
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = crate::sqlite::transaction(conn, TransactionBehavior::Immediate)?;
             let expired = change_all(
                 &tx,
                 "state = 'leased' AND lease_until_ms <= ?1",
