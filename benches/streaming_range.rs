@@ -257,10 +257,17 @@ mod bench {
                 kinds
                     .iter()
                     .map(|&kind| {
-                        support::plugin(kind, Common::ephemeral(), |config| {
-                            if let ServiceConfig::Auth(c) = config {
-                                c.secret = Some(secret());
+                        support::plugin(kind, Common::ephemeral(), |config| match config {
+                            ServiceConfig::Auth(c) => c.secret = Some(secret()),
+                            // One client and one account make every
+                            // request: a load test, not a player, so its
+                            // shares are the whole budget.
+                            ServiceConfig::ApiGateway(c) => {
+                                let media = c.limits.media_in_flight;
+                                c.limits.client_media_in_flight = media;
+                                c.limits.account_media_in_flight = media;
                             }
+                            _ => {}
                         })
                     })
                     .collect()

@@ -4,7 +4,9 @@
 //! events happen (breaker: on every call outcome and transition, in every
 //! node's pool; retry: every decision, and the budget over every window;
 //! registration: after every registry wipe; one transcode job per video: on
-//! every JobSubmitted; end to end: the auditor's model of every answer).
+//! every JobSubmitted; end to end: the auditor's model of every answer, and
+//! the user never refused for load it did not cause while, in half the
+//! seeds, a stalled client holds hundreds of requests open on each gateway).
 //!
 //! Safety phase: [`SAFETY`] of faults drawn by the seed. Liveness phase:
 //! after every fault has healed, within [`LIVENESS_BOUND`] every service is
@@ -25,6 +27,7 @@ mod disk;
 mod disk_faults;
 mod faults;
 mod orphans;
+mod stalled;
 mod timeline;
 mod workload;
 
@@ -42,7 +45,7 @@ use streamgate::services::ServiceKind;
 
 use crate::broker::SimBus;
 use crate::trace::announce;
-use cluster::{BROKER, CLIENT, Cluster};
+use cluster::{BROKER, CLIENT, Cluster, STALLED};
 use faults::{Plan, Shared};
 use timeline::{Kind, Timeline};
 
@@ -273,6 +276,13 @@ async fn swarm() {
         .name("client")
         .ip(CLIENT)
         .build();
+    let stalled_node = plan.stalled_clients.then(|| {
+        Handle::current()
+            .create_node()
+            .name("stalled")
+            .ip(STALLED)
+            .build()
+    });
     client
         .spawn(async move {
             let broken: Shared = Arc::default();
@@ -289,6 +299,10 @@ async fn swarm() {
             // Safety: the user acts while faults strike.
             let mut user =
                 workload::User::sign_up(tl.clone(), cluster.gateways(), SAFETY).await;
+            // Once the user is in, the stalled client holds requests open
+            // until the faults end.
+            let stalled = stalled_node
+                .map(|node| node.spawn(stalled::run(cluster.gateways(), tl.clone(), SAFETY)));
             // buggify once the cluster is up, until healing.
             if plan.buggify {
                 streamgate::rt::faults::set_buggify(true);
@@ -301,6 +315,9 @@ async fn swarm() {
                 rt::sleep(Duration::from_millis(rt::rng().gen_range(50..600))).await;
             }
             injector.await.expect("injector");
+            if let Some(stalled) = stalled {
+                stalled.await.expect("stalled client");
+            }
             while !faults::all_healed(&broken) {
                 rt::sleep(Duration::from_millis(100)).await;
             }

@@ -16,6 +16,9 @@ use crate::registry::memory::MemoryRegistry;
 use crate::services::auth::{Secret, ServiceClient, ServiceClients};
 use crate::services::{Common, ServiceConfig, ServiceKind, ServicePlugin};
 
+mod http_opts;
+pub use http_opts::HttpOpts;
+
 /// Options of a process (validated by [`NodeOpts::service_opts`]).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct NodeOpts {
@@ -54,7 +57,8 @@ pub struct NodeOpts {
     #[arg(long, env = "STREAMGATE_AUTH_CLIENTS_FILE")]
     pub auth_clients_file: Option<PathBuf>,
     /// Reverse proxies in front of the gateway whose `X-Forwarded-For`
-    /// names the client (the log-in lock-out is per client address):
+    /// names the client (the log-in lock-out and the per-client shares of
+    /// requests in flight are per client address):
     /// comma-separated IP addresses or CIDR networks, e.g.
     /// `10.0.0.0/8,::1`. Empty (the default): the header is ignored and the
     /// connection's peer is the client.
@@ -63,6 +67,9 @@ pub struct NodeOpts {
     /// The upload service's orphan sweep.
     #[command(flatten)]
     pub sweep: SweepOpts,
+    /// The public HTTP edge's limits (the api-gateway's).
+    #[command(flatten)]
+    pub http: HttpOpts,
 }
 
 /// The value of `--trusted-proxies`.
@@ -149,6 +156,8 @@ impl NodeOpts {
                     ServiceConfig::ApiGateway(c) => {
                         c.max_upload_bytes = self.max_upload_bytes;
                         c.trusted_proxies.clone_from(&self.trusted_proxies.0);
+                        c.limits = self.http.requests();
+                        c.edge = self.http.edge();
                     }
                     ServiceConfig::Upload(c) => {
                         c.max_upload_bytes = self.max_upload_bytes;
@@ -732,6 +741,7 @@ mod tests {
             auth_clients_file: None,
             trusted_proxies: TrustedProxies::default(),
             sweep: SweepOpts::default(),
+            http: HttpOpts::default(),
         }
     }
 

@@ -18,6 +18,8 @@ pub mod trace;
 pub mod transport;
 pub mod watch;
 
+#[cfg(not(madsim))]
+mod edge;
 #[cfg(madsim)]
 mod sim_transport;
 

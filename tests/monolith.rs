@@ -87,6 +87,35 @@ async fn every_service_serves_health_and_registers() {
     assert!(refused.is_err(), "a stopped service no longer answers");
 }
 
+/// Every service answers `/health` and `/ready` over plain HTTP without a
+/// service token (probes carry none): the gateway on its edge server, the
+/// others behind the gRPC stack.
+#[tokio::test]
+async fn every_service_answers_health_and_ready_to_a_plain_probe() {
+    use http_body_util::{BodyExt as _, Empty};
+    let kernel = start_all(Arc::new(MemoryRegistry::new())).await;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    for info in kernel.registrations() {
+        for (path, want) in [("/health", "ok\n"), ("/ready", r#"{"status":"ready"}"#)] {
+            let uri = format!("http://{}:{}{path}", info.address, info.port);
+            let res = http
+                .get(uri.parse().expect("a URI"))
+                .await
+                .unwrap_or_else(|e| panic!("{} {path}: {e}", info.name));
+            let status = res.status();
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(
+                (status.as_u16(), String::from_utf8_lossy(&body).as_ref()),
+                (200, want),
+                "{} {path}",
+                info.name
+            );
+        }
+    }
+    kernel.shutdown().await;
+}
+
 #[tokio::test]
 async fn cache_calls_go_through_the_pool_and_layers() {
     let kernel = start_all(Arc::new(MemoryRegistry::new())).await;

@@ -30,6 +30,9 @@ use crate::broker::{SimBus, broker_node};
 pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 1)), 4222);
 /// The client (workload and checkers) node's address.
 pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 2));
+/// The stalled client's node address (`stalled.rs`): another client
+/// address than the user's, as the gateways' per-client budgets see it.
+pub const STALLED: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 3));
 /// TTL check interval of every registration (critical after 2x).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 

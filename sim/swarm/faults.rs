@@ -94,6 +94,10 @@ pub struct Plan {
     pub buggify: bool,
     /// Seeds the fault schedule's own generator.
     pub schedule: u64,
+    /// A client keeps hundreds of requests with stalled or trickled bodies
+    /// open on every gateway (`stalled.rs`); `SWARM_STALLED=on|off`
+    /// overrides the draw.
+    pub stalled_clients: bool,
 }
 
 impl Plan {
@@ -115,18 +119,26 @@ impl Plan {
             transcode_failure_rate: [0.0, 0.1, 0.3][rng.gen_range(0..3)],
             buggify: rng.gen_bool(0.5),
             schedule: rng.r#gen(),
+            // Drawn whatever the override says, so that the rest of the
+            // seed's run stays the same with it.
+            stalled_clients: match (rng.gen_bool(0.5), std::env::var("SWARM_STALLED").as_deref()) {
+                (_, Ok("on")) => true,
+                (_, Ok("off")) => false,
+                (drawn, _) => drawn,
+            },
         }
     }
 
     /// One line saying what is on.
     pub fn describe(&self) -> String {
         format!(
-            "swarm: faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}",
+            "swarm: faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
             self.faults,
             self.gap,
             self.transcode_time,
             self.transcode_failure_rate * 100.0,
-            if self.buggify { "on" } else { "off" }
+            if self.buggify { "on" } else { "off" },
+            if self.stalled_clients { "on" } else { "off" }
         )
     }
 }

@@ -6,7 +6,10 @@
 //! may never turn it into a wrong answer: a 4xx for a valid request, a lost
 //! video, a title nobody wrote. After healing, the liveness phase requires
 //! every video to settle (ready ones with their master playlist and
-//! thumbnail served).
+//! thumbnail served). Whatever the faults, the user is never refused for
+//! load it did not cause: it has one request in flight, far within any
+//! client's share, so a gateway's "too many requests in flight" to it means
+//! another client (`stalled.rs`) starved it.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -75,6 +78,21 @@ fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or(Value::Null)
 }
 
+/// Whether `answer` refuses a request for the gateway's load (its budget of
+/// requests in flight, or a client's share of it), not for a fault.
+pub fn refused_for_load(answer: &Answer) -> bool {
+    match answer {
+        Ok((s, body))
+            if *s == StatusCode::SERVICE_UNAVAILABLE || *s == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            json(body)["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("in flight"))
+        }
+        _ => false,
+    }
+}
+
 /// Whether an answer leaves the outcome unknown (the request may or may not
 /// have taken effect): no answer, a 5xx, or shed load.
 fn unclear(answer: &Answer) -> bool {
@@ -103,11 +121,18 @@ impl User {
                 format!("Bearer {}", self.token).parse().expect("token"),
             );
         }
-        match rt::timeout(REQUEST_TIMEOUT, SimTransport.send(req, BODY_LIMIT)).await {
+        let answer = match rt::timeout(REQUEST_TIMEOUT, SimTransport.send(req, BODY_LIMIT)).await {
             Ok(Ok(res)) => Ok((res.status(), res.into_body())),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("timed out".to_owned()),
+        };
+        if refused_for_load(&answer) {
+            self.wrong(
+                &format!("{path}: refused for load the user did not cause"),
+                &answer,
+            );
         }
+        answer
     }
 
     async fn get(&self, path: &str) -> Answer {

@@ -30,8 +30,9 @@ pub const MAX_TOKEN_LEN: usize = 512;
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Clock skew tolerated between services.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
-/// Paths served without a token (stock health probes and metric scrapers carry none).
-pub const EXEMPT_PREFIXES: [&str; 3] = ["/grpc.health.v1.Health/", "/health", "/metrics"];
+/// Paths served without a token (stock health and readiness probes and
+/// metric scrapers carry none).
+pub const EXEMPT_PREFIXES: [&str; 4] = ["/grpc.health.v1.Health/", "/health", "/ready", "/metrics"];
 
 /// A signing key with its id.
 #[derive(Clone)]
@@ -200,7 +201,7 @@ pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<String, AuthE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
 
-/// Server side: verifies the token of every call (health exempt).
+/// Server side: verifies the token of every call (health, readiness and metrics exempt).
 #[derive(Debug, Clone)]
 pub struct VerifyLayer {
     keys: Arc<Keyring>,

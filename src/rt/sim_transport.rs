@@ -358,11 +358,6 @@ where
     let deadline = now() + limit;
     let body = body_from_reader(reader, deadline, peer, AbortOnDrop(None));
     let mut request = Request::new(body);
-    // What tonic's server records as `TcpConnectInfo`: the gateway keys
-    // log-in lock-outs by it.
-    request
-        .extensions_mut()
-        .insert(super::transport::PeerAddr(peer));
     *request.method_mut() = if head.method.is_empty() {
         Method::POST
     } else {
@@ -373,6 +368,9 @@ where
     };
     *request.version_mut() = Version::HTTP_2;
     *request.headers_mut() = headers;
+    request
+        .extensions_mut()
+        .insert(super::transport::PeerAddr(peer));
     match head.path.parse() {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => return,

@@ -1,13 +1,15 @@
-//! The gRPC transport seam: a client [`Channel`] and a server loop ([`serve`]).
+//! The transport seam: a client [`Channel`], the gRPC server loop
+//! ([`serve`]) and the public HTTP edge's ([`serve_edge`]).
 //!
-//! In production both are tonic's HTTP/2 transport over tokio sockets. Under
-//! madsim they are `super::sim_transport`: the same tonic-generated clients
-//! and servers, the same tower layers and prost-encoded bytes, carried over
-//! madsim's simulated TCP instead of hyper.
+//! In production the first two are tonic's HTTP/2 transport over tokio
+//! sockets, and the edge is `super::edge` (hyper, with connection caps and
+//! timeouts). Under madsim all three are `super::sim_transport`: the same
+//! tonic-generated clients and servers, the same tower layers and
+//! prost-encoded bytes, carried over madsim's simulated TCP instead of hyper.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -21,6 +23,78 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest HTTP/2 frame either side accepts (the protocol's default is
 /// 16 KiB): a 1 MiB chunk of a video then crosses in 4 frames, not 64.
 pub const MAX_FRAME_BYTES: u32 = 256 << 10;
+
+/// The address a request came from (its TCP peer): a request extension the
+/// server loops set, in production and in the simulator alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl PeerAddr {
+    /// The client as per-client limits count it (see [`client_of`]).
+    #[must_use]
+    pub fn client(self) -> IpAddr {
+        client_of(self.0.ip())
+    }
+}
+
+/// The client an address belongs to, for per-client limits: an IPv4 address
+/// itself (an IPv4-mapped IPv6 address too), an IPv6 address's /64 prefix
+/// (a host is usually given a whole /64, so counting single addresses
+/// would give one client 2^64 shares).
+#[must_use]
+pub fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
+/// What the public HTTP edge ([`serve_edge`]) allows each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// Connections open at once, in all (more get 503).
+    pub max_connections: usize,
+    /// Connections open at once from one client ([`client_of`]; more get 429).
+    pub max_connections_per_client: usize,
+    /// From the first byte of a request head to its last.
+    pub header_timeout: Duration,
+    /// How long a connection with no request in flight stays open.
+    pub idle_timeout: Duration,
+    /// How long a write may wait for the client to take bytes.
+    pub send_timeout: Duration,
+}
+
+impl EdgeLimits {
+    /// Default of [`EdgeLimits::max_connections`]: within the 1024 file
+    /// descriptors a process is commonly allowed, less the service's own.
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// Default of [`EdgeLimits::max_connections_per_client`]: a browser
+    /// opens 6 per host, so a NAT with 20 busy browsers behind it fits.
+    pub const MAX_CONNECTIONS_PER_CLIENT: usize = 128;
+    /// Default of [`EdgeLimits::header_timeout`].
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of [`EdgeLimits::idle_timeout`] (nginx keeps 75 s).
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default of [`EdgeLimits::send_timeout`] (nginx waits 60 s).
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::MAX_CONNECTIONS,
+            max_connections_per_client: Self::MAX_CONNECTIONS_PER_CLIENT,
+            header_timeout: Self::HEADER_TIMEOUT,
+            idle_timeout: Self::IDLE_TIMEOUT,
+            send_timeout: Self::SEND_TIMEOUT,
+        }
+    }
+}
 
 /// A cheap-to-clone client channel to one address; tonic-generated clients
 /// are generic over it (`XServiceClient<Channel>`).
@@ -46,12 +120,6 @@ pub fn channel(addr: SocketAddr) -> Channel {
         super::sim_transport::SimChannel::new(addr)
     }
 }
-
-/// The peer address of a served request's connection, in its extensions.
-/// The simulator's transport inserts it; tonic's inserts its own
-/// `TcpConnectInfo`, which [`peer_addr`] reads as well.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// The peer address of the connection a served request came on, if the
 /// transport recorded it (requests made in-process have none).
@@ -146,5 +214,71 @@ where
         super::sim_transport::serve(listener.inner, layer.layer(routes.prepare()), shutdown)
             .await
             .map_err(|e| TransportError(Box::new(e)))
+    }
+}
+
+/// Serves the public HTTP edge: `routes` behind `layer` on `listener`,
+/// HTTP/1.1 and HTTP/2 on one port, within `limits`, until `shutdown`
+/// resolves; then drains the connections already accepted. Each request
+/// carries its [`PeerAddr`].
+///
+/// Under madsim this is the simulated transport's loop, which keeps none of
+/// `limits`: it opens one connection per call, and madsim's TCP never makes
+/// a writer wait, so a client that does not read cannot hold a response
+/// there. What it does model are request bodies that come slowly or never
+/// (the deadlines above the transport run on the simulated clock).
+///
+/// # Errors
+/// The accept loop failed (the simulator's; production's never does: a
+/// failed accept is logged and retried).
+pub async fn serve_edge<L, ResBody>(
+    listener: Listener,
+    routes: Routes,
+    layer: L,
+    limits: EdgeLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError>
+where
+    L: Layer<Routes> + Clone,
+    L::Service: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    <L::Service as Service<Request<Body>>>::Error: Into<crate::rt::BoxError> + Send,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<crate::rt::BoxError> + Send,
+{
+    let svc = layer.layer(routes.prepare());
+    #[cfg(not(madsim))]
+    {
+        super::edge::serve(listener.inner, svc, limits, shutdown).await;
+        Ok(())
+    }
+    #[cfg(madsim)]
+    {
+        let _ = limits;
+        super::sim_transport::serve(listener.inner, svc, shutdown)
+            .await
+            .map_err(|e| TransportError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_addresses_or_ipv6_prefixes() {
+        let v4: IpAddr = "203.0.113.7".parse().expect("ip");
+        assert_eq!(client_of(v4), v4);
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().expect("ip");
+        assert_eq!(client_of(mapped), v4);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(
+            client_of(a),
+            "2001:db8:1:2::".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(client_of(a), client_of(b), "one /64, one client");
+        assert_ne!(client_of(a), client_of(other));
     }
 }

@@ -7,11 +7,13 @@ use axum::extract::rejection::PathRejection;
 use axum::routing::{get, post};
 
 use crate::kernel::{KernelError, Runtime};
+use crate::rt::transport::EdgeLimits;
 use crate::services::{Common, Domain, media};
 
 mod accounts;
 pub mod bearer;
 pub mod client_addr;
+pub mod deadline;
 pub mod error;
 mod jobs;
 mod json;
@@ -37,6 +39,10 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` names the client (reverse proxies);
     /// empty: the header is ignored ([`client_addr`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Requests in flight and body deadlines (the router's limits).
+    pub limits: limit::RequestLimits,
+    /// Connections and their timeouts (the edge server's limits).
+    pub edge: EdgeLimits,
 }
 
 impl Default for Config {
@@ -44,6 +50,8 @@ impl Default for Config {
         Self {
             max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
             trusted_proxies: Vec::new(),
+            limits: limit::RequestLimits::default(),
+            edge: EdgeLimits::default(),
         }
     }
 }
@@ -83,8 +91,9 @@ fn video_id(path: IdPath) -> Result<String, ApiError> {
     Ok(id)
 }
 
-/// The API's routes over `rt`'s client pool: the account routes open, every
-/// other `/v1/` route behind the bearer-token check; no trusted proxies.
+/// The API's routes over `runtime`'s client pool with the default limits:
+/// the account routes open, every other `/v1/` route behind the
+/// bearer-token check; no trusted proxies.
 pub fn router(runtime: Runtime, max_upload_bytes: u64) -> Router {
     router_with(
         runtime,
@@ -97,6 +106,16 @@ pub fn router(runtime: Runtime, max_upload_bytes: u64) -> Router {
 
 /// [`router`] with every setting of `config`.
 pub fn router_with(runtime: Runtime, config: &Config) -> Router {
+    routes(
+        runtime,
+        config,
+        limit::Limits::behind(config.limits, &config.trusted_proxies),
+    )
+}
+
+/// The API's routes (see [`router`]) with `config`'s settings, within
+/// `limits` (shared with the readiness check).
+pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Router {
     let verifier = bearer::Verifier::new(runtime.clone());
     let api = Api {
         runtime,
@@ -104,7 +123,6 @@ pub fn router_with(runtime: Runtime, config: &Config) -> Router {
         located: std::sync::Arc::default(),
         trusted_proxies: client_addr::TrustedProxies(config.trusted_proxies.clone().into()),
     };
-    let limits = limit::Limits::new(limit::MAX_IN_FLIGHT);
     let accounts = Router::new()
         .route("/v1/auth/signup", post(accounts::signup))
         .route("/v1/auth/login", post(accounts::login))
@@ -134,6 +152,12 @@ pub fn router_with(runtime: Runtime, config: &Config) -> Router {
         .route("/v1/videos/{id}/job", get(jobs::of_video))
         .route("/v1/jobs/{job_id}", get(jobs::get))
         .route("/v1/status", get(status::status))
+        // Layers added later run first: the bearer check names the account
+        // whose share the request then takes.
+        .route_layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            limit::per_account,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             verifier,
             bearer::require,
@@ -155,8 +179,10 @@ pub async fn not_found() -> ApiError {
     ApiError::new(http::StatusCode::NOT_FOUND, "no such route")
 }
 
-/// The service's public HTTP routes, and the consumers that invalidate
-/// cached videos on Metadata* events.
+/// The service's public HTTP routes with the edge's limits and a readiness
+/// check (not ready while a budget of requests in flight is nearly used
+/// up), and the consumers that invalidate cached videos on Metadata*
+/// events.
 ///
 /// # Errors
 /// The bus refused a subscription.
@@ -168,8 +194,12 @@ pub async fn domain(
     let subscriptions = video_cache::subscribe(runtime)
         .await
         .map_err(|e| KernelError::start("api-gateway", "the event bus", e))?;
+    let limits = limit::Limits::behind(config.limits, &config.trusted_proxies);
+    let saturated = limits.clone();
     Ok(Domain {
-        http: Some(router_with(runtime.clone(), config)),
+        http: Some(routes(runtime.clone(), config, limits)),
+        edge: config.edge,
+        ready: Some(std::sync::Arc::new(move || saturated.saturated())),
         background: crate::services::Background {
             subscriptions,
             tasks: Vec::new(),
@@ -190,3 +220,7 @@ mod router_auth_tests;
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_cache_tests.rs"]
 mod router_cache_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_limit_tests.rs"]
+mod router_limit_tests;

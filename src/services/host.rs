@@ -4,12 +4,17 @@
 //! back a [`RunningService`] to stop.
 //!
 //! Every service process serves, on one port: its gRPC services, the standard
-//! `grpc.health.v1.Health` service, and HTTP `GET /health` and `/metrics`.
+//! `grpc.health.v1.Health` service, and HTTP `GET /health` (liveness),
+//! `/ready` (readiness) and `/metrics`.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use axum::response::{IntoResponse as _, Response};
 
 use tokio::sync::oneshot;
 use tonic::service::Routes;
@@ -21,6 +26,7 @@ use crate::bus::Subscription;
 use crate::kernel::{KernelError, Runtime};
 use crate::middleware::stack::{self, Deadlines};
 use crate::registry::{CheckStyle, ServiceInfo};
+use crate::rt::transport::EdgeLimits;
 use crate::rt::{self, transport};
 
 /// What every service instance is given besides its own [`Config`]:
@@ -118,6 +124,8 @@ pub struct RunningService {
     shutdown: Option<oneshot::Sender<()>>,
     task: rt::JoinHandle<Result<(), transport::TransportError>>,
     background: Background,
+    /// Set once stopping: `/ready` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 /// A service's work besides answering calls: event consumers and loops.
@@ -171,13 +179,54 @@ pub struct Domain {
     /// Their names, reported by the health service.
     pub grpc_names: Vec<&'static str>,
     /// Public HTTP routes (the gateway's API): served beside the gRPC
-    /// routes, outside the service-to-service layers.
+    /// routes, outside the service-to-service layers, by the edge server.
     pub http: Option<axum::Router>,
+    /// The edge server's limits, when there are public HTTP routes.
+    pub edge: EdgeLimits,
+    /// Why the service should get no traffic now, if anything says so (the
+    /// gateway: a budget of requests in flight nearly used up); `/ready`
+    /// asks it.
+    pub ready: Option<ReadyCheck>,
     /// Consumers and loops to stop on shutdown.
     pub background: Background,
     /// Methods (by path) allowed a deadline past the usual maximum (the
     /// upload stream).
     pub long_calls: Vec<(&'static str, Duration)>,
+}
+
+/// Says why a service is not ready (`Some(reason)`), or `None`.
+pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// What `/ready` looks at.
+#[derive(Clone)]
+struct Readiness {
+    draining: Arc<AtomicBool>,
+    check: Option<ReadyCheck>,
+}
+
+impl Readiness {
+    /// Why the service is not ready, or `None`: the one place readiness is
+    /// decided (dependency checks would join here).
+    fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining: the service is stopping".to_owned());
+        }
+        self.check.as_ref().and_then(|check| check())
+    }
+}
+
+/// `GET /ready`: 200 `{"status":"ready"}`, or 503 with a JSON body saying
+/// why not. `/health` stays liveness: a saturated or draining service is
+/// alive, and restarting it would not help.
+async fn ready(readiness: Readiness) -> Response {
+    match readiness.not_ready() {
+        None => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Some(why) => gateway::ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}"),
+        )
+        .into_response(),
+    }
 }
 
 impl std::fmt::Debug for Domain {
@@ -201,8 +250,10 @@ impl RunningService {
         self.local_addr
     }
 
-    /// Reports NOT_SERVING on the health service (before draining).
+    /// Reports NOT_SERVING on the health service and not ready on `/ready`
+    /// (before draining).
     pub async fn set_not_serving(&self) {
+        self.draining.store(true, Ordering::Relaxed);
         set_status(&self.health, &self.grpc_names, ServingStatus::NotServing).await;
     }
 
@@ -248,8 +299,9 @@ async fn set_status(health: &HealthReporter, names: &[&'static str], status: Ser
 
 /// Hosts one service: binds `common.listen`, builds the service's
 /// [`Domain`] (`domain`, run once the port is held), serves its routes,
-/// health and `/health` behind the server layer stack
-/// ([`crate::middleware::stack`]), and reports SERVING. Returns once it
+/// health, `/health` and `/ready` behind the server layer stack
+/// ([`crate::middleware::stack`]; public HTTP routes on the edge server,
+/// [`transport::serve_edge`]), and reports SERVING. Returns once it
 /// answers.
 ///
 /// # Errors
@@ -277,13 +329,24 @@ pub async fn serve(
         routes,
         grpc_names,
         http,
+        edge,
+        ready: check,
         background,
         long_calls,
     } = domain.await?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness {
+        draining: draining.clone(),
+        check,
+    };
     let router = routes
         .add_service(health_svc)
         .into_axum_router()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            axum::routing::get(move || ready(readiness.clone())),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || async move { metrics.render() }),
@@ -295,10 +358,11 @@ pub async fn serve(
         let _ = rx.await;
     };
     let task = match http {
-        Some(http) => rt::spawn(transport::serve(
+        Some(http) => rt::spawn(transport::serve_edge(
             listener,
             Routes::from(router.fallback(gateway::not_found).merge(http)),
             stack::public_http(runtime.metrics.clone()),
+            edge,
             shutdown,
         )),
         None => rt::spawn(transport::serve(
@@ -344,5 +408,53 @@ pub async fn serve(
         shutdown: Some(tx),
         task,
         background,
+        draining,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    async fn answer(readiness: &Readiness) -> (http::StatusCode, serde_json::Value) {
+        let res = ready(readiness.clone()).await;
+        let status = res.status();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&body).expect("a JSON body"))
+    }
+
+    #[tokio::test]
+    async fn ready_answers_why_not() {
+        let saturated = Arc::new(AtomicBool::new(false));
+        let flag = saturated.clone();
+        let readiness = Readiness {
+            draining: Arc::new(AtomicBool::new(false)),
+            check: Some(Arc::new(move || {
+                flag.load(Ordering::Relaxed)
+                    .then(|| "API requests in flight: 240 of 256".to_owned())
+            })),
+        };
+        assert_eq!(
+            answer(&readiness).await,
+            (http::StatusCode::OK, serde_json::json!({"status": "ready"}))
+        );
+        saturated.store(true, Ordering::Relaxed);
+        assert_eq!(
+            answer(&readiness).await,
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "not ready: API requests in flight: 240 of 256"})
+            )
+        );
+        saturated.store(false, Ordering::Relaxed);
+        readiness.draining.store(true, Ordering::Relaxed);
+        assert_eq!(
+            answer(&readiness).await,
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "not ready: draining: the service is stopping"})
+            )
+        );
+    }
 }

@@ -10,12 +10,14 @@ use http_body_util::BodyExt as _;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
+use super::deadline::BodyTimedOut;
 use super::error::ApiError;
 
 /// Largest JSON request body.
 pub const MAX_JSON_BYTES: usize = 64 << 10;
 
-/// Reads a body of at most [`MAX_JSON_BYTES`] (413 beyond, 400 if it fails).
+/// Reads a body of at most [`MAX_JSON_BYTES`] (413 beyond, 408 past the
+/// router's body deadline, 400 if it fails otherwise).
 pub(super) async fn bytes(body: Body) -> Result<bytes::Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
     match limited.collect().await {
@@ -24,10 +26,16 @@ pub(super) async fn bytes(body: Body) -> Result<bytes::Bytes, ApiError> {
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body: exceeds {MAX_JSON_BYTES} bytes"),
         )),
-        Err(e) => {
-            tracing::debug!(error = %e, "request body failed");
-            Err(ApiError::bad_request("body: incomplete"))
-        }
+        Err(e) => match BodyTimedOut::find(&*e) {
+            Some(timed_out) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                timed_out.to_string(),
+            )),
+            None => {
+                tracing::debug!(error = %e, "request body failed");
+                Err(ApiError::bad_request("body: incomplete"))
+            }
+        },
     }
 }
 

@@ -29,7 +29,7 @@ use crate::services::{self, Common, ServiceConfig, media};
 pub(super) struct Fixture {
     pub(super) app: axum::Router,
     pub(super) runtime: Runtime,
-    blobs: Arc<dyn BlobStore>,
+    pub(super) blobs: Arc<dyn BlobStore>,
     pub(super) token: String,
     /// The user the token is for.
     pub(super) user_id: String,
@@ -149,7 +149,21 @@ pub(super) fn error_of(body: &Bytes) -> String {
 #[tokio::test]
 async fn many_concurrent_range_reads_get_their_bytes() {
     use futures::StreamExt as _;
-    let f = fixture().await;
+    let mut f = fixture().await;
+    // One account makes every read: a load test, so its share is the
+    // whole media budget.
+    let limits = super::limit::RequestLimits::default();
+    f.app = super::router_with(
+        f.runtime.clone(),
+        &super::Config {
+            max_upload_bytes: 1000,
+            limits: super::limit::RequestLimits {
+                account_media_in_flight: limits.media_in_flight,
+                ..limits
+            },
+            ..super::Config::default()
+        },
+    );
     const RANGE: usize = 256 << 10;
     let file: Bytes = (0..4 * RANGE)
         .map(|i| (i % 251) as u8)

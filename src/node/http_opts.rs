@@ -1,0 +1,163 @@
+//! The public HTTP edge's options (`--http-*`): what one client may hold of
+//! the gateway, in connections, requests in flight and time. Read by the
+//! api-gateway only; every other service ignores them.
+
+use std::time::Duration;
+
+use crate::rt::transport::EdgeLimits;
+use crate::services::gateway::limit::RequestLimits;
+
+/// A count option: at least 1.
+fn count() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=1_000_000)
+}
+
+/// A duration option in milliseconds: at least 1 ms, at most a day.
+fn millis() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=86_400_000)
+}
+
+#[allow(clippy::cast_possible_truncation)] // the parsers bound them to 1_000_000
+fn usize_of(n: u64) -> usize {
+    n as usize
+}
+
+/// How much of the gateway one client may hold (api-gateway only).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Public HTTP edge (api-gateway)")]
+pub struct HttpOpts {
+    /// Connections open at once, in all; past it a new one is answered 503
+    /// (a JSON body) and closed.
+    #[arg(long, env = "STREAMGATE_HTTP_MAX_CONNECTIONS", default_value_t = EdgeLimits::MAX_CONNECTIONS as u64, value_parser = count())]
+    pub http_max_connections: u64,
+    /// Connections open at once from one client address (an IPv6 client: its
+    /// /64); past it a new one is answered 429 and closed.
+    #[arg(long, env = "STREAMGATE_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = EdgeLimits::MAX_CONNECTIONS_PER_CLIENT as u64, value_parser = count())]
+    pub http_max_connections_per_client: u64,
+    /// Longest time from the first byte of a request head to its last, in
+    /// ms; then the connection is closed.
+    #[arg(long, env = "STREAMGATE_HTTP_HEADER_TIMEOUT_MS", default_value_t = EdgeLimits::HEADER_TIMEOUT.as_millis() as u64, value_parser = millis())]
+    pub http_header_timeout_ms: u64,
+    /// How long a connection with no request in flight stays open, in ms.
+    #[arg(long, env = "STREAMGATE_HTTP_IDLE_TIMEOUT_MS", default_value_t = EdgeLimits::IDLE_TIMEOUT.as_millis() as u64, value_parser = millis())]
+    pub http_idle_timeout_ms: u64,
+    /// How long a response may wait for the client to take bytes, in ms;
+    /// then the connection is cut (a client that stops reading).
+    #[arg(long, env = "STREAMGATE_HTTP_SEND_TIMEOUT_MS", default_value_t = EdgeLimits::SEND_TIMEOUT.as_millis() as u64, value_parser = millis())]
+    pub http_send_timeout_ms: u64,
+    /// How long a request body may take to arrive whole, in ms; then 408
+    /// (uploads instead: 60 s without a byte).
+    #[arg(long, env = "STREAMGATE_HTTP_BODY_TIMEOUT_MS", default_value_t = RequestLimits::BODY_TIMEOUT.as_millis() as u64, value_parser = millis())]
+    pub http_body_timeout_ms: u64,
+    /// API requests (all but media) in flight at once, in all; past it 503.
+    #[arg(long, env = "STREAMGATE_HTTP_API_IN_FLIGHT", default_value_t = RequestLimits::API_IN_FLIGHT as u64, value_parser = count())]
+    pub http_api_in_flight: u64,
+    /// Media requests (originals, HLS, thumbnails) in flight at once, in
+    /// all; past it 503.
+    #[arg(long, env = "STREAMGATE_HTTP_MEDIA_IN_FLIGHT", default_value_t = RequestLimits::MEDIA_IN_FLIGHT as u64, value_parser = count())]
+    pub http_media_in_flight: u64,
+    /// API requests in flight from one client address; past it 429.
+    #[arg(long, env = "STREAMGATE_HTTP_CLIENT_API_IN_FLIGHT", default_value_t = RequestLimits::CLIENT_API_IN_FLIGHT as u64, value_parser = count())]
+    pub http_client_api_in_flight: u64,
+    /// Media requests in flight from one client address; past it 429.
+    #[arg(long, env = "STREAMGATE_HTTP_CLIENT_MEDIA_IN_FLIGHT", default_value_t = RequestLimits::CLIENT_MEDIA_IN_FLIGHT as u64, value_parser = count())]
+    pub http_client_media_in_flight: u64,
+    /// API requests in flight for one account; past it 429.
+    #[arg(long, env = "STREAMGATE_HTTP_ACCOUNT_API_IN_FLIGHT", default_value_t = RequestLimits::ACCOUNT_API_IN_FLIGHT as u64, value_parser = count())]
+    pub http_account_api_in_flight: u64,
+    /// Media requests in flight for one account; past it 429.
+    #[arg(long, env = "STREAMGATE_HTTP_ACCOUNT_MEDIA_IN_FLIGHT", default_value_t = RequestLimits::ACCOUNT_MEDIA_IN_FLIGHT as u64, value_parser = count())]
+    pub http_account_media_in_flight: u64,
+}
+
+impl Default for HttpOpts {
+    /// The options' defaults: the limits' own.
+    fn default() -> Self {
+        Self::from_limits(EdgeLimits::default(), RequestLimits::default())
+    }
+}
+
+impl HttpOpts {
+    /// The options that give `edge` and `requests`.
+    #[must_use]
+    pub fn from_limits(edge: EdgeLimits, requests: RequestLimits) -> Self {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            http_max_connections: edge.max_connections as u64,
+            http_max_connections_per_client: edge.max_connections_per_client as u64,
+            http_header_timeout_ms: millis(edge.header_timeout),
+            http_idle_timeout_ms: millis(edge.idle_timeout),
+            http_send_timeout_ms: millis(edge.send_timeout),
+            http_body_timeout_ms: millis(requests.body_timeout),
+            http_api_in_flight: requests.api_in_flight as u64,
+            http_media_in_flight: requests.media_in_flight as u64,
+            http_client_api_in_flight: requests.client_api_in_flight as u64,
+            http_client_media_in_flight: requests.client_media_in_flight as u64,
+            http_account_api_in_flight: requests.account_api_in_flight as u64,
+            http_account_media_in_flight: requests.account_media_in_flight as u64,
+        }
+    }
+
+    /// The edge server's limits.
+    #[must_use]
+    pub fn edge(&self) -> EdgeLimits {
+        EdgeLimits {
+            max_connections: usize_of(self.http_max_connections),
+            max_connections_per_client: usize_of(self.http_max_connections_per_client),
+            header_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
+            send_timeout: Duration::from_millis(self.http_send_timeout_ms),
+        }
+    }
+
+    /// The router's limits.
+    #[must_use]
+    pub fn requests(&self) -> RequestLimits {
+        RequestLimits {
+            api_in_flight: usize_of(self.http_api_in_flight),
+            media_in_flight: usize_of(self.http_media_in_flight),
+            client_api_in_flight: usize_of(self.http_client_api_in_flight),
+            client_media_in_flight: usize_of(self.http_client_media_in_flight),
+            account_api_in_flight: usize_of(self.http_account_api_in_flight),
+            account_media_in_flight: usize_of(self.http_account_media_in_flight),
+            body_timeout: Duration::from_millis(self.http_body_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        http: HttpOpts,
+    }
+
+    #[test]
+    fn the_defaults_are_the_limits_defaults() {
+        let cli = Cli::try_parse_from(["x"]).expect("defaults");
+        assert_eq!(cli.http.edge(), EdgeLimits::default());
+        assert_eq!(cli.http.requests(), RequestLimits::default());
+        assert_eq!(cli.http, HttpOpts::default());
+    }
+
+    #[test]
+    fn options_set_the_limits_and_zero_is_refused() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--http-send-timeout-ms",
+            "1500",
+            "--http-account-media-in-flight",
+            "3",
+        ])
+        .expect("valid");
+        assert_eq!(cli.http.edge().send_timeout, Duration::from_millis(1500));
+        assert_eq!(cli.http.requests().account_media_in_flight, 3);
+        for zero in ["--http-max-connections", "--http-body-timeout-ms"] {
+            assert!(Cli::try_parse_from(["x", zero, "0"]).is_err(), "{zero} 0");
+        }
+    }
+}

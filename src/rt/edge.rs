@@ -1,0 +1,334 @@
+//! The public HTTP edge server (production): hyper 1 serving HTTP/1.1 and
+//! HTTP/2 on one port from an accept loop of our own, so that no client can
+//! hold the server: caps on open connections (in all, and per client), a
+//! deadline for each request head, an idle timeout for kept-alive
+//! connections and a send timeout for responses the client does not take.
+//!
+//! Each connection has a watchdog ([`io::Activity`]): idle (no request in
+//! flight, no byte of the next) for `idle_timeout`, or a request head begun
+//! and not whole after `header_timeout`, closes it. A connection over a cap
+//! is answered with a short HTTP/1.1 429 (this client's share) or 503 (the
+//! server's) with a JSON body, then closed. Under madsim the simulated
+//! transport serves instead (`sim_transport`, see [`super::transport::serve_edge`]).
+
+mod conns;
+mod io;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tonic::body::Body;
+use tower::Service;
+
+use conns::{Connections, Refusal};
+use io::{Activity, EdgeIo};
+
+use super::transport::{EdgeLimits, MAX_FRAME_BYTES, PeerAddr, client_of};
+use super::{BoxError, now, sleep, sleep_until, spawn, timeout};
+
+/// Connections over a cap being answered at once; past it, one is closed
+/// without an answer (answering costs a task and a socket for a second).
+const MAX_REFUSING: usize = 256;
+/// How long answering a refused connection may take in all.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// What is read (and dropped) of a refused connection's request after the
+/// answer, so that closing it does not reset the answer away.
+const REFUSAL_DRAIN_BYTES: usize = 16 << 10;
+/// Pause after a failed accept (out of file descriptors, say) before the
+/// next, so that the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most streams one HTTP/2 connection may have open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// Serves `svc` on `listener` within `limits` until `shutdown` resolves;
+/// then stops accepting, lets each connection finish the requests it has
+/// (HTTP/2: GOAWAY) and returns once all are closed. Dropping the future
+/// closes every connection at once.
+pub(super) async fn serve<S, B>(
+    listener: TcpListener,
+    svc: S,
+    limits: EdgeLimits,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let connections = Arc::new(Connections::new(
+        limits.max_connections,
+        limits.max_connections_per_client,
+    ));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let builder = Arc::new(builder());
+    // true: finish what you have and close; the sender dropped: close now.
+    let (stop, stopping) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Responses are written whole; waiting to coalesce them only adds latency.
+        let _ = stream.set_nodelay(true);
+        match connections.open(client_of(peer.ip())) {
+            Ok(open) => {
+                let conn = Connection {
+                    svc: svc.clone(),
+                    peer,
+                    limits,
+                    builder: builder.clone(),
+                    stopping: stopping.clone(),
+                };
+                spawn(conn.run(stream, open));
+            }
+            Err(refusal) => {
+                if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                    spawn(async move {
+                        refuse(stream, refusal, peer.ip()).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    connections.all_closed().await;
+}
+
+/// hyper's connection settings: HTTP/1.1 without hyper's own head timeout
+/// (the watchdog has one that does not also cut idle connections), and
+/// HTTP/2 with the transport's frame size.
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().header_read_timeout(None).keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_frame_size(MAX_FRAME_BYTES)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    builder
+}
+
+/// One accepted connection and what it needs to be served.
+struct Connection<S> {
+    svc: S,
+    peer: SocketAddr,
+    limits: EdgeLimits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl<S> Connection<S> {
+    /// Serves the connection until it ends, its watchdog closes it, or the
+    /// server stops; `_open` counts it meanwhile.
+    async fn run<B>(mut self, stream: TcpStream, _open: conns::Open)
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let limits = self.limits;
+        let activity = Arc::new(Activity::new(now()));
+        let io = TokioIo::new(EdgeIo::new(stream, activity.clone(), limits.send_timeout));
+        let svc = TowerToHyperService::new(Tracked {
+            inner: self.svc,
+            peer: self.peer,
+            activity: activity.clone(),
+        });
+        let mut conn = pin!(self.builder.serve_connection(io, svc));
+        let mut graceful = *self.stopping.borrow_and_update();
+        if graceful {
+            conn.as_mut().graceful_shutdown();
+        }
+        // While requests are in flight there is no deadline here; look again
+        // this often.
+        let recheck = limits.header_timeout.min(limits.idle_timeout);
+        loop {
+            let wake = activity
+                .expires(limits.idle_timeout, limits.header_timeout)
+                .unwrap_or_else(|| now() + recheck);
+            tokio::select! {
+                biased;
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.stopping.changed() => match changed {
+                    Ok(()) if !graceful => {
+                        conn.as_mut().graceful_shutdown();
+                        graceful = true;
+                    }
+                    Ok(()) => {}
+                    Err(_) => return,
+                },
+                () = sleep_until(wake) => {
+                    let expired = activity
+                        .expires(limits.idle_timeout, limits.header_timeout)
+                        .is_some_and(|at| at <= now());
+                    if expired {
+                        tracing::debug!(peer = %self.peer, "connection idle or its request head late: closed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers a connection over a cap: 429 when its client holds its share,
+/// 503 when the server is full, each with a JSON body, then closes it.
+async fn refuse(mut stream: TcpStream, refusal: Refusal, client: IpAddr) {
+    let (status, message) = match refusal {
+        Refusal::ClientFull => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this client address",
+        ),
+        Refusal::Full => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections: try again shortly",
+        ),
+    };
+    tracing::debug!(%client, %status, "connection refused");
+    let body = serde_json::json!({ "error": message }).to_string();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = timeout(REFUSAL_TIMEOUT, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Closing a socket with unread bytes resets the connection, and a
+        // reset can destroy the answer before the client reads it: read
+        // what the client sends until it closes too (bounded).
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
+
+/// The service as a connection runs it: requests carry their [`PeerAddr`]
+/// and count as in flight on the connection until their response is sent
+/// (or abandoned); an error of the service becomes a 500 with a JSON body.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The stacks served here are always ready (axum's router); an
+        // error would say so on the call.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let busy = self.activity.begin();
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        let peer = self.peer;
+        let served = self.inner.call(req);
+        Box::pin(async move {
+            let response = match served.await {
+                Ok(response) => response.map(Body::new),
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    tracing::error!(%peer, error = %e, "the HTTP service failed");
+                    let body = serde_json::json!({ "error": "internal error" }).to_string();
+                    let mut response =
+                        Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+            };
+            Ok(response.map(|inner| TrackedBody { inner, _busy: busy }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in flight on the connection
+    /// until it is sent or dropped.
+    struct TrackedBody {
+        #[pin]
+        inner: Body,
+        _busy: io::Busy,
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
