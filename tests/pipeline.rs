@@ -565,3 +565,155 @@ async fn accounts_and_the_bearer_rule() {
         assert!(!log.contains(secret_text), "{secret_text} in the log");
     }
 }
+
+/// `GET path` with no `Authorization` header at all.
+async fn anonymous_get(http: &Http, m: &Monolith, path: &str, range: Option<&str>) -> Reply {
+    let mut req = http::Request::get(format!("http://{}{path}", m.gateway));
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    call(http, req.body(Full::default()).expect("request")).await
+}
+
+/// `POST /v1/videos/{id}/playback` as the monolith's user with `body`.
+async fn playback_urls(http: &Http, m: &Monolith, id: &str, body: &str) -> Reply {
+    let req = authorized(
+        m,
+        http::Request::post(format!("http://{}/v1/videos/{id}/playback", m.gateway)),
+    )
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from(body.to_owned())))
+    .expect("request");
+    call(http, req).await
+}
+
+/// The URI lines of a playlist resolved against its own path `base` (as
+/// a player resolves them: relative to the playlist, query dropped).
+fn resolved(base: &str, playlist: &str) -> Vec<String> {
+    let dir = &base[..=base.rfind('/').expect("an absolute path")];
+    playlist
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| format!("{dir}{l}"))
+        .collect()
+}
+
+fn assert_refused_403(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    let error = reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains(what), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_plays_through_signed_urls_with_no_header() {
+    let scratch = Scratch::new("signed");
+    let dir = scratch.path();
+    let clip = test_video(dir, 4);
+    let mut m = start(&dir.join("data")).await;
+    let http = client();
+    sign_in(&http, &mut m, "owner@example.com").await;
+    let created = post_video(&http, &m, "name=clip.mp4", "video/mp4", clip.clone()).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.json()["video_id"].as_str().expect("id").to_owned();
+    wait_ready(&http, &m, &id).await;
+
+    let granted = playback_urls(&http, &m, &id, "").await;
+    assert_eq!(granted.status, 200, "{:?}", granted.body);
+    assert_eq!(granted.headers["cache-control"], "private, no-store");
+    let urls = granted.json();
+    let (master_url, original_url, thumb_url) = (
+        urls["master"].as_str().expect("master").to_owned(),
+        urls["original"].as_str().expect("original").to_owned(),
+        urls["thumbnail"].as_str().expect("thumbnail").to_owned(),
+    );
+    let expires = urls["expires_at_ms"].as_u64().expect("expiry");
+    let now = rt::unix_ms();
+    assert!(
+        (now + 3 * 3600 * 1000..=now + 5 * 3600 * 1000).contains(&expires),
+        "a few hours by default: {expires} vs now {now}"
+    );
+
+    // Everything a player derives from the master plays with no header.
+    let master = anonymous_get(&http, &m, &master_url, None).await;
+    assert_eq!(master.status, 200, "{:?}", master.body);
+    let master_text = String::from_utf8(master.body.to_vec()).expect("utf-8");
+    let playlists = resolved(&master_url, &master_text);
+    assert_eq!(playlists.len(), 2, "{master_text}");
+    let mut segments = 0;
+    for playlist_url in &playlists {
+        let playlist = anonymous_get(&http, &m, playlist_url, None).await;
+        assert_eq!(playlist.status, 200, "{playlist_url}: {:?}", playlist.body);
+        let text = String::from_utf8(playlist.body.to_vec()).expect("utf-8");
+        for segment_url in resolved(playlist_url, &text) {
+            let segment = anonymous_get(&http, &m, &segment_url, None).await;
+            assert_eq!(segment.status, 200, "{segment_url}: {:?}", segment.body);
+            assert_eq!(segment.body.first(), Some(&0x47), "MPEG-TS: {segment_url}");
+            segments += 1;
+        }
+    }
+    assert!(segments >= 2, "{segments} segments");
+    let part = anonymous_get(&http, &m, &original_url, Some("bytes=100-1099")).await;
+    assert_eq!(part.status, 206, "{:?}", part.body);
+    assert_eq!(&part.body[..], &clip[100..1100]);
+    let whole = anonymous_get(&http, &m, &original_url, None).await;
+    assert_eq!(&whole.body[..], &clip[..]);
+    let thumb = anonymous_get(&http, &m, &thumb_url, None).await;
+    assert_eq!(thumb.body.get(..2), Some(&[0xff, 0xd8][..]), "a JPEG");
+
+    // ffmpeg, as an HLS client, resolves the same URLs itself.
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(format!("http://{}{master_url}", m.gateway))
+        .args(["-map", "0", "-c", "copy", "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg could not play the signed master: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The grant opens its own video only: another id under it is forged.
+    let grant = master_url
+        .strip_prefix("/v1/play/")
+        .and_then(|g| g.split('/').next())
+        .expect("a grant in the path");
+    let other = grant.replacen(&format!(".{id}."), ".another-video.", 1);
+    assert_ne!(other, grant);
+    let forged = anonymous_get(&http, &m, &format!("/v1/play/{other}/original"), None).await;
+    assert_refused_403(&forged, "invalid signature");
+    let cut = &grant[..grant.len() - 3];
+    let truncated = anonymous_get(&http, &m, &format!("/v1/play/{cut}/thumbnail.jpg"), None).await;
+    assert_refused_403(&truncated, "malformed");
+    let trick = anonymous_get(&http, &m, "/v1/play/..%2F..%2Fetc/original", None).await;
+    assert_refused_403(&trick, "malformed");
+    // The bearer routes still want a token.
+    let bare = anonymous_get(&http, &m, &format!("/v1/videos/{id}/original"), None).await;
+    assert_eq!(bare.status, 401);
+
+    // Bounded lifetimes; a short grant stops working when it expires.
+    for bad in [r#"{"ttl_secs":0}"#, r#"{"ttl_secs":86401}"#, r#"{"ttl":5}"#] {
+        let refused = playback_urls(&http, &m, &id, bad).await;
+        assert_eq!(refused.status, 400, "{bad}: {:?}", refused.body);
+    }
+    let short = playback_urls(&http, &m, &id, r#"{"ttl_secs":1}"#).await;
+    assert_eq!(short.status, 200, "{:?}", short.body);
+    let short_thumb = short.json()["thumbnail"].as_str().expect("url").to_owned();
+    assert_eq!(
+        anonymous_get(&http, &m, &short_thumb, None).await.status,
+        200
+    );
+    rt::sleep(Duration::from_millis(1200)).await;
+    let expired = anonymous_get(&http, &m, &short_thumb, None).await;
+    assert_refused_403(&expired, "expired");
+
+    // Only the owner gets URLs.
+    sign_in(&http, &mut m, "someone-else@example.com").await;
+    let not_owner = playback_urls(&http, &m, &id, "").await;
+    assert_refused_403(&not_owner, "only the video's owner may get playback URLs");
+    let missing = playback_urls(&http, &m, "no-such-video", "").await;
+    assert_eq!(missing.status, 404, "{:?}", missing.body);
+}

@@ -71,6 +71,31 @@ impl Key {
         })
     }
 
+    /// A key of the same id for another `purpose` (HMAC-SHA256 of the
+    /// purpose under this key): tokens of one kind, signed with it, never
+    /// verify as tokens of another, and it rotates with this key.
+    #[must_use]
+    pub fn derive(&self, purpose: &str) -> Self {
+        let secret = self.mac(purpose.as_bytes()).finalize().into_bytes();
+        Self {
+            id: self.id.clone(),
+            secret: secret.as_slice().into(),
+        }
+    }
+
+    /// The HMAC-SHA256 of `message` under this key.
+    #[must_use]
+    pub fn sign(&self, message: &[u8]) -> [u8; 32] {
+        self.mac(message).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the HMAC-SHA256 of `message` under this key
+    /// (compared in constant time).
+    #[must_use]
+    pub fn verifies(&self, message: &[u8], tag: &[u8]) -> bool {
+        self.mac(message).verify_slice(tag).is_ok()
+    }
+
     fn mac(&self, message: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
@@ -96,6 +121,24 @@ impl Keyring {
             current,
             previous: None,
         }
+    }
+
+    /// The keyring of [`Key::derive`]d keys for `purpose`.
+    #[must_use]
+    pub fn derive(&self, purpose: &str) -> Self {
+        Self {
+            current: self.current.derive(purpose),
+            previous: self.previous.as_ref().map(|k| k.derive(purpose)),
+        }
+    }
+
+    /// The key named `id`, current or previous.
+    #[must_use]
+    pub fn find(&self, id: &str) -> Option<&Key> {
+        [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|k| k.id == id)
     }
 
     /// A keyring with a fresh random 256-bit key (one process, e.g. the

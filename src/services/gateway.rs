@@ -15,6 +15,7 @@ pub mod bearer;
 pub mod client_addr;
 pub mod deadline;
 pub mod error;
+pub mod grant;
 mod jobs;
 mod json;
 pub mod limit;
@@ -65,6 +66,8 @@ pub struct Api {
     located: std::sync::Arc<local::Located>,
     /// Whose `X-Forwarded-For` to believe.
     trusted_proxies: client_addr::TrustedProxies,
+    /// Signs and checks playback URLs.
+    grants: grant::Grants,
 }
 
 impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
@@ -118,6 +121,7 @@ pub fn router_with(runtime: Runtime, config: &Config) -> Router {
 pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Router {
     let verifier = bearer::Verifier::new(runtime.clone());
     let api = Api {
+        grants: grant::Grants::new(&runtime.keys),
         runtime,
         max_upload_bytes: config.max_upload_bytes,
         located: std::sync::Arc::default(),
@@ -127,6 +131,19 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         .route("/v1/auth/signup", post(accounts::signup))
         .route("/v1/auth/login", post(accounts::login))
         .route("/v1/auth/refresh", post(accounts::refresh));
+    // Signed playback URLs: the grant in the path is the credential.
+    let granted = Router::new()
+        .route("/v1/play/{grant}/original", get(grant::original))
+        .route("/v1/play/{grant}/thumbnail.jpg", get(grant::thumbnail))
+        .route("/v1/play/{grant}/hls/master.m3u8", get(grant::master))
+        .route(
+            "/v1/play/{grant}/hls/{rendition}/index.m3u8",
+            get(grant::media_playlist),
+        )
+        .route(
+            "/v1/play/{grant}/hls/{rendition}/{segment}",
+            get(grant::segment),
+        );
     Router::new()
         .route("/v1/videos", get(videos::list).post(upload::create))
         .route(
@@ -144,6 +161,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             "/v1/videos/{id}/hls/{rendition}/{segment}",
             get(playback::segment),
         )
+        .route("/v1/videos/{id}/playback", post(grant::create))
         .route("/v1/videos/{id}/sessions", post(sessions::start))
         .route(
             "/v1/videos/{id}/sessions/{session_id}/stop",
@@ -163,6 +181,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             bearer::require,
         ))
         .merge(accounts)
+        .merge(granted)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 http::StatusCode::METHOD_NOT_ALLOWED,

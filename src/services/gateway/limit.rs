@@ -105,7 +105,7 @@ impl Class {
     pub fn of(path: &str) -> Self {
         let mut parts = path.split('/').skip(1);
         let media = parts.next() == Some("v1")
-            && parts.next() == Some("videos")
+            && matches!(parts.next(), Some("videos" | "play"))
             && parts.next().is_some_and(|id| !id.is_empty())
             && matches!(parts.next(), Some("original" | "thumbnail.jpg" | "hls"));
         if media { Self::Media } else { Self::Api }
@@ -440,6 +440,8 @@ mod tests {
             "/v1/videos/abc/hls/master.m3u8",
             "/v1/videos/abc/hls/480p/index.m3u8",
             "/v1/videos/abc/hls/480p/seg_001.ts",
+            "/v1/play/p1.k.abc.1.sig/original",
+            "/v1/play/p1.k.abc.1.sig/hls/480p/seg_001.ts",
         ] {
             assert_eq!(Class::of(media), Class::Media, "{media}");
         }
@@ -448,6 +450,7 @@ mod tests {
             "/v1/videos/abc",
             "/v1/videos/abc/job",
             "/v1/videos/abc/sessions",
+            "/v1/videos/abc/playback",
             "/v1/videos//original",
             "/v1/auth/login",
             "/v2/videos/abc/original",

@@ -240,13 +240,21 @@ pub async fn original(
     path: IdPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let video_id = video_id(path)?;
-    let wanted = wanted(&headers)?;
+    original_of(&api, video_id(path)?, &headers).await
+}
+
+/// The original of `video_id` (checked), as `headers` ask for it.
+pub(super) async fn original_of(
+    api: &Api,
+    video_id: String,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let wanted = wanted(headers)?;
     let key = media::original_key(&video_id);
     let msg = LocateOriginalRequest {
         video_id: video_id.clone(),
     };
-    if let Some(original) = open_local(&api, &key, msg, |mut c, req| async move {
+    if let Some(original) = open_local(api, &key, msg, |mut c, req| async move {
         c.locate_original(req).await
     })
     .await
@@ -255,7 +263,7 @@ pub async fn original(
     }
     let spec = match wanted {
         Wanted::Full => {
-            let (first, rest) = read_range(&api, &video_id, 0, 0).await?;
+            let (first, rest) = read_range(api, &video_id, 0, 0).await?;
             let size = first.total_size_bytes;
             return Ok(respond(StatusCode::OK, first, rest, 0, size));
         }
@@ -272,14 +280,14 @@ pub async fn original(
             (start, length)
         }
         None => {
-            let size = size(&api, &video_id).await?;
+            let size = size(api, &video_id).await?;
             let Some((first, last)) = spec.resolve(size) else {
                 return Ok(unsatisfiable(size));
             };
             (first, last - first + 1)
         }
     };
-    match read_range(&api, &video_id, start, length).await {
+    match read_range(api, &video_id, start, length).await {
         Ok((first, rest)) => match spec.resolve(first.total_size_bytes) {
             Some((from, to)) => Ok(respond(
                 StatusCode::PARTIAL_CONTENT,
@@ -290,7 +298,7 @@ pub async fn original(
             )),
             None => Ok(unsatisfiable(first.total_size_bytes)),
         },
-        Err(e) if e.code() == Code::OutOfRange => Ok(unsatisfiable(size(&api, &video_id).await?)),
+        Err(e) if e.code() == Code::OutOfRange => Ok(unsatisfiable(size(api, &video_id).await?)),
         Err(e) => Err(e.into()),
     }
 }
@@ -347,7 +355,16 @@ fn typed(content_type: &str, body: impl Into<Body>) -> Response {
     res
 }
 
-async fn playlist(api: &Api, video_id: String, rendition: String) -> Result<Response, ApiError> {
+/// The master playlist of `video_id` (checked), or with a `rendition`
+/// (checked here) that rendition's playlist.
+pub(super) async fn playlist_of(
+    api: &Api,
+    video_id: String,
+    rendition: String,
+) -> Result<Response, ApiError> {
+    if !rendition.is_empty() {
+        self::rendition(&rendition)?;
+    }
     let msg = GetPlaylistRequest {
         video_id,
         rendition,
@@ -363,8 +380,7 @@ async fn playlist(api: &Api, video_id: String, rendition: String) -> Result<Resp
 
 /// `GET /v1/videos/{id}/hls/master.m3u8`
 pub async fn master(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
-    let video_id = video_id(path)?;
-    playlist(&api, video_id, String::new()).await
+    playlist_of(&api, video_id(path)?, String::new()).await
 }
 
 /// `GET /v1/videos/{id}/hls/{rendition}/index.m3u8`
@@ -375,7 +391,7 @@ pub async fn media_playlist(
     let Path((id, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &id).map_err(ApiError::bad_request)?;
     rendition(&name)?;
-    playlist(&api, id, name).await
+    playlist_of(&api, id, name).await
 }
 
 /// `GET /v1/videos/{id}/hls/{rendition}/{segment}`
@@ -386,6 +402,17 @@ pub async fn segment(
     let Path((video_id, name, segment_name)) =
         path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &video_id).map_err(ApiError::bad_request)?;
+    segment_of(&api, video_id, name, segment_name).await
+}
+
+/// The segment `segment_name` (checked here) of `video_id` (checked) in
+/// `name` (checked here).
+pub(super) async fn segment_of(
+    api: &Api,
+    video_id: String,
+    name: String,
+    segment_name: String,
+) -> Result<Response, ApiError> {
     rendition(&name)?;
     if !media::is_segment_name(&segment_name) {
         return Err(ApiError::bad_request(
@@ -399,7 +426,7 @@ pub async fn segment(
     };
     let key = media::segment_key(&msg.video_id, &msg.rendition, &msg.segment_name);
     let locate = |mut c: StreamingClient, req| async move { c.locate_segment(req).await };
-    if let Some(file) = open_local(&api, &key, msg.clone(), locate).await {
+    if let Some(file) = open_local(api, &key, msg.clone(), locate).await {
         let size = file.size();
         let mut res = typed(segment_type(&msg.segment_name), local::body(file, 0, size));
         res.headers_mut()
@@ -407,7 +434,7 @@ pub async fn segment(
         return Ok(res);
     }
     let res = retried(
-        &api,
+        api,
         msg,
         |mut c, req| async move { c.get_segment(req).await },
     )
@@ -417,11 +444,14 @@ pub async fn segment(
 
 /// `GET /v1/videos/{id}/thumbnail.jpg`
 pub async fn thumbnail(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
-    let msg = GetThumbnailRequest {
-        video_id: video_id(path)?,
-    };
+    thumbnail_of(&api, video_id(path)?).await
+}
+
+/// The thumbnail of `video_id` (checked).
+pub(super) async fn thumbnail_of(api: &Api, video_id: String) -> Result<Response, ApiError> {
+    let msg = GetThumbnailRequest { video_id };
     let res = retried(
-        &api,
+        api,
         msg,
         |mut c, req| async move { c.get_thumbnail(req).await },
     )

@@ -139,6 +139,7 @@ mod tests {
             max_upload_bytes: 0,
             located: Arc::default(),
             trusted_proxies: crate::services::gateway::client_addr::TrustedProxies::default(),
+            grants: crate::services::gateway::grant::Grants::new(&kernel.runtime().keys),
         };
         // The first round may run before the services registered; the
         // next comes one interval later.

@@ -99,14 +99,15 @@ struct Patch {
     description: Option<String>,
 }
 
-/// Only a video's owner may change or delete it (one recorded without an
-/// owner, by anyone signed in). The record is read from metadata, not the
+/// Only a video's owner may change or delete it, or get its playback URLs
+/// (one recorded without an owner, anyone signed in); `to` says what. The record is read from metadata, not the
 /// cache: the owner never changes, but a cached copy may be of a deleted
 /// video.
-async fn check_owner(
+pub(super) async fn check_owner(
     api: &Api,
     user: Option<&Extension<AuthUser>>,
     video_id: &str,
+    to: &str,
 ) -> Result<(), ApiError> {
     let Some(Extension(AuthUser(user))) = user else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
@@ -118,7 +119,7 @@ async fn check_owner(
     match video.into_inner().video {
         Some(v) if !v.owner_id.is_empty() && v.owner_id != *user => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "only the video's owner may change or delete it",
+            format!("only the video's owner may {to}"),
         )),
         _ => Ok(()),
     }
@@ -133,7 +134,7 @@ pub async fn patch(
 ) -> Result<Json<Value>, ApiError> {
     let video_id = video_id(path)?;
     let patch: Patch = json::body(body).await?;
-    check_owner(&api, user.as_ref(), &video_id).await?;
+    check_owner(&api, user.as_ref(), &video_id, "change or delete it").await?;
     let mut req = UpdateVideoRequest {
         video_id: video_id.clone(),
         ..UpdateVideoRequest::default()
@@ -166,7 +167,7 @@ pub async fn delete(
     user: Option<Extension<AuthUser>>,
 ) -> Result<Response, ApiError> {
     let video_id = video_id(path)?;
-    check_owner(&api, user.as_ref(), &video_id).await?;
+    check_owner(&api, user.as_ref(), &video_id, "change or delete it").await?;
     api.runtime
         .pool
         .metadata()
