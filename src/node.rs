@@ -158,6 +158,7 @@ impl NodeOpts {
                         c.trusted_proxies.clone_from(&self.trusted_proxies.0);
                         c.limits = self.http.requests();
                         c.edge = self.http.edge();
+                        c.cors = self.http.http_cors_origins.clone();
                     }
                     ServiceConfig::Upload(c) => {
                         c.max_upload_bytes = self.max_upload_bytes;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::rt::transport::EdgeLimits;
+use crate::services::gateway::cors;
 use crate::services::gateway::limit::RequestLimits;
 
 /// A count option: at least 1.
@@ -68,6 +69,10 @@ pub struct HttpOpts {
     /// Media requests in flight for one account; past it 429.
     #[arg(long, env = "STREAMGATE_HTTP_ACCOUNT_MEDIA_IN_FLIGHT", default_value_t = RequestLimits::ACCOUNT_MEDIA_IN_FLIGHT as u64, value_parser = count())]
     pub http_account_media_in_flight: u64,
+    /// Origins whose web pages may call the API (CORS): comma-separated
+    /// `https://host[:port]`, or `*` for any; empty (the default): none.
+    #[arg(long, env = "STREAMGATE_HTTP_CORS_ORIGINS", default_value = "", value_parser = cors::parse)]
+    pub http_cors_origins: cors::Origins,
 }
 
 impl Default for HttpOpts {
@@ -95,6 +100,7 @@ impl HttpOpts {
             http_client_media_in_flight: requests.client_media_in_flight as u64,
             http_account_api_in_flight: requests.account_api_in_flight as u64,
             http_account_media_in_flight: requests.account_media_in_flight as u64,
+            http_cors_origins: cors::Origins::None,
         }
     }
 

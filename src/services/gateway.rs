@@ -13,6 +13,7 @@ use crate::services::{Common, Domain, media};
 mod accounts;
 pub mod bearer;
 pub mod client_addr;
+pub mod cors;
 pub mod deadline;
 pub mod error;
 pub mod grant;
@@ -44,6 +45,8 @@ pub struct Config {
     pub limits: limit::RequestLimits,
     /// Connections and their timeouts (the edge server's limits).
     pub edge: EdgeLimits,
+    /// Origins whose pages may call the API (CORS).
+    pub cors: cors::Origins,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             limits: limit::RequestLimits::default(),
             edge: EdgeLimits::default(),
+            cors: cors::Origins::None,
         }
     }
 }
@@ -144,7 +148,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             "/v1/play/{grant}/hls/{rendition}/{segment}",
             get(grant::segment),
         );
-    Router::new()
+    let router = Router::new()
         .route("/v1/videos", get(videos::list).post(upload::create))
         .route(
             "/v1/videos/{id}",
@@ -189,7 +193,14 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             )
         })
         .with_state(api)
-        .layer(axum::middleware::from_fn_with_state(limits, limit::limit))
+        .layer(axum::middleware::from_fn_with_state(limits, limit::limit));
+    // Outermost: a preflight is answered before any limit or route, and
+    // every answer (a 429 too) carries the CORS headers a page needs to
+    // read it.
+    match cors::layer(&config.cors) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// The answer to a path the API does not have (a JSON 404, like every

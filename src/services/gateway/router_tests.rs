@@ -601,3 +601,131 @@ async fn thumbnails_are_served_as_jpeg() {
         assert!(!error_of(&body).is_empty());
     }
 }
+
+/// The fixture's gateway with CORS for `origins`.
+async fn cors_fixture(origins: &str) -> Fixture {
+    let mut f = fixture().await;
+    f.app = super::router_with(
+        f.runtime.clone(),
+        &super::Config {
+            max_upload_bytes: 1000,
+            cors: super::cors::parse(origins).expect("origins"),
+            ..super::Config::default()
+        },
+    );
+    f
+}
+
+fn preflight(origin: &str, method: &str, headers: &str) -> Request<Body> {
+    Request::options("/v1/videos/v1/original")
+        .header(header::ORIGIN, origin)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, method)
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, headers)
+        .body(Body::empty())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_for_the_configured_origins_only() {
+    let f = cors_fixture("https://player.example.com").await;
+    let ok = f
+        .app
+        .clone()
+        .oneshot(preflight(
+            "https://player.example.com",
+            "GET",
+            "authorization,range",
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(ok.status(), StatusCode::OK);
+    let h = ok.headers();
+    assert_eq!(
+        h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://player.example.com"
+    );
+    let methods = h[header::ACCESS_CONTROL_ALLOW_METHODS]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        methods.contains("GET") && methods.contains("POST"),
+        "{methods}"
+    );
+    let allowed = h[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("range"),
+        "{allowed}"
+    );
+    assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], "600");
+    assert!(h.get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+    // Another origin's preflight gets no grant: the browser stops there.
+    let other = f
+        .app
+        .clone()
+        .oneshot(preflight("https://evil.example", "GET", "authorization"))
+        .await
+        .expect("infallible");
+    assert!(
+        other
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+    // An actual request from the allowed origin is marked, and says the
+    // answer varies by origin (caches keep one per origin).
+    let req = Request::get("/v1/videos/v1/original")
+        .header(header::ORIGIN, "https://player.example.com")
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.token))
+        .body(Body::empty())
+        .expect("request");
+    let res = f.app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(
+        res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://player.example.com"
+    );
+    let vary: Vec<_> = res.headers().get_all(header::VARY).iter().collect();
+    assert!(
+        vary.iter().any(|v| v
+            .to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("origin"))),
+        "{vary:?}"
+    );
+    let exposed = res.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    assert!(exposed.contains("content-range"), "{exposed}");
+}
+
+#[tokio::test]
+async fn without_configured_origins_there_is_no_cors() {
+    let f = fixture().await;
+    let res = f
+        .app
+        .clone()
+        .oneshot(preflight(
+            "https://player.example.com",
+            "GET",
+            "authorization",
+        ))
+        .await
+        .expect("infallible");
+    assert!(
+        res.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "a JSON 405");
+    // `*`: any origin, still without credentials.
+    let any = cors_fixture("*").await;
+    let res = any
+        .app
+        .clone()
+        .oneshot(preflight("https://anyone.example", "POST", "content-type"))
+        .await
+        .expect("infallible");
+    assert_eq!(res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+}
