@@ -575,6 +575,23 @@ async fn anonymous_get(http: &Http, m: &Monolith, path: &str, range: Option<&str
     call(http, req.body(Full::default()).expect("request")).await
 }
 
+/// `method path` with `headers` and no `Authorization`.
+async fn anonymous_with(
+    http: &Http,
+    m: &Monolith,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", m.gateway));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    call(http, req.body(Full::default()).expect("request")).await
+}
+
 /// `POST /v1/videos/{id}/playback` as the monolith's user with `body`.
 async fn playback_urls(http: &Http, m: &Monolith, id: &str, body: &str) -> Reply {
     let req = authorized(
@@ -662,6 +679,53 @@ async fn a_video_plays_through_signed_urls_with_no_header() {
     assert_eq!(&whole.body[..], &clip[..]);
     let thumb = anonymous_get(&http, &m, &thumb_url, None).await;
     assert_eq!(thumb.body.get(..2), Some(&[0xff, 0xd8][..]), "a JPEG");
+
+    // HTTP caching (RFC 9110, 9111) on the shared-disk path: validators,
+    // 304, If-Range, HEAD, the cache rules of each kind.
+    assert_eq!(master.headers["cache-control"], "private, max-age=60");
+    let first_playlist = anonymous_get(&http, &m, &playlists[0], None).await;
+    let first_playlist = std::str::from_utf8(&first_playlist.body).expect("utf-8");
+    let segment_url = resolved(&playlists[0], first_playlist).remove(0);
+    for url in [&segment_url, &original_url, &thumb_url] {
+        let first = anonymous_get(&http, &m, url, None).await;
+        assert_eq!(
+            first.headers["cache-control"], "private, max-age=31536000, immutable",
+            "{url}"
+        );
+        let tag = first.headers["etag"].to_str().expect("ascii").to_owned();
+        let again = anonymous_with(&http, &m, "GET", url, &[("if-none-match", &tag)]).await;
+        assert_eq!(again.status, 304, "{url}");
+        assert!(again.body.is_empty());
+        assert_eq!(again.headers["etag"], tag.as_str());
+        let head = anonymous_with(&http, &m, "HEAD", url, &[]).await;
+        assert_eq!(head.status, 200, "{url}");
+        assert!(head.body.is_empty());
+        assert_eq!(
+            head.headers["content-length"],
+            first.body.len().to_string().as_str()
+        );
+    }
+    let tag = whole.headers["etag"].to_str().expect("ascii").to_owned();
+    assert_eq!(whole.headers["accept-ranges"], "bytes");
+    let kept = anonymous_with(
+        &http,
+        &m,
+        "GET",
+        &original_url,
+        &[("range", "bytes=0-9"), ("if-range", &tag)],
+    )
+    .await;
+    assert_eq!((kept.status, &kept.body[..]), (206, &clip[..10]));
+    let stale = anonymous_with(
+        &http,
+        &m,
+        "GET",
+        &original_url,
+        &[("range", "bytes=0-9"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!(stale.status, 200, "a stale If-Range gets the whole file");
+    assert_eq!(stale.body.len(), clip.len());
 
     // ffmpeg, as an HLS client, resolves the same URLs itself.
     let out = Command::new("ffmpeg")

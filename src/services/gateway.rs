@@ -28,6 +28,7 @@ mod sessions;
 pub mod status;
 pub mod token_cache;
 mod upload;
+pub mod validators;
 pub mod video_cache;
 mod videos;
 

@@ -207,48 +207,53 @@ fn path_error(e: &PathRejection) -> ApiError {
 pub async fn original(
     State(api): State<Api>,
     path: Result<Path<String>, PathRejection>,
+    method: http::Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(grant) = path.map_err(|e| path_error(&e))?;
-    playback::original_of(&api, opened(&api, &grant)?, &headers).await
+    playback::original_of(&api, opened(&api, &grant)?, &method, &headers).await
 }
 
 /// `GET /v1/play/{grant}/thumbnail.jpg`
 pub async fn thumbnail(
     State(api): State<Api>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(grant) = path.map_err(|e| path_error(&e))?;
-    playback::thumbnail_of(&api, opened(&api, &grant)?).await
+    playback::thumbnail_of(&api, opened(&api, &grant)?, &headers).await
 }
 
 /// `GET /v1/play/{grant}/hls/master.m3u8`
 pub async fn master(
     State(api): State<Api>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(grant) = path.map_err(|e| path_error(&e))?;
-    playback::playlist_of(&api, opened(&api, &grant)?, String::new()).await
+    playback::playlist_of(&api, opened(&api, &grant)?, String::new(), &headers).await
 }
 
 /// `GET /v1/play/{grant}/hls/{rendition}/index.m3u8`
 pub async fn media_playlist(
     State(api): State<Api>,
     path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((grant, rendition)) = path.map_err(|e| path_error(&e))?;
     let video_id = opened(&api, &grant)?;
-    playback::playlist_of(&api, video_id, rendition).await
+    playback::playlist_of(&api, video_id, rendition, &headers).await
 }
 
 /// `GET /v1/play/{grant}/hls/{rendition}/{segment}`
 pub async fn segment(
     State(api): State<Api>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((grant, rendition, segment)) = path.map_err(|e| path_error(&e))?;
     let video_id = opened(&api, &grant)?;
-    playback::segment_of(&api, video_id, rendition, segment).await
+    playback::segment_of(&api, video_id, rendition, segment, &headers).await
 }
 
 #[cfg(test)]

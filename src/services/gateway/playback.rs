@@ -9,12 +9,13 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tonic::Code;
 
 use super::error::ApiError;
 use super::local::{self, Original};
 use super::range::{self, Parsed, Spec};
+use super::validators::{self, IMMUTABLE, PLAYLIST};
 use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{
@@ -198,21 +199,30 @@ fn finish(mut rest: Chunks) {
     });
 }
 
-/// A 200 or 206 answer streaming `[from, end)` from ReadRange.
-fn respond(status: StatusCode, first: DataChunk, rest: Chunks, from: u64, end: u64) -> Response {
+/// A 200 or 206 answer streaming `[from, end)` of the blob `key` from
+/// ReadRange.
+fn respond(
+    key: &str,
+    status: StatusCode,
+    first: DataChunk,
+    rest: Chunks,
+    from: u64,
+    end: u64,
+) -> Response {
     let size = first.total_size_bytes;
     let body = Body::from_stream(body(first, rest, from, end));
-    answer(status, body, size, from, end)
+    answer(key, status, body, size, from, end)
 }
 
-/// A 200 or 206 answer sending `body`, the bytes `[from, end)` of an
-/// original of `size` bytes.
-fn answer(status: StatusCode, body: Body, size: u64, from: u64, end: u64) -> Response {
+/// A 200 or 206 answer sending `body`, the bytes `[from, end)` of the
+/// original `key` of `size` bytes.
+fn answer(key: &str, status: StatusCode, body: Body, size: u64, from: u64, end: u64) -> Response {
     let length = end - from;
     let last = end.saturating_sub(1);
     let mut res = Response::new(body);
     *res.status_mut() = status;
     let h = res.headers_mut();
+    validators::mark(h, validators::etag(key, size), IMMUTABLE);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CONTENT_TYPE,
@@ -238,18 +248,20 @@ async fn size(api: &Api, video_id: &str) -> Result<u64, ApiError> {
 pub async fn original(
     State(api): State<Api>,
     path: IdPath,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    original_of(&api, video_id(path)?, &headers).await
+    original_of(&api, video_id(path)?, &method, &headers).await
 }
 
 /// The original of `video_id` (checked), as `headers` ask for it.
 pub(super) async fn original_of(
     api: &Api,
     video_id: String,
+    method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let wanted = wanted(headers)?;
+    let mut wanted = wanted(headers)?;
     let key = media::original_key(&video_id);
     let msg = LocateOriginalRequest {
         video_id: video_id.clone(),
@@ -259,13 +271,37 @@ pub(super) async fn original_of(
     })
     .await
     {
-        return Ok(send_local(original, wanted));
+        let tag = validators::etag(&key, original.size());
+        if validators::not_modified(headers, &tag) {
+            return Ok(validators::not_modified_response(tag, IMMUTABLE));
+        }
+        if !validators::range_allowed(headers, &tag) {
+            wanted = Wanted::Full;
+        }
+        return Ok(send_local(&key, original, wanted));
+    }
+    // A conditional request, or a HEAD, needs the size (so the tag) first:
+    // a one-byte read, closed cleanly, rather than a stream dropped midway.
+    let conditional =
+        headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_RANGE);
+    if conditional || method == Method::HEAD {
+        let size = size(api, &video_id).await?;
+        let tag = validators::etag(&key, size);
+        if validators::not_modified(headers, &tag) {
+            return Ok(validators::not_modified_response(tag, IMMUTABLE));
+        }
+        if !validators::range_allowed(headers, &tag) {
+            wanted = Wanted::Full;
+        }
+        if method == Method::HEAD {
+            return Ok(head(&key, size, wanted));
+        }
     }
     let spec = match wanted {
         Wanted::Full => {
             let (first, rest) = read_range(api, &video_id, 0, 0).await?;
             let size = first.total_size_bytes;
-            return Ok(respond(StatusCode::OK, first, rest, 0, size));
+            return Ok(respond(&key, StatusCode::OK, first, rest, 0, size));
         }
         Wanted::One(spec) => spec,
     };
@@ -290,6 +326,7 @@ pub(super) async fn original_of(
     match read_range(api, &video_id, start, length).await {
         Ok((first, rest)) => match spec.resolve(first.total_size_bytes) {
             Some((from, to)) => Ok(respond(
+                &key,
                 StatusCode::PARTIAL_CONTENT,
                 first,
                 rest,
@@ -324,17 +361,41 @@ where
     local::open(&api.located, key, path.into(), locate).await
 }
 
-/// The answer for `wanted` of an original opened from the gateway's store.
-fn send_local(original: Original, wanted: Wanted) -> Response {
+/// The status and the bytes `[from, end)` to send for `wanted` of `size`
+/// bytes; `None`: the range cannot be satisfied (416).
+fn resolve(wanted: Wanted, size: u64) -> Option<(StatusCode, u64, u64)> {
+    match wanted {
+        Wanted::Full => Some((StatusCode::OK, 0, size)),
+        Wanted::One(spec) => spec
+            .resolve(size)
+            .map(|(first, last)| (StatusCode::PARTIAL_CONTENT, first, last + 1)),
+    }
+}
+
+/// The answer for `wanted` of the original `key` opened from the
+/// gateway's store.
+fn send_local(key: &str, original: Original, wanted: Wanted) -> Response {
     let size = original.size();
-    let (status, from, end) = match wanted {
-        Wanted::Full => (StatusCode::OK, 0, size),
-        Wanted::One(spec) => match spec.resolve(size) {
-            Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last + 1),
-            None => return unsatisfiable(size),
-        },
-    };
-    answer(status, local::body(original, from, end), size, from, end)
+    match resolve(wanted, size) {
+        Some((status, from, end)) => answer(
+            key,
+            status,
+            local::body(original, from, end),
+            size,
+            from,
+            end,
+        ),
+        None => unsatisfiable(size),
+    }
+}
+
+/// The answer to a HEAD for `wanted` of the original `key` of `size`
+/// bytes: a GET's headers, no body.
+fn head(key: &str, size: u64, wanted: Wanted) -> Response {
+    match resolve(wanted, size) {
+        Some((status, from, end)) => answer(key, status, Body::empty(), size, from, end),
+        None => unsatisfiable(size),
+    }
 }
 
 fn rendition(name: &str) -> Result<(), ApiError> {
@@ -345,6 +406,25 @@ fn rendition(name: &str) -> Result<(), ApiError> {
             "rendition: expected 1..=32 chars of [A-Za-z0-9_-]",
         ))
     }
+}
+
+/// The blob `key`, `data`, as `content_type` with its validator and
+/// `cache_control`, or 304 when the request's `If-None-Match` has it.
+fn validated(
+    key: &str,
+    headers: &HeaderMap,
+    cache_control: &'static str,
+    content_type: &str,
+    data: impl Into<Bytes>,
+) -> Response {
+    let data = data.into();
+    let tag = validators::etag(key, data.len() as u64);
+    if validators::not_modified(headers, &tag) {
+        return validators::not_modified_response(tag, cache_control);
+    }
+    let mut res = typed(content_type, data);
+    validators::mark(res.headers_mut(), tag, cache_control);
+    res
 }
 
 fn typed(content_type: &str, body: impl Into<Body>) -> Response {
@@ -361,6 +441,7 @@ pub(super) async fn playlist_of(
     api: &Api,
     video_id: String,
     rendition: String,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if !rendition.is_empty() {
         self::rendition(&rendition)?;
@@ -369,40 +450,57 @@ pub(super) async fn playlist_of(
         video_id,
         rendition,
     };
+    let key = if msg.rendition.is_empty() {
+        media::master_key(&msg.video_id)
+    } else {
+        media::playlist_key(&msg.video_id, &msg.rendition)
+    };
     let res = retried(
         api,
         msg,
         |mut c, req| async move { c.get_playlist(req).await },
     )
     .await?;
-    Ok(typed(&res.content_type, res.content))
+    Ok(validated(
+        &key,
+        headers,
+        PLAYLIST,
+        &res.content_type,
+        res.content,
+    ))
 }
 
 /// `GET /v1/videos/{id}/hls/master.m3u8`
-pub async fn master(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
-    playlist_of(&api, video_id(path)?, String::new()).await
+pub async fn master(
+    State(api): State<Api>,
+    path: IdPath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    playlist_of(&api, video_id(path)?, String::new(), &headers).await
 }
 
 /// `GET /v1/videos/{id}/hls/{rendition}/index.m3u8`
 pub async fn media_playlist(
     State(api): State<Api>,
     path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &id).map_err(ApiError::bad_request)?;
     rendition(&name)?;
-    playlist_of(&api, id, name).await
+    playlist_of(&api, id, name, &headers).await
 }
 
 /// `GET /v1/videos/{id}/hls/{rendition}/{segment}`
 pub async fn segment(
     State(api): State<Api>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((video_id, name, segment_name)) =
         path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &video_id).map_err(ApiError::bad_request)?;
-    segment_of(&api, video_id, name, segment_name).await
+    segment_of(&api, video_id, name, segment_name, &headers).await
 }
 
 /// The segment `segment_name` (checked here) of `video_id` (checked) in
@@ -412,6 +510,7 @@ pub(super) async fn segment_of(
     video_id: String,
     name: String,
     segment_name: String,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     rendition(&name)?;
     if !media::is_segment_name(&segment_name) {
@@ -428,9 +527,14 @@ pub(super) async fn segment_of(
     let locate = |mut c: StreamingClient, req| async move { c.locate_segment(req).await };
     if let Some(file) = open_local(api, &key, msg.clone(), locate).await {
         let size = file.size();
+        let tag = validators::etag(&key, size);
+        if validators::not_modified(headers, &tag) {
+            return Ok(validators::not_modified_response(tag, IMMUTABLE));
+        }
         let mut res = typed(segment_type(&msg.segment_name), local::body(file, 0, size));
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        validators::mark(res.headers_mut(), tag, IMMUTABLE);
         return Ok(res);
     }
     let res = retried(
@@ -439,16 +543,31 @@ pub(super) async fn segment_of(
         |mut c, req| async move { c.get_segment(req).await },
     )
     .await?;
-    Ok(typed(&res.content_type, res.data))
+    Ok(validated(
+        &key,
+        headers,
+        IMMUTABLE,
+        &res.content_type,
+        res.data,
+    ))
 }
 
 /// `GET /v1/videos/{id}/thumbnail.jpg`
-pub async fn thumbnail(State(api): State<Api>, path: IdPath) -> Result<Response, ApiError> {
-    thumbnail_of(&api, video_id(path)?).await
+pub async fn thumbnail(
+    State(api): State<Api>,
+    path: IdPath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    thumbnail_of(&api, video_id(path)?, &headers).await
 }
 
 /// The thumbnail of `video_id` (checked).
-pub(super) async fn thumbnail_of(api: &Api, video_id: String) -> Result<Response, ApiError> {
+pub(super) async fn thumbnail_of(
+    api: &Api,
+    video_id: String,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = media::thumbnail_key(&video_id);
     let msg = GetThumbnailRequest { video_id };
     let res = retried(
         api,
@@ -456,7 +575,13 @@ pub(super) async fn thumbnail_of(api: &Api, video_id: String) -> Result<Response
         |mut c, req| async move { c.get_thumbnail(req).await },
     )
     .await?;
-    Ok(typed(&res.content_type, res.data))
+    Ok(validated(
+        &key,
+        headers,
+        IMMUTABLE,
+        &res.content_type,
+        res.data,
+    ))
 }
 
 #[cfg(test)]

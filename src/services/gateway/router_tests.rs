@@ -729,3 +729,84 @@ async fn without_configured_origins_there_is_no_cors() {
         .expect("infallible");
     assert_eq!(res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
 }
+
+/// A request `method uri` with the fixture's token and `headers`.
+fn conditional(f: &Fixture, method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.token));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Body::empty()).expect("request")
+}
+
+/// Through streaming (no shared disk): validators, 304, If-Range, HEAD.
+#[tokio::test]
+async fn originals_read_through_streaming_answer_conditional_requests() {
+    let f = fixture().await;
+    let file: Bytes = (0..5000u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    f.blobs
+        .put("originals/v1", file.clone())
+        .await
+        .expect("put");
+    let uri = "/v1/videos/v1/original";
+    let (status, h, body) = send(&f, conditional(&f, "GET", uri, &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, file);
+    let tag = h[header::ETAG].to_str().expect("ascii").to_owned();
+    assert!(tag.starts_with('"'), "a strong tag: {tag}");
+    assert_eq!(h[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(
+        h[header::CACHE_CONTROL],
+        "private, max-age=31536000, immutable"
+    );
+
+    let (status, h, body) = send(&f, conditional(&f, "GET", uri, &[("if-none-match", &tag)])).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    assert_eq!(h[header::ETAG], tag.as_str());
+    let (status, _, _) = send(
+        &f,
+        conditional(&f, "GET", uri, &[("if-none-match", "\"x\"")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // If-Range: our tag keeps the range; another tag or a date, the whole.
+    let ranged = |if_range: &'static str| [("range", "bytes=10-19"), ("if-range", if_range)];
+    let (status, _, body) = send(
+        &f,
+        conditional(
+            &f,
+            "GET",
+            uri,
+            &[("range", "bytes=10-19"), ("if-range", &tag)],
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::PARTIAL_CONTENT, &file[10..20])
+    );
+    for other in ["\"stale\"", "Sat, 05 Dec 2026 00:00:00 GMT"] {
+        let (status, _, body) = send(&f, conditional(&f, "GET", uri, &ranged(other))).await;
+        assert_eq!(status, StatusCode::OK, "{other}");
+        assert_eq!(body, file);
+    }
+
+    // HEAD: a GET's headers, no body.
+    let (status, h, body) = send(&f, conditional(&f, "HEAD", uri, &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    assert_eq!(h[header::CONTENT_LENGTH], "5000");
+    assert_eq!(h[header::ETAG], tag.as_str());
+    let (status, h, _) = send(&f, conditional(&f, "HEAD", uri, &[("range", "bytes=-100")])).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 4900-4999/5000");
+    assert_eq!(h[header::CONTENT_LENGTH], "100");
+}
