@@ -511,6 +511,47 @@ async fn accounts_and_the_bearer_rule() {
     unauthorized(&r1, "wrong password");
     assert_eq!(r1.json(), r2.json(), "which part was wrong is never said");
 
+    // Logging out revokes the access token at once and, when sent, the
+    // session's refresh token; another user's refresh token is refused.
+    let creds = serde_json::json!({"email": "owner@example.com", "password": PASSWORD});
+    let session = post_json(&http, &m, "/v1/auth/login", &creds).await.json();
+    let session_token = session["access_token"].as_str().expect("access").to_owned();
+    let logout = |token: &str, body: serde_json::Value| {
+        http::Request::post(format!("http://{}/v1/auth/logout", m.gateway))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request")
+    };
+    let saved = m.token.replace(session_token.clone());
+    assert_eq!(
+        get(&http, &m, "/v1/videos", None).await.status,
+        200,
+        "cached as valid"
+    );
+    let foreign = serde_json::json!({"refresh_token": "not-a-token"});
+    let r = call(&http, logout(&session_token, foreign)).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let body = serde_json::json!({"refresh_token": session["refresh_token"]});
+    let r = call(&http, logout(&session_token, body)).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    unauthorized(&get(&http, &m, "/v1/videos", None).await, "logged out");
+    let spent = serde_json::json!({"refresh_token": session["refresh_token"]});
+    unauthorized(
+        &post_json(&http, &m, "/v1/auth/refresh", &spent).await,
+        "the logged-out session's refresh token",
+    );
+    unauthorized(
+        &call(&http, logout(&session_token, serde_json::json!({}))).await,
+        "logging out twice",
+    );
+    m.token = saved;
+    assert_eq!(
+        get(&http, &m, "/v1/videos", None).await.status,
+        200,
+        "other sessions stay"
+    );
+
     // Refresh rotates; the spent refresh token is refused.
     let creds = serde_json::json!({"email": "owner@example.com", "password": PASSWORD});
     let pair = post_json(&http, &m, "/v1/auth/login", &creds).await.json();

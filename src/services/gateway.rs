@@ -73,6 +73,8 @@ pub struct Api {
     trusted_proxies: client_addr::TrustedProxies,
     /// Signs and checks playback URLs.
     grants: grant::Grants,
+    /// Checks bearer tokens (and forgets those logged out).
+    verifier: bearer::Verifier,
 }
 
 impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
@@ -127,6 +129,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
     let verifier = bearer::Verifier::new(runtime.clone());
     let api = Api {
         grants: grant::Grants::new(&runtime.keys),
+        verifier: verifier.clone(),
         runtime,
         max_upload_bytes: config.max_upload_bytes,
         located: std::sync::Arc::default(),
@@ -167,6 +170,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             get(playback::segment),
         )
         .route("/v1/videos/{id}/playback", post(grant::create))
+        .route("/v1/auth/logout", post(accounts::logout))
         .route("/v1/videos/{id}/sessions", post(sessions::start))
         .route(
             "/v1/videos/{id}/sessions/{session_id}/stop",

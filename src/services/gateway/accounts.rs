@@ -14,7 +14,10 @@ use super::Api;
 use super::client_addr::ClientIp;
 use super::error::ApiError;
 use super::json;
-use crate::proto::{LogInRequest, RefreshRequest, SignUpRequest, TokenPair};
+use crate::proto::{
+    LogInRequest, RefreshRequest, RevokeTokenRequest, SignUpRequest, TokenKind, TokenPair,
+    ValidateTokenRequest,
+};
 
 /// `{"email", "password", "display_name"?}` (no `Debug`: it holds a password).
 #[derive(Deserialize)]
@@ -39,6 +42,67 @@ struct LogIn {
 #[serde(deny_unknown_fields)]
 struct Refresh {
     refresh_token: String,
+}
+
+/// `{"refresh_token"?}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogOut {
+    refresh_token: Option<String>,
+}
+
+/// `POST /v1/auth/logout` (with the bearer token): revokes that access
+/// token and, if the body names it, the session's refresh token (which
+/// must be the same user's); 204. The token then gets 401 here at once
+/// and on other gateways within their cache's 10 s.
+pub async fn logout(
+    State(api): State<Api>,
+    user: Option<axum::Extension<super::bearer::AuthUser>>,
+    headers: http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(axum::Extension(super::bearer::AuthUser(user))) = user else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    let access = super::bearer::bearer_token(&headers)?.to_owned();
+    let bytes = json::bytes(body).await?;
+    let request: LogOut = if bytes.iter().all(u8::is_ascii_whitespace) {
+        LogOut::default()
+    } else {
+        json::parse(&bytes)?
+    };
+    let mut auth = api.runtime.pool.auth().await?;
+    if let Some(refresh) = request.refresh_token {
+        if refresh.is_empty() || refresh.len() > crate::services::auth::token::MAX_TOKEN_BYTES {
+            return Err(ApiError::bad_request("refresh_token: malformed"));
+        }
+        let checked = auth
+            .validate_token(ValidateTokenRequest {
+                token: refresh.clone(),
+                required_scope: String::new(),
+            })
+            .await?
+            .into_inner();
+        let ours =
+            checked.valid && checked.kind == TokenKind::Refresh as i32 && checked.subject == user;
+        if !ours {
+            return Err(ApiError::bad_request(
+                "refresh_token: not a live refresh token of this user",
+            ));
+        }
+        auth.revoke_token(RevokeTokenRequest {
+            token: refresh,
+            token_id: String::new(),
+        })
+        .await?;
+    }
+    auth.revoke_token(RevokeTokenRequest {
+        token: access.clone(),
+        token_id: String::new(),
+    })
+    .await?;
+    api.verifier.forget(&access);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn answer(

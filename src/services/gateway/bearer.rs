@@ -49,6 +49,12 @@ impl Verifier {
         }
     }
 
+    /// Forgets the cached answer for `token` (it was revoked here; other
+    /// gateways keep theirs for at most the cache's 10 s).
+    pub fn forget(&self, token: &str) {
+        self.cache.remove(token);
+    }
+
     /// The user of access token `token`.
     ///
     /// # Errors

@@ -95,6 +95,11 @@ impl TokenCache {
         );
     }
 
+    /// Forgets `token` (revoked here: no cached answer may outlive it).
+    pub fn remove(&self, token: &str) {
+        self.lock().remove(&key(token));
+    }
+
     /// Entries held (fresh or not).
     #[must_use]
     pub fn len(&self) -> usize {
