@@ -1,7 +1,17 @@
-//! Metrics: a per-node Prometheus registry served as text on `/metrics`, and
-//! the server layer that counts requests by service, method and status,
-//! times them, and tracks calls in flight. The pool's breaker states and the
-//! retriers' counters are registered here too.
+//! Metrics: a per-node Prometheus registry served as text on the admin
+//! listener's `/metrics`; the gRPC server layer that counts calls by service,
+//! method and status, times them, and tracks calls in flight; the HTTP layer
+//! that times requests by method, route template and status code
+//! ([`HttpMetricsLayer`]); the pipeline's counters and histograms (upload,
+//! transcode, jobs) and the process's (CPU, memory, file descriptors,
+//! threads, read from `/proc` on Linux, never under the simulator). The
+//! pool's breaker states and the retriers' counters are registered here too.
+//!
+//! Names: `streamgate_*` for our own series; the HTTP histogram and the
+//! process series carry the names dashboards already know
+//! (`http_server_request_duration_seconds` after OpenTelemetry's
+//! `http.server.request.duration`, with its attribute names as labels;
+//! `process_*` as Prometheus's client libraries export them).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -56,6 +66,43 @@ pub struct OrphanLabels {
     pub kind: String,
 }
 
+/// How a piece of pipeline work ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+impl OutcomeLabels {
+    fn of(ok: bool) -> Self {
+        Self {
+            outcome: if ok { "ok" } else { "error" },
+        }
+    }
+}
+
+/// An HTTP request's labels: OpenTelemetry's attribute names, dots made
+/// underscores. Each is bounded: the method is one of the standard nine or
+/// `_OTHER`, the route is a template of the router (never the raw path) or
+/// [`UNMATCHED_ROUTE`], and the status is a number the server chose.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// `GET`, `POST`, ... or `_OTHER`.
+    pub http_request_method: &'static str,
+    /// The route template (axum's `MatchedPath`, e.g. `/v1/videos/{id}`).
+    pub http_route: String,
+    /// The response's status code (499: the client went away before the
+    /// response head).
+    pub http_response_status_code: u16,
+}
+
+/// The route label of a request no route matched (a 404 of the fallback).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The status label of a request whose client went away before the
+/// response head (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// An instance's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -109,10 +156,24 @@ struct Inner {
     orphan_sweeps: Counter,
 }
 
+/// The pipeline's series (cheap to clone: handles onto the registry's).
+#[derive(Clone, Debug)]
+struct Pipeline {
+    upload_bytes: Counter,
+    upload_duration: Family<OutcomeLabels, Histogram>,
+    transcode_duration: Family<OutcomeLabels, Histogram>,
+    job_attempts_failed: Counter,
+    jobs_dead_lettered: Counter,
+    jobs_completed: Counter,
+}
+
 /// The node's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
+    /// Outside the lock: the HTTP layer records without taking it.
+    http: Family<HttpLabels, Histogram>,
+    pipeline: Pipeline,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,7 +184,19 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("streamgate");
+        let mut root = Registry::default();
+        let http = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+        });
+        root.register(
+            "http_server_request_duration_seconds",
+            "HTTP requests served, by method, route template and status code: time to the \
+             response head",
+            http.clone(),
+        );
+        process::register(&mut root);
+        let registry = root.sub_registry_with_prefix("streamgate");
+        let pipeline = Pipeline::register(registry);
         let requests = Family::<DoneLabels, Counter>::default();
         let latency = Family::<CallLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -174,7 +247,7 @@ impl Default for Metrics {
             orphan_sweeps.clone(),
         );
         let inner = Inner {
-            registry,
+            registry: root,
             calls: std::collections::HashMap::new(),
             requests,
             latency,
@@ -189,7 +262,59 @@ impl Default for Metrics {
         };
         Self {
             inner: Arc::new(Mutex::new(inner)),
+            http,
+            pipeline,
         }
+    }
+}
+
+impl Pipeline {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            upload_bytes: Counter::default(),
+            // 10 ms to about 5.5 min.
+            upload_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 16))
+            }),
+            // 100 ms to about 55 min.
+            transcode_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.1, 2.0, 16))
+            }),
+            job_attempts_failed: Counter::default(),
+            jobs_dead_lettered: Counter::default(),
+            jobs_completed: Counter::default(),
+        };
+        registry.register(
+            "upload_bytes",
+            "Bytes of the uploads stored (acknowledged)",
+            this.upload_bytes.clone(),
+        );
+        registry.register(
+            "upload_duration_seconds",
+            "Uploads served by the upload service, by outcome: from the first chunk to the answer",
+            this.upload_duration.clone(),
+        );
+        registry.register(
+            "transcode_duration_seconds",
+            "Transcodes run by the transcoder service, by outcome (cancelled ones are not counted)",
+            this.transcode_duration.clone(),
+        );
+        registry.register(
+            "job_attempts_failed",
+            "Job attempts that failed (retried or dead-lettered), including attempts lost with a worker",
+            this.job_attempts_failed.clone(),
+        );
+        registry.register(
+            "jobs_dead_lettered",
+            "Jobs the worker gave up on (out of attempts, or a permanent failure)",
+            this.jobs_dead_lettered.clone(),
+        );
+        registry.register(
+            "jobs_completed",
+            "Jobs the worker completed",
+            this.jobs_completed.clone(),
+        );
+        this
     }
 }
 
@@ -198,9 +323,33 @@ fn split_path(path: &str) -> (String, String) {
         Some((service, method)) if !service.is_empty() && !method.contains('/') => {
             (service.to_owned(), method.to_owned())
         }
-        // Plain HTTP paths are few and fixed (`/health`, `/metrics`); others fold into one label.
-        _ if matches!(path, "/health" | "/metrics") => ("http".to_owned(), path.to_owned()),
         _ => ("http".to_owned(), "other".to_owned()),
+    }
+}
+
+/// Whether a request is a gRPC call (counted by [`MetricsLayer`]; the rest
+/// by [`HttpMetricsLayer`]).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The method label: one of the nine standard methods, or `_OTHER`
+/// (OpenTelemetry's rule), so a client cannot make series of its own.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
     }
 }
 
@@ -292,6 +441,52 @@ impl Metrics {
         self.with(|i| i.orphan_sweeps.get())
     }
 
+    /// Counts a stored upload of `bytes` bytes.
+    pub fn upload_stored(&self, bytes: u64) {
+        self.pipeline.upload_bytes.inc_by(bytes);
+    }
+
+    /// Bytes of stored uploads so far.
+    #[must_use]
+    pub fn upload_bytes(&self) -> u64 {
+        self.pipeline.upload_bytes.get()
+    }
+
+    /// Times an upload that took `took` and ended well (`ok`) or not.
+    pub fn upload_finished(&self, ok: bool, took: std::time::Duration) {
+        self.pipeline
+            .upload_duration
+            .get_or_create(&OutcomeLabels::of(ok))
+            .observe(took.as_secs_f64());
+    }
+
+    /// Times a transcode that took `took` and ended well (`ok`) or not.
+    pub fn transcode_finished(&self, ok: bool, took: std::time::Duration) {
+        self.pipeline
+            .transcode_duration
+            .get_or_create(&OutcomeLabels::of(ok))
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed job attempt, and the job's end when `dead_letter`.
+    pub fn job_attempt_failed(&self, dead_letter: bool) {
+        self.pipeline.job_attempts_failed.inc();
+        if dead_letter {
+            self.pipeline.jobs_dead_lettered.inc();
+        }
+    }
+
+    /// Counts a completed job.
+    pub fn job_completed(&self) {
+        self.pipeline.jobs_completed.inc();
+    }
+
+    /// Jobs dead-lettered so far.
+    #[must_use]
+    pub fn jobs_dead_lettered(&self) -> u64 {
+        self.pipeline.jobs_dead_lettered.get()
+    }
+
     /// The handles of calls on `path` (made on its first call).
     fn call(&self, path: &str) -> Arc<CallMetrics> {
         let mut inner = self
@@ -366,6 +561,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if !is_grpc(req.headers()) {
+            // Plain HTTP (`/health`, `/ready`, the gateway's API): the
+            // router's [`HttpMetricsLayer`] counts it, by route.
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                done: None,
+            };
+        }
         let call = self.metrics.call(req.uri().path());
         call.in_flight.inc();
         ResponseFuture {
@@ -422,11 +625,384 @@ where
     }
 }
 
+/// HTTP server side: times every plain HTTP request (gRPC calls are
+/// [`MetricsLayer`]'s) into `http_server_request_duration_seconds` by
+/// method, route template and status code. Added to an axum router with
+/// `Router::layer`, so it sees the route the router matched
+/// (`MatchedPath`); a request no route matched counts under
+/// [`UNMATCHED_ROUTE`].
+#[derive(Debug, Clone)]
+pub struct HttpMetricsLayer {
+    http: Family<HttpLabels, Histogram>,
+}
+
+impl HttpMetricsLayer {
+    /// Records into `metrics`.
+    #[must_use]
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            http: metrics.http.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMeasure<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMeasure {
+            inner,
+            http: self.http.clone(),
+        }
+    }
+}
+
+/// See [`HttpMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct HttpMeasure<S> {
+    inner: S,
+    http: Family<HttpLabels, Histogram>,
+}
+
+/// What an HTTP request will be recorded as, but its status.
+struct HttpCall {
+    http: Family<HttpLabels, Histogram>,
+    method: &'static str,
+    route: String,
+    started: Instant,
+}
+
+impl HttpCall {
+    fn finish(self, status: u16) {
+        let labels = HttpLabels {
+            http_request_method: self.method,
+            http_route: self.route,
+            http_response_status_code: status,
+        };
+        self.http
+            .get_or_create(&labels)
+            .observe((rt::now() - self.started).as_secs_f64());
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for HttpMeasure<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = HttpResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let call = (!is_grpc(req.headers())).then(|| HttpCall {
+            http: self.http.clone(),
+            method: method_label(req.method()),
+            route: req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or(UNMATCHED_ROUTE, axum::extract::MatchedPath::as_str)
+                .to_owned(),
+            started: rt::now(),
+        });
+        HttpResponseFuture {
+            inner: self.inner.call(req),
+            call,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Records the request when the response head is ready (or, as 499, on
+    /// drop before it).
+    pub struct HttpResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<HttpCall>,
+    }
+
+    impl<F> PinnedDrop for HttpResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(CLIENT_CLOSED);
+            }
+        }
+    }
+}
+
+impl<F, ResBody, E> Future for HttpResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(call) = this.call.take() {
+            // An error here becomes a 500 further out (axum's routes are
+            // infallible; the error layer answers for the rest).
+            let status = result.as_ref().map_or(500, |res| res.status().as_u16());
+            call.finish(status);
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// The process's own series, read from `/proc/self` at each scrape.
+mod process {
+    use prometheus_client::registry::Registry;
+
+    /// Registers the `process_*` series (Linux; none under the simulator,
+    /// where a process is not ours to read).
+    pub(super) fn register(registry: &mut Registry) {
+        #[cfg(all(target_os = "linux", not(madsim)))]
+        registry.register_collector(Box::new(linux::Process));
+        #[cfg(not(all(target_os = "linux", not(madsim))))]
+        let _ = registry;
+    }
+
+    #[cfg(all(target_os = "linux", not(madsim)))]
+    mod linux {
+        use prometheus_client::collector::Collector;
+        use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        #[derive(Debug)]
+        pub(super) struct Process;
+
+        fn gauge(
+            encoder: &mut DescriptorEncoder<'_>,
+            name: &str,
+            help: &str,
+            value: impl TryInto<i64>,
+        ) -> Result<(), std::fmt::Error> {
+            let Ok(value) = value.try_into() else {
+                return Ok(());
+            };
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        }
+
+        impl Collector for Process {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                // A series /proc does not give is left out of this scrape.
+                let Ok(me) = procfs::process::Process::myself() else {
+                    return Ok(());
+                };
+                if let Ok(stat) = me.stat() {
+                    #[expect(clippy::cast_precision_loss, reason = "CPU ticks fit in f64")]
+                    let cpu = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
+                    let counter = ConstCounter::new(cpu);
+                    counter.encode(encoder.encode_descriptor(
+                        "process_cpu_seconds",
+                        "User and system CPU time spent, in seconds",
+                        None,
+                        counter.metric_type(),
+                    )?)?;
+                    gauge(
+                        &mut encoder,
+                        "process_resident_memory_bytes",
+                        "Resident memory size in bytes",
+                        stat.rss.saturating_mul(procfs::page_size()),
+                    )?;
+                    gauge(
+                        &mut encoder,
+                        "process_virtual_memory_bytes",
+                        "Virtual memory size in bytes",
+                        stat.vsize,
+                    )?;
+                    gauge(
+                        &mut encoder,
+                        "process_threads",
+                        "OS threads of the process",
+                        stat.num_threads,
+                    )?;
+                }
+                if let Ok(fds) = me.fd_count() {
+                    gauge(
+                        &mut encoder,
+                        "process_open_fds",
+                        "Open file descriptors",
+                        fds,
+                    )?;
+                }
+                if let Ok(limits) = me.limits()
+                    && let procfs::process::LimitValue::Value(max) =
+                        limits.max_open_files.soft_limit
+                {
+                    gauge(
+                        &mut encoder,
+                        "process_max_fds",
+                        "Most open file descriptors allowed",
+                        max,
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::convert::Infallible;
     use tower::ServiceExt;
+
+    fn grpc_request(path: impl AsRef<str>) -> Request<()> {
+        Request::builder()
+            .uri(path.as_ref())
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap()
+    }
+
+    /// The value of the sample line starting `prefix` (labels included).
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn http_requests_count_by_route_template_and_status_with_bounded_labels() {
+        use axum::routing::get;
+        let metrics = Metrics::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/videos/{id}",
+                get(
+                    |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                        if id == "broken" {
+                            http::StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            http::StatusCode::OK
+                        }
+                    },
+                ),
+            )
+            .route("/grpc.Svc/{*rest}", get(|| async { "grpc" }))
+            .fallback(|| async { http::StatusCode::NOT_FOUND })
+            .layer(HttpMetricsLayer::new(&metrics));
+        let send = |method: &str, path: String| {
+            let req = axum::extract::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        for id in ["a", "b", "broken"] {
+            send("GET", format!("/v1/videos/{id}")).await.unwrap();
+        }
+        // A thousand junk paths and made-up methods: one series each.
+        for n in 0..1000 {
+            send("GET", format!("/junk/{n}")).await.unwrap();
+        }
+        for n in 0..10 {
+            send(&format!("FOO{n}"), "/v1/videos/c".to_owned())
+                .await
+                .unwrap();
+        }
+        // gRPC calls are MetricsLayer's, not counted here.
+        let grpc = axum::extract::Request::builder()
+            .uri("/grpc.Svc/Get")
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.clone().oneshot(grpc).await.unwrap();
+
+        let text = metrics.render();
+        let count = |method: &str, route: &str, status: u16| {
+            sample(
+                &text,
+                &format!(
+                    "http_server_request_duration_seconds_count{{http_request_method=\"{method}\",\
+                     http_route=\"{route}\",http_response_status_code=\"{status}\"}}"
+                ),
+            )
+        };
+        assert_eq!(count("GET", "/v1/videos/{id}", 200), Some(2.0), "{text}");
+        assert_eq!(count("GET", "/v1/videos/{id}", 500), Some(1.0), "{text}");
+        assert_eq!(count("GET", UNMATCHED_ROUTE, 404), Some(1000.0), "{text}");
+        assert_eq!(
+            count("_OTHER", "/v1/videos/{id}", 405),
+            Some(10.0),
+            "{text}"
+        );
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+            .count();
+        assert_eq!(series, 4, "{text}");
+        assert!(!text.contains("grpc.Svc"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn pipeline_series_are_rendered() {
+        let metrics = Metrics::default();
+        metrics.upload_stored(1000);
+        metrics.upload_stored(24);
+        metrics.upload_finished(true, std::time::Duration::from_millis(30));
+        metrics.upload_finished(false, std::time::Duration::from_millis(5));
+        metrics.transcode_finished(true, std::time::Duration::from_secs(3));
+        metrics.job_attempt_failed(false);
+        metrics.job_attempt_failed(true);
+        metrics.job_completed();
+        let text = metrics.render();
+        assert_eq!(metrics.upload_bytes(), 1024);
+        assert_eq!(metrics.jobs_dead_lettered(), 1);
+        for (line, value) in [
+            ("streamgate_upload_bytes_total ", 1024.0),
+            (
+                r#"streamgate_upload_duration_seconds_count{outcome="ok"}"#,
+                1.0,
+            ),
+            (
+                r#"streamgate_upload_duration_seconds_count{outcome="error"}"#,
+                1.0,
+            ),
+            (
+                r#"streamgate_transcode_duration_seconds_sum{outcome="ok"}"#,
+                3.0,
+            ),
+            ("streamgate_job_attempts_failed_total ", 2.0),
+            ("streamgate_jobs_dead_lettered_total ", 1.0),
+            ("streamgate_jobs_completed_total ", 1.0),
+        ] {
+            assert_eq!(sample(&text, line), Some(value), "{line} in\n{text}");
+        }
+    }
+
+    /// Read from /proc at each scrape (Linux only; the simulator has none).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_series_come_from_proc() {
+        let text = Metrics::default().render();
+        for name in [
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_open_fds ",
+            "process_threads ",
+            "process_max_fds ",
+        ] {
+            let value = sample(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            assert!(value >= 1.0, "{name} {value}");
+        }
+        assert!(
+            sample(&text, "process_cpu_seconds_total ").is_some(),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn counts_calls_by_status_and_renders_prometheus_text() {
@@ -447,11 +1023,7 @@ mod tests {
             "/streamgate.v1.CacheService/Fail",
             "/../../etc",
         ] {
-            layer
-                .layer(svc)
-                .oneshot(Request::builder().uri(path).body(()).unwrap())
-                .await
-                .unwrap();
+            layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
         }
         metrics.breaker(
             "cache-1",
@@ -491,11 +1063,7 @@ mod tests {
         let extra = 50;
         for n in 0..MAX_CALL_LABELS + extra {
             let path = format!("/svc{n}/Method");
-            layer
-                .layer(svc)
-                .oneshot(Request::builder().uri(path).body(()).unwrap())
-                .await
-                .unwrap();
+            layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
         }
         let text = metrics.render();
         let series = text
