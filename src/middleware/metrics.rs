@@ -327,6 +327,41 @@ fn split_path(path: &str) -> (String, String) {
     }
 }
 
+/// OpenMetrics text, as [`Metrics::render`] writes it, as Prometheus text
+/// format 0.0.4 (see [`Metrics::render_classic`]).
+fn to_classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    // A family's HELP line, held until its TYPE line says whether it is a
+    // counter (OpenMetrics writes HELP first).
+    let mut help: Option<(&str, &str)> = None;
+    let flush_help = |out: &mut String, help: Option<(&str, &str)>, suffix: &str| {
+        if let Some((name, text)) = help {
+            let _ = writeln!(out, "# HELP {name}{suffix} {text}");
+        }
+    };
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush_help(&mut out, help.take(), "");
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            match help.take() {
+                Some(held) if held.0 == name => flush_help(&mut out, Some(held), suffix),
+                other => flush_help(&mut out, other, ""),
+            }
+            let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+        } else {
+            flush_help(&mut out, help.take(), "");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    flush_help(&mut out, help, "");
+    out
+}
+
 /// Whether a request is a gRPC call (counted by [`MetricsLayer`]; the rest
 /// by [`HttpMetricsLayer`]).
 fn is_grpc(headers: &http::HeaderMap) -> bool {
@@ -370,6 +405,16 @@ impl Metrics {
                 let _ = writeln!(out, "# encoding failed: {e}");
             });
         out
+    }
+
+    /// The Prometheus text format 0.0.4 (what a client that does not ask
+    /// for OpenMetrics reads, `promtool check metrics` among them): the
+    /// same samples as [`Metrics::render`], with the two formats'
+    /// differences made: a counter's `HELP` and `TYPE` name its `_total`
+    /// series, and there are no `UNIT` or `EOF` lines.
+    #[must_use]
+    pub fn render_classic(&self) -> String {
+        to_classic(&self.render())
     }
 
     /// Records a breaker transition of `instance` (the pool's hook).
@@ -941,6 +986,19 @@ mod tests {
             .count();
         assert_eq!(series, 4, "{text}");
         assert!(!text.contains("grpc.Svc"), "{text}");
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_total_series() {
+        let om = "# HELP a_requests Calls.\n# TYPE a_requests counter\n\
+                  a_requests_total{x=\"1\"} 2\n# HELP b_in_flight Now.\n\
+                  # TYPE b_in_flight gauge\n# UNIT b_in_flight seconds\nb_in_flight 1\n# EOF\n";
+        assert_eq!(
+            to_classic(om),
+            "# HELP a_requests_total Calls.\n# TYPE a_requests_total counter\n\
+             a_requests_total{x=\"1\"} 2\n# HELP b_in_flight Now.\n\
+             # TYPE b_in_flight gauge\nb_in_flight 1\n"
+        );
     }
 
     #[tokio::test]

@@ -424,9 +424,12 @@ pub async fn serve(
     })
 }
 
-/// The OpenMetrics text format `/metrics` answers in (what
-/// `prometheus_client` writes).
+/// The OpenMetrics text format `/metrics` answers in when asked for it
+/// (Prometheus asks), what `prometheus_client` writes.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Prometheus text format `/metrics` answers in otherwise.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Admin requests served at once (a scrape or probe at a time is the norm;
 /// more wait).
@@ -459,8 +462,9 @@ impl AdminServer {
     }
 }
 
-/// The admin listener's routes: `GET /metrics` (the node's metrics, the
-/// OpenMetrics text format), `/health` (liveness: the process answers) and
+/// The admin listener's routes: `GET /metrics` (the node's metrics, in the
+/// OpenMetrics text format when the `Accept` header asks for it, else in
+/// Prometheus text format 0.0.4), `/health` (liveness: the process answers) and
 /// `/ready` (every service of the process ready: the same check as each
 /// service's own `/ready`, the first not ready named).
 pub fn admin_router(runtime: &Runtime) -> axum::Router {
@@ -477,9 +481,17 @@ pub fn admin_router(runtime: &Runtime) -> axum::Router {
         )
         .route(
             "/metrics",
-            axum::routing::get(move || {
-                let text = metrics.render();
-                async move { ([(http::header::CONTENT_TYPE, OPENMETRICS)], text) }
+            axum::routing::get(move |headers: http::HeaderMap| {
+                let openmetrics = headers
+                    .get_all(http::header::ACCEPT)
+                    .iter()
+                    .any(|v| v.as_bytes().starts_with(b"application/openmetrics-text"));
+                let (ctype, text) = if openmetrics {
+                    (OPENMETRICS, metrics.render())
+                } else {
+                    (PROMETHEUS_TEXT, metrics.render_classic())
+                };
+                async move { ([(http::header::CONTENT_TYPE, ctype)], text) }
             }),
         )
         .fallback(gateway::not_found)
@@ -561,15 +573,34 @@ mod tests {
             String::from_utf8(bytes.to_vec()).expect("text")
         };
         assert_eq!(get("/health").await.unwrap().status(), http::StatusCode::OK);
-        let metrics = get("/metrics").await.unwrap();
+        let metrics = admin_router(&runtime)
+            .oneshot(
+                axum::extract::Request::get("/metrics")
+                    .header(
+                        "accept",
+                        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+                    )
+                    .body(axum::body::Body::empty())
+                    .expect("a request"),
+            )
+            .await
+            .unwrap();
         assert_eq!(metrics.status(), http::StatusCode::OK);
         assert_eq!(metrics.headers()[http::header::CONTENT_TYPE], OPENMETRICS);
         let text = body(metrics).await;
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert!(
-            text.contains("# TYPE streamgate_retries counter"),
-            "{text}"
+        let classic = get("/metrics").await.unwrap();
+        assert_eq!(
+            classic.headers()[http::header::CONTENT_TYPE],
+            PROMETHEUS_TEXT
         );
+        let classic = body(classic).await;
+        assert!(
+            classic.contains("# TYPE streamgate_retries_total counter"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"), "{classic}");
+        assert!(text.contains("# TYPE streamgate_retries counter"), "{text}");
         assert_eq!(
             get("/nothing").await.unwrap().status(),
             http::StatusCode::NOT_FOUND
