@@ -176,7 +176,10 @@ async fn cache_calls_go_through_the_pool_and_layers() {
         .await
         .unwrap()
         .to_bytes();
-    assert!(body.is_empty(), "/metrics is off the service ports: {body:?}");
+    assert!(
+        body.is_empty(),
+        "/metrics is off the service ports: {body:?}"
+    );
     let admin = streamgate::services::host::serve_admin(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         kernel.runtime(),

@@ -211,7 +211,7 @@ impl Default for Metrics {
         registry.register("requests", "Calls served, by status", requests.clone());
         registry.register(
             "request_duration_seconds",
-            "Time to the response head",
+            "gRPC calls: time to their status (the end of a stream)",
             latency.clone(),
         );
         registry.register("in_flight", "Calls being served", in_flight.clone());
@@ -596,8 +596,9 @@ pub struct Measure<S> {
 impl<S, B, ResBody> Service<Request<B>> for Measure<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
 {
-    type Response = S::Response;
+    type Response = Response<MeteredBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -624,7 +625,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Records the call when the response head is ready (or on drop).
+    /// Hands the call on to the response body ([`MeteredBody`]), or
+    /// records it when the head already says how it ended (or on drop).
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -650,23 +652,102 @@ fn finish(call: &CallMetrics, code: tonic::Code, started: Instant) {
 impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: http_body::Body,
 {
-    type Output = F::Output;
+    type Output = Result<Response<MeteredBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Some((call, started)) = this.done.take() {
-            // Unary errors come trailers-only, so their status is in the head;
-            // a status sent later in trailers counts as OK here.
-            let code = match &result {
-                Ok(res) => tonic::Status::from_header_map(res.headers())
-                    .map_or(tonic::Code::Ok, |s| s.code()),
-                Err(_) => tonic::Code::Internal,
-            };
+        let done = this.done.take();
+        Poll::Ready(match result {
+            Err(e) => {
+                if let Some((call, started)) = done {
+                    finish(&call, tonic::Code::Internal, started);
+                }
+                Err(e)
+            }
+            Ok(res) => {
+                // A trailers-only answer (a unary call's error, a refusal)
+                // has its status in the head; otherwise it comes in the
+                // trailers, after the last message: the body records it.
+                let head = tonic::Status::from_header_map(res.headers()).map(|s| s.code());
+                let done = match (done, head) {
+                    (Some((call, started)), Some(code)) => {
+                        finish(&call, code, started);
+                        None
+                    }
+                    (Some((call, started)), None) if res.body().is_end_stream() => {
+                        finish(&call, tonic::Code::Unknown, started);
+                        None
+                    }
+                    (done, _) => done,
+                };
+                Ok(res.map(|inner| MeteredBody { inner, done }))
+            }
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A gRPC response body that records its call with the status of its
+    /// trailers (`Unknown` when it ends without one, `Internal` when it
+    /// fails, `Cancelled` when dropped before its end: the client went away).
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        done: Option<(Arc<CallMetrics>, Instant)>,
+    }
+
+    impl<B> PinnedDrop for MeteredBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some((call, started)) = this.project().done.take() {
+                finish(&call, tonic::Code::Cancelled, started);
+            }
+        }
+    }
+}
+
+impl<B: Default> Default for MeteredBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            done: None,
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let code = match &frame {
+            Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
+                tonic::Status::from_header_map(trailers).map_or(tonic::Code::Unknown, |s| s.code())
+            }),
+            Some(Err(_)) => Some(tonic::Code::Internal),
+            None => Some(tonic::Code::Unknown),
+        };
+        if let Some(code) = code
+            && let Some((call, started)) = this.done.take()
+        {
             finish(&call, code, started);
         }
-        Poll::Ready(result)
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -899,6 +980,27 @@ mod tests {
     use std::convert::Infallible;
     use tower::ServiceExt;
 
+    type TestBody = http_body_util::StreamBody<
+        futures::stream::Iter<
+            std::vec::IntoIter<Result<http_body::Frame<bytes::Bytes>, Infallible>>,
+        >,
+    >;
+
+    /// A response body of `messages`, then trailers with `grpc-status`
+    /// `code` (none: no trailers).
+    fn grpc_body(messages: &[&[u8]], code: Option<i32>) -> TestBody {
+        let mut frames: Vec<_> = messages
+            .iter()
+            .map(|m| Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(m))))
+            .collect();
+        if let Some(code) = code {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", code.into());
+            frames.push(Ok(http_body::Frame::trailers(trailers)));
+        }
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
     fn grpc_request(path: impl AsRef<str>) -> Request<()> {
         Request::builder()
             .uri(path.as_ref())
@@ -1066,23 +1168,40 @@ mod tests {
     async fn counts_calls_by_status_and_renders_prometheus_text() {
         let metrics = Metrics::default();
         let svc = tower::service_fn(|req: Request<()>| async move {
-            if req.uri().path().ends_with("/Fail") {
+            let path = req.uri().path();
+            if path.ends_with("/Fail") {
+                // Trailers-only: the status in the head.
                 let (parts, ()) = tonic::Status::not_found("no")
                     .into_http::<()>()
                     .into_parts();
-                return Ok::<_, Infallible>(Response::from_parts(parts, ()));
+                return Ok::<_, Infallible>(Response::from_parts(parts, grpc_body(&[], None)));
             }
-            Ok(Response::new(()))
+            if path.ends_with("/Stream") {
+                // Two messages, then an error in the trailers.
+                return Ok(Response::new(grpc_body(&[b"one", b"two"], Some(13))));
+            }
+            Ok(Response::new(grpc_body(&[b"answer"], Some(0))))
         });
         let layer = MetricsLayer::new(metrics.clone());
         for path in [
             "/streamgate.v1.CacheService/Get",
             "/streamgate.v1.CacheService/Get",
             "/streamgate.v1.CacheService/Fail",
+            "/streamgate.v1.CacheService/Stream",
             "/../../etc",
         ] {
-            layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
+            let res = layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
+            http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap();
         }
+        // A body dropped before its end: the client went away.
+        let res = layer
+            .layer(svc)
+            .oneshot(grpc_request("/streamgate.v1.CacheService/Gone"))
+            .await
+            .unwrap();
+        drop(res);
         metrics.breaker(
             "cache-1",
             Transition::Tripped {
@@ -1095,6 +1214,9 @@ mod tests {
         for line in [
             r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Get",code="Ok"} 2"#,
             r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Fail",code="NotFound"} 1"#,
+            r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Stream",code="Internal"} 1"#,
+            r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Gone",code="Cancelled"} 1"#,
+            r#"streamgate_in_flight{service="streamgate.v1.CacheService",method="Stream"} 0"#,
             r#"streamgate_requests_total{service="http",method="other",code="Ok"} 1"#,
             r#"streamgate_in_flight{service="streamgate.v1.CacheService",method="Get"} 0"#,
             r#"streamgate_breaker_state{instance="cache-1"} 2"#,
@@ -1113,15 +1235,17 @@ mod tests {
     #[tokio::test]
     async fn distinct_paths_are_bounded() {
         let metrics = Metrics::default();
-        let svc =
-            tower::service_fn(
-                |_req: Request<()>| async move { Ok::<_, Infallible>(Response::new(())) },
-            );
+        let svc = tower::service_fn(|_req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(grpc_body(&[], Some(0))))
+        });
         let layer = MetricsLayer::new(metrics.clone());
         let extra = 50;
         for n in 0..MAX_CALL_LABELS + extra {
             let path = format!("/svc{n}/Method");
-            layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
+            let res = layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
+            http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap();
         }
         let text = metrics.render();
         let series = text
