@@ -223,7 +223,7 @@ async fn a_real_prometheus_scrapes_the_admin_listener() {
     // No series names a raw path.
     let raw = query(
         &prometheus,
-        &format!(r#"{{__name__=~"http_server.*",http_route=~".*(0000|7f3a).*"}}"#),
+        r#"{__name__=~"http_server.*",http_route=~".*(0000|7f3a).*"}"#,
     )
     .await;
     assert!(raw.is_empty(), "raw paths became labels: {raw:?}");
