@@ -243,14 +243,14 @@ pub async fn run(
             });
         }
     };
-    let admin = start_admin(opts, kernel).await?;
+    let started = start_admin(opts, kernel).await?;
     tracing::info!(
-        services = admin.kernel.registrations().len(),
+        services = started.kernel.registrations().len(),
         "streamgate is up"
     );
     shutdown.await;
     tracing::info!("shutting down");
-    admin.shutdown().await;
+    started.shutdown().await;
     Ok(())
 }
 
