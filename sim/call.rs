@@ -40,6 +40,7 @@ fn node_runtime() -> Runtime {
         pool: ClientPool::new(registry, crate::common::pool("cache")),
         keys: crate::common::keys(),
         metrics: Default::default(),
+        ready: Default::default(),
     }
 }
 

@@ -46,8 +46,48 @@ pub struct Runtime {
     pub pool: ClientPool,
     /// Service-token keys: servers verify with them, the pool signs.
     pub keys: Keyring,
-    /// The node's metrics, served on every service's `/metrics`.
+    /// The node's metrics, served on the admin listener's `/metrics`.
     pub metrics: Metrics,
+    /// What the admin listener's `/ready` asks: one check per service
+    /// served (each service adds its own when it starts serving).
+    pub ready: ReadyChecks,
+}
+
+/// Says why a service is not ready (`Some(reason)`), or `None`.
+pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The readiness checks of the services of one process; cheap to clone.
+#[derive(Clone, Default)]
+pub struct ReadyChecks(Arc<std::sync::Mutex<Vec<(String, ReadyCheck)>>>);
+
+impl std::fmt::Debug for ReadyChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyChecks").finish_non_exhaustive()
+    }
+}
+
+impl ReadyChecks {
+    /// Adds the check of the service `name`.
+    pub fn add(&self, name: &str, check: ReadyCheck) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name.to_owned(), check));
+    }
+
+    /// Why the process is not ready (`"<service>: <reason>"` of the first
+    /// service not ready), or `None` when every service is.
+    #[must_use]
+    pub fn not_ready(&self) -> Option<String> {
+        let checks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        checks
+            .iter()
+            .find_map(|(name, check)| check().map(|why| format!("{name}: {why}")))
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -244,6 +284,7 @@ impl Kernel {
             pool,
             keys,
             metrics,
+            ready: ReadyChecks::default(),
         };
         let mut kernel = Self {
             runtime,

@@ -14,6 +14,7 @@ use crate::middleware::auth::{Key, Keyring};
 use crate::registry::CheckStyle;
 use crate::registry::memory::MemoryRegistry;
 use crate::services::auth::{Secret, ServiceClient, ServiceClients};
+use crate::services::host::{AdminServer, serve_admin};
 use crate::services::{Common, ServiceConfig, ServiceKind, ServicePlugin};
 
 mod http_opts;
@@ -40,6 +41,12 @@ pub struct NodeOpts {
     /// registered).
     #[arg(long, env = "STREAMGATE_PORT")]
     pub port: Option<u16>,
+    /// The process's admin listener: `GET /metrics` (Prometheus), `/health`
+    /// and `/ready` for all the services of the process, without a token
+    /// (keep it on loopback or a private network). Port 0 binds a free one;
+    /// once serving, the process prints `admin <address>` on stdout.
+    #[arg(long, env = "STREAMGATE_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
     /// Where blobs (originals, HLS renditions) and the SQLite databases live.
     #[arg(long, env = "STREAMGATE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -237,28 +244,67 @@ pub async fn run(
             });
         }
     };
-    announce(opts.host, kernel.registrations());
-    tracing::info!(services = kernel.registrations().len(), "streamgate is up");
+    let started = start_admin(opts, kernel).await?;
+    tracing::info!(
+        services = started.kernel.registrations().len(),
+        "streamgate is up"
+    );
     shutdown.await;
     tracing::info!("shutting down");
-    kernel.shutdown().await;
+    started.shutdown().await;
     Ok(())
+}
+
+/// A started kernel and the process's admin listener.
+struct Started {
+    kernel: Kernel,
+    admin: AdminServer,
+}
+
+impl Started {
+    /// Stops the kernel (the admin listener's `/ready` says draining
+    /// meanwhile), then the admin listener.
+    async fn shutdown(self) {
+        self.kernel.shutdown().await;
+        self.admin.stop().await;
+    }
+}
+
+/// Starts the admin listener of `kernel`'s process on `--admin-listen` and
+/// prints the `listening` lines and the `admin` line; stops the kernel when
+/// the listener cannot be bound.
+async fn start_admin(opts: &NodeOpts, kernel: Kernel) -> Result<Started, KernelError> {
+    let admin = match serve_admin(opts.admin_listen, kernel.runtime()).await {
+        Ok(admin) => admin,
+        Err(e) => {
+            kernel.shutdown().await;
+            return Err(e);
+        }
+    };
+    announce(opts.host, kernel.registrations(), admin.local_addr());
+    Ok(Started { kernel, admin })
 }
 
 /// What a `listening` line on stdout starts with (see [`NodeOpts::port`]).
 pub const LISTENING: &str = "listening";
 
+/// What the line naming the admin listener starts with (see
+/// [`NodeOpts::admin_listen`]).
+pub const ADMIN: &str = "admin";
+
 /// Prints `listening <service> <host>:<port>` on stdout for each service
-/// served: how a caller that passed `--port 0` learns the ports.
-fn announce(host: IpAddr, served: &[crate::registry::ServiceInfo]) {
+/// served, then `admin <address>`: how a caller that passed `--port 0`
+/// learns the ports.
+fn announce(host: IpAddr, served: &[crate::registry::ServiceInfo], admin: SocketAddr) {
     use std::io::Write as _;
-    let lines: String = served
+    let mut lines: String = served
         .iter()
         .map(|info| {
             let addr = SocketAddr::new(host, info.port);
             format!("{LISTENING} {} {addr}\n", info.name)
         })
         .collect();
+    lines.push_str(&format!("{ADMIN} {admin}\n"));
     let mut out = std::io::stdout().lock();
     // Nobody reading stdout is no reason to stop serving.
     let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
@@ -718,11 +764,11 @@ pub async fn run_service(
         plugins,
     )
     .await?;
-    announce(opts.host, kernel.registrations());
+    let started = start_admin(opts, kernel).await?;
     tracing::info!(service = kind.name(), "up");
     shutdown.await;
     tracing::info!(service = kind.name(), "shutting down");
-    kernel.shutdown().await;
+    started.shutdown().await;
     Ok(())
 }
 
@@ -736,6 +782,7 @@ mod tests {
             advertise_host: None,
             port_offset,
             port,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: PathBuf::from("data"),
             max_upload_bytes: 1 << 20,
             auth_secret_file: None,

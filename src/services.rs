@@ -185,6 +185,7 @@ mod tests {
             pool: ClientPool::new(registry, PoolConfig::new(keys.clone(), "test")),
             keys,
             metrics: crate::middleware::metrics::Metrics::default(),
+            ready: Default::default(),
         };
         let dir = tempfile::tempdir().expect("a scratch directory");
         let stores = [

@@ -226,6 +226,39 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     }
     assert_eq!(video["size_bytes"].as_u64(), Some(clip.len() as u64));
 
+    // Each process's own metrics on its own admin listener: the upload
+    // service counted the clip's bytes, the gateway that took it the 201
+    // by route template; the other gateway saw no upload.
+    let metrics = |proc: &Proc| {
+        let admin = Gateway {
+            http: gw1.http.clone(),
+            addr: proc.admin,
+            token: None,
+        };
+        async move {
+            let reply = admin.get("/metrics", &[]).await;
+            assert_eq!(reply.status, 200);
+            String::from_utf8(reply.body.to_vec()).expect("UTF-8")
+        }
+    };
+    let admins: std::collections::BTreeSet<_> = procs.iter().map(|p| p.admin).collect();
+    assert_eq!(admins.len(), procs.len(), "one admin listener per process");
+    let upload_metrics = metrics(&procs[index(ServiceKind::Upload, 1)]).await;
+    let line = format!("streamgate_upload_bytes_total {}", clip.len());
+    assert!(
+        upload_metrics.contains(&line),
+        "{line} in\n{upload_metrics}"
+    );
+    let created_201 = "http_server_request_duration_seconds_count{http_request_method=\"POST\",\
+                       http_route=\"/v1/videos\",http_response_status_code=\"201\"} 1";
+    let gw1_metrics = metrics(&procs[index(ServiceKind::ApiGateway, 1)]).await;
+    assert!(gw1_metrics.contains(created_201), "{gw1_metrics}");
+    let gw2_metrics = metrics(&procs[index(ServiceKind::ApiGateway, 2)]).await;
+    assert!(
+        !gw2_metrics.contains("http_route=\"/v1/videos\",http_response_status_code=\"201\""),
+        "{gw2_metrics}"
+    );
+
     // A byte range of the original, and HLS, through both gateways.
     let part = gw2
         .get(

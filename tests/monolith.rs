@@ -158,16 +158,35 @@ async fn cache_calls_go_through_the_pool_and_layers() {
     };
     let err = cache.set(huge).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
-    // The calls show up on the cache's /metrics (plain HTTP, no token needed).
+    // The calls show up on the admin listener's /metrics (plain HTTP, no
+    // token needed), and no longer on the cache's own port.
     let cache_info = kernel
         .registrations()
         .iter()
         .find(|i| i.name == "cache")
         .unwrap()
         .clone();
-    let url = format!("http://{}:{}/metrics", cache_info.address, cache_info.port);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let on_cache = format!("http://{}:{}/metrics", cache_info.address, cache_info.port);
+    let res = client.get(on_cache.parse().unwrap()).await.unwrap();
+    // Not a route there: a gRPC refusal (no service token), no metrics.
+    assert!(res.headers().contains_key("grpc-status"), "{res:?}");
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        body.is_empty(),
+        "/metrics is off the service ports: {body:?}"
+    );
+    let admin = streamgate::services::host::serve_admin(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        kernel.runtime(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/metrics", admin.local_addr());
     let res = client.get(url.parse().unwrap()).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = http_body_util::BodyExt::collect(res.into_body())
@@ -183,6 +202,7 @@ async fn cache_calls_go_through_the_pool_and_layers() {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
     kernel.shutdown().await;
+    admin.stop().await;
 }
 
 /// The README's run command: the real binary answers health on every

@@ -27,6 +27,8 @@ use streamgate_testkit::scratch::Scratch;
 struct Monolith {
     proc: Process,
     gateway: SocketAddr,
+    /// Its admin listener.
+    admin: SocketAddr,
     /// The bearer token sent with every request, once signed up.
     token: Option<String>,
 }
@@ -52,9 +54,11 @@ async fn start_with(data: &Path, log: &str, extra: &[&std::ffi::OsStr]) -> Monol
     let dir = data.parent().expect("data lives in the test's dir");
     let mut proc = Process::spawn("monolith", cmd, dir);
     let gateway = proc.listening("api-gateway").await;
+    let admin = proc.admin().await;
     Monolith {
         proc,
         gateway,
+        admin,
         token: None,
     }
 }
@@ -453,7 +457,22 @@ async fn accounts_and_the_bearer_rule() {
 
     // Open routes stay open.
     assert_eq!(get(&http, &m, "/health", None).await.status, 200);
-    assert_eq!(get(&http, &m, "/metrics", None).await.status, 200);
+    // Metrics are on the admin listener only, not on the public port.
+    assert_eq!(get(&http, &m, "/metrics", None).await.status, 404);
+    let admin = |path: &str| {
+        let req = http::Request::get(format!("http://{}{path}", m.admin));
+        call(&http, req.body(Full::default()).expect("request"))
+    };
+    let metrics = admin("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .contains("# TYPE http_server_request_duration_seconds histogram"),
+        "{:?}",
+        metrics.body
+    );
+    assert_eq!(admin("/health").await.status, 200);
+    assert_eq!(admin("/ready").await.status, 200);
 
     // No token, garbage, forged, expired, a refresh token: JSON 401s.
     let unauthorized = |r: &Reply, what: &str| {

@@ -30,9 +30,9 @@ pub const MAX_TOKEN_LEN: usize = 512;
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Clock skew tolerated between services.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
-/// Paths served without a token (stock health and readiness probes and
-/// metric scrapers carry none).
-pub const EXEMPT_PREFIXES: [&str; 4] = ["/grpc.health.v1.Health/", "/health", "/ready", "/metrics"];
+/// Paths served without a token (stock health and readiness probes carry
+/// none; metrics are on the admin listener, see `services::host::serve_admin`).
+pub const EXEMPT_PREFIXES: [&str; 3] = ["/grpc.health.v1.Health/", "/health", "/ready"];
 
 /// A signing key with its id.
 #[derive(Clone)]
@@ -244,7 +244,7 @@ pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<String, AuthE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
 
-/// Server side: verifies the token of every call (health, readiness and metrics exempt).
+/// Server side: verifies the token of every call (health and readiness exempt).
 #[derive(Debug, Clone)]
 pub struct VerifyLayer {
     keys: Arc<Keyring>,

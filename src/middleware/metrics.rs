@@ -1,7 +1,17 @@
-//! Metrics: a per-node Prometheus registry served as text on `/metrics`, and
-//! the server layer that counts requests by service, method and status,
-//! times them, and tracks calls in flight. The pool's breaker states and the
-//! retriers' counters are registered here too.
+//! Metrics: a per-node Prometheus registry served as text on the admin
+//! listener's `/metrics`; the gRPC server layer that counts calls by service,
+//! method and status, times them, and tracks calls in flight; the HTTP layer
+//! that times requests by method, route template and status code
+//! ([`HttpMetricsLayer`]); the pipeline's counters and histograms (upload,
+//! transcode, jobs) and the process's (CPU, memory, file descriptors,
+//! threads, read from `/proc` on Linux, never under the simulator). The
+//! pool's breaker states and the retriers' counters are registered here too.
+//!
+//! Names: `streamgate_*` for our own series; the HTTP histogram and the
+//! process series carry the names dashboards already know
+//! (`http_server_request_duration_seconds` after OpenTelemetry's
+//! `http.server.request.duration`, with its attribute names as labels;
+//! `process_*` as Prometheus's client libraries export them).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -56,6 +66,43 @@ pub struct OrphanLabels {
     pub kind: String,
 }
 
+/// How a piece of pipeline work ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+impl OutcomeLabels {
+    fn of(ok: bool) -> Self {
+        Self {
+            outcome: if ok { "ok" } else { "error" },
+        }
+    }
+}
+
+/// An HTTP request's labels: OpenTelemetry's attribute names, dots made
+/// underscores. Each is bounded: the method is one of the standard nine or
+/// `_OTHER`, the route is a template of the router (never the raw path) or
+/// [`UNMATCHED_ROUTE`], and the status is a number the server chose.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// `GET`, `POST`, ... or `_OTHER`.
+    pub http_request_method: &'static str,
+    /// The route template (axum's `MatchedPath`, e.g. `/v1/videos/{id}`).
+    pub http_route: String,
+    /// The response's status code (499: the client went away before the
+    /// response head).
+    pub http_response_status_code: u16,
+}
+
+/// The route label of a request no route matched (a 404 of the fallback).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The status label of a request whose client went away before the
+/// response head (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// An instance's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -109,10 +156,24 @@ struct Inner {
     orphan_sweeps: Counter,
 }
 
+/// The pipeline's series (cheap to clone: handles onto the registry's).
+#[derive(Clone, Debug)]
+struct Pipeline {
+    upload_bytes: Counter,
+    upload_duration: Family<OutcomeLabels, Histogram>,
+    transcode_duration: Family<OutcomeLabels, Histogram>,
+    job_attempts_failed: Counter,
+    jobs_dead_lettered: Counter,
+    jobs_completed: Counter,
+}
+
 /// The node's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
+    /// Outside the lock: the HTTP layer records without taking it.
+    http: Family<HttpLabels, Histogram>,
+    pipeline: Pipeline,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,7 +184,19 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("streamgate");
+        let mut root = Registry::default();
+        let http = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+        });
+        root.register(
+            "http_server_request_duration_seconds",
+            "HTTP requests served, by method, route template and status code: time to the \
+             response head",
+            http.clone(),
+        );
+        process::register(&mut root);
+        let registry = root.sub_registry_with_prefix("streamgate");
+        let pipeline = Pipeline::register(registry);
         let requests = Family::<DoneLabels, Counter>::default();
         let latency = Family::<CallLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -138,7 +211,7 @@ impl Default for Metrics {
         registry.register("requests", "Calls served, by status", requests.clone());
         registry.register(
             "request_duration_seconds",
-            "Time to the response head",
+            "gRPC calls: time to their status (the end of a stream)",
             latency.clone(),
         );
         registry.register("in_flight", "Calls being served", in_flight.clone());
@@ -174,7 +247,7 @@ impl Default for Metrics {
             orphan_sweeps.clone(),
         );
         let inner = Inner {
-            registry,
+            registry: root,
             calls: std::collections::HashMap::new(),
             requests,
             latency,
@@ -189,7 +262,59 @@ impl Default for Metrics {
         };
         Self {
             inner: Arc::new(Mutex::new(inner)),
+            http,
+            pipeline,
         }
+    }
+}
+
+impl Pipeline {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            upload_bytes: Counter::default(),
+            // 10 ms to about 5.5 min.
+            upload_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 16))
+            }),
+            // 100 ms to about 55 min.
+            transcode_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.1, 2.0, 16))
+            }),
+            job_attempts_failed: Counter::default(),
+            jobs_dead_lettered: Counter::default(),
+            jobs_completed: Counter::default(),
+        };
+        registry.register(
+            "upload_bytes",
+            "Bytes of the uploads stored (acknowledged)",
+            this.upload_bytes.clone(),
+        );
+        registry.register(
+            "upload_duration_seconds",
+            "Uploads served by the upload service, by outcome: from the first chunk to the answer",
+            this.upload_duration.clone(),
+        );
+        registry.register(
+            "transcode_duration_seconds",
+            "Transcodes run by the transcoder service, by outcome (cancelled ones are not counted)",
+            this.transcode_duration.clone(),
+        );
+        registry.register(
+            "job_attempts_failed",
+            "Job attempts that failed (retried or dead-lettered), including attempts lost with a worker",
+            this.job_attempts_failed.clone(),
+        );
+        registry.register(
+            "jobs_dead_lettered",
+            "Jobs the worker gave up on (out of attempts, or a permanent failure)",
+            this.jobs_dead_lettered.clone(),
+        );
+        registry.register(
+            "jobs_completed",
+            "Jobs the worker completed",
+            this.jobs_completed.clone(),
+        );
+        this
     }
 }
 
@@ -198,9 +323,68 @@ fn split_path(path: &str) -> (String, String) {
         Some((service, method)) if !service.is_empty() && !method.contains('/') => {
             (service.to_owned(), method.to_owned())
         }
-        // Plain HTTP paths are few and fixed (`/health`, `/metrics`); others fold into one label.
-        _ if matches!(path, "/health" | "/metrics") => ("http".to_owned(), path.to_owned()),
         _ => ("http".to_owned(), "other".to_owned()),
+    }
+}
+
+/// OpenMetrics text, as [`Metrics::render`] writes it, as Prometheus text
+/// format 0.0.4 (see [`Metrics::render_classic`]).
+fn to_classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    // A family's HELP line, held until its TYPE line says whether it is a
+    // counter (OpenMetrics writes HELP first).
+    let mut help: Option<(&str, &str)> = None;
+    let flush_help = |out: &mut String, help: Option<(&str, &str)>, suffix: &str| {
+        if let Some((name, text)) = help {
+            let _ = writeln!(out, "# HELP {name}{suffix} {text}");
+        }
+    };
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush_help(&mut out, help.take(), "");
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            match help.take() {
+                Some(held) if held.0 == name => flush_help(&mut out, Some(held), suffix),
+                other => flush_help(&mut out, other, ""),
+            }
+            let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+        } else {
+            flush_help(&mut out, help.take(), "");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    flush_help(&mut out, help, "");
+    out
+}
+
+/// Whether a request is a gRPC call (counted by [`MetricsLayer`]; the rest
+/// by [`HttpMetricsLayer`]).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The method label: one of the nine standard methods, or `_OTHER`
+/// (OpenTelemetry's rule), so a client cannot make series of its own.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
     }
 }
 
@@ -221,6 +405,16 @@ impl Metrics {
                 let _ = writeln!(out, "# encoding failed: {e}");
             });
         out
+    }
+
+    /// The Prometheus text format 0.0.4 (what a client that does not ask
+    /// for OpenMetrics reads, `promtool check metrics` among them): the
+    /// same samples as [`Metrics::render`], with the two formats'
+    /// differences made: a counter's `HELP` and `TYPE` name its `_total`
+    /// series, and there are no `UNIT` or `EOF` lines.
+    #[must_use]
+    pub fn render_classic(&self) -> String {
+        to_classic(&self.render())
     }
 
     /// Records a breaker transition of `instance` (the pool's hook).
@@ -292,6 +486,52 @@ impl Metrics {
         self.with(|i| i.orphan_sweeps.get())
     }
 
+    /// Counts a stored upload of `bytes` bytes.
+    pub fn upload_stored(&self, bytes: u64) {
+        self.pipeline.upload_bytes.inc_by(bytes);
+    }
+
+    /// Bytes of stored uploads so far.
+    #[must_use]
+    pub fn upload_bytes(&self) -> u64 {
+        self.pipeline.upload_bytes.get()
+    }
+
+    /// Times an upload that took `took` and ended well (`ok`) or not.
+    pub fn upload_finished(&self, ok: bool, took: std::time::Duration) {
+        self.pipeline
+            .upload_duration
+            .get_or_create(&OutcomeLabels::of(ok))
+            .observe(took.as_secs_f64());
+    }
+
+    /// Times a transcode that took `took` and ended well (`ok`) or not.
+    pub fn transcode_finished(&self, ok: bool, took: std::time::Duration) {
+        self.pipeline
+            .transcode_duration
+            .get_or_create(&OutcomeLabels::of(ok))
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed job attempt, and the job's end when `dead_letter`.
+    pub fn job_attempt_failed(&self, dead_letter: bool) {
+        self.pipeline.job_attempts_failed.inc();
+        if dead_letter {
+            self.pipeline.jobs_dead_lettered.inc();
+        }
+    }
+
+    /// Counts a completed job.
+    pub fn job_completed(&self) {
+        self.pipeline.jobs_completed.inc();
+    }
+
+    /// Jobs dead-lettered so far.
+    #[must_use]
+    pub fn jobs_dead_lettered(&self) -> u64 {
+        self.pipeline.jobs_dead_lettered.get()
+    }
+
     /// The handles of calls on `path` (made on its first call).
     fn call(&self, path: &str) -> Arc<CallMetrics> {
         let mut inner = self
@@ -356,8 +596,9 @@ pub struct Measure<S> {
 impl<S, B, ResBody> Service<Request<B>> for Measure<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
 {
-    type Response = S::Response;
+    type Response = Response<MeteredBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -366,6 +607,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if !is_grpc(req.headers()) {
+            // Plain HTTP (`/health`, `/ready`, the gateway's API): the
+            // router's [`HttpMetricsLayer`] counts it, by route.
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                done: None,
+            };
+        }
         let call = self.metrics.call(req.uri().path());
         call.in_flight.inc();
         ResponseFuture {
@@ -376,7 +625,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Records the call when the response head is ready (or on drop).
+    /// Hands the call on to the response body ([`MeteredBody`]), or
+    /// records it when the head already says how it ended (or on drop).
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -402,23 +652,325 @@ fn finish(call: &CallMetrics, code: tonic::Code, started: Instant) {
 impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: http_body::Body,
+{
+    type Output = Result<Response<MeteredBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let done = this.done.take();
+        Poll::Ready(match result {
+            Err(e) => {
+                if let Some((call, started)) = done {
+                    finish(&call, tonic::Code::Internal, started);
+                }
+                Err(e)
+            }
+            Ok(res) => {
+                // A trailers-only answer (a unary call's error, a refusal)
+                // has its status in the head; otherwise it comes in the
+                // trailers, after the last message: the body records it.
+                let head = tonic::Status::from_header_map(res.headers()).map(|s| s.code());
+                let done = match (done, head) {
+                    (Some((call, started)), Some(code)) => {
+                        finish(&call, code, started);
+                        None
+                    }
+                    (Some((call, started)), None) if res.body().is_end_stream() => {
+                        finish(&call, tonic::Code::Unknown, started);
+                        None
+                    }
+                    (done, _) => done,
+                };
+                Ok(res.map(|inner| MeteredBody { inner, done }))
+            }
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A gRPC response body that records its call with the status of its
+    /// trailers (`Unknown` when it ends without one, `Internal` when it
+    /// fails, `Cancelled` when dropped before its end: the client went away).
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        done: Option<(Arc<CallMetrics>, Instant)>,
+    }
+
+    impl<B> PinnedDrop for MeteredBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some((call, started)) = this.project().done.take() {
+                finish(&call, tonic::Code::Cancelled, started);
+            }
+        }
+    }
+}
+
+impl<B: Default> Default for MeteredBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            done: None,
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let code = match &frame {
+            Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
+                tonic::Status::from_header_map(trailers).map_or(tonic::Code::Unknown, |s| s.code())
+            }),
+            Some(Err(_)) => Some(tonic::Code::Internal),
+            None => Some(tonic::Code::Unknown),
+        };
+        if let Some(code) = code
+            && let Some((call, started)) = this.done.take()
+        {
+            finish(&call, code, started);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// HTTP server side: times every plain HTTP request (gRPC calls are
+/// [`MetricsLayer`]'s) into `http_server_request_duration_seconds` by
+/// method, route template and status code. Added to an axum router with
+/// `Router::layer`, so it sees the route the router matched
+/// (`MatchedPath`); a request no route matched counts under
+/// [`UNMATCHED_ROUTE`].
+#[derive(Debug, Clone)]
+pub struct HttpMetricsLayer {
+    http: Family<HttpLabels, Histogram>,
+}
+
+impl HttpMetricsLayer {
+    /// Records into `metrics`.
+    #[must_use]
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            http: metrics.http.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMeasure<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMeasure {
+            inner,
+            http: self.http.clone(),
+        }
+    }
+}
+
+/// See [`HttpMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct HttpMeasure<S> {
+    inner: S,
+    http: Family<HttpLabels, Histogram>,
+}
+
+/// What an HTTP request will be recorded as, but its status.
+struct HttpCall {
+    http: Family<HttpLabels, Histogram>,
+    method: &'static str,
+    route: String,
+    started: Instant,
+}
+
+impl HttpCall {
+    fn finish(self, status: u16) {
+        let labels = HttpLabels {
+            http_request_method: self.method,
+            http_route: self.route,
+            http_response_status_code: status,
+        };
+        self.http
+            .get_or_create(&labels)
+            .observe((rt::now() - self.started).as_secs_f64());
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for HttpMeasure<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = HttpResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let call = (!is_grpc(req.headers())).then(|| HttpCall {
+            http: self.http.clone(),
+            method: method_label(req.method()),
+            route: req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or(UNMATCHED_ROUTE, axum::extract::MatchedPath::as_str)
+                .to_owned(),
+            started: rt::now(),
+        });
+        HttpResponseFuture {
+            inner: self.inner.call(req),
+            call,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Records the request when the response head is ready (or, as 499, on
+    /// drop before it).
+    pub struct HttpResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<HttpCall>,
+    }
+
+    impl<F> PinnedDrop for HttpResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(CLIENT_CLOSED);
+            }
+        }
+    }
+}
+
+impl<F, ResBody, E> Future for HttpResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Some((call, started)) = this.done.take() {
-            // Unary errors come trailers-only, so their status is in the head;
-            // a status sent later in trailers counts as OK here.
-            let code = match &result {
-                Ok(res) => tonic::Status::from_header_map(res.headers())
-                    .map_or(tonic::Code::Ok, |s| s.code()),
-                Err(_) => tonic::Code::Internal,
-            };
-            finish(&call, code, started);
+        if let Some(call) = this.call.take() {
+            // An error here becomes a 500 further out (axum's routes are
+            // infallible; the error layer answers for the rest).
+            let status = result.as_ref().map_or(500, |res| res.status().as_u16());
+            call.finish(status);
         }
         Poll::Ready(result)
+    }
+}
+
+/// The process's own series, read from `/proc/self` at each scrape.
+mod process {
+    use prometheus_client::registry::Registry;
+
+    /// Registers the `process_*` series (Linux; none under the simulator,
+    /// where a process is not ours to read).
+    pub(super) fn register(registry: &mut Registry) {
+        #[cfg(all(target_os = "linux", not(madsim)))]
+        registry.register_collector(Box::new(linux::Process));
+        #[cfg(not(all(target_os = "linux", not(madsim))))]
+        let _ = registry;
+    }
+
+    #[cfg(all(target_os = "linux", not(madsim)))]
+    mod linux {
+        use prometheus_client::collector::Collector;
+        use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        #[derive(Debug)]
+        pub(super) struct Process;
+
+        fn gauge(
+            encoder: &mut DescriptorEncoder<'_>,
+            name: &str,
+            help: &str,
+            value: impl TryInto<i64>,
+        ) -> Result<(), std::fmt::Error> {
+            let Ok(value) = value.try_into() else {
+                return Ok(());
+            };
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        }
+
+        impl Collector for Process {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                // A series /proc does not give is left out of this scrape.
+                let Ok(me) = procfs::process::Process::myself() else {
+                    return Ok(());
+                };
+                if let Ok(stat) = me.stat() {
+                    #[expect(clippy::cast_precision_loss, reason = "CPU ticks fit in f64")]
+                    let cpu = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
+                    let counter = ConstCounter::new(cpu);
+                    counter.encode(encoder.encode_descriptor(
+                        "process_cpu_seconds",
+                        "User and system CPU time spent, in seconds",
+                        None,
+                        counter.metric_type(),
+                    )?)?;
+                    gauge(
+                        &mut encoder,
+                        "process_resident_memory_bytes",
+                        "Resident memory size in bytes",
+                        stat.rss.saturating_mul(procfs::page_size()),
+                    )?;
+                    gauge(
+                        &mut encoder,
+                        "process_virtual_memory_bytes",
+                        "Virtual memory size in bytes",
+                        stat.vsize,
+                    )?;
+                    gauge(
+                        &mut encoder,
+                        "process_threads",
+                        "OS threads of the process",
+                        stat.num_threads,
+                    )?;
+                }
+                if let Ok(fds) = me.fd_count() {
+                    gauge(
+                        &mut encoder,
+                        "process_open_fds",
+                        "Open file descriptors",
+                        fds,
+                    )?;
+                }
+                if let Ok(limits) = me.limits()
+                    && let procfs::process::LimitValue::Value(max) =
+                        limits.max_open_files.soft_limit
+                {
+                    gauge(
+                        &mut encoder,
+                        "process_max_fds",
+                        "Most open file descriptors allowed",
+                        max,
+                    )?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -428,31 +980,228 @@ mod tests {
     use std::convert::Infallible;
     use tower::ServiceExt;
 
+    type TestBody = http_body_util::StreamBody<
+        futures::stream::Iter<
+            std::vec::IntoIter<Result<http_body::Frame<bytes::Bytes>, Infallible>>,
+        >,
+    >;
+
+    /// A response body of `messages`, then trailers with `grpc-status`
+    /// `code` (none: no trailers).
+    fn grpc_body(messages: &[&[u8]], code: Option<i32>) -> TestBody {
+        let mut frames: Vec<_> = messages
+            .iter()
+            .map(|m| Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(m))))
+            .collect();
+        if let Some(code) = code {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", code.into());
+            frames.push(Ok(http_body::Frame::trailers(trailers)));
+        }
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
+    fn grpc_request(path: impl AsRef<str>) -> Request<()> {
+        Request::builder()
+            .uri(path.as_ref())
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap()
+    }
+
+    /// The value of the sample line starting `prefix` (labels included).
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn http_requests_count_by_route_template_and_status_with_bounded_labels() {
+        use axum::routing::get;
+        let metrics = Metrics::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/videos/{id}",
+                get(
+                    |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                        if id == "broken" {
+                            http::StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            http::StatusCode::OK
+                        }
+                    },
+                ),
+            )
+            .route("/grpc.Svc/{*rest}", get(|| async { "grpc" }))
+            .fallback(|| async { http::StatusCode::NOT_FOUND })
+            .layer(HttpMetricsLayer::new(&metrics));
+        let send = |method: &str, path: String| {
+            let req = axum::extract::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        for id in ["a", "b", "broken"] {
+            send("GET", format!("/v1/videos/{id}")).await.unwrap();
+        }
+        // A thousand junk paths and made-up methods: one series each.
+        for n in 0..1000 {
+            send("GET", format!("/junk/{n}")).await.unwrap();
+        }
+        for n in 0..10 {
+            send(&format!("FOO{n}"), "/v1/videos/c".to_owned())
+                .await
+                .unwrap();
+        }
+        // gRPC calls are MetricsLayer's, not counted here.
+        let grpc = axum::extract::Request::builder()
+            .uri("/grpc.Svc/Get")
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.clone().oneshot(grpc).await.unwrap();
+
+        let text = metrics.render();
+        let count = |method: &str, route: &str, status: u16| {
+            sample(
+                &text,
+                &format!(
+                    "http_server_request_duration_seconds_count{{http_request_method=\"{method}\",\
+                     http_route=\"{route}\",http_response_status_code=\"{status}\"}}"
+                ),
+            )
+        };
+        assert_eq!(count("GET", "/v1/videos/{id}", 200), Some(2.0), "{text}");
+        assert_eq!(count("GET", "/v1/videos/{id}", 500), Some(1.0), "{text}");
+        assert_eq!(count("GET", UNMATCHED_ROUTE, 404), Some(1000.0), "{text}");
+        assert_eq!(
+            count("_OTHER", "/v1/videos/{id}", 405),
+            Some(10.0),
+            "{text}"
+        );
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+            .count();
+        assert_eq!(series, 4, "{text}");
+        assert!(!text.contains("grpc.Svc"), "{text}");
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_total_series() {
+        let om = "# HELP a_requests Calls.\n# TYPE a_requests counter\n\
+                  a_requests_total{x=\"1\"} 2\n# HELP b_in_flight Now.\n\
+                  # TYPE b_in_flight gauge\n# UNIT b_in_flight seconds\nb_in_flight 1\n# EOF\n";
+        assert_eq!(
+            to_classic(om),
+            "# HELP a_requests_total Calls.\n# TYPE a_requests_total counter\n\
+             a_requests_total{x=\"1\"} 2\n# HELP b_in_flight Now.\n\
+             # TYPE b_in_flight gauge\nb_in_flight 1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn pipeline_series_are_rendered() {
+        let metrics = Metrics::default();
+        metrics.upload_stored(1000);
+        metrics.upload_stored(24);
+        metrics.upload_finished(true, std::time::Duration::from_millis(30));
+        metrics.upload_finished(false, std::time::Duration::from_millis(5));
+        metrics.transcode_finished(true, std::time::Duration::from_secs(3));
+        metrics.job_attempt_failed(false);
+        metrics.job_attempt_failed(true);
+        metrics.job_completed();
+        let text = metrics.render();
+        assert_eq!(metrics.upload_bytes(), 1024);
+        assert_eq!(metrics.jobs_dead_lettered(), 1);
+        for (line, value) in [
+            ("streamgate_upload_bytes_total ", 1024.0),
+            (
+                r#"streamgate_upload_duration_seconds_count{outcome="ok"}"#,
+                1.0,
+            ),
+            (
+                r#"streamgate_upload_duration_seconds_count{outcome="error"}"#,
+                1.0,
+            ),
+            (
+                r#"streamgate_transcode_duration_seconds_sum{outcome="ok"}"#,
+                3.0,
+            ),
+            ("streamgate_job_attempts_failed_total ", 2.0),
+            ("streamgate_jobs_dead_lettered_total ", 1.0),
+            ("streamgate_jobs_completed_total ", 1.0),
+        ] {
+            assert_eq!(sample(&text, line), Some(value), "{line} in\n{text}");
+        }
+    }
+
+    /// Read from /proc at each scrape (Linux only; the simulator has none).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_series_come_from_proc() {
+        let text = Metrics::default().render();
+        for name in [
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_open_fds ",
+            "process_threads ",
+            "process_max_fds ",
+        ] {
+            let value = sample(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            assert!(value >= 1.0, "{name} {value}");
+        }
+        assert!(
+            sample(&text, "process_cpu_seconds_total ").is_some(),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn counts_calls_by_status_and_renders_prometheus_text() {
         let metrics = Metrics::default();
         let svc = tower::service_fn(|req: Request<()>| async move {
-            if req.uri().path().ends_with("/Fail") {
+            let path = req.uri().path();
+            if path.ends_with("/Fail") {
+                // Trailers-only: the status in the head.
                 let (parts, ()) = tonic::Status::not_found("no")
                     .into_http::<()>()
                     .into_parts();
-                return Ok::<_, Infallible>(Response::from_parts(parts, ()));
+                return Ok::<_, Infallible>(Response::from_parts(parts, grpc_body(&[], None)));
             }
-            Ok(Response::new(()))
+            if path.ends_with("/Stream") {
+                // Two messages, then an error in the trailers.
+                return Ok(Response::new(grpc_body(&[b"one", b"two"], Some(13))));
+            }
+            Ok(Response::new(grpc_body(&[b"answer"], Some(0))))
         });
         let layer = MetricsLayer::new(metrics.clone());
         for path in [
             "/streamgate.v1.CacheService/Get",
             "/streamgate.v1.CacheService/Get",
             "/streamgate.v1.CacheService/Fail",
+            "/streamgate.v1.CacheService/Stream",
             "/../../etc",
         ] {
-            layer
-                .layer(svc)
-                .oneshot(Request::builder().uri(path).body(()).unwrap())
+            let res = layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
+            http_body_util::BodyExt::collect(res.into_body())
                 .await
                 .unwrap();
         }
+        // A body dropped before its end: the client went away.
+        let res = layer
+            .layer(svc)
+            .oneshot(grpc_request("/streamgate.v1.CacheService/Gone"))
+            .await
+            .unwrap();
+        drop(res);
         metrics.breaker(
             "cache-1",
             Transition::Tripped {
@@ -465,6 +1214,9 @@ mod tests {
         for line in [
             r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Get",code="Ok"} 2"#,
             r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Fail",code="NotFound"} 1"#,
+            r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Stream",code="Internal"} 1"#,
+            r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Gone",code="Cancelled"} 1"#,
+            r#"streamgate_in_flight{service="streamgate.v1.CacheService",method="Stream"} 0"#,
             r#"streamgate_requests_total{service="http",method="other",code="Ok"} 1"#,
             r#"streamgate_in_flight{service="streamgate.v1.CacheService",method="Get"} 0"#,
             r#"streamgate_breaker_state{instance="cache-1"} 2"#,
@@ -483,17 +1235,15 @@ mod tests {
     #[tokio::test]
     async fn distinct_paths_are_bounded() {
         let metrics = Metrics::default();
-        let svc =
-            tower::service_fn(
-                |_req: Request<()>| async move { Ok::<_, Infallible>(Response::new(())) },
-            );
+        let svc = tower::service_fn(|_req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(grpc_body(&[], Some(0))))
+        });
         let layer = MetricsLayer::new(metrics.clone());
         let extra = 50;
         for n in 0..MAX_CALL_LABELS + extra {
             let path = format!("/svc{n}/Method");
-            layer
-                .layer(svc)
-                .oneshot(Request::builder().uri(path).body(()).unwrap())
+            let res = layer.layer(svc).oneshot(grpc_request(path)).await.unwrap();
+            http_body_util::BodyExt::collect(res.into_body())
                 .await
                 .unwrap();
         }

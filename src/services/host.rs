@@ -3,9 +3,11 @@
 //! which binds, serves the domain behind the server layer stack and hands
 //! back a [`RunningService`] to stop.
 //!
-//! Every service process serves, on one port: its gRPC services, the standard
-//! `grpc.health.v1.Health` service, and HTTP `GET /health` (liveness),
-//! `/ready` (readiness) and `/metrics`.
+//! Every service serves, on its port: its gRPC services, the standard
+//! `grpc.health.v1.Health` service, and HTTP `GET /health` (liveness) and
+//! `/ready` (readiness). Each process also has one admin listener
+//! ([`serve_admin`]): `/metrics`, `/health` and `/ready` for the whole
+//! process, off the public and service ports.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +26,7 @@ use tonic_health::server::HealthReporter;
 use super::{ServiceKind, gateway};
 use crate::bus::Subscription;
 use crate::kernel::{KernelError, Runtime};
+use crate::middleware::metrics::HttpMetricsLayer;
 use crate::middleware::stack::{self, Deadlines};
 use crate::registry::{CheckStyle, ServiceInfo};
 use crate::rt::transport::EdgeLimits;
@@ -194,8 +197,7 @@ pub struct Domain {
     pub long_calls: Vec<(&'static str, Duration)>,
 }
 
-/// Says why a service is not ready (`Some(reason)`), or `None`.
-pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+pub use crate::kernel::ReadyCheck;
 
 /// What `/ready` looks at.
 #[derive(Clone)]
@@ -219,7 +221,12 @@ impl Readiness {
 /// why not. `/health` stays liveness: a saturated or draining service is
 /// alive, and restarting it would not help.
 async fn ready(readiness: Readiness) -> Response {
-    match readiness.not_ready() {
+    ready_answer(readiness.not_ready())
+}
+
+/// The answer of a `/ready`: 200 when `not_ready` is `None`, else 503.
+fn ready_answer(not_ready: Option<String>) -> Response {
+    match not_ready {
         None => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
         Some(why) => gateway::ApiError::new(
             http::StatusCode::SERVICE_UNAVAILABLE,
@@ -324,7 +331,6 @@ pub async fn serve(
     let local_addr = listener.local_addr().map_err(io_err)?;
 
     let (health, health_svc) = tonic_health::server::health_reporter();
-    let metrics = runtime.metrics.clone();
     let Domain {
         routes,
         grpc_names,
@@ -339,6 +345,10 @@ pub async fn serve(
         draining: draining.clone(),
         check,
     };
+    let process_check = readiness.clone();
+    runtime
+        .ready
+        .add(name, Arc::new(move || process_check.not_ready()));
     let router = routes
         .add_service(health_svc)
         .into_axum_router()
@@ -346,11 +356,8 @@ pub async fn serve(
         .route(
             "/ready",
             axum::routing::get(move || ready(readiness.clone())),
-        )
-        .route(
-            "/metrics",
-            axum::routing::get(move || async move { metrics.render() }),
         );
+    let http_metrics = HttpMetricsLayer::new(&runtime.metrics);
     set_status(&health, &grpc_names, ServingStatus::Serving).await;
 
     let (tx, rx) = oneshot::channel::<()>();
@@ -360,14 +367,19 @@ pub async fn serve(
     let task = match http {
         Some(http) => rt::spawn(transport::serve_edge(
             listener,
-            Routes::from(router.fallback(gateway::not_found).merge(http)),
+            Routes::from(
+                router
+                    .fallback(gateway::not_found)
+                    .merge(http)
+                    .layer(http_metrics),
+            ),
             stack::public_http(runtime.metrics.clone()),
             edge,
             shutdown,
         )),
         None => rt::spawn(transport::serve(
             listener,
-            Routes::from(router),
+            Routes::from(router.layer(http_metrics)),
             stack::grpc_server(
                 runtime.keys.clone(),
                 runtime.metrics.clone(),
@@ -412,6 +424,112 @@ pub async fn serve(
     })
 }
 
+/// The OpenMetrics text format `/metrics` answers in when asked for it
+/// (Prometheus asks), what `prometheus_client` writes.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Prometheus text format `/metrics` answers in otherwise.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Admin requests served at once (a scrape or probe at a time is the norm;
+/// more wait).
+pub const ADMIN_CONCURRENCY: usize = 8;
+
+/// A process's admin listener, serving; [`AdminServer::stop`] stops it.
+#[derive(Debug)]
+pub struct AdminServer {
+    local_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: rt::JoinHandle<Result<(), transport::TransportError>>,
+}
+
+impl AdminServer {
+    /// The address actually bound.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops serving (requests in flight get at most [`DRAIN_TIMEOUT`]).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let abort = self.task.abort_handle();
+        if rt::timeout(DRAIN_TIMEOUT, &mut self.task).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// The admin listener's routes: `GET /metrics` (the node's metrics, in the
+/// OpenMetrics text format when the `Accept` header asks for it, else in
+/// Prometheus text format 0.0.4), `/health` (liveness: the process answers) and
+/// `/ready` (every service of the process ready: the same check as each
+/// service's own `/ready`, the first not ready named).
+pub fn admin_router(runtime: &Runtime) -> axum::Router {
+    let metrics = runtime.metrics.clone();
+    let checks = runtime.ready.clone();
+    axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            axum::routing::get(move || {
+                let not_ready = checks.not_ready();
+                async move { ready_answer(not_ready) }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move |headers: http::HeaderMap| {
+                let openmetrics = headers
+                    .get_all(http::header::ACCEPT)
+                    .iter()
+                    .any(|v| v.as_bytes().starts_with(b"application/openmetrics-text"));
+                let (ctype, text) = if openmetrics {
+                    (OPENMETRICS, metrics.render())
+                } else {
+                    (PROMETHEUS_TEXT, metrics.render_classic())
+                };
+                async move { ([(http::header::CONTENT_TYPE, ctype)], text) }
+            }),
+        )
+        .fallback(gateway::not_found)
+}
+
+/// Serves the process's admin listener ([`admin_router`]) on `listen`
+/// (port 0 picks a free one) until stopped. No service token: keep it on
+/// loopback or a private network.
+///
+/// # Errors
+/// [`KernelError::Io`] when the listener cannot be bound.
+pub async fn serve_admin(
+    listen: SocketAddr,
+    runtime: &Runtime,
+) -> Result<AdminServer, KernelError> {
+    let io_err = |source| KernelError::Io {
+        plugin: "admin".to_owned(),
+        source,
+    };
+    let listener = transport::Listener::bind(listen).await.map_err(io_err)?;
+    let local_addr = listener.local_addr().map_err(io_err)?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = rt::spawn(transport::serve(
+        listener,
+        Routes::from(admin_router(runtime)),
+        tower::limit::ConcurrencyLimitLayer::new(ADMIN_CONCURRENCY),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    tracing::info!(addr = %local_addr, "admin listener serving");
+    Ok(AdminServer {
+        local_addr,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +540,90 @@ mod tests {
         let status = res.status();
         let body = res.into_body().collect().await.expect("body").to_bytes();
         (status, serde_json::from_slice(&body).expect("a JSON body"))
+    }
+
+    fn runtime() -> Runtime {
+        use crate::client::{ClientPool, PoolConfig};
+        let registry = Arc::new(crate::registry::memory::MemoryRegistry::new());
+        let keys = crate::middleware::auth::Keyring::generate("test");
+        Runtime {
+            registry: registry.clone(),
+            bus: Arc::new(crate::bus::memory::MemoryBus::new()),
+            blobs: Arc::new(crate::blob::memory::MemoryBlobStore::new()),
+            pool: ClientPool::new(registry, PoolConfig::new(keys.clone(), "test")),
+            keys,
+            metrics: crate::middleware::metrics::Metrics::default(),
+            ready: crate::kernel::ReadyChecks::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn admin_serves_metrics_health_and_the_process_readiness() {
+        use tower::ServiceExt as _;
+        let runtime = runtime();
+        let get = |path: &str| {
+            admin_router(&runtime).oneshot(
+                axum::extract::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .expect("a request"),
+            )
+        };
+        let body = |res: Response| async move {
+            let bytes = res.into_body().collect().await.expect("body").to_bytes();
+            String::from_utf8(bytes.to_vec()).expect("text")
+        };
+        assert_eq!(get("/health").await.unwrap().status(), http::StatusCode::OK);
+        let metrics = admin_router(&runtime)
+            .oneshot(
+                axum::extract::Request::get("/metrics")
+                    .header(
+                        "accept",
+                        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+                    )
+                    .body(axum::body::Body::empty())
+                    .expect("a request"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), http::StatusCode::OK);
+        assert_eq!(metrics.headers()[http::header::CONTENT_TYPE], OPENMETRICS);
+        let text = body(metrics).await;
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let classic = get("/metrics").await.unwrap();
+        assert_eq!(
+            classic.headers()[http::header::CONTENT_TYPE],
+            PROMETHEUS_TEXT
+        );
+        let classic = body(classic).await;
+        assert!(
+            classic.contains("# TYPE streamgate_retries_total counter"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"), "{classic}");
+        assert!(text.contains("# TYPE streamgate_retries counter"), "{text}");
+        assert_eq!(
+            get("/nothing").await.unwrap().status(),
+            http::StatusCode::NOT_FOUND
+        );
+
+        // Ready while every service is; the first that is not is named.
+        assert_eq!(get("/ready").await.unwrap().status(), http::StatusCode::OK);
+        let draining = Arc::new(AtomicBool::new(false));
+        let readiness = Readiness {
+            draining: draining.clone(),
+            check: None,
+        };
+        runtime
+            .ready
+            .add("cache", Arc::new(move || readiness.not_ready()));
+        assert_eq!(get("/ready").await.unwrap().status(), http::StatusCode::OK);
+        draining.store(true, Ordering::Relaxed);
+        let res = get("/ready").await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body(res).await,
+            r#"{"error":"not ready: cache: draining: the service is stopping"}"#
+        );
     }
 
     #[tokio::test]

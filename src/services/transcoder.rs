@@ -110,7 +110,12 @@ pub async fn domain(
         blobs: runtime.blobs.clone(),
         work_root: work_root(common).await?,
     };
-    let (shared, executor) = run::Shared::new(config.engine.clone(), ctx, runtime.bus.clone());
+    let (shared, executor) = run::Shared::new(
+        config.engine.clone(),
+        ctx,
+        runtime.bus.clone(),
+        runtime.metrics.clone(),
+    );
     let svc = TranscoderServiceServer::new(TranscoderServer::new(shared));
     Ok(Domain {
         routes: Routes::new(svc),

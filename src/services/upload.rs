@@ -137,7 +137,8 @@ pub async fn domain(
         runtime.pool.clone(),
         config.max_upload_bytes,
         committing,
-    );
+    )
+    .with_metrics(runtime.metrics.clone());
     Ok(Domain {
         routes: Routes::new(UploadServiceServer::new(server)),
         grpc_names: vec![<UploadServiceServer<UploadServer> as tonic::server::NamedService>::NAME],

@@ -112,7 +112,9 @@ pub async fn domain(
             "took back the leases of a previous run"
         );
     }
-    let jobs = Arc::new(Jobs::new(store, runtime.bus.clone(), config));
+    let jobs = Arc::new(
+        Jobs::new(store, runtime.bus.clone(), config).with_metrics(runtime.metrics.clone()),
+    );
     jobs.lost(recovered).await;
 
     let consumer = jobs.clone();

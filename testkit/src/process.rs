@@ -188,11 +188,25 @@ impl Process {
     /// When the process exits first, or no such line comes in time (with
     /// its output).
     pub async fn listening(&mut self, service: &str) -> SocketAddr {
+        self.address_line(&[streamgate::node::LISTENING, service])
+            .await
+    }
+
+    /// The address of the process's admin listener, from its `admin
+    /// <address>` line on stdout (waiting for it as [`Process::listening`]
+    /// does).
+    pub async fn admin(&mut self) -> SocketAddr {
+        self.address_line(&[streamgate::node::ADMIN]).await
+    }
+
+    /// The address of the last stdout line `<words...> <address>`.
+    async fn address_line(&mut self, words: &[&str]) -> SocketAddr {
         let deadline = rt::now() + LISTENING_TIMEOUT;
+        let service = words.join(" ");
         loop {
             let stdout = std::fs::read(&self.stdout).unwrap_or_default();
             let ours = String::from_utf8_lossy(stdout.get(self.stdout_start..).unwrap_or_default());
-            if let Some(addr) = listening_in(&ours, service) {
+            if let Some(addr) = address_in(&ours, words) {
                 return addr;
             }
             if let Some(exit) = self.try_exit() {
@@ -204,9 +218,8 @@ impl Process {
             }
             assert!(
                 rt::now() < deadline,
-                "{} printed no `{} {service} <address>` line within {LISTENING_TIMEOUT:?}\n{}",
+                "{} printed no `{service} <address>` line within {LISTENING_TIMEOUT:?}\n{}",
                 self.name,
-                streamgate::node::LISTENING,
                 self.tail(TAIL_LINES)
             );
             rt::sleep(Duration::from_millis(20)).await;
@@ -214,14 +227,17 @@ impl Process {
     }
 }
 
-/// The address of the last `listening <service> <address>` line of `stdout`.
-fn listening_in(stdout: &str, service: &str) -> Option<SocketAddr> {
+/// The address of the last line `<expected...> <address>` of `stdout`.
+fn address_in(stdout: &str, expected: &[&str]) -> Option<SocketAddr> {
     stdout.lines().rev().find_map(|line| {
         let mut words = line.split_whitespace();
-        if words.next()? != streamgate::node::LISTENING || words.next()? != service {
-            return None;
+        for want in expected {
+            if words.next()? != *want {
+                return None;
+            }
         }
-        words.next()?.parse().ok()
+        let addr = words.next()?.parse().ok()?;
+        words.next().is_none().then_some(addr)
     })
 }
 
@@ -241,7 +257,9 @@ mod tests {
     #[test]
     fn listening_lines_are_found_by_service() {
         let out = "listening cache 127.0.0.1:1000\nnoise\nlistening cache-2 127.0.0.1:3\n\
-                   listening cache 127.0.0.1:2000\nlistening worker nonsense\n";
+                   listening cache 127.0.0.1:2000\nlistening worker nonsense\n\
+                   admin 127.0.0.1:4000\n";
+        let listening_in = |out, service| address_in(out, &["listening", service]);
         assert_eq!(
             listening_in(out, "cache"),
             Some(([127, 0, 0, 1], 2000).into())
@@ -252,6 +270,11 @@ mod tests {
         );
         assert_eq!(listening_in(out, "worker"), None);
         assert_eq!(listening_in(out, "auth"), None);
+        assert_eq!(
+            address_in(out, &["admin"]),
+            Some(([127, 0, 0, 1], 4000).into())
+        );
+        assert_eq!(address_in("admin 127.0.0.1:1 trailing\n", &["admin"]), None);
     }
 
     #[tokio::test]

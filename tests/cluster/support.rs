@@ -71,6 +71,8 @@ pub struct Proc {
     pub process: Process,
     /// Where it serves, as it said on stdout.
     pub addr: SocketAddr,
+    /// Its admin listener (`/metrics`), as it said on stdout.
+    pub admin: SocketAddr,
 }
 
 impl Proc {
@@ -81,10 +83,12 @@ impl Proc {
         cmd.args(["--port", "0"]).envs(env.iter().copied());
         let mut process = Process::spawn(&format!("{}-{instance}", kind.name()), cmd, dir);
         let addr = process.listening(kind.name()).await;
+        let admin = process.admin().await;
         Self {
             kind,
             process,
             addr,
+            admin,
         }
     }
 

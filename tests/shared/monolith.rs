@@ -41,6 +41,8 @@ pub struct Monolith {
     pub process: Process,
     /// Its HTTP API.
     pub api: Api,
+    /// Its admin listener (`/metrics`, `/health`, `/ready`).
+    pub admin: Api,
 }
 
 impl std::ops::Deref for Monolith {
@@ -77,9 +79,27 @@ pub async fn start(logs: &Path, data: &Path, secret: &Path, extra: &[&str]) -> M
     for kind in streamgate::services::ServiceKind::ALL {
         process.listening(kind.name()).await;
     }
+    let admin = process.admin().await;
     Monolith {
         process,
         api: Api::new(gateway),
+        admin: Api::new(admin),
+    }
+}
+
+impl Monolith {
+    /// The value of the metric line starting `name` on the admin
+    /// listener's `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let reply = self
+            .admin
+            .send("GET", "/metrics", "", "text/plain", Bytes::new())
+            .await;
+        String::from_utf8_lossy(&reply.body)
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
 
@@ -182,18 +202,5 @@ impl Api {
             bytes,
         )
         .await
-    }
-
-    /// The value of the metric line starting `name` on `/metrics` (0 when
-    /// absent).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let reply = self
-            .send("GET", "/metrics", "", "text/plain", Bytes::new())
-            .await;
-        String::from_utf8_lossy(&reply.body)
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
     }
 }

@@ -187,6 +187,7 @@ async fn auth_unreachable_is_503() {
         pool: ClientPool::new(registry, PoolConfig::new(keys.clone(), "api-gateway")),
         keys,
         metrics: crate::middleware::metrics::Metrics::default(),
+        ready: Default::default(),
     };
     let app = router(runtime, 1000);
     let req = Request::get("/v1/videos")

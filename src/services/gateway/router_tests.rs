@@ -68,6 +68,7 @@ async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
         ),
         keys,
         metrics: crate::middleware::metrics::Metrics::default(),
+        ready: Default::default(),
     };
     let common = Common {
         check_interval: Duration::from_secs(3600),

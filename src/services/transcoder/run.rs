@@ -16,6 +16,7 @@ use super::hls::Rendition;
 use super::state::{Admitted, CAPACITY, Table, Transcode};
 use crate::bus::EventBus;
 use crate::bus::events::{self, TranscodingCompleted, TranscodingFailed, TranscodingStarted};
+use crate::middleware::metrics::Metrics;
 use crate::rt;
 
 /// Transcodes running at once.
@@ -40,6 +41,7 @@ pub struct Shared {
     bus: Arc<dyn EventBus>,
     permits: Semaphore,
     queue: mpsc::Sender<Queued>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Shared {
@@ -57,10 +59,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// The shared state and the executor future that runs the transcodes
     /// (spawn it; dropping it stops every transcode, killing ffmpeg).
+    /// Transcode durations are recorded in `metrics`.
     pub fn new(
         engine: Engine,
         ctx: Context,
         bus: Arc<dyn EventBus>,
+        metrics: Metrics,
     ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
         let (queue, rx) = mpsc::channel(CAPACITY);
         let shared = Arc::new(Self {
@@ -71,6 +75,7 @@ impl Shared {
             bus,
             permits: Semaphore::new(CONCURRENCY),
             queue,
+            metrics,
         });
         (shared.clone(), execute(shared, rx))
     }
@@ -164,7 +169,11 @@ impl Shared {
                 video_id: &job.video_id,
                 job_id: &job_id,
             };
-            Some(engine::run(&self.engine, &self.ctx, &job, &report).await)
+            let started = rt::now();
+            let result = engine::run(&self.engine, &self.ctx, &job, &report).await;
+            self.metrics
+                .transcode_finished(result.is_ok(), rt::now() - started);
+            Some(result)
         };
         let cancelled = async {
             if cancel.await.is_err() {

@@ -51,7 +51,12 @@ async fn fixture(failure_rate: f64) -> Fixture {
         blobs: blobs.clone(),
         work_root: std::env::temp_dir(),
     };
-    let (shared, executor) = Shared::new(engine, ctx, bus);
+    let (shared, executor) = Shared::new(
+        engine,
+        ctx,
+        bus,
+        crate::middleware::metrics::Metrics::default(),
+    );
     Fixture {
         shared,
         blobs,

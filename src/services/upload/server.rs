@@ -2,6 +2,7 @@
 //! chunks into a new blob while hashing and counting, and only after the
 //! blob is committed and the video recorded announces FileUploaded.
 
+use crate::middleware::metrics::Metrics;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,7 @@ pub struct UploadServer {
     pool: ClientPool,
     max_size: u64,
     committing: Committing,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for UploadServer {
@@ -180,7 +182,15 @@ impl UploadServer {
             pool,
             max_size,
             committing,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records uploads (bytes stored, durations) in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn with_store<T: Send + 'static>(
@@ -435,7 +445,12 @@ impl UploadService for UploadServer {
                 return Ok(Response::new(response(&done, true)));
             }
         }
-        let info = self.store_upload(&mut stream, meta, owner).await?;
+        let started = rt::now();
+        let stored = self.store_upload(&mut stream, meta, owner).await;
+        self.metrics
+            .upload_finished(stored.is_ok(), rt::now() - started);
+        let info = stored?;
+        self.metrics.upload_stored(info.size_bytes);
         Ok(Response::new(response(&info, false)))
     }
 

@@ -13,6 +13,7 @@ use super::store::Store;
 use super::transcode;
 use crate::bus::EventBus;
 use crate::bus::events::{self, JobCompleted, JobFailed, JobSubmitted};
+use crate::middleware::metrics::Metrics;
 use crate::resilience::backoff::Backoff;
 use crate::rt;
 use crate::services::media;
@@ -216,6 +217,7 @@ pub struct Jobs {
     bus: Arc<dyn EventBus>,
     wake: Notify,
     watches: Arc<Semaphore>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Jobs {
@@ -240,7 +242,16 @@ impl Jobs {
             bus,
             wake: Notify::new(),
             watches: Arc::new(Semaphore::new(MAX_WATCHES)),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts job outcomes (completed, failed attempts, dead letters) in
+    /// `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn publish<P: events::Payload + Sync>(&self, payload: &P) {
@@ -335,6 +346,7 @@ impl Jobs {
         {
             Ok((done, ())) => {
                 tracing::info!(job_id = %done.id, attempts = done.attempts, "job succeeded");
+                self.metrics.job_completed();
                 let p = JobCompleted {
                     job_id: done.id,
                     kind: done.kind,
@@ -375,6 +387,7 @@ impl Jobs {
 
     async fn publish_failed(&self, job: &Job, dead_letter: bool) {
         tracing::warn!(job_id = %job.id, attempts = job.attempts, dead_letter, error = %job.last_error, "job attempt failed");
+        self.metrics.job_attempt_failed(dead_letter);
         let p = JobFailed {
             job_id: job.id.clone(),
             kind: job.kind.clone(),

@@ -72,6 +72,7 @@ fn harness() -> &'static Harness {
             pool: ClientPool::new(registry.clone(), PoolConfig::new(keys.clone(), "fuzz")),
             keys,
             metrics: streamgate::middleware::metrics::Metrics::default(),
+            ready: Default::default(),
         };
         let secret = Secret::random();
         let common = Common {

@@ -75,6 +75,7 @@ async fn servers() -> Servers {
             work_root: std::env::temp_dir().join("streamgate-fuzz"),
         },
         bus.clone(),
+        streamgate::middleware::metrics::Metrics::default(),
     );
     let (jobs, _) = streamgate::services::worker::store::Store::open(None, 0)
         .await
