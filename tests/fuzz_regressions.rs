@@ -62,3 +62,23 @@ fn grpc_requests() {
 fn gateway_requests() {
     replay("gateway_requests", fuzz::gateway_requests);
 }
+
+#[test]
+fn http_range() {
+    replay("http_range", fuzz::http_range);
+}
+
+#[test]
+fn bearer_token() {
+    replay("bearer_token", fuzz::bearer_token);
+}
+
+#[test]
+fn consul_check() {
+    replay("consul_check", fuzz::consul_check);
+}
+
+#[test]
+fn job_record() {
+    replay("job_record", fuzz::job_record);
+}

@@ -24,7 +24,8 @@ pub use transport::HyperTransport;
 #[cfg(madsim)]
 pub use transport::SimTransport;
 pub use wire::{
-    CHECK_META_KEY, FOREIGN_CHECK_TTL, MIN_DEREGISTER_AFTER, check_id, format_duration,
+    CHECK_META_KEY, FOREIGN_CHECK_TTL, MIN_DEREGISTER_AFTER, check_id, decode_check, encode_check,
+    format_duration,
 };
 
 /// Largest response body read from the agent.

@@ -13,6 +13,10 @@ pub use gateway::gateway_requests;
 pub mod grpc;
 #[cfg(not(madsim))]
 pub use grpc::grpc_requests;
+#[cfg(not(madsim))]
+pub mod parsers;
+#[cfg(not(madsim))]
+pub use parsers::{bearer_token, consul_check, http_range, job_record};
 
 use streamgate::bus::{Event, events};
 use streamgate::grpc_timeout;

@@ -194,8 +194,11 @@ pub fn decode_check(s: &str) -> Option<HealthCheck> {
     let kind = parts.next()?;
     let mut dur = || parts.next()?.parse().ok().map(Duration::from_nanos);
     let (interval, timeout, deregister_critical_after) = (dur()?, dur()?, dur()?);
+    // An HTTP or gRPC check names what it probes: [`encode_check`] never
+    // writes an empty one, so a record with one was not written by it.
     let kind = match (kind, parts.next()) {
         ("ttl", None) => CheckKind::Ttl,
+        (_, Some("")) => return None,
         ("http", Some(url)) => CheckKind::Http {
             url: url.to_owned(),
         },
@@ -335,6 +338,10 @@ mod tests {
         let grpc = HealthCheck::grpc("10.0.0.5:9006".into(), Duration::from_secs(2));
         assert_eq!(decode_check(&encode_check(&grpc).unwrap()), Some(grpc));
         assert_eq!(decode_check("v1;ttl;1;2"), None);
+        // Found by the fuzz target consul_check: an empty URL decoded, and
+        // encoded back to a record that does not.
+        assert_eq!(decode_check("v1;http;20000000;10;0;"), None);
+        assert_eq!(decode_check("v1;grpc;1;2;3;"), None);
         assert_eq!(decode_check("garbage"), None);
     }
 

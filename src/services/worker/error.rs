@@ -49,9 +49,9 @@ pub enum WorkerError {
     Record {
         /// The record's key (the job id).
         key: String,
-        /// Why.
+        /// Why: malformed JSON or an inconsistent job.
         #[source]
-        source: serde_json::Error,
+        source: Cause,
     },
     /// More job records than one list reads.
     #[error("{0} job records are more than a list reads")]

@@ -347,40 +347,40 @@ impl Job {
 
     /// Asserts (debug builds) what holds of every job between transitions.
     fn check_invariants(&self) {
-        use JobState::{Cancelled, DeadLetter, Failed, Leased, Queued, Succeeded};
         if !cfg!(debug_assertions) {
             return;
         }
-        assert!(
-            self.attempts <= self.max_attempts,
-            "job invariant: attempts never exceed max attempts ({} > {})",
-            self.attempts,
-            self.max_attempts
-        );
-        assert!(
-            self.progress <= 100 && self.last_error.len() <= MAX_ERROR_BYTES,
-            "job invariant: progress and the error stay within their limits"
-        );
-        assert_eq!(
-            self.state == Leased,
-            self.lease_until_ms != 0,
-            "job invariant: a job has a lease expiry exactly while it is leased ({:?})",
-            self.state
-        );
+        if let Err(broken) = self.consistency() {
+            panic!("job invariant: {broken} ({:?})", self.state);
+        }
+    }
+
+    /// Whether the job holds what every job holds between transitions (a
+    /// record read from outside, e.g. a JetStream KV entry, is checked with
+    /// it before it is used).
+    ///
+    /// # Errors
+    /// The first invariant it breaks.
+    pub fn consistency(&self) -> Result<(), &'static str> {
+        use JobState::{Cancelled, DeadLetter, Failed, Leased, Queued, Succeeded};
+        if self.attempts > self.max_attempts {
+            return Err("attempts never exceed max attempts");
+        }
+        if self.progress > 100 || self.last_error.len() > MAX_ERROR_BYTES {
+            return Err("progress and the error stay within their limits");
+        }
+        if (self.state == Leased) != (self.lease_until_ms != 0) {
+            return Err("a job has a lease expiry exactly while it is leased");
+        }
         match self.state {
-            Leased => assert!(
-                self.attempts >= 1,
-                "job invariant: a leased job has a lease holder (its attempt, >= 1)"
-            ),
-            Queued | Failed => assert!(
-                self.attempts < self.max_attempts,
-                "job invariant: a job waiting to run has attempts left"
-            ),
-            Succeeded => assert_eq!(
-                self.progress, 100,
-                "job invariant: a succeeded job is at 100 %"
-            ),
-            DeadLetter | Cancelled => {}
+            Leased if self.attempts < 1 => {
+                Err("a leased job has a lease holder (its attempt, >= 1)")
+            }
+            Queued | Failed if self.attempts >= self.max_attempts => {
+                Err("a job waiting to run has attempts left")
+            }
+            Succeeded if self.progress != 100 => Err("a succeeded job is at 100 %"),
+            Leased | Queued | Failed | Succeeded | DeadLetter | Cancelled => Ok(()),
         }
     }
 }

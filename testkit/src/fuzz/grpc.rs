@@ -5,11 +5,19 @@
 //! (in-memory stores) that keeps its state across the frames. Any answer is fine
 //! except a panic, or a status that blames the server (INTERNAL, UNKNOWN)
 //! or carries no message: bad input must get a clear, typed refusal.
+//!
+//! Cheap per input: the servers (four SQLite schemas, the transcoder, the
+//! worker's queue) cost far more to build than an input costs to handle, so
+//! one set serves [`REPLACE_EVERY`] inputs in a row on one long-lived
+//! current-thread runtime, and state carries across those inputs (bounded:
+//! an input is at most libFuzzer's `-max_len` bytes). To replay an input on
+//! fresh servers, as a crash found after others is best checked, set
+//! `STREAMGATE_FUZZ_FRESH=1` (a new set per input).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -49,7 +57,10 @@ use streamgate::services::worker::WorkerServer;
 /// Most frames handled per input.
 pub const MAX_FRAMES: usize = 64;
 
-/// The servers under test, fresh per input.
+/// Inputs one set of servers handles before it is replaced.
+pub const REPLACE_EVERY: u32 = 1000;
+
+/// The servers under test, replaced every [`REPLACE_EVERY`] inputs.
 struct Servers {
     auth: streamgate::services::auth::AuthServer,
     cache: streamgate::services::cache::CacheServer,
@@ -61,7 +72,7 @@ struct Servers {
     worker: WorkerServer,
 }
 
-async fn servers() -> Servers {
+async fn servers_new() -> Servers {
     let bus = Arc::new(MemoryBus::new());
     let blobs = Arc::new(MemoryBlobStore::new());
     // Transcodes are accepted and queued; no executor runs them.
@@ -299,7 +310,9 @@ async fn monitor(
     }
 }
 
-/// A watch of alerts waits for changes: judge what comes within 10 ms.
+/// A watch of alerts waits for changes: judge what it has ready once the
+/// runtime's other tasks had their turn (no timer: a wait per frame would
+/// cost more than the rest of the input).
 async fn watch_alerts(m: &streamgate::services::monitor::server::MonitorServer, bytes: &[u8]) {
     let Ok(req) = WatchAlertsRequest::decode(bytes) else {
         return;
@@ -307,9 +320,8 @@ async fn watch_alerts(m: &streamgate::services::monitor::server::MonitorServer, 
     match m.watch_alerts(Request::new(req)).await {
         Ok(res) => {
             let mut stream = res.into_inner();
-            if let Ok(Some(item)) =
-                streamgate::rt::timeout(std::time::Duration::from_millis(10), stream.next()).await
-            {
+            tokio::task::yield_now().await;
+            if let Some(Some(item)) = stream.next().now_or_never() {
                 judge("WatchAlerts", item.map(Response::new));
             }
         }
@@ -341,39 +353,83 @@ async fn upload_stream(u: &UploadServer, bytes: &[u8]) {
     judge("Upload", u.upload(Request::new(stream)).await);
 }
 
+/// The runtime and the current servers, with the inputs they handled.
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    servers: Option<(Servers, u32)>,
+    replace_every: u32,
+}
+
+thread_local! {
+    /// One per thread (libFuzzer runs inputs on one; `cargo test` replays
+    /// on several).
+    static HARNESS: std::cell::RefCell<Harness> = std::cell::RefCell::new(Harness {
+        runtime: runtime(),
+        servers: None,
+        replace_every: if std::env::var_os("STREAMGATE_FUZZ_FRESH").is_some() {
+            1
+        } else {
+            REPLACE_EVERY
+        },
+    });
+}
+
+/// The harness's runtime. Under cargo fuzz (whose workspace turns on
+/// tokio's `test-util`) its clock is paused: whenever every task waits, it
+/// jumps to the next timer, so the handlers' polls and timeouts (a job
+/// watch polls, for one) cost no wall time. Nothing here waits on the
+/// outside world (no socket; SQLite work on the blocking pool holds the
+/// clock), so no timer fires early. `cargo test` replays on real time.
+fn runtime() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    #[cfg(fuzzing)]
+    builder.start_paused(true);
+    builder.build().expect("a runtime")
+}
+
 /// Splits `data` into frames and handles each.
 pub fn grpc_requests(data: &[u8]) {
-    // One runtime for the process (building one per input cost more than
-    // the input); the servers, and so all state, are fresh per input.
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
+    HARNESS.with_borrow_mut(|h| {
+        let Harness {
+            runtime,
+            servers,
+            replace_every,
+        } = h;
+        runtime.block_on(async {
+            if servers.as_ref().is_none_or(|(_, n)| *n >= *replace_every) {
+                // The old set (and what it spawned) goes first.
+                *servers = None;
+                *servers = Some((servers_new().await, 0));
+            }
+            let (s, n) = servers.as_mut().expect("just built");
+            *n += 1;
+            handle_input(s, data).await;
+        });
     });
-    runtime.block_on(async {
-        let s = servers().await;
-        // A valid video to aim updates and reads at.
-        let seed = CreateVideoRequest {
-            video_id: "v1".into(),
-            owner_id: "u1".into(),
-            title: "t".into(),
-            content_type: "video/mp4".into(),
-            size_bytes: 1,
-            sha256_hex: "0".repeat(64),
-            ..CreateVideoRequest::default()
+}
+
+async fn handle_input(s: &Servers, data: &[u8]) {
+    // A valid video to aim updates and reads at (ALREADY_EXISTS after the
+    // first input of a set, unless an input deleted it).
+    let seed = CreateVideoRequest {
+        video_id: "v1".into(),
+        owner_id: "u1".into(),
+        title: "t".into(),
+        content_type: "video/mp4".into(),
+        size_bytes: 1,
+        sha256_hex: "0".repeat(64),
+        ..CreateVideoRequest::default()
+    };
+    judge("seed", s.metadata.create_video(Request::new(seed)).await);
+    let mut rest = data;
+    for _ in 0..MAX_FRAMES {
+        let [method, a, b, tail @ ..] = rest else {
+            break;
         };
-        judge("seed", s.metadata.create_video(Request::new(seed)).await);
-        let mut rest = data;
-        for _ in 0..MAX_FRAMES {
-            let [method, a, b, tail @ ..] = rest else {
-                break;
-            };
-            let len = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());
-            let (frame, next) = tail.split_at(len);
-            handle(&s, *method, frame).await;
-            rest = next;
-        }
-    });
+        let len = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());
+        let (frame, next) = tail.split_at(len);
+        handle(s, *method, frame).await;
+        rest = next;
+    }
 }

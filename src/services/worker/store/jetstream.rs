@@ -126,14 +126,44 @@ fn encode(record: &Record) -> Result<bytes::Bytes, WorkerError> {
         .map(bytes::Bytes::from)
         .map_err(|source| WorkerError::Record {
             key: record.job.id.clone(),
-            source,
+            source: source.into(),
         })
 }
 
 fn decode(key: &str, value: &[u8]) -> Result<Record, WorkerError> {
-    serde_json::from_slice(value).map_err(|source| WorkerError::Record {
+    let unreadable = |source: super::super::error::Cause| WorkerError::Record {
         key: key.to_owned(),
         source,
+    };
+    let record: Record = serde_json::from_slice(value).map_err(|e| unreadable(e.into()))?;
+    // Anyone with access to the bucket can write it: a record that breaks
+    // the job's invariants is refused like malformed JSON, never acted on.
+    record
+        .job
+        .consistency()
+        .map_err(|broken| unreadable(format!("inconsistent job: {broken}").into()))?;
+    Ok(record)
+}
+
+/// Decodes a job record as stored in the bucket (the value of key `key`):
+/// its submission number and the job. The fuzz target `job_record` feeds
+/// it arbitrary bytes.
+///
+/// # Errors
+/// [`WorkerError::Record`] for malformed JSON or a job that breaks the
+/// job's invariants ([`Job::consistency`]).
+pub fn decode_record(key: &str, value: &[u8]) -> Result<(u64, Job), WorkerError> {
+    decode(key, value).map(|r| (r.seq, r.job))
+}
+
+/// Encodes a job record as stored in the bucket ([`decode_record`]'s inverse).
+///
+/// # Errors
+/// [`WorkerError::Record`] if it does not encode.
+pub fn encode_record(seq: u64, job: &Job) -> Result<bytes::Bytes, WorkerError> {
+    encode(&Record {
+        seq,
+        job: job.clone(),
     })
 }
 
