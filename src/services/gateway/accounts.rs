@@ -65,12 +65,7 @@ pub async fn logout(
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
     };
     let access = super::bearer::bearer_token(&headers)?.to_owned();
-    let bytes = json::bytes(body).await?;
-    let request: LogOut = if bytes.iter().all(u8::is_ascii_whitespace) {
-        LogOut::default()
-    } else {
-        json::parse(&bytes)?
-    };
+    let request: LogOut = json::optional(body).await?;
     let mut auth = api.runtime.pool.auth().await?;
     if let Some(refresh) = request.refresh_token {
         if refresh.is_empty() || refresh.len() > crate::services::auth::token::MAX_TOKEN_BYTES {

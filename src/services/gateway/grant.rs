@@ -156,13 +156,8 @@ pub async fn create(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let video_id = video_id(path)?;
-    let bytes = super::json::bytes(body).await?;
     // No body asks for the defaults.
-    let request: PlaybackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        PlaybackRequest::default()
-    } else {
-        super::json::parse(&bytes)?
-    };
+    let request: PlaybackRequest = super::json::optional(body).await?;
     let ttl = match request.ttl_secs {
         None => DEFAULT_TTL,
         Some(s) if (1..=MAX_TTL.as_secs()).contains(&s) => Duration::from_secs(s),

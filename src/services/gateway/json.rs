@@ -39,6 +39,17 @@ pub(super) async fn bytes(body: Body) -> Result<bytes::Bytes, ApiError> {
     }
 }
 
+/// Reads an optional JSON body: none (or only whitespace) is `T`'s
+/// default, anything else is parsed as [`parse`] does.
+pub(super) async fn optional<T: DeserializeOwned + Default>(body: Body) -> Result<T, ApiError> {
+    let bytes = bytes(body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse(&bytes)
+    }
+}
+
 /// Parses a JSON body into `T` (400 saying what does not fit).
 pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every body is an object; serde would also take a struct as an array.
