@@ -100,7 +100,7 @@ pub enum StreamgateCommand {
         #[command(flatten)]
         node: NodeOpts,
         #[command(flatten)]
-        cluster: ClusterOpts,
+        cluster: Box<ClusterOpts>,
         #[command(flatten)]
         common: CommonOpts,
     },

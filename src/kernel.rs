@@ -163,7 +163,13 @@ impl KernelError {
     /// exit code 2), not the start itself failing.
     #[must_use]
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config { .. })
+        match self {
+            Self::Config { .. } => true,
+            // A store whose schema is newer than the binary, or whose
+            // migration failed: restarting will not help.
+            Self::Start { source, .. } => source.is::<crate::schema::SchemaError>(),
+            _ => false,
+        }
     }
 }
 

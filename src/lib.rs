@@ -32,8 +32,11 @@ pub mod middleware;
 #[cfg(not(madsim))]
 pub mod nats_kv;
 pub mod node;
+#[cfg(not(madsim))]
+pub mod pg;
 pub mod registry;
 pub mod resilience;
+pub mod schema;
 pub mod services;
 pub mod sqlite;
 pub mod text;

@@ -395,6 +395,12 @@ pub struct ClusterOpts {
     /// the same one. 1..=64 characters of `[A-Za-z0-9_-]`.
     #[arg(long, env = "STREAMGATE_JOBS_NAME", default_value = "streamgate_jobs")]
     pub jobs_name: String,
+    /// PostgreSQL shared by every metadata instance (a `postgres://` URL
+    /// or a libpq `key=value` string; printed and logged without its
+    /// password). Unset: the catalog is a SQLite file in the data dir,
+    /// so only one metadata instance may run per data dir.
+    #[arg(long, env = "STREAMGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// The Consul agent's HTTP address.
     #[arg(
         long,
@@ -746,8 +752,15 @@ pub async fn run_service(
         .plugins(&[kind])?
         .into_iter()
         .map(|mut p| {
-            if let ServiceConfig::Worker(c) = p.config_mut() {
-                c.job_queue = job_queue.clone();
+            match p.config_mut() {
+                ServiceConfig::Worker(c) => c.job_queue = job_queue.clone(),
+                ServiceConfig::Metadata(c) => {
+                    c.database = cluster
+                        .database_url
+                        .clone()
+                        .map(crate::schema::DatabaseUrl::new);
+                }
+                _ => {}
             }
             p.common_mut().check = cluster.consul_check;
             Box::new(p) as Box<dyn Plugin>

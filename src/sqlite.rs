@@ -8,6 +8,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use crate::error::ErrorKind;
+use crate::schema::SchemaError;
 
 /// Opens (creating) the database at `path`, or one in memory for `None`.
 ///
@@ -66,6 +67,52 @@ pub fn transaction(
         conn.execute_batch("ROLLBACK")?;
     }
     conn.transaction_with_behavior(behavior)
+}
+
+/// Brings the schema of `component` up to date: runs the migrations in
+/// `steps` not yet recorded in the file's `user_version` (a file made
+/// before versions were recorded is at 0: its first step must accept the
+/// tables as they are), in one `IMMEDIATE` transaction, so processes
+/// sharing the file migrate once. Returns the version now recorded.
+///
+/// # Errors
+/// [`SchemaError::TooNew`] for a file written by a newer binary;
+/// [`SchemaError::Failed`] naming the step that failed (nothing of it
+/// stays).
+pub fn migrate(
+    conn: &mut Connection,
+    component: &'static str,
+    steps: &[&str],
+) -> Result<usize, SchemaError> {
+    let version = |source: rusqlite::Error| SchemaError::Version {
+        component,
+        source: source.into(),
+    };
+    let tx = transaction(conn, rusqlite::TransactionBehavior::Immediate).map_err(version)?;
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(version)?;
+    let todo = crate::schema::plan(component, found, steps.len())?;
+    if todo.is_empty() {
+        return Ok(steps.len());
+    }
+    for i in todo {
+        tx.execute_batch(steps[i])
+            .map_err(|source| SchemaError::Failed {
+                component,
+                version: i + 1,
+                source: source.into(),
+            })?;
+    }
+    tx.pragma_update(
+        None,
+        "user_version",
+        i64::try_from(steps.len()).unwrap_or(i64::MAX),
+    )
+    .map_err(version)?;
+    tx.commit().map_err(version)?;
+    tracing::info!(component, version = steps.len(), "schema migrated");
+    Ok(steps.len())
 }
 
 /// The kind of a SQLite failure: a full disk is

@@ -11,9 +11,54 @@ pub fn prefix(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// `url` with its password replaced by `***`, for logs and printed
+/// options: the `user:password@` of a URL (`postgres://u:pw@host/db`), or
+/// a `password=...` pair of a libpq `key=value` string.
+#[must_use]
+pub fn redact_password(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let head = scheme_end + 3 + colon + 1;
+            return format!("{}***{}", &url[..head], &url[scheme_end + 3 + at..]);
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_password("postgres://sg:hunter2@db:5432/sg?sslmode=disable"),
+            "postgres://sg:***@db:5432/sg?sslmode=disable"
+        );
+        assert_eq!(
+            redact_password("postgres://sg@db/sg"),
+            "postgres://sg@db/sg"
+        );
+        assert_eq!(
+            redact_password("postgres://a:b:c@d@db/x"),
+            "postgres://a:***@db/x"
+        );
+        assert_eq!(
+            redact_password("host=db user=sg password=hunter2 dbname=sg"),
+            "host=db user=sg password=*** dbname=sg"
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -172,10 +172,11 @@ impl Layered {
                 _ if self.from_file.contains(id) => "file".to_owned(),
                 _ => "default".to_owned(),
             };
-            out.push_str(&format!(
-                "{key} = {}   # {source}\n",
-                toml_value(&raw.to_string_lossy())
-            ));
+            let mut value = raw.to_string_lossy().into_owned();
+            if key == "database-url" {
+                value = crate::text::redact_password(&value);
+            }
+            out.push_str(&format!("{key} = {}   # {source}\n", toml_value(&value)));
         }
         out
     }

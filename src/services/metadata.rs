@@ -1,16 +1,19 @@
-//! metadata (9005): the video catalog (SQLite) and its state machine, fed
-//! by the pipeline's events and read by the gateway.
-
-use std::sync::{Arc, Mutex};
+//! metadata (9005): the video catalog (SQLite, or PostgreSQL shared by
+//! many instances) and its state machine, fed by the pipeline's events and
+//! read by the gateway.
 
 use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::metadata_service_server::MetadataServiceServer;
+use crate::schema::DatabaseUrl;
 use crate::services::{Background, Common, Domain};
 
+pub mod catalog;
 pub mod consume;
 pub mod error;
+#[cfg(not(madsim))]
+pub mod pg_store;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -26,13 +29,44 @@ pub const DB_FILE: &str = "metadata.sqlite";
 pub struct Config {
     /// Largest upload size a record may claim, in bytes.
     pub max_upload_bytes: u64,
+    /// PostgreSQL holding the catalog, shared by every instance; `None`:
+    /// SQLite in the data dir (in memory without one).
+    pub database: Option<DatabaseUrl>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
+            database: None,
         }
+    }
+}
+
+/// The catalog on PostgreSQL when a database URL is set, else on SQLite.
+async fn open(
+    config: &Config,
+    common: &Common,
+) -> Result<catalog::Catalog, Box<dyn std::error::Error + Send + Sync>> {
+    if let Some(url) = &config.database {
+        #[cfg(not(madsim))]
+        {
+            let pool = crate::pg::pool(url.expose())?;
+            return match pg_store::PgStore::open(pool).await {
+                Ok(store) => Ok(catalog::Catalog::Postgres(store)),
+                Err(store::StoreError::Schema(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        #[cfg(madsim)]
+        return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+    }
+    let path = common.db_path(DB_FILE)?;
+    match store::Store::open(path.as_deref()) {
+        Ok(store) => Ok(catalog::Catalog::sqlite(store)),
+        // A schema refusal stays itself: the process exits with code 2.
+        Err(store::StoreError::Schema(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -48,11 +82,9 @@ pub async fn domain(
     let fail = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
         KernelError::start("metadata", what, e)
     };
-    let path = common
-        .db_path(DB_FILE)
-        .map_err(|e| fail("its data dir", e.into()))?;
-    let store = store::Store::open(path.as_deref()).map_err(|e| fail("its database", e.into()))?;
-    let store = Arc::new(Mutex::new(store));
+    let store = open(config, common)
+        .await
+        .map_err(|e| fail("its database", e))?;
     let subscriptions = consume::subscribe(&store, &runtime.bus)
         .await
         .map_err(|e| fail("the event bus", e.into()))?;

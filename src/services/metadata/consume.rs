@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use super::server::{Shared, announce, video_state, with_store};
+use super::catalog::Catalog;
+use super::server::{announce, video_state};
 use super::state::Step;
 use crate::bus::events::{
     MetadataUpdated, Payload, TranscodingCompleted, TranscodingFailed, TranscodingStarted,
@@ -40,7 +41,7 @@ fn renditions(video_id: &str, names: &[String]) -> Vec<Rendition> {
 ///
 /// # Errors
 /// The event does not decode, or the store failed (the bus may redeliver).
-pub async fn apply(store: &Shared, bus: &Arc<dyn EventBus>, event: Event) -> HandlerResult {
+pub async fn apply(store: &Catalog, bus: &Arc<dyn EventBus>, event: Event) -> HandlerResult {
     let (video_id, step, fill): (String, Step, Fill) = match event.kind {
         EventType::TranscodingStarted => {
             let p = TranscodingStarted::from_event(&event)?;
@@ -72,10 +73,10 @@ pub async fn apply(store: &Shared, bus: &Arc<dyn EventBus>, event: Event) -> Han
     }
     let event_id = event.id.clone();
     let now = rt::unix_ms();
-    let changed = with_store(store, move |s| {
-        s.apply(&event_id, &video_id, now, &step, fill)
-    })
-    .await?;
+    let changed = store
+        .apply(event_id, video_id, now, step, fill)
+        .await
+        .map_err(super::MetadataError::from)?;
     if let Some(v) = changed {
         tracing::info!(video = %v.id, state = video_state(&v), "video state changed");
         announce(
@@ -96,7 +97,7 @@ pub async fn apply(store: &Shared, bus: &Arc<dyn EventBus>, event: Event) -> Han
 /// # Errors
 /// The bus refused a subscription.
 pub async fn subscribe(
-    store: &Shared,
+    store: &Catalog,
     bus: &Arc<dyn EventBus>,
 ) -> Result<Vec<Subscription>, BusError> {
     let mut subs = Vec::new();

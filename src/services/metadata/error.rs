@@ -2,7 +2,6 @@
 
 use super::store::StoreError;
 use crate::error::{Classify, ErrorKind};
-use crate::rt;
 
 /// A failed catalog request.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +19,6 @@ pub enum MetadataError {
     /// The store refused (a taken id) or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A store task ended without an answer (it panicked).
-    #[error("metadata store task failed")]
-    Task(#[from] rt::JoinError),
 }
 
 impl Classify for MetadataError {
@@ -33,7 +29,11 @@ impl Classify for MetadataError {
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Store(StoreError::Exists(_)) => ErrorKind::AlreadyExists,
             Self::Store(StoreError::Sqlite(e)) => crate::sqlite::kind(e),
-            Self::Store(StoreError::Corrupt(_)) | Self::Task(_) => ErrorKind::Internal,
+            #[cfg(not(madsim))]
+            Self::Store(StoreError::Postgres(e)) => e.kind(),
+            Self::Store(StoreError::Corrupt(_) | StoreError::Schema(_) | StoreError::Task(_)) => {
+                ErrorKind::Internal
+            }
         }
     }
 }

@@ -1,13 +1,13 @@
 //! MetadataService over gRPC: validates requests, runs them against the
-//! store off the async workers, publishes Metadata* events.
+//! catalog, publishes Metadata* events.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::catalog::Catalog;
 use super::error::MetadataError;
 use super::state::{self, MAX_REASON};
-use super::store::{Store, StoreError};
 use crate::bus::EventBus;
 use crate::bus::events::{MetadataCreated, MetadataDeleted, MetadataUpdated, Payload};
 use crate::proto::metadata_service_server::MetadataService;
@@ -26,26 +26,6 @@ pub const DEFAULT_PAGE: u32 = 20;
 /// Most renditions per video.
 pub const MAX_RENDITIONS: usize = 16;
 
-/// The store shared by the server and the event consumer.
-pub type Shared = Arc<Mutex<Store>>;
-
-/// Runs `f` on the store off the async workers.
-///
-/// # Errors
-/// What `f` returns; [`MetadataError::Task`] if it panicked.
-pub async fn with_store<T: Send + 'static>(
-    store: &Shared,
-    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, MetadataError> {
-    let store = store.clone();
-    Ok(rt::blocking(move || {
-        f(&mut store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
-    })
-    .await??)
-}
-
 /// Publishes `payload`; a bus failure is logged, the change stands.
 pub async fn announce(bus: &Arc<dyn EventBus>, payload: &impl Payload) {
     match payload.to_event("metadata") {
@@ -61,7 +41,7 @@ pub async fn announce(bus: &Arc<dyn EventBus>, payload: &impl Payload) {
 /// The gRPC face of the catalog.
 #[derive(Clone)]
 pub struct MetadataServer {
-    store: Shared,
+    store: Catalog,
     bus: Arc<dyn EventBus>,
     max_size: u64,
 }
@@ -125,7 +105,7 @@ fn parse_token(token: &str) -> Result<Option<(i64, String)>, MetadataError> {
 impl MetadataServer {
     /// A server over `store`, announcing on `bus`; sizes up to `max_size`.
     #[must_use]
-    pub fn new(store: Shared, bus: Arc<dyn EventBus>, max_size: u64) -> Self {
+    pub fn new(store: Catalog, bus: Arc<dyn EventBus>, max_size: u64) -> Self {
         Self {
             store,
             bus,
@@ -251,8 +231,10 @@ impl MetadataService for MetadataServer {
         req: Request<CreateVideoRequest>,
     ) -> Result<Response<CreateVideoResponse>, Status> {
         let video = self.new_video(req.into_inner())?;
-        let stored = video.clone();
-        with_store(&self.store, move |s| s.create(&stored)).await?;
+        self.store
+            .create(video.clone())
+            .await
+            .map_err(MetadataError::from)?;
         announce(
             &self.bus,
             &MetadataCreated {
@@ -271,11 +253,7 @@ impl MetadataService for MetadataServer {
     ) -> Result<Response<GetVideoResponse>, Status> {
         let id = req.into_inner().video_id;
         media::check_id("video_id", &id).map_err(invalid)?;
-        let found = with_store(&self.store, {
-            let id = id.clone();
-            move |s| s.get(&id)
-        })
-        .await?;
+        let found = self.store.get(&id).await.map_err(MetadataError::from)?;
         let video = found.ok_or(MetadataError::NotFound(id))?;
         Ok(Response::new(GetVideoResponse { video: Some(video) }))
     }
@@ -287,19 +265,17 @@ impl MetadataService for MetadataServer {
         let r = req.into_inner();
         media::check_id("video_id", &r.video_id).map_err(invalid)?;
         let now = i64::try_from(rt::unix_ms()).unwrap_or(i64::MAX);
-        let (video, fields) = with_store(&self.store, move |s| {
-            let Some(mut v) = s.get(&r.video_id)? else {
-                return Ok(Err(MetadataError::NotFound(r.video_id)));
-            };
-            let fields = match apply_update(&mut v, r) {
-                Ok(f) => f,
-                Err(refused) => return Ok(Err(refused)),
-            };
-            v.updated_at_ms = v.updated_at_ms.max(now);
-            s.put(&v)?;
-            Ok(Ok((v, fields)))
-        })
-        .await??;
+        let id = r.video_id.clone();
+        let updated = self
+            .store
+            .update(&id, move |v| {
+                let fields = apply_update(v, r)?;
+                v.updated_at_ms = v.updated_at_ms.max(now);
+                Ok::<_, MetadataError>(fields)
+            })
+            .await
+            .map_err(MetadataError::from)?;
+        let (video, fields) = updated.ok_or(MetadataError::NotFound(id))??;
         announce(
             &self.bus,
             &MetadataUpdated {
@@ -318,11 +294,7 @@ impl MetadataService for MetadataServer {
     ) -> Result<Response<DeleteVideoResponse>, Status> {
         let id = req.into_inner().video_id;
         media::check_id("video_id", &id).map_err(invalid)?;
-        let deleted = with_store(&self.store, {
-            let id = id.clone();
-            move |s| s.delete(&id)
-        })
-        .await?;
+        let deleted = self.store.delete(&id).await.map_err(MetadataError::from)?;
         if !deleted {
             return Err(MetadataError::NotFound(id).into());
         }
@@ -350,15 +322,11 @@ impl MetadataService for MetadataServer {
         };
         let after = parse_token(&r.page_token)?;
         let owner = (!r.owner_id.is_empty()).then_some(r.owner_id);
-        let videos = with_store(&self.store, move |s| {
-            s.list(
-                owner.as_deref(),
-                state,
-                after.as_ref().map(|(at, id)| (*at, id.as_str())),
-                limit,
-            )
-        })
-        .await?;
+        let videos = self
+            .store
+            .list(owner, state, after, limit)
+            .await
+            .map_err(MetadataError::from)?;
         let next_page_token = match videos.last() {
             Some(v) if videos.len() == limit as usize => format!("{}.{}", v.created_at_ms, v.id),
             _ => String::new(),

@@ -1,5 +1,7 @@
 //! Video records in SQLite (a file under the data dir, or in memory), and
 //! the ids of the events already applied, so redelivered events are no-ops.
+//! The embedded back end of the [`Catalog`](super::catalog::Catalog); its
+//! PostgreSQL twin is [`pg_store`](super::pg_store).
 
 use std::path::Path;
 
@@ -21,19 +23,85 @@ pub enum StoreError {
     /// A stored row's renditions do not encode or decode.
     #[error("metadata store: corrupt renditions")]
     Corrupt(#[source] serde_json::Error),
+    /// PostgreSQL failed or cannot be reached.
+    #[cfg(not(madsim))]
+    #[error("metadata database failed")]
+    Postgres(#[from] crate::pg::PgError),
+    /// The schema could not be brought up to date.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    /// A store task ended without an answer (it panicked).
+    #[error("metadata store task failed")]
+    Task(#[from] crate::rt::JoinError),
 }
+
+/// The catalog's schema, one step per version (SQLite; `pg_store` has the
+/// PostgreSQL twin). Step 1 is the schema from before versions were
+/// recorded, hence `IF NOT EXISTS`: such a file (at version 0) takes it as
+/// it is.
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS videos (
+         id TEXT PRIMARY KEY,
+         owner_id TEXT NOT NULL,
+         title TEXT NOT NULL,
+         description TEXT NOT NULL,
+         content_type TEXT NOT NULL,
+         size_bytes INTEGER NOT NULL,
+         sha256_hex TEXT NOT NULL,
+         state INTEGER NOT NULL,
+         failure_reason TEXT NOT NULL,
+         renditions TEXT NOT NULL,
+         created_at_ms INTEGER NOT NULL,
+         updated_at_ms INTEGER NOT NULL,
+         duration_ms INTEGER NOT NULL,
+         thumbnail_key TEXT NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS videos_newest ON videos (created_at_ms DESC, id DESC);
+     CREATE TABLE IF NOT EXISTS applied_events (
+         event_id TEXT PRIMARY KEY,
+         at_ms INTEGER NOT NULL
+     );"];
+
+/// What an update did: `None`, no such video; `Some(Err)`, refused
+/// (nothing stored); `Some(Ok)`, the video as stored and what the change
+/// returned.
+pub type Updated<T, E> = Option<Result<(Video, T), E>>;
 
 /// Applied event ids older than this are forgotten (redelivery happens
 /// within minutes; a week is ample).
 pub const EVENT_MEMORY_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// A rendition as both back ends store it (JSON in a text column).
 #[derive(Serialize, Deserialize)]
-struct StoredRendition {
+pub(super) struct StoredRendition {
     name: String,
     width: u32,
     height: u32,
     bitrate_kbps: u32,
     playlist_key: String,
+}
+
+impl From<&Rendition> for StoredRendition {
+    fn from(r: &Rendition) -> Self {
+        Self {
+            name: r.name.clone(),
+            width: r.width,
+            height: r.height,
+            bitrate_kbps: r.bitrate_kbps,
+            playlist_key: r.playlist_key.clone(),
+        }
+    }
+}
+
+impl From<StoredRendition> for Rendition {
+    fn from(r: StoredRendition) -> Self {
+        Self {
+            name: r.name,
+            width: r.width,
+            height: r.height,
+            bitrate_kbps: r.bitrate_kbps,
+            playlist_key: r.playlist_key,
+        }
+    }
 }
 
 /// The video catalog.
@@ -58,32 +126,11 @@ impl Store {
     /// Opens (creating) the catalog at `path`, or in memory for `None`.
     ///
     /// # Errors
-    /// SQLite cannot open or migrate the file.
+    /// SQLite cannot open the file, or its schema cannot be brought up to
+    /// date ([`StoreError::Schema`]).
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
-        let conn = crate::sqlite::open(path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS videos (
-                 id TEXT PRIMARY KEY,
-                 owner_id TEXT NOT NULL,
-                 title TEXT NOT NULL,
-                 description TEXT NOT NULL,
-                 content_type TEXT NOT NULL,
-                 size_bytes INTEGER NOT NULL,
-                 sha256_hex TEXT NOT NULL,
-                 state INTEGER NOT NULL,
-                 failure_reason TEXT NOT NULL,
-                 renditions TEXT NOT NULL,
-                 created_at_ms INTEGER NOT NULL,
-                 updated_at_ms INTEGER NOT NULL,
-                 duration_ms INTEGER NOT NULL,
-                 thumbnail_key TEXT NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS videos_newest ON videos (created_at_ms DESC, id DESC);
-             CREATE TABLE IF NOT EXISTS applied_events (
-                 event_id TEXT PRIMARY KEY,
-                 at_ms INTEGER NOT NULL
-             );",
-        )?;
+        let mut conn = crate::sqlite::open(path)?;
+        crate::sqlite::migrate(&mut conn, "metadata", MIGRATIONS)?;
         Ok(Self { conn, applied: 0 })
     }
 
@@ -120,6 +167,30 @@ impl Store {
     /// SQLite failed.
     pub fn put(&mut self, v: &Video) -> Result<(), StoreError> {
         write(&self.conn, v)
+    }
+
+    /// Changes video `id` by `f` in one transaction: `None` if there is
+    /// no such video, `Some(Err)` (nothing stored) if `f` refuses.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn update<T, E>(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&mut Video) -> Result<T, E>,
+    ) -> Result<Updated<T, E>, StoreError> {
+        let tx =
+            crate::sqlite::transaction(&mut self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        let Some(mut v) = read_one(&tx, id)? else {
+            return Ok(None);
+        };
+        let out = match f(&mut v) {
+            Ok(out) => out,
+            Err(refused) => return Ok(Some(Err(refused))),
+        };
+        write(&tx, &v)?;
+        tx.commit()?;
+        Ok(Some(Ok((v, out))))
     }
 
     /// Removes `id`; true if it existed.
@@ -209,17 +280,7 @@ impl Store {
 }
 
 fn write(conn: &Connection, v: &Video) -> Result<(), StoreError> {
-    let renditions: Vec<StoredRendition> = v
-        .renditions
-        .iter()
-        .map(|r| StoredRendition {
-            name: r.name.clone(),
-            width: r.width,
-            height: r.height,
-            bitrate_kbps: r.bitrate_kbps,
-            playlist_key: r.playlist_key.clone(),
-        })
-        .collect();
+    let renditions: Vec<StoredRendition> = v.renditions.iter().map(StoredRendition::from).collect();
     let renditions = serde_json::to_string(&renditions).map_err(StoreError::Corrupt)?;
     conn.execute(
         &format!(
@@ -270,16 +331,7 @@ fn row_to_video(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Video, Store
         sha256_hex: row.get(6)?,
         state: row.get(7)?,
         failure_reason: row.get(8)?,
-        renditions: renditions
-            .into_iter()
-            .map(|r| Rendition {
-                name: r.name,
-                width: r.width,
-                height: r.height,
-                bitrate_kbps: r.bitrate_kbps,
-                playlist_key: r.playlist_key,
-            })
-            .collect(),
+        renditions: renditions.into_iter().map(Rendition::from).collect(),
         created_at_ms: row.get(10)?,
         updated_at_ms: row.get(11)?,
         duration_ms: to_u64(row.get(12)?),

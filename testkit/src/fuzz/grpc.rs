@@ -118,7 +118,11 @@ async fn servers_new() -> Servers {
                 streamgate::services::monitor::Config::default(),
             ),
         )),
-        metadata: MetadataServer::new(Arc::new(Mutex::new(store)), bus.clone(), 1 << 30),
+        metadata: MetadataServer::new(
+            streamgate::services::metadata::catalog::Catalog::sqlite(store),
+            bus.clone(),
+            1 << 30,
+        ),
         upload: UploadServer::new(
             Arc::new(Mutex::new(records)),
             blobs.clone(),
