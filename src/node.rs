@@ -395,10 +395,11 @@ pub struct ClusterOpts {
     /// the same one. 1..=64 characters of `[A-Za-z0-9_-]`.
     #[arg(long, env = "STREAMGATE_JOBS_NAME", default_value = "streamgate_jobs")]
     pub jobs_name: String,
-    /// PostgreSQL shared by every metadata instance (a `postgres://` URL
-    /// or a libpq `key=value` string; printed and logged without its
-    /// password). Unset: the catalog is a SQLite file in the data dir,
-    /// so only one metadata instance may run per data dir.
+    /// PostgreSQL shared by every metadata and upload instance (the
+    /// catalog, the upload records): a `postgres://` URL or a libpq
+    /// `key=value` string, printed and logged without its password.
+    /// Unset: each keeps a SQLite file in its data dir, so only one
+    /// instance of each may run per data dir.
     #[arg(long, env = "STREAMGATE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// The Consul agent's HTTP address.

@@ -1,8 +1,6 @@
 //! upload (9091): client-streaming uploads stored atomically in the blob
 //! store; publishes FileUploaded, and removes a video's blobs once deleted.
 
-use std::sync::{Arc, Mutex};
-
 use tonic::service::Routes;
 
 use crate::bus::events::{MetadataDeleted, Payload};
@@ -14,6 +12,9 @@ use std::time::Duration;
 use crate::services::{Background, Common, Domain, media};
 
 pub mod error;
+#[cfg(not(madsim))]
+pub mod pg_store;
+pub mod records;
 pub mod server;
 pub mod store;
 pub mod sweep;
@@ -41,6 +42,9 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// The orphan sweep's interval and grace period.
     pub sweep: sweep::Config,
+    /// PostgreSQL holding the upload records, shared by every instance;
+    /// `None`: SQLite in the data dir (in memory without one).
+    pub database: Option<crate::schema::DatabaseUrl>,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
         Self {
             max_upload_bytes: crate::services::MAX_UPLOAD_BYTES,
             sweep: sweep::Config::default(),
+            database: None,
         }
     }
 }
@@ -59,6 +64,33 @@ impl Config {
     /// The sweep's interval or grace is out of range.
     pub fn validate(&self) -> Result<(), String> {
         self.sweep.validate()
+    }
+}
+
+/// The records on PostgreSQL when a database URL is set, else on SQLite.
+async fn open(
+    config: &Config,
+    common: &Common,
+) -> Result<records::Records, Box<dyn std::error::Error + Send + Sync>> {
+    if let Some(url) = &config.database {
+        #[cfg(not(madsim))]
+        {
+            let pool = crate::pg::pool(url.expose())?;
+            return match pg_store::PgStore::open(pool).await {
+                Ok(store) => Ok(records::Records::Postgres(store)),
+                Err(store::StoreError::Schema(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        #[cfg(madsim)]
+        return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+    }
+    let path = common.db_path(DB_FILE)?;
+    match store::Store::open(path.as_deref()) {
+        Ok(store) => Ok(records::Records::sqlite(store)),
+        // A schema refusal stays itself: the process exits with code 2.
+        Err(store::StoreError::Schema(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -75,11 +107,9 @@ pub async fn domain(
     let fail = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
         KernelError::start("upload", what, e)
     };
-    let path = common
-        .db_path(DB_FILE)
-        .map_err(|e| fail("its data dir", e.into()))?;
-    let store = store::Store::open(path.as_deref()).map_err(|e| fail("its database", e.into()))?;
-    let store = Arc::new(Mutex::new(store));
+    let store = open(config, common)
+        .await
+        .map_err(|e| fail("its database", e))?;
 
     let (blobs, records) = (runtime.blobs.clone(), store.clone());
     let on_deleted = handler(move |event| {
@@ -92,14 +122,7 @@ pub async fn domain(
             for key in media::video_blobs(&video_id) {
                 blobs.delete(&key).await?;
             }
-            let id = video_id.clone();
-            crate::rt::blocking(move || {
-                records
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .delete_video(&id)
-            })
-            .await??;
+            records.delete_video(&video_id).await?;
             tracing::info!(video = %video_id, "blobs of the deleted video removed");
             Ok(())
         }

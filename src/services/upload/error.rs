@@ -7,7 +7,6 @@ use crate::blob::BlobError;
 use crate::bus::BusError;
 use crate::client::PoolError;
 use crate::error::{Classify, ErrorKind};
-use crate::rt;
 
 /// A failed upload request.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +34,9 @@ pub enum UploadError {
     /// The upload records failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A store task ended without an answer (it panicked).
-    #[error("upload records task failed")]
-    Task(#[from] rt::JoinError),
+    /// A commit task ended without an answer (it panicked).
+    #[error("upload commit task failed")]
+    Task(#[from] crate::rt::JoinError),
     /// No metadata instance could be reached.
     #[error("metadata: {0}")]
     NoMetadata(#[from] PoolError),
@@ -69,7 +68,7 @@ impl Classify for UploadError {
             Self::Blob(e) => e.kind(),
             Self::Metadata(e) => e.kind(),
             Self::NoMetadata(_) | Self::Bus(_) | Self::CommitTimeout(_) => ErrorKind::Unavailable,
-            Self::Store(e) => crate::sqlite::kind(&e.0),
+            Self::Store(e) => e.kind(),
             Self::Task(_) | Self::Encode(_) => ErrorKind::Internal,
         }
     }

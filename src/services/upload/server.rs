@@ -3,14 +3,14 @@
 //! blob is committed and the video recorded announces FileUploaded.
 
 use crate::middleware::metrics::Metrics;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::UploadError;
-use super::store::{Store, StoreError};
+use super::records::Records;
 use super::sweep::Committing;
 use crate::blob::BlobStore;
 use crate::bus::EventBus;
@@ -47,7 +47,7 @@ const CREATE_VIDEO_TIMEOUT: Duration = Duration::from_secs(20);
 /// The gRPC face of the upload service.
 #[derive(Clone)]
 pub struct UploadServer {
-    store: Arc<Mutex<Store>>,
+    store: Records,
     blobs: Arc<dyn BlobStore>,
     bus: Arc<dyn EventBus>,
     pool: ClientPool,
@@ -168,7 +168,7 @@ impl UploadServer {
     /// marking each in `committing` while it commits.
     #[must_use]
     pub fn new(
-        store: Arc<Mutex<Store>>,
+        store: Records,
         blobs: Arc<dyn BlobStore>,
         bus: Arc<dyn EventBus>,
         pool: ClientPool,
@@ -191,19 +191,6 @@ impl UploadServer {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
-    }
-
-    async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, UploadError> {
-        let store = self.store.clone();
-        Ok(rt::blocking(move || {
-            f(&mut store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner))
-        })
-        .await??)
     }
 
     /// Receives the data chunks into a committed blob at `key`; returns
@@ -285,7 +272,7 @@ impl UploadServer {
             tracing::warn!(video = video_id, error = %e, "undo: original not deleted");
         }
         let id = video_id.to_owned();
-        if let Err(e) = self.with_store(move |s| s.delete_video(&id)).await {
+        if let Err(e) = self.store.delete_video(&id).await {
             tracing::warn!(video = video_id, error = %e, "undo: upload record not deleted");
         }
     }
@@ -389,8 +376,10 @@ impl UploadServer {
         let record = info.clone();
         let idem = (!r.meta.idempotency_key.is_empty()).then(|| r.meta.idempotency_key.clone());
         let recorded = self
-            .with_store(move |s| s.insert(&record, idem.as_deref()))
-            .await;
+            .store
+            .insert(record, idem)
+            .await
+            .map_err(UploadError::from);
         let announced = match recorded {
             Ok(()) => {
                 let event = FileUploaded {
@@ -439,9 +428,8 @@ impl UploadService for UploadServer {
         };
         check_metadata(&meta, self.max_size)?;
         if !meta.idempotency_key.is_empty() {
-            let key = meta.idempotency_key.clone();
-            let by = owner.clone();
-            if let Some(done) = self.with_store(move |s| s.by_key(&by, &key)).await? {
+            let found = self.store.by_key(&owner, &meta.idempotency_key).await;
+            if let Some(done) = found.map_err(UploadError::from)? {
                 return Ok(Response::new(response(&done, true)));
             }
         }
@@ -460,11 +448,8 @@ impl UploadService for UploadServer {
     ) -> Result<Response<GetUploadResponse>, Status> {
         let id = req.into_inner().upload_id;
         media::check_id("upload_id", &id).map_err(invalid)?;
-        let found = self.with_store({
-            let id = id.clone();
-            move |s| s.get(&id)
-        });
-        let upload = found.await?.ok_or(UploadError::NotFound(id))?;
+        let found = self.store.get(&id).await.map_err(UploadError::from)?;
+        let upload = found.ok_or(UploadError::NotFound(id))?;
         Ok(Response::new(GetUploadResponse {
             upload: Some(upload),
         }))
@@ -476,18 +461,13 @@ impl UploadService for UploadServer {
     ) -> Result<Response<DeleteUploadResponse>, Status> {
         let id = req.into_inner().upload_id;
         media::check_id("upload_id", &id).map_err(invalid)?;
-        let found = self.with_store({
-            let id = id.clone();
-            move |s| s.get(&id)
-        });
-        let upload = found
-            .await?
-            .ok_or_else(|| UploadError::NotFound(id.clone()))?;
+        let found = self.store.get(&id).await.map_err(UploadError::from)?;
+        let upload = found.ok_or_else(|| UploadError::NotFound(id.clone()))?;
         self.blobs
             .delete(&upload.blob_key)
             .await
             .map_err(UploadError::from)?;
-        let deleted = self.with_store(move |s| s.delete(&id)).await?;
+        let deleted = self.store.delete(&id).await.map_err(UploadError::from)?;
         Ok(Response::new(DeleteUploadResponse { deleted }))
     }
 
@@ -519,10 +499,10 @@ impl UploadService for UploadServer {
             Some((at, id.to_owned()))
         };
         let uploads = self
-            .with_store(move |s| {
-                s.list(&owner, after.as_ref().map(|(a, i)| (*a, i.as_str())), limit)
-            })
-            .await?;
+            .store
+            .list(owner, after, limit)
+            .await
+            .map_err(UploadError::from)?;
         let next_page_token = match uploads.last() {
             Some(u) if uploads.len() == limit as usize => {
                 format!("{}.{}", u.created_at_ms, u.upload_id)

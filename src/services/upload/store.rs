@@ -1,5 +1,7 @@
 //! Records of finished uploads in SQLite, keyed by upload id and by the
 //! client's idempotency key (a retried upload returns the first result).
+//! The embedded back end of [`Records`](super::records::Records); its
+//! PostgreSQL twin is [`pg_store`](super::pg_store).
 
 use std::path::Path;
 
@@ -7,10 +9,57 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::proto::UploadInfo;
 
-/// SQLite failed.
+/// The upload records failed.
 #[derive(Debug, thiserror::Error)]
-#[error("upload records failed")]
-pub struct StoreError(#[from] pub rusqlite::Error);
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("upload records failed")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed or cannot be reached.
+    #[cfg(not(madsim))]
+    #[error("upload records database failed")]
+    Postgres(#[from] crate::pg::PgError),
+    /// The schema could not be brought up to date.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    /// A store task ended without an answer (it panicked).
+    #[error("upload records task failed")]
+    Task(#[from] crate::rt::JoinError),
+}
+
+impl StoreError {
+    /// How a caller should see it (see [`crate::sqlite::kind`] and
+    /// [`crate::pg::PgError::kind`]).
+    #[must_use]
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::Sqlite(e) => crate::sqlite::kind(e),
+            #[cfg(not(madsim))]
+            Self::Postgres(e) => e.kind(),
+            Self::Schema(_) | Self::Task(_) => crate::error::ErrorKind::Internal,
+        }
+    }
+}
+
+/// The records' schema, one step per version (SQLite; `pg_store` has the
+/// PostgreSQL twin). Step 1 is the schema from before versions were
+/// recorded, hence `IF NOT EXISTS`: such a file (at version 0) takes it as
+/// it is.
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS uploads (
+         upload_id TEXT PRIMARY KEY,
+         video_id TEXT NOT NULL,
+         owner_id TEXT NOT NULL,
+         file_name TEXT NOT NULL,
+         content_type TEXT NOT NULL,
+         size_bytes INTEGER NOT NULL,
+         sha256_hex TEXT NOT NULL,
+         blob_key TEXT NOT NULL,
+         created_at_ms INTEGER NOT NULL,
+         idempotency_key TEXT
+     );
+     CREATE UNIQUE INDEX IF NOT EXISTS uploads_key ON uploads (owner_id, idempotency_key);
+     CREATE INDEX IF NOT EXISTS uploads_video ON uploads (video_id);
+     CREATE INDEX IF NOT EXISTS uploads_newest ON uploads (owner_id, created_at_ms DESC, upload_id DESC);"];
 
 /// The upload records.
 #[derive(Debug)]
@@ -39,26 +88,11 @@ impl Store {
     /// Opens (creating) the records at `path`, or in memory for `None`.
     ///
     /// # Errors
-    /// SQLite cannot open or migrate the file.
+    /// SQLite cannot open the file, or its schema cannot be brought up to
+    /// date ([`StoreError::Schema`]).
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
-        let conn = crate::sqlite::open(path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS uploads (
-                 upload_id TEXT PRIMARY KEY,
-                 video_id TEXT NOT NULL,
-                 owner_id TEXT NOT NULL,
-                 file_name TEXT NOT NULL,
-                 content_type TEXT NOT NULL,
-                 size_bytes INTEGER NOT NULL,
-                 sha256_hex TEXT NOT NULL,
-                 blob_key TEXT NOT NULL,
-                 created_at_ms INTEGER NOT NULL,
-                 idempotency_key TEXT
-             );
-             CREATE UNIQUE INDEX IF NOT EXISTS uploads_key ON uploads (owner_id, idempotency_key);
-             CREATE INDEX IF NOT EXISTS uploads_video ON uploads (video_id);
-             CREATE INDEX IF NOT EXISTS uploads_newest ON uploads (owner_id, created_at_ms DESC, upload_id DESC);",
-        )?;
+        let mut conn = crate::sqlite::open(path)?;
+        crate::sqlite::migrate(&mut conn, "upload", MIGRATIONS)?;
         Ok(Self { conn })
     }
 

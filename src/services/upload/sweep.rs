@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::store::Store;
+use super::records::Records;
 use crate::blob::{BlobError, BlobStore, MAX_LIST};
 use crate::client::{ClientPool, PoolError};
 use crate::middleware::metrics::Metrics;
@@ -178,7 +178,7 @@ pub struct Sweeper {
     /// Reaches the catalog.
     pub pool: ClientPool,
     /// The upload records (those of a removed original go too).
-    pub records: Arc<Mutex<Store>>,
+    pub records: Records,
     /// This instance's commits in progress.
     pub committing: Committing,
     /// Counts what was removed.
@@ -250,16 +250,10 @@ impl Sweeper {
         let removed = match kind {
             Kind::Original => {
                 let removed = self.blobs.delete(&media::original_key(id)).await?;
-                let (records, id) = (self.records.clone(), id.to_owned());
-                rt::blocking(move || {
-                    records
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .delete_video(&id)
-                })
-                .await
-                .map_err(|e| SweepError::Records(e.into()))?
-                .map_err(|e| SweepError::Records(e.into()))?;
+                self.records
+                    .delete_video(id)
+                    .await
+                    .map_err(|e| SweepError::Records(e.into()))?;
                 removed
             }
             Kind::Hls => self.blobs.delete(&media::hls_prefix(id)).await?,

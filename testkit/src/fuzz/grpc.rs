@@ -15,7 +15,7 @@
 //! `STREAMGATE_FUZZ_FRESH=1` (a new set per input).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{FutureExt as _, StreamExt as _};
 use prost::Message;
@@ -124,7 +124,7 @@ async fn servers_new() -> Servers {
             1 << 30,
         ),
         upload: UploadServer::new(
-            Arc::new(Mutex::new(records)),
+            streamgate::services::upload::records::Records::sqlite(records),
             blobs.clone(),
             bus.clone(),
             pool,

@@ -1,0 +1,283 @@
+//! Scale-out on a shared PostgreSQL, for real: two `streamgate service
+//! metadata` processes, each with a data dir of its own, on one database
+//! (`--database-url`, a fresh schema of the PostgreSQL that ci/postgres
+//! starts), the real NATS server as bus and registry. What one instance
+//! writes the other reads and changes; the database URL's password never
+//! reaches a log; a database whose schema is newer than the binary stops
+//! the process with exit code 2 and the cause named.
+#![cfg(not(madsim))]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamgate::client::{ClientPool, PoolConfig};
+use streamgate::node::read_keyring;
+use streamgate::proto::{
+    CreateVideoRequest, DeleteVideoRequest, GetVideoRequest, ListVideosRequest, UpdateVideoRequest,
+};
+use streamgate::registry::Registry;
+use streamgate::registry::memory::MemoryRegistry;
+use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
+use streamgate::rt;
+use streamgate_testkit::nats_url;
+use streamgate_testkit::process::Process;
+use streamgate_testkit::scratch::Scratch;
+
+/// The password in the test's database URL (trust auth ignores it): it
+/// must never appear in what the processes print.
+const PASSWORD: &str = "pw-never-logged-7f3a";
+
+/// A fresh schema on the test database; the URL whose connections use it.
+async fn schema() -> (String, String) {
+    let base = std::env::var("STREAMGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let name = format!("sg_scale_{:016x}", rt::random_u64());
+    let pool = streamgate::pg::pool(&base).expect("test database URL");
+    pool.get()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed (ci/postgres starts it): {e}"))
+        .batch_execute(&format!("CREATE SCHEMA {name}"))
+        .await
+        .expect("create schema");
+    let with_password = base.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
+    let sep = if with_password.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    (
+        name.clone(),
+        format!("{with_password}{sep}options=-c%20search_path%3D{name}"),
+    )
+}
+
+async fn drop_schema(name: &str) {
+    let base = std::env::var("STREAMGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    if let Ok(client) = streamgate::pg::pool(&base).expect("url").get().await {
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+            .await;
+    }
+}
+
+fn metadata(name: &str, dir: &Path, bucket: &str, url: &str) -> Process {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metadata"));
+    cmd.args(["--port", "0", "--nats-url", &nats_url()])
+        .args(["--registry", "nats-kv", "--registry-bucket", bucket])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--service-key-file")
+        .arg(dir.join("service.keys"))
+        .env("STREAMGATE_DATABASE_URL", url)
+        .env("RUST_LOG", "info");
+    Process::spawn(name, cmd, dir)
+}
+
+#[tokio::test]
+async fn two_metadata_processes_share_one_catalog_on_postgres() {
+    let scratch = Scratch::new("postgres-scale");
+    let dir = scratch.path();
+    let key_file = dir.join("service.keys");
+    std::fs::write(&key_file, format!("k1 {}\n", "cd".repeat(32))).expect("keys");
+    let bucket = format!("sgtest_pg_{:08x}", rt::random_u64() as u32);
+    let (schema, url) = schema().await;
+
+    let mut first = metadata("metadata-1", dir, &bucket, &url);
+    let mut second = metadata("metadata-2", dir, &bucket, &url);
+    let a = first.listening("metadata").await;
+    let b = second.listening("metadata").await;
+    assert_ne!(a, b);
+
+    // Find both in the registry, then call each one on its own.
+    let mut options = Options::new(nats_url());
+    options.bucket.clone_from(&bucket);
+    let registry = NatsKvRegistry::connect(options)
+        .await
+        .unwrap_or_else(|e| panic!("NATS at {} (ci/nats-server): {e}", nats_url()));
+    let started = rt::now();
+    let instances = loop {
+        let found = registry.discover("metadata").await.expect("discover");
+        if found.len() == 2 {
+            break found;
+        }
+        assert!(
+            rt::now() - started < Duration::from_secs(10),
+            "both registered within 10 s"
+        );
+        rt::sleep(Duration::from_millis(100)).await;
+    };
+    let keys = read_keyring(&key_file).expect("keyring");
+    let mut pools = Vec::new();
+    for port in [a.port(), b.port()] {
+        let info = instances
+            .iter()
+            .find(|i| i.port == port)
+            .expect("registered")
+            .clone();
+        let only = Arc::new(MemoryRegistry::new());
+        only.register(&info).await.expect("register");
+        pools.push(ClientPool::new(
+            only,
+            PoolConfig::new(keys.clone(), "e2e-test"),
+        ));
+    }
+    let mut via_a = pools[0].metadata().await.expect("client a");
+    let mut via_b = pools[1].metadata().await.expect("client b");
+
+    let created = via_a
+        .create_video(CreateVideoRequest {
+            video_id: "shared1".into(),
+            owner_id: "u1".into(),
+            title: "made on a".into(),
+            content_type: "video/mp4".into(),
+            size_bytes: 1000,
+            sha256_hex: "ab".repeat(32),
+            ..Default::default()
+        })
+        .await
+        .expect("create through a")
+        .into_inner()
+        .video
+        .expect("video");
+    let seen = via_b
+        .get_video(GetVideoRequest {
+            video_id: "shared1".into(),
+        })
+        .await
+        .expect("read through b")
+        .into_inner()
+        .video
+        .expect("video");
+    assert_eq!(seen, created);
+    // The same id through the other instance: taken.
+    let taken = via_b
+        .create_video(CreateVideoRequest {
+            video_id: "shared1".into(),
+            owner_id: "u2".into(),
+            title: "again".into(),
+            content_type: "video/mp4".into(),
+            size_bytes: 1,
+            sha256_hex: "ab".repeat(32),
+            ..Default::default()
+        })
+        .await
+        .expect_err("taken");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+    via_b
+        .update_video(UpdateVideoRequest {
+            video_id: "shared1".into(),
+            update_fields: vec!["title".into()],
+            title: "renamed on b".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("update through b");
+    let listed = via_a
+        .list_videos(ListVideosRequest {
+            owner_id: "u1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list through a")
+        .into_inner()
+        .videos;
+    assert_eq!(
+        listed.iter().map(|v| v.title.as_str()).collect::<Vec<_>>(),
+        ["renamed on b"]
+    );
+    via_a
+        .delete_video(DeleteVideoRequest {
+            video_id: "shared1".into(),
+        })
+        .await
+        .expect("delete through a");
+    let gone = via_b
+        .get_video(GetVideoRequest {
+            video_id: "shared1".into(),
+        })
+        .await
+        .expect_err("gone for b too");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+
+    // Neither process kept a catalog file in its data dir.
+    for name in ["metadata-1", "metadata-2"] {
+        assert!(!dir.join(name).join("metadata.sqlite").exists(), "{name}");
+    }
+    drop((first, second));
+    for file in [
+        "metadata-1.log",
+        "metadata-1.stdout",
+        "metadata-2.log",
+        "metadata-2.stdout",
+    ] {
+        let said = std::fs::read_to_string(dir.join(file)).expect("the process's output");
+        assert!(
+            !said.contains(PASSWORD),
+            "{file} holds the password:\n{said}"
+        );
+    }
+    drop_schema(&schema).await;
+    let client = async_nats::connect(nats_url()).await.expect("nats");
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(bucket.as_str())
+        .await;
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_stops_metadata_with_exit_code_2() {
+    let scratch = Scratch::new("postgres-newer");
+    let dir = scratch.path();
+    std::fs::write(
+        dir.join("service.keys"),
+        format!("k1 {}\n", "cd".repeat(32)),
+    )
+    .expect("keys");
+    let (schema, url) = schema().await;
+    let base = std::env::var("STREAMGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    streamgate::pg::pool(&base)
+        .expect("url")
+        .get()
+        .await
+        .expect("conn")
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.streamgate_schema (component TEXT PRIMARY KEY, \
+             version BIGINT NOT NULL, migrated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO {schema}.streamgate_schema (component, version) VALUES ('metadata', 99);"
+        ))
+        .await
+        .expect("a newer schema");
+    let bucket = format!("sgtest_pg_{:08x}", rt::random_u64() as u32);
+    let mut proc = metadata("metadata-newer", dir, &bucket, &url);
+    let exit = proc.exited(Duration::from_secs(30)).await;
+    let said = proc.log();
+    assert_eq!(exit.code(), Some(2), "{exit}: {said}");
+    assert!(
+        said.contains("schema version 99, newer than this binary's"),
+        "the cause is named: {said}"
+    );
+    assert!(
+        !said.contains(PASSWORD),
+        "the password is never logged: {said}"
+    );
+
+    // --print-config shows the URL without its password.
+    let out = Command::new(env!("CARGO_BIN_EXE_metadata"))
+        .args(["--print-config", "--service-key-file", "keys"])
+        .env("STREAMGATE_DATABASE_URL", &url)
+        .output()
+        .expect("runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("database-url = \"postgres://postgres:***@"),
+        "{printed}"
+    );
+    assert!(!printed.contains(PASSWORD), "{printed}");
+    drop_schema(&schema).await;
+}
