@@ -2,9 +2,10 @@
 //! Writes are atomic (nothing is visible under a key until `commit`), so a
 //! crash in the middle of an upload leaves no partial blob behind.
 //!
-//! Backends: the file system under the data dir (production, the monolith)
-//! and memory (the simulator, tests). S3-compatible storage can follow
-//! behind the same trait (`object_store` is the field's crate for it).
+//! Backends: the file system under the data dir (production, the monolith),
+//! S3-compatible object storage (`s3`, through `object_store`: many hosts,
+//! no shared file system) and memory (the simulator, tests). One contract
+//! (`testkit/src/blob_contract.rs`) runs on each.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ use bytes::Bytes;
 pub mod fs;
 pub mod local;
 pub mod memory;
+#[cfg(not(madsim))]
+pub mod s3;
 
 /// Longest key.
 pub const MAX_KEY_LEN: usize = 512;
@@ -64,6 +67,10 @@ pub enum BlobError {
         "blob store I/O failed"
     })]
     Io(#[from] std::io::Error),
+    /// A remote store (object storage) failed or cannot be reached; the
+    /// source says why, for the log.
+    #[error("blob store unavailable")]
+    Remote(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl crate::error::Classify for BlobError {
@@ -74,6 +81,7 @@ impl crate::error::Classify for BlobError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::OutOfRange { .. } => ErrorKind::OutOfRange,
             Self::Io(e) => crate::error::io_kind(e),
+            Self::Remote(_) => ErrorKind::Unavailable,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! child processes that die with the test and show their output when it
 //! fails ([`process::Process`]).
 
+pub mod blob_contract;
 pub mod bus_contract;
 pub mod consul_agent;
 pub mod fuzz;

@@ -1,0 +1,205 @@
+//! The blob store contract: what every [`BlobStore`] back end must do
+//! (memory, the file system, S3-compatible object storage). Each rule
+//! panics with its name when broken. `space` is a key prefix of the
+//! store's own for this run (e.g. `t1234`): every key written lies under
+//! it, so runs never see each other's blobs in a shared bucket.
+
+use bytes::Bytes;
+use streamgate::blob::{BlobError, BlobStore, MAX_READ};
+
+/// Runs every rule against `store`, under `space`.
+///
+/// # Panics
+/// A rule is broken.
+pub async fn run(store: &dyn BlobStore, space: &str) {
+    visible_only_after_commit(store, space).await;
+    an_abandoned_write_leaves_nothing(store, space).await;
+    reads_are_ranged_and_bounded(store, space).await;
+    listings_page_in_key_order(store, space).await;
+    delete_removes_a_tree(store, space).await;
+    bad_keys_are_refused(store).await;
+}
+
+async fn visible_only_after_commit(store: &dyn BlobStore, space: &str) {
+    let key = format!("{space}/originals/v1");
+    let mut w = store.create().await.expect("create");
+    // More than one 5 MiB part of S3's multipart upload.
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..6 {
+        w.write(&chunk).await.expect("write");
+    }
+    w.write(b"tail").await.expect("write");
+    assert!(
+        matches!(store.size(&key).await, Err(BlobError::NotFound(_))),
+        "visible_only_after_commit: nothing under the key before the commit"
+    );
+    w.commit(&key).await.expect("commit");
+    assert_eq!(
+        store.size(&key).await.expect("size"),
+        6 * (1 << 20) + 4,
+        "visible_only_after_commit: the whole blob after the commit"
+    );
+    let end = store
+        .read(&key, 6 * (1 << 20), 100)
+        .await
+        .expect("read the tail");
+    assert_eq!(&end[..], b"tail", "visible_only_after_commit: bytes kept");
+    // A second commit under the key replaces it.
+    store
+        .put(&key, Bytes::from_static(b"replaced"))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.size(&key).await.expect("size"),
+        8,
+        "visible_only_after_commit: put replaces"
+    );
+    // Nothing of the staging shows in the key's listing.
+    let listed = store
+        .list(&format!("{space}/originals"), None, 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
+        [key.as_str()],
+        "visible_only_after_commit: one blob listed"
+    );
+}
+
+async fn an_abandoned_write_leaves_nothing(store: &dyn BlobStore, space: &str) {
+    let before = store.list(space, None, 1000).await.expect("list");
+    let mut w = store.create().await.expect("create");
+    w.write(&vec![1u8; 6 << 20]).await.expect("write");
+    drop(w);
+    let after = store.list(space, None, 1000).await.expect("list");
+    assert_eq!(before, after, "an_abandoned_write_leaves_nothing");
+}
+
+async fn reads_are_ranged_and_bounded(store: &dyn BlobStore, space: &str) {
+    let key = format!("{space}/hls/v2/seg0.ts");
+    let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    store
+        .put(&key, Bytes::from(data.clone()))
+        .await
+        .expect("put");
+    let mid = store.read(&key, 100, 50).await.expect("read");
+    assert_eq!(&mid[..], &data[100..150], "reads: a range");
+    let short = store.read(&key, 990, 50).await.expect("read at the end");
+    assert_eq!(&short[..], &data[990..], "reads: fewer at the end");
+    assert!(
+        matches!(
+            store.read(&key, 1000, 10).await,
+            Err(BlobError::OutOfRange { size: 1000, .. })
+        ),
+        "reads: at the end is out of range"
+    );
+    assert!(
+        matches!(
+            store.read(&key, 5000, 10).await,
+            Err(BlobError::OutOfRange { .. })
+        ),
+        "reads: past the end is out of range"
+    );
+    assert!(
+        matches!(
+            store.read(&format!("{space}/hls/v2/none.ts"), 0, 10).await,
+            Err(BlobError::NotFound(_))
+        ),
+        "reads: a missing blob is not found"
+    );
+    let empty = format!("{space}/thumbs/empty.jpg");
+    store.put(&empty, Bytes::new()).await.expect("put empty");
+    assert!(
+        store.read(&empty, 0, 10).await.expect("empty").is_empty(),
+        "reads: an empty blob reads empty"
+    );
+    let big = format!("{space}/originals/big");
+    store
+        .put(&big, Bytes::from(vec![3u8; MAX_READ + 10]))
+        .await
+        .expect("put big");
+    assert_eq!(
+        store
+            .read(&big, 0, MAX_READ * 2)
+            .await
+            .expect("read big")
+            .len(),
+        MAX_READ,
+        "reads: at most MAX_READ at once"
+    );
+}
+
+async fn listings_page_in_key_order(store: &dyn BlobStore, space: &str) {
+    let root = format!("{space}/list");
+    let mut keys: Vec<String> = (0..7).map(|i| format!("{root}/k{i}")).collect();
+    keys.push(format!("{root}/B"));
+    keys.push(format!("{root}/sub/a"));
+    for k in &keys {
+        store.put(k, Bytes::from_static(b"x")).await.expect("put");
+    }
+    // Byte order, as S3 lists: "B" < "k0" < ... < "sub/a".
+    keys.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list(&root, after.as_deref(), 3).await.expect("list");
+        assert!(page.len() <= 3, "listings: a page holds at most the limit");
+        seen.extend(page.iter().map(|b| b.key.clone()));
+        for b in &page {
+            assert_eq!(b.size, 1, "listings: sizes");
+            assert!(b.last_modified_ms > 0, "listings: commit times");
+        }
+        if page.len() < 3 {
+            break;
+        }
+        after = page.last().map(|b| b.key.clone());
+    }
+    assert_eq!(seen, keys, "listings: every blob once, in key order");
+}
+
+async fn delete_removes_a_tree(store: &dyn BlobStore, space: &str) {
+    let tree = format!("{space}/hls/v3");
+    for f in ["index.m3u8", "480p/index.m3u8", "480p/seg0.ts"] {
+        store
+            .put(&format!("{tree}/{f}"), Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+    }
+    let single = format!("{space}/thumbs/v3.jpg");
+    store
+        .put(&single, Bytes::from_static(b"jpg"))
+        .await
+        .expect("put");
+    assert!(
+        store.delete(&tree).await.expect("delete tree"),
+        "delete: a tree"
+    );
+    assert!(
+        store.list(&tree, None, 10).await.expect("list").is_empty(),
+        "delete: nothing left under the tree"
+    );
+    assert!(
+        store.delete(&single).await.expect("delete one"),
+        "delete: one"
+    );
+    assert!(
+        !store.delete(&single).await.expect("delete again"),
+        "delete: again is false"
+    );
+    assert!(
+        matches!(store.size(&single).await, Err(BlobError::NotFound(_))),
+        "delete: gone"
+    );
+}
+
+async fn bad_keys_are_refused(store: &dyn BlobStore) {
+    for key in ["", "../etc/passwd", "a//b", "a/./b", "a b", "/abs"] {
+        assert!(
+            matches!(
+                store.put(key, Bytes::from_static(b"x")).await,
+                Err(BlobError::BadKey(..))
+            ),
+            "bad keys: {key:?} refused"
+        );
+    }
+}
