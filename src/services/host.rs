@@ -4,7 +4,8 @@
 //! back a [`RunningService`] to stop.
 //!
 //! Every service serves, on its port: its gRPC services, the standard
-//! `grpc.health.v1.Health` service, and HTTP `GET /health` (liveness) and
+//! `grpc.health.v1.Health` service, gRPC server reflection
+//! ([`super::reflection`]; not under the simulator), and HTTP `GET /health` (liveness) and
 //! `/ready` (readiness). Each process also has one admin listener
 //! ([`serve_admin`]): `/metrics`, `/health` and `/ready` for the whole
 //! process, off the public and service ports.
@@ -349,8 +350,11 @@ pub async fn serve(
     runtime
         .ready
         .add(name, Arc::new(move || process_check.not_ready()));
+    let routes = routes.add_service(health_svc);
+    #[cfg(not(madsim))]
+    let routes = super::reflection::add(routes, &grpc_names)
+        .map_err(|e| KernelError::start(name, "gRPC reflection", e))?;
     let router = routes
-        .add_service(health_svc)
         .into_axum_router()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
         .route(
