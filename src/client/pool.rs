@@ -13,6 +13,7 @@ use tower::Layer as _;
 
 use super::balanced::{Balanced, Hooks, OutcomeHook, TransitionHook};
 use crate::middleware::auth::{Attach, AttachLayer, Keyring};
+use crate::middleware::metrics::Metrics;
 use crate::middleware::retry::{Retrier, RetryHook};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
@@ -84,6 +85,10 @@ pub struct PoolConfig {
     pub budget: BudgetConfig,
     /// Called on every retry decision.
     pub on_retry: Option<RetryHook>,
+    /// Where breaker transitions (per called service and instance),
+    /// retries and budget refusals (per called service) are counted; the
+    /// kernel sets its node's.
+    pub metrics: Option<Metrics>,
 }
 
 impl PoolConfig {
@@ -100,6 +105,7 @@ impl PoolConfig {
             retry: RetryPolicy::default(),
             budget: BudgetConfig::default(),
             on_retry: None,
+            metrics: None,
         }
     }
 }
@@ -172,6 +178,25 @@ async fn follow(
     }
 }
 
+/// The transition hook of `service`'s breakers: the configured one, and
+/// the count in `metrics` under `service` and the instance.
+fn transition_hook(
+    service: &str,
+    user: Option<TransitionHook>,
+    metrics: Option<Metrics>,
+) -> Option<TransitionHook> {
+    let Some(metrics) = metrics else {
+        return user;
+    };
+    let service: Arc<str> = service.into();
+    Some(Arc::new(move |endpoint: &str, t| {
+        metrics.breaker(&service, endpoint, t);
+        if let Some(hook) = &user {
+            hook(endpoint, t);
+        }
+    }))
+}
+
 impl ClientPool {
     /// A pool with `cfg` that finds instances in `registry`.
     #[must_use]
@@ -180,6 +205,9 @@ impl ClientPool {
         let mut retrier = Retrier::new(cfg.retry.clone(), cfg.budget);
         if let Some(hook) = &cfg.on_retry {
             retrier = retrier.with_hook(hook.clone());
+        }
+        if let Some(metrics) = &cfg.metrics {
+            retrier = retrier.with_metrics(metrics.clone());
         }
         let inner = Inner {
             retrier,
@@ -250,7 +278,11 @@ impl ClientPool {
             let mut services = self.lock();
             let entry = services.entry(service.to_owned()).or_insert_with(|| {
                 let hooks = Hooks {
-                    on_transition: self.inner.cfg.on_transition.clone(),
+                    on_transition: transition_hook(
+                        service,
+                        self.inner.cfg.on_transition.clone(),
+                        self.inner.cfg.metrics.clone(),
+                    ),
                     on_outcome: self.inner.cfg.on_outcome.clone(),
                 };
                 let balanced = Balanced::new(service, hooks);
@@ -283,6 +315,13 @@ impl ClientPool {
     #[must_use]
     pub fn retrier(&self) -> &Retrier {
         &self.inner.retrier
+    }
+
+    /// [`ClientPool::retrier`], its retries and budget refusals counted
+    /// under `target` (the service the calls go to).
+    #[must_use]
+    pub fn retrier_for(&self, target: &'static str) -> Retrier {
+        self.inner.retrier.to(target)
     }
 
     /// The instances the pool currently holds for `service`, with their

@@ -267,6 +267,18 @@ async fn a_silent_cache_costs_its_budget_until_its_breaker_opens() {
     );
     assert_eq!(endpoints[0].in_flight(), 0);
     assert_eq!(f.runtime.metrics.cache_reads("fallback"), 12);
+    // The opening is on /metrics, by called service and instance.
+    assert_eq!(
+        f.runtime.metrics.breaker_state("cache", "cache-silent"),
+        Some(2)
+    );
+    let text = f.runtime.metrics.render();
+    for line in [
+        "streamgate_breaker_state{target=\"cache\",endpoint=\"cache-silent\"} 2\n",
+        "streamgate_breaker_transitions_total{target=\"cache\",endpoint=\"cache-silent\",to=\"open\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
     drop(silent);
 }
 
