@@ -3,7 +3,9 @@
 //! port a reflection client, with no service token, lists the services the
 //! port serves (its own, `grpc.health.v1.Health` and reflection) over both
 //! `grpc.reflection.v1` and `v1alpha`, and fetches a service's file
-//! descriptor by symbol, as `grpcurl list` and `describe` do.
+//! descriptor by symbol, as `grpcurl list` and `describe` do. A stock
+//! client from outside the project, grpcio-reflection in the Python venv
+//! `ci/deps` makes (`ci/probe/reflection_probe.py`), does the same.
 #![cfg(not(madsim))]
 
 use std::collections::BTreeSet;
@@ -209,5 +211,65 @@ async fn a_service_is_described_by_symbol_and_unknown_symbols_are_not_found() {
     .expect_err("an unknown symbol is not found");
     assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
     assert!(unknown.message().contains("NoSuchService"), "{unknown:?}");
+    kernel.shutdown().await;
+}
+
+/// The Python the outside probes run in: `STREAMGATE_PYTHON`, default the
+/// venv `ci/deps` makes.
+fn python() -> std::path::PathBuf {
+    std::env::var_os("STREAMGATE_PYTHON").map_or_else(
+        || std::path::PathBuf::from("/var/cache/streamgate/pyenv/bin/python"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// A stock client from outside the project (grpcio-reflection, in the venv
+/// `ci/deps` makes) lists the metadata port's services and resolves a
+/// method's types from the descriptors alone. Fails, never skips, without
+/// the venv.
+#[tokio::test]
+async fn a_stock_python_client_lists_and_describes_over_reflection() {
+    let kernel = start().await;
+    let info = kernel
+        .registrations()
+        .iter()
+        .find(|i| i.name == ServiceKind::Metadata.name())
+        .expect("metadata is registered")
+        .clone();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/probe/reflection_probe.py");
+    let address = format!("{}:{}", info.address, info.port);
+    let python = python();
+    let child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(["--describe", "streamgate.v1.MetadataService", &address])
+        .output();
+    let out = streamgate::rt::timeout(std::time::Duration::from_secs(60), child)
+        .await
+        .expect("the probe ends within a minute")
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run ci/deps, which makes the venv with grpcio-reflection)",
+                python.display()
+            )
+        });
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reflection_probe.py: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let services: BTreeSet<String> = said
+        .lines()
+        .filter_map(|l| l.strip_prefix("service "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(services, expected(&info), "{said}");
+    for line in [
+        "method streamgate.v1.MetadataService/GetVideo streamgate.v1.GetVideoRequest streamgate.v1.GetVideoResponse",
+        "method streamgate.v1.MetadataService/ListVideos streamgate.v1.ListVideosRequest streamgate.v1.ListVideosResponse",
+    ] {
+        assert!(said.lines().any(|l| l == line), "{line} missing: {said}");
+    }
     kernel.shutdown().await;
 }
