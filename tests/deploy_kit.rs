@@ -6,19 +6,29 @@
 //! one StreamGate exports: on a running monolith's admin `/metrics`, or,
 //! for the families that appear with their first event (breakers, bus
 //! traffic, HTTP requests), after that event in the metrics code itself;
-//! and each is in docs/reference.md's metrics table.
+//! and each is in docs/reference.md's metrics table. Last, a real
+//! Prometheus runs the kit's configuration (its targets swapped for a
+//! running monolith's admin listener, its intervals for a second) and must
+//! scrape it and evaluate every alert rule without error.
 //!
-//! Needs `promtool` (`ci/deps` installs Debian's prometheus package;
-//! `PROMTOOL_BIN` picks another); fails, never skips, without it.
+//! Needs `promtool` and `prometheus` (`ci/deps` installs Debian's
+//! prometheus package; `PROMTOOL_BIN`, `PROMETHEUS_BIN` pick others);
+//! fails, never skips, without them.
 #![cfg(not(madsim))]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use bytes::Bytes;
+use serde_json::Value;
 use streamgate::middleware::metrics::Metrics;
 use streamgate::resilience::breaker::Transition;
+use streamgate::rt;
+use streamgate_testkit::process::Process;
 
 #[path = "shared/monolith.rs"]
 mod monolith;
@@ -308,4 +318,110 @@ fn the_name_scanner_finds_names_and_only_names() {
     .map(str::to_owned)
     .into();
     assert_eq!(names, want);
+}
+
+/// A port no one listens on now (Prometheus prints no address it bound, so
+/// it cannot be given port 0).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The kit's prometheus.yml with its cluster targets replaced by `admin`
+/// (service `monolith`) and its intervals by a second.
+fn config_for(admin: SocketAddr) -> String {
+    let kit = read(&prometheus_dir().join("prometheus.yml"));
+    let (head, _) = kit
+        .split_once("scrape_configs:")
+        .expect("the kit has scrape_configs");
+    let head = head
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+        .replace("scrape_timeout: 5s", "scrape_timeout: 1s");
+    assert!(
+        head.contains("scrape_interval: 1s") && head.contains("evaluation_interval: 1s"),
+        "the kit's intervals moved: {head}"
+    );
+    format!(
+        "{head}scrape_configs:\n  - job_name: streamgate\n    static_configs:\n      \
+         - targets: ['{admin}']\n        labels: {{service: monolith}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_real_prometheus_runs_the_kit_against_the_monolith() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = monolith::secret(dir.path());
+    let node = monolith::start(dir.path(), &dir.path().join("data"), &secret, &[]).await;
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, config_for(node.admin.gateway)).expect("the configuration");
+    std::fs::copy(
+        prometheus_dir().join("alerts.yml"),
+        dir.path().join("alerts.yml"),
+    )
+    .expect("the rules");
+
+    let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd =
+        Command::new(std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_owned()));
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"));
+    // Spawning fails (and the test with it) when the binary is missing.
+    let server = Process::spawn("prometheus", cmd, dir.path());
+    let api = monolith::Api::new(web);
+
+    // Every rule of the kit loaded, evaluated, and healthy; the target up.
+    let deadline = rt::now() + Duration::from_secs(60);
+    loop {
+        let rules = api
+            .try_send("GET", "/api/v1/rules?type=alert", "", "", Bytes::new())
+            .await
+            .map(|r| r.json())
+            .unwrap_or(Value::Null);
+        let alerting: Vec<&Value> = rules["data"]["groups"]
+            .as_array()
+            .map(|groups| {
+                groups
+                    .iter()
+                    .filter_map(|g| g["rules"].as_array())
+                    .flatten()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let healthy = alerting.iter().filter(|r| r["health"] == "ok").count();
+        let broken: Vec<&&Value> = alerting.iter().filter(|r| r["health"] == "err").collect();
+        assert!(broken.is_empty(), "rules failing to evaluate: {broken:?}");
+        let up = api
+            .try_send(
+                "GET",
+                "/api/v1/query?query=up%7Bjob%3D%22streamgate%22%2Cservice%3D%22monolith%22%7D",
+                "",
+                "",
+                Bytes::new(),
+            )
+            .await
+            .map(|r| r.json())
+            .unwrap_or(Value::Null);
+        let is_up = up["data"]["result"][0]["value"][1] == "1";
+        if alerting.len() == alert_names().len() && healthy == alerting.len() && is_up {
+            let firing: Vec<&&Value> = alerting.iter().filter(|r| r["state"] == "firing").collect();
+            assert!(firing.is_empty(), "an idle monolith fires: {firing:?}");
+            break;
+        }
+        assert!(
+            rt::now() < deadline,
+            "the rules were not all evaluated, or the target is not up, within a minute: \
+             rules {rules}, up {up}\nprometheus:\n{}",
+            server.tail(30)
+        );
+        rt::sleep(Duration::from_millis(500)).await;
+    }
+    drop(server);
+    drop(node);
 }
