@@ -11,7 +11,6 @@ use crate::rt;
 
 pub mod events;
 pub mod memory;
-pub mod metered;
 #[cfg(not(madsim))]
 pub mod nats;
 

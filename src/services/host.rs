@@ -362,6 +362,10 @@ pub async fn serve(
             axum::routing::get(move || ready(readiness.clone())),
         );
     let http_metrics = HttpMetricsLayer::new(&runtime.metrics);
+    // Retries towards any service are on /metrics at 0 from the start.
+    runtime
+        .metrics
+        .expect_targets(ServiceKind::ALL.iter().map(|k| k.name()));
     set_status(&health, &grpc_names, ServingStatus::Serving).await;
 
     let (tx, rx) = oneshot::channel::<()>();

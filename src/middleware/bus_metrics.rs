@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{BusError, Event, EventBus, EventType, Handler, Subscription};
-use crate::middleware::metrics::Metrics;
+use super::metrics::Metrics;
+use crate::bus::{BusError, Event, EventBus, EventType, Handler, Subscription};
 
 /// The label of `kind`: its subject without the version prefix.
 #[must_use]
