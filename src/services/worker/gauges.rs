@@ -13,8 +13,10 @@ use super::store::{Filter, Store};
 use crate::middleware::metrics::Metrics;
 use crate::rt;
 
-/// Between two counts.
-pub const INTERVAL: Duration = Duration::from_secs(15);
+/// Between two counts. A count reads the whole job table on JetStream
+/// (its `list` scans the bucket), so not too often; the alert rules look at
+/// 10-minute windows.
+pub const INTERVAL: Duration = Duration::from_secs(30);
 
 /// Most jobs of one state counted (the newest first, so a queue past this
 /// reports this many and the wait of the oldest job counted).
