@@ -604,11 +604,14 @@ mod tests {
         );
         let classic = body(classic).await;
         assert!(
-            classic.contains("# TYPE streamgate_retries_total counter"),
+            classic.contains("# TYPE streamgate_jobs_completed_total counter"),
             "{classic}"
         );
         assert!(!classic.contains("# EOF"), "{classic}");
-        assert!(text.contains("# TYPE streamgate_retries counter"), "{text}");
+        assert!(
+            text.contains("# TYPE streamgate_jobs_completed counter"),
+            "{text}"
+        );
         assert_eq!(
             get("/nothing").await.unwrap().status(),
             http::StatusCode::NOT_FOUND
