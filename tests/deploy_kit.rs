@@ -202,7 +202,7 @@ fn the_dashboard_queries_are_valid_promql() {
         let expr = expr
             .replace("$__rate_interval", "5m")
             .replace("$job", ".*")
-            .replace("$service", ".*");
+            .replace("$component", ".*");
         assert!(!expr.contains('$'), "an unknown variable in {expr}");
         let quoted = serde_json::to_string(&expr).expect("a JSON string");
         rules.push_str(&format!(
@@ -330,7 +330,7 @@ fn free_port() -> u16 {
 }
 
 /// The kit's prometheus.yml with its cluster targets replaced by `admin`
-/// (service `monolith`) and its intervals by a second.
+/// (component `monolith`) and its intervals by a second.
 fn config_for(admin: SocketAddr) -> String {
     let kit = read(&prometheus_dir().join("prometheus.yml"));
     let (head, _) = kit
@@ -346,7 +346,7 @@ fn config_for(admin: SocketAddr) -> String {
     );
     format!(
         "{head}scrape_configs:\n  - job_name: streamgate\n    static_configs:\n      \
-         - targets: ['{admin}']\n        labels: {{service: monolith}}\n"
+         - targets: ['{admin}']\n        labels: {{component: monolith}}\n"
     )
 }
 
@@ -400,7 +400,7 @@ async fn a_real_prometheus_runs_the_kit_against_the_monolith() {
         let up = api
             .try_send(
                 "GET",
-                "/api/v1/query?query=up%7Bjob%3D%22streamgate%22%2Cservice%3D%22monolith%22%7D",
+                "/api/v1/query?query=up%7Bjob%3D%22streamgate%22%2Ccomponent%3D%22monolith%22%7D",
                 "",
                 "",
                 Bytes::new(),

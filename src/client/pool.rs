@@ -13,7 +13,7 @@ use tower::Layer as _;
 
 use super::balanced::{Balanced, Hooks, OutcomeHook, TransitionHook};
 use crate::middleware::auth::{Attach, AttachLayer, Keyring};
-use crate::middleware::metrics::Metrics;
+use crate::middleware::metrics::{Measure, Metrics, MetricsLayer};
 use crate::middleware::retry::{Retrier, RetryHook};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
@@ -25,10 +25,11 @@ use crate::resilience::retry::RetryPolicy;
 use crate::rt;
 
 /// A channel as handed out: the balanced instances behind the client
-/// layers (trace context, service token, deadline propagation). No request
-/// id layer: the server takes the trace id as the request id, so the id
-/// follows the request across hops without a header of its own.
-pub type PoolChannel = ClientTrace<Attach<PropagateDeadline<Balanced>>>;
+/// layers (call metrics, trace context, service token, deadline
+/// propagation). No request id layer: the server takes the trace id as the
+/// request id, so the id follows the request across hops without a header
+/// of its own.
+pub type PoolChannel = Measure<ClientTrace<Attach<PropagateDeadline<Balanced>>>>;
 
 /// How long [`ClientPool::channel`] waits for a service's first watch answer.
 pub const FIRST_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -132,6 +133,9 @@ struct Inner {
     services: Mutex<HashMap<String, Entry>>,
     closed: AtomicBool,
     retrier: Retrier,
+    /// Where the channels count their calls (`cfg.metrics`, or a registry
+    /// of the pool's own that nothing serves).
+    metrics: Metrics,
 }
 
 /// Channels to other services; cheap to clone.
@@ -210,6 +214,7 @@ impl ClientPool {
             retrier = retrier.with_metrics(metrics.clone());
         }
         let inner = Inner {
+            metrics: cfg.metrics.clone().unwrap_or_default(),
             retrier,
             registry,
             cfg,
@@ -265,7 +270,8 @@ impl ClientPool {
 
     fn layered(&self, balanced: Balanced) -> PoolChannel {
         let layered = PropagateDeadlineLayer.layer(balanced);
-        ClientTraceLayer.layer(self.inner.attach.layer(layered))
+        MetricsLayer::client(self.inner.metrics.clone())
+            .layer(ClientTraceLayer.layer(self.inner.attach.layer(layered)))
     }
 
     /// The instances of `service`, followed from the registry from the

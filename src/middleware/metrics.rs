@@ -165,6 +165,10 @@ pub const MAX_CALL_LABELS: usize = 256;
 /// strings built on the way).
 struct CallMetrics {
     labels: CallLabels,
+    /// The code a call whose service failed (no response at all) counts
+    /// under: `Internal` on the server, `Unavailable` on the client (the
+    /// channel could not carry it).
+    on_error: tonic::Code,
     in_flight: Gauge,
     latency: Histogram,
     requests: Family<DoneLabels, Counter>,
@@ -201,6 +205,54 @@ struct Inner {
     cache_reads: Family<CacheReadLabels, Counter>,
     orphans_removed: Family<OrphanLabels, Counter>,
     orphan_sweeps: Counter,
+    client: ClientCalls,
+}
+
+/// The client side's call series (`streamgate_client_*`), as the server's.
+struct ClientCalls {
+    /// Per request path, at most [`MAX_CALL_LABELS`].
+    calls: std::collections::HashMap<String, Arc<CallMetrics>>,
+    requests: Family<DoneLabels, Counter>,
+    latency: Family<CallLabels, Histogram>,
+    in_flight: Family<CallLabels, Gauge>,
+}
+
+impl ClientCalls {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            calls: std::collections::HashMap::new(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+            }),
+            in_flight: Family::default(),
+        };
+        registry.register(
+            "client_requests",
+            "gRPC calls made through the client pool, by status (as the caller saw it)",
+            this.requests.clone(),
+        );
+        registry.register(
+            "client_request_duration_seconds",
+            "gRPC calls made through the client pool: time to their status",
+            this.latency.clone(),
+        );
+        registry.register(
+            "client_in_flight",
+            "gRPC calls made through the client pool, not yet ended",
+            this.in_flight.clone(),
+        );
+        this
+    }
+}
+
+/// Which end of its calls a [`MetricsLayer`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Calls served (`streamgate_requests_total`, ...).
+    Server,
+    /// Calls made (`streamgate_client_requests_total`, ...).
+    Client,
 }
 
 /// The pipeline's series (cheap to clone: handles onto the registry's).
@@ -332,7 +384,9 @@ impl Default for Metrics {
             "Orphan sweeps of the upload service that went through every blob",
             orphan_sweeps.clone(),
         );
+        let client = ClientCalls::register(registry);
         let inner = Inner {
+            client,
             registry: root,
             calls: std::collections::HashMap::new(),
             requests,
@@ -728,46 +782,79 @@ impl Metrics {
         self.pipeline.jobs_dead_lettered.get()
     }
 
-    /// The handles of calls on `path` (made on its first call).
-    fn call(&self, path: &str) -> Arc<CallMetrics> {
-        let mut inner = self
+    /// The handles of calls on `path` on `side` (made on its first call).
+    fn call(&self, side: Side, path: &str) -> Arc<CallMetrics> {
+        let mut guard = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(call) = inner.calls.get(path) {
+        let inner = &mut *guard;
+        let (calls, requests, latency, in_flight, on_error) = match side {
+            Side::Server => (
+                &mut inner.calls,
+                &inner.requests,
+                &inner.latency,
+                &inner.in_flight,
+                tonic::Code::Internal,
+            ),
+            Side::Client => (
+                &mut inner.client.calls,
+                &inner.client.requests,
+                &inner.client.latency,
+                &inner.client.in_flight,
+                tonic::Code::Unavailable,
+            ),
+        };
+        if let Some(call) = calls.get(path) {
             return call.clone();
         }
-        let (service, method) = if inner.calls.len() < MAX_CALL_LABELS {
+        let (service, method) = if calls.len() < MAX_CALL_LABELS {
             split_path(path)
         } else {
             ("http".to_owned(), "other".to_owned())
         };
         let labels = CallLabels { service, method };
         let call = Arc::new(CallMetrics {
-            in_flight: inner.in_flight.get_or_create_owned(&labels),
-            latency: inner.latency.get_or_create_owned(&labels),
-            requests: inner.requests.clone(),
+            in_flight: in_flight.get_or_create_owned(&labels),
+            latency: latency.get_or_create_owned(&labels),
+            requests: requests.clone(),
             by_code: Default::default(),
+            on_error,
             labels,
         });
-        if inner.calls.len() < MAX_CALL_LABELS {
-            inner.calls.insert(path.to_owned(), call.clone());
+        if calls.len() < MAX_CALL_LABELS {
+            calls.insert(path.to_owned(), call.clone());
         }
         call
     }
 }
 
-/// Server side: records every call in [`Metrics`].
+/// Records every gRPC call in [`Metrics`]: calls served
+/// ([`MetricsLayer::new`], the server stack's) or calls made
+/// ([`MetricsLayer::client`], the client pool's channels).
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Metrics,
+    side: Side,
 }
 
 impl MetricsLayer {
-    /// Records into `metrics`.
+    /// Records calls served into `metrics`.
     #[must_use]
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            side: Side::Server,
+        }
+    }
+
+    /// Records calls made into `metrics` (`streamgate_client_*`).
+    #[must_use]
+    pub fn client(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            side: Side::Client,
+        }
     }
 }
 
@@ -778,6 +865,7 @@ impl<S> Layer<S> for MetricsLayer {
         Measure {
             inner,
             metrics: self.metrics.clone(),
+            side: self.side,
         }
     }
 }
@@ -787,11 +875,13 @@ impl<S> Layer<S> for MetricsLayer {
 pub struct Measure<S> {
     inner: S,
     metrics: Metrics,
+    side: Side,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Measure<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: 'static,
     ResBody: http_body::Body,
 {
     type Response = Response<MeteredBody<ResBody>>;
@@ -811,7 +901,7 @@ where
                 done: None,
             };
         }
-        let call = self.metrics.call(req.uri().path());
+        let call = self.metrics.call(self.side, req.uri().path());
         call.in_flight.inc();
         ResponseFuture {
             inner: self.inner.call(req),
@@ -849,6 +939,7 @@ impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: http_body::Body,
+    E: 'static,
 {
     type Output = Result<Response<MeteredBody<ResBody>>, E>;
 
@@ -859,7 +950,13 @@ where
         Poll::Ready(match result {
             Err(e) => {
                 if let Some((call, started)) = done {
-                    finish(&call, tonic::Code::Internal, started);
+                    // A client channel fails with the call's status (a
+                    // deadline, a breaker's refusal); anything else is the
+                    // side's failure code.
+                    let code = (&e as &dyn std::any::Any)
+                        .downcast_ref::<tonic::Status>()
+                        .map_or(call.on_error, tonic::Status::code);
+                    finish(&call, code, started);
                 }
                 Err(e)
             }
@@ -1508,6 +1605,59 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    /// The client side counts calls made apart from calls served, with the
+    /// status the channel failed with, or the one the answer carries.
+    #[tokio::test]
+    async fn the_client_layer_counts_calls_made_by_status() {
+        let metrics = Metrics::default();
+        let svc = tower::service_fn(|req: Request<()>| async move {
+            match req.uri().path() {
+                "/streamgate.v1.MetadataService/GetVideo" => {
+                    Ok(Response::new(grpc_body(&[b"video"], Some(0))))
+                }
+                "/streamgate.v1.MetadataService/Missing" => {
+                    Ok(Response::new(grpc_body(&[], Some(5))))
+                }
+                "/streamgate.v1.CacheService/Get" => {
+                    Err(tonic::Status::deadline_exceeded("the deadline passed"))
+                }
+                _ => Err(tonic::Status::unavailable("no instance")),
+            }
+        });
+        let client = MetricsLayer::client(metrics.clone());
+        for path in [
+            "/streamgate.v1.MetadataService/GetVideo",
+            "/streamgate.v1.MetadataService/GetVideo",
+            "/streamgate.v1.MetadataService/Missing",
+            "/streamgate.v1.CacheService/Get",
+            "/streamgate.v1.WorkerService/GetJob",
+        ] {
+            match client.layer(svc).oneshot(grpc_request(path)).await {
+                Ok(res) => {
+                    http_body_util::BodyExt::collect(res.into_body())
+                        .await
+                        .unwrap();
+                }
+                Err(status) => assert_ne!(status.code(), tonic::Code::Ok),
+            }
+        }
+        let text = metrics.render();
+        for line in [
+            r#"streamgate_client_requests_total{service="streamgate.v1.MetadataService",method="GetVideo",code="Ok"} 2"#,
+            r#"streamgate_client_requests_total{service="streamgate.v1.MetadataService",method="Missing",code="NotFound"} 1"#,
+            r#"streamgate_client_requests_total{service="streamgate.v1.CacheService",method="Get",code="DeadlineExceeded"} 1"#,
+            r#"streamgate_client_requests_total{service="streamgate.v1.WorkerService",method="GetJob",code="Unavailable"} 1"#,
+            r#"streamgate_client_in_flight{service="streamgate.v1.MetadataService",method="GetVideo"} 0"#,
+            r#"streamgate_client_request_duration_seconds_count{service="streamgate.v1.CacheService",method="Get"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("streamgate_requests_total{"),
+            "calls made are not calls served: {text}"
+        );
     }
 
     /// Paths come from outside: past the bound, new ones share one label set.

@@ -213,6 +213,18 @@ async fn without_a_cache_gets_answer_from_metadata() {
     }
     assert_eq!(f.runtime.metrics.cache_reads("fallback"), 2);
     assert_eq!(f.runtime.metrics.cache_reads("hit"), 0);
+    // The gateway's calls to metadata are on /metrics as calls made.
+    let text = f.runtime.metrics.render();
+    let made: f64 = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(
+                "streamgate_client_requests_total{service=\"streamgate.v1.MetadataService\",method=\"GetVideo\",code=\"Ok\"} ",
+            )
+        })
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    assert!(made >= 2.0, "{made} GetVideo calls counted:\n{text}");
 }
 
 #[tokio::test]
