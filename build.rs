@@ -4,6 +4,14 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["v1/service.proto"], ["proto"])?;
+    // The encoded descriptor set, for gRPC server reflection
+    // (`services::reflection`): clients list and describe the services
+    // without the proto file.
+    {
+        use protox::prost::Message as _;
+        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?);
+        std::fs::write(out.join("streamgate_descriptor.bin"), fds.encode_to_vec())?;
+    }
     tonic_prost_build::configure()
         // The transport is chosen by `rt::transport` (tonic's, or the simulator's).
         .build_transport(false)

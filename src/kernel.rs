@@ -18,6 +18,7 @@ use crate::blob::memory::MemoryBlobStore;
 use crate::bus::EventBus;
 use crate::client::{ClientPool, PoolConfig};
 use crate::middleware::auth::Keyring;
+use crate::middleware::bus_metrics::MeteredBus;
 use crate::middleware::metrics::Metrics;
 use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::rt;
@@ -274,15 +275,13 @@ impl Kernel {
         let keys = pool.keys.clone();
         let metrics = Metrics::default();
         let mut pool = pool;
-        let user_hook = pool.on_transition.take();
-        let recorder = metrics.clone();
-        pool.on_transition = Some(Arc::new(move |instance: &str, t| {
-            recorder.breaker(instance, t);
-            if let Some(hook) = &user_hook {
-                hook(instance, t);
-            }
-        }));
+        // Breaker transitions, retries and budget refusals go to the node's
+        // metrics, by called service.
+        pool.metrics = Some(metrics.clone());
         let pool = ClientPool::new(registry.clone(), pool);
+        // Publishes, deliveries and handler failures are counted whatever
+        // the backend.
+        let bus: Arc<dyn EventBus> = Arc::new(MeteredBus::new(bus, metrics.clone()));
         let runtime = Runtime {
             registry,
             bus,

@@ -18,6 +18,8 @@ pub mod media;
 pub mod metadata;
 pub mod monitor;
 mod plugin;
+#[cfg(not(madsim))]
+pub mod reflection;
 pub mod streaming;
 pub mod transcoder;
 pub mod upload;

@@ -13,6 +13,7 @@ use tower::Layer as _;
 
 use super::balanced::{Balanced, Hooks, OutcomeHook, TransitionHook};
 use crate::middleware::auth::{Attach, AttachLayer, Keyring};
+use crate::middleware::metrics::{Measure, Metrics, MetricsLayer};
 use crate::middleware::retry::{Retrier, RetryHook};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
@@ -24,10 +25,11 @@ use crate::resilience::retry::RetryPolicy;
 use crate::rt;
 
 /// A channel as handed out: the balanced instances behind the client
-/// layers (trace context, service token, deadline propagation). No request
-/// id layer: the server takes the trace id as the request id, so the id
-/// follows the request across hops without a header of its own.
-pub type PoolChannel = ClientTrace<Attach<PropagateDeadline<Balanced>>>;
+/// layers (call metrics, trace context, service token, deadline
+/// propagation). No request id layer: the server takes the trace id as the
+/// request id, so the id follows the request across hops without a header
+/// of its own.
+pub type PoolChannel = Measure<ClientTrace<Attach<PropagateDeadline<Balanced>>>>;
 
 /// How long [`ClientPool::channel`] waits for a service's first watch answer.
 pub const FIRST_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,6 +86,10 @@ pub struct PoolConfig {
     pub budget: BudgetConfig,
     /// Called on every retry decision.
     pub on_retry: Option<RetryHook>,
+    /// Where breaker transitions (per called service and instance),
+    /// retries and budget refusals (per called service) are counted; the
+    /// kernel sets its node's.
+    pub metrics: Option<Metrics>,
 }
 
 impl PoolConfig {
@@ -100,6 +106,7 @@ impl PoolConfig {
             retry: RetryPolicy::default(),
             budget: BudgetConfig::default(),
             on_retry: None,
+            metrics: None,
         }
     }
 }
@@ -126,6 +133,9 @@ struct Inner {
     services: Mutex<HashMap<String, Entry>>,
     closed: AtomicBool,
     retrier: Retrier,
+    /// Where the channels count their calls (`cfg.metrics`, or a registry
+    /// of the pool's own that nothing serves).
+    metrics: Metrics,
 }
 
 /// Channels to other services; cheap to clone.
@@ -172,6 +182,25 @@ async fn follow(
     }
 }
 
+/// The transition hook of `service`'s breakers: the configured one, and
+/// the count in `metrics` under `service` and the instance.
+fn transition_hook(
+    service: &str,
+    user: Option<TransitionHook>,
+    metrics: Option<Metrics>,
+) -> Option<TransitionHook> {
+    let Some(metrics) = metrics else {
+        return user;
+    };
+    let service: Arc<str> = service.into();
+    Some(Arc::new(move |endpoint: &str, t| {
+        metrics.breaker(&service, endpoint, t);
+        if let Some(hook) = &user {
+            hook(endpoint, t);
+        }
+    }))
+}
+
 impl ClientPool {
     /// A pool with `cfg` that finds instances in `registry`.
     #[must_use]
@@ -181,7 +210,11 @@ impl ClientPool {
         if let Some(hook) = &cfg.on_retry {
             retrier = retrier.with_hook(hook.clone());
         }
+        if let Some(metrics) = &cfg.metrics {
+            retrier = retrier.with_metrics(metrics.clone());
+        }
         let inner = Inner {
+            metrics: cfg.metrics.clone().unwrap_or_default(),
             retrier,
             registry,
             cfg,
@@ -237,7 +270,8 @@ impl ClientPool {
 
     fn layered(&self, balanced: Balanced) -> PoolChannel {
         let layered = PropagateDeadlineLayer.layer(balanced);
-        ClientTraceLayer.layer(self.inner.attach.layer(layered))
+        MetricsLayer::client(self.inner.metrics.clone())
+            .layer(ClientTraceLayer.layer(self.inner.attach.layer(layered)))
     }
 
     /// The instances of `service`, followed from the registry from the
@@ -250,7 +284,11 @@ impl ClientPool {
             let mut services = self.lock();
             let entry = services.entry(service.to_owned()).or_insert_with(|| {
                 let hooks = Hooks {
-                    on_transition: self.inner.cfg.on_transition.clone(),
+                    on_transition: transition_hook(
+                        service,
+                        self.inner.cfg.on_transition.clone(),
+                        self.inner.cfg.metrics.clone(),
+                    ),
                     on_outcome: self.inner.cfg.on_outcome.clone(),
                 };
                 let balanced = Balanced::new(service, hooks);
@@ -283,6 +321,13 @@ impl ClientPool {
     #[must_use]
     pub fn retrier(&self) -> &Retrier {
         &self.inner.retrier
+    }
+
+    /// [`ClientPool::retrier`], its retries and budget refusals counted
+    /// under `target` (the service the calls go to).
+    #[must_use]
+    pub fn retrier_for(&self, target: &'static str) -> Retrier {
+        self.inner.retrier.to(target)
     }
 
     /// The instances the pool currently holds for `service`, with their

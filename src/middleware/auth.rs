@@ -31,8 +31,16 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Clock skew tolerated between services.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
 /// Paths served without a token (stock health and readiness probes carry
-/// none; metrics are on the admin listener, see `services::host::serve_admin`).
-pub const EXEMPT_PREFIXES: [&str; 3] = ["/grpc.health.v1.Health/", "/health", "/ready"];
+/// none, nor do reflection clients such as `grpcurl`, which only learn the
+/// schema; metrics are on the admin listener, see
+/// `services::host::serve_admin`).
+pub const EXEMPT_PREFIXES: [&str; 5] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/health",
+    "/ready",
+];
 
 /// A signing key with its id.
 #[derive(Clone)]

@@ -103,11 +103,58 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// response head (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
 
-/// An instance's labels.
+/// A called instance's labels (a breaker's). Bounded by the instances the
+/// registry reports. Not `instance`: Prometheus gives that name to the
+/// scraped process.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceLabels {
-    /// The instance id.
-    pub instance: String,
+pub struct EndpointLabels {
+    /// The called service (`metadata`, ...).
+    pub target: String,
+    /// The called instance's id (`metadata-10.0.0.5-9005`).
+    pub endpoint: String,
+}
+
+/// A breaker transition's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The called service.
+    pub target: String,
+    /// The called instance's id.
+    pub endpoint: String,
+    /// The state entered: `closed`, `half_open` or `open`.
+    pub to: &'static str,
+}
+
+/// A called service's labels (retries are per service, not per instance:
+/// a retry may go to another one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// The called service (`worker`, `streaming`, ...; `other` for a
+    /// retrier not told its target).
+    pub target: String,
+}
+
+/// A job state's labels (the active ones: `queued`, `leased`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobStateLabels {
+    /// The state.
+    pub state: &'static str,
+}
+
+/// An event type's labels (one of the bus's fixed event types).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The event's subject (`video.uploaded`, ...).
+    pub event_type: &'static str,
+}
+
+/// A publish's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    /// The event's subject.
+    pub event_type: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
 }
 
 /// Distinct call label sets (service, method) kept; calls on further paths
@@ -118,6 +165,10 @@ pub const MAX_CALL_LABELS: usize = 256;
 /// strings built on the way).
 struct CallMetrics {
     labels: CallLabels,
+    /// The code a call whose service failed (no response at all) counts
+    /// under: `Internal` on the server, `Unavailable` on the client (the
+    /// channel could not carry it).
+    on_error: tonic::Code,
     in_flight: Gauge,
     latency: Histogram,
     requests: Family<DoneLabels, Counter>,
@@ -147,13 +198,61 @@ struct Inner {
     requests: Family<DoneLabels, Counter>,
     latency: Family<CallLabels, Histogram>,
     in_flight: Family<CallLabels, Gauge>,
-    breaker_state: Family<InstanceLabels, Gauge>,
-    breaker_transitions: Family<InstanceLabels, Counter>,
-    retries: Counter,
-    budget_exhausted: Counter,
+    breaker_state: Family<EndpointLabels, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    retries: Family<TargetLabels, Counter>,
+    budget_exhausted: Family<TargetLabels, Counter>,
     cache_reads: Family<CacheReadLabels, Counter>,
     orphans_removed: Family<OrphanLabels, Counter>,
     orphan_sweeps: Counter,
+    client: ClientCalls,
+}
+
+/// The client side's call series (`streamgate_client_*`), as the server's.
+struct ClientCalls {
+    /// Per request path, at most [`MAX_CALL_LABELS`].
+    calls: std::collections::HashMap<String, Arc<CallMetrics>>,
+    requests: Family<DoneLabels, Counter>,
+    latency: Family<CallLabels, Histogram>,
+    in_flight: Family<CallLabels, Gauge>,
+}
+
+impl ClientCalls {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            calls: std::collections::HashMap::new(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+            }),
+            in_flight: Family::default(),
+        };
+        registry.register(
+            "client_requests",
+            "gRPC calls made through the client pool, by status (as the caller saw it)",
+            this.requests.clone(),
+        );
+        registry.register(
+            "client_request_duration_seconds",
+            "gRPC calls made through the client pool: time to their status",
+            this.latency.clone(),
+        );
+        registry.register(
+            "client_in_flight",
+            "gRPC calls made through the client pool, not yet ended",
+            this.in_flight.clone(),
+        );
+        this
+    }
+}
+
+/// Which end of its calls a [`MetricsLayer`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Calls served (`streamgate_requests_total`, ...).
+    Server,
+    /// Calls made (`streamgate_client_requests_total`, ...).
+    Client,
 }
 
 /// The pipeline's series (cheap to clone: handles onto the registry's).
@@ -165,6 +264,38 @@ struct Pipeline {
     job_attempts_failed: Counter,
     jobs_dead_lettered: Counter,
     jobs_completed: Counter,
+    job_queue_depth: Family<JobStateLabels, Gauge>,
+    job_queue_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// The event bus's series (outside the lock: publishes are a hot path).
+#[derive(Clone, Debug, Default)]
+struct BusSeries {
+    publishes: Family<PublishLabels, Counter>,
+    deliveries: Family<EventLabels, Counter>,
+    handler_failures: Family<EventLabels, Counter>,
+}
+
+impl BusSeries {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self::default();
+        registry.register(
+            "bus_publishes",
+            "Events published on the bus, by event type and outcome (ok, error)",
+            this.publishes.clone(),
+        );
+        registry.register(
+            "bus_deliveries",
+            "Events delivered to this process's bus handlers, by event type",
+            this.deliveries.clone(),
+        );
+        registry.register(
+            "bus_handler_failures",
+            "Bus handler runs that failed (an error or a panic), by event type",
+            this.handler_failures.clone(),
+        );
+        this
+    }
 }
 
 /// The node's metrics; cheap to clone.
@@ -174,6 +305,7 @@ pub struct Metrics {
     /// Outside the lock: the HTTP layer records without taking it.
     http: Family<HttpLabels, Histogram>,
     pipeline: Pipeline,
+    bus: BusSeries,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -197,14 +329,16 @@ impl Default for Metrics {
         process::register(&mut root);
         let registry = root.sub_registry_with_prefix("streamgate");
         let pipeline = Pipeline::register(registry);
+        let bus = BusSeries::register(registry);
         let requests = Family::<DoneLabels, Counter>::default();
         let latency = Family::<CallLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
         });
         let in_flight = Family::<CallLabels, Gauge>::default();
-        let breaker_state = Family::<InstanceLabels, Gauge>::default();
-        let breaker_transitions = Family::<InstanceLabels, Counter>::default();
-        let (retries, budget_exhausted) = (Counter::default(), Counter::default());
+        let breaker_state = Family::<EndpointLabels, Gauge>::default();
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        let retries = Family::<TargetLabels, Counter>::default();
+        let budget_exhausted = Family::<TargetLabels, Counter>::default();
         let cache_reads = Family::<CacheReadLabels, Counter>::default();
         let orphans_removed = Family::<OrphanLabels, Counter>::default();
         let orphan_sweeps = Counter::default();
@@ -217,18 +351,22 @@ impl Default for Metrics {
         registry.register("in_flight", "Calls being served", in_flight.clone());
         registry.register(
             "breaker_state",
-            "Client breaker per instance: 0 closed, 1 half-open, 2 open",
+            "Client breaker per called service and instance: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
         registry.register(
             "breaker_transitions",
-            "Client breaker transitions per instance",
+            "Client breaker transitions per called service and instance, by the state entered",
             breaker_transitions.clone(),
         );
-        registry.register("retries", "Retries made by clients", retries.clone());
+        registry.register(
+            "retries",
+            "Retries made by clients, per called service",
+            retries.clone(),
+        );
         registry.register(
             "retry_budget_exhausted",
-            "Retries refused by the retry budget",
+            "Retries refused by the retry budget, per called service",
             budget_exhausted.clone(),
         );
         registry.register(
@@ -246,7 +384,9 @@ impl Default for Metrics {
             "Orphan sweeps of the upload service that went through every blob",
             orphan_sweeps.clone(),
         );
+        let client = ClientCalls::register(registry);
         let inner = Inner {
+            client,
             registry: root,
             calls: std::collections::HashMap::new(),
             requests,
@@ -264,6 +404,7 @@ impl Default for Metrics {
             inner: Arc::new(Mutex::new(inner)),
             http,
             pipeline,
+            bus,
         }
     }
 }
@@ -283,6 +424,8 @@ impl Pipeline {
             job_attempts_failed: Counter::default(),
             jobs_dead_lettered: Counter::default(),
             jobs_completed: Counter::default(),
+            job_queue_depth: Family::default(),
+            job_queue_oldest_age: Gauge::default(),
         };
         registry.register(
             "upload_bytes",
@@ -313,6 +456,22 @@ impl Pipeline {
             "jobs_completed",
             "Jobs the worker completed",
             this.jobs_completed.clone(),
+        );
+        for state in ["queued", "leased"] {
+            drop(
+                this.job_queue_depth
+                    .get_or_create(&JobStateLabels { state }),
+            );
+        }
+        registry.register(
+            "job_queue_depth",
+            "Jobs queued or leased (running), as the worker last counted them (every few seconds)",
+            this.job_queue_depth.clone(),
+        );
+        registry.register(
+            "job_queue_oldest_age_seconds",
+            "How long the queued job that has been runnable longest has waited (0: none waits)",
+            this.job_queue_oldest_age.clone(),
         );
         this
     }
@@ -417,28 +576,119 @@ impl Metrics {
         to_classic(&self.render())
     }
 
-    /// Records a breaker transition of `instance` (the pool's hook).
-    pub fn breaker(&self, instance: &str, t: Transition) {
-        let state = match t {
-            Transition::Closed => 0,
-            Transition::Probing => 1,
-            Transition::Tripped { .. } | Transition::Reopened { .. } => 2,
+    /// Records a breaker transition of the caller's breaker towards
+    /// `endpoint`, an instance of `target` (the pool's hook).
+    pub fn breaker(&self, target: &str, endpoint: &str, t: Transition) {
+        let (state, to) = match t {
+            Transition::Closed => (0, "closed"),
+            Transition::Probing => (1, "half_open"),
+            Transition::Tripped { .. } | Transition::Reopened { .. } => (2, "open"),
         };
-        let labels = InstanceLabels {
-            instance: instance.to_owned(),
+        let labels = EndpointLabels {
+            target: target.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        let transition = TransitionLabels {
+            target: labels.target.clone(),
+            endpoint: labels.endpoint.clone(),
+            to,
         };
         self.with(|i| {
             i.breaker_state.get_or_create(&labels).set(state);
-            i.breaker_transitions.get_or_create(&labels).inc();
+            i.breaker_transitions.get_or_create(&transition).inc();
         });
     }
 
-    /// Adds a retrier's counts since the last call (`retries`, `exhausted`).
-    pub fn add_retries(&self, retries: u64, exhausted: u64) {
+    /// The breaker state last recorded towards `endpoint` of `target` (0
+    /// closed, 1 half-open, 2 open; `None`: no transition yet).
+    #[must_use]
+    pub fn breaker_state(&self, target: &str, endpoint: &str) -> Option<i64> {
+        let labels = EndpointLabels {
+            target: target.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        self.with(|i| i.breaker_state.get(&labels).map(|g| g.get()))
+    }
+
+    /// Puts the retry counters of each of `targets` on the exposition at
+    /// 0 (the host does, for every service), so the first retry or refusal
+    /// is an increase a rule sees, not a series appearing.
+    pub fn expect_targets<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
         self.with(|i| {
-            i.retries.inc_by(retries);
-            i.budget_exhausted.inc_by(exhausted);
+            for target in targets {
+                let labels = TargetLabels {
+                    target: target.to_owned(),
+                };
+                drop(i.retries.get_or_create(&labels));
+                drop(i.budget_exhausted.get_or_create(&labels));
+            }
         });
+    }
+
+    /// Counts a retry of a call to `target`.
+    pub fn retried(&self, target: &str) {
+        let labels = TargetLabels {
+            target: target.to_owned(),
+        };
+        self.with(|i| i.retries.get_or_create(&labels).inc());
+    }
+
+    /// Counts a retry to `target` the retry budget refused.
+    pub fn retry_refused(&self, target: &str) {
+        let labels = TargetLabels {
+            target: target.to_owned(),
+        };
+        self.with(|i| i.budget_exhausted.get_or_create(&labels).inc());
+    }
+
+    /// Retries of calls to `target` so far, and those the budget refused.
+    #[must_use]
+    pub fn retries(&self, target: &str) -> (u64, u64) {
+        let labels = TargetLabels {
+            target: target.to_owned(),
+        };
+        self.with(|i| {
+            (
+                i.retries.get(&labels).map_or(0, |c| c.get()),
+                i.budget_exhausted.get(&labels).map_or(0, |c| c.get()),
+            )
+        })
+    }
+
+    /// Sets the job queue's gauges: jobs `queued` and `leased`, and how
+    /// long the runnable queued job that has waited longest has waited.
+    pub fn job_queue(&self, queued: u64, leased: u64, oldest_wait: std::time::Duration) {
+        for (state, n) in [("queued", queued), ("leased", leased)] {
+            self.pipeline
+                .job_queue_depth
+                .get_or_create(&JobStateLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.pipeline
+            .job_queue_oldest_age
+            .set(oldest_wait.as_secs_f64());
+    }
+
+    /// Counts a publish of an event of `event_type` (its subject) that
+    /// went through (`ok`) or not.
+    pub fn bus_published(&self, event_type: &'static str, ok: bool) {
+        self.bus
+            .publishes
+            .get_or_create(&PublishLabels {
+                event_type,
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// Counts an event of `event_type` delivered to a handler, and whether
+    /// the handler failed.
+    pub fn bus_delivered(&self, event_type: &'static str, ok: bool) {
+        let labels = EventLabels { event_type };
+        self.bus.deliveries.get_or_create(&labels).inc();
+        if !ok {
+            self.bus.handler_failures.get_or_create(&labels).inc();
+        }
     }
 
     /// Counts a read-through cache lookup (`hit`, `miss` or `fallback`).
@@ -532,46 +782,79 @@ impl Metrics {
         self.pipeline.jobs_dead_lettered.get()
     }
 
-    /// The handles of calls on `path` (made on its first call).
-    fn call(&self, path: &str) -> Arc<CallMetrics> {
-        let mut inner = self
+    /// The handles of calls on `path` on `side` (made on its first call).
+    fn call(&self, side: Side, path: &str) -> Arc<CallMetrics> {
+        let mut guard = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(call) = inner.calls.get(path) {
+        let inner = &mut *guard;
+        let (calls, requests, latency, in_flight, on_error) = match side {
+            Side::Server => (
+                &mut inner.calls,
+                &inner.requests,
+                &inner.latency,
+                &inner.in_flight,
+                tonic::Code::Internal,
+            ),
+            Side::Client => (
+                &mut inner.client.calls,
+                &inner.client.requests,
+                &inner.client.latency,
+                &inner.client.in_flight,
+                tonic::Code::Unavailable,
+            ),
+        };
+        if let Some(call) = calls.get(path) {
             return call.clone();
         }
-        let (service, method) = if inner.calls.len() < MAX_CALL_LABELS {
+        let (service, method) = if calls.len() < MAX_CALL_LABELS {
             split_path(path)
         } else {
             ("http".to_owned(), "other".to_owned())
         };
         let labels = CallLabels { service, method };
         let call = Arc::new(CallMetrics {
-            in_flight: inner.in_flight.get_or_create_owned(&labels),
-            latency: inner.latency.get_or_create_owned(&labels),
-            requests: inner.requests.clone(),
+            in_flight: in_flight.get_or_create_owned(&labels),
+            latency: latency.get_or_create_owned(&labels),
+            requests: requests.clone(),
             by_code: Default::default(),
+            on_error,
             labels,
         });
-        if inner.calls.len() < MAX_CALL_LABELS {
-            inner.calls.insert(path.to_owned(), call.clone());
+        if calls.len() < MAX_CALL_LABELS {
+            calls.insert(path.to_owned(), call.clone());
         }
         call
     }
 }
 
-/// Server side: records every call in [`Metrics`].
+/// Records every gRPC call in [`Metrics`]: calls served
+/// ([`MetricsLayer::new`], the server stack's) or calls made
+/// ([`MetricsLayer::client`], the client pool's channels).
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Metrics,
+    side: Side,
 }
 
 impl MetricsLayer {
-    /// Records into `metrics`.
+    /// Records calls served into `metrics`.
     #[must_use]
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            side: Side::Server,
+        }
+    }
+
+    /// Records calls made into `metrics` (`streamgate_client_*`).
+    #[must_use]
+    pub fn client(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            side: Side::Client,
+        }
     }
 }
 
@@ -582,6 +865,7 @@ impl<S> Layer<S> for MetricsLayer {
         Measure {
             inner,
             metrics: self.metrics.clone(),
+            side: self.side,
         }
     }
 }
@@ -591,11 +875,13 @@ impl<S> Layer<S> for MetricsLayer {
 pub struct Measure<S> {
     inner: S,
     metrics: Metrics,
+    side: Side,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Measure<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: 'static,
     ResBody: http_body::Body,
 {
     type Response = Response<MeteredBody<ResBody>>;
@@ -615,7 +901,7 @@ where
                 done: None,
             };
         }
-        let call = self.metrics.call(req.uri().path());
+        let call = self.metrics.call(self.side, req.uri().path());
         call.in_flight.inc();
         ResponseFuture {
             inner: self.inner.call(req),
@@ -653,6 +939,7 @@ impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: http_body::Body,
+    E: 'static,
 {
     type Output = Result<Response<MeteredBody<ResBody>>, E>;
 
@@ -663,7 +950,13 @@ where
         Poll::Ready(match result {
             Err(e) => {
                 if let Some((call, started)) = done {
-                    finish(&call, tonic::Code::Internal, started);
+                    // A client channel fails with the call's status (a
+                    // deadline, a breaker's refusal); anything else is the
+                    // side's failure code.
+                    let code = (&e as &dyn std::any::Any)
+                        .downcast_ref::<tonic::Status>()
+                        .map_or(call.on_error, tonic::Status::code);
+                    finish(&call, code, started);
                 }
                 Err(e)
             }
@@ -1203,13 +1496,17 @@ mod tests {
             .unwrap();
         drop(res);
         metrics.breaker(
+            "cache",
             "cache-1",
             Transition::Tripped {
                 window_calls: 5,
                 interval: std::time::Duration::from_secs(1),
             },
         );
-        metrics.add_retries(3, 1);
+        for _ in 0..3 {
+            metrics.retried("cache");
+        }
+        metrics.retry_refused("cache");
         let text = metrics.render();
         for line in [
             r#"streamgate_requests_total{service="streamgate.v1.CacheService",method="Get",code="Ok"} 2"#,
@@ -1219,15 +1516,147 @@ mod tests {
             r#"streamgate_in_flight{service="streamgate.v1.CacheService",method="Stream"} 0"#,
             r#"streamgate_requests_total{service="http",method="other",code="Ok"} 1"#,
             r#"streamgate_in_flight{service="streamgate.v1.CacheService",method="Get"} 0"#,
-            r#"streamgate_breaker_state{instance="cache-1"} 2"#,
-            "streamgate_retries_total 3",
-            "streamgate_retry_budget_exhausted_total 1",
+            r#"streamgate_breaker_state{target="cache",endpoint="cache-1"} 2"#,
+            r#"streamgate_breaker_transitions_total{target="cache",endpoint="cache-1",to="open"} 1"#,
+            r#"streamgate_retries_total{target="cache"} 3"#,
+            r#"streamgate_retry_budget_exhausted_total{target="cache"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(
             text.contains("streamgate_request_duration_seconds_bucket"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_breaker_opening_and_recovering_is_on_metrics() {
+        let metrics = Metrics::default();
+        let (target, endpoint) = ("metadata", "metadata-10.0.0.5-9005");
+        assert_eq!(metrics.breaker_state(target, endpoint), None);
+        let tripped = Transition::Tripped {
+            window_calls: 20,
+            interval: std::time::Duration::from_secs(5),
+        };
+        let steps = [
+            (tripped, 2),
+            (Transition::Probing, 1),
+            (
+                Transition::Reopened {
+                    interval: std::time::Duration::from_secs(10),
+                },
+                2,
+            ),
+            (Transition::Probing, 1),
+            (Transition::Closed, 0),
+        ];
+        for (t, state) in steps {
+            metrics.breaker(target, endpoint, t);
+            assert_eq!(
+                metrics.breaker_state(target, endpoint),
+                Some(state),
+                "{t:?}"
+            );
+        }
+        let text = metrics.render();
+        for line in [
+            r#"streamgate_breaker_state{target="metadata",endpoint="metadata-10.0.0.5-9005"} 0"#,
+            r#"streamgate_breaker_transitions_total{target="metadata",endpoint="metadata-10.0.0.5-9005",to="open"} 2"#,
+            r#"streamgate_breaker_transitions_total{target="metadata",endpoint="metadata-10.0.0.5-9005",to="half_open"} 2"#,
+            r#"streamgate_breaker_transitions_total{target="metadata",endpoint="metadata-10.0.0.5-9005",to="closed"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("instance="),
+            "no label clashes with Prometheus's: {text}"
+        );
+    }
+
+    /// The series a rule watches for an increase are there at 0 from the
+    /// start (a series that appears at 1 is no increase to `increase()`).
+    #[test]
+    fn retries_per_service_and_the_queue_start_at_zero() {
+        let metrics = Metrics::default();
+        metrics.expect_targets(["worker", "streaming"]);
+        let text = metrics.render();
+        for line in [
+            "streamgate_retries_total{target=\"worker\"} 0\n",
+            "streamgate_retry_budget_exhausted_total{target=\"streaming\"} 0\n",
+            "streamgate_job_queue_depth{state=\"queued\"} 0\n",
+            "streamgate_job_queue_depth{state=\"leased\"} 0\n",
+            "streamgate_job_queue_oldest_age_seconds 0.0\n",
+            "streamgate_jobs_dead_lettered_total 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_job_queue_gauges_hold_the_last_count() {
+        let metrics = Metrics::default();
+        metrics.job_queue(7, 2, std::time::Duration::from_millis(1_500));
+        metrics.job_queue(4, 1, std::time::Duration::ZERO);
+        let text = metrics.render();
+        for line in [
+            "streamgate_job_queue_depth{state=\"queued\"} 4\n",
+            "streamgate_job_queue_depth{state=\"leased\"} 1\n",
+            "streamgate_job_queue_oldest_age_seconds 0.0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    /// The client side counts calls made apart from calls served, with the
+    /// status the channel failed with, or the one the answer carries.
+    #[tokio::test]
+    async fn the_client_layer_counts_calls_made_by_status() {
+        let metrics = Metrics::default();
+        let svc = tower::service_fn(|req: Request<()>| async move {
+            match req.uri().path() {
+                "/streamgate.v1.MetadataService/GetVideo" => {
+                    Ok(Response::new(grpc_body(&[b"video"], Some(0))))
+                }
+                "/streamgate.v1.MetadataService/Missing" => {
+                    Ok(Response::new(grpc_body(&[], Some(5))))
+                }
+                "/streamgate.v1.CacheService/Get" => {
+                    Err(tonic::Status::deadline_exceeded("the deadline passed"))
+                }
+                _ => Err(tonic::Status::unavailable("no instance")),
+            }
+        });
+        let client = MetricsLayer::client(metrics.clone());
+        for path in [
+            "/streamgate.v1.MetadataService/GetVideo",
+            "/streamgate.v1.MetadataService/GetVideo",
+            "/streamgate.v1.MetadataService/Missing",
+            "/streamgate.v1.CacheService/Get",
+            "/streamgate.v1.WorkerService/GetJob",
+        ] {
+            match client.layer(svc).oneshot(grpc_request(path)).await {
+                Ok(res) => {
+                    http_body_util::BodyExt::collect(res.into_body())
+                        .await
+                        .unwrap();
+                }
+                Err(status) => assert_ne!(status.code(), tonic::Code::Ok),
+            }
+        }
+        let text = metrics.render();
+        for line in [
+            r#"streamgate_client_requests_total{service="streamgate.v1.MetadataService",method="GetVideo",code="Ok"} 2"#,
+            r#"streamgate_client_requests_total{service="streamgate.v1.MetadataService",method="Missing",code="NotFound"} 1"#,
+            r#"streamgate_client_requests_total{service="streamgate.v1.CacheService",method="Get",code="DeadlineExceeded"} 1"#,
+            r#"streamgate_client_requests_total{service="streamgate.v1.WorkerService",method="GetJob",code="Unavailable"} 1"#,
+            r#"streamgate_client_in_flight{service="streamgate.v1.MetadataService",method="GetVideo"} 0"#,
+            r#"streamgate_client_request_duration_seconds_count{service="streamgate.v1.CacheService",method="Get"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("streamgate_requests_total{"),
+            "calls made are not calls served: {text}"
         );
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use rand::Rng as _;
 use tonic::{Code, Status};
 
+use super::metrics::Metrics;
 use super::timeout::current_deadline;
 use crate::resilience::budget::{BudgetConfig, RetryBudget};
 use crate::resilience::retry::{Attempt, Decision, Failure, GiveUp, RetryPolicy};
@@ -57,6 +58,9 @@ pub struct Retrier {
     budget: Arc<Mutex<RetryBudget>>,
     stats: Arc<RetryStats>,
     hook: Option<RetryHook>,
+    /// The called service, for [`Retrier::with_metrics`]'s counts.
+    target: &'static str,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for Retrier {
@@ -64,6 +68,7 @@ impl std::fmt::Debug for Retrier {
         f.debug_struct("Retrier")
             .field("policy", &self.policy)
             .field("stats", &self.stats)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +95,27 @@ impl Retrier {
             budget: Arc::new(Mutex::new(RetryBudget::new(budget))),
             stats: Arc::default(),
             hook: None,
+            target: "other",
+            metrics: None,
+        }
+    }
+
+    /// The same retrier, counting its retries and budget refusals in
+    /// `metrics` (`streamgate_retries_total`,
+    /// `streamgate_retry_budget_exhausted_total`) under its target.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// This retrier (the same policy, budget and counters), its calls
+    /// counted under `target` (the service they go to; `other` until set).
+    #[must_use]
+    pub fn to(&self, target: &'static str) -> Self {
+        Self {
+            target,
+            ..self.clone()
         }
     }
 
@@ -164,12 +190,18 @@ impl Retrier {
             match decision {
                 Decision::RetryAfter(delay) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.retried(self.target);
+                    }
                     rt::sleep(delay).await;
                     number += 1;
                 }
                 Decision::GiveUp(why) => {
                     if why == GiveUp::BudgetExhausted {
                         self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                        if let Some(metrics) = &self.metrics {
+                            metrics.retry_refused(self.target);
+                        }
                     }
                     return Err(status);
                 }
@@ -285,5 +317,59 @@ mod tests {
             "{attempts} attempts > {bound}: a retry storm"
         );
         assert!(r.stats().budget_exhausted.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_and_refusals_are_counted_per_target() {
+        let metrics = Metrics::default();
+        let base = Retrier::new(
+            RetryPolicy {
+                max_attempts: 3,
+                ..RetryPolicy::default()
+            },
+            BudgetConfig {
+                ttl: Duration::from_secs(10),
+                min_per_sec: 1,
+                ratio: 0.0,
+            },
+        )
+        .with_metrics(metrics.clone());
+        let worker = base.to("worker");
+        for _ in 0..30 {
+            let _ = worker
+                .call(true, |_| async {
+                    Err::<(), _>(Status::unavailable("down"))
+                })
+                .await;
+        }
+        let (retries, refused) = metrics.retries("worker");
+        assert_eq!(retries, worker.stats().retries.load(Ordering::Relaxed));
+        assert_eq!(
+            refused,
+            worker.stats().budget_exhausted.load(Ordering::Relaxed)
+        );
+        assert!(
+            retries > 0 && refused > 0,
+            "{retries} retries, {refused} refused"
+        );
+        assert_eq!(metrics.retries("streaming"), (0, 0));
+        assert_eq!(
+            metrics.retries("other"),
+            (0, 0),
+            "the base shares no counts"
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!(
+                "streamgate_retries_total{{target=\"worker\"}} {retries}\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "streamgate_retry_budget_exhausted_total{{target=\"worker\"}} {refused}\n"
+            )),
+            "{text}"
+        );
     }
 }

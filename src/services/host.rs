@@ -4,7 +4,8 @@
 //! back a [`RunningService`] to stop.
 //!
 //! Every service serves, on its port: its gRPC services, the standard
-//! `grpc.health.v1.Health` service, and HTTP `GET /health` (liveness) and
+//! `grpc.health.v1.Health` service, gRPC server reflection
+//! ([`super::reflection`]; not under the simulator), and HTTP `GET /health` (liveness) and
 //! `/ready` (readiness). Each process also has one admin listener
 //! ([`serve_admin`]): `/metrics`, `/health` and `/ready` for the whole
 //! process, off the public and service ports.
@@ -349,8 +350,11 @@ pub async fn serve(
     runtime
         .ready
         .add(name, Arc::new(move || process_check.not_ready()));
+    let routes = routes.add_service(health_svc);
+    #[cfg(not(madsim))]
+    let routes = super::reflection::add(routes, &grpc_names)
+        .map_err(|e| KernelError::start(name, "gRPC reflection", e))?;
     let router = routes
-        .add_service(health_svc)
         .into_axum_router()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
         .route(
@@ -358,6 +362,10 @@ pub async fn serve(
             axum::routing::get(move || ready(readiness.clone())),
         );
     let http_metrics = HttpMetricsLayer::new(&runtime.metrics);
+    // Retries towards any service are on /metrics at 0 from the start.
+    runtime
+        .metrics
+        .expect_targets(ServiceKind::ALL.iter().map(|k| k.name()));
     set_status(&health, &grpc_names, ServingStatus::Serving).await;
 
     let (tx, rx) = oneshot::channel::<()>();
@@ -596,11 +604,14 @@ mod tests {
         );
         let classic = body(classic).await;
         assert!(
-            classic.contains("# TYPE streamgate_retries_total counter"),
+            classic.contains("# TYPE streamgate_jobs_completed_total counter"),
             "{classic}"
         );
         assert!(!classic.contains("# EOF"), "{classic}");
-        assert!(text.contains("# TYPE streamgate_retries counter"), "{text}");
+        assert!(
+            text.contains("# TYPE streamgate_jobs_completed counter"),
+            "{text}"
+        );
         assert_eq!(
             get("/nothing").await.unwrap().status(),
             http::StatusCode::NOT_FOUND

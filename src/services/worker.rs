@@ -16,6 +16,7 @@ use crate::services::{Background, Common, Domain, media};
 
 pub mod catalog;
 pub mod error;
+pub mod gauges;
 pub mod jobs;
 pub mod queue;
 pub mod runner;
@@ -148,6 +149,7 @@ pub async fn domain(
         .map_err(|e| fail("the event bus", e.into()))?;
     let runner = rt::spawn(runner::run(jobs.clone(), runtime.pool.clone()));
     let sweeper = rt::spawn(sweep::run(runtime.pool.clone()));
+    let gauges = rt::spawn(gauges::run(jobs.store.clone(), runtime.metrics.clone()));
 
     let releasing = jobs.clone();
     let release: crate::services::host::StopStep = Box::new(move || {
@@ -165,7 +167,7 @@ pub async fn domain(
         grpc_names: vec![<WorkerServiceServer<WorkerServer> as tonic::server::NamedService>::NAME],
         background: Background {
             subscriptions: vec![subscription],
-            tasks: vec![runner, sweeper],
+            tasks: vec![runner, sweeper, gauges],
             on_stop: vec![release],
         },
         ..Domain::default()

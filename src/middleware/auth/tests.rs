@@ -121,8 +121,26 @@ async fn server_rejects_missing_expired_and_forged_tokens() {
         );
         assert_eq!(res.body(), "", "{what}: the handler never ran");
     }
-    let probe = call(keys, "/grpc.health.v1.Health/Check", None).await;
+    let probe = call(keys.clone(), "/grpc.health.v1.Health/Check", None).await;
     assert_eq!(grpc_status(&probe), None, "health probes need no token");
+    for path in [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ] {
+        let res = call(keys.clone(), path, None).await;
+        assert_eq!(grpc_status(&res), None, "{path}: reflection needs no token");
+    }
+    let lookalike = call(
+        keys,
+        "/grpc.reflection.v1.ServerReflectionX/ServerReflectionInfo",
+        None,
+    )
+    .await;
+    assert_eq!(
+        grpc_status(&lookalike),
+        Some(tonic::Code::Unauthenticated),
+        "only the reflection service itself is exempt"
+    );
 }
 
 #[tokio::test]

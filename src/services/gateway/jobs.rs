@@ -36,7 +36,7 @@ async fn job(api: &Api, job_id: String) -> Result<Json<Value>, ApiError> {
     let res = api
         .runtime
         .pool
-        .retrier()
+        .retrier_for(crate::services::ServiceKind::Worker.name())
         .call(true, |previous| async move {
             let mut req = tonic::Request::new(GetJobRequest {
                 job_id: job_id.clone(),

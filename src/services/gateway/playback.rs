@@ -80,7 +80,7 @@ where
     let res = api
         .runtime
         .pool
-        .retrier()
+        .retrier_for(crate::services::ServiceKind::Streaming.name())
         .call(true, |previous| async move {
             let mut req = tonic::Request::new(msg.clone());
             stamp(&mut req, previous);
@@ -104,7 +104,7 @@ async fn read_range(
     // yet, so it is retried; a failure mid-body is not.
     api.runtime
         .pool
-        .retrier()
+        .retrier_for(crate::services::ServiceKind::Streaming.name())
         .call(true, |previous| async move {
             let mut req = tonic::Request::new(ReadRangeRequest {
                 video_id: video_id.to_owned(),

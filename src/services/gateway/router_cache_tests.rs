@@ -213,6 +213,18 @@ async fn without_a_cache_gets_answer_from_metadata() {
     }
     assert_eq!(f.runtime.metrics.cache_reads("fallback"), 2);
     assert_eq!(f.runtime.metrics.cache_reads("hit"), 0);
+    // The gateway's calls to metadata are on /metrics as calls made.
+    let text = f.runtime.metrics.render();
+    let made: f64 = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(
+                "streamgate_client_requests_total{service=\"streamgate.v1.MetadataService\",method=\"GetVideo\",code=\"Ok\"} ",
+            )
+        })
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    assert!(made >= 2.0, "{made} GetVideo calls counted:\n{text}");
 }
 
 #[tokio::test]
@@ -267,6 +279,18 @@ async fn a_silent_cache_costs_its_budget_until_its_breaker_opens() {
     );
     assert_eq!(endpoints[0].in_flight(), 0);
     assert_eq!(f.runtime.metrics.cache_reads("fallback"), 12);
+    // The opening is on /metrics, by called service and instance.
+    assert_eq!(
+        f.runtime.metrics.breaker_state("cache", "cache-silent"),
+        Some(2)
+    );
+    let text = f.runtime.metrics.render();
+    for line in [
+        "streamgate_breaker_state{target=\"cache\",endpoint=\"cache-silent\"} 2\n",
+        "streamgate_breaker_transitions_total{target=\"cache\",endpoint=\"cache-silent\",to=\"open\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
     drop(silent);
 }
 

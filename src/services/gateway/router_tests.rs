@@ -58,16 +58,20 @@ async fn file_fixture() -> (Fixture, tempfile::TempDir) {
 async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
     let registry = Arc::new(MemoryRegistry::new());
     let keys = Keyring::generate("test");
+    let metrics = crate::middleware::metrics::Metrics::default();
     let runtime = Runtime {
         registry: registry.clone(),
         bus: Arc::new(MemoryBus::new()),
         blobs: blobs.clone(),
         pool: ClientPool::new(
             registry.clone(),
-            PoolConfig::new(keys.clone(), "api-gateway"),
+            PoolConfig {
+                metrics: Some(metrics.clone()),
+                ..PoolConfig::new(keys.clone(), "api-gateway")
+            },
         ),
         keys,
-        metrics: crate::middleware::metrics::Metrics::default(),
+        metrics,
         ready: Default::default(),
     };
     let common = Common {

@@ -118,7 +118,7 @@ pub async fn stop(
     let res = api
         .runtime
         .pool
-        .retrier()
+        .retrier_for(crate::services::ServiceKind::Streaming.name())
         .call(true, |previous| async move {
             let mut req = tonic::Request::new(StopSessionRequest {
                 session_id: session_id.clone(),
