@@ -37,6 +37,7 @@ async fn start(dir: Option<&PathBuf>, clients: ServiceClients) -> Node {
     let config = streamgate::services::auth::Config {
         secret: Some(Secret::new(vec![9u8; 32])),
         clients,
+        database: None,
     };
     let plugins = vec![Box::new(ServicePlugin::new(common, config)) as Box<dyn Plugin>];
     let seams = Seams::new(Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
