@@ -128,6 +128,11 @@ pub async fn domain(
             tracing::warn!(
                 "no auth secret configured: a random one is used, tokens end with this process"
             );
+            if config.database.is_some() {
+                tracing::warn!(
+                    "the accounts database is shared, the signing secret is not: other auth instances on it will refuse this one's tokens (give all of them one --auth-secret-file)"
+                );
+            }
             Secret::random()
         }
     };
