@@ -395,10 +395,15 @@ pub struct ClusterOpts {
     /// the same one. 1..=64 characters of `[A-Za-z0-9_-]`.
     #[arg(long, env = "STREAMGATE_JOBS_NAME", default_value = "streamgate_jobs")]
     pub jobs_name: String,
-    /// PostgreSQL shared by every metadata and upload instance (the
-    /// catalog, the upload records): a `postgres://` URL or a libpq
-    /// `key=value` string, printed and logged without its password.
-    /// Unset: each keeps a SQLite file in its data dir, so only one
+    /// PostgreSQL shared by every metadata, upload and auth instance (a
+    /// `postgres://` URL or a libpq `key=value` string; printed and logged
+    /// without its password). It holds metadata's catalog, upload's
+    /// records, and auth's accounts, token revocations, refresh-token
+    /// rotations and log-in lock-outs, so every auth instance sees the
+    /// same accounts and enforces the same revocations and lock-outs (auth
+    /// instances sharing it must share `--auth-secret-file` too). Unset:
+    /// each keeps a SQLite file in the data dir (auth's lock-outs in its
+    /// memory), so only one
     /// instance of each may run per data dir.
     #[arg(long, env = "STREAMGATE_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -756,6 +761,18 @@ pub async fn run_service(
             match p.config_mut() {
                 ServiceConfig::Worker(c) => c.job_queue = job_queue.clone(),
                 ServiceConfig::Metadata(c) => {
+                    c.database = cluster
+                        .database_url
+                        .clone()
+                        .map(crate::schema::DatabaseUrl::new);
+                }
+                ServiceConfig::Auth(c) => {
+                    c.database = cluster
+                        .database_url
+                        .clone()
+                        .map(crate::schema::DatabaseUrl::new);
+                }
+                ServiceConfig::Upload(c) => {
                     c.database = cluster
                         .database_url
                         .clone()

@@ -1,7 +1,8 @@
 //! The auth service on real sockets, through the client pool: accounts,
 //! log-in failures that never say which part was wrong, the lock-out per
 //! (email, client address), refresh-token rotation with reuse detection, validation,
-//! revocation, service tokens, and accounts surviving a restart.
+//! revocation, service tokens, accounts surviving a restart, and two
+//! instances on one PostgreSQL (`--database-url`) sharing all of it.
 #![cfg(not(madsim))]
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use streamgate::proto::{
 };
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::rt;
+use streamgate::schema::DatabaseUrl;
 use streamgate::services::Common;
 use streamgate::services::ServicePlugin;
 use streamgate::services::auth::{Secret, ServiceClient, ServiceClients};
@@ -30,6 +32,22 @@ struct Node {
 }
 
 async fn start(dir: Option<&PathBuf>, clients: ServiceClients) -> Node {
+    start_on(dir, clients, None).await
+}
+
+async fn start_on(
+    dir: Option<&PathBuf>,
+    clients: ServiceClients,
+    database: Option<DatabaseUrl>,
+) -> Node {
+    try_start_on(dir, clients, database).await.expect("kernel")
+}
+
+async fn try_start_on(
+    dir: Option<&PathBuf>,
+    clients: ServiceClients,
+    database: Option<DatabaseUrl>,
+) -> Result<Node, streamgate::kernel::KernelError> {
     let common = Common {
         data_dir: dir.cloned(),
         ..Common::ephemeral()
@@ -37,14 +55,13 @@ async fn start(dir: Option<&PathBuf>, clients: ServiceClients) -> Node {
     let config = streamgate::services::auth::Config {
         secret: Some(Secret::new(vec![9u8; 32])),
         clients,
+        database,
     };
     let plugins = vec![Box::new(ServicePlugin::new(common, config)) as Box<dyn Plugin>];
     let seams = Seams::new(Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
     let pool = PoolConfig::new(Keyring::generate("test"), "api-gateway");
-    let kernel = Kernel::start_with(seams, pool, plugins)
-        .await
-        .expect("kernel");
-    Node { kernel }
+    let kernel = Kernel::start_with(seams, pool, plugins).await?;
+    Ok(Node { kernel })
 }
 
 async fn client(node: &Node) -> AuthServiceClient<streamgate::client::PoolChannel> {
@@ -353,4 +370,141 @@ async fn accounts_and_revocations_survive_a_restart() {
     assert_eq!(v.reason, "revoked");
     node.kernel.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The test PostgreSQL (ci/deps starts it; the test fails without it).
+fn test_database_url() -> String {
+    std::env::var("STREAMGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema of its own on the test database, and the URL whose
+/// connections use it.
+async fn scratch_schema() -> (String, DatabaseUrl) {
+    let url = test_database_url();
+    let schema = format!("sg_test_{}", rt::random_hex128());
+    streamgate::pg::pool(&url)
+        .expect("test database URL")
+        .get()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed (ci/deps starts it): {e:?}"))
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create schema");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let on_schema = DatabaseUrl::new(format!("{url}{sep}options=-c%20search_path%3D{schema}"));
+    (schema, on_schema)
+}
+
+async fn drop_schema(schema: &str) {
+    streamgate::pg::pool(&test_database_url())
+        .expect("url")
+        .get()
+        .await
+        .expect("admin")
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop schema");
+}
+
+/// The database cannot be used at start: auth does not start, with exit
+/// code 2 (a configuration the operator must fix) and a cause that names
+/// the auth database and never repeats the URL's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_be_used_stops_the_start_with_a_named_cause() {
+    let down = DatabaseUrl::new("postgres://sg:hunter2@127.0.0.1:1/db");
+    let Err(e) = try_start_on(None, ServiceClients::default(), Some(down)).await else {
+        panic!("started on an unreachable database");
+    };
+    let chain = streamgate::error::Chain(&e).to_string();
+    assert!(e.is_config(), "{chain}");
+    assert!(chain.contains("auth database"), "{chain}");
+    assert!(
+        !chain.contains("hunter2") && !format!("{e:?}").contains("hunter2"),
+        "{chain}"
+    );
+
+    // A database migrated by a newer binary.
+    let (schema, url) = scratch_schema().await;
+    let newer = try_start_on(None, ServiceClients::default(), Some(url.clone()))
+        .await
+        .expect("migrates a fresh schema");
+    newer.kernel.shutdown().await;
+    streamgate::pg::pool(url.expose())
+        .expect("url")
+        .get()
+        .await
+        .expect("conn")
+        .batch_execute("UPDATE streamgate_schema SET version = 99 WHERE component = 'auth'")
+        .await
+        .expect("from the future");
+    let Err(e) = try_start_on(None, ServiceClients::default(), Some(url)).await else {
+        panic!("started on a newer schema");
+    };
+    let chain = streamgate::error::Chain(&e).to_string();
+    assert!(e.is_config(), "{chain}");
+    assert!(chain.contains("schema version 99, newer than"), "{chain}");
+    drop_schema(&schema).await;
+}
+
+/// Two auth instances on one database, as `--database-url` wires them: an
+/// account made through one logs in through the other and cannot be made
+/// twice, failed log-ins through one lock the (email, address) out on the
+/// other, and a token revoked through one is refused by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_share_accounts_lock_outs_and_revocations() {
+    let (schema, on_schema) = scratch_schema().await;
+    let (a, b) = tokio::join!(
+        start_on(None, ServiceClients::default(), Some(on_schema.clone())),
+        start_on(None, ServiceClients::default(), Some(on_schema))
+    );
+    let (_, pair) = sign_up(&a, "joe@example.com").await;
+    log_in(&b, "JOE@example.com", PASSWORD)
+        .await
+        .expect("an account made through a logs in through b");
+    let again = client(&b)
+        .await
+        .sign_up(SignUpRequest {
+            email: "joe@example.com".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("taken");
+    assert_eq!(again.code(), Code::AlreadyExists);
+
+    let attacker = "198.51.100.7";
+    for _ in 0..5 {
+        let e = log_in_from(&a, "joe@example.com", "not the password", attacker)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    }
+    let locked = log_in_from(&b, "joe@example.com", PASSWORD, attacker)
+        .await
+        .expect_err("locked out on b too");
+    assert_eq!(
+        locked.code(),
+        Code::ResourceExhausted,
+        "{}",
+        locked.message()
+    );
+    log_in_from(&b, "joe@example.com", PASSWORD, "203.0.113.9")
+        .await
+        .expect("the owner elsewhere gets in");
+
+    assert!(validate(&a, &pair.access_token, "").await.valid);
+    client(&b)
+        .await
+        .revoke_token(RevokeTokenRequest {
+            token: pair.access_token.clone(),
+            token_id: String::new(),
+        })
+        .await
+        .expect("revoke");
+    assert_eq!(validate(&a, &pair.access_token, "").await.reason, "revoked");
+
+    a.kernel.shutdown().await;
+    b.kernel.shutdown().await;
+    drop_schema(&schema).await;
 }

@@ -1,21 +1,38 @@
-//! auth (9007): user accounts (SQLite, Argon2id password hashes) and
-//! bearer tokens (HS256 JWTs): sign-up, log-in, refresh-token rotation,
-//! validation, revocation, and service tokens for configured clients.
+//! auth (9007): user accounts (Argon2id password hashes) and bearer tokens
+//! (HS256 JWTs): sign-up, log-in, refresh-token rotation, validation,
+//! revocation, and service tokens for configured clients.
 //!
 //! The signing secret comes from the options (`--auth-secret-file`); without
 //! one a random secret is drawn at start, so tokens do not survive a restart.
+//!
+//! State ([`accounts::Accounts`]): a SQLite file in the data dir (one
+//! instance per data dir; the log-in throttle in its memory), or with
+//! `--database-url` PostgreSQL shared by every auth instance on any host:
+//! accounts, revocations, refresh-token rotations and the log-in throttle
+//! (`pg_throttle.rs`) alike. Instances that share it must share the
+//! signing secret too. Revocations are never cached here: every
+//! ValidateToken reads the store, so a token revoked through one instance
+//! is refused by the next check on any other. (The API gateway caches
+//! positive answers for at most `gateway::token_cache::MAX_AGE`, 10 s,
+//! which bounds how long a revoked token is still let in there.)
 
 use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::auth_service_server::AuthServiceServer;
+use crate::schema::DatabaseUrl;
 use crate::services::{Common, Domain};
 
+pub mod accounts;
 pub mod checks;
 pub mod email;
 pub mod error;
 pub mod limit;
 pub mod password;
+#[cfg(not(madsim))]
+pub mod pg_store;
+#[cfg(not(madsim))]
+pub mod pg_throttle;
 mod redact;
 pub mod secret;
 pub mod server;
@@ -40,6 +57,10 @@ pub struct Config {
     pub secret: Option<Secret>,
     /// The services it issues service tokens to.
     pub clients: ServiceClients,
+    /// PostgreSQL holding the accounts, revocations and log-in throttle,
+    /// shared by every instance; `None`: SQLite in the data dir (in memory
+    /// without one) and the throttle in memory.
+    pub database: Option<DatabaseUrl>,
 }
 
 impl Config {
@@ -55,6 +76,33 @@ impl Config {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// The accounts on PostgreSQL when a database URL is set, else on SQLite.
+async fn open(
+    config: &Config,
+    common: &Common,
+) -> Result<accounts::Accounts, Box<dyn std::error::Error + Send + Sync>> {
+    if let Some(url) = &config.database {
+        #[cfg(not(madsim))]
+        {
+            let pool = crate::pg::pool(url.expose())?;
+            return match pg_store::PgStore::open(pool).await {
+                Ok(store) => Ok(store.into()),
+                // A schema refusal stays itself: the process exits with code 2.
+                Err(AuthError::Schema(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        #[cfg(madsim)]
+        return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+    }
+    let path = common.db_path(DB_FILE)?;
+    match store::Store::open(path.as_deref()) {
+        Ok(store) => Ok(store.into()),
+        Err(AuthError::Schema(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -80,20 +128,28 @@ pub async fn domain(
             tracing::warn!(
                 "no auth secret configured: a random one is used, tokens end with this process"
             );
+            if config.database.is_some() {
+                tracing::warn!(
+                    "the accounts database is shared, the signing secret is not: other auth instances on it will refuse this one's tokens (give all of them one --auth-secret-file)"
+                );
+            }
             Secret::random()
         }
     };
-    let path = common
-        .db_path(DB_FILE)
-        .map_err(|e| fail("its data dir", e.into()))?;
-    let store = store::Store::open(path.as_deref()).map_err(|e| fail("its database", e.into()))?;
+    let accounts = open(config, common)
+        .await
+        .map_err(|e| fail("its database", e))?;
     // The decoy hash now, not on the first unknown email (which would then
     // take twice as long as a wrong password).
     crate::rt::blocking(|| password::decoy().map(|_| ()))
         .await
         .map_err(|e| fail("the password hasher", e.into()))?
         .map_err(|e| fail("the password hasher", e.into()))?;
-    let server = AuthServer::new(store, token::Tokens::new(&secret), config.clients.clone());
+    let server = AuthServer::new(
+        accounts,
+        token::Tokens::new(&secret),
+        config.clients.clone(),
+    );
     Ok(Domain {
         routes: Routes::new(AuthServiceServer::new(server)),
         grpc_names: vec![<AuthServiceServer<AuthServer> as tonic::server::NamedService>::NAME],

@@ -37,6 +37,15 @@ pub enum AuthError {
     /// SQLite failed.
     #[error("auth store failed")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL (`--database-url`) failed or cannot be reached. The
+    /// message is all a caller reads (when unreachable: UNAVAILABLE); the
+    /// cause is logged.
+    #[cfg(not(madsim))]
+    #[error("the accounts database is unavailable; retry later")]
+    Postgres(#[from] crate::pg::PgError),
+    /// The accounts' schema could not be brought up to date.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
     /// Hashing a password failed (Argon2 refused its parameters: a bug).
     #[error("password hashing failed")]
     Hash(#[source] argon2::password_hash::Error),
@@ -60,7 +69,9 @@ impl Classify for AuthError {
             Self::Forbidden(_) => ErrorKind::PermissionDenied,
             Self::NoServiceClients => ErrorKind::Conflict,
             Self::Sqlite(e) => crate::sqlite::kind(e),
-            Self::Hash(_) | Self::Sign(_) | Self::Task(_) => ErrorKind::Internal,
+            #[cfg(not(madsim))]
+            Self::Postgres(e) => e.kind(),
+            Self::Schema(_) | Self::Hash(_) | Self::Sign(_) | Self::Task(_) => ErrorKind::Internal,
         }
     }
 }

@@ -12,9 +12,11 @@
 //!   price of not letting a botnet guess freely.
 //!
 //! IPv6 clients are keyed by their /64 (one host usually has the whole
-//! prefix); an unknown address is a key of its own. State is in memory,
-//! bounded, per auth instance, behind [`LoginThrottle`], so a shared store
-//! can replace it.
+//! prefix); an unknown address is a key of its own. Behind
+//! [`LoginThrottle`], the state is in memory, bounded, per auth instance
+//! ([`MemoryThrottle`], with SQLite), or in PostgreSQL, shared by every
+//! instance ([`PgThrottle`](super::pg_throttle::PgThrottle), with
+//! `--database-url`), the same rules on both.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::error::AuthError;
 use crate::HashMap;
 use crate::resilience::backoff::Backoff;
 use crate::resilience::rate::TokenBucket;
@@ -60,17 +63,21 @@ pub enum Outcome {
     Failure,
 }
 
-/// Admits or delays log-in attempts; swappable for a shared store.
+/// Admits or delays log-in attempts: in memory, or in a shared store.
 #[async_trait]
 pub trait LoginThrottle: Send + Sync + 'static {
     /// Admits `attempt` now (it counts as failed until [`Self::settle`]
-    /// says otherwise, so parallel guesses count too).
+    /// says otherwise, so parallel guesses count too): `Ok(Err(wait))`
+    /// until an attempt is allowed.
     ///
     /// # Errors
-    /// The wait until an attempt is allowed.
-    async fn admit(&self, attempt: Attempt<'_>) -> Result<(), Duration>;
+    /// The throttle's store failed (the attempt is not admitted).
+    async fn admit(&self, attempt: Attempt<'_>) -> Result<Result<(), Duration>, AuthError>;
     /// Reports how an admitted attempt ended.
-    async fn settle(&self, attempt: Attempt<'_>, outcome: Outcome);
+    ///
+    /// # Errors
+    /// The throttle's store failed.
+    async fn settle(&self, attempt: Attempt<'_>, outcome: Outcome) -> Result<(), AuthError>;
 }
 
 /// The client part of a key: IPv4 as is, IPv6 by its /64, unknown as `None`.
@@ -244,12 +251,13 @@ impl MemoryThrottle {
 
 #[async_trait]
 impl LoginThrottle for MemoryThrottle {
-    async fn admit(&self, attempt: Attempt<'_>) -> Result<(), Duration> {
-        self.lock().admit(attempt, rt::now())
+    async fn admit(&self, attempt: Attempt<'_>) -> Result<Result<(), Duration>, AuthError> {
+        Ok(self.lock().admit(attempt, rt::now()))
     }
 
-    async fn settle(&self, attempt: Attempt<'_>, outcome: Outcome) {
+    async fn settle(&self, attempt: Attempt<'_>, outcome: Outcome) -> Result<(), AuthError> {
         self.lock().settle(attempt, outcome);
+        Ok(())
     }
 }
 

@@ -1,19 +1,21 @@
 //! AuthService over gRPC: accounts (SignUp, LogIn), the token life cycle
 //! (Refresh with rotation, ValidateToken, RevokeToken) and service tokens.
-//! SQLite and Argon2 run through `rt::blocking`, off the async workers.
+//! The accounts are on SQLite or PostgreSQL ([`Accounts`]); SQLite and
+//! Argon2 run through `rt::blocking`, off the async workers.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::accounts::Accounts;
 use super::checks;
 use super::email;
 use super::error::AuthError;
-use super::limit::{Attempt, LoginThrottle, MemoryThrottle, Outcome};
+use super::limit::{Attempt, LoginThrottle, Outcome};
 use super::password;
 use super::secret::ServiceClients;
-use super::store::{Store, User};
+use super::store::{Exchange, Rotation, Store, User};
 use super::token::{
     ACCESS_TTL, Claims, Invalid, Kind, MAX_SERVICE_TTL, MAX_TOKEN_BYTES, MAX_TTL, REFRESH_TTL,
     SERVICE_TTL, Tokens, is_scope,
@@ -42,7 +44,7 @@ fn ms(v: u64) -> i64 {
 /// The gRPC face of the auth service.
 #[derive(Clone)]
 pub struct AuthServer {
-    store: Arc<Mutex<Store>>,
+    accounts: Accounts,
     tokens: Tokens,
     throttle: Arc<dyn LoginThrottle>,
     clients: Arc<ServiceClients>,
@@ -55,14 +57,17 @@ impl std::fmt::Debug for AuthServer {
 }
 
 impl AuthServer {
-    /// A server over `store`, signing with `tokens`, issuing service
-    /// tokens to `clients`.
+    /// A server over `accounts` (a SQLite [`Store`] or a PostgreSQL
+    /// store), signing with `tokens`, issuing service tokens to `clients`,
+    /// its log-ins throttled as the back end goes ([`Accounts::throttle`]:
+    /// in memory with SQLite, shared with PostgreSQL).
     #[must_use]
-    pub fn new(store: Store, tokens: Tokens, clients: ServiceClients) -> Self {
+    pub fn new(accounts: impl Into<Accounts>, tokens: Tokens, clients: ServiceClients) -> Self {
+        let accounts = accounts.into();
         Self {
-            store: Arc::new(Mutex::new(store)),
+            throttle: accounts.throttle(),
+            accounts,
             tokens,
-            throttle: Arc::new(MemoryThrottle::default()),
             clients: Arc::new(clients),
         }
     }
@@ -73,20 +78,6 @@ impl AuthServer {
     pub fn with_throttle(mut self, throttle: Arc<dyn LoginThrottle>) -> Self {
         self.throttle = throttle;
         self
-    }
-
-    /// Runs `f` on the store off the async workers.
-    async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> Result<T, AuthError> + Send + 'static,
-    ) -> Result<T, AuthError> {
-        let store = self.store.clone();
-        rt::blocking(move || {
-            f(&mut store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner))
-        })
-        .await?
     }
 
     /// A new access + refresh pair for `sub` at `now_ms`, in refresh family
@@ -153,7 +144,7 @@ impl AuthServer {
             created_at_ms: now_ms,
         };
         let id = user.id.clone();
-        self.with_store(move |s| s.create_user(&key, &user)).await?;
+        self.accounts.create_user(key, user).await?;
         tracing::info!(user = %id, client = ?client, "signed up");
         let pair = self.pair(&id, &Self::user_scopes(), &rt::random_hex128(), now_ms)?;
         Ok((id, pair))
@@ -175,7 +166,7 @@ impl AuthServer {
             email: &key,
             client,
         };
-        if let Err(wait) = self.throttle.admit(attempt).await {
+        if let Err(wait) = self.throttle.admit(attempt).await? {
             tracing::info!(client = ?client, "log-in throttled");
             return Err(AuthError::RateLimited {
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
@@ -190,7 +181,11 @@ impl AuthServer {
             Ok(Some(_)) => Outcome::Success,
             _ => Outcome::Failure,
         };
-        self.throttle.settle(attempt, outcome).await;
+        if let Err(e) = self.throttle.settle(attempt, outcome).await {
+            // The attempt stays counted as failed: the owner may wait
+            // once more, nothing is let in.
+            tracing::warn!(error = %crate::error::Chain(&e), "log-in throttle: settling failed");
+        }
         let Some(id) = found? else {
             tracing::info!(client = ?client, "log-in refused");
             return Err(AuthError::BadCredentials);
@@ -207,12 +202,8 @@ impl AuthServer {
 
     /// The id of the user with email `key` if `password` is theirs.
     async fn verify(&self, key: String, password: String) -> Result<Option<String>, AuthError> {
-        let store = self.store.clone();
+        let user = self.accounts.user_by_key(key).await?;
         rt::blocking(move || -> Result<Option<String>, AuthError> {
-            let user = store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .user_by_key(&key)?;
             // An unknown email is checked against a decoy hash, so both
             // failures take the time of one Argon2 verification.
             let hash = match &user {
@@ -259,44 +250,17 @@ impl AuthServer {
         } else {
             claims.fam.clone()
         };
-        let (jti, sub, exp) = (
-            claims.jti.clone(),
-            claims.sub.clone(),
-            claims.expires_at_ms(),
-        );
-        let family = family_key(&claims);
         let family_ends =
             now_ms.saturating_add(u64::try_from(REFRESH_TTL.as_millis()).unwrap_or(u64::MAX));
         let outcome = self
-            .with_store(move |s| {
-                if let Some(family) = &family
-                    && s.is_revoked(family)?
-                {
-                    return Ok(Rotation::FamilyRevoked);
-                }
-                // Revoking is the claim on the token: of two concurrent
-                // refreshes with one token, exactly one inserts the
-                // revocation and wins.
-                if s.revoke(&jti, exp, now_ms)? {
-                    s.record_rotation(&jti, now_ms, exp)?;
-                    return Ok(if s.user_exists(&sub)? {
-                        Rotation::Won
-                    } else {
-                        Rotation::NoUser
-                    });
-                }
-                let raced = s
-                    .rotated_at(&jti)?
-                    .is_some_and(|at| now_ms.saturating_sub(at) <= REUSE_GRACE_MS);
-                if raced {
-                    return Ok(Rotation::Raced);
-                }
-                if let Some(family) = &family {
-                    s.revoke(family, family_ends, now_ms)?;
-                }
-                Ok(Rotation::Reused {
-                    family_ended: family.is_some(),
-                })
+            .accounts
+            .rotate(Exchange {
+                jti: claims.jti.clone(),
+                family: family_key(&claims),
+                sub: claims.sub.clone(),
+                expires_at_ms: claims.expires_at_ms(),
+                now_ms,
+                family_ends_ms: family_ends,
             })
             .await?;
         match outcome {
@@ -331,13 +295,9 @@ impl AuthServer {
             Ok(c) => c,
             Err(why) => return Ok(Err(why)),
         };
-        let jti = claims.jti.clone();
-        let family = family_key(&claims);
         let revoked = self
-            .with_store(move |s| {
-                Ok(s.is_revoked(&jti)?
-                    || family.as_deref().map_or(Ok(false), |f| s.is_revoked(f))?)
-            })
+            .accounts
+            .is_revoked(claims.jti.clone(), family_key(&claims))
             .await?;
         if revoked {
             return Ok(Err(Invalid::Revoked));
@@ -439,9 +399,7 @@ impl AuthServer {
             }
         };
         let shown = jti.clone();
-        let added = self
-            .with_store(move |s| s.revoke(&jti, until, now_ms))
-            .await?;
+        let added = self.accounts.revoke(jti, until, now_ms).await?;
         tracing::info!(token_id = %shown, newly = added, "token revoked");
         Ok(added)
     }
@@ -557,22 +515,4 @@ pub fn client_address(s: &str) -> Result<Option<IpAddr>, AuthError> {
 /// `None` for a token from before families (none to check or to end).
 fn family_key(claims: &Claims) -> Option<String> {
     (!claims.fam.is_empty()).then(|| Store::family_key(&claims.fam))
-}
-
-/// How a refresh exchange went, decided in one store transaction.
-enum Rotation {
-    /// The token was fresh: a new pair is issued.
-    Won,
-    /// The token was fresh but its user is gone.
-    NoUser,
-    /// Used again within [`REUSE_GRACE_MS`] of its exchange.
-    Raced,
-    /// Used again later, or after a revocation: its family (if it has
-    /// one) is now revoked.
-    Reused {
-        /// A family was there to revoke.
-        family_ended: bool,
-    },
-    /// Its family was revoked before.
-    FamilyRevoked,
 }

@@ -8,6 +8,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::email;
 use super::error::AuthError;
+use super::server::REUSE_GRACE_MS;
 
 /// A user account. `Debug` hides the password hash.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,9 +36,32 @@ impl std::fmt::Debug for User {
     }
 }
 
-/// The schema version this code writes (`PRAGMA user_version`): 1 since
-/// email keys are [`email::key`] (before: trimmed and lower-cased only).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version (`PRAGMA user_version`) from which email keys are
+/// [`email::key`] (before: trimmed and lower-cased only).
+const KEYS_NORMALISED: i64 = 1;
+
+/// The accounts' schema on SQLite, one step per version (`pg_store` has
+/// the PostgreSQL twin). Step 1 is the schema from before versions were
+/// counted this way, hence `IF NOT EXISTS`: a file at version 0 takes it
+/// as it is (and has its email keys normalised, see [`Store::open`]).
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS users (
+         id TEXT PRIMARY KEY,
+         email_key TEXT NOT NULL UNIQUE,
+         email TEXT NOT NULL,
+         password_hash TEXT NOT NULL,
+         display_name TEXT NOT NULL,
+         created_at_ms INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS revoked_tokens (
+         jti TEXT PRIMARY KEY,
+         expires_at_ms INTEGER NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS revoked_by_expiry ON revoked_tokens (expires_at_ms);
+     CREATE TABLE IF NOT EXISTS rotations (
+         jti TEXT PRIMARY KEY,
+         rotated_at_ms INTEGER NOT NULL,
+         expires_at_ms INTEGER NOT NULL
+     );"];
 
 /// What [`Store::open`] did to the email keys of existing accounts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,32 +98,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating) the store at `path`, or in memory for `None`.
+    /// Opens (creating) the store at `path`, or in memory for `None`, its
+    /// schema brought up to date ([`MIGRATIONS`] through
+    /// [`crate::sqlite::migrate`]). A file at version 0 (from before
+    /// versions were recorded) first gets the tables it lacks and its email
+    /// keys normalised ([`Store::migrate_email_keys`], which records
+    /// version 1 in the same transaction): version 1 is the tables *and*
+    /// normalised keys.
     ///
     /// # Errors
-    /// SQLite cannot open or migrate the file.
+    /// SQLite cannot open or migrate the file; [`AuthError::Schema`] for a
+    /// file written by a newer binary or a failed migration.
     pub fn open(path: Option<&Path>) -> Result<Self, AuthError> {
         let conn = crate::sqlite::open(path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS users (
-                 id TEXT PRIMARY KEY,
-                 email_key TEXT NOT NULL UNIQUE,
-                 email TEXT NOT NULL,
-                 password_hash TEXT NOT NULL,
-                 display_name TEXT NOT NULL,
-                 created_at_ms INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS revoked_tokens (
-                 jti TEXT PRIMARY KEY,
-                 expires_at_ms INTEGER NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS revoked_by_expiry ON revoked_tokens (expires_at_ms);
-             CREATE TABLE IF NOT EXISTS rotations (
-                 jti TEXT PRIMARY KEY,
-                 rotated_at_ms INTEGER NOT NULL,
-                 expires_at_ms INTEGER NOT NULL
-             );",
-        )?;
         let mut store = Self {
             conn,
             revocations: 0,
@@ -107,7 +118,8 @@ impl Store {
         let version: i64 = store
             .conn
             .pragma_query_value(None, "user_version", |row| row.get(0))?;
-        if version < SCHEMA_VERSION {
+        if version < KEYS_NORMALISED {
+            store.conn.execute_batch(MIGRATIONS[0])?;
             let done = store.migrate_email_keys()?;
             if done != KeyMigration::default() {
                 tracing::warn!(
@@ -118,6 +130,7 @@ impl Store {
                 );
             }
         }
+        crate::sqlite::migrate(&mut store.conn, "auth", MIGRATIONS)?;
         Ok(store)
     }
 
@@ -164,7 +177,7 @@ impl Store {
                 params![new, id],
             )?;
         }
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.pragma_update(None, "user_version", KEYS_NORMALISED)?;
         tx.commit()?;
         Ok(done)
     }
@@ -227,10 +240,7 @@ impl Store {
     /// # Errors
     /// SQLite failed.
     pub fn user_exists(&self, id: &str) -> Result<bool, AuthError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
-        Ok(stmt.query_row([id], |_| Ok(())).optional()?.is_some())
+        user_exists(&self.conn, id)
     }
 
     /// Puts `jti` on the revocation list until `expires_at_ms`; true if it
@@ -244,15 +254,17 @@ impl Store {
         expires_at_ms: u64,
         now_ms: u64,
     ) -> Result<bool, AuthError> {
-        let added = self.conn.execute(
-            "INSERT OR IGNORE INTO revoked_tokens (jti, expires_at_ms) VALUES (?1, ?2)",
-            params![jti, to_i64(expires_at_ms)],
-        )? > 0;
+        let added = insert_revocation(&self.conn, jti, expires_at_ms)?;
+        self.counted_revocation(now_ms)?;
+        Ok(added)
+    }
+
+    fn counted_revocation(&mut self, now_ms: u64) -> Result<(), AuthError> {
         self.revocations += 1;
         if self.revocations.is_multiple_of(SWEEP_EVERY) {
             self.sweep(now_ms)?;
         }
-        Ok(added)
+        Ok(())
     }
 
     /// The revocation-list entry that ends a whole refresh family.
@@ -266,10 +278,7 @@ impl Store {
     /// # Errors
     /// SQLite failed.
     pub fn is_revoked(&self, jti: &str) -> Result<bool, AuthError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM revoked_tokens WHERE jti = ?1")?;
-        Ok(stmt.query_row([jti], |_| Ok(())).optional()?.is_some())
+        is_revoked(&self.conn, jti)
     }
 
     /// Records that refresh token `jti` was exchanged at `at_ms` (kept
@@ -283,11 +292,7 @@ impl Store {
         at_ms: u64,
         expires_at_ms: u64,
     ) -> Result<(), AuthError> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO rotations (jti, rotated_at_ms, expires_at_ms) VALUES (?1, ?2, ?3)",
-            params![jti, to_i64(at_ms), to_i64(expires_at_ms)],
-        )?;
-        Ok(())
+        record_rotation(&self.conn, jti, at_ms, expires_at_ms)
     }
 
     /// When refresh token `jti` was exchanged, if it was.
@@ -295,11 +300,25 @@ impl Store {
     /// # Errors
     /// SQLite failed.
     pub fn rotated_at(&self, jti: &str) -> Result<Option<u64>, AuthError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT rotated_at_ms FROM rotations WHERE jti = ?1")?;
-        let at: Option<i64> = stmt.query_row([jti], |row| row.get(0)).optional()?;
-        Ok(at.map(|ms| u64::try_from(ms).unwrap_or(0)))
+        rotated_at(&self.conn, jti)
+    }
+
+    /// Decides the exchange of a refresh token ([`Exchange`]) in one
+    /// `IMMEDIATE` transaction, so that of two concurrent exchanges of
+    /// one token (through this handle or another on the file) exactly one
+    /// wins and the other sees its rotation record.
+    ///
+    /// # Errors
+    /// SQLite failed (nothing of the exchange stays).
+    pub fn rotate(&mut self, x: &Exchange) -> Result<Rotation, AuthError> {
+        let tx =
+            crate::sqlite::transaction(&mut self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        let out = decide(&tx, x)?;
+        tx.commit()?;
+        if !matches!(out, Rotation::Raced | Rotation::FamilyRevoked) {
+            self.counted_revocation(x.now_ms)?;
+        }
+        Ok(out)
     }
 
     /// Forgets revocations and rotations of tokens expired by `now_ms`;
@@ -318,6 +337,120 @@ impl Store {
         )?;
         Ok(revocations + rotations)
     }
+}
+
+/// A refresh token presented for exchange, as the store judges it
+/// ([`Store::rotate`] and its PostgreSQL twin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// The token's id.
+    pub jti: String,
+    /// Its family's revocation-list key ([`Store::family_key`]); `None`
+    /// for a token from before families.
+    pub family: Option<String>,
+    /// Its subject (the user id).
+    pub sub: String,
+    /// When it expires, Unix ms (its revocation is kept until then).
+    pub expires_at_ms: u64,
+    /// Now, Unix ms.
+    pub now_ms: u64,
+    /// Until when a family revocation is kept (the longest a family's
+    /// newest token may live).
+    pub family_ends_ms: u64,
+}
+
+/// How a refresh exchange went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was fresh: a new pair is issued.
+    Won,
+    /// The token was fresh but its user is gone.
+    NoUser,
+    /// Used again within [`REUSE_GRACE_MS`] of its exchange.
+    Raced,
+    /// Used again later, or after a revocation: its family (if it has
+    /// one) is now revoked.
+    Reused {
+        /// A family was there to revoke.
+        family_ended: bool,
+    },
+    /// Its family was revoked before.
+    FamilyRevoked,
+}
+
+/// Whether a second use at `now_ms` of a refresh token exchanged at
+/// `rotated_at_ms` is the same client racing itself (within
+/// [`REUSE_GRACE_MS`]) rather than a copy.
+pub(super) fn raced(rotated_at_ms: Option<u64>, now_ms: u64) -> bool {
+    rotated_at_ms.is_some_and(|at| now_ms.saturating_sub(at) <= REUSE_GRACE_MS)
+}
+
+/// The rule of an exchange (the same on PostgreSQL): a revoked family
+/// refuses; revoking the token is the claim on it (of two concurrent
+/// exchanges exactly one inserts the revocation and wins); a second use
+/// within the grace is a client racing itself; later, a copy: the family
+/// ends.
+fn decide(conn: &Connection, x: &Exchange) -> Result<Rotation, AuthError> {
+    if let Some(family) = &x.family
+        && is_revoked(conn, family)?
+    {
+        return Ok(Rotation::FamilyRevoked);
+    }
+    if insert_revocation(conn, &x.jti, x.expires_at_ms)? {
+        record_rotation(conn, &x.jti, x.now_ms, x.expires_at_ms)?;
+        return Ok(if user_exists(conn, &x.sub)? {
+            Rotation::Won
+        } else {
+            Rotation::NoUser
+        });
+    }
+    if raced(rotated_at(conn, &x.jti)?, x.now_ms) {
+        return Ok(Rotation::Raced);
+    }
+    if let Some(family) = &x.family {
+        insert_revocation(conn, family, x.family_ends_ms)?;
+    }
+    Ok(Rotation::Reused {
+        family_ended: x.family.is_some(),
+    })
+}
+
+fn insert_revocation(conn: &Connection, jti: &str, expires_at_ms: u64) -> Result<bool, AuthError> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO revoked_tokens (jti, expires_at_ms) VALUES (?1, ?2)",
+        )?
+        .execute(params![jti, to_i64(expires_at_ms)])?
+        > 0)
+}
+
+fn is_revoked(conn: &Connection, jti: &str) -> Result<bool, AuthError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM revoked_tokens WHERE jti = ?1")?;
+    Ok(stmt.query_row([jti], |_| Ok(())).optional()?.is_some())
+}
+
+fn user_exists(conn: &Connection, id: &str) -> Result<bool, AuthError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+    Ok(stmt.query_row([id], |_| Ok(())).optional()?.is_some())
+}
+
+fn record_rotation(
+    conn: &Connection,
+    jti: &str,
+    at_ms: u64,
+    expires_at_ms: u64,
+) -> Result<(), AuthError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO rotations (jti, rotated_at_ms, expires_at_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![jti, to_i64(at_ms), to_i64(expires_at_ms)])?;
+    Ok(())
+}
+
+fn rotated_at(conn: &Connection, jti: &str) -> Result<Option<u64>, AuthError> {
+    let mut stmt = conn.prepare_cached("SELECT rotated_at_ms FROM rotations WHERE jti = ?1")?;
+    let at: Option<i64> = stmt.query_row([jti], |row| row.get(0)).optional()?;
+    Ok(at.map(to_u64))
 }
 
 #[cfg(test)]
@@ -428,7 +561,7 @@ mod tests {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, KEYS_NORMALISED);
     }
 
     #[test]
