@@ -71,6 +71,23 @@ pub struct NodeOpts {
     /// connection's peer is the client.
     #[arg(long, env = "STREAMGATE_TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
     pub trusted_proxies: TrustedProxies,
+    /// Where blobs (originals, renditions, thumbnails) are kept. Unset:
+    /// files under `--data-dir` (upload, transcoder and streaming then need
+    /// one shared data dir). `s3://<bucket>[/<prefix>]`: an S3-compatible
+    /// object store that every instance on any host shares, reached at
+    /// `--s3-endpoint` with the credentials in the environment variables
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (never an option, so
+    /// never printed).
+    #[arg(long, env = "STREAMGATE_BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// The S3 endpoint of `--blob-store s3://...`, e.g.
+    /// `http://127.0.0.1:3900` (Garage); unset: AWS S3 itself.
+    #[arg(long, env = "STREAMGATE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region of `--blob-store s3://...` (Garage's default is
+    /// `garage`).
+    #[arg(long, env = "STREAMGATE_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
     /// The upload service's orphan sweep.
     #[command(flatten)]
     pub sweep: SweepOpts,
@@ -232,7 +249,7 @@ pub async fn run(
             let seams = Seams {
                 bus: Arc::new(MemoryBus::new()),
                 registry: Arc::new(MemoryRegistry::new()),
-                blobs: blob_store(&opts.data_dir)?,
+                blobs: blob_store(opts)?,
             };
             let pool = crate::client::PoolConfig::new(Keyring::generate("local"), "monolith");
             Kernel::start_with(seams, pool, plugins).await?
@@ -310,10 +327,18 @@ fn announce(host: IpAddr, served: &[crate::registry::ServiceInfo], admin: Socket
     let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
 }
 
-/// The blob store under `data_dir` (files; memory in the simulator).
-fn blob_store(data_dir: &Path) -> Result<Arc<dyn crate::blob::BlobStore>, KernelError> {
+/// The blob store: S3 for `--blob-store s3://...`, else files under the
+/// data dir (memory in the simulator).
+fn blob_store(opts: &NodeOpts) -> Result<Arc<dyn crate::blob::BlobStore>, KernelError> {
     #[cfg(not(madsim))]
     {
+        if let Some(url) = &opts.blob_store {
+            let config = s3_config(url, opts, |k| std::env::var(k).ok()).map_err(config_error)?;
+            let store = crate::blob::s3::S3BlobStore::new(&config)
+                .map_err(|e| KernelError::start("kernel", &format!("the blob store {url}"), e))?;
+            return Ok(Arc::new(store));
+        }
+        let data_dir = &opts.data_dir;
         let store = crate::blob::fs::FsBlobStore::open(data_dir).map_err(|e| {
             KernelError::start(
                 "kernel",
@@ -325,9 +350,53 @@ fn blob_store(data_dir: &Path) -> Result<Arc<dyn crate::blob::BlobStore>, Kernel
     }
     #[cfg(madsim)]
     {
-        let _ = data_dir;
+        let _ = opts;
         Ok(Arc::new(crate::blob::memory::MemoryBlobStore::new()))
     }
+}
+
+/// The S3 settings of `--blob-store <url>` (`s3://<bucket>[/<prefix>]`),
+/// with the credentials from `env` (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`).
+///
+/// # Errors
+/// What is wrong with the URL, or which credential is missing.
+#[cfg(not(madsim))]
+fn s3_config(
+    url: &str,
+    opts: &NodeOpts,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<crate::blob::s3::S3Config, String> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("--blob-store {url:?}: expected s3://<bucket>[/<prefix>]"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid_bucket {
+        return Err(format!(
+            "--blob-store {url:?}: the bucket is 3..=63 of [a-z0-9.-]"
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() {
+        crate::blob::check_key(prefix).map_err(|e| format!("--blob-store {url:?}: prefix: {e}"))?;
+    }
+    let credential = |name: &str| {
+        env(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("--blob-store {url:?} needs the environment variable {name}"))
+    };
+    Ok(crate::blob::s3::S3Config {
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+        endpoint: opts.s3_endpoint.clone(),
+        region: opts.s3_region.clone(),
+        access_key_id: credential("AWS_ACCESS_KEY_ID")?,
+        secret_access_key: credential("AWS_SECRET_ACCESS_KEY")?,
+    })
 }
 
 /// Which registry a microservice uses.
@@ -787,7 +856,7 @@ pub async fn run_service(
     let seams = Seams {
         bus: Arc::new(bus),
         registry,
-        blobs: blob_store(&opts.data_dir)?,
+        blobs: blob_store(opts)?,
     };
     let kernel = Kernel::start_with(
         seams,
@@ -821,7 +890,39 @@ mod tests {
             trusted_proxies: TrustedProxies::default(),
             sweep: SweepOpts::default(),
             http: HttpOpts::default(),
+            blob_store: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
         }
+    }
+
+    #[test]
+    fn the_s3_blob_store_option_is_checked() {
+        let o = opts(None, 0);
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("GKid".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let c = s3_config("s3://media-bucket/a/b/", &o, env).expect("valid");
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str()),
+            ("media-bucket", "a/b")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        let bare = s3_config("s3://media", &o, env).expect("no prefix");
+        assert_eq!(bare.prefix, "");
+        for (url, said) in [
+            ("http://x/y", "expected s3://"),
+            ("s3://UPPER", "the bucket"),
+            ("s3://ab", "the bucket"),
+            ("s3://ok-bucket/../x", "prefix"),
+        ] {
+            let e = s3_config(url, &o, env).expect_err(url);
+            assert!(e.contains(said), "{url}: {e}");
+        }
+        let e = s3_config("s3://media", &o, |_| None).expect_err("no credentials");
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
     }
 
     fn ports(opts: &NodeOpts, kinds: &[ServiceKind]) -> Result<Vec<u16>, KernelError> {
