@@ -7,13 +7,12 @@
 //! in-memory back end, which needs no server but speaks no HTTP.
 #![cfg(not(madsim))]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use streamgate::blob::BlobStore;
 use streamgate::blob::fs::FsBlobStore;
 use streamgate::blob::memory::MemoryBlobStore;
-use streamgate::blob::s3::{S3BlobStore, S3Config};
+use streamgate::blob::s3::S3BlobStore;
 use streamgate::rt;
 use streamgate_testkit::blob_contract;
 
@@ -39,36 +38,9 @@ async fn s3_logic_over_object_stores_memory() {
     blob_contract::run(&store, &space()).await;
 }
 
-/// The S3 settings ci/garage wrote.
-fn garage() -> S3Config {
-    let path = std::env::var("STREAMGATE_TEST_S3_ENV")
-        .unwrap_or_else(|_| "/var/cache/streamgate/garage/s3.env".to_owned());
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{path}: {e}; an S3-compatible server is needed (ci/garage starts Garage)")
-    });
-    let vars: BTreeMap<&str, &str> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect();
-    let get = |k: &str| -> String {
-        vars.get(k)
-            .unwrap_or_else(|| panic!("{path}: no {k}"))
-            .to_string()
-    };
-    S3Config {
-        bucket: get("S3_BUCKET"),
-        prefix: space(),
-        endpoint: Some(get("S3_ENDPOINT")),
-        region: get("S3_REGION"),
-        access_key_id: get("S3_ACCESS_KEY_ID"),
-        secret_access_key: get("S3_SECRET_ACCESS_KEY"),
-    }
-}
-
 #[tokio::test]
 async fn s3_on_garage() {
-    let config = garage();
+    let config = streamgate_testkit::s3::garage(&space());
     let store = S3BlobStore::new(&config).expect("store");
     blob_contract::run(&store, &space()).await;
     // A wrong secret is an unavailable store, and says nothing of the key.

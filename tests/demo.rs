@@ -40,32 +40,18 @@ async fn ci_demo_uploads_a_clip_that_then_plays() {
 /// is left in the data dir.
 #[tokio::test]
 async fn ci_demo_plays_with_blobs_in_garage() {
-    let path = std::env::var("STREAMGATE_TEST_S3_ENV")
-        .unwrap_or_else(|_| "/var/cache/streamgate/garage/s3.env".to_owned());
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{path}: {e}; an S3-compatible server is needed (ci/garage starts Garage)")
-    });
-    let var = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("{path}: no {k}"))
-            .trim()
-            .to_owned()
-    };
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = format!("demo{:016x}", streamgate::rt::random_u64());
+    let s3 = streamgate_testkit::s3::garage(&prefix);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamgate"));
     cmd.args(["monolith", "--port", "0"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args([
-            "--blob-store",
-            &format!("s3://{}/{prefix}", var("S3_BUCKET")),
-        ])
-        .args(["--s3-endpoint", &var("S3_ENDPOINT")])
-        .args(["--s3-region", &var("S3_REGION")])
-        .env("AWS_ACCESS_KEY_ID", var("S3_ACCESS_KEY_ID"))
-        .env("AWS_SECRET_ACCESS_KEY", var("S3_SECRET_ACCESS_KEY"))
+        .args(["--blob-store", &format!("s3://{}/{prefix}", s3.bucket)])
+        .args(["--s3-endpoint", s3.endpoint.as_deref().unwrap_or_default()])
+        .args(["--s3-region", &s3.region])
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)
         .env("RUST_LOG", "warn");
     demo(cmd, dir.path()).await;
     // No blob went to the data dir (the file store would keep them under

@@ -15,6 +15,8 @@ pub mod job_store_contract;
 #[cfg(not(madsim))]
 pub mod process;
 pub mod registry_contract;
+#[cfg(not(madsim))]
+pub mod s3;
 pub mod scratch;
 
 /// The NATS server the tests use: `NATS_URL`, else the local default (CI
