@@ -69,6 +69,30 @@ pub fn transaction(
     conn.transaction_with_behavior(behavior)
 }
 
+/// Runs `f` on the store behind `shared` off the async workers (SQLite
+/// calls block); a poisoned lock is taken as it is (every store call is
+/// one transaction, so a panic left nothing half-done).
+///
+/// # Errors
+/// What `f` returns; the task's failure if it panicked.
+pub async fn with<S, T, E>(
+    shared: &std::sync::Arc<std::sync::Mutex<S>>,
+    f: impl FnOnce(&mut S) -> Result<T, E> + Send + 'static,
+) -> Result<T, E>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    E: From<crate::rt::JoinError> + Send + 'static,
+{
+    let shared = shared.clone();
+    crate::rt::blocking(move || {
+        f(&mut shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    })
+    .await?
+}
+
 /// Brings the schema of `component` up to date: runs the migrations in
 /// `steps` not yet recorded in the file's `user_version` (a file made
 /// before versions were recorded is at 0: its first step must accept the

@@ -18,7 +18,6 @@ use super::limit::{LoginThrottle, MemoryThrottle};
 #[cfg(not(madsim))]
 use super::pg_store::PgStore;
 use super::store::{Exchange, Rotation, Store, User};
-use crate::rt;
 
 /// The accounts the server uses.
 #[derive(Debug, Clone)]
@@ -44,20 +43,6 @@ impl From<PgStore> for Accounts {
 }
 
 impl Accounts {
-    /// Runs `f` on the SQLite store off the async workers.
-    async fn blocking<T: Send + 'static>(
-        store: &Arc<Mutex<Store>>,
-        f: impl FnOnce(&mut Store) -> Result<T, AuthError> + Send + 'static,
-    ) -> Result<T, AuthError> {
-        let store = store.clone();
-        rt::blocking(move || {
-            f(&mut store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner))
-        })
-        .await?
-    }
-
     /// The log-in throttle that goes with this back end: this instance's
     /// memory for SQLite, the shared database for PostgreSQL.
     #[must_use]
@@ -75,7 +60,7 @@ impl Accounts {
     /// [`AuthError::EmailTaken`] if the key has an account; store failures.
     pub async fn create_user(&self, key: String, user: User) -> Result<(), AuthError> {
         match self {
-            Self::Sqlite(s) => Self::blocking(s, move |s| s.create_user(&key, &user)).await,
+            Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.create_user(&key, &user)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.create_user(&key, &user).await,
         }
@@ -87,7 +72,7 @@ impl Accounts {
     /// Store failures.
     pub async fn user_by_key(&self, key: String) -> Result<Option<User>, AuthError> {
         match self {
-            Self::Sqlite(s) => Self::blocking(s, move |s| s.user_by_key(&key)).await,
+            Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.user_by_key(&key)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.user_by_key(&key).await,
         }
@@ -99,7 +84,7 @@ impl Accounts {
     /// Store failures.
     pub async fn user_exists(&self, id: String) -> Result<bool, AuthError> {
         match self {
-            Self::Sqlite(s) => Self::blocking(s, move |s| s.user_exists(&id)).await,
+            Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.user_exists(&id)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.user_exists(&id).await,
         }
@@ -118,7 +103,7 @@ impl Accounts {
     ) -> Result<bool, AuthError> {
         match self {
             Self::Sqlite(s) => {
-                Self::blocking(s, move |s| s.revoke(&jti, expires_at_ms, now_ms)).await
+                crate::sqlite::with(s, move |s| s.revoke(&jti, expires_at_ms, now_ms)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.revoke(&jti, expires_at_ms, now_ms).await,
@@ -133,7 +118,7 @@ impl Accounts {
     pub async fn is_revoked(&self, jti: String, family: Option<String>) -> Result<bool, AuthError> {
         match self {
             Self::Sqlite(s) => {
-                Self::blocking(s, move |s| {
+                crate::sqlite::with(s, move |s| {
                     Ok(s.is_revoked(&jti)?
                         || family.as_deref().map_or(Ok(false), |f| s.is_revoked(f))?)
                 })
@@ -154,7 +139,7 @@ impl Accounts {
     /// Store failures (nothing of the exchange stays).
     pub async fn rotate(&self, x: Exchange) -> Result<Rotation, AuthError> {
         match self {
-            Self::Sqlite(s) => Self::blocking(s, move |s| s.rotate(&x)).await,
+            Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.rotate(&x)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.rotate(&x).await,
         }
@@ -167,7 +152,7 @@ impl Accounts {
     /// Store failures.
     pub async fn sweep(&self, now_ms: u64) -> Result<usize, AuthError> {
         match self {
-            Self::Sqlite(s) => Self::blocking(s, move |s| s.sweep(now_ms)).await,
+            Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.sweep(now_ms)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.sweep(now_ms).await,
         }

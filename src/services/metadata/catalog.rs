@@ -15,7 +15,6 @@ use super::pg_store::PgStore;
 use super::state::Step;
 use super::store::{Store, StoreError, Updated};
 use crate::proto::{Video, VideoState};
-use crate::rt;
 
 /// The catalog the server and the event consumer share.
 #[derive(Debug, Clone)]
@@ -34,27 +33,13 @@ impl Catalog {
         Self::Sqlite(Arc::new(Mutex::new(store)))
     }
 
-    /// Runs `f` on the SQLite store off the async workers.
-    async fn blocking<T: Send + 'static>(
-        store: &Arc<Mutex<Store>>,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = store.clone();
-        rt::blocking(move || {
-            f(&mut store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner))
-        })
-        .await?
-    }
-
     /// Inserts a new video.
     ///
     /// # Errors
     /// [`StoreError::Exists`] if the id is taken; store failures.
     pub async fn create(&self, v: Video) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite(s) => Self::blocking(s, move |s| s.create(&v)).await,
+            Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.create(&v)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.create(&v).await,
         }
@@ -68,7 +53,7 @@ impl Catalog {
         match self {
             Self::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.get(&id)).await
+                crate::sqlite::with(s, move |s| s.get(&id)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.get(id).await,
@@ -93,7 +78,7 @@ impl Catalog {
         match self {
             Self::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.update(&id, f)).await
+                crate::sqlite::with(s, move |s| s.update(&id, f)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.update(id, f).await,
@@ -108,7 +93,7 @@ impl Catalog {
         match self {
             Self::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.delete(&id)).await
+                crate::sqlite::with(s, move |s| s.delete(&id)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.delete(id).await,
@@ -129,7 +114,7 @@ impl Catalog {
     ) -> Result<Vec<Video>, StoreError> {
         match self {
             Self::Sqlite(s) => {
-                Self::blocking(s, move |s| {
+                crate::sqlite::with(s, move |s| {
                     s.list(
                         owner.as_deref(),
                         state,
@@ -169,7 +154,7 @@ impl Catalog {
     ) -> Result<Option<Video>, StoreError> {
         match self {
             Self::Sqlite(s) => {
-                Self::blocking(s, move |s| s.apply(&event_id, &id, now_ms, &step, fill)).await
+                crate::sqlite::with(s, move |s| s.apply(&event_id, &id, now_ms, &step, fill)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.apply(&event_id, &id, now_ms, &step, fill).await,

@@ -234,24 +234,15 @@ impl PgStore {
             .map_err(db)?
             == 1;
         let mut changed = None;
-        if fresh && let Some((mut v, _)) = read_one(&*tx, id, " FOR UPDATE").await? {
-            let from = VideoState::try_from(v.state).unwrap_or(VideoState::Unspecified);
-            if let Some(to) = state::after(from, step) {
-                v.state = to as i32;
-                v.failure_reason = match step {
-                    Step::Failed(reason) => state::clip_reason(reason),
-                    _ => String::new(),
-                };
-                if to == VideoState::Ready {
-                    fill(&mut v);
-                }
-                v.updated_at_ms = v.updated_at_ms.max(now);
-                let values = Values::of(&v)?;
-                tx.execute(&format!("{UPDATE} WHERE id = $1"), &values.params())
-                    .await
-                    .map_err(db)?;
-                changed = Some(v);
-            }
+        if fresh
+            && let Some((mut v, _)) = read_one(&*tx, id, " FOR UPDATE").await?
+            && state::advance(&mut v, step, now, fill)
+        {
+            let values = Values::of(&v)?;
+            tx.execute(&format!("{UPDATE} WHERE id = $1"), &values.params())
+                .await
+                .map_err(db)?;
+            changed = Some(v);
         }
         tx.commit().await.map_err(db)?;
         // Forget old event ids now and then (about one apply in a

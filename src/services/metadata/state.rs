@@ -1,7 +1,7 @@
 //! The video state machine: which state changes a caller may ask for, and
 //! how each pipeline event moves a video. Pure; the store applies it.
 
-use crate::proto::VideoState;
+use crate::proto::{Video, VideoState};
 
 /// Longest failure reason kept.
 pub const MAX_REASON: usize = 1024;
@@ -46,6 +46,27 @@ pub fn after(state: VideoState, step: &Step) -> Option<VideoState> {
         (Uploaded | Transcoding | Failed, Step::Failed(_)) => Some(Failed),
         _ => None,
     }
+}
+
+/// Moves `v` by `step` at `now_ms`, as both catalog back ends apply an
+/// event: the new state, the failure reason (clipped; cleared otherwise),
+/// `fill` on reaching READY, the update time. False (nothing changed) when
+/// the step is not allowed from `v`'s state.
+pub fn advance(v: &mut Video, step: &Step, now_ms: i64, fill: impl FnOnce(&mut Video)) -> bool {
+    let from = VideoState::try_from(v.state).unwrap_or(VideoState::Unspecified);
+    let Some(to) = after(from, step) else {
+        return false;
+    };
+    v.state = to as i32;
+    v.failure_reason = match step {
+        Step::Failed(reason) => clip_reason(reason),
+        _ => String::new(),
+    };
+    if to == VideoState::Ready {
+        fill(v);
+    }
+    v.updated_at_ms = v.updated_at_ms.max(now_ms);
+    true
 }
 
 /// `reason` cut to [`MAX_REASON`] bytes on a character boundary.

@@ -251,21 +251,12 @@ impl Store {
             params![event_id, to_i64(now_ms)],
         )? == 0;
         let mut changed = None;
-        if !seen && let Some(mut v) = read_one(&tx, id)? {
-            let from = VideoState::try_from(v.state).unwrap_or(VideoState::Unspecified);
-            if let Some(to) = state::after(from, step) {
-                v.state = to as i32;
-                v.failure_reason = match step {
-                    Step::Failed(reason) => state::clip_reason(reason),
-                    _ => String::new(),
-                };
-                if to == VideoState::Ready {
-                    fill(&mut v);
-                }
-                v.updated_at_ms = v.updated_at_ms.max(to_i64(now_ms));
-                write(&tx, &v)?;
-                changed = Some(v);
-            }
+        if !seen
+            && let Some(mut v) = read_one(&tx, id)?
+            && state::advance(&mut v, step, to_i64(now_ms), fill)
+        {
+            write(&tx, &v)?;
+            changed = Some(v);
         }
         tx.commit()?;
         self.applied += 1;

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use super::pg_store::PgStore;
 use super::store::{Store, StoreError};
 use crate::proto::UploadInfo;
-use crate::rt;
 
 /// The records the server, the sweep and the event consumer share.
 #[derive(Debug, Clone)]
@@ -32,20 +31,6 @@ impl Records {
         Self::Sqlite(Arc::new(Mutex::new(store)))
     }
 
-    /// Runs `f` on the SQLite store off the async workers.
-    async fn blocking<T: Send + 'static>(
-        store: &Arc<Mutex<Store>>,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = store.clone();
-        rt::blocking(move || {
-            f(&mut store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner))
-        })
-        .await?
-    }
-
     /// Records a finished upload (with the client's idempotency key, if
     /// any).
     ///
@@ -53,7 +38,7 @@ impl Records {
     /// Store failures (also when the key was taken meanwhile).
     pub async fn insert(&self, u: UploadInfo, key: Option<String>) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite(s) => Self::blocking(s, move |s| s.insert(&u, key.as_deref())).await,
+            Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.insert(&u, key.as_deref())).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.insert(&u, key.as_deref()).await,
         }
@@ -67,7 +52,7 @@ impl Records {
         match self {
             Self::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.get(&id)).await
+                crate::sqlite::with(s, move |s| s.get(&id)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.get(id).await,
@@ -82,7 +67,7 @@ impl Records {
         match self {
             Self::Sqlite(s) => {
                 let (owner, key) = (owner.to_owned(), key.to_owned());
-                Self::blocking(s, move |s| s.by_key(&owner, &key)).await
+                crate::sqlite::with(s, move |s| s.by_key(&owner, &key)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.by_key(owner, key).await,
@@ -97,7 +82,7 @@ impl Records {
         match self {
             Self::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.delete(&id)).await
+                crate::sqlite::with(s, move |s| s.delete(&id)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.delete(id).await,
@@ -112,7 +97,7 @@ impl Records {
         match self {
             Self::Sqlite(s) => {
                 let id = video_id.to_owned();
-                Self::blocking(s, move |s| s.delete_video(&id)).await
+                crate::sqlite::with(s, move |s| s.delete_video(&id)).await
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.delete_video(video_id).await,
@@ -132,7 +117,7 @@ impl Records {
     ) -> Result<Vec<UploadInfo>, StoreError> {
         match self {
             Self::Sqlite(s) => {
-                Self::blocking(s, move |s| {
+                crate::sqlite::with(s, move |s| {
                     s.list(&owner, after.as_ref().map(|(a, i)| (*a, i.as_str())), limit)
                 })
                 .await
