@@ -229,6 +229,12 @@ pub trait EventBus: Send + Sync + 'static {
     ) -> Result<Subscription, BusError>;
     /// Flushes and closes; later publishes fail with [`BusError::Closed`].
     async fn close(&self);
+    /// Whether the bus can carry events now (readiness,
+    /// [`crate::readiness`]): connected to its server where it has one. An
+    /// in-process bus always can.
+    async fn health(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// Runs `handler` on `event`, turning an error or a panic into a log line,

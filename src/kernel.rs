@@ -54,42 +54,7 @@ pub struct Runtime {
     pub ready: ReadyChecks,
 }
 
-/// Says why a service is not ready (`Some(reason)`), or `None`.
-pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
-
-/// The readiness checks of the services of one process; cheap to clone.
-#[derive(Clone, Default)]
-pub struct ReadyChecks(Arc<std::sync::Mutex<Vec<(String, ReadyCheck)>>>);
-
-impl std::fmt::Debug for ReadyChecks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadyChecks").finish_non_exhaustive()
-    }
-}
-
-impl ReadyChecks {
-    /// Adds the check of the service `name`.
-    pub fn add(&self, name: &str, check: ReadyCheck) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((name.to_owned(), check));
-    }
-
-    /// Why the process is not ready (`"<service>: <reason>"` of the first
-    /// service not ready), or `None` when every service is.
-    #[must_use]
-    pub fn not_ready(&self) -> Option<String> {
-        let checks = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        checks
-            .iter()
-            .find_map(|(name, check)| check().map(|why| format!("{name}: {why}")))
-    }
-}
+pub use crate::readiness::{ReadyCheck, ReadyChecks};
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,6 +196,8 @@ pub struct Kernel {
     plugins: Vec<Box<dyn Plugin>>,
     registrations: Vec<ServiceInfo>,
     keepalive: Option<rt::JoinHandle<()>>,
+    /// Probes the dependencies (see [`crate::readiness`]).
+    probing: Option<rt::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -282,6 +249,8 @@ impl Kernel {
         // Publishes, deliveries and handler failures are counted whatever
         // the backend.
         let bus: Arc<dyn EventBus> = Arc::new(MeteredBus::new(bus, metrics.clone()));
+        let (registry_probe, bus_probe, blobs_probe) =
+            (registry.clone(), bus.clone(), blobs.clone());
         let runtime = Runtime {
             registry,
             bus,
@@ -289,13 +258,14 @@ impl Kernel {
             pool,
             keys,
             metrics,
-            ready: ReadyChecks::default(),
+            ready: seam_dependencies(&registry_probe, &bus_probe, &blobs_probe).await,
         };
         let mut kernel = Self {
             runtime,
             plugins: Vec::new(),
             registrations: Vec::new(),
             keepalive: None,
+            probing: None,
         };
         for mut plugin in plugins {
             let started = async {
@@ -309,6 +279,9 @@ impl Kernel {
             }
             kernel.plugins.push(plugin);
         }
+        // Each dependency was probed when added, so the services knew
+        // whether to say they serve; from now on, in the background.
+        kernel.probing = Some(rt::spawn(kernel.runtime.ready.clone().keep_probing()));
         for info in kernel.plugins.iter().filter_map(|p| p.registration()) {
             if let Err(e) = kernel.runtime.registry.register(&info).await {
                 kernel.shutdown().await;
@@ -355,6 +328,9 @@ impl Kernel {
         if let Some(task) = self.keepalive.take() {
             task.abort();
         }
+        if let Some(task) = self.probing.take() {
+            task.abort();
+        }
         for plugin in &mut self.plugins {
             plugin.prepare_stop().await;
         }
@@ -375,6 +351,56 @@ impl Kernel {
         self.runtime.bus.close().await;
     }
 }
+
+/// The readiness of a new node, depending on its seams: the registry, the
+/// bus, and the blob store (a key that is not there is an answer).
+async fn seam_dependencies(
+    registry: &Arc<dyn Registry>,
+    bus: &Arc<dyn EventBus>,
+    blobs: &Arc<dyn BlobStore>,
+) -> ReadyChecks {
+    use crate::readiness::probe;
+    let ready = ReadyChecks::default();
+    let registry = registry.clone();
+    ready
+        .depend(
+            "registry",
+            probe(move || {
+                let registry = registry.clone();
+                async move { registry.health().await }
+            }),
+        )
+        .await;
+    let bus = bus.clone();
+    ready
+        .depend(
+            "bus",
+            probe(move || {
+                let bus = bus.clone();
+                async move { bus.health().await }
+            }),
+        )
+        .await;
+    let blobs = blobs.clone();
+    ready
+        .depend(
+            "blob store",
+            probe(move || {
+                let blobs = blobs.clone();
+                async move {
+                    match blobs.size(READINESS_PROBE_KEY).await {
+                        Ok(_) | Err(crate::blob::BlobError::NotFound(_)) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                }
+            }),
+        )
+        .await;
+    ready
+}
+
+/// The blob key the readiness probe asks the size of (it need not exist).
+const READINESS_PROBE_KEY: &str = "readiness-probe";
 
 /// Heartbeat failures in a row after which a TTL registration is confirmed
 /// ([`Registry::confirm`]): an agent that answers every heartbeat with an

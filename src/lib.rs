@@ -34,6 +34,7 @@ pub mod nats_kv;
 pub mod node;
 #[cfg(not(madsim))]
 pub mod pg;
+pub mod readiness;
 pub mod registry;
 pub mod resilience;
 pub mod schema;

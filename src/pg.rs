@@ -106,6 +106,40 @@ pub fn pool_of(mut config: tokio_postgres::Config) -> Pool {
         .expect("a pool with a runtime")
 }
 
+/// Whether the database answers: a connection from `pool` runs
+/// `SELECT 1`. The error names the cause (connection refused, timed out),
+/// never the URL.
+///
+/// # Errors
+/// What failed, as text for `/ready`.
+pub async fn ping(pool: &Pool) -> Result<(), String> {
+    let said = |e: &dyn std::error::Error| match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    let client = pool.get().await.map_err(|e| said(&e))?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| said(&e))?;
+    Ok(())
+}
+
+/// Makes the database behind `pool` a dependency of the process's
+/// readiness, named `name` (see [`crate::readiness`]).
+pub async fn depend(ready: &crate::readiness::ReadyChecks, name: &str, pool: &Pool) {
+    let pool = pool.clone();
+    ready
+        .depend(
+            name,
+            std::sync::Arc::new(move || {
+                let pool = pool.clone();
+                Box::pin(async move { ping(&pool).await })
+            }),
+        )
+        .await;
+}
+
 /// Key of the advisory lock migrations take (with the component's hash as
 /// the second key): "SGSM".
 const LOCK_KEY: i32 = 0x5347_534d;

@@ -281,3 +281,171 @@ async fn a_schema_newer_than_the_binary_stops_metadata_with_exit_code_2() {
     assert!(!printed.contains(PASSWORD), "{printed}");
     drop_schema(&schema).await;
 }
+
+/// A TCP relay to PostgreSQL that the test can cut (every connection
+/// closed, new ones refused) and restore: the database going away as the
+/// service sees it.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: rt::JoinHandle<()>,
+}
+
+impl Relay {
+    // A test's own TCP relay on loopback, outside the runtime seam (which
+    // serves the project's protocols, not raw streams).
+    #[allow(clippy::disallowed_methods)]
+    async fn to(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (flag, set) = (up.clone(), connections.clone());
+        let accept = rt::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                set.lock().expect("lock").spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            connections,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.connections.lock().expect("lock").abort_all();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// `GET path` on the admin listener: the status and the body (a request
+/// written by hand, as a load balancer's probe sends it).
+#[allow(clippy::disallowed_methods)]
+async fn admin_get(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("admin answers");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// The gRPC health status of the whole server at `addr` (1 = SERVING,
+/// 2 = NOT_SERVING).
+async fn grpc_health(addr: std::net::SocketAddr) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    HealthClient::new(rt::transport::channel(addr))
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("the health service answers")
+        .into_inner()
+        .status
+}
+
+/// Polls until `/ready` answers `status` (a probe every 5 s, two failed in
+/// a row to turn not ready: well within 30 s); its body.
+async fn await_ready(admin: std::net::SocketAddr, status: u16, proc: &mut Process) -> String {
+    let started = rt::now();
+    loop {
+        let (now, body) = admin_get(admin, "/ready").await;
+        if now == status {
+            return body;
+        }
+        if let Some(exit) = proc.try_exit() {
+            panic!("metadata exited: {exit}\n{}", proc.tail(30));
+        }
+        assert!(
+            rt::now() - started < Duration::from_secs(30),
+            "/ready still {now} {body} after 30 s, expected {status}"
+        );
+        rt::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `host:port` of a `postgres://user[:password]@host:port/...` URL.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once('@').map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+#[tokio::test]
+async fn readiness_and_grpc_health_follow_the_database() {
+    let scratch = Scratch::new("postgres-ready");
+    let dir = scratch.path();
+    std::fs::write(
+        dir.join("service.keys"),
+        format!("k1 {}\n", "ef".repeat(32)),
+    )
+    .expect("keys");
+    let bucket = format!("sgtest_pg_{:08x}", rt::random_u64() as u32);
+    let (schema, url) = schema().await;
+    let upstream = tokio::net::lookup_host(authority(&url))
+        .await
+        .expect("the database host resolves")
+        .next()
+        .expect("an address");
+    let relay = Relay::to(upstream).await;
+    let relayed = url.replacen(authority(&url), &relay.addr.to_string(), 1);
+    assert_ne!(relayed, url, "the URL goes through the relay");
+
+    let mut proc = metadata("metadata-ready", dir, &bucket, &relayed);
+    let addr = proc.listening("metadata").await;
+    let admin = proc.admin().await;
+    // Up from the start: the database was probed before it said it serves.
+    assert_eq!(admin_get(admin, "/ready").await.0, 200);
+    assert_eq!(grpc_health(addr).await, 1);
+
+    relay.cut();
+    let why = await_ready(admin, 503, &mut proc).await;
+    assert!(
+        why.contains("not ready: metadata database failed 2 probes in a row"),
+        "names the dependency: {why}"
+    );
+    assert!(!why.contains(PASSWORD), "{why}");
+    assert_eq!(grpc_health(addr).await, 2, "NOT_SERVING while it is gone");
+    assert_eq!(
+        admin_get(admin, "/health").await.0,
+        200,
+        "/health stays liveness"
+    );
+
+    relay.restore();
+    await_ready(admin, 200, &mut proc).await;
+    assert_eq!(grpc_health(addr).await, 1, "SERVING again");
+    drop(proc);
+    drop_schema(&schema).await;
+}

@@ -275,6 +275,24 @@ impl EventBus for NatsBus {
         ))))
     }
 
+    async fn health(&self) -> Result<(), BusError> {
+        self.check_open()?;
+        let state = self.client.connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(BusError::Unavailable(format!(
+                "NATS server not connected ({state})"
+            )));
+        }
+        let limit = NatsOpts::ms(self.opts.flush_timeout_ms);
+        match rt::timeout(limit, self.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(format!("NATS flush: {e}"))),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "NATS flush took over {limit:?}"
+            ))),
+        }
+    }
+
     async fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;

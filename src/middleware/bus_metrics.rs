@@ -82,6 +82,10 @@ impl EventBus for MeteredBus {
         self.inner.subscribe(subject, queue_group, counted).await
     }
 
+    async fn health(&self) -> Result<(), BusError> {
+        self.inner.health().await
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }

@@ -83,12 +83,18 @@ impl Config {
 async fn open(
     config: &Config,
     common: &Common,
+    ready: &crate::readiness::ReadyChecks,
 ) -> Result<accounts::Accounts, Box<dyn std::error::Error + Send + Sync>> {
     if let Some(url) = &config.database {
         #[cfg(not(madsim))]
         {
             let pool = crate::pg::pool(url.expose())?;
-            return match pg_store::PgStore::open(pool).await {
+            let opened = pg_store::PgStore::open(pool.clone()).await;
+            if opened.is_ok() {
+                // Probed once migrated, so it answers from the start.
+                crate::pg::depend(ready, "auth database", &pool).await;
+            }
+            return match opened {
                 Ok(store) => Ok(store.into()),
                 // A schema refusal stays itself: the process exits with code 2.
                 Err(AuthError::Schema(e)) => Err(e.into()),
@@ -96,7 +102,10 @@ async fn open(
             };
         }
         #[cfg(madsim)]
-        return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+        {
+            let _ = ready;
+            return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+        }
     }
     let path = common.db_path(DB_FILE)?;
     match store::Store::open(path.as_deref()) {
@@ -113,7 +122,7 @@ async fn open(
 pub async fn domain(
     config: &Config,
     common: &Common,
-    _runtime: &Runtime,
+    runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
     config.validate().map_err(|reason| KernelError::Config {
         plugin: "auth".to_owned(),
@@ -136,7 +145,7 @@ pub async fn domain(
             Secret::random()
         }
     };
-    let accounts = open(config, common)
+    let accounts = open(config, common, &runtime.ready)
         .await
         .map_err(|e| fail("its database", e))?;
     // The decoy hash now, not on the first unknown email (which would then

@@ -26,7 +26,7 @@ use tonic_health::server::HealthReporter;
 
 use super::{ServiceKind, gateway};
 use crate::bus::Subscription;
-use crate::kernel::{KernelError, Runtime};
+use crate::kernel::{KernelError, ReadyChecks, Runtime};
 use crate::middleware::metrics::HttpMetricsLayer;
 use crate::middleware::stack::{self, Deadlines};
 use crate::registry::{CheckStyle, ServiceInfo};
@@ -130,6 +130,9 @@ pub struct RunningService {
     background: Background,
     /// Set once stopping: `/ready` answers 503 from then on.
     draining: Arc<AtomicBool>,
+    /// Keeps the gRPC health status in step with the dependencies until
+    /// the service stops serving.
+    health_follower: rt::JoinHandle<()>,
 }
 
 /// A service's work besides answering calls: event consumers and loops.
@@ -205,16 +208,53 @@ pub use crate::kernel::ReadyCheck;
 struct Readiness {
     draining: Arc<AtomicBool>,
     check: Option<ReadyCheck>,
+    /// The process's dependencies (see [`crate::readiness`]).
+    process: ReadyChecks,
 }
 
 impl Readiness {
-    /// Why the service is not ready, or `None`: the one place readiness is
-    /// decided (dependency checks would join here).
-    fn not_ready(&self) -> Option<String> {
+    /// Why the service should get no calls, or `None`: draining, or a
+    /// dependency of the process not answering. What the gRPC health
+    /// status follows.
+    fn not_serving(&self) -> Option<String> {
         if self.draining.load(Ordering::Relaxed) {
             return Some("draining: the service is stopping".to_owned());
         }
-        self.check.as_ref().and_then(|check| check())
+        self.process.dependencies_not_ready()
+    }
+
+    fn serving_status(&self) -> ServingStatus {
+        match self.not_serving() {
+            None => ServingStatus::Serving,
+            Some(_) => ServingStatus::NotServing,
+        }
+    }
+
+    /// Why the service is not ready, or `None`: the one place readiness is
+    /// decided (besides [`Self::not_serving`], the service's own check).
+    fn not_ready(&self) -> Option<String> {
+        self.not_serving()
+            .or_else(|| self.check.as_ref().and_then(|check| check()))
+    }
+}
+
+/// Keeps the gRPC health status of a service equal to whether it is
+/// serving ([`Readiness::not_serving`]) as the dependencies come and go;
+/// aborted when the service stops serving.
+async fn follow_dependencies(
+    readiness: Readiness,
+    mut changes: rt::watch::Receiver<u64>,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    mut last: ServingStatus,
+) {
+    while changes.changed().await.is_ok() {
+        drop(changes.borrow_and_update());
+        let status = readiness.serving_status();
+        if status != last {
+            set_status(&health, &names, status).await;
+            last = status;
+        }
     }
 }
 
@@ -261,6 +301,7 @@ impl RunningService {
     /// Reports NOT_SERVING on the health service and not ready on `/ready`
     /// (before draining).
     pub async fn set_not_serving(&self) {
+        self.health_follower.abort();
         self.draining.store(true, Ordering::Relaxed);
         set_status(&self.health, &self.grpc_names, ServingStatus::NotServing).await;
     }
@@ -345,8 +386,14 @@ pub async fn serve(
     let readiness = Readiness {
         draining: draining.clone(),
         check,
+        process: runtime.ready.clone(),
     };
-    let process_check = readiness.clone();
+    // The process's `/ready` asks the dependencies itself; each service
+    // adds its own check and draining.
+    let process_check = Readiness {
+        process: ReadyChecks::default(),
+        ..readiness.clone()
+    };
     runtime
         .ready
         .add(name, Arc::new(move || process_check.not_ready()));
@@ -354,19 +401,30 @@ pub async fn serve(
     #[cfg(not(madsim))]
     let routes = super::reflection::add(routes, &grpc_names)
         .map_err(|e| KernelError::start(name, "gRPC reflection", e))?;
+    let route_readiness = readiness.clone();
     let router = routes
         .into_axum_router()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/ready",
-            axum::routing::get(move || ready(readiness.clone())),
+            axum::routing::get(move || ready(route_readiness.clone())),
         );
     let http_metrics = HttpMetricsLayer::new(&runtime.metrics);
     // Retries towards any service are on /metrics at 0 from the start.
     runtime
         .metrics
         .expect_targets(ServiceKind::ALL.iter().map(|k| k.name()));
-    set_status(&health, &grpc_names, ServingStatus::Serving).await;
+    // Watching before reading the status, so no change in between is missed.
+    let changes = runtime.ready.watch();
+    let status = readiness.serving_status();
+    set_status(&health, &grpc_names, status).await;
+    let health_follower = rt::spawn(follow_dependencies(
+        readiness.clone(),
+        changes,
+        health.clone(),
+        grpc_names.clone(),
+        status,
+    ));
 
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -429,6 +487,7 @@ pub async fn serve(
         task,
         background,
         draining,
+        health_follower,
     })
 }
 
@@ -623,6 +682,7 @@ mod tests {
         let readiness = Readiness {
             draining: draining.clone(),
             check: None,
+            process: ReadyChecks::default(),
         };
         runtime
             .ready
@@ -647,6 +707,7 @@ mod tests {
                 flag.load(Ordering::Relaxed)
                     .then(|| "API requests in flight: 240 of 256".to_owned())
             })),
+            process: ReadyChecks::default(),
         };
         assert_eq!(
             answer(&readiness).await,
@@ -669,5 +730,22 @@ mod tests {
                 serde_json::json!({"error": "not ready: draining: the service is stopping"})
             )
         );
+        readiness.draining.store(false, Ordering::Relaxed);
+        assert_eq!(readiness.serving_status(), ServingStatus::Serving);
+        readiness
+            .process
+            .depend(
+                "bus",
+                crate::readiness::probe(|| async { Err::<(), _>("connection refused") }),
+            )
+            .await;
+        assert_eq!(
+            answer(&readiness).await,
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "not ready: bus has not answered yet: connection refused"})
+            )
+        );
+        assert_eq!(readiness.serving_status(), ServingStatus::NotServing);
     }
 }

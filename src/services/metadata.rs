@@ -47,19 +47,28 @@ impl Default for Config {
 async fn open(
     config: &Config,
     common: &Common,
+    ready: &crate::readiness::ReadyChecks,
 ) -> Result<catalog::Catalog, Box<dyn std::error::Error + Send + Sync>> {
     if let Some(url) = &config.database {
         #[cfg(not(madsim))]
         {
             let pool = crate::pg::pool(url.expose())?;
-            return match pg_store::PgStore::open(pool).await {
+            let opened = pg_store::PgStore::open(pool.clone()).await;
+            if opened.is_ok() {
+                // Probed once migrated, so it answers from the start.
+                crate::pg::depend(ready, "metadata database", &pool).await;
+            }
+            return match opened {
                 Ok(store) => Ok(catalog::Catalog::Postgres(store)),
                 Err(store::StoreError::Schema(e)) => Err(e.into()),
                 Err(e) => Err(e.into()),
             };
         }
         #[cfg(madsim)]
-        return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+        {
+            let _ = ready;
+            return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+        }
     }
     let path = common.db_path(DB_FILE)?;
     match store::Store::open(path.as_deref()) {
@@ -82,7 +91,7 @@ pub async fn domain(
     let fail = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
         KernelError::start("metadata", what, e)
     };
-    let store = open(config, common)
+    let store = open(config, common, &runtime.ready)
         .await
         .map_err(|e| fail("its database", e))?;
     let subscriptions = consume::subscribe(&store, &runtime.bus)

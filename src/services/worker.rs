@@ -103,8 +103,21 @@ pub async fn domain(
             let store = store::jetstream::JetStreamStore::connect(&js)
                 .await
                 .map_err(|e| fail("the job store", e.into()))?;
+            let store = store::Store::JetStream(store);
+            let probed = store.clone();
+            runtime
+                .ready
+                .depend(
+                    "job queue",
+                    crate::readiness::probe(move || {
+                        let store = probed.clone();
+                        // A job id nobody uses: any answer will do.
+                        async move { store.get("readiness-probe").await.map(drop) }
+                    }),
+                )
+                .await;
             // Leases held by a previous run come back when they run out.
-            (store::Store::JetStream(store), Vec::new())
+            (store, Vec::new())
         }
     };
     if !recovered.is_empty() {
