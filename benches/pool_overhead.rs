@@ -12,6 +12,11 @@
 //! path (0 baseline, 1 client side, 2 server side, 3 both) and measures
 //! nothing: instructions per call, under callgrind, are the difference of
 //! two paths' totals over CALLS.
+//!
+//! Last, the full stack with span export (OTLP/gRPC to a receiver in the
+//! same process, `streamgate_testkit::otlp`) off, at a 1 % sampling ratio
+//! and at 100 %, rounds interleaved, as ratios against export off
+//! (`-- --no-export` skips it).
 #![allow(clippy::print_stdout)]
 
 #[cfg(not(madsim))]
@@ -269,6 +274,23 @@ mod bench {
                 "unary CacheService/Get, {} interleaved rounds of {:?} each; ratios against the baseline",
                 rounds.rounds, rounds.round
             );
+            // Spans are exported from here on only when the export table
+            // below asks (paused otherwise).
+            let export = !std::env::args().any(|a| a == "--no-export");
+            if export {
+                let (collector, _received) = streamgate_testkit::otlp::serve();
+                let exporter = streamgate::telemetry::otlp::Exporter::start(
+                    &streamgate::telemetry::otlp::Settings {
+                        endpoint: Some(format!("http://{collector}")),
+                        ratio: 1.0,
+                        service_name: "bench".into(),
+                    },
+                )
+                .map_err(anyhow::Error::msg)?;
+                streamgate::telemetry::install(Box::new(exporter), 1.0)
+                    .map_err(anyhow::Error::msg)?;
+                streamgate::telemetry::pause(true, 1.0);
+            }
             for concurrency in [1usize, 64] {
                 let runs = rounds
                     .interleaved(paths.len(), async |path, _| {
@@ -288,6 +310,42 @@ mod bench {
                         Ratio::of(f.per_sec, base.per_sec),
                         Ratio::of(f.p99.as_secs_f64(), base.p99.as_secs_f64()),
                     );
+                }
+            }
+            if export {
+                let modes: [(&str, Option<f64>); 3] = [
+                    ("pool -> full server, export off", None),
+                    ("pool -> full server, export 1 %", Some(0.01)),
+                    ("pool -> full server, export 100 %", Some(1.0)),
+                ];
+                let full = paths[3].1.clone();
+                println!("span export (OTLP/gRPC to a receiver in this process); ratios against export off");
+                for concurrency in [1usize, 64] {
+                    let runs = rounds
+                        .interleaved(modes.len(), async |mode, _| {
+                            match modes[mode].1 {
+                                None => streamgate::telemetry::pause(true, 1.0),
+                                Some(ratio) => streamgate::telemetry::pause(false, ratio),
+                            }
+                            let figures = run(full.clone(), rounds.round, concurrency).await;
+                            streamgate::telemetry::pause(true, 1.0);
+                            Ok(figures)
+                        })
+                        .await?;
+                    let figures: Vec<Figures> = runs
+                        .into_iter()
+                        .map(|runs| support::median_by(runs, |f| f.per_sec))
+                        .collect();
+                    let base = &figures[0];
+                    println!("concurrency {concurrency}:");
+                    for ((name, _), f) in modes.iter().zip(&figures) {
+                        println!(
+                            "  {name:<40} {:>8.0} calls/s  p50 {:>6.0?}  p99 {:>6.0?} | throughput {}, p99 {}",
+                            f.per_sec, f.p50, f.p99,
+                            Ratio::of(f.per_sec, base.per_sec),
+                            Ratio::of(f.p99.as_secs_f64(), base.p99.as_secs_f64()),
+                        );
+                    }
                 }
             }
             anyhow::Ok(())

@@ -40,4 +40,5 @@ pub mod resilience;
 pub mod schema;
 pub mod services;
 pub mod sqlite;
+pub mod telemetry;
 pub mod text;

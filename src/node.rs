@@ -88,6 +88,20 @@ pub struct NodeOpts {
     /// `garage`).
     #[arg(long, env = "STREAMGATE_S3_REGION", default_value = "us-east-1")]
     pub s3_region: String,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector, e.g.
+    /// `http://127.0.0.1:4317`; unset: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) if set,
+    /// else no export. `OTEL_SDK_DISABLED=true` or
+    /// `OTEL_TRACES_EXPORTER=none` turn export off; `OTEL_SERVICE_NAME`,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`/`_TIMEOUT` and `OTEL_BSP_*` are
+    /// honoured.
+    #[arg(long, env = "STREAMGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The ratio of new traces exported (0.0..=1.0; a trace follows its
+    /// root, parent-based); unset: `OTEL_TRACES_SAMPLER` and
+    /// `OTEL_TRACES_SAMPLER_ARG`, else 1.
+    #[arg(long, env = "STREAMGATE_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<crate::telemetry::Ratio>,
     /// The upload service's orphan sweep.
     #[command(flatten)]
     pub sweep: SweepOpts,
@@ -234,6 +248,19 @@ impl NodeOpts {
 /// # Errors
 /// A service failed to start.
 pub async fn run(
+    mode: Mode,
+    opts: &NodeOpts,
+    kinds: &[ServiceKind],
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KernelError> {
+    let traces = traces::start(opts, "streamgate")?;
+    let result = run_kernel(mode, opts, kinds, shutdown).await;
+    traces::stop(traces).await;
+    result
+}
+
+/// [`run`], once spans are being exported (if asked).
+async fn run_kernel(
     mode: Mode,
     opts: &NodeOpts,
     kinds: &[ServiceKind],
@@ -397,6 +424,72 @@ fn s3_config(
         access_key_id: credential("AWS_ACCESS_KEY_ID")?,
         secret_access_key: credential("AWS_SECRET_ACCESS_KEY")?,
     })
+}
+
+/// Exporting spans over OTLP ([`crate::telemetry`]) for the life of a
+/// process. Not in the simulator, whose trace ids stay the seed's.
+mod traces {
+    use super::{KernelError, NodeOpts, config_error};
+
+    #[cfg(not(madsim))]
+    pub(super) type Running = Option<crate::telemetry::otlp::Exporter>;
+    /// Nothing runs in the simulator.
+    #[cfg(madsim)]
+    pub(super) struct Running;
+
+    /// Starts exporting when `--otlp-endpoint` or the standard variables
+    /// ask for it, as `service_name`.
+    #[cfg(not(madsim))]
+    pub(super) fn start(opts: &NodeOpts, service_name: &str) -> Result<Running, KernelError> {
+        use crate::telemetry::otlp;
+        let settings = otlp::settings(
+            opts.otlp_endpoint.as_deref(),
+            opts.trace_sample_ratio.map(crate::telemetry::Ratio::get),
+            service_name,
+            |name| std::env::var(name).ok(),
+        )
+        .map_err(config_error)?;
+        let Some(settings) = settings else {
+            return Ok(None);
+        };
+        let exporter = otlp::Exporter::start(&settings).map_err(config_error)?;
+        if let Err(e) = crate::telemetry::install(Box::new(exporter.clone()), settings.ratio) {
+            // A second node in one process (tests): the first one's export
+            // goes on.
+            tracing::warn!(error = e, "OTLP export: not installed again");
+            return Ok(None);
+        }
+        tracing::info!(
+            endpoint = settings
+                .endpoint
+                .as_deref()
+                .unwrap_or("from OTEL_EXPORTER_OTLP_*"),
+            ratio = settings.ratio,
+            "exporting traces over OTLP"
+        );
+        Ok(Some(exporter))
+    }
+
+    #[cfg(madsim)]
+    #[allow(clippy::unnecessary_wraps)]
+    pub(super) fn start(opts: &NodeOpts, service_name: &str) -> Result<Running, KernelError> {
+        let _ = (opts, service_name, config_error);
+        Ok(Running)
+    }
+
+    /// Sends the spans still queued (off the async workers: the batch
+    /// processor's shutdown blocks).
+    #[cfg(not(madsim))]
+    pub(super) async fn stop(running: Running) {
+        if let Some(exporter) = running {
+            let _ = crate::rt::blocking(move || exporter.shutdown()).await;
+        }
+    }
+
+    #[cfg(madsim)]
+    pub(super) async fn stop(running: Running) {
+        let Running = running;
+    }
 }
 
 /// Which registry a microservice uses.
@@ -747,6 +840,20 @@ pub async fn run_service(
     cluster: &ClusterOpts,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), KernelError> {
+    let traces = traces::start(opts, kind.name())?;
+    let result = run_service_kernel(kind, opts, cluster, shutdown).await;
+    traces::stop(traces).await;
+    result
+}
+
+/// [`run_service`], once spans are being exported (if asked).
+#[cfg(not(madsim))]
+async fn run_service_kernel(
+    kind: ServiceKind,
+    opts: &NodeOpts,
+    cluster: &ClusterOpts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KernelError> {
     use crate::bus::nats::{NatsBus, NatsOpts};
     use crate::registry::Registry;
 
@@ -893,6 +1000,8 @@ mod tests {
             blob_store: None,
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
+            otlp_endpoint: None,
+            trace_sample_ratio: None,
         }
     }
 

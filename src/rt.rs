@@ -70,6 +70,15 @@ pub fn unix_ms() -> u64 {
     unix_ms_of(system_now())
 }
 
+/// Nanoseconds since the Unix epoch on the runtime's wall clock (span
+/// timestamps).
+#[must_use]
+pub fn unix_nanos() -> u64 {
+    system_now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Milliseconds since the Unix epoch of `time` (a file's modification
 /// time, say); 0 before it.
 #[must_use]

@@ -29,7 +29,7 @@ use crate::rt;
 /// propagation). No request id layer: the server takes the trace id as the
 /// request id, so the id follows the request across hops without a header
 /// of its own.
-pub type PoolChannel = Measure<ClientTrace<Attach<PropagateDeadline<Balanced>>>>;
+pub type PoolChannel = ClientTrace<Measure<Attach<PropagateDeadline<Balanced>>>>;
 
 /// How long [`ClientPool::channel`] waits for a service's first watch answer.
 pub const FIRST_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -270,8 +270,12 @@ impl ClientPool {
 
     fn layered(&self, balanced: Balanced) -> PoolChannel {
         let layered = PropagateDeadlineLayer.layer(balanced);
-        MetricsLayer::client(self.inner.metrics.clone())
-            .layer(ClientTraceLayer.layer(self.inner.attach.layer(layered)))
+        // The trace layer outermost, so the metrics layer sees the
+        // `traceparent` of the call (its client span's id).
+        ClientTraceLayer.layer(
+            MetricsLayer::client(self.inner.metrics.clone())
+                .layer(self.inner.attach.layer(layered)),
+        )
     }
 
     /// The instances of `service`, followed from the registry from the

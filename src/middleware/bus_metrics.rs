@@ -21,10 +21,51 @@ pub fn event_label(kind: EventType) -> &'static str {
     subject.strip_prefix("streamgate.v1.").unwrap_or(subject)
 }
 
+/// The trace context a handler of `event` runs in (a consumer span, child
+/// of the publishing span, with an id drawn from the event's, see
+/// [`crate::telemetry::derived_context`]) and that span when spans are
+/// exported; nothing for an event that carries no trace.
+fn consumer_span(
+    event: &Event,
+    group: Option<&str>,
+    subscription: u64,
+) -> (
+    Option<crate::rt::trace::TraceContext>,
+    Option<crate::telemetry::Span>,
+) {
+    let Some(producer) = event
+        .trace
+        .as_deref()
+        .and_then(|t| crate::rt::trace::TraceContext::parse(t.as_bytes()))
+    else {
+        return (None, None);
+    };
+    let context =
+        crate::telemetry::derived_context(producer, &format!("{}#{subscription}", event.id));
+    let mut span = crate::telemetry::Span::start(
+        crate::telemetry::Kind::Consumer,
+        format!("process {}", event.kind.subject()),
+        context,
+        Some(producer.span_id),
+        true,
+    );
+    if let Some(span) = &mut span {
+        span.set("messaging.operation.type", "process");
+        span.set("messaging.destination.name", event.kind.subject());
+        span.set("messaging.message.id", event.id.clone());
+        if let Some(group) = group {
+            span.set("messaging.consumer.group.name", group.to_owned());
+        }
+    }
+    (Some(context), span)
+}
+
 /// Counts the traffic of an inner bus into [`Metrics`].
 pub struct MeteredBus {
     inner: Arc<dyn EventBus>,
     metrics: Metrics,
+    /// Subscriptions made so far.
+    subscriptions: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MeteredBus {
@@ -37,14 +78,44 @@ impl MeteredBus {
     /// `inner`, counted into `metrics`.
     #[must_use]
     pub fn new(inner: Arc<dyn EventBus>, metrics: Metrics) -> Self {
-        Self { inner, metrics }
+        Self {
+            inner,
+            metrics,
+            subscriptions: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
 #[async_trait]
 impl EventBus for MeteredBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        // The producer span: the context the event carries, a child of the
+        // span that made the event.
+        let mut span = event
+            .trace
+            .as_deref()
+            .and_then(|t| crate::rt::trace::TraceContext::parse(t.as_bytes()))
+            .and_then(|context| {
+                crate::telemetry::Span::start(
+                    crate::telemetry::Kind::Producer,
+                    format!("publish {}", event.kind.subject()),
+                    context,
+                    crate::rt::trace::current().map(|c| c.span_id),
+                    false,
+                )
+            });
+        if let Some(span) = &mut span {
+            span.set("messaging.operation.type", "publish");
+            span.set("messaging.destination.name", event.kind.subject());
+            span.set("messaging.message.id", event.id.clone());
+        }
         let result = self.inner.publish(event).await;
+        if let Some(mut span) = span {
+            if let Err(e) = &result {
+                span.fail(e.to_string());
+            }
+            span.end();
+        }
         self.metrics
             .bus_published(event_label(event.kind), result.is_ok());
         result
@@ -57,17 +128,35 @@ impl EventBus for MeteredBus {
         handler: Handler,
     ) -> Result<Subscription, BusError> {
         let metrics = self.metrics.clone();
+        let group: Option<Arc<str>> = queue_group.map(Arc::from);
+        // Names this subscription in its consumer spans' ids: two handlers
+        // of one event are two spans.
+        let subscription = self
+            .subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let counted: Handler = Arc::new(move |event: Event| {
-            let (handler, metrics) = (handler.clone(), metrics.clone());
+            let (handler, metrics, group) = (handler.clone(), metrics.clone(), group.clone());
             Box::pin(async move {
                 use futures::FutureExt as _;
                 let label = event_label(event.kind);
+                let (context, span) = consumer_span(&event, group.as_deref(), subscription);
+                let handled = handler(event);
+                // Inside the event's trace: the calls the handler makes and
+                // the events it publishes continue it.
+                let handled = match context {
+                    Some(context) => crate::rt::trace::in_context(context, handled).boxed(),
+                    None => handled,
+                };
                 // A panic is counted, then passed on to `dispatch`, which
                 // logs it and keeps the subscription.
-                match std::panic::AssertUnwindSafe(handler(event))
-                    .catch_unwind()
-                    .await
-                {
+                let outcome = std::panic::AssertUnwindSafe(handled).catch_unwind().await;
+                if let Some(mut span) = span {
+                    if !matches!(outcome, Ok(Ok(()))) {
+                        span.fail("the event handler failed");
+                    }
+                    span.end();
+                }
+                match outcome {
                     Ok(result) => {
                         metrics.bus_delivered(label, result.is_ok());
                         result

@@ -28,8 +28,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
+use crate::middleware::trace::{self, TraceContext};
 use crate::resilience::breaker::Transition;
 use crate::rt::{self, Instant};
+use crate::telemetry;
 
 /// A call's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -903,9 +905,14 @@ where
         }
         let call = self.metrics.call(self.side, req.uri().path());
         call.in_flight.inc();
+        let span = grpc_span(self.side, &req);
         ResponseFuture {
             inner: self.inner.call(req),
-            done: Some((call, rt::now())),
+            done: Some(Done {
+                call,
+                started: rt::now(),
+                span,
+            }),
         }
     }
 }
@@ -916,23 +923,77 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        done: Option<(Arc<CallMetrics>, Instant)>,
+        done: Option<Done>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some((call, started)) = this.project().done.take() {
-                finish(&call, tonic::Code::Cancelled, started);
+            if let Some(done) = this.project().done.take() {
+                done.finish(tonic::Code::Cancelled);
             }
         }
     }
 }
 
-/// Records a finished call.
-fn finish(call: &CallMetrics, code: tonic::Code, started: Instant) {
-    call.in_flight.dec();
-    call.latency.observe((rt::now() - started).as_secs_f64());
-    call.done(code);
+/// A gRPC call being measured: its series, its start and its span.
+struct Done {
+    call: Arc<CallMetrics>,
+    started: Instant,
+    span: Option<telemetry::Span>,
+}
+
+impl Done {
+    /// Records the call as ended with `code`.
+    fn finish(self, code: tonic::Code) {
+        let Self {
+            call,
+            started,
+            span,
+        } = self;
+        call.in_flight.dec();
+        call.latency.observe((rt::now() - started).as_secs_f64());
+        call.done(code);
+        if let Some(mut span) = span {
+            span.set("rpc.grpc.status_code", i64::from(code as i32));
+            if code != tonic::Code::Ok {
+                span.fail(format!("{code:?}"));
+            }
+            span.end();
+        }
+    }
+}
+
+/// The span of a gRPC call (when spans are exported): on the server side
+/// the trace context [`crate::middleware::trace::ServerTraceLayer`] put in
+/// the request, a child of the caller's span; on the client side the
+/// `traceparent` the client trace layer is sending, a child of the task's
+/// current span.
+fn grpc_span<B>(side: Side, req: &Request<B>) -> Option<telemetry::Span> {
+    if !telemetry::enabled() {
+        return None;
+    }
+    let (service, method) = telemetry::grpc_method(req.uri().path())?;
+    let (kind, context, parent, remote) = match side {
+        Side::Server => {
+            let context = *req.extensions().get::<TraceContext>()?;
+            let parent = req.extensions().get::<trace::RemoteParent>().map(|p| p.0);
+            (telemetry::Kind::Server, context, parent, parent.is_some())
+        }
+        Side::Client => {
+            let context = req
+                .headers()
+                .get(trace::HEADER)
+                .and_then(|v| TraceContext::parse(v.as_bytes()))?;
+            let parent = trace::current().map(|c| c.span_id);
+            (telemetry::Kind::Client, context, parent, false)
+        }
+    };
+    let mut span =
+        telemetry::Span::start(kind, format!("{service}/{method}"), context, parent, remote)?;
+    span.set("rpc.system", "grpc");
+    span.set("rpc.service", service.to_owned());
+    span.set("rpc.method", method.to_owned());
+    Some(span)
 }
 
 impl<F, ResBody, E> Future for ResponseFuture<F>
@@ -949,14 +1010,14 @@ where
         let done = this.done.take();
         Poll::Ready(match result {
             Err(e) => {
-                if let Some((call, started)) = done {
+                if let Some(done) = done {
                     // A client channel fails with the call's status (a
                     // deadline, a breaker's refusal); anything else is the
                     // side's failure code.
                     let code = (&e as &dyn std::any::Any)
                         .downcast_ref::<tonic::Status>()
-                        .map_or(call.on_error, tonic::Status::code);
-                    finish(&call, code, started);
+                        .map_or(done.call.on_error, tonic::Status::code);
+                    done.finish(code);
                 }
                 Err(e)
             }
@@ -966,12 +1027,12 @@ where
                 // trailers, after the last message: the body records it.
                 let head = tonic::Status::from_header_map(res.headers()).map(|s| s.code());
                 let done = match (done, head) {
-                    (Some((call, started)), Some(code)) => {
-                        finish(&call, code, started);
+                    (Some(done), Some(code)) => {
+                        done.finish(code);
                         None
                     }
-                    (Some((call, started)), None) if res.body().is_end_stream() => {
-                        finish(&call, tonic::Code::Unknown, started);
+                    (Some(done), None) if res.body().is_end_stream() => {
+                        done.finish(tonic::Code::Unknown);
                         None
                     }
                     (done, _) => done,
@@ -989,13 +1050,13 @@ pin_project_lite::pin_project! {
     pub struct MeteredBody<B> {
         #[pin]
         inner: B,
-        done: Option<(Arc<CallMetrics>, Instant)>,
+        done: Option<Done>,
     }
 
     impl<B> PinnedDrop for MeteredBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some((call, started)) = this.project().done.take() {
-                finish(&call, tonic::Code::Cancelled, started);
+            if let Some(done) = this.project().done.take() {
+                done.finish(tonic::Code::Cancelled);
             }
         }
     }
@@ -1028,9 +1089,9 @@ impl<B: http_body::Body> http_body::Body for MeteredBody<B> {
             None => Some(tonic::Code::Unknown),
         };
         if let Some(code) = code
-            && let Some((call, started)) = this.done.take()
+            && let Some(done) = this.done.take()
         {
-            finish(&call, code, started);
+            done.finish(code);
         }
         Poll::Ready(frame)
     }
@@ -1089,10 +1150,20 @@ struct HttpCall {
     method: &'static str,
     route: String,
     started: Instant,
+    /// Its server span (when spans are exported), named by the route
+    /// template, never the raw path.
+    span: Option<telemetry::Span>,
 }
 
 impl HttpCall {
     fn finish(self, status: u16) {
+        if let Some(mut span) = self.span {
+            span.set("http.response.status_code", i64::from(status));
+            if status >= 500 {
+                span.fail(format!("HTTP {status}"));
+            }
+            span.end();
+        }
         let labels = HttpLabels {
             http_request_method: self.method,
             http_route: self.route,
@@ -1102,6 +1173,26 @@ impl HttpCall {
             .get_or_create(&labels)
             .observe((rt::now() - self.started).as_secs_f64());
     }
+}
+
+/// The server span of a plain HTTP request on `route` (see
+/// [`grpc_span`]).
+fn http_span<B>(req: &Request<B>, method: &'static str, route: &str) -> Option<telemetry::Span> {
+    if !telemetry::enabled() {
+        return None;
+    }
+    let context = *req.extensions().get::<TraceContext>()?;
+    let parent = req.extensions().get::<trace::RemoteParent>().map(|p| p.0);
+    let mut span = telemetry::Span::start(
+        telemetry::Kind::Server,
+        format!("{method} {route}"),
+        context,
+        parent,
+        parent.is_some(),
+    )?;
+    span.set("http.request.method", method);
+    span.set("http.route", route.to_owned());
+    Some(span)
 }
 
 impl<S, B, ResBody> Service<Request<B>> for HttpMeasure<S>
@@ -1117,15 +1208,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let call = (!is_grpc(req.headers())).then(|| HttpCall {
-            http: self.http.clone(),
-            method: method_label(req.method()),
-            route: req
+        let call = (!is_grpc(req.headers())).then(|| {
+            let method = method_label(req.method());
+            let route = req
                 .extensions()
                 .get::<axum::extract::MatchedPath>()
                 .map_or(UNMATCHED_ROUTE, axum::extract::MatchedPath::as_str)
-                .to_owned(),
-            started: rt::now(),
+                .to_owned();
+            HttpCall {
+                http: self.http.clone(),
+                span: http_span(&req, method, &route),
+                method,
+                route,
+                started: rt::now(),
+            }
         });
         HttpResponseFuture {
             inner: self.inner.call(req),

@@ -13,6 +13,11 @@ use tower::{Layer, Service};
 use crate::rt::trace::CURRENT;
 pub use crate::rt::trace::{HEADER, TraceContext, current, in_context};
 
+/// The caller's span id, in the request's extensions beside its
+/// [`TraceContext`] (the server span's parent, for exported spans).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteParent(pub u64);
+
 /// Server side: continues the caller's trace (or starts one) for each call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerTraceLayer;
@@ -47,12 +52,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = req
+        let parent = req
             .headers()
             .get(HEADER)
-            .and_then(|v| TraceContext::parse(v.as_bytes()))
-            .map_or_else(TraceContext::root, |parent| parent.child());
+            .and_then(|v| TraceContext::parse(v.as_bytes()));
+        let ctx = parent.map_or_else(TraceContext::root, |parent| parent.child());
         req.extensions_mut().insert(ctx);
+        if let Some(parent) = parent {
+            req.extensions_mut().insert(RemoteParent(parent.span_id));
+        }
         let span = tracing::info_span!(
             "call",
             path = req.uri().path(),

@@ -38,14 +38,15 @@ fn nonzero_u64() -> u64 {
 }
 
 impl TraceContext {
-    /// A new trace (sampled).
+    /// A new trace, sampled per [`crate::telemetry::sample_root`] (always,
+    /// unless spans are exported with a ratio below 1).
     #[must_use]
     pub fn root() -> Self {
         let trace_id = (u128::from(nonzero_u64()) << 64) | u128::from(rt::random_u64());
         Self {
             trace_id,
             span_id: nonzero_u64(),
-            flags: 1,
+            flags: u8::from(crate::telemetry::sample_root()),
         }
     }
 
@@ -113,6 +114,20 @@ pub fn in_context<F: Future>(
     fut: F,
 ) -> tokio::task::futures::TaskLocalFuture<TraceContext, F> {
     CURRENT.scope(ctx, fut)
+}
+
+/// `fut` with this task's trace context (if any) current for it: for work
+/// a call hands to a task of its own, which task-local context does not
+/// reach otherwise.
+pub fn carry<F>(fut: F) -> futures::future::BoxFuture<'static, F::Output>
+where
+    F: Future + Send + 'static,
+{
+    use futures::FutureExt as _;
+    match current() {
+        Some(ctx) => in_context(ctx, fut).boxed(),
+        None => fut.boxed(),
+    }
 }
 
 /// The request id of the call being handled on this task: the one the

@@ -12,6 +12,8 @@ pub mod bus_contract;
 pub mod consul_agent;
 pub mod fuzz;
 pub mod job_store_contract;
+#[cfg(not(any(madsim, fuzzing)))]
+pub mod otlp;
 #[cfg(not(madsim))]
 pub mod process;
 pub mod registry_contract;

@@ -312,7 +312,8 @@ impl UploadServer {
             .receive(stream, &meta, &media::original_key(&video_id))
             .await?;
         let this = self.clone();
-        let commit = rt::spawn(async move {
+        // In the call's trace: the catalog call and FileUploaded continue it.
+        let commit = rt::spawn(rt::trace::carry(async move {
             let _committing = committing;
             let received = Received {
                 video_id,
@@ -328,7 +329,7 @@ impl UploadServer {
                     Err(UploadError::CommitTimeout(COMMIT_TIMEOUT))
                 }
             }
-        });
+        }));
         commit.await?
     }
 

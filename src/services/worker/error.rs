@@ -56,6 +56,10 @@ pub enum WorkerError {
     /// More job records than one list reads.
     #[error("{0} job records are more than a list reads")]
     TooManyRecords(u64),
+    /// The job table's schema cannot be used (written by a newer binary, or
+    /// a migration failed).
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
     /// A store task ended without an answer (it panicked).
     #[error("job store task failed")]
     Task(#[from] rt::JoinError),
@@ -109,9 +113,11 @@ impl Classify for WorkerError {
             Self::WatchEnded => ErrorKind::DeadlineExceeded,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Sqlite(e) => crate::sqlite::kind(e),
-            Self::Dir { .. } | Self::Record { .. } | Self::TooManyRecords(_) | Self::Task(_) => {
-                ErrorKind::Internal
-            }
+            Self::Dir { .. }
+            | Self::Record { .. }
+            | Self::TooManyRecords(_)
+            | Self::Task(_)
+            | Self::Schema(_) => ErrorKind::Internal,
         }
     }
 }

@@ -276,7 +276,7 @@ impl Jobs {
             0 => DEFAULT_MAX_ATTEMPTS,
             n => n,
         };
-        let job = Job::new(
+        let mut job = Job::new(
             id,
             req.kind,
             req.payload_json,
@@ -285,6 +285,8 @@ impl Jobs {
             rt::unix_ms(),
             req.delay_ms,
         );
+        // Its attempts continue the submitter's trace.
+        job.trace = rt::trace::current().map(|c| c.header()).unwrap_or_default();
         let (job, deduplicated) = self.store.submit(job, self.config.max_active).await?;
         if !deduplicated {
             tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");

@@ -102,6 +102,10 @@ pub struct Job {
     pub not_before_ms: u64,
     /// While leased, the lease ends at this time.
     pub lease_until_ms: u64,
+    /// The W3C `traceparent` of the span that submitted it (empty: none):
+    /// each attempt continues that trace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace: String,
 }
 
 impl Job {
@@ -130,6 +134,7 @@ impl Job {
             idempotency_key,
             not_before_ms: now_ms.saturating_add(delay_ms),
             lease_until_ms: 0,
+            trace: String::new(),
         };
         job.check_invariants();
         job

@@ -50,12 +50,41 @@ pub async fn run(jobs: Arc<Jobs>, pool: ClientPool) {
 /// Runs one attempt of `job` and records how it ended.
 async fn attempt(jobs: Arc<Jobs>, pool: ClientPool, job: Job) {
     let attempt = job.attempts;
-    let result = match job.kind.as_str() {
-        media::TRANSCODE_JOB => transcode::run(&jobs, &pool, &job).await,
-        other => Err(Stop::permanent(
-            "unknown job kind",
-            format!("unknown job kind {other:?}"),
-        )),
+    let run = async {
+        match job.kind.as_str() {
+            media::TRANSCODE_JOB => transcode::run(&jobs, &pool, &job).await,
+            other => Err(Stop::permanent(
+                "unknown job kind",
+                format!("unknown job kind {other:?}"),
+            )),
+        }
+    };
+    // In the submitter's trace, as a span of its own per attempt.
+    let result = match rt::trace::TraceContext::parse(job.trace.as_bytes()) {
+        Some(submitter) => {
+            let context =
+                crate::telemetry::derived_context(submitter, &format!("{}#{attempt}", job.id));
+            let mut span = crate::telemetry::Span::start(
+                crate::telemetry::Kind::Internal,
+                format!("job {}", job.kind),
+                context,
+                Some(submitter.span_id),
+                false,
+            );
+            if let Some(span) = &mut span {
+                span.set("streamgate.job.id", job.id.clone());
+                span.set("streamgate.job.attempt", i64::from(attempt));
+            }
+            let result = rt::trace::in_context(context, run).await;
+            if let Some(mut span) = span {
+                if let Err(Stop::Failed { reason, .. }) = &result {
+                    span.fail(reason.clone());
+                }
+                span.end();
+            }
+            result
+        }
+        None => run.await,
     };
     match result {
         // buggify (simulation only): the ack is lost; the lease runs out

@@ -16,6 +16,15 @@ use crate::rt;
 use crate::services::worker::error::WorkerError;
 use crate::services::worker::queue::{Job, JobState, Refused};
 
+/// The table's versions, in order (`user_version` counts them; a file from
+/// before versions were recorded has the first one's tables, which its
+/// `IF NOT EXISTS` accepts).
+const MIGRATIONS: &[&str] = &[
+    SCHEMA,
+    // The submitting span's `traceparent`, which attempts continue.
+    "ALTER TABLE jobs ADD COLUMN trace TEXT NOT NULL DEFAULT ''",
+];
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,7 +47,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
 ";
 
 const COLUMNS: &str = "seq, id, kind, payload_json, state, attempts, max_attempts, last_error, \
-    created_ms, updated_ms, progress, idempotency_key, not_before_ms, lease_until_ms";
+    created_ms, updated_ms, progress, idempotency_key, not_before_ms, lease_until_ms, trace";
 
 /// The job table; clones share one connection.
 #[derive(Debug, Clone)]
@@ -82,6 +91,7 @@ fn read(row: &Row<'_>) -> rusqlite::Result<(i64, Job)> {
         idempotency_key: row.get(11)?,
         not_before_ms: big(row.get(12)?),
         lease_until_ms: big(row.get(13)?),
+        trace: row.get(14)?,
     };
     Ok((row.get(0)?, job))
 }
@@ -149,8 +159,8 @@ impl SqliteStore {
                     source,
                 })?;
             }
-            let conn = crate::sqlite::open(path.as_deref())?;
-            conn.execute_batch(SCHEMA)?;
+            let mut conn = crate::sqlite::open(path.as_deref())?;
+            crate::sqlite::migrate(&mut conn, "worker", MIGRATIONS)?;
             Ok(conn)
         })
         .await??;
@@ -216,7 +226,8 @@ impl SqliteStore {
             tx.execute(
                 "INSERT INTO jobs (id, kind, payload_json, state, attempts, max_attempts, \
                  last_error, created_ms, updated_ms, progress, idempotency_key, not_before_ms, \
-                 lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 lease_until_ms, trace) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     job.id,
                     job.kind,
@@ -231,6 +242,7 @@ impl SqliteStore {
                     job.idempotency_key,
                     db(job.not_before_ms),
                     db(job.lease_until_ms),
+                    job.trace,
                 ],
             )?;
             tx.commit()?;
@@ -370,6 +382,40 @@ mod tests {
             now,
             0,
         )
+    }
+
+    #[tokio::test]
+    async fn a_table_from_before_versions_gains_the_trace_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        {
+            // The table as the first release made it: no version, no trace.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                &format!(
+                    "INSERT INTO jobs ({}) VALUES ('old', 'transcode', '{{}}', 'queued', 0, 2, '', \
+                     1, 1, 0, '', 0, 0)",
+                    COLUMNS
+                        .trim_start_matches("seq, ")
+                        .trim_end_matches(", trace")
+                ),
+                [],
+            )
+            .unwrap();
+        }
+        let (store, _) = SqliteStore::open(Some(path.clone()), 5).await.unwrap();
+        let old = store.get("old").await.unwrap().expect("kept");
+        assert_eq!((old.state, old.trace.as_str()), (JobState::Queued, ""));
+        let mut traced = job("new", "", 6);
+        traced.trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into();
+        store.submit(traced.clone(), 10).await.unwrap();
+        drop(store);
+        let (again, _) = SqliteStore::open(Some(path), 7).await.unwrap();
+        assert_eq!(
+            again.get("new").await.unwrap().expect("stored").trace,
+            traced.trace
+        );
     }
 
     #[tokio::test]
