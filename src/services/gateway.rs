@@ -10,6 +10,7 @@ use crate::kernel::{KernelError, Runtime};
 use crate::rt::transport::EdgeLimits;
 use crate::services::{Common, Domain, media};
 
+pub mod access;
 mod accounts;
 pub mod bearer;
 pub mod client_addr;
@@ -152,12 +153,9 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             "/v1/play/{grant}/hls/{rendition}/{segment}",
             get(grant::segment),
         );
-    let router = Router::new()
-        .route("/v1/videos", get(videos::list).post(upload::create))
-        .route(
-            "/v1/videos/{id}",
-            get(videos::get).patch(videos::patch).delete(videos::delete),
-        )
+    // Media: a public video's plays with no credential (the handlers
+    // decide, `access`); a token, when sent, is checked as everywhere.
+    let media = Router::new()
         .route("/v1/videos/{id}/original", get(playback::original))
         .route("/v1/videos/{id}/hls/master.m3u8", get(playback::master))
         .route("/v1/videos/{id}/thumbnail.jpg", get(playback::thumbnail))
@@ -168,6 +166,20 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         .route(
             "/v1/videos/{id}/hls/{rendition}/{segment}",
             get(playback::segment),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            limit::per_account,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            verifier.clone(),
+            bearer::optional,
+        ));
+    let router = Router::new()
+        .route("/v1/videos", get(videos::list).post(upload::create))
+        .route(
+            "/v1/videos/{id}",
+            get(videos::get).patch(videos::patch).delete(videos::delete),
         )
         .route("/v1/videos/{id}/playback", post(grant::create))
         .route("/v1/auth/logout", post(accounts::logout))
@@ -190,6 +202,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             bearer::require,
         ))
         .merge(accounts)
+        .merge(media)
         .merge(granted)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -259,3 +272,7 @@ mod router_cache_tests;
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_limit_tests.rs"]
 mod router_limit_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_visibility_tests.rs"]
+mod router_visibility_tests;
