@@ -76,6 +76,8 @@ pub struct Api {
     grants: grant::Grants,
     /// Checks bearer tokens (and forgets those logged out).
     verifier: bearer::Verifier,
+    /// Video records media requests read lately.
+    recent: std::sync::Arc<access::Recent>,
 }
 
 impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
@@ -131,6 +133,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
     let api = Api {
         grants: grant::Grants::new(&runtime.keys),
         verifier: verifier.clone(),
+        recent: std::sync::Arc::default(),
         runtime,
         max_upload_bytes: config.max_upload_bytes,
         located: std::sync::Arc::default(),

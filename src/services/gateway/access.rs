@@ -10,6 +10,15 @@
 //! so that a private video's existence does not leak (without a token, 401
 //! whether or not it exists). A video recorded without an owner is
 //! everyone's who is signed in (as it always was).
+//!
+//! Media requests come many per second per player (a segment every few
+//! seconds, ranges of an original), so the record they check is kept in
+//! this gateway for [`RECENT_TTL`] ([`Recent`]) on top of the shared video
+//! cache: one cache call per video per second at most, instead of one per
+//! request. A change made through this gateway drops its copy at once.
+
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::Extension;
 use http::StatusCode;
@@ -18,7 +27,55 @@ use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::validators::visibility;
 use super::{Api, video_cache};
+use crate::HashMap;
 use crate::proto::{Video, Visibility};
+use crate::rt::{self, Instant};
+
+/// How long a media request may reuse a video record another one read.
+pub const RECENT_TTL: Duration = Duration::from_secs(1);
+/// Most records kept (past it the memo starts over).
+pub const RECENT_MAX: usize = 4096;
+
+/// Video records media requests read in the last [`RECENT_TTL`].
+#[derive(Debug, Default)]
+pub struct Recent {
+    videos: Mutex<HashMap<String, (Video, Instant)>>,
+}
+
+impl Recent {
+    fn get(&self, id: &str, now: Instant) -> Option<Video> {
+        let videos = self
+            .videos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match videos.get(id) {
+            Some((v, at)) if now.saturating_duration_since(*at) < RECENT_TTL => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, v: &Video, now: Instant) {
+        let mut videos = self
+            .videos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if videos.len() >= RECENT_MAX {
+            videos.retain(|_, (_, at)| now.saturating_duration_since(*at) < RECENT_TTL);
+            if videos.len() >= RECENT_MAX {
+                videos.clear();
+            }
+        }
+        videos.insert(v.id.clone(), (v.clone(), now));
+    }
+
+    /// Drops the copy of `id` (changed or deleted through this gateway).
+    pub fn forget(&self, id: &str) {
+        self.videos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+}
 
 /// The user of a request, if it named one.
 #[must_use]
@@ -63,7 +120,45 @@ pub fn hidden(video_id: &str, user: Option<&str>) -> ApiError {
 /// [`hidden`] for an unknown video or one `user` may not see; metadata's
 /// other failures.
 pub async fn viewable(api: &Api, video_id: &str, user: Option<&str>) -> Result<Video, ApiError> {
-    match video_cache::video(&api.runtime, video_id.to_owned()).await {
+    check(
+        video_id,
+        user,
+        video_cache::video(&api.runtime, video_id.to_owned()).await,
+    )
+}
+
+/// [`viewable`] for a media request: the record may be one another media
+/// request of this gateway read less than [`RECENT_TTL`] ago.
+///
+/// # Errors
+/// As [`viewable`].
+pub async fn playable(api: &Api, video_id: &str, user: Option<&str>) -> Result<Video, ApiError> {
+    check(video_id, user, recent(api, video_id).await)
+}
+
+/// The record of `video_id` for a media request (a signed URL's too): one
+/// another media request read less than [`RECENT_TTL`] ago, else through
+/// the cache.
+///
+/// # Errors
+/// Metadata's, as for an uncached read.
+pub async fn recent(api: &Api, video_id: &str) -> Result<Video, ApiError> {
+    let now = rt::now();
+    if let Some(v) = api.recent.get(video_id, now) {
+        return Ok(v);
+    }
+    let found = video_cache::video(&api.runtime, video_id.to_owned()).await?;
+    api.recent.put(&found, now);
+    Ok(found)
+}
+
+/// The video `found` as `user` may see it.
+fn check(
+    video_id: &str,
+    user: Option<&str>,
+    found: Result<Video, ApiError>,
+) -> Result<Video, ApiError> {
+    match found {
         Ok(v) if may_view(&v, user) => Ok(v),
         Ok(_) => Err(hidden(video_id, user)),
         Err(e) if e.status == StatusCode::NOT_FOUND => Err(hidden(video_id, user)),
@@ -109,5 +204,27 @@ mod tests {
         assert!(!may_view(&video("", Private), None));
         assert_eq!(hidden("v", Some("u")).status, StatusCode::NOT_FOUND);
         assert_eq!(hidden("v", None).status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn recent_records_expire_and_are_forgotten() {
+        let recent = Recent::default();
+        let t0 = rt::now();
+        let v = video("u1", Visibility::Public);
+        assert!(recent.get("v", t0).is_none());
+        recent.put(&v, t0);
+        assert_eq!(recent.get("v", t0 + RECENT_TTL / 2), Some(v.clone()));
+        assert!(recent.get("v", t0 + RECENT_TTL).is_none());
+        recent.put(&v, t0);
+        recent.forget("v");
+        assert!(recent.get("v", t0).is_none());
+        // Bounded: past the most, it starts over.
+        for i in 0..=RECENT_MAX {
+            let mut other = v.clone();
+            other.id = format!("v{i}");
+            recent.put(&other, t0);
+        }
+        let len = recent.videos.lock().expect("lock").len();
+        assert!(len <= RECENT_MAX, "{len}");
     }
 }

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::validators::visibility;
-use super::{Api, IdPath, access, playback, video_cache, video_id, videos};
+use super::{Api, IdPath, access, playback, video_id, videos};
 use crate::middleware::auth::Keyring;
 use crate::proto::{Video, Visibility};
 use crate::rt;
@@ -243,10 +243,11 @@ pub async fn create(
     Ok(res)
 }
 
-/// The video a grant in a path opens now (read through the cache).
+/// The video a grant in a path opens now (its record as media requests
+/// read it, [`access::recent`]).
 async fn opened(api: &Api, grant: &str) -> Result<Video, ApiError> {
     let (video_id, scope) = api.grants.verify(grant, rt::unix_ms())?;
-    let video = video_cache::video(&api.runtime, video_id.to_owned()).await?;
+    let video = access::recent(api, video_id).await?;
     if scope == Scope::Viewer && visibility(&video) == Visibility::Private {
         return Err(GrantError::Unshared.into());
     }

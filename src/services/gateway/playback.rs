@@ -266,7 +266,7 @@ async fn playable(
     user: Option<&Extension<AuthUser>>,
 ) -> Result<Video, ApiError> {
     let id = video_id(path)?;
-    access::viewable(api, &id, access::user_of(user)).await
+    access::playable(api, &id, access::user_of(user)).await
 }
 
 /// `GET /v1/videos/{id}/original`, honouring a single-range `Range` header.
@@ -531,7 +531,7 @@ pub async fn media_playlist(
     let Path((id, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &id).map_err(ApiError::bad_request)?;
     rendition(&name)?;
-    let video = access::viewable(&api, &id, access::user_of(user.as_ref())).await?;
+    let video = access::playable(&api, &id, access::user_of(user.as_ref())).await?;
     playlist_of(&api, &video, name, &headers).await
 }
 
@@ -545,7 +545,7 @@ pub async fn segment(
     let Path((video_id, name, segment_name)) =
         path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &video_id).map_err(ApiError::bad_request)?;
-    let video = access::viewable(&api, &video_id, access::user_of(user.as_ref())).await?;
+    let video = access::playable(&api, &video_id, access::user_of(user.as_ref())).await?;
     segment_of(&api, &video, name, segment_name, &headers).await
 }
 

@@ -313,9 +313,15 @@ async fn local_originals_are_served_whole_and_by_range() {
 
 /// StreamingService calls of `method` that ended with `code`, as the
 /// metrics rendered in `metrics` count them.
-fn streaming_calls(metrics: &str, method: &str, code: &str) -> u64 {
+pub(super) fn streaming_calls(metrics: &str, method: &str, code: &str) -> u64 {
+    calls(metrics, "StreamingService", method, code)
+}
+
+/// Calls of `service`'s `method` that ended with `code`, as the metrics
+/// rendered in `metrics` count them.
+pub(super) fn calls(metrics: &str, service: &str, method: &str, code: &str) -> u64 {
     let series = format!(
-        "streamgate_requests_total{{service=\"streamgate.v1.StreamingService\",method=\"{method}\",code=\"{code}\"}}"
+        "streamgate_requests_total{{service=\"streamgate.v1.{service}\",method=\"{method}\",code=\"{code}\"}}"
     );
     metrics
         .lines()

@@ -350,6 +350,49 @@ async fn a_listing_shows_ones_own_videos_and_public_ones_page_by_page() {
     assert!(error_of(&body).contains("owner"), "{}", error_of(&body));
 }
 
+/// A player's burst of media requests reads the video's record once: the
+/// gateway keeps it for a second (`access::Recent`).
+#[tokio::test]
+async fn a_burst_of_media_requests_reads_the_record_once() {
+    let f = media_fixture().await;
+    put_video(&f, "v1", &f.user_id, Visibility::Public).await;
+    put_media(&f, "v1").await;
+    let reads = || {
+        super::router_tests::calls(
+            &f.runtime.metrics.render(),
+            "MetadataService",
+            "GetVideo",
+            "Ok",
+        )
+    };
+    let before = reads();
+    for _ in 0..5 {
+        for url in media_urls("v1") {
+            assert_eq!(
+                anonymous(&f, as_user("GET", &url, None, "")).await.0,
+                StatusCode::OK
+            );
+        }
+    }
+    // One read; two if the burst straddled the second.
+    let during = reads() - before;
+    assert!((1..=2).contains(&during), "{during} reads for 25 requests");
+    // A change through this gateway is seen at once.
+    let (status, _, _) = send(
+        &f,
+        as_user(
+            "PATCH",
+            "/v1/videos/v1",
+            None,
+            r#"{"visibility":"unlisted"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = anonymous(&f, as_user("GET", "/v1/videos/v1/original", None, "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn media_carries_last_modified_and_answers_if_modified_since() {
     let f = media_fixture().await;

@@ -236,6 +236,7 @@ pub async fn patch(
     // Before answering, so this client's next read sees its change (the
     // MetadataUpdated event invalidates too, but later). A failure is
     // logged; the entry then lives out its TTL.
+    api.recent.forget(&video_id);
     let _ = video_cache::forget(&api.runtime, &video_id).await;
     video_response(res.into_inner().video)
 }
@@ -257,6 +258,7 @@ pub async fn delete(
         })
         .await?;
     // As in `patch`: the client's next read must not find it in the cache.
+    api.recent.forget(&video_id);
     let _ = video_cache::forget(&api.runtime, &video_id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
