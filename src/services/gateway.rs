@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::routing::{get, post};
+use axum::routing::{get, head, options, post};
 
 use crate::kernel::{KernelError, Runtime};
 use crate::rt::transport::EdgeLimits;
@@ -28,6 +28,7 @@ pub mod range;
 mod sessions;
 pub mod status;
 pub mod token_cache;
+pub mod tus;
 mod upload;
 pub mod validators;
 pub mod video_cache;
@@ -49,6 +50,8 @@ pub struct Config {
     pub edge: EdgeLimits,
     /// Origins whose pages may call the API (CORS).
     pub cors: cors::Origins,
+    /// Resumable uploads' limits (`/v1/uploads/`).
+    pub tus: tus::Limits,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             limits: limit::RequestLimits::default(),
             edge: EdgeLimits::default(),
             cors: cors::Origins::None,
+            tus: tus::Limits::default(),
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct Api {
     verifier: bearer::Verifier,
     /// Video records media requests read lately.
     recent: std::sync::Arc<access::Recent>,
+    /// Resumable uploads: their limits, those being written here.
+    tus: std::sync::Arc<tus::Tus>,
 }
 
 impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
@@ -134,6 +140,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         grants: grant::Grants::new(&runtime.keys),
         verifier: verifier.clone(),
         recent: std::sync::Arc::default(),
+        tus: std::sync::Arc::new(tus::Tus::new(config.tus)),
         runtime,
         max_upload_bytes: config.max_upload_bytes,
         located: std::sync::Arc::default(),
@@ -193,6 +200,13 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         )
         .route("/v1/videos/{id}/job", get(jobs::of_video))
         .route("/v1/jobs/{job_id}", get(jobs::get))
+        // Resumable uploads (tus 1.0.0); their OPTIONS is open (below).
+        .route("/v1/uploads", post(tus::create))
+        .route("/v1/uploads/", post(tus::create))
+        .route(
+            "/v1/uploads/{id}",
+            head(tus::head).patch(tus::patch).delete(tus::delete),
+        )
         .route("/v1/status", get(status::status))
         // Layers added later run first: the bearer check names the account
         // whose share the request then takes.
@@ -207,6 +221,12 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         .merge(accounts)
         .merge(media)
         .merge(granted)
+        .merge(
+            Router::new()
+                .route("/v1/uploads", options(tus::options))
+                .route("/v1/uploads/", options(tus::options))
+                .route("/v1/uploads/{id}", options(tus::options)),
+        )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 http::StatusCode::METHOD_NOT_ALLOWED,
@@ -253,7 +273,12 @@ pub async fn domain(
         ready: Some(std::sync::Arc::new(move || saturated.saturated())),
         background: crate::services::Background {
             subscriptions,
-            tasks: Vec::new(),
+            // Expired resumable uploads' bytes (every instance sweeps;
+            // removing twice is harmless).
+            tasks: vec![crate::rt::spawn(tus::sweep_loop(
+                runtime.blobs.clone(),
+                config.tus,
+            ))],
             ..crate::services::Background::default()
         },
         ..Domain::default()
@@ -279,3 +304,7 @@ mod router_limit_tests;
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_visibility_tests.rs"]
 mod router_visibility_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_tus_tests.rs"]
+mod router_tus_tests;

@@ -58,7 +58,7 @@ pub(super) async fn media_fixture() -> Fixture {
 
 /// The fixture (with metadata) over a file blob store in a scratch
 /// directory (kept while the directory is).
-async fn file_fixture() -> (Fixture, tempfile::TempDir) {
+pub(super) async fn file_fixture() -> (Fixture, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
     let mut f = fixture_with(Arc::new(store)).await;

@@ -142,6 +142,7 @@ mod tests {
             grants: crate::services::gateway::grant::Grants::new(&kernel.runtime().keys),
             verifier: crate::services::gateway::bearer::Verifier::new(kernel.runtime().clone()),
             recent: Arc::default(),
+            tus: Arc::default(),
         };
         // The first round may run before the services registered; the
         // next comes one interval later.

@@ -57,7 +57,7 @@ impl From<Cut> for ApiError {
 }
 
 /// Checks a file name against UploadMetadata.file_name's rules.
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
         && name != "."

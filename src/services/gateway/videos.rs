@@ -77,7 +77,7 @@ fn video_response(video: Option<Video>) -> Result<Json<Value>, ApiError> {
 }
 
 /// A visibility as the API names it.
-fn parse_visibility(name: &str) -> Result<Visibility, ApiError> {
+pub(super) fn parse_visibility(name: &str) -> Result<Visibility, ApiError> {
     match name {
         "private" => Ok(Visibility::Private),
         "unlisted" => Ok(Visibility::Unlisted),
