@@ -551,3 +551,34 @@ async fn a_failed_hand_over_is_retried_and_makes_one_video() {
     let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
     assert_eq!(list["videos"].as_array().map(Vec::len), Some(1), "{list}");
 }
+
+#[tokio::test]
+async fn a_patch_slower_than_the_body_deadline_is_an_upload_not_cut() {
+    let mut f = fixture().await;
+    let body_timeout = Duration::from_millis(200);
+    f.app = super::router_with(
+        f.runtime.clone(),
+        &super::Config {
+            max_upload_bytes: MAX,
+            limits: super::limit::RequestLimits {
+                body_timeout,
+                ..super::limit::RequestLimits::default()
+            },
+            ..super::Config::default()
+        },
+    );
+    let path = create(&f, 30).await;
+    // Three frames, 150 ms apart: 450 ms in all, over the JSON deadline.
+    let slow = futures::stream::unfold(0u8, |n| async move {
+        if n == 3 {
+            return None;
+        }
+        crate::rt::sleep(Duration::from_millis(150)).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(vec![n; 10])), n + 1))
+    });
+    let req = patch(&path, 0).body(Body::from_stream(slow)).unwrap();
+    let (status, h, body) = send(&f, req).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body:?}");
+    assert_eq!(offset_of(&h), 30);
+    assert!(h.contains_key(&tus::VIDEO_ID));
+}
