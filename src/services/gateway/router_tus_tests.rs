@@ -395,6 +395,17 @@ async fn creation_with_upload_and_termination() {
     assert_eq!(offset_of(&h), 2000);
     let path = h[header::LOCATION].to_str().unwrap().to_owned();
     assert_eq!(offset_of(&head(&f, &path).await.1), 2000);
+    // A creation whose first bytes fail their checksum leaves nothing.
+    let before = tus_blobs(&f).await;
+    let req = post(file.len() as u64)
+        .header(header::CONTENT_TYPE, "application/offset+octet-stream")
+        .header("upload-checksum", format!("sha1 {}", b64(&[0u8; 20])))
+        .body(Body::from(file[..2000].to_vec()))
+        .unwrap();
+    let (status, h, _) = send(&f, req).await;
+    assert_eq!(status.as_u16(), 460);
+    assert!(!h.contains_key(header::LOCATION));
+    assert_eq!(tus_blobs(&f).await, before);
 
     let req = Request::delete(&path)
         .header("tus-resumable", "1.0.0")

@@ -587,7 +587,17 @@ async fn create_inner(
             last_ms,
             video_id: None,
         };
-        let written = append(&api, &owner, &id, &dir, upload, body, checksum).await?;
+        let written = match append(&api, &owner, &id, &dir, upload, body, checksum).await {
+            Ok(written) => written,
+            Err(e) => {
+                // The client has no Location: nothing of it may stay
+                // (nor count against its unfinished uploads).
+                if let Err(gone) = api.runtime.blobs.delete(&dir).await {
+                    tracing::warn!(upload = %id, error = %gone, "failed creation not removed");
+                }
+                return Err(e);
+            }
+        };
         drop(busy);
         last_ms = rt::unix_ms();
         extra.push((UPLOAD_OFFSET.clone(), num(written.offset)));
@@ -890,10 +900,15 @@ async fn head_inner(
     // Complete but not yet handed over (the last PATCH's hand-over failed,
     // or its instance stopped): hand it over now, unless a request of
     // this instance is at it.
-    if upload.offset == upload.info.length
-        && upload.video_id.is_none()
-        && let Some(_busy) = api.tus.lock(&dir)
-    {
+    if upload.offset == upload.info.length && upload.video_id.is_none() {
+        // Never report a complete offset before the video exists: a client
+        // would take the upload as done.
+        let _busy = api.tus.lock(&dir).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::LOCKED,
+                "the upload is being handed over; try again",
+            )
+        })?;
         upload.video_id = Some(finish(&api, &owner, &id, &dir, &upload).await?);
     }
     let mut extra = vec![
