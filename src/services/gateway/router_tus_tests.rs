@@ -593,3 +593,48 @@ async fn a_patch_slower_than_the_body_deadline_is_an_upload_not_cut() {
     assert_eq!(offset_of(&h), 30);
     assert!(h.contains_key(&tus::VIDEO_ID));
 }
+
+#[tokio::test]
+async fn an_upload_continues_through_another_gateway_on_object_storage() {
+    // Two gateways, each with its own S3 store client over one bucket.
+    let mut f = fixture().await;
+    let bucket: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let gateway = |f: &Fixture| {
+        let mut runtime = f.runtime.clone();
+        runtime.blobs = Arc::new(crate::blob::s3::S3BlobStore::over(bucket.clone(), "sg"));
+        super::router_with(
+            runtime,
+            &super::Config {
+                max_upload_bytes: MAX,
+                ..super::Config::default()
+            },
+        )
+    };
+    let (a, b) = (gateway(&f), gateway(&f));
+    let file = data(400_000);
+    f.app = a;
+    let path = create(&f, file.len() as u64).await;
+    let (status, h, _) = send_patch(&f, &path, 0, &file[..150_000]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(offset_of(&h), 150_000);
+
+    f.app = b;
+    let (status, h, _) = head(&f, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(offset_of(&h), 150_000);
+    let (status, _, _) = send_patch(&f, &path, 0, &file[..10]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, h, body) = send_patch(&f, &path, 150_000, &file[150_000..]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body:?}");
+    let (_, original) = video(&f, h[&tus::VIDEO_ID].to_str().unwrap()).await;
+    assert_eq!(original.as_ref(), file.as_slice());
+    // Terminating a finished one through the other gateway removes its record.
+    f.app = gateway(&f);
+    let req = Request::delete(&path)
+        .header("tus-resumable", "1.0.0")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&f, req).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(head(&f, &path).await.0, StatusCode::NOT_FOUND);
+}
