@@ -3,7 +3,8 @@
 //! cut off mid-way (the client goes away half-way through a PATCH; the
 //! monolith is SIGKILLed and restarted), resume from the offset the server
 //! reports, and the video stored is the file, byte for byte (sha256). They
-//! fail, never skip, when a client is missing: run ci/deps.
+//! fail, never skip, when a client is missing: run ci/deps. A raw socket
+//! cut half-way through a PATCH body shows none of it is kept.
 #![cfg(not(madsim))]
 
 use std::path::{Path, PathBuf};
@@ -224,4 +225,91 @@ async fn tus_js_client_resumes_after_a_cut_mid_patch() {
     assert_eq!(second["head_offset"].as_u64(), Some(file.len() as u64));
     let video = second["video_id"].as_str().expect("a video id");
     assert_stored(&node, &token, video, &file).await;
+}
+
+/// Half a PATCH body, then the connection closes: none of it is stored,
+/// and the upload goes on from the offset before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_patch_stores_none_of_it() {
+    use tokio::io::AsyncWriteExt as _;
+    let scratch = Scratch::new("tus-cut");
+    let data = scratch.path().join("data");
+    let secret = monolith::secret(scratch.path());
+    let node = monolith::start(scratch.path(), &data, &secret, &[]).await;
+    let token = node.user("cut@example.com").await;
+    let file = file_bytes(3, 1 << 20);
+    let meta = "filename Y3V0Lm1wNA==,filetype dmlkZW8vbXA0";
+    let tus = |method: &str, path: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", node.gateway))
+            .header("tus-resumable", "1.0.0")
+            .header("authorization", format!("Bearer {token}"))
+    };
+    let send = |req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+        let http = node.http.clone();
+        async move { http.request(req).await.expect("an answer") }
+    };
+    let created = send(
+        tus("POST", "/v1/uploads/")
+            .header("upload-length", file.len())
+            .header("upload-metadata", meta)
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let path = created.headers()["location"].to_str().unwrap().to_owned();
+    let offset = |res: &http::Response<hyper::body::Incoming>| -> u64 {
+        res.headers()["upload-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let half = file.len() / 2;
+    let first = send(
+        tus("PATCH", &path)
+            .header("upload-offset", 0)
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes::Bytes::copy_from_slice(&file[..half]).into())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(first.status(), 204);
+    assert_eq!(offset(&first), half as u64);
+
+    // By hand: the head says the rest, half of it comes, the socket closes.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let mut raw = socket.connect(node.gateway).await.expect("connect");
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nhost: x\r\ntus-resumable: 1.0.0\r\n\
+         authorization: Bearer {token}\r\nupload-offset: {half}\r\n\
+         content-type: application/offset+octet-stream\r\ncontent-length: {}\r\n\r\n",
+        file.len() - half
+    );
+    raw.write_all(head.as_bytes()).await.unwrap();
+    raw.write_all(&file[half..half + half / 2]).await.unwrap();
+    raw.flush().await.unwrap();
+    streamgate::rt::sleep(std::time::Duration::from_millis(300)).await;
+    drop(raw);
+    streamgate::rt::sleep(std::time::Duration::from_millis(300)).await;
+
+    let now = send(tus("HEAD", &path).body(Default::default()).unwrap()).await;
+    assert_eq!(now.status(), 200);
+    assert_eq!(offset(&now), half as u64, "none of the cut body");
+    let rest = send(
+        tus("PATCH", &path)
+            .header("upload-offset", half)
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes::Bytes::copy_from_slice(&file[half..]).into())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rest.status(), 204);
+    let video = rest.headers()["streamgate-video-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_stored(&node, &token, &video, &file).await;
 }
