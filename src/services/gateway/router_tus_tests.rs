@@ -638,3 +638,29 @@ async fn an_upload_continues_through_another_gateway_on_object_storage() {
     assert_eq!(send(&f, req).await.0, StatusCode::NO_CONTENT);
     assert_eq!(head(&f, &path).await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_upload_takes_a_bounded_number_of_patches() {
+    let mut f = fixture().await;
+    with_limits(
+        &mut f,
+        Limits {
+            max_parts: 3,
+            ..Limits::default()
+        },
+    );
+    let file = data(100);
+    let path = create(&f, 100).await;
+    for at in [0, 10] {
+        let (status, _, _) = send_patch(&f, &path, at, &file[at as usize..at as usize + 10]).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    // The last PATCH allowed must carry the rest.
+    let (status, _, body) = send_patch(&f, &path, 20, &file[20..30]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("remaining 80 bytes"), "{body:?}");
+    let (status, h, _) = send_patch(&f, &path, 20, &file[20..]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, original) = video(&f, h[&tus::VIDEO_ID].to_str().unwrap()).await;
+    assert_eq!(original.as_ref(), file.as_slice());
+}

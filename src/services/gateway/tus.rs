@@ -88,6 +88,9 @@ pub struct Limits {
     pub expiry: Duration,
     /// Time between sweeps of expired uploads.
     pub sweep_interval: Duration,
+    /// Most PATCHes (parts) one upload may take: each request lists them
+    /// all, so a client sending tiny chunks is told to send larger ones.
+    pub max_parts: usize,
 }
 
 impl Default for Limits {
@@ -96,6 +99,7 @@ impl Default for Limits {
             max_open_per_user: 10,
             expiry: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(600),
+            max_parts: 10_000,
         }
     }
 }
@@ -691,6 +695,20 @@ impl Hasher {
     }
 }
 
+/// Whether the next part is the last `upload` may take (it must then
+/// complete it).
+fn last_part(api: &Api, upload: &Upload) -> bool {
+    upload.parts.len() + 1 >= api.tus.limits.max_parts
+}
+
+fn too_many_parts(api: &Api, upload: &Upload) -> ApiError {
+    ApiError::bad_request(format!(
+        "at most {} PATCHes per upload: send the remaining {} bytes in one",
+        api.tus.limits.max_parts,
+        upload.info.length - upload.offset
+    ))
+}
+
 /// Stores `body` as the part at `upload.offset` (committed before this
 /// returns, so acknowledged bytes are durable) and, when that completes
 /// the upload, hands it to the pipeline. Returns the upload after it.
@@ -754,6 +772,9 @@ async fn append(
         if let Some(w) = writer.as_mut() {
             w.write(&frame).await.map_err(|e| blob_error(&e))?;
         }
+    }
+    if received > 0 && received < room && last_part(api, &upload) {
+        return Err(too_many_parts(api, &upload));
     }
     if !hasher.matches(checksum.as_ref()) {
         return Err(ApiError::new(
@@ -989,7 +1010,11 @@ async fn patch_inner(
             "the upload is complete",
         ));
     }
-    if let Some(n) = number(&headers, &header::CONTENT_LENGTH)?
+    let length = number(&headers, &header::CONTENT_LENGTH)?;
+    if last_part(&api, &upload) && length.is_some_and(|n| n != upload.info.length - upload.offset) {
+        return Err(too_many_parts(&api, &upload));
+    }
+    if let Some(n) = length
         && n > upload.info.length - upload.offset
     {
         return Err(ApiError::new(
