@@ -184,7 +184,7 @@ async fn tus_js_client_resumes_after_a_cut_mid_patch() {
     let scratch = Scratch::new("tus-js");
     let data = scratch.path().join("data");
     let secret = monolith::secret(scratch.path());
-    let file = file_bytes(2, 4 << 20);
+    let file = file_bytes(2, 8 << 20);
     let path = scratch.path().join("clip.bin");
     std::fs::write(&path, &file).expect("file");
     let chunk: u64 = 512 << 10;

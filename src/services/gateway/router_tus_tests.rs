@@ -462,7 +462,7 @@ async fn unfinished_uploads_per_user_are_limited() {
 #[tokio::test]
 async fn idle_uploads_expire_and_the_sweep_removes_their_bytes() {
     let mut f = fixture().await;
-    let expiry = Duration::from_millis(300);
+    let expiry = Duration::from_secs(1);
     with_limits(
         &mut f,
         Limits {
