@@ -16,13 +16,17 @@ fn main() -> anyhow::Result<()> {
 
     use streamgate::middleware::auth::{self, Key, Keyring};
     use streamgate::rt;
-    use streamgate::services::gateway::grant::Grants;
+    use streamgate::services::gateway::grant::{Grants, Scope};
 
     let opts = support::opts();
     let rounds = support::Rounds::new(opts, 9, 2, Duration::from_millis(300));
     let keys = Keyring::new(Key::new("bench", &[7; 32])?);
     let grants = Grants::new(&keys);
-    let grant = grants.mint("f3a9c0de12345678f3a9c0de12345678", u64::MAX - 1);
+    let grant = grants.mint(
+        "f3a9c0de12345678f3a9c0de12345678",
+        Scope::Owner,
+        u64::MAX - 1,
+    );
     let token = auth::mint(&keys.current, "api-gateway", u64::MAX - 1);
     let runtime = support::current_thread()?;
     let results = runtime.block_on(rounds.interleaved(2, async |path, _| {

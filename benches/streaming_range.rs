@@ -54,6 +54,7 @@ mod bench {
     use streamgate::blob::fs::FsBlobStore;
     use streamgate::bus::memory::MemoryBus;
     use streamgate::middleware::auth::Keyring;
+    use streamgate::proto::CreateVideoRequest;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt;
     use streamgate::services::auth::Secret;
@@ -280,13 +281,33 @@ mod bench {
                 Arc::new(store),
                 keys.clone(),
                 "bench",
+                // Metadata (and the cache in front of it, as in the
+                // monolith): the gateway reads the video's record for who
+                // may play it and its caching headers.
                 plugins(&[
                     ServiceKind::ApiGateway,
                     ServiceKind::Streaming,
                     ServiceKind::Auth,
+                    ServiceKind::Metadata,
+                    ServiceKind::Cache,
                 ]),
             )
             .await;
+            node.pool()
+                .metadata()
+                .await
+                .expect("metadata")
+                .create_video(CreateVideoRequest {
+                    video_id: VIDEO.into(),
+                    owner_id: "bench".into(),
+                    title: "bench".into(),
+                    content_type: "video/mp4".into(),
+                    size_bytes: FILE_BYTES,
+                    sha256_hex: "0".repeat(64),
+                    ..CreateVideoRequest::default()
+                })
+                .await
+                .expect("the bench video's record");
             let remote = support::start_node(
                 registry,
                 bus,

@@ -152,13 +152,14 @@ async fn sign_up(http: &Http, gw: &Gateway, email: &str) -> String {
         .to_owned()
 }
 
-/// Uploads `bytes` as a video; its id.
+/// Uploads `bytes` as a public video (the other user reads the
+/// staller's too); its id.
 async fn upload(http: &Http, gw: &Gateway, token: &str, bytes: Vec<u8>) -> String {
     let r = send(
         http,
         gw,
         "POST",
-        "/v1/videos?name=v.mp4&title=t",
+        "/v1/videos?name=v.mp4&title=t&visibility=public",
         token,
         bytes,
         "video/mp4",

@@ -834,10 +834,65 @@ async fn a_video_plays_through_signed_urls_with_no_header() {
     let expired = anonymous_get(&http, &m, &short_thumb, None).await;
     assert_refused_403(&expired, "expired");
 
-    // Only the owner gets URLs.
+    // A private video (the default) is not there for another user: no
+    // URLs, no media, not listed; the answer is an unknown id's.
+    let owner = m.token.clone();
     sign_in(&http, &mut m, "someone-else@example.com").await;
     let not_owner = playback_urls(&http, &m, &id, "").await;
-    assert_refused_403(&not_owner, "only the video's owner may get playback URLs");
+    assert_eq!(not_owner.status, 404, "{:?}", not_owner.body);
+    assert_eq!(not_owner.json()["error"], format!("no video {id}"));
     let missing = playback_urls(&http, &m, "no-such-video", "").await;
     assert_eq!(missing.status, 404, "{:?}", missing.body);
+    let theirs = get(&http, &m, &format!("/v1/videos/{id}/original"), None).await;
+    assert_eq!(theirs.status, 404);
+    let listed = get(&http, &m, "/v1/videos", None).await;
+    assert_eq!(listed.json()["videos"], serde_json::json!([]));
+
+    // Uploaded public, a video plays with no credential at all, its media
+    // cacheable by anyone, and is listed to every signed-in user.
+    let someone = std::mem::replace(&mut m.token, owner);
+    let public = post_video(
+        &http,
+        &m,
+        "name=open.mp4&visibility=public",
+        "video/mp4",
+        clip.clone(),
+    )
+    .await;
+    assert_eq!(public.status, 201, "{:?}", public.body);
+    let open = public.json()["video_id"].as_str().expect("id").to_owned();
+    let ready = wait_ready(&http, &m, &open).await;
+    assert_eq!(ready["visibility"], "public");
+    let master = anonymous_get(
+        &http,
+        &m,
+        &format!("/v1/videos/{open}/hls/master.m3u8"),
+        None,
+    )
+    .await;
+    assert_eq!(master.status, 200, "{:?}", master.body);
+    assert_eq!(master.headers["cache-control"], "public, max-age=60");
+    let original = anonymous_get(&http, &m, &format!("/v1/videos/{open}/original"), None).await;
+    assert_eq!((original.status, original.body.len()), (200, clip.len()));
+    assert_eq!(
+        original.headers["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let modified = original.headers["last-modified"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let again = anonymous_with(
+        &http,
+        &m,
+        "GET",
+        &format!("/v1/videos/{open}/original"),
+        &[("if-modified-since", &modified)],
+    )
+    .await;
+    assert_eq!(again.status, 304);
+    m.token = someone;
+    let listed = get(&http, &m, "/v1/videos", None).await;
+    assert_eq!(listed.json()["videos"][0]["id"], open.as_str());
+    assert_eq!(listed.json()["videos"].as_array().map(Vec::len), Some(1));
 }

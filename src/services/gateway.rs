@@ -4,12 +4,13 @@
 use axum::Router;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::routing::{get, post};
+use axum::routing::{get, head, options, post};
 
 use crate::kernel::{KernelError, Runtime};
 use crate::rt::transport::EdgeLimits;
 use crate::services::{Common, Domain, media};
 
+pub mod access;
 mod accounts;
 pub mod bearer;
 pub mod client_addr;
@@ -27,6 +28,7 @@ pub mod range;
 mod sessions;
 pub mod status;
 pub mod token_cache;
+pub mod tus;
 mod upload;
 pub mod validators;
 pub mod video_cache;
@@ -48,6 +50,8 @@ pub struct Config {
     pub edge: EdgeLimits,
     /// Origins whose pages may call the API (CORS).
     pub cors: cors::Origins,
+    /// Resumable uploads' limits (`/v1/uploads/`).
+    pub tus: tus::Limits,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             limits: limit::RequestLimits::default(),
             edge: EdgeLimits::default(),
             cors: cors::Origins::None,
+            tus: tus::Limits::default(),
         }
     }
 }
@@ -75,6 +80,10 @@ pub struct Api {
     grants: grant::Grants,
     /// Checks bearer tokens (and forgets those logged out).
     verifier: bearer::Verifier,
+    /// Video records media requests read lately.
+    recent: std::sync::Arc<access::Recent>,
+    /// Resumable uploads: their limits, those being written here.
+    tus: std::sync::Arc<tus::Tus>,
 }
 
 impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
@@ -130,6 +139,8 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
     let api = Api {
         grants: grant::Grants::new(&runtime.keys),
         verifier: verifier.clone(),
+        recent: std::sync::Arc::default(),
+        tus: std::sync::Arc::new(tus::Tus::new(config.tus)),
         runtime,
         max_upload_bytes: config.max_upload_bytes,
         located: std::sync::Arc::default(),
@@ -152,12 +163,9 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             "/v1/play/{grant}/hls/{rendition}/{segment}",
             get(grant::segment),
         );
-    let router = Router::new()
-        .route("/v1/videos", get(videos::list).post(upload::create))
-        .route(
-            "/v1/videos/{id}",
-            get(videos::get).patch(videos::patch).delete(videos::delete),
-        )
+    // Media: a public video's plays with no credential (the handlers
+    // decide, `access`); a token, when sent, is checked as everywhere.
+    let media = Router::new()
         .route("/v1/videos/{id}/original", get(playback::original))
         .route("/v1/videos/{id}/hls/master.m3u8", get(playback::master))
         .route("/v1/videos/{id}/thumbnail.jpg", get(playback::thumbnail))
@@ -169,6 +177,20 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             "/v1/videos/{id}/hls/{rendition}/{segment}",
             get(playback::segment),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            limit::per_account,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            verifier.clone(),
+            bearer::optional,
+        ));
+    let router = Router::new()
+        .route("/v1/videos", get(videos::list).post(upload::create))
+        .route(
+            "/v1/videos/{id}",
+            get(videos::get).patch(videos::patch).delete(videos::delete),
+        )
         .route("/v1/videos/{id}/playback", post(grant::create))
         .route("/v1/auth/logout", post(accounts::logout))
         .route("/v1/videos/{id}/sessions", post(sessions::start))
@@ -178,6 +200,13 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         )
         .route("/v1/videos/{id}/job", get(jobs::of_video))
         .route("/v1/jobs/{job_id}", get(jobs::get))
+        // Resumable uploads (tus 1.0.0); their OPTIONS is open (below).
+        .route("/v1/uploads", post(tus::create))
+        .route("/v1/uploads/", post(tus::create))
+        .route(
+            "/v1/uploads/{id}",
+            head(tus::head).patch(tus::patch).delete(tus::delete),
+        )
         .route("/v1/status", get(status::status))
         // Layers added later run first: the bearer check names the account
         // whose share the request then takes.
@@ -190,7 +219,14 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             bearer::require,
         ))
         .merge(accounts)
+        .merge(media)
         .merge(granted)
+        .merge(
+            Router::new()
+                .route("/v1/uploads", options(tus::options))
+                .route("/v1/uploads/", options(tus::options))
+                .route("/v1/uploads/{id}", options(tus::options)),
+        )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 http::StatusCode::METHOD_NOT_ALLOWED,
@@ -237,7 +273,12 @@ pub async fn domain(
         ready: Some(std::sync::Arc::new(move || saturated.saturated())),
         background: crate::services::Background {
             subscriptions,
-            tasks: Vec::new(),
+            // Expired resumable uploads' bytes (every instance sweeps;
+            // removing twice is harmless).
+            tasks: vec![crate::rt::spawn(tus::sweep_loop(
+                runtime.blobs.clone(),
+                config.tus,
+            ))],
             ..crate::services::Background::default()
         },
         ..Domain::default()
@@ -259,3 +300,11 @@ mod router_cache_tests;
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_limit_tests.rs"]
 mod router_limit_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_visibility_tests.rs"]
+mod router_visibility_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_tus_tests.rs"]
+mod router_tus_tests;

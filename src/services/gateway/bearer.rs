@@ -159,6 +159,18 @@ pub async fn require(State(v): State<Verifier>, mut req: Request, next: Next) ->
     }
 }
 
+/// The middleware of the media routes, which public videos answer with no
+/// credential: a request without `Authorization` goes through without an
+/// [`AuthUser`] (the handler decides); one with the header is checked as
+/// by [`require`] (a bad token is 401, never taken for no token).
+pub async fn optional(State(v): State<Verifier>, req: Request, next: Next) -> Response {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        require(State(v), req, next).await
+    } else {
+        next.run(req).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

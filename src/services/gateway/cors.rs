@@ -100,6 +100,14 @@ pub fn layer(origins: &Origins) -> Option<CorsLayer> {
                 header::IF_NONE_MATCH,
                 header::IF_MODIFIED_SINCE,
                 header::IF_RANGE,
+                // tus (resumable uploads)
+                HeaderName::from_static("tus-resumable"),
+                HeaderName::from_static("upload-length"),
+                HeaderName::from_static("upload-offset"),
+                HeaderName::from_static("upload-metadata"),
+                HeaderName::from_static("upload-checksum"),
+                HeaderName::from_static("upload-defer-length"),
+                HeaderName::from_static("upload-concat"),
             ])
             .expose_headers([
                 header::CONTENT_RANGE,
@@ -108,6 +116,17 @@ pub fn layer(origins: &Origins) -> Option<CorsLayer> {
                 header::RETRY_AFTER,
                 header::ETAG,
                 HeaderName::from_static("x-request-id"),
+                header::LOCATION,
+                HeaderName::from_static("tus-resumable"),
+                HeaderName::from_static("tus-version"),
+                HeaderName::from_static("tus-extension"),
+                HeaderName::from_static("tus-max-size"),
+                HeaderName::from_static("tus-checksum-algorithm"),
+                HeaderName::from_static("upload-offset"),
+                HeaderName::from_static("upload-length"),
+                HeaderName::from_static("upload-metadata"),
+                HeaderName::from_static("upload-expires"),
+                HeaderName::from_static("streamgate-video-id"),
             ])
             .max_age(MAX_AGE),
     )

@@ -10,13 +10,18 @@
 //! which resolves to `/v1/play/{grant}/hls/720p/index.m3u8`, and so on down
 //! to every segment, each carrying the grant.
 //!
-//! A grant is `p1.<key id>.<video id>.<expiry, Unix ms>.<HMAC-SHA256,
+//! A grant is `<scope>.<key id>.<video id>.<expiry, Unix ms>.<HMAC-SHA256,
 //! base64url>` signed with a key derived from the cluster's service keys
 //! ([`Keyring::derive`]): it rotates with them (the previous key still
 //! verifies), every gateway of a cluster verifies what any of them issued,
 //! and a service token never passes for a grant nor a grant for a service
 //! token. It opens the one video it names: the handlers take the video id
 //! from the verified grant, never from elsewhere in the path.
+//!
+//! Its scope (the first field, signed with the rest) says who made it:
+//! `p1`, the video's owner: it plays whatever the visibility; `p1v`, a
+//! viewer of an unlisted or public video: it plays only while the video is
+//! not private, so that making a video private stops the URLs others made.
 
 use std::time::Duration;
 
@@ -31,8 +36,10 @@ use serde::Deserialize;
 
 use super::bearer::AuthUser;
 use super::error::ApiError;
-use super::{Api, IdPath, playback, video_id, videos};
+use super::validators::visibility;
+use super::{Api, IdPath, access, playback, video_id, videos};
 use crate::middleware::auth::Keyring;
+use crate::proto::{Video, Visibility};
 use crate::rt;
 use crate::services::media;
 
@@ -46,7 +53,33 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_GRANT_BYTES: usize = 256;
 /// What the service keys are derived with for grants.
 const PURPOSE: &str = "streamgate playback grant v1";
-const VERSION: &str = "p1";
+
+/// Who made a grant, which decides what it keeps opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The video's owner: it plays whatever the visibility.
+    Owner,
+    /// Someone the video was shared with (unlisted or public): it plays
+    /// only while the video is not private.
+    Viewer,
+}
+
+impl Scope {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Owner => "p1",
+            Self::Viewer => "p1v",
+        }
+    }
+
+    fn of(tag: &str) -> Option<Self> {
+        match tag {
+            "p1" => Some(Self::Owner),
+            "p1v" => Some(Self::Viewer),
+            _ => None,
+        }
+    }
+}
 
 /// Why a grant was refused; each is answered 403 with its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +96,9 @@ pub enum GrantError {
     /// Past its expiry.
     #[error("playback grant: expired")]
     Expired,
+    /// A viewer's grant of a video made private since.
+    #[error("playback grant: the video is no longer shared")]
+    Unshared,
 }
 
 impl From<GrantError> for ApiError {
@@ -86,31 +122,31 @@ impl Grants {
         }
     }
 
-    /// A grant to play `video_id` until `expires_ms` (Unix ms).
+    /// A grant of `scope` to play `video_id` until `expires_ms` (Unix ms).
     ///
     /// # Panics
     /// If `video_id` is not a valid id (the caller checks it first).
     #[must_use]
-    pub fn mint(&self, video_id: &str, expires_ms: u64) -> String {
+    pub fn mint(&self, video_id: &str, scope: Scope, expires_ms: u64) -> String {
         assert!(media::is_id(video_id), "a checked video id: {video_id:?}");
         let key = &self.keys.current;
-        let body = format!("{VERSION}.{}.{video_id}.{expires_ms}", key.id);
+        let body = format!("{}.{}.{video_id}.{expires_ms}", scope.tag(), key.id);
         let sig = URL_SAFE_NO_PAD.encode(key.sign(body.as_bytes()));
         format!("{body}.{sig}")
     }
 
-    /// The video `grant` opens at `now_ms`.
+    /// The video `grant` opens at `now_ms`, and the grant's scope.
     ///
     /// # Errors
     /// Why it opens nothing.
-    pub fn verify<'a>(&self, grant: &'a str, now_ms: u64) -> Result<&'a str, GrantError> {
+    pub fn verify<'a>(&self, grant: &'a str, now_ms: u64) -> Result<(&'a str, Scope), GrantError> {
         if grant.len() > MAX_GRANT_BYTES {
             return Err(GrantError::Malformed);
         }
         let (body, sig) = grant.rsplit_once('.').ok_or(GrantError::Malformed)?;
         let mut parts = body.split('.');
-        let (Some(VERSION), Some(kid), Some(video_id), Some(expires), None) = (
-            parts.next(),
+        let (Some(scope), Some(kid), Some(video_id), Some(expires), None) = (
+            parts.next().and_then(Scope::of),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -134,7 +170,7 @@ impl Grants {
         if now_ms >= expires {
             return Err(GrantError::Expired);
         }
-        Ok(video_id)
+        Ok((video_id, scope))
     }
 }
 
@@ -146,8 +182,9 @@ pub struct PlaybackRequest {
     ttl_secs: Option<u64>,
 }
 
-/// `POST /v1/videos/{id}/playback`: the video's owner gets URLs that play
-/// it with no header until they expire: `{"video_id", "expires_at_ms",
+/// `POST /v1/videos/{id}/playback`: whoever may see the video (its owner;
+/// anyone signed in for an unlisted or public one) gets URLs that play it
+/// with no header until they expire: `{"video_id", "expires_at_ms",
 /// "master", "original", "thumbnail"}` (paths on this host).
 pub async fn create(
     State(api): State<Api>,
@@ -168,10 +205,27 @@ pub async fn create(
             )));
         }
     };
-    videos::check_owner(&api, user.as_ref(), &video_id, "get playback URLs for it").await?;
+    let Some(Extension(AuthUser(user))) = user else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    // From metadata, not the cache: a video just made private must not
+    // be shared from a stale copy.
+    let video = match videos::fresh(&api, &video_id).await {
+        Ok(v) if access::may_view(&v, Some(&user)) => v,
+        Ok(_) => return Err(access::hidden(&video_id, Some(&user))),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return Err(access::hidden(&video_id, Some(&user)));
+        }
+        Err(e) => return Err(e),
+    };
+    let scope = if access::is_owner(&video, &user) {
+        Scope::Owner
+    } else {
+        Scope::Viewer
+    };
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let expires_ms = rt::unix_ms().saturating_add(ttl_ms);
-    let grant = api.grants.mint(&video_id, expires_ms);
+    let grant = api.grants.mint(&video_id, scope, expires_ms);
     let base = format!("{PREFIX}{grant}");
     let mut res = axum::Json(serde_json::json!({
         "video_id": video_id,
@@ -189,9 +243,15 @@ pub async fn create(
     Ok(res)
 }
 
-/// The video a grant in a path opens now.
-fn opened(api: &Api, grant: &str) -> Result<String, ApiError> {
-    Ok(api.grants.verify(grant, rt::unix_ms())?.to_owned())
+/// The video a grant in a path opens now (its record as media requests
+/// read it, [`access::recent`]).
+async fn opened(api: &Api, grant: &str) -> Result<Video, ApiError> {
+    let (video_id, scope) = api.grants.verify(grant, rt::unix_ms())?;
+    let video = access::recent(api, video_id).await?;
+    if scope == Scope::Viewer && visibility(&video) == Visibility::Private {
+        return Err(GrantError::Unshared.into());
+    }
+    Ok(video)
 }
 
 fn path_error(e: &PathRejection) -> ApiError {
@@ -206,7 +266,8 @@ pub async fn original(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(grant) = path.map_err(|e| path_error(&e))?;
-    playback::original_of(&api, opened(&api, &grant)?, &method, &headers).await
+    let video = opened(&api, &grant).await?;
+    playback::original_of(&api, &video, &method, &headers).await
 }
 
 /// `GET /v1/play/{grant}/thumbnail.jpg`
@@ -216,7 +277,8 @@ pub async fn thumbnail(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(grant) = path.map_err(|e| path_error(&e))?;
-    playback::thumbnail_of(&api, opened(&api, &grant)?, &headers).await
+    let video = opened(&api, &grant).await?;
+    playback::thumbnail_of(&api, &video, &headers).await
 }
 
 /// `GET /v1/play/{grant}/hls/master.m3u8`
@@ -226,7 +288,8 @@ pub async fn master(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(grant) = path.map_err(|e| path_error(&e))?;
-    playback::playlist_of(&api, opened(&api, &grant)?, String::new(), &headers).await
+    let video = opened(&api, &grant).await?;
+    playback::playlist_of(&api, &video, String::new(), &headers).await
 }
 
 /// `GET /v1/play/{grant}/hls/{rendition}/index.m3u8`
@@ -236,8 +299,8 @@ pub async fn media_playlist(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((grant, rendition)) = path.map_err(|e| path_error(&e))?;
-    let video_id = opened(&api, &grant)?;
-    playback::playlist_of(&api, video_id, rendition, &headers).await
+    let video = opened(&api, &grant).await?;
+    playback::playlist_of(&api, &video, rendition, &headers).await
 }
 
 /// `GET /v1/play/{grant}/hls/{rendition}/{segment}`
@@ -247,8 +310,8 @@ pub async fn segment(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((grant, rendition, segment)) = path.map_err(|e| path_error(&e))?;
-    let video_id = opened(&api, &grant)?;
-    playback::segment_of(&api, video_id, rendition, segment, &headers).await
+    let video = opened(&api, &grant).await?;
+    playback::segment_of(&api, &video, rendition, segment, &headers).await
 }
 
 #[cfg(test)]
@@ -263,9 +326,9 @@ mod tests {
     #[test]
     fn a_grant_opens_its_video_until_it_expires() {
         let grants = Grants::new(&keys("k1", 1));
-        let grant = grants.mint("video-1", 10_000);
-        assert_eq!(grants.verify(&grant, 0), Ok("video-1"));
-        assert_eq!(grants.verify(&grant, 9_999), Ok("video-1"));
+        let grant = grants.mint("video-1", Scope::Owner, 10_000);
+        assert_eq!(grants.verify(&grant, 0), Ok(("video-1", Scope::Owner)));
+        assert_eq!(grants.verify(&grant, 9_999), Ok(("video-1", Scope::Owner)));
         assert_eq!(grants.verify(&grant, 10_000), Err(GrantError::Expired));
         assert!(grant.len() < MAX_GRANT_BYTES);
         // Only URL-path-safe characters: it sits in a path segment.
@@ -280,7 +343,7 @@ mod tests {
     #[test]
     fn an_altered_or_truncated_grant_opens_nothing() {
         let grants = Grants::new(&keys("k1", 1));
-        let grant = grants.mint("video-1", 10_000);
+        let grant = grants.mint("video-1", Scope::Owner, 10_000);
         // Another video's id, or a later expiry, under the same signature.
         let other = grant.replacen("video-1", "video-2", 1);
         assert_eq!(grants.verify(&other, 0), Err(GrantError::Forged));
@@ -293,6 +356,11 @@ mod tests {
         assert_eq!(grants.verify(&padded, 0), Err(GrantError::Malformed));
         let long = format!("p1.k1.{}.1.x", "a".repeat(300));
         assert_eq!(grants.verify(&long, 0), Err(GrantError::Malformed));
+        // The scope is signed: a viewer's grant does not become an owner's.
+        let viewer = grants.mint("video-1", Scope::Viewer, 10_000);
+        assert_eq!(grants.verify(&viewer, 0), Ok(("video-1", Scope::Viewer)));
+        let promoted = viewer.replacen("p1v.", "p1.", 1);
+        assert_eq!(grants.verify(&promoted, 0), Err(GrantError::Forged));
         for bad in ["", ".", "p1....", "p2.k1.v.1.sig", "p1.k1.../...1.sig"] {
             assert_eq!(grants.verify(bad, 0), Err(GrantError::Malformed), "{bad}");
         }
@@ -301,12 +369,15 @@ mod tests {
     #[test]
     fn grants_rotate_with_the_service_keys_and_are_not_service_tokens() {
         let old = keys("k1", 1);
-        let grant = Grants::new(&old).mint("video-1", 10_000);
+        let grant = Grants::new(&old).mint("video-1", Scope::Owner, 10_000);
         let rotated = Keyring {
             current: Key::new("k2", &[2; 32]).expect("key"),
             previous: Some(old.current.clone()),
         };
-        assert_eq!(Grants::new(&rotated).verify(&grant, 0), Ok("video-1"));
+        assert_eq!(
+            Grants::new(&rotated).verify(&grant, 0),
+            Ok(("video-1", Scope::Owner))
+        );
         assert_eq!(
             Grants::new(&keys("k2", 2)).verify(&grant, 0),
             Err(GrantError::UnknownKey)

@@ -1,15 +1,16 @@
 //! The job routes: a job's state through the worker service, by job id or
 //! as the transcode job of a video.
 
-use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::videos::enum_name;
-use super::{Api, IdPath, video_id};
+use super::{Api, IdPath, access, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{GetJobRequest, Job, JobState};
 use crate::services::media;
@@ -67,9 +68,18 @@ pub async fn get(
     job(&api, job_id).await
 }
 
-/// `GET /v1/videos/{id}/job`
-pub async fn of_video(State(api): State<Api>, path: IdPath) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/videos/{id}/job`: of a video the user may see (404
+/// otherwise).
+pub async fn of_video(
+    State(api): State<Api>,
+    path: IdPath,
+    user: Option<Extension<AuthUser>>,
+) -> Result<Json<Value>, ApiError> {
     let video_id = video_id(path)?;
+    let Some(user) = access::user_of(user.as_ref()) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    access::viewable(&api, &video_id, Some(user)).await?;
     job(&api, media::transcode_job_id(&video_id)).await
 }
 

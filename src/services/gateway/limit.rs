@@ -305,9 +305,16 @@ fn busy(status: StatusCode, message: String) -> Response {
     res
 }
 
-/// Whether a request is an upload (its body has its own idle rule).
+/// Whether a request is an upload (its body has its own idle rule): the
+/// one-shot `POST /v1/videos`, a tus creation (which may carry data) or a
+/// tus `PATCH`.
 fn is_upload(req: &Request) -> bool {
-    req.method() == Method::POST && req.uri().path() == "/v1/videos"
+    let path = req.uri().path();
+    match *req.method() {
+        Method::POST => matches!(path, "/v1/videos" | "/v1/uploads" | "/v1/uploads/"),
+        Method::PATCH => path.starts_with("/v1/uploads/"),
+        _ => false,
+    }
 }
 
 /// The outer limits of every API request: the query's length (414), the

@@ -2,7 +2,10 @@
 //! chunk from ReadRange), the HLS playlists and segments, and the
 //! thumbnail. When the gateway shares streaming's file store, originals
 //! and segments are sent from their files instead (see [`super::local`]).
+//! Who may play what: [`super::access`] (a public video's media needs no
+//! credential); the caching headers: [`super::validators`].
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -12,15 +15,17 @@ use futures::{Stream, StreamExt as _};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tonic::Code;
 
+use super::access;
+use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::local::{self, Original};
 use super::range::{self, Parsed, Spec};
-use super::validators::{self, IMMUTABLE, PLAYLIST};
+use super::validators::{Kind, Validators};
 use super::{Api, IdPath, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{
     DataChunk, GetPlaylistRequest, GetSegmentRequest, GetThumbnailRequest, LocateOriginalRequest,
-    LocatedFile, ReadRangeRequest,
+    LocatedFile, ReadRangeRequest, Video,
 };
 use crate::services::media;
 use crate::services::streaming::MAX_MESSAGE_BYTES;
@@ -199,9 +204,10 @@ fn finish(mut rest: Chunks) {
     });
 }
 
-/// A 200 or 206 answer streaming `[from, end)` of the blob `key` from
-/// ReadRange.
+/// A 200 or 206 answer streaming `[from, end)` of the original `key` of
+/// `video` from ReadRange.
 fn respond(
+    video: &Video,
     key: &str,
     status: StatusCode,
     first: DataChunk,
@@ -211,18 +217,26 @@ fn respond(
 ) -> Response {
     let size = first.total_size_bytes;
     let body = Body::from_stream(body(first, rest, from, end));
-    answer(key, status, body, size, from, end)
+    answer(video, key, status, body, size, from, end)
 }
 
 /// A 200 or 206 answer sending `body`, the bytes `[from, end)` of the
-/// original `key` of `size` bytes.
-fn answer(key: &str, status: StatusCode, body: Body, size: u64, from: u64, end: u64) -> Response {
+/// original `key` of `video`, of `size` bytes.
+fn answer(
+    video: &Video,
+    key: &str,
+    status: StatusCode,
+    body: Body,
+    size: u64,
+    from: u64,
+    end: u64,
+) -> Response {
     let length = end - from;
     let last = end.saturating_sub(1);
     let mut res = Response::new(body);
     *res.status_mut() = status;
     let h = res.headers_mut();
-    validators::mark(h, validators::etag(key, size), IMMUTABLE);
+    Validators::of(video, Kind::Original, key, size).mark(h);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CONTENT_TYPE,
@@ -244,24 +258,39 @@ async fn size(api: &Api, video_id: &str) -> Result<u64, ApiError> {
     Ok(first.total_size_bytes)
 }
 
+/// The video of a media route's `path`, if the request's user (or, with
+/// none, anyone) may play it.
+async fn playable(
+    api: &Api,
+    path: IdPath,
+    user: Option<&Extension<AuthUser>>,
+) -> Result<Video, ApiError> {
+    let id = video_id(path)?;
+    access::playable(api, &id, access::user_of(user)).await
+}
+
 /// `GET /v1/videos/{id}/original`, honouring a single-range `Range` header.
 pub async fn original(
     State(api): State<Api>,
     path: IdPath,
+    user: Option<Extension<AuthUser>>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    original_of(&api, video_id(path)?, &method, &headers).await
+    let video = playable(&api, path, user.as_ref()).await?;
+    original_of(&api, &video, &method, &headers).await
 }
 
-/// The original of `video_id` (checked), as `headers` ask for it.
+/// The original of `video` (one the caller may play), as `headers` ask for
+/// it.
 pub(super) async fn original_of(
     api: &Api,
-    video_id: String,
+    video: &Video,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut wanted = wanted(headers)?;
+    let video_id = video.id.clone();
     let key = media::original_key(&video_id);
     let msg = LocateOriginalRequest {
         video_id: video_id.clone(),
@@ -271,37 +300,42 @@ pub(super) async fn original_of(
     })
     .await
     {
-        let tag = validators::etag(&key, original.size());
-        if validators::not_modified(headers, &tag) {
-            return Ok(validators::not_modified_response(tag, IMMUTABLE));
+        let v = Validators::of(video, Kind::Original, &key, original.size());
+        if v.not_modified(method, headers) {
+            return Ok(v.not_modified_response());
         }
-        if !validators::range_allowed(headers, &tag) {
+        if !v.range_allowed(headers, crate::rt::unix_ms()) {
             wanted = Wanted::Full;
         }
-        return Ok(send_local(&key, original, wanted));
+        return Ok(send_local(video, &key, original, wanted));
     }
     // A conditional request, or a HEAD, needs the size (so the tag) first:
     // a one-byte read, closed cleanly, rather than a stream dropped midway.
-    let conditional =
-        headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_RANGE);
+    let conditional = [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_RANGE,
+    ]
+    .iter()
+    .any(|h| headers.contains_key(h));
     if conditional || method == Method::HEAD {
         let size = size(api, &video_id).await?;
-        let tag = validators::etag(&key, size);
-        if validators::not_modified(headers, &tag) {
-            return Ok(validators::not_modified_response(tag, IMMUTABLE));
+        let v = Validators::of(video, Kind::Original, &key, size);
+        if v.not_modified(method, headers) {
+            return Ok(v.not_modified_response());
         }
-        if !validators::range_allowed(headers, &tag) {
+        if !v.range_allowed(headers, crate::rt::unix_ms()) {
             wanted = Wanted::Full;
         }
         if method == Method::HEAD {
-            return Ok(head(&key, size, wanted));
+            return Ok(head(video, &key, size, wanted));
         }
     }
     let spec = match wanted {
         Wanted::Full => {
             let (first, rest) = read_range(api, &video_id, 0, 0).await?;
             let size = first.total_size_bytes;
-            return Ok(respond(&key, StatusCode::OK, first, rest, 0, size));
+            return Ok(respond(video, &key, StatusCode::OK, first, rest, 0, size));
         }
         Wanted::One(spec) => spec,
     };
@@ -326,6 +360,7 @@ pub(super) async fn original_of(
     match read_range(api, &video_id, start, length).await {
         Ok((first, rest)) => match spec.resolve(first.total_size_bytes) {
             Some((from, to)) => Ok(respond(
+                video,
                 &key,
                 StatusCode::PARTIAL_CONTENT,
                 first,
@@ -372,12 +407,13 @@ fn resolve(wanted: Wanted, size: u64) -> Option<(StatusCode, u64, u64)> {
     }
 }
 
-/// The answer for `wanted` of the original `key` opened from the
-/// gateway's store.
-fn send_local(key: &str, original: Original, wanted: Wanted) -> Response {
+/// The answer for `wanted` of the original `key` of `video` opened from
+/// the gateway's store.
+fn send_local(video: &Video, key: &str, original: Original, wanted: Wanted) -> Response {
     let size = original.size();
     match resolve(wanted, size) {
         Some((status, from, end)) => answer(
+            video,
             key,
             status,
             local::body(original, from, end),
@@ -391,9 +427,9 @@ fn send_local(key: &str, original: Original, wanted: Wanted) -> Response {
 
 /// The answer to a HEAD for `wanted` of the original `key` of `size`
 /// bytes: a GET's headers, no body.
-fn head(key: &str, size: u64, wanted: Wanted) -> Response {
+fn head(video: &Video, key: &str, size: u64, wanted: Wanted) -> Response {
     match resolve(wanted, size) {
-        Some((status, from, end)) => answer(key, status, Body::empty(), size, from, end),
+        Some((status, from, end)) => answer(video, key, status, Body::empty(), size, from, end),
         None => unsatisfiable(size),
     }
 }
@@ -408,22 +444,25 @@ fn rendition(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The blob `key`, `data`, as `content_type` with its validator and
-/// `cache_control`, or 304 when the request's `If-None-Match` has it.
+/// The blob `key` of `video`, `data`, of `kind`, as `content_type` with
+/// its validators, or 304 when the request's preconditions say the client
+/// has it. (Every media route answers GET and HEAD only, for which the
+/// preconditions are the same.)
 fn validated(
+    video: &Video,
+    kind: Kind,
     key: &str,
     headers: &HeaderMap,
-    cache_control: &'static str,
     content_type: &str,
     data: impl Into<Bytes>,
 ) -> Response {
     let data = data.into();
-    let tag = validators::etag(key, data.len() as u64);
-    if validators::not_modified(headers, &tag) {
-        return validators::not_modified_response(tag, cache_control);
+    let v = Validators::of(video, kind, key, data.len() as u64);
+    if v.not_modified(&Method::GET, headers) {
+        return v.not_modified_response();
     }
     let mut res = typed(content_type, data);
-    validators::mark(res.headers_mut(), tag, cache_control);
+    v.mark(res.headers_mut());
     res
 }
 
@@ -435,11 +474,11 @@ fn typed(content_type: &str, body: impl Into<Body>) -> Response {
     res
 }
 
-/// The master playlist of `video_id` (checked), or with a `rendition`
-/// (checked here) that rendition's playlist.
+/// The master playlist of `video`, or with a `rendition` (checked here)
+/// that rendition's playlist.
 pub(super) async fn playlist_of(
     api: &Api,
-    video_id: String,
+    video: &Video,
     rendition: String,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -447,7 +486,7 @@ pub(super) async fn playlist_of(
         self::rendition(&rendition)?;
     }
     let msg = GetPlaylistRequest {
-        video_id,
+        video_id: video.id.clone(),
         rendition,
     };
     let key = if msg.rendition.is_empty() {
@@ -462,9 +501,10 @@ pub(super) async fn playlist_of(
     )
     .await?;
     Ok(validated(
+        video,
+        Kind::Playlist,
         &key,
         headers,
-        PLAYLIST,
         &res.content_type,
         res.content,
     ))
@@ -474,40 +514,46 @@ pub(super) async fn playlist_of(
 pub async fn master(
     State(api): State<Api>,
     path: IdPath,
+    user: Option<Extension<AuthUser>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    playlist_of(&api, video_id(path)?, String::new(), &headers).await
+    let video = playable(&api, path, user.as_ref()).await?;
+    playlist_of(&api, &video, String::new(), &headers).await
 }
 
 /// `GET /v1/videos/{id}/hls/{rendition}/index.m3u8`
 pub async fn media_playlist(
     State(api): State<Api>,
     path: Result<Path<(String, String)>, PathRejection>,
+    user: Option<Extension<AuthUser>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &id).map_err(ApiError::bad_request)?;
     rendition(&name)?;
-    playlist_of(&api, id, name, &headers).await
+    let video = access::playable(&api, &id, access::user_of(user.as_ref())).await?;
+    playlist_of(&api, &video, name, &headers).await
 }
 
 /// `GET /v1/videos/{id}/hls/{rendition}/{segment}`
 pub async fn segment(
     State(api): State<Api>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    user: Option<Extension<AuthUser>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((video_id, name, segment_name)) =
         path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("video id", &video_id).map_err(ApiError::bad_request)?;
-    segment_of(&api, video_id, name, segment_name, &headers).await
+    let video = access::playable(&api, &video_id, access::user_of(user.as_ref())).await?;
+    segment_of(&api, &video, name, segment_name, &headers).await
 }
 
-/// The segment `segment_name` (checked here) of `video_id` (checked) in
-/// `name` (checked here).
+/// The segment `segment_name` (checked here) of `video` in `name` (checked
+/// here).
 pub(super) async fn segment_of(
     api: &Api,
-    video_id: String,
+    video: &Video,
     name: String,
     segment_name: String,
     headers: &HeaderMap,
@@ -519,7 +565,7 @@ pub(super) async fn segment_of(
         ));
     }
     let msg = GetSegmentRequest {
-        video_id,
+        video_id: video.id.clone(),
         rendition: name,
         segment_name,
     };
@@ -527,14 +573,14 @@ pub(super) async fn segment_of(
     let locate = |mut c: StreamingClient, req| async move { c.locate_segment(req).await };
     if let Some(file) = open_local(api, &key, msg.clone(), locate).await {
         let size = file.size();
-        let tag = validators::etag(&key, size);
-        if validators::not_modified(headers, &tag) {
-            return Ok(validators::not_modified_response(tag, IMMUTABLE));
+        let v = Validators::of(video, Kind::Segment, &key, size);
+        if v.not_modified(&Method::GET, headers) {
+            return Ok(v.not_modified_response());
         }
         let mut res = typed(segment_type(&msg.segment_name), local::body(file, 0, size));
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-        validators::mark(res.headers_mut(), tag, IMMUTABLE);
+        v.mark(res.headers_mut());
         return Ok(res);
     }
     let res = retried(
@@ -544,9 +590,10 @@ pub(super) async fn segment_of(
     )
     .await?;
     Ok(validated(
+        video,
+        Kind::Segment,
         &key,
         headers,
-        IMMUTABLE,
         &res.content_type,
         res.data,
     ))
@@ -556,19 +603,23 @@ pub(super) async fn segment_of(
 pub async fn thumbnail(
     State(api): State<Api>,
     path: IdPath,
+    user: Option<Extension<AuthUser>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    thumbnail_of(&api, video_id(path)?, &headers).await
+    let video = playable(&api, path, user.as_ref()).await?;
+    thumbnail_of(&api, &video, &headers).await
 }
 
-/// The thumbnail of `video_id` (checked).
+/// The thumbnail of `video`.
 pub(super) async fn thumbnail_of(
     api: &Api,
-    video_id: String,
+    video: &Video,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = media::thumbnail_key(&video_id);
-    let msg = GetThumbnailRequest { video_id };
+    let key = media::thumbnail_key(&video.id);
+    let msg = GetThumbnailRequest {
+        video_id: video.id.clone(),
+    };
     let res = retried(
         api,
         msg,
@@ -576,9 +627,10 @@ pub(super) async fn thumbnail_of(
     )
     .await?;
     Ok(validated(
+        video,
+        Kind::Thumbnail,
         &key,
         headers,
-        IMMUTABLE,
         &res.content_type,
         res.data,
     ))

@@ -101,7 +101,8 @@ async fn accounts_sign_up_log_in_and_refresh() {
 
 #[tokio::test]
 async fn protected_routes_refuse_bad_tokens_with_401() {
-    let f = fixture().await;
+    // With metadata: a media route asks it whether the video is public.
+    let f = super::router_tests::media_fixture().await;
     let now = crate::rt::unix_ms();
     let ours = Tokens::new(&auth_secret());
     let expired = ours

@@ -366,19 +366,39 @@ async fn gateways_agree_on_owners_and_a_leaving_instance_moves_only_its_keys() {
 async fn only_the_owner_changes_or_deletes_a_video() {
     let f = fixture().await;
     let _metadata = start(&f, ServiceKind::Metadata).await;
-    let theirs = create_for(&f, "someone-else", "theirs").await;
-    let (status, _, body) = send(&f, patch(&theirs, "mine now")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
-    assert!(super::router_tests::error_of(&body).contains("owner"));
     let delete = |id: &str| {
         Request::delete(format!("/v1/videos/{id}"))
             .body(Body::empty())
             .expect("request")
     };
-    assert_eq!(send(&f, delete(&theirs)).await.0, StatusCode::FORBIDDEN);
+    // Another user's private video is not there for this one: 404, as for
+    // an id nobody has.
+    let theirs = create_for(&f, "someone-else", "theirs").await;
+    let (status, _, body) = send(&f, patch(&theirs, "mine now")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body:?}");
     assert_eq!(
-        get_title(&f, &theirs).await,
-        (StatusCode::OK, "theirs".into())
+        super::router_tests::error_of(&body),
+        format!("no video {theirs}")
+    );
+    assert_eq!(send(&f, delete(&theirs)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get_title(&f, &theirs).await.0, StatusCode::NOT_FOUND);
+    // A public one it may see, not change: 403.
+    let public = create_for(&f, "someone-else", "public").await;
+    let req = UpdateVideoRequest {
+        video_id: public.clone(),
+        update_fields: vec!["visibility".into()],
+        visibility: crate::proto::Visibility::Public as i32,
+        ..UpdateVideoRequest::default()
+    };
+    let mut metadata = f.runtime.pool.metadata().await.expect("metadata");
+    metadata.update_video(req).await.expect("made public");
+    let (status, _, body) = send(&f, patch(&public, "mine now")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+    assert!(super::router_tests::error_of(&body).contains("owner"));
+    assert_eq!(send(&f, delete(&public)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_title(&f, &public).await,
+        (StatusCode::OK, "public".into())
     );
 
     let mine = create(&f, "mine").await;

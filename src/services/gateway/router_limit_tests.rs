@@ -24,6 +24,9 @@ use crate::rt::{self, transport::PeerAddr};
 /// The fixture's gateway with `limits` instead of the defaults.
 async fn limited(limits: RequestLimits) -> Fixture {
     let mut f = fixture().await;
+    super::router_tests::with_metadata(&mut f).await;
+    // Public: the second user of the account test reads it too.
+    super::router_tests::put_video(&f, "v1", &f.user_id, crate::proto::Visibility::Public).await;
     f.app = router_with(
         f.runtime.clone(),
         &Config {

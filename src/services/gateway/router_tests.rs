@@ -33,6 +33,8 @@ pub(super) struct Fixture {
     pub(super) token: String,
     /// The user the token is for.
     pub(super) user_id: String,
+    /// Services started for this test, stopped with it.
+    pub(super) kept: Vec<services::RunningService>,
     _streaming: services::RunningService,
     _auth: services::RunningService,
 }
@@ -46,12 +48,83 @@ pub(super) async fn fixture() -> Fixture {
     fixture_with(Arc::new(MemoryBlobStore::new())).await
 }
 
-/// The fixture over a file blob store in a scratch directory (kept while
-/// the directory is).
-async fn file_fixture() -> (Fixture, tempfile::TempDir) {
+/// The fixture with a metadata service too (media routes read the video's
+/// record: who may play it, its caching headers).
+pub(super) async fn media_fixture() -> Fixture {
+    let mut f = fixture().await;
+    with_metadata(&mut f).await;
+    f
+}
+
+/// The fixture (with metadata) over a file blob store in a scratch
+/// directory (kept while the directory is).
+pub(super) async fn file_fixture() -> (Fixture, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let store = crate::blob::fs::FsBlobStore::open(dir.path()).expect("store");
-    (fixture_with(Arc::new(store)).await, dir)
+    let mut f = fixture_with(Arc::new(store)).await;
+    with_metadata(&mut f).await;
+    (f, dir)
+}
+
+/// Starts a `kind` service on `f`'s runtime and registers it.
+pub(super) async fn start_service(f: &Fixture, kind: ServiceKind) -> services::RunningService {
+    let common = Common {
+        check_interval: Duration::from_secs(3600),
+        ..Common::ephemeral()
+    };
+    let service = services::start(&ServiceConfig::new(kind), &common, &f.runtime)
+        .await
+        .expect("starts");
+    f.runtime
+        .registry
+        .register(service.info())
+        .await
+        .expect("register");
+    service
+}
+
+/// Starts a metadata service (its catalog in memory) for `f`.
+pub(super) async fn with_metadata(f: &mut Fixture) {
+    let metadata = start_service(f, ServiceKind::Metadata).await;
+    f.kept.push(metadata);
+}
+
+/// Records a READY video `id` of `owner` with `visibility` in metadata.
+pub(super) async fn put_video(
+    f: &Fixture,
+    id: &str,
+    owner: &str,
+    visibility: crate::proto::Visibility,
+) -> crate::proto::Video {
+    use crate::proto::{CreateVideoRequest, UpdateVideoRequest, VideoState};
+    let mut metadata = f.runtime.pool.metadata().await.expect("metadata");
+    metadata
+        .create_video(CreateVideoRequest {
+            video_id: id.into(),
+            owner_id: owner.into(),
+            title: format!("video {id}"),
+            content_type: "video/mp4".into(),
+            size_bytes: 10,
+            sha256_hex: "0".repeat(64),
+            visibility: visibility as i32,
+            ..CreateVideoRequest::default()
+        })
+        .await
+        .expect("created");
+    let mut last = None;
+    for state in [VideoState::Transcoding, VideoState::Ready] {
+        let res = metadata
+            .update_video(UpdateVideoRequest {
+                video_id: id.into(),
+                update_fields: vec!["state".into()],
+                state: state as i32,
+                ..UpdateVideoRequest::default()
+            })
+            .await
+            .expect("updated");
+        last = res.into_inner().video;
+    }
+    last.expect("a video")
 }
 
 /// The fixture over `blobs`.
@@ -113,6 +186,7 @@ async fn fixture_with(blobs: Arc<dyn BlobStore>) -> Fixture {
         blobs,
         token,
         user_id,
+        kept: Vec::new(),
         _streaming: streaming,
         _auth: auth,
     }
@@ -154,7 +228,8 @@ pub(super) fn error_of(body: &Bytes) -> String {
 #[tokio::test]
 async fn many_concurrent_range_reads_get_their_bytes() {
     use futures::StreamExt as _;
-    let mut f = fixture().await;
+    let mut f = media_fixture().await;
+    put_video(&f, "v1", &f.user_id, crate::proto::Visibility::Private).await;
     // One account makes every read: a load test, so its share is the
     // whole media budget.
     let limits = super::limit::RequestLimits::default();
@@ -200,7 +275,7 @@ async fn many_concurrent_range_reads_get_their_bytes() {
 /// Through ReadRange (a memory store has no files).
 #[tokio::test]
 async fn originals_are_served_whole_and_by_range() {
-    originals_whole_and_by_range(&fixture().await).await;
+    originals_whole_and_by_range(&media_fixture().await).await;
 }
 
 /// From the file itself: the gateway shares streaming's file system here,
@@ -238,9 +313,15 @@ async fn local_originals_are_served_whole_and_by_range() {
 
 /// StreamingService calls of `method` that ended with `code`, as the
 /// metrics rendered in `metrics` count them.
-fn streaming_calls(metrics: &str, method: &str, code: &str) -> u64 {
+pub(super) fn streaming_calls(metrics: &str, method: &str, code: &str) -> u64 {
+    calls(metrics, "StreamingService", method, code)
+}
+
+/// Calls of `service`'s `method` that ended with `code`, as the metrics
+/// rendered in `metrics` count them.
+pub(super) fn calls(metrics: &str, service: &str, method: &str, code: &str) -> u64 {
     let series = format!(
-        "streamgate_requests_total{{service=\"streamgate.v1.StreamingService\",method=\"{method}\",code=\"{code}\"}}"
+        "streamgate_requests_total{{service=\"streamgate.v1.{service}\",method=\"{method}\",code=\"{code}\"}}"
     );
     metrics
         .lines()
@@ -250,6 +331,9 @@ fn streaming_calls(metrics: &str, method: &str, code: &str) -> u64 {
 }
 
 async fn originals_whole_and_by_range(f: &Fixture) {
+    for id in ["v1", "empty"] {
+        put_video(f, id, &f.user_id, crate::proto::Visibility::Private).await;
+    }
     let file: Bytes = (0..(3 << 20) + 7)
         .map(|i: u32| (i % 253) as u8)
         .collect::<Vec<_>>()
@@ -326,7 +410,7 @@ async fn originals_whole_and_by_range(f: &Fixture) {
 
 #[tokio::test]
 async fn hls_needs_a_ready_video() {
-    hls_after_ready(&fixture().await).await;
+    hls_after_ready(&media_fixture().await).await;
 }
 
 /// As [`hls_needs_a_ready_video`], with segments sent from their files.
@@ -345,6 +429,7 @@ async fn local_hls_needs_a_ready_video() {
 }
 
 async fn hls_after_ready(f: &Fixture) {
+    put_video(f, "v1", &f.user_id, crate::proto::Visibility::Private).await;
     f.blobs
         .put("originals/v1", Bytes::from_static(b"mp4"))
         .await
@@ -428,6 +513,10 @@ async fn requests_are_checked_before_any_call() {
             StatusCode::BAD_REQUEST,
         ),
         (
+            post("/v1/videos?name=a.mp4&visibility=secret", "video/mp4", None),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
             post("/v1/videos?name=a.mp4", "video/mp4", Some(1001)),
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
@@ -469,7 +558,8 @@ async fn viewing_sessions_start_and_stop_once_with_their_events() {
     use crate::bus::events::{Payload as _, StreamingStarted, StreamingStopped};
     use crate::bus::{EventType, handler};
 
-    let f = fixture().await;
+    let f = media_fixture().await;
+    put_video(&f, "v1", &f.user_id, crate::proto::Visibility::Private).await;
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let mut subs = Vec::new();
     for kind in [EventType::StreamingStarted, EventType::StreamingStopped] {
@@ -584,7 +674,8 @@ async fn viewing_sessions_start_and_stop_once_with_their_events() {
 
 #[tokio::test]
 async fn thumbnails_are_served_as_jpeg() {
-    let f = fixture().await;
+    let f = media_fixture().await;
+    put_video(&f, "v1", &f.user_id, crate::proto::Visibility::Private).await;
     let jpeg = Bytes::from_static(b"\xff\xd8\xff\xe0 a jpeg");
     for (key, data) in [
         (media::original_key("v1"), Bytes::from_static(b"video")),
@@ -750,7 +841,8 @@ fn conditional(f: &Fixture, method: &str, uri: &str, headers: &[(&str, &str)]) -
 /// Through streaming (no shared disk): validators, 304, If-Range, HEAD.
 #[tokio::test]
 async fn originals_read_through_streaming_answer_conditional_requests() {
-    let f = fixture().await;
+    let f = media_fixture().await;
+    put_video(&f, "v1", &f.user_id, crate::proto::Visibility::Private).await;
     let file: Bytes = (0..5000u32)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<_>>()

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::json;
-use super::{Api, IdPath, video_id};
+use super::{Api, IdPath, access, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{StartSessionRequest, StopSessionRequest};
 use crate::services::media;
@@ -79,6 +79,8 @@ pub async fn start(
             "rendition: expected 1..=32 chars of [A-Za-z0-9_-]",
         ));
     }
+    // Only on a video the user may watch (404 otherwise, as for reading it).
+    access::viewable(&api, &video_id, access::user_of(user.as_ref())).await?;
     let res = api
         .runtime
         .pool

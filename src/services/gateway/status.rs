@@ -141,6 +141,8 @@ mod tests {
             trusted_proxies: crate::services::gateway::client_addr::TrustedProxies::default(),
             grants: crate::services::gateway::grant::Grants::new(&kernel.runtime().keys),
             verifier: crate::services::gateway::bearer::Verifier::new(kernel.runtime().clone()),
+            recent: Arc::default(),
+            tus: Arc::default(),
         };
         // The first round may run before the services registered; the
         // next comes one interval later.

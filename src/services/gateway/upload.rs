@@ -57,7 +57,7 @@ impl From<Cut> for ApiError {
 }
 
 /// Checks a file name against UploadMetadata.file_name's rules.
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
         && name != "."
@@ -171,7 +171,8 @@ fn chunks(
         .chain(futures::stream::unfold(state, Rechunk::next))
 }
 
-/// `POST /v1/videos?name=&title=&description=` with the video as the body.
+/// `POST /v1/videos?name=&title=&description=&visibility=` with the video
+/// as the body (`visibility`: private, the default, unlisted or public).
 pub async fn create(
     State(api): State<Api>,
     user: Option<Extension<AuthUser>>,
@@ -213,6 +214,7 @@ pub async fn create(
         size_bytes: length.unwrap_or(0),
         title: query.get("title").unwrap_or_default().to_owned(),
         description: query.get("description").unwrap_or_default().to_owned(),
+        visibility: super::videos::upload_visibility(&query)? as i32,
         ..UploadMetadata::default()
     };
     let mut client = api.runtime.pool.upload().await?;

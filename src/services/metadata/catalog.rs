@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 #[cfg(not(madsim))]
 use super::pg_store::PgStore;
 use super::state::Step;
+pub use super::store::Filter;
 use super::store::{Store, StoreError, Updated};
-use crate::proto::{Video, VideoState};
+use crate::proto::Video;
 
 /// The catalog the server and the event consumer share.
 #[derive(Debug, Clone)]
@@ -100,15 +101,14 @@ impl Catalog {
         }
     }
 
-    /// Up to `limit` videos, newest first, after the `(created_at_ms, id)`
-    /// cursor, optionally of one owner and in one state.
+    /// Up to `limit` videos passing `filter`, newest first, after the
+    /// `(created_at_ms, id)` cursor.
     ///
     /// # Errors
     /// Store failures; a corrupt record.
     pub async fn list(
         &self,
-        owner: Option<String>,
-        state: Option<VideoState>,
+        filter: Filter,
         after: Option<(i64, String)>,
         limit: u32,
     ) -> Result<Vec<Video>, StoreError> {
@@ -116,8 +116,7 @@ impl Catalog {
             Self::Sqlite(s) => {
                 crate::sqlite::with(s, move |s| {
                     s.list(
-                        owner.as_deref(),
-                        state,
+                        &filter,
                         after.as_ref().map(|(at, id)| (*at, id.as_str())),
                         limit,
                     )
@@ -127,8 +126,7 @@ impl Catalog {
             #[cfg(not(madsim))]
             Self::Postgres(s) => {
                 s.list(
-                    owner.as_deref(),
-                    state,
+                    &filter,
                     after.as_ref().map(|(at, id)| (*at, id.as_str())),
                     limit,
                 )

@@ -19,9 +19,9 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::state::{self, Step};
-use super::store::{EVENT_MEMORY_MS, StoreError, StoredRendition, Updated};
+use super::store::{EVENT_MEMORY_MS, Filter, PUBLIC, StoreError, StoredRendition, Updated};
 use crate::pg::PgError;
-use crate::proto::{Rendition, Video, VideoState};
+use crate::proto::{Rendition, Video};
 
 /// The catalog's schema on PostgreSQL, one step per version.
 pub const MIGRATIONS: &[&str] = &[
@@ -49,11 +49,17 @@ pub const MIGRATIONS: &[&str] = &[
     // A write counter per row.
     "ALTER TABLE videos ADD COLUMN row_version BIGINT NOT NULL DEFAULT 0;
      CREATE INDEX metadata_applied_events_at ON metadata_applied_events (at_ms);",
+    // Visibility (0, unspecified, reads as private) and the time a video
+    // became ready: for a ready row of before, its last update (the best
+    // guess there is, and stable from now on).
+    "ALTER TABLE videos ADD COLUMN visibility INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE videos ADD COLUMN ready_at_ms BIGINT NOT NULL DEFAULT 0;
+     UPDATE videos SET ready_at_ms = updated_at_ms WHERE state = 3;",
 ];
 
 const COLUMNS: &str = "id, owner_id, title, description, content_type, size_bytes, sha256_hex, \
      state, failure_reason, renditions, created_at_ms, updated_at_ms, duration_ms, thumbnail_key, \
-     row_version";
+     visibility, ready_at_ms, row_version";
 
 /// The catalog on PostgreSQL.
 #[derive(Clone)]
@@ -109,7 +115,7 @@ impl PgStore {
             .execute(
                 &format!(
                     "INSERT INTO videos ({COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0)
                      ON CONFLICT (id) DO NOTHING"
                 ),
                 &values.params(),
@@ -174,21 +180,20 @@ impl PgStore {
             > 0)
     }
 
-    /// Up to `limit` videos, newest first, after the `(created_at_ms, id)`
-    /// cursor, optionally of one owner and in one state.
+    /// Up to `limit` videos passing `filter`, newest first, after the
+    /// `(created_at_ms, id)` cursor.
     ///
     /// # Errors
     /// Database failures; a corrupt row.
     pub async fn list(
         &self,
-        owner: Option<&str>,
-        state: Option<VideoState>,
+        filter: &Filter,
         after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<Video>, StoreError> {
         let client = self.client().await?;
         let (at, id) = after.unwrap_or((i64::MAX, ""));
-        let state = state.map(|s| s as i32);
+        let state = filter.state.map(|s| s as i32);
         let limit = i64::from(limit);
         let rows = client
             .query(
@@ -196,10 +201,19 @@ impl PgStore {
                     "SELECT {COLUMNS} FROM videos
                      WHERE ($1::text IS NULL OR owner_id = $1)
                        AND ($2::integer IS NULL OR state = $2)
+                       AND ($6::text IS NULL OR owner_id = $6 OR visibility = $7)
                        AND (created_at_ms < $3 OR (created_at_ms = $3 AND ($4 = '' OR id < $4)))
                      ORDER BY created_at_ms DESC, id DESC LIMIT $5"
                 ),
-                &[&owner, &state, &at, &id, &limit],
+                &[
+                    &filter.owner,
+                    &state,
+                    &at,
+                    &id,
+                    &limit,
+                    &filter.viewer,
+                    &PUBLIC,
+                ],
             )
             .await
             .map_err(db)?;
@@ -270,7 +284,7 @@ impl PgStore {
 const UPDATE: &str = "UPDATE videos SET owner_id = $2, title = $3, description = $4,
      content_type = $5, size_bytes = $6, sha256_hex = $7, state = $8, failure_reason = $9,
      renditions = $10, created_at_ms = $11, updated_at_ms = $12, duration_ms = $13,
-     thumbnail_key = $14, row_version = row_version + 1";
+     thumbnail_key = $14, visibility = $15, ready_at_ms = $16, row_version = row_version + 1";
 
 /// A video's column values as PostgreSQL takes them.
 struct Values<'a> {
@@ -292,7 +306,7 @@ impl<'a> Values<'a> {
         })
     }
 
-    /// The 14 columns in [`COLUMNS`] order, without the row version.
+    /// The 16 columns in [`COLUMNS`] order, without the row version.
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let v = self.v;
         vec![
@@ -310,6 +324,8 @@ impl<'a> Values<'a> {
             &v.updated_at_ms,
             &self.duration,
             &v.thumbnail_key,
+            &v.visibility,
+            &v.ready_at_ms,
         ]
     }
 }
@@ -349,7 +365,9 @@ fn row_to_video(row: &Row) -> Result<(Video, i64), StoreError> {
             updated_at_ms: row.get(11),
             duration_ms: to_u64(row.get(12)),
             thumbnail_key: row.get(13),
+            visibility: row.get(14),
+            ready_at_ms: row.get(15),
         },
-        row.get(14),
+        row.get(16),
     ))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, Filter};
 use super::error::MetadataError;
 use super::state::{self, MAX_REASON};
 use crate::bus::EventBus;
@@ -14,7 +14,7 @@ use crate::proto::metadata_service_server::MetadataService;
 use crate::proto::{
     CreateVideoRequest, CreateVideoResponse, DeleteVideoRequest, DeleteVideoResponse,
     GetVideoRequest, GetVideoResponse, ListVideosRequest, ListVideosResponse, UpdateVideoRequest,
-    UpdateVideoResponse, Video, VideoState,
+    UpdateVideoResponse, Video, VideoState, Visibility,
 };
 use crate::rt;
 use crate::services::media;
@@ -80,6 +80,16 @@ fn state_name(s: VideoState) -> &'static str {
     }
 }
 
+/// A visibility a caller asks for: UNSPECIFIED is `default` (PRIVATE at
+/// creation; refused for an update), an unknown value is refused.
+fn visibility(value: i32, default: Option<Visibility>) -> Result<Visibility, MetadataError> {
+    match Visibility::try_from(value) {
+        Ok(Visibility::Unspecified) => default.ok_or_else(|| invalid("visibility: must be set")),
+        Ok(v) => Ok(v),
+        Err(_) => Err(invalid("visibility: unknown value")),
+    }
+}
+
 /// The lower-case name of a video's state, as in MetadataUpdated.
 #[must_use]
 pub fn video_state(v: &Video) -> &'static str {
@@ -137,6 +147,7 @@ impl MetadataServer {
         {
             return Err(invalid("sha256_hex: 64 lower-case hex digits"));
         }
+        let visibility = visibility(r.visibility, Some(Visibility::Private))?;
         let now = i64::try_from(rt::unix_ms()).unwrap_or(i64::MAX);
         Ok(Video {
             id,
@@ -149,6 +160,7 @@ impl MetadataServer {
             state: VideoState::Uploaded as i32,
             created_at_ms: now,
             updated_at_ms: now,
+            visibility: visibility as i32,
             ..Video::default()
         })
     }
@@ -156,8 +168,8 @@ impl MetadataServer {
 
 /// Applies the fields of `r` named in its update mask to `v`.
 fn apply_update(v: &mut Video, r: UpdateVideoRequest) -> Result<Vec<String>, MetadataError> {
-    if r.update_fields.is_empty() || r.update_fields.len() > 7 {
-        return Err(invalid("update_fields: 1..=7 field names"));
+    if r.update_fields.is_empty() || r.update_fields.len() > 8 {
+        return Err(invalid("update_fields: 1..=8 field names"));
     }
     if r.expected_updated_at_ms != 0 && r.expected_updated_at_ms != v.updated_at_ms {
         return Err(MetadataError::Conflict(
@@ -218,6 +230,7 @@ fn apply_update(v: &mut Video, r: UpdateVideoRequest) -> Result<Vec<String>, Met
                 }
                 v.thumbnail_key.clone_from(&r.thumbnail_key);
             }
+            "visibility" => v.visibility = visibility(r.visibility, None)? as i32,
             other => return Err(invalid(format!("update_fields: unknown field {other:?}"))),
         }
     }
@@ -271,6 +284,9 @@ impl MetadataService for MetadataServer {
             .update(&id, move |v| {
                 let fields = apply_update(v, r)?;
                 v.updated_at_ms = v.updated_at_ms.max(now);
+                if v.state == VideoState::Ready as i32 && v.ready_at_ms == 0 {
+                    v.ready_at_ms = v.updated_at_ms;
+                }
                 Ok::<_, MetadataError>(fields)
             })
             .await
@@ -315,16 +331,23 @@ impl MetadataService for MetadataServer {
         if !r.owner_id.is_empty() {
             media::check_id("owner_id", &r.owner_id).map_err(invalid)?;
         }
+        if !r.viewer_id.is_empty() {
+            media::check_id("viewer_id", &r.viewer_id).map_err(invalid)?;
+        }
         let state = match VideoState::try_from(r.state) {
             Ok(VideoState::Unspecified) => None,
             Ok(s) => Some(s),
             Err(_) => return Err(invalid("state: unknown value").into()),
         };
         let after = parse_token(&r.page_token)?;
-        let owner = (!r.owner_id.is_empty()).then_some(r.owner_id);
+        let filter = Filter {
+            owner: (!r.owner_id.is_empty()).then_some(r.owner_id),
+            state,
+            viewer: (!r.viewer_id.is_empty()).then_some(r.viewer_id),
+        };
         let videos = self
             .store
-            .list(owner, state, after, limit)
+            .list(filter, after, limit)
             .await
             .map_err(MetadataError::from)?;
         let next_page_token = match videos.last() {

@@ -62,10 +62,11 @@ pub fn advance(v: &mut Video, step: &Step, now_ms: i64, fill: impl FnOnce(&mut V
         Step::Failed(reason) => clip_reason(reason),
         _ => String::new(),
     };
+    v.updated_at_ms = v.updated_at_ms.max(now_ms);
     if to == VideoState::Ready {
         fill(v);
+        v.ready_at_ms = v.updated_at_ms;
     }
-    v.updated_at_ms = v.updated_at_ms.max(now_ms);
     true
 }
 

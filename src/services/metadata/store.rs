@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::state::{self, Step};
-use crate::proto::{Rendition, Video, VideoState};
+use crate::proto::{Rendition, Video, VideoState, Visibility};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,8 @@ pub enum StoreError {
 /// PostgreSQL twin). Step 1 is the schema from before versions were
 /// recorded, hence `IF NOT EXISTS`: such a file (at version 0) takes it as
 /// it is.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS videos (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS videos (
          id TEXT PRIMARY KEY,
          owner_id TEXT NOT NULL,
          title TEXT NOT NULL,
@@ -59,7 +60,28 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS videos (
      CREATE TABLE IF NOT EXISTS applied_events (
          event_id TEXT PRIMARY KEY,
          at_ms INTEGER NOT NULL
-     );"];
+     );",
+    // Visibility (0, unspecified, reads as private) and the time a video
+    // became ready: for a ready row of before, its last update (the best
+    // guess there is, and stable from now on).
+    "ALTER TABLE videos ADD COLUMN visibility INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE videos ADD COLUMN ready_at_ms INTEGER NOT NULL DEFAULT 0;
+     UPDATE videos SET ready_at_ms = updated_at_ms WHERE state = 3;",
+];
+
+/// Which videos a listing returns (each `None`: no such condition).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this owner's.
+    pub owner: Option<String>,
+    /// Only those in this state.
+    pub state: Option<VideoState>,
+    /// Only those this user may find listed: their own and public ones.
+    pub viewer: Option<String>,
+}
+
+/// The stored value of [`Visibility::Public`], for the listing's filter.
+pub(super) const PUBLIC: i32 = Visibility::Public as i32;
 
 /// What an update did: `None`, no such video; `Some(Err)`, refused
 /// (nothing stored); `Some(Ok)`, the video as stored and what the change
@@ -112,7 +134,8 @@ pub struct Store {
 }
 
 const COLUMNS: &str = "id, owner_id, title, description, content_type, size_bytes, sha256_hex, \
-     state, failure_reason, renditions, created_at_ms, updated_at_ms, duration_ms, thumbnail_key";
+     state, failure_reason, renditions, created_at_ms, updated_at_ms, duration_ms, thumbnail_key, \
+     visibility, ready_at_ms";
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -204,15 +227,14 @@ impl Store {
             > 0)
     }
 
-    /// Up to `limit` videos, newest first, after the `(created_at_ms, id)`
-    /// cursor, optionally of one owner and in one state.
+    /// Up to `limit` videos passing `filter`, newest first, after the
+    /// `(created_at_ms, id)` cursor.
     ///
     /// # Errors
     /// SQLite failed or a row is corrupt.
     pub fn list(
         &self,
-        owner: Option<&str>,
-        state: Option<VideoState>,
+        filter: &Filter,
         after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<Video>, StoreError> {
@@ -220,11 +242,20 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM videos
              WHERE (?1 IS NULL OR owner_id = ?1) AND (?2 IS NULL OR state = ?2)
+               AND (?6 IS NULL OR owner_id = ?6 OR visibility = ?7)
                AND (created_at_ms < ?3 OR (created_at_ms = ?3 AND (?4 = '' OR id < ?4)))
              ORDER BY created_at_ms DESC, id DESC LIMIT ?5"
         ))?;
         let rows = stmt.query_map(
-            params![owner, state.map(|s| s as i32), at, id, limit],
+            params![
+                filter.owner,
+                filter.state.map(|s| s as i32),
+                at,
+                id,
+                limit,
+                filter.viewer,
+                PUBLIC
+            ],
             row_to_video,
         )?;
         rows.map(|r| r.map_err(StoreError::from)?).collect()
@@ -276,7 +307,7 @@ fn write(conn: &Connection, v: &Video) -> Result<(), StoreError> {
     conn.execute(
         &format!(
             "INSERT OR REPLACE INTO videos ({COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ),
         params![
             v.id,
@@ -293,6 +324,8 @@ fn write(conn: &Connection, v: &Video) -> Result<(), StoreError> {
             v.updated_at_ms,
             to_i64(v.duration_ms),
             v.thumbnail_key,
+            v.visibility,
+            v.ready_at_ms,
         ],
     )?;
     Ok(())
@@ -327,6 +360,8 @@ fn row_to_video(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Video, Store
         updated_at_ms: row.get(11)?,
         duration_ms: to_u64(row.get(12)?),
         thumbnail_key: row.get(13)?,
+        visibility: row.get(14)?,
+        ready_at_ms: row.get(15)?,
     }))
 }
 
@@ -361,14 +396,15 @@ mod tests {
             Err(StoreError::Exists(_))
         ));
         assert_eq!(s.get("b").expect("get").expect("found").title, "t");
-        let page = s.list(None, None, None, 2).expect("list");
+        let all = Filter::default();
+        let page = s.list(&all, None, 2).expect("list");
         assert_eq!(
             page.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
             ["c", "b"]
         );
         let last = page.last().expect("two");
         let rest = s
-            .list(None, None, Some((last.created_at_ms, &last.id)), 2)
+            .list(&all, Some((last.created_at_ms, &last.id)), 2)
             .expect("list");
         assert_eq!(
             rest.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),

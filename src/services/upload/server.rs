@@ -123,6 +123,9 @@ fn check_metadata(m: &UploadMetadata, max_size: u64) -> Result<(), UploadError> 
     if m.description.len() > 5000 {
         return Err(invalid("description: at most 5000 bytes"));
     }
+    if crate::proto::Visibility::try_from(m.visibility).is_err() {
+        return Err(invalid("visibility: unknown value"));
+    }
     if !m.idempotency_key.is_empty() && !media::is_id(&m.idempotency_key) {
         return Err(invalid(
             "idempotency_key: 1..=64 chars of [A-Za-z0-9_-], or empty",
@@ -346,6 +349,7 @@ impl UploadServer {
             content_type: r.meta.content_type.clone(),
             size_bytes: r.size,
             sha256_hex: r.sha.clone(),
+            visibility: r.meta.visibility,
         });
         // Within the commit's bound, so that the catalog never records the
         // video after the upload gave up on it.
@@ -565,5 +569,14 @@ mod tests {
             tonic::Code::ResourceExhausted
         );
         assert_eq!(title_of(&ok), "a.mp4");
+        let odd_visibility = UploadMetadata {
+            visibility: 9,
+            ..ok.clone()
+        };
+        assert_eq!(
+            tonic::Status::from(check_metadata(&odd_visibility, 10).expect_err("visibility"))
+                .code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

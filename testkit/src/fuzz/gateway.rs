@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(answer(&[0]), Some(StatusCode::SERVICE_UNAVAILABLE));
         // GET with a garbage token (even selector), GET without one (odd): 401.
         assert_eq!(answer(&[240]), Some(StatusCode::UNAUTHORIZED));
-        assert_eq!(answer(b"\xF3v1"), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(answer(b"\xF7v1"), Some(StatusCode::UNAUTHORIZED));
+        // A media route takes no token for a public video: without one it
+        // must ask metadata, missing here (503), never serve.
+        assert_eq!(answer(b"\xF3v1"), Some(StatusCode::SERVICE_UNAVAILABLE));
         // A handler's own check, past the token: a bad video id.
         assert_eq!(answer(b"\x02a%20b"), Some(StatusCode::BAD_REQUEST));
     }

@@ -3,6 +3,7 @@
 //! instances would hold). Each case takes two catalogs over the same data.
 
 use super::*;
+use crate::proto::VideoState;
 use crate::services::metadata::state::Step;
 
 fn video(id: &str, owner: &str, at: i64) -> Video {
@@ -39,27 +40,125 @@ async fn create_get_list_delete(a: &Catalog, b: &Catalog) {
         "u1"
     );
     assert!(a.get("zz").await.expect("get").is_none());
-    let page = b.list(None, None, None, 3).await.expect("list");
+    let page = b.list(Filter::default(), None, 3).await.expect("list");
     assert_eq!(ids(&page), ["d", "e", "c"]);
     let last = page.last().expect("three");
     let rest = a
-        .list(None, None, Some((last.created_at_ms, last.id.clone())), 10)
+        .list(
+            Filter::default(),
+            Some((last.created_at_ms, last.id.clone())),
+            10,
+        )
         .await
         .expect("list");
     assert_eq!(ids(&rest), ["a", "B"]);
     let mine = a
-        .list(Some("u2".into()), None, None, 10)
+        .list(
+            Filter {
+                owner: Some("u2".into()),
+                ..Filter::default()
+            },
+            None,
+            10,
+        )
         .await
         .expect("list");
     assert_eq!(ids(&mine), ["e"]);
     let ready = a
-        .list(None, Some(VideoState::Ready), None, 10)
+        .list(
+            Filter {
+                state: Some(VideoState::Ready),
+                ..Filter::default()
+            },
+            None,
+            10,
+        )
         .await
         .expect("list");
     assert!(ready.is_empty());
     assert!(a.delete("a").await.expect("delete"));
     assert!(!b.delete("a").await.expect("delete again"));
     assert!(b.get("a").await.expect("get").is_none());
+}
+
+/// Every page of `filter`, `size` at a time, following the cursor.
+async fn pages(c: &Catalog, filter: &Filter, size: u32) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = c.list(filter.clone(), after, size).await.expect("list");
+        after = page.last().map(|v| (v.created_at_ms, v.id.clone()));
+        let full = page.len() == size as usize;
+        if !page.is_empty() {
+            out.push(page.iter().map(|v| v.id.clone()).collect());
+        }
+        if !full {
+            return out;
+        }
+    }
+}
+
+async fn a_viewer_lists_their_own_and_public_videos_page_by_page(a: &Catalog, b: &Catalog) {
+    use crate::proto::Visibility::{Private, Public, Unlisted, Unspecified};
+    // Newest first: u1's and u2's videos of every visibility, interleaved,
+    // two of them at the same time (the id breaks the tie).
+    let rows = [
+        ("p1", "u1", 10, Private),
+        ("q1", "u2", 20, Public),
+        ("r1", "u2", 30, Unlisted),
+        ("s1", "u2", 40, Private),
+        ("t1", "u2", 50, Unspecified),
+        ("u1a", "u1", 60, Unlisted),
+        ("v1", "u2", 70, Public),
+        ("w1", "u2", 70, Public),
+        ("x1", "u1", 80, Public),
+    ];
+    for (id, owner, at, vis) in rows {
+        let mut v = video(id, owner, at);
+        v.visibility = vis as i32;
+        a.create(v).await.expect("create");
+    }
+    let viewer = |owner: Option<&str>| Filter {
+        owner: owner.map(str::to_owned),
+        viewer: Some("u1".into()),
+        ..Filter::default()
+    };
+    let flat = |p: Vec<Vec<String>>| p.concat();
+    // u1 sees their own (any visibility) and u2's public ones; never u2's
+    // private, unlisted or unspecified (old, private) ones.
+    let seen = flat(pages(b, &viewer(None), 2).await);
+    assert_eq!(seen, ["x1", "w1", "v1", "u1a", "q1", "p1"]);
+    // Every page size gives the same sequence, pages full but the last.
+    for size in [1, 3, 5, 100] {
+        let p = pages(a, &viewer(None), size).await;
+        assert!(p[..p.len() - 1].iter().all(|x| x.len() == size as usize));
+        assert_eq!(flat(p), seen, "page size {size}");
+    }
+    // owner=me: only u1's own.
+    assert_eq!(
+        flat(pages(b, &viewer(Some("u1")), 2).await),
+        ["x1", "u1a", "p1"]
+    );
+    // Another owner: only their public ones.
+    assert_eq!(
+        flat(pages(b, &viewer(Some("u2")), 1).await),
+        ["w1", "v1", "q1"]
+    );
+    // Visibility survives reading back and an update.
+    let stored = b.get("r1").await.expect("get").expect("r1");
+    assert_eq!(stored.visibility, Unlisted as i32);
+    b.update("r1", |v| {
+        v.visibility = Public as i32;
+        Ok::<_, ()>(())
+    })
+    .await
+    .expect("update")
+    .expect("found")
+    .expect("done");
+    assert_eq!(
+        flat(pages(a, &viewer(Some("u2")), 10).await),
+        ["w1", "v1", "r1", "q1"]
+    );
 }
 
 async fn an_event_applies_once(a: &Catalog, b: &Catalog) {
@@ -71,7 +170,7 @@ async fn an_event_applies_once(a: &Catalog, b: &Catalog) {
         .expect("apply");
     let after = after.expect("changed");
     assert_eq!(after.state, VideoState::Ready as i32);
-    assert_eq!(after.updated_at_ms, 5);
+    assert_eq!((after.updated_at_ms, after.ready_at_ms), (5, 5));
     // The same event through the other instance: already applied.
     assert!(
         b.apply("e1".into(), "v".into(), 6, Step::Completed, fill)
@@ -87,6 +186,7 @@ async fn an_event_applies_once(a: &Catalog, b: &Catalog) {
     assert!(stale.is_none());
     let v = a.get("v").await.expect("get").expect("v");
     assert_eq!((v.duration_ms, v.state), (2000, VideoState::Ready as i32));
+    assert_eq!(v.ready_at_ms, 5);
     // An unknown video: nothing to change.
     assert!(
         a.apply("e3".into(), "gone".into(), 8, Step::Started, |_| {})
@@ -204,6 +304,7 @@ macro_rules! contract {
 
 contract!(
     create_get_list_delete,
+    a_viewer_lists_their_own_and_public_videos_page_by_page,
     an_event_applies_once,
     one_event_raced_by_two_instances_applies_once,
     concurrent_updates_all_land,
@@ -224,15 +325,30 @@ fn a_sqlite_file_from_before_versions_migrates_with_its_data_and_a_newer_one_is_
             [],
         )
         .expect("row");
+        conn.execute(
+            "INSERT INTO videos VALUES ('done', 'u1', 'ready', '', 'video/mp4', 10, '', 3, '', '[]', 5, 9, 0, '')",
+            [],
+        )
+        .expect("row");
     }
     let store = Store::open(Some(&path)).expect("migrates");
-    assert_eq!(store.get("old").expect("get").expect("kept").title, "kept");
+    let old = store.get("old").expect("get").expect("kept");
+    assert_eq!(old.title, "kept");
+    // From before visibility: unspecified, which reads as private.
+    assert_eq!(old.visibility, crate::proto::Visibility::Unspecified as i32);
     drop(store);
     let version: i64 = rusqlite::Connection::open(&path)
         .expect("open")
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
+    // A ready video of before: ready since its last update.
+    let done = Store::open(Some(&path))
+        .expect("reopen")
+        .get("done")
+        .expect("get")
+        .expect("done");
+    assert_eq!((done.ready_at_ms, done.updated_at_ms), (9, 9));
     rusqlite::Connection::open(&path)
         .expect("open")
         .pragma_update(None, "user_version", 7)
@@ -282,5 +398,48 @@ async fn a_postgres_schema_at_version_1_migrates_with_its_data() {
         .await
         .expect_err("too new");
     assert!(e.to_string().contains("newer than this binary's 1"), "{e}");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_postgres_schema_at_version_2_gains_visibility_and_ready_times() {
+    use crate::proto::Visibility;
+    use crate::services::metadata::pg_store::MIGRATIONS;
+    let db = crate::pg::testing::Scratch::new().await;
+    let pool = db.pool();
+    crate::pg::migrate(&pool, "metadata", &MIGRATIONS[..2])
+        .await
+        .expect("version 2");
+    let conn = pool.get().await.expect("conn");
+    for row in [
+        "('old', 'u1', 'kept', '', 'video/mp4', 10, '', 1, '', '[]', 5, 5, 0, '', 0)",
+        "('done', 'u1', 'ready', '', 'video/mp4', 10, '', 3, '', '[]', 5, 9, 0, '', 4)",
+    ] {
+        conn.execute(&format!("INSERT INTO videos VALUES {row}"), &[])
+            .await
+            .expect("row");
+    }
+    drop(conn);
+    let catalog = Catalog::Postgres(PgStore::open(pool.clone()).await.expect("migrates"));
+    let old = catalog.get("old").await.expect("get").expect("old");
+    assert_eq!(
+        (old.visibility, old.ready_at_ms),
+        (Visibility::Unspecified as i32, 0)
+    );
+    let done = catalog.get("done").await.expect("get").expect("done");
+    assert_eq!((done.ready_at_ms, done.updated_at_ms), (9, 9));
+    // Old rows, unspecified, are never listed to another user.
+    let seen = catalog
+        .list(
+            Filter {
+                viewer: Some("u2".into()),
+                ..Filter::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert!(seen.is_empty(), "{seen:?}");
     db.drop().await;
 }
