@@ -158,6 +158,8 @@ mod bench {
     }
 
     #[derive(Clone)]
+    // A handful of these per run: their size does not matter.
+    #[allow(clippy::large_enum_variant)]
     enum ChannelKind {
         Raw(transport::Channel),
         Pool(streamgate::client::PoolChannel),

@@ -133,6 +133,46 @@ impl std::fmt::Display for Ratio {
     }
 }
 
+/// Spans handed to the exporter and not yet through it (queued or being
+/// sent), spans it sent, and spans dropped (the queue was full, or the
+/// collector refused or could not be reached).
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static EXPORTED: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Spans exported and spans dropped so far by this process (what
+/// `/metrics` shows as `streamgate_spans_exported_total` and
+/// `streamgate_spans_dropped_total`).
+#[must_use]
+pub fn counts() -> (u64, u64) {
+    (
+        EXPORTED.load(Ordering::Relaxed),
+        DROPPED.load(Ordering::Relaxed),
+    )
+}
+
+/// For an exporter: takes a place in a queue of `capacity` spans, or
+/// counts the span dropped (false) when the queue is full.
+#[must_use]
+pub fn enqueue(capacity: u64) -> bool {
+    let taken = QUEUED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+        (queued < capacity).then_some(queued + 1)
+    });
+    if taken.is_err() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+    taken.is_ok()
+}
+
+/// For an exporter: `spans` left the queue, sent (`sent`) or lost.
+pub fn dequeue(spans: u64, sent: bool) {
+    let _ = QUEUED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+        Some(queued.saturating_sub(spans))
+    });
+    let counter = if sent { &EXPORTED } else { &DROPPED };
+    counter.fetch_add(spans, Ordering::Relaxed);
+}
+
 /// Where finished spans go.
 pub trait Sink: Send + Sync + 'static {
     /// Takes a finished span; must not block.
@@ -144,18 +184,15 @@ static SINK: OnceLock<Box<dyn Sink>> = OnceLock::new();
 /// Whether spans go to the sink (see [`pause`]).
 static ON: AtomicBool = AtomicBool::new(false);
 
-/// The sampling ratio of new traces, as `f64` bits (1.0 until set).
-static RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
-
 /// Sends the process's spans to `sink` from now on, new traces sampled at
 /// `ratio` (0.0..=1.0). Once per process: a second call is refused.
 ///
 /// # Errors
 /// A sink was installed already.
 pub fn install(sink: Box<dyn Sink>, ratio: f64) -> Result<(), &'static str> {
-    RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
     SINK.set(sink)
         .map_err(|_| "an OpenTelemetry exporter is installed already")?;
+    rt::trace::set_root_sampling(Some(ratio));
     ON.store(true, Ordering::Release);
     Ok(())
 }
@@ -164,31 +201,15 @@ pub fn install(sink: Box<dyn Sink>, ratio: f64) -> Result<(), &'static str> {
 /// the ratio of new traces sampled: what a benchmark switches between
 /// rounds to compare export off and on in one process.
 pub fn pause(paused: bool, ratio: f64) {
-    RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
-    ON.store(!paused && SINK.get().is_some(), Ordering::Release);
+    let on = !paused && SINK.get().is_some();
+    rt::trace::set_root_sampling(on.then_some(ratio));
+    ON.store(on, Ordering::Release);
 }
 
 /// Whether spans are being exported.
 #[must_use]
 pub fn enabled() -> bool {
     ON.load(Ordering::Acquire)
-}
-
-/// Whether a new trace is sampled: always without an exporter (and then
-/// without drawing randomness), else with the configured ratio.
-#[must_use]
-pub fn sample_root() -> bool {
-    if !enabled() {
-        return true;
-    }
-    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
-    if ratio >= 1.0 {
-        return true;
-    }
-    // 53 random bits as a fraction in [0, 1).
-    #[allow(clippy::cast_precision_loss)]
-    let draw = (rt::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    draw < ratio
 }
 
 /// A span being timed; [`Span::end`] hands it to the exporter. `None` from

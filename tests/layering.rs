@@ -19,6 +19,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("blob", 3),
     ("bus", 3),
     ("schema", 2),
+    ("telemetry", 2),
+    ("readiness", 2),
     ("sqlite", 3),
     ("pg", 3),
     ("nats_kv", 3),

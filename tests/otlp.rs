@@ -173,4 +173,14 @@ async fn one_upload_is_one_trace_across_the_services() {
         spans.iter().all(|(service, _)| service == "streamgate"),
         "the monolith's resource is service.name=streamgate"
     );
+    // What was sent is counted on /metrics, and nothing was lost.
+    let exported = m.metric("streamgate_spans_exported_total").await;
+    assert!(exported >= ours.len() as f64, "{exported} spans exported");
+    assert_eq!(m.metric("streamgate_spans_dropped_total").await, 0.0);
+    // The consumers' lag is recorded per event type.
+    assert!(
+        m.metric("streamgate_bus_lag_seconds_count{event_type=\"file.uploaded\"}")
+            .await
+            >= 1.0
+    );
 }

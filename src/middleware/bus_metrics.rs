@@ -139,6 +139,7 @@ impl EventBus for MeteredBus {
             Box::pin(async move {
                 use futures::FutureExt as _;
                 let label = event_label(event.kind);
+                metrics.bus_lag(label, event.time);
                 let (context, span) = consumer_span(&event, group.as_deref(), subscription);
                 let handled = handler(event);
                 // Inside the event's trace: the calls the handler makes and

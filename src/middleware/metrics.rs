@@ -271,16 +271,30 @@ struct Pipeline {
 }
 
 /// The event bus's series (outside the lock: publishes are a hot path).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct BusSeries {
     publishes: Family<PublishLabels, Counter>,
     deliveries: Family<EventLabels, Counter>,
     handler_failures: Family<EventLabels, Counter>,
+    lag: Family<EventLabels, Histogram>,
 }
 
 impl BusSeries {
     fn register(registry: &mut Registry) -> Self {
-        let this = Self::default();
+        let this = Self {
+            publishes: Family::default(),
+            deliveries: Family::default(),
+            handler_failures: Family::default(),
+            // 1 ms to about 33 s.
+            lag: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+        };
+        registry.register(
+            "bus_lag_seconds",
+            "Time from an event's publication (its envelope's time) to the start of its handling in this process, by event type",
+            this.lag.clone(),
+        );
         registry.register(
             "bus_publishes",
             "Events published on the bus, by event type and outcome (ok, error)",
@@ -329,6 +343,7 @@ impl Default for Metrics {
             http.clone(),
         );
         process::register(&mut root);
+        root.register_collector(Box::new(SpanCounts));
         let registry = root.sub_registry_with_prefix("streamgate");
         let pipeline = Pipeline::register(registry);
         let bus = BusSeries::register(registry);
@@ -691,6 +706,19 @@ impl Metrics {
         if !ok {
             self.bus.handler_failures.get_or_create(&labels).inc();
         }
+    }
+
+    /// Records that an event of `event_type` published at `published_ms`
+    /// (Unix ms, the envelope's time) is being handled now (a clock behind
+    /// the publisher's counts as no lag).
+    pub fn bus_lag(&self, event_type: &'static str, published_ms: u64) {
+        let lag_ms = rt::unix_ms().saturating_sub(published_ms);
+        #[allow(clippy::cast_precision_loss)]
+        let lag = lag_ms as f64 / 1000.0;
+        self.bus
+            .lag
+            .get_or_create(&EventLabels { event_type })
+            .observe(lag);
     }
 
     /// Counts a read-through cache lookup (`hit`, `miss` or `fallback`).
@@ -1264,6 +1292,43 @@ where
             call.finish(status);
         }
         Poll::Ready(result)
+    }
+}
+
+/// Spans exported and dropped by the process's OTLP exporter
+/// ([`telemetry::counts`]), read at each scrape.
+#[derive(Debug)]
+struct SpanCounts;
+
+impl prometheus_client::collector::Collector for SpanCounts {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let (exported, dropped) = telemetry::counts();
+        for (name, help, value) in [
+            (
+                "streamgate_spans_exported",
+                "Spans the OTLP exporter sent to the collector",
+                exported,
+            ),
+            (
+                "streamgate_spans_dropped",
+                "Spans the OTLP exporter lost: its queue was full, or the collector refused or could not be reached",
+                dropped,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 

@@ -38,15 +38,15 @@ fn nonzero_u64() -> u64 {
 }
 
 impl TraceContext {
-    /// A new trace, sampled per [`crate::telemetry::sample_root`] (always,
-    /// unless spans are exported with a ratio below 1).
+    /// A new trace, sampled per [`sample_root`] (always, unless spans are
+    /// exported with a ratio below 1).
     #[must_use]
     pub fn root() -> Self {
         let trace_id = (u128::from(nonzero_u64()) << 64) | u128::from(rt::random_u64());
         Self {
             trace_id,
             span_id: nonzero_u64(),
-            flags: u8::from(crate::telemetry::sample_root()),
+            flags: u8::from(sample_root()),
         }
     }
 
@@ -99,6 +99,37 @@ impl TraceContext {
             self.trace_id, self.span_id, self.flags
         )
     }
+}
+
+/// The ratio of new traces sampled, as `f64` bits; all ones: every trace,
+/// without drawing randomness (no exporter: the simulator's seeds replay
+/// as before).
+static ROOT_SAMPLING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Samples new traces at `ratio` (0.0..=1.0; the sampled flag of
+/// `traceparent`, which every span of a trace follows), or, with `None`,
+/// every one without drawing randomness. Set by the span exporter
+/// ([`crate::telemetry`]).
+pub fn set_root_sampling(ratio: Option<f64>) {
+    let bits = ratio.map_or(u64::MAX, |r| r.clamp(0.0, 1.0).to_bits());
+    ROOT_SAMPLING.store(bits, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a new trace is sampled (see [`set_root_sampling`]).
+#[must_use]
+pub fn sample_root() -> bool {
+    let bits = ROOT_SAMPLING.load(std::sync::atomic::Ordering::Relaxed);
+    if bits == u64::MAX {
+        return true;
+    }
+    let ratio = f64::from_bits(bits);
+    if ratio >= 1.0 {
+        return true;
+    }
+    // 53 random bits as a fraction in [0, 1).
+    #[allow(clippy::cast_precision_loss)]
+    let draw = (rt::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    draw < ratio
 }
 
 /// The trace context of the call being handled on this task, if any.

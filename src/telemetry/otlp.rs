@@ -97,6 +97,41 @@ fn sampler_ratio(sampler: Option<String>, arg: Option<String>) -> Result<f64, St
 pub struct Exporter {
     processor: Arc<BatchSpanProcessor>,
     scope: InstrumentationScope,
+    /// Spans queued at most (the batch processor's queue size): past it a
+    /// span is dropped and counted.
+    capacity: u64,
+}
+
+/// The batch processor's queue size when `OTEL_BSP_MAX_QUEUE_SIZE` does not
+/// say (the SDK's default).
+pub const QUEUE_SIZE: usize = 2048;
+
+/// The OTLP exporter, counting what it sent and what it lost
+/// ([`super::counts`]).
+#[derive(Debug)]
+struct Counted<E>(E);
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Counted<E>
+{
+    async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.0.export(batch).await;
+        super::dequeue(spans, result.is_ok());
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
 }
 
 /// Longest a shutdown waits for the last spans to go out.
@@ -115,7 +150,17 @@ impl Exporter {
             builder = builder.with_endpoint(endpoint.clone());
         }
         let exporter = builder.build().map_err(|e| format!("OTLP exporter: {e}"))?;
-        let mut processor = BatchSpanProcessor::builder(exporter).build();
+        let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(QUEUE_SIZE);
+        let config = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(capacity)
+            .build();
+        let mut processor = BatchSpanProcessor::builder(Counted(exporter))
+            .with_batch_config(config)
+            .build();
         processor.set_resource(
             &Resource::builder()
                 .with_service_name(settings.service_name.clone())
@@ -126,6 +171,7 @@ impl Exporter {
             scope: InstrumentationScope::builder("streamgate")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
+            capacity: capacity as u64,
         })
     }
 
@@ -191,8 +237,10 @@ fn at(nanos: u64) -> std::time::SystemTime {
 
 impl Sink for Exporter {
     fn record(&self, span: Finished) {
-        // Queues (or, when the queue is full, drops) without blocking.
-        self.processor.on_end(self.data(span));
+        // Queues, or when the queue is full drops (counted), never blocks.
+        if super::enqueue(self.capacity) {
+            self.processor.on_end(self.data(span));
+        }
     }
 }
 
