@@ -219,11 +219,13 @@ pub fn enabled() -> bool {
 pub struct Span(Finished);
 
 impl Span {
-    /// Starts a span with its own `context`, a child of `parent`.
+    /// Starts a span with its own `context`, a child of `parent`, named by
+    /// `name` (called only when the span is exported: an unexported span
+    /// allocates nothing).
     #[must_use]
-    pub fn start(
+    pub fn start<N: Into<Cow<'static, str>>>(
         kind: Kind,
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> N,
         context: TraceContext,
         parent: Option<u64>,
         remote_parent: bool,
@@ -237,7 +239,7 @@ impl Span {
             parent,
             remote_parent,
             kind,
-            name: name.into(),
+            name: name().into(),
             start: now,
             end: now,
             attributes: Vec::new(),

@@ -44,7 +44,7 @@ fn consumer_span(
         crate::telemetry::derived_context(producer, &format!("{}#{subscription}", event.id));
     let mut span = crate::telemetry::Span::start(
         crate::telemetry::Kind::Consumer,
-        format!("process {}", event.kind.subject()),
+        || format!("process {}", event.kind.subject()),
         context,
         Some(producer.span_id),
         true,
@@ -98,7 +98,7 @@ impl EventBus for MeteredBus {
             .and_then(|context| {
                 crate::telemetry::Span::start(
                     crate::telemetry::Kind::Producer,
-                    format!("publish {}", event.kind.subject()),
+                    || format!("publish {}", event.kind.subject()),
                     context,
                     crate::rt::trace::current().map(|c| c.span_id),
                     false,

@@ -1016,8 +1016,13 @@ fn grpc_span<B>(side: Side, req: &Request<B>) -> Option<telemetry::Span> {
             (telemetry::Kind::Client, context, parent, false)
         }
     };
-    let mut span =
-        telemetry::Span::start(kind, format!("{service}/{method}"), context, parent, remote)?;
+    let mut span = telemetry::Span::start(
+        kind,
+        || format!("{service}/{method}"),
+        context,
+        parent,
+        remote,
+    )?;
     span.set("rpc.system", "grpc");
     span.set("rpc.service", service.to_owned());
     span.set("rpc.method", method.to_owned());
@@ -1213,7 +1218,7 @@ fn http_span<B>(req: &Request<B>, method: &'static str, route: &str) -> Option<t
     let parent = req.extensions().get::<trace::RemoteParent>().map(|p| p.0);
     let mut span = telemetry::Span::start(
         telemetry::Kind::Server,
-        format!("{method} {route}"),
+        || format!("{method} {route}"),
         context,
         parent,
         parent.is_some(),

@@ -66,7 +66,7 @@ async fn attempt(jobs: Arc<Jobs>, pool: ClientPool, job: Job) {
                 crate::telemetry::derived_context(submitter, &format!("{}#{attempt}", job.id));
             let mut span = crate::telemetry::Span::start(
                 crate::telemetry::Kind::Internal,
-                format!("job {}", job.kind),
+                || format!("job {}", job.kind),
                 context,
                 Some(submitter.span_id),
                 false,
