@@ -672,10 +672,17 @@ impl Metrics {
         })
     }
 
-    /// Sets the job queue's gauges: jobs `queued` and `leased`, and how
-    /// long the runnable queued job that has waited longest has waited.
-    pub fn job_queue(&self, queued: u64, leased: u64, oldest_wait: std::time::Duration) {
-        for (state, n) in [("queued", queued), ("leased", leased)] {
+    /// Sets the job queue's gauges: jobs `queued`, `leased` and `failed`
+    /// (waiting for a retry), and how long the runnable queued job that has
+    /// waited longest has waited.
+    pub fn job_queue(
+        &self,
+        queued: u64,
+        leased: u64,
+        failed: u64,
+        oldest_wait: std::time::Duration,
+    ) {
+        for (state, n) in [("queued", queued), ("leased", leased), ("failed", failed)] {
             self.pipeline
                 .job_queue_depth
                 .get_or_create(&JobStateLabels { state })
@@ -1761,8 +1768,8 @@ mod tests {
     #[test]
     fn the_job_queue_gauges_hold_the_last_count() {
         let metrics = Metrics::default();
-        metrics.job_queue(7, 2, std::time::Duration::from_millis(1_500));
-        metrics.job_queue(4, 1, std::time::Duration::ZERO);
+        metrics.job_queue(7, 2, 1, std::time::Duration::from_millis(1_500));
+        metrics.job_queue(4, 1, 0, std::time::Duration::ZERO);
         let text = metrics.render();
         for line in [
             "streamgate_job_queue_depth{state=\"queued\"} 4\n",

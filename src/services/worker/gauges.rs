@@ -1,4 +1,5 @@
-//! The job queue's gauges: how many jobs are queued and leased, and how
+//! The job queue's gauges: how many jobs are queued, leased and failed
+//! (waiting for a retry), and how
 //! long the queued job that has been runnable longest has waited
 //! (`streamgate_job_queue_depth{state}`,
 //! `streamgate_job_queue_oldest_age_seconds`). Counted from the store every
@@ -32,6 +33,8 @@ pub struct Sample {
     pub queued: u64,
     /// Jobs leased (running).
     pub leased: u64,
+    /// Jobs whose last attempt failed, waiting for their retry.
+    pub failed: u64,
     /// How long the queued job runnable longest has been runnable, in ms
     /// (a job waiting for its retry delay is not runnable yet): 0 when none.
     pub oldest_wait_ms: u64,
@@ -48,7 +51,7 @@ fn waited_ms(job: &Job, now_ms: u64) -> u64 {
 /// Store failures.
 pub async fn sample(store: &Store, now_ms: u64) -> Result<Sample, WorkerError> {
     let mut out = Sample::default();
-    for state in [JobState::Queued, JobState::Leased] {
+    for state in [JobState::Queued, JobState::Leased, JobState::Failed] {
         let mut counted = 0u64;
         let mut before_seq = None;
         loop {
@@ -71,7 +74,8 @@ pub async fn sample(store: &Store, now_ms: u64) -> Result<Sample, WorkerError> {
         }
         match state {
             JobState::Queued => out.queued = counted,
-            _ => out.leased = counted,
+            JobState::Leased => out.leased = counted,
+            _ => out.failed = counted,
         }
     }
     Ok(out)
@@ -81,7 +85,12 @@ pub async fn sample(store: &Store, now_ms: u64) -> Result<Sample, WorkerError> {
 pub async fn run(store: Store, metrics: Metrics) {
     loop {
         match sample(&store, rt::unix_ms()).await {
-            Ok(s) => metrics.job_queue(s.queued, s.leased, Duration::from_millis(s.oldest_wait_ms)),
+            Ok(s) => metrics.job_queue(
+                s.queued,
+                s.leased,
+                s.failed,
+                Duration::from_millis(s.oldest_wait_ms),
+            ),
             Err(e) => tracing::debug!(error = %e, "job queue not counted"),
         }
         rt::sleep(INTERVAL).await;
@@ -126,6 +135,7 @@ mod tests {
             Sample {
                 queued: 3,
                 leased: 0,
+                failed: 0,
                 oldest_wait_ms: 30_000
             }
         );
@@ -139,19 +149,34 @@ mod tests {
             Sample {
                 queued: 2,
                 leased: 1,
+                failed: 0,
                 oldest_wait_ms: 30_000
             }
         );
+        // Its attempt fails: it waits for its retry, counted as failed.
+        let (_, dead) = store
+            .update("a", move |j| j.fail(1, t0 + 45_000, "boom", 60_000, false))
+            .await
+            .expect("fail");
+        assert!(!dead);
+        let s = sample(&store, t0 + 50_000).await.expect("sample");
+        assert_eq!((s.queued, s.leased, s.failed), (2, 0, 1));
         // Past its delay, "c" counts from when it became runnable.
         let s = sample(&store, t0 + 200_000).await.expect("sample");
         assert_eq!(s.oldest_wait_ms, 190_000, "b waited since t0 + 10 s");
 
         let metrics = Metrics::default();
-        metrics.job_queue(s.queued, s.leased, Duration::from_millis(s.oldest_wait_ms));
+        metrics.job_queue(
+            s.queued,
+            s.leased,
+            s.failed,
+            Duration::from_millis(s.oldest_wait_ms),
+        );
         let text = metrics.render();
         for line in [
             "streamgate_job_queue_depth{state=\"queued\"} 2\n",
-            "streamgate_job_queue_depth{state=\"leased\"} 1\n",
+            "streamgate_job_queue_depth{state=\"leased\"} 0\n",
+            "streamgate_job_queue_depth{state=\"failed\"} 1\n",
             "streamgate_job_queue_oldest_age_seconds 190.0\n",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
