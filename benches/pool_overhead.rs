@@ -208,6 +208,31 @@ mod bench {
         }
     }
 
+    /// Prints one table: each row's median round (by throughput), as
+    /// ratios against the first row.
+    fn report<'a>(
+        concurrency: usize,
+        names: impl Iterator<Item = &'a str>,
+        runs: Vec<Vec<Figures>>,
+    ) {
+        let figures: Vec<Figures> = runs
+            .into_iter()
+            .map(|runs| support::median_by(runs, |f| f.per_sec))
+            .collect();
+        let base = &figures[0];
+        println!("concurrency {concurrency}:");
+        for (name, f) in names.zip(&figures) {
+            println!(
+                "  {name:<40} {:>8.0} calls/s  p50 {:>6.0?}  p99 {:>6.0?} | throughput {}, p99 {}",
+                f.per_sec,
+                f.p50,
+                f.p99,
+                Ratio::of(f.per_sec, base.per_sec),
+                Ratio::of(f.p99.as_secs_f64(), base.p99.as_secs_f64()),
+            );
+        }
+    }
+
     /// `--profile PATH CALLS`: the index of one path (0 baseline, 1 client
     /// side, 2 server side, 3 both) and how many calls to make on it.
     fn profile_args() -> Option<(usize, usize)> {
@@ -299,20 +324,7 @@ mod bench {
                         Ok(run(paths[path].1.clone(), rounds.round, concurrency).await)
                     })
                     .await?;
-                let figures: Vec<Figures> = runs
-                    .into_iter()
-                    .map(|runs| support::median_by(runs, |f| f.per_sec))
-                    .collect();
-                let base = &figures[0];
-                println!("concurrency {concurrency}:");
-                for ((name, _), f) in paths.iter().zip(&figures) {
-                    println!(
-                        "  {name:<40} {:>8.0} calls/s  p50 {:>6.0?}  p99 {:>6.0?} | throughput {}, p99 {}",
-                        f.per_sec, f.p50, f.p99,
-                        Ratio::of(f.per_sec, base.per_sec),
-                        Ratio::of(f.p99.as_secs_f64(), base.p99.as_secs_f64()),
-                    );
-                }
+                report(concurrency, paths.iter().map(|(name, _)| *name), runs);
             }
             if export {
                 let modes: [(&str, Option<f64>); 3] = [
@@ -334,20 +346,7 @@ mod bench {
                             Ok(figures)
                         })
                         .await?;
-                    let figures: Vec<Figures> = runs
-                        .into_iter()
-                        .map(|runs| support::median_by(runs, |f| f.per_sec))
-                        .collect();
-                    let base = &figures[0];
-                    println!("concurrency {concurrency}:");
-                    for ((name, _), f) in modes.iter().zip(&figures) {
-                        println!(
-                            "  {name:<40} {:>8.0} calls/s  p50 {:>6.0?}  p99 {:>6.0?} | throughput {}, p99 {}",
-                            f.per_sec, f.p50, f.p99,
-                            Ratio::of(f.per_sec, base.per_sec),
-                            Ratio::of(f.p99.as_secs_f64(), base.p99.as_secs_f64()),
-                        );
-                    }
+                    report(concurrency, modes.iter().map(|(name, _)| *name), runs);
                 }
             }
             anyhow::Ok(())

@@ -279,15 +279,14 @@ impl Span {
 #[must_use]
 pub fn derived_context(parent: TraceContext, key: &str) -> TraceContext {
     // FNV-1a over the key and the parent's span id.
-    let producer = parent;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes().chain(producer.span_id.to_le_bytes()) {
+    for byte in key.bytes().chain(parent.span_id.to_le_bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     TraceContext {
         span_id: hash.max(1),
-        ..producer
+        ..parent
     }
 }
 

@@ -1010,8 +1010,7 @@ fn grpc_span<B>(side: Side, req: &Request<B>) -> Option<telemetry::Span> {
     let (service, method) = telemetry::grpc_method(req.uri().path())?;
     let (kind, context, parent, remote) = match side {
         Side::Server => {
-            let context = *req.extensions().get::<TraceContext>()?;
-            let parent = req.extensions().get::<trace::RemoteParent>().map(|p| p.0);
+            let (context, parent) = served(req)?;
             (telemetry::Kind::Server, context, parent, parent.is_some())
         }
         Side::Client => {
@@ -1215,14 +1214,21 @@ impl HttpCall {
     }
 }
 
+/// The context the server trace layer gave a request served, and the
+/// caller's span (its parent) if the caller sent one.
+fn served<B>(req: &Request<B>) -> Option<(TraceContext, Option<u64>)> {
+    let context = *req.extensions().get::<TraceContext>()?;
+    let parent = req.extensions().get::<trace::RemoteParent>().map(|p| p.0);
+    Some((context, parent))
+}
+
 /// The server span of a plain HTTP request on `route` (see
 /// [`grpc_span`]).
 fn http_span<B>(req: &Request<B>, method: &'static str, route: &str) -> Option<telemetry::Span> {
     if !telemetry::enabled() {
         return None;
     }
-    let context = *req.extensions().get::<TraceContext>()?;
-    let parent = req.extensions().get::<trace::RemoteParent>().map(|p| p.0);
+    let (context, parent) = served(req)?;
     let mut span = telemetry::Span::start(
         telemetry::Kind::Server,
         || format!("{method} {route}"),

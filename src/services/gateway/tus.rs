@@ -444,10 +444,11 @@ fn owner(user: Option<Extension<AuthUser>>) -> Result<String, ApiError> {
     }
 }
 
-/// The upload id of a path, checked (an id that is not one is unknown).
-fn upload_id(id: &str) -> Result<(), ApiError> {
+/// Where `owner`'s upload `id` (of a path, checked: an id that is not one
+/// is unknown) keeps its record and parts.
+fn upload_dir(owner: &str, id: &str) -> Result<String, ApiError> {
     if media::is_id(id) {
-        Ok(())
+        Ok(dir_of(owner, id))
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "no such upload"))
     }
@@ -915,8 +916,7 @@ async fn head_inner(
 ) -> Result<Response, ApiError> {
     check_version(&headers)?;
     let owner = owner(user)?;
-    upload_id(&id)?;
-    let dir = dir_of(&owner, &id);
+    let dir = upload_dir(&owner, &id)?;
     let mut upload = live(&api, &dir).await?;
     // Complete but not yet handed over (the last PATCH's hand-over failed,
     // or its instance stopped): hand it over now, unless a request of
@@ -974,7 +974,7 @@ async fn patch_inner(
 ) -> Result<Response, ApiError> {
     check_version(&headers)?;
     let owner = owner(user)?;
-    upload_id(&id)?;
+    let dir = upload_dir(&owner, &id)?;
     if !is_offset_stream(&headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -984,7 +984,6 @@ async fn patch_inner(
     let offset = number(&headers, &UPLOAD_OFFSET)?
         .ok_or_else(|| ApiError::bad_request("Upload-Offset: required"))?;
     let checksum = checksum_of(&headers)?;
-    let dir = dir_of(&owner, &id);
     let _busy = api.tus.lock(&dir).ok_or_else(|| {
         ApiError::new(
             StatusCode::LOCKED,
@@ -1059,8 +1058,7 @@ async fn delete_inner(
 ) -> Result<Response, ApiError> {
     check_version(&headers)?;
     let owner = owner(user)?;
-    upload_id(&id)?;
-    let dir = dir_of(&owner, &id);
+    let dir = upload_dir(&owner, &id)?;
     live(&api, &dir).await?;
     api.runtime
         .blobs
