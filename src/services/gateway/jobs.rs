@@ -14,6 +14,7 @@ use super::{Api, IdPath, access, video_id};
 use crate::middleware::retry::stamp;
 use crate::proto::{GetJobRequest, Job, JobState};
 use crate::services::media;
+use crate::services::worker::transcode;
 
 /// A job as the API shows it.
 #[must_use]
@@ -32,7 +33,7 @@ pub fn job_json(job: &Job) -> Value {
     })
 }
 
-async fn job(api: &Api, job_id: String) -> Result<Json<Value>, ApiError> {
+async fn job(api: &Api, job_id: String) -> Result<Job, ApiError> {
     let job_id = &job_id;
     let res = api
         .runtime
@@ -54,18 +55,33 @@ async fn job(api: &Api, job_id: String) -> Result<Json<Value>, ApiError> {
         })
         .await?;
     res.job
-        .map(|j| Json(job_json(&j)))
         .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "worker returned no job"))
 }
 
-/// `GET /v1/jobs/{job_id}`
+/// `GET /v1/jobs/{job_id}`: the transcode job of a video the user may see;
+/// any other job (another user's private video's, or one of no video)
+/// answers exactly as an unknown id.
 pub async fn get(
     State(api): State<Api>,
     path: Result<Path<String>, PathRejection>,
+    user: Option<Extension<AuthUser>>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(job_id) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     media::check_id("job_id", &job_id).map_err(ApiError::bad_request)?;
-    job(&api, job_id).await
+    let Some(user) = access::user_of(user.as_ref()) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, format!("no job {job_id:?}"));
+    let found = job(&api, job_id.clone()).await?;
+    let video = (found.kind == media::TRANSCODE_JOB)
+        .then(|| transcode::parse(&found.payload_json).ok())
+        .flatten()
+        .ok_or_else(unknown)?;
+    match access::viewable(&api, &video.video_id, Some(user)).await {
+        Ok(_) => Ok(Json(job_json(&found))),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Err(unknown()),
+        Err(e) => Err(e),
+    }
 }
 
 /// `GET /v1/videos/{id}/job`: of a video the user may see (404
@@ -80,7 +96,9 @@ pub async fn of_video(
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
     };
     access::viewable(&api, &video_id, Some(user)).await?;
-    job(&api, media::transcode_job_id(&video_id)).await
+    Ok(Json(job_json(
+        &job(&api, media::transcode_job_id(&video_id)).await?,
+    )))
 }
 
 #[cfg(test)]

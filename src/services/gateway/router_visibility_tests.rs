@@ -472,3 +472,62 @@ async fn media_carries_last_modified_and_answers_if_modified_since() {
     let (status, _, body) = anonymous(&f, ranged(date(video.created_at_ms - 5_000))).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"the original"[..]));
 }
+
+#[tokio::test]
+async fn a_job_is_seen_only_by_those_who_see_its_video() {
+    use crate::proto::SubmitJobRequest;
+    let mut f = media_fixture().await;
+    let worker = super::router_tests::start_service(&f, crate::services::ServiceKind::Worker).await;
+    f.kept.push(worker);
+    let (other, _) = other_user(&f).await;
+    let mut jobs = Vec::new();
+    for (id, visibility) in [
+        ("mine", Visibility::Private),
+        ("shared", Visibility::Unlisted),
+    ] {
+        put_video(&f, id, &f.user_id, visibility).await;
+        let job = f
+            .runtime
+            .pool
+            .worker()
+            .await
+            .expect("worker")
+            .submit_job(SubmitJobRequest {
+                kind: media::TRANSCODE_JOB.into(),
+                payload_json: crate::services::worker::transcode::payload_json(
+                    id,
+                    &media::original_key(id),
+                ),
+                idempotency_key: media::transcode_job_id(id),
+                ..SubmitJobRequest::default()
+            })
+            .await
+            .expect("submitted")
+            .into_inner()
+            .job
+            .expect("a job");
+        jobs.push(job.id);
+    }
+    let (private_job, unlisted_job) = (&jobs[0], &jobs[1]);
+    // The owner sees both; another user the unlisted one's only, and the
+    // private one's exactly as an id nobody has; no token: 401.
+    for job in &jobs {
+        let (status, _, body) = send(&f, get(&format!("/v1/jobs/{job}"), None)).await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        assert_eq!(json(&body)["id"], job.as_str());
+    }
+    let url = format!("/v1/jobs/{unlisted_job}");
+    let (status, _, _) = send(&f, as_user("GET", &url, Some(&other), "")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, nobody) = send(&f, as_user("GET", "/v1/jobs/nobody", Some(&other), "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&nobody), r#"no job "nobody""#);
+    let url = format!("/v1/jobs/{private_job}");
+    let (status, _, body) = send(&f, as_user("GET", &url, Some(&other), "")).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (StatusCode::NOT_FOUND, format!("no job {private_job:?}"))
+    );
+    let (status, _, _) = anonymous(&f, as_user("GET", &url, None, "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
