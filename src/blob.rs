@@ -145,7 +145,49 @@ pub trait BlobStore: Send + Sync + Debug {
     /// A local file holding the blob, where the backend has one (ffmpeg
     /// reads from it directly).
     fn local_path(&self, key: &str) -> Option<PathBuf>;
+
+    /// Stores the blobs under `parts`, joined in order, under `key`,
+    /// atomically as a commit does; the parts stay. Nothing changes under
+    /// `key` unless every part was read.
+    ///
+    /// This default streams the parts through a writer; a backend that can
+    /// join (or share) its stored bytes without moving them does better.
+    ///
+    /// # Errors
+    /// [`BlobError::NotFound`] naming the first missing part; the store's.
+    async fn compose(&self, parts: &[String], key: &str) -> Result<(), BlobError> {
+        compose_by_copy(self, parts, key).await
+    }
 }
+
+/// [`BlobStore::compose`] by reading the parts into a new blob.
+///
+/// # Errors
+/// As [`BlobStore::compose`].
+pub async fn compose_by_copy<S: BlobStore + ?Sized>(
+    store: &S,
+    parts: &[String],
+    key: &str,
+) -> Result<(), BlobError> {
+    check_key(key)?;
+    let mut writer = store.create().await?;
+    for part in parts {
+        let size = store.size(part).await?;
+        let mut at = 0;
+        while at < size {
+            let data = store.read(part, at, COMPOSE_READ).await?;
+            if data.is_empty() {
+                return Err(BlobError::NotFound(part.clone()));
+            }
+            writer.write(&data).await?;
+            at += data.len() as u64;
+        }
+    }
+    writer.commit(key).await
+}
+
+/// The reads [`BlobStore::compose`]'s default makes.
+const COMPOSE_READ: usize = 4 << 20;
 
 /// A blob being written.
 #[async_trait]

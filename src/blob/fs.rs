@@ -198,6 +198,64 @@ impl BlobStore for FsBlobStore {
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path(key).ok()
     }
+
+    /// One part: a second name for its file (a hard link; blobs are never
+    /// changed in place, only replaced, so the two cannot diverge); more:
+    /// the files copied by the kernel (`std::io::copy` between files uses
+    /// `copy_file_range`, never a buffer of ours). Either way through a
+    /// temporary file renamed into place, as a commit.
+    async fn compose(&self, parts: &[String], key: &str) -> Result<(), BlobError> {
+        let dest = self.path(key)?;
+        let paths = parts
+            .iter()
+            .map(|p| self.path(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tmp = self.temp();
+        let names = parts.to_vec();
+        blocking(move || {
+            let joined = join(&paths, &names, &tmp).and_then(|found| {
+                if found.is_ok() {
+                    install(&tmp, &dest)?;
+                }
+                Ok(found)
+            });
+            if !matches!(joined, Ok(Ok(()))) {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            joined
+        })
+        .await?
+    }
+}
+
+/// Writes the files `paths` (the blobs `names`), joined, as the new file
+/// `tmp`, durable and dated now; `Ok(Err(NotFound))` names a missing part.
+fn join(paths: &[PathBuf], names: &[String], tmp: &Path) -> std::io::Result<Result<(), BlobError>> {
+    let missing = |i: usize, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Ok(Err(BlobError::NotFound(names[i].clone())))
+        } else {
+            Err(e)
+        }
+    };
+    if let [only] = paths {
+        if let Err(e) = std::fs::hard_link(only, tmp) {
+            return missing(0, e);
+        }
+        let file = std::fs::File::options().write(true).open(tmp)?;
+        finish(&file)?;
+        return Ok(Ok(()));
+    }
+    let mut out = std::fs::File::create_new(tmp)?;
+    for (i, path) in paths.iter().enumerate() {
+        let mut part = match std::fs::File::open(path) {
+            Ok(part) => part,
+            Err(e) => return missing(i, e),
+        };
+        std::io::copy(&mut part, &mut out)?;
+    }
+    finish(&out)?;
+    Ok(Ok(()))
 }
 
 /// Adds to `page` the blobs under `dir` (whose key is `key`) that sort

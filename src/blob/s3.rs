@@ -253,6 +253,22 @@ impl BlobStore for S3BlobStore {
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None
     }
+
+    /// One part: S3's own copy (inside the server, atomic, up to 5 GiB);
+    /// more: streamed through a writer (the default).
+    async fn compose(&self, parts: &[String], key: &str) -> Result<(), BlobError> {
+        check_key(key)?;
+        match parts {
+            [part] => {
+                check_key(part)?;
+                self.store
+                    .copy(&self.path(part), &self.path(key))
+                    .await
+                    .map_err(|e| classify(part, e))
+            }
+            _ => super::compose_by_copy(self, parts, key).await,
+        }
+    }
 }
 
 /// A blob being streamed into a staging multipart upload.

@@ -27,6 +27,12 @@ pub const DB_FILE: &str = "uploads.sqlite";
 /// The gRPC path of the upload stream (its deadline may be longer than
 /// other calls'; see [`MAX_UPLOAD_CALL_TIMEOUT`]).
 pub const UPLOAD_PATH: &str = "/streamgate.v1.UploadService/Upload";
+/// The gRPC path of AdoptParts (it reads a whole upload's parts: its
+/// deadline may be longer than other calls', up to [`MAX_ADOPT_CALL_TIMEOUT`]).
+pub const ADOPT_PATH: &str = "/streamgate.v1.UploadService/AdoptParts";
+/// Longest deadline of AdoptParts: reading and joining 2 GiB of parts in
+/// an object store at 10 MB/s.
+pub const MAX_ADOPT_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest deadline of an upload stream: a large video over a slow link
 /// takes long, so what bounds an upload is [`UPLOAD_IDLE_TIMEOUT`] between
 /// chunks, with this as the outer limit (2 GiB at 100 kB/s).
@@ -179,7 +185,10 @@ pub async fn domain(
             tasks: vec![crate::rt::spawn(sweeper.run())],
             ..Background::default()
         },
-        long_calls: vec![(UPLOAD_PATH, MAX_UPLOAD_CALL_TIMEOUT)],
+        long_calls: vec![
+            (UPLOAD_PATH, MAX_UPLOAD_CALL_TIMEOUT),
+            (ADOPT_PATH, MAX_ADOPT_CALL_TIMEOUT),
+        ],
         ..Domain::default()
     })
 }

@@ -17,7 +17,90 @@ pub async fn run(store: &dyn BlobStore, space: &str) {
     reads_are_ranged_and_bounded(store, space).await;
     listings_page_in_key_order(store, space).await;
     delete_removes_a_tree(store, space).await;
+    compose_joins_parts_and_keeps_them(store, space).await;
     bad_keys_are_refused(store).await;
+}
+
+async fn compose_joins_parts_and_keeps_them(store: &dyn BlobStore, space: &str) {
+    let rule = "compose_joins_parts_and_keeps_them";
+    let parts: Vec<String> = (0..3).map(|i| format!("{space}/parts/p{i}")).collect();
+    let bodies = [vec![1u8; 3 << 20], b"middle".to_vec(), vec![3u8; 1 << 20]];
+    for (key, body) in parts.iter().zip(&bodies) {
+        store
+            .put(key, Bytes::from(body.clone()))
+            .await
+            .expect("put a part");
+    }
+    let joined = format!("{space}/joined/all");
+    store.compose(&parts, &joined).await.expect("compose");
+    let want: Vec<u8> = bodies.concat();
+    assert_eq!(
+        read_all(store, &joined).await,
+        want,
+        "{rule}: the parts' bytes in order"
+    );
+    let one = format!("{space}/joined/one");
+    store
+        .compose(&parts[1..2], &one)
+        .await
+        .expect("compose one");
+    assert_eq!(read_all(store, &one).await, b"middle", "{rule}: one part");
+    // Replaced under its key, as a commit.
+    store
+        .compose(&parts[..1], &one)
+        .await
+        .expect("compose again");
+    assert_eq!(
+        read_all(store, &one).await,
+        bodies[0],
+        "{rule}: a compose replaces what was there"
+    );
+    for (key, body) in parts.iter().zip(&bodies) {
+        assert_eq!(&read_all(store, key).await, body, "{rule}: the parts stay");
+    }
+    // A missing part: NotFound naming it, nothing written.
+    let missing = format!("{space}/parts/none");
+    let target = format!("{space}/joined/never");
+    for list in [
+        vec![parts[0].clone(), missing.clone()],
+        vec![missing.clone()],
+    ] {
+        match store.compose(&list, &target).await {
+            Err(BlobError::NotFound(k)) => assert_eq!(k, missing, "{rule}: names the part"),
+            other => panic!("{rule}: a missing part: {other:?}"),
+        }
+        assert!(
+            matches!(store.size(&target).await, Err(BlobError::NotFound(_))),
+            "{rule}: nothing stored when a part is missing"
+        );
+    }
+    assert!(
+        store.compose(&parts, "../escape").await.is_err(),
+        "{rule}: the key is checked"
+    );
+    store
+        .delete(&format!("{space}/parts"))
+        .await
+        .expect("clean");
+    store
+        .delete(&format!("{space}/joined"))
+        .await
+        .expect("clean");
+}
+
+/// The whole blob under `key`.
+async fn read_all(store: &dyn BlobStore, key: &str) -> Vec<u8> {
+    let size = store.size(key).await.expect("size");
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let data = store
+            .read(key, out.len() as u64, MAX_READ)
+            .await
+            .expect("read");
+        assert!(!data.is_empty(), "a read inside the blob returned nothing");
+        out.extend_from_slice(&data);
+    }
+    out
 }
 
 async fn visible_only_after_commit(store: &dyn BlobStore, space: &str) {

@@ -596,7 +596,9 @@ async fn a_patch_slower_than_the_body_deadline_is_an_upload_not_cut() {
 
 #[tokio::test]
 async fn an_upload_continues_through_another_gateway_on_object_storage() {
-    // Two gateways, each with its own S3 store client over one bucket.
+    // Two gateways, each with its own S3 store client over one bucket; the
+    // upload service's store is another one, so the hand-over cannot be
+    // an AdoptParts (FAILED_PRECONDITION) and streams the parts instead.
     let mut f = fixture().await;
     let bucket: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::memory::InMemory::new());
@@ -663,4 +665,108 @@ async fn an_upload_takes_a_bounded_number_of_patches() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, original) = video(&f, h[&tus::VIDEO_ID].to_str().unwrap()).await;
     assert_eq!(original.as_ref(), file.as_slice());
+}
+
+#[tokio::test]
+async fn adopt_parts_takes_only_the_callers_parts_from_its_own_store() {
+    use crate::proto::{AdoptPartsRequest, BlobPart, UploadMetadata};
+    use crate::services::upload::server::USER_ID_HEADER;
+    let f = fixture().await;
+    let dir = format!("tus/{}/{}", f.user_id, crate::rt::random_hex128());
+    let file = data(3_000_000);
+    let (a, b) = file.split_at(2_000_000);
+    for (i, part) in [a, b].iter().enumerate() {
+        f.blobs
+            .put(&format!("{dir}/p{i}"), Bytes::copy_from_slice(part))
+            .await
+            .unwrap();
+    }
+    let part = |key: &str, size: usize| BlobPart {
+        key: key.to_owned(),
+        size_bytes: size as u64,
+    };
+    let parts = vec![
+        part(&format!("{dir}/p0"), a.len()),
+        part(&format!("{dir}/p1"), b.len()),
+    ];
+    let meta = UploadMetadata {
+        file_name: "clip.mp4".into(),
+        content_type: "video/mp4".into(),
+        size_bytes: file.len() as u64,
+        idempotency_key: "adopt-once".into(),
+        ..UploadMetadata::default()
+    };
+    let call = |user: Option<&str>, meta: &UploadMetadata, parts: Vec<BlobPart>| {
+        let mut req = tonic::Request::new(AdoptPartsRequest {
+            metadata: Some(meta.clone()),
+            parts,
+        });
+        if let Some(user) = user {
+            req.metadata_mut()
+                .insert(USER_ID_HEADER, user.parse().unwrap());
+        }
+        let pool = f.runtime.pool.clone();
+        async move { pool.upload().await.unwrap().adopt_parts(req).await }
+    };
+    let user = Some(f.user_id.as_str());
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| r.map(|_| ()).unwrap_err().code();
+
+    // Someone else's parts, no user, a size that is not the store's, a
+    // total that is not size_bytes, nothing: refused, nothing made.
+    let theirs = vec![part(&format!("tus/someone/{}/p0", "x"), file.len())];
+    assert_eq!(
+        code(call(user, &meta, theirs).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(call(None, &meta, parts.clone()).await),
+        tonic::Code::InvalidArgument
+    );
+    let wrong = vec![part(&format!("{dir}/p0"), a.len() + 1), parts[1].clone()];
+    let wrong_meta = UploadMetadata {
+        size_bytes: file.len() as u64 + 1,
+        ..meta.clone()
+    };
+    assert_eq!(
+        code(call(user, &wrong_meta, wrong).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(call(user, &wrong_meta, parts.clone()).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(call(user, &meta, vec![]).await),
+        tonic::Code::InvalidArgument
+    );
+    // A part this store does not hold: FAILED_PRECONDITION (the gateway
+    // streams the bytes instead), naming no internals beyond the key.
+    let absent = vec![parts[0].clone(), part(&format!("{dir}/p9"), b.len())];
+    let status = call(user, &meta, absent).await.map(|_| ()).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("p9"), "{status:?}");
+    let (_, _, list) = send(&f, Request::get("/v1/videos").body(Body::empty()).unwrap()).await;
+    let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(list["videos"].as_array().map(Vec::len), Some(0), "{list}");
+
+    // The caller's parts: one video, the bytes and hash of the whole, the
+    // parts kept (the gateway removes them); the same key again: the same
+    // answer, deduplicated.
+    let made = call(user, &meta, parts.clone()).await.unwrap().into_inner();
+    assert!(!made.deduplicated);
+    assert_eq!(made.size_bytes, file.len() as u64);
+    assert_eq!(
+        made.sha256_hex,
+        crate::services::media::hex(&sha2::Sha256::digest(&file))
+    );
+    let (record, original) = video(&f, &made.video_id).await;
+    assert_eq!(original.as_ref(), file.as_slice());
+    assert_eq!(
+        record["sha256_hex"].as_str(),
+        Some(made.sha256_hex.as_str())
+    );
+    assert_eq!(f.blobs.size(&parts[0].key).await.unwrap(), a.len() as u64);
+    let again = call(user, &meta, parts).await.unwrap().into_inner();
+    assert!(again.deduplicated);
+    assert_eq!(again.video_id, made.video_id);
 }

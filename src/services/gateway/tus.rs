@@ -43,12 +43,21 @@ use super::bearer::AuthUser;
 use super::error::ApiError;
 use super::upload::CHUNK_BYTES;
 use crate::blob::{BlobError, BlobMeta, BlobStore, MAX_LIST, MAX_READ};
+use crate::client::PoolChannel;
 use crate::proto::upload_chunk::Payload;
-use crate::proto::{UploadChunk, UploadMetadata, Visibility};
+use crate::proto::upload_service_client::UploadServiceClient;
+use crate::proto::{
+    AdoptPartsRequest, BlobPart, UploadChunk, UploadMetadata, UploadResponse, Visibility,
+};
 use crate::rt;
 use crate::services::media;
 use crate::services::upload::server::USER_ID_HEADER;
-use crate::services::upload::{MAX_UPLOAD_CALL_TIMEOUT, UPLOAD_IDLE_TIMEOUT};
+use crate::services::upload::{
+    MAX_ADOPT_CALL_TIMEOUT, MAX_UPLOAD_CALL_TIMEOUT, UPLOAD_IDLE_TIMEOUT,
+};
+use tonic::Code;
+
+type UploadClient = UploadServiceClient<PoolChannel>;
 
 /// The protocol version served.
 pub const TUS_VERSION: &str = "1.0.0";
@@ -727,6 +736,9 @@ async fn append(
     let mut writer: Option<Box<dyn crate::blob::BlobWriter>> = None;
     let mut hasher = Hasher::of(checksum.as_ref());
     let mut received: u64 = 0;
+    // The body's frames (often a few KiB each) gathered into writes of
+    // WRITE_BYTES: one hop to the store per MiB, not per frame.
+    let mut pending = Vec::with_capacity(WRITE_BYTES);
     loop {
         let next = rt::timeout(UPLOAD_IDLE_TIMEOUT, stream.next())
             .await
@@ -761,18 +773,14 @@ async fn append(
             ));
         }
         hasher.update(&frame);
-        if writer.is_none() {
-            writer = Some(
-                api.runtime
-                    .blobs
-                    .create()
-                    .await
-                    .map_err(|e| blob_error(&e))?,
-            );
+        pending.extend_from_slice(&frame);
+        if pending.len() >= WRITE_BYTES {
+            write(api, &mut writer, &pending).await?;
+            pending.clear();
         }
-        if let Some(w) = writer.as_mut() {
-            w.write(&frame).await.map_err(|e| blob_error(&e))?;
-        }
+    }
+    if !pending.is_empty() {
+        write(api, &mut writer, &pending).await?;
     }
     if received > 0 && received < room && last_part(api, &upload) {
         return Err(too_many_parts(api, &upload));
@@ -796,6 +804,28 @@ async fn append(
     Ok(upload)
 }
 
+/// The size of the writes a PATCH body is gathered into.
+const WRITE_BYTES: usize = 1 << 20;
+
+/// Writes `data` to the part being written, starting it first if need be.
+async fn write(
+    api: &Api,
+    writer: &mut Option<Box<dyn crate::blob::BlobWriter>>,
+    data: &[u8],
+) -> Result<(), ApiError> {
+    let w = match writer {
+        Some(w) => w,
+        None => writer.insert(
+            api.runtime
+                .blobs
+                .create()
+                .await
+                .map_err(|e| blob_error(&e))?,
+        ),
+    };
+    w.write(data).await.map_err(|e| blob_error(&e))
+}
+
 /// Hands a complete upload to the upload service (the one-shot upload's
 /// path), records the video it became and removes the parts.
 async fn finish(
@@ -816,25 +846,14 @@ async fn finish(
         idempotency_key: format!("tus-{id}"),
         ..UploadMetadata::default()
     };
-    let cut: Arc<Mutex<Option<BlobError>>> = Arc::default();
-    let chunks = part_chunks(api.runtime.blobs.clone(), upload.parts.clone(), cut.clone());
-    let first = UploadChunk {
-        payload: Some(Payload::Metadata(meta)),
-    };
-    let stream = futures::stream::once(std::future::ready(first)).chain(chunks);
     let mut client = api.runtime.pool.upload().await?;
-    let mut req = tonic::Request::new(stream);
-    req.set_timeout(MAX_UPLOAD_CALL_TIMEOUT);
-    if let Ok(v) = owner.parse() {
-        req.metadata_mut().insert(USER_ID_HEADER, v);
-    }
-    let result = client.upload(req).await;
-    if let Some(e) = cut.lock().unwrap_or_else(PoisonError::into_inner).take() {
-        return Err(blob_error(&e));
-    }
-    let res = result
-        .map_err(|s| ApiError::from_status(&s, true))?
-        .into_inner();
+    let res = match adopt(&mut client, owner, upload, meta.clone()).await {
+        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::Unimplemented) => {
+            tracing::debug!(upload = id, status = %s, "parts not adopted; streaming them");
+            relay(api, &mut client, owner, upload, meta).await?
+        }
+        adopted => adopted.map_err(|s| ApiError::from_status(&s, true))?,
+    };
     let blobs = &api.runtime.blobs;
     blobs
         .put(&format!("{dir}/done"), res.video_id.clone().into())
@@ -847,6 +866,63 @@ async fn finish(
     }
     tracing::info!(upload = id, video = %res.video_id, bytes = info.length, "tus upload complete");
     Ok(res.video_id)
+}
+
+/// Asks the upload service to make the upload of the parts where they lie
+/// (UploadService.AdoptParts): no byte passes through the call.
+/// FAILED_PRECONDITION when its blob store is not this gateway's.
+async fn adopt(
+    client: &mut UploadClient,
+    owner: &str,
+    upload: &Upload,
+    meta: UploadMetadata,
+) -> Result<UploadResponse, tonic::Status> {
+    let parts = upload
+        .parts
+        .iter()
+        .map(|(key, size)| BlobPart {
+            key: key.clone(),
+            size_bytes: *size,
+        })
+        .collect();
+    let mut req = tonic::Request::new(AdoptPartsRequest {
+        metadata: Some(meta),
+        parts,
+    });
+    req.set_timeout(MAX_ADOPT_CALL_TIMEOUT);
+    if let Ok(v) = owner.parse() {
+        req.metadata_mut().insert(USER_ID_HEADER, v);
+    }
+    Ok(client.adopt_parts(req).await?.into_inner())
+}
+
+/// Streams the parts' bytes to the upload service (the one-shot upload's
+/// call), for an upload service whose blob store is not this gateway's.
+async fn relay(
+    api: &Api,
+    client: &mut UploadClient,
+    owner: &str,
+    upload: &Upload,
+    meta: UploadMetadata,
+) -> Result<UploadResponse, ApiError> {
+    let cut: Arc<Mutex<Option<BlobError>>> = Arc::default();
+    let chunks = part_chunks(api.runtime.blobs.clone(), upload.parts.clone(), cut.clone());
+    let first = UploadChunk {
+        payload: Some(Payload::Metadata(meta)),
+    };
+    let stream = futures::stream::once(std::future::ready(first)).chain(chunks);
+    let mut req = tonic::Request::new(stream);
+    req.set_timeout(MAX_UPLOAD_CALL_TIMEOUT);
+    if let Ok(v) = owner.parse() {
+        req.metadata_mut().insert(USER_ID_HEADER, v);
+    }
+    let result = client.upload(req).await;
+    if let Some(e) = cut.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        return Err(blob_error(&e));
+    }
+    Ok(result
+        .map_err(|s| ApiError::from_status(&s, true))?
+        .into_inner())
 }
 
 /// The parts' bytes as data chunks of at most [`CHUNK_BYTES`]; a read that

@@ -52,6 +52,10 @@ pub enum UploadError {
     /// Recording and announcing the upload took too long; it was undone.
     #[error("storing the upload took longer than {} s; nothing was kept", .0.as_secs())]
     CommitTimeout(Duration),
+    /// AdoptParts: a part is not in this service's blob store (the caller's
+    /// store is not this one).
+    #[error("part {0} is not in the upload service's blob store")]
+    PartMissing(String),
 }
 
 impl Classify for UploadError {
@@ -60,6 +64,7 @@ impl Classify for UploadError {
             Self::Invalid(_) => ErrorKind::Invalid,
             Self::TooLarge(_) => ErrorKind::Exhausted,
             Self::NotFound(_) => ErrorKind::NotFound,
+            Self::PartMissing(_) => ErrorKind::Conflict,
             Self::Idle(_) => ErrorKind::DeadlineExceeded,
             Self::Stream(s) => match s.code() {
                 tonic::Code::Internal | tonic::Code::Unknown => ErrorKind::Invalid,
@@ -91,6 +96,10 @@ mod tests {
             (UploadError::Invalid("x".into()), Code::InvalidArgument),
             (UploadError::TooLarge("x".into()), Code::ResourceExhausted),
             (UploadError::NotFound("u1".into()), Code::NotFound),
+            (
+                UploadError::PartMissing("tus/u/x/p0".into()),
+                Code::FailedPrecondition,
+            ),
             (
                 UploadError::Idle(Duration::from_secs(60)),
                 Code::DeadlineExceeded,

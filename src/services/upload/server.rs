@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::UploadError;
 use super::records::Records;
 use super::sweep::Committing;
-use crate::blob::BlobStore;
+use crate::blob::{BlobError, BlobStore};
 use crate::bus::EventBus;
 use crate::bus::events::{FileUploaded, Payload};
 use crate::client::ClientPool;
@@ -20,9 +20,9 @@ use crate::error::Classify as _;
 use crate::proto::upload_chunk::Payload as Chunk;
 use crate::proto::upload_service_server::UploadService;
 use crate::proto::{
-    CreateVideoRequest, DeleteUploadRequest, DeleteUploadResponse, DeleteVideoRequest,
-    GetUploadRequest, GetUploadResponse, ListUploadsRequest, ListUploadsResponse, UploadChunk,
-    UploadInfo, UploadMetadata, UploadResponse,
+    AdoptPartsRequest, BlobPart, CreateVideoRequest, DeleteUploadRequest, DeleteUploadResponse,
+    DeleteVideoRequest, GetUploadRequest, GetUploadResponse, ListUploadsRequest,
+    ListUploadsResponse, UploadChunk, UploadInfo, UploadMetadata, UploadResponse,
 };
 use crate::rt;
 use crate::services::media;
@@ -255,6 +255,45 @@ impl UploadServer {
         Ok((total, sha))
     }
 
+    /// Reads the parts (counting, hashing) and joins them into a committed
+    /// blob at `key`; returns its size and hash. On any error nothing is
+    /// left stored. The parts were checked ([`check_parts`]).
+    async fn join(&self, parts: &[BlobPart], key: &str) -> Result<(u64, String), UploadError> {
+        let mut hasher = Sha256::new();
+        let mut total: u64 = 0;
+        for part in parts {
+            let stored = self.blobs.size(&part.key).await.map_err(missing_part)?;
+            if stored != part.size_bytes {
+                return Err(invalid(format!(
+                    "part {}: {stored} bytes stored, {} declared",
+                    part.key, part.size_bytes
+                )));
+            }
+            let mut at = 0;
+            while at < stored {
+                let data = self
+                    .blobs
+                    .read(&part.key, at, ADOPT_READ)
+                    .await
+                    .map_err(missing_part)?;
+                if data.is_empty() {
+                    return Err(missing_part(BlobError::NotFound(part.key.clone())));
+                }
+                at += data.len() as u64;
+                // Hashing 4 MiB takes milliseconds: off the async workers.
+                hasher = rt::blocking(move || {
+                    hasher.update(&data);
+                    hasher
+                })
+                .await?;
+            }
+            total += stored;
+        }
+        let keys: Vec<String> = parts.iter().map(|p| p.key.clone()).collect();
+        self.blobs.compose(&keys, key).await.map_err(missing_part)?;
+        Ok((total, media::hex(&hasher.finalize())))
+    }
+
     /// Removes what a failed upload of `video_id` left (best effort): its
     /// video record (when it was, or may have been, created), its original
     /// and its upload records.
@@ -305,15 +344,17 @@ impl UploadServer {
     /// being committed, so the orphan sweep leaves its blob alone.
     async fn store_upload(
         &self,
-        stream: &mut Streaming<UploadChunk>,
+        source: Source<'_>,
         meta: UploadMetadata,
         owner: String,
     ) -> Result<UploadInfo, UploadError> {
         let video_id = rt::random_hex128();
         let committing = self.committing.begin(&video_id);
-        let (size, sha) = self
-            .receive(stream, &meta, &media::original_key(&video_id))
-            .await?;
+        let key = media::original_key(&video_id);
+        let (size, sha) = match source {
+            Source::Stream(stream) => self.receive(stream, &meta, &key).await?,
+            Source::Parts(parts) => self.join(parts, &key).await?,
+        };
         let this = self.clone();
         // In the call's trace: the catalog call and FileUploaded continue it.
         let commit = rt::spawn(rt::trace::carry(async move {
@@ -407,6 +448,86 @@ impl UploadServer {
     }
 }
 
+/// Where an upload's bytes come from.
+enum Source<'a> {
+    /// The data chunks of an Upload call.
+    Stream(&'a mut Streaming<UploadChunk>),
+    /// Parts already in the blob store (AdoptParts).
+    Parts(&'a [BlobPart]),
+}
+
+/// The reads AdoptParts makes of its parts.
+const ADOPT_READ: usize = 4 << 20;
+/// Most parts AdoptParts takes (the gateway's tus limit).
+pub const MAX_PARTS: usize = 10_000;
+
+/// A part missing from this store is the caller's to resolve (its store
+/// is not shared with this one): FAILED_PRECONDITION, naming the part.
+fn missing_part(e: BlobError) -> UploadError {
+    match e {
+        BlobError::NotFound(key) => UploadError::PartMissing(key),
+        e => UploadError::Blob(e),
+    }
+}
+
+/// Checks AdoptParts' parts: 1..=[`MAX_PARTS`], valid keys under
+/// `tus/<owner>/`, none empty, their total `meta.size_bytes` (which must
+/// be given).
+fn check_parts(parts: &[BlobPart], meta: &UploadMetadata, owner: &str) -> Result<(), UploadError> {
+    if parts.is_empty() || parts.len() > MAX_PARTS {
+        return Err(invalid(format!("parts: 1..={MAX_PARTS}")));
+    }
+    let prefix = format!("tus/{owner}/");
+    let mut total: u64 = 0;
+    for part in parts {
+        if crate::blob::check_key(&part.key).is_err() || !part.key.starts_with(&prefix) {
+            return Err(invalid(format!("parts: keys are blob keys under {prefix}")));
+        }
+        if part.size_bytes == 0 {
+            return Err(invalid("parts: none empty"));
+        }
+        total = total.saturating_add(part.size_bytes);
+    }
+    if meta.size_bytes == 0 || total != meta.size_bytes {
+        return Err(invalid(format!(
+            "parts: {total} bytes in all, size_bytes {}",
+            meta.size_bytes
+        )));
+    }
+    Ok(())
+}
+
+impl UploadServer {
+    /// The answer already given to `owner` for `meta`'s idempotency key.
+    async fn deduplicated(
+        &self,
+        owner: &str,
+        meta: &UploadMetadata,
+    ) -> Result<Option<UploadResponse>, UploadError> {
+        if meta.idempotency_key.is_empty() {
+            return Ok(None);
+        }
+        let found = self.store.by_key(owner, &meta.idempotency_key).await?;
+        Ok(found.map(|done| response(&done, true)))
+    }
+
+    /// Stores an upload from `source`, counted in the metrics.
+    async fn stored(
+        &self,
+        source: Source<'_>,
+        meta: UploadMetadata,
+        owner: String,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let started = rt::now();
+        let stored = self.store_upload(source, meta, owner).await;
+        self.metrics
+            .upload_finished(stored.is_ok(), rt::now() - started);
+        let info = stored?;
+        self.metrics.upload_stored(info.size_bytes);
+        Ok(Response::new(response(&info, false)))
+    }
+}
+
 /// An upload whose blob is committed (steps 1 and 2 done).
 struct Received {
     video_id: String,
@@ -432,19 +553,28 @@ impl UploadService for UploadServer {
             None => return Err(invalid("empty upload stream").into()),
         };
         check_metadata(&meta, self.max_size)?;
-        if !meta.idempotency_key.is_empty() {
-            let found = self.store.by_key(&owner, &meta.idempotency_key).await;
-            if let Some(done) = found.map_err(UploadError::from)? {
-                return Ok(Response::new(response(&done, true)));
-            }
+        if let Some(done) = self.deduplicated(&owner, &meta).await? {
+            return Ok(Response::new(done));
         }
-        let started = rt::now();
-        let stored = self.store_upload(&mut stream, meta, owner).await;
-        self.metrics
-            .upload_finished(stored.is_ok(), rt::now() - started);
-        let info = stored?;
-        self.metrics.upload_stored(info.size_bytes);
-        Ok(Response::new(response(&info, false)))
+        self.stored(Source::Stream(&mut stream), meta, owner).await
+    }
+
+    async fn adopt_parts(
+        &self,
+        req: Request<AdoptPartsRequest>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let owner = owner_of(req.metadata());
+        let r = req.into_inner();
+        let meta = r.metadata.ok_or_else(|| invalid("metadata: required"))?;
+        check_metadata(&meta, self.max_size)?;
+        if owner == ANONYMOUS {
+            return Err(invalid("parts: the call names no user").into());
+        }
+        check_parts(&r.parts, &meta, &owner)?;
+        if let Some(done) = self.deduplicated(&owner, &meta).await? {
+            return Ok(Response::new(done));
+        }
+        self.stored(Source::Parts(&r.parts), meta, owner).await
     }
 
     async fn get_upload(

@@ -40,12 +40,12 @@ use streamgate::proto::{
     ValidateTokenRequest, WatchAlertsRequest,
 };
 use streamgate::proto::{
-    CancelJobRequest, CancelTranscodeRequest, CreateVideoRequest, DeleteUploadRequest,
-    DeleteVideoRequest, GetJobRequest, GetPlaylistRequest, GetSegmentRequest, GetThumbnailRequest,
-    GetTranscodeStatusRequest, GetUploadRequest, GetVideoRequest, ListJobsRequest,
-    ListProfilesRequest, ListUploadsRequest, ListVideosRequest, LocateOriginalRequest,
-    ReadRangeRequest, StartSessionRequest, StopSessionRequest, SubmitJobRequest, TranscodeRequest,
-    UpdateVideoRequest, WatchJobRequest,
+    AdoptPartsRequest, CancelJobRequest, CancelTranscodeRequest, CreateVideoRequest,
+    DeleteUploadRequest, DeleteVideoRequest, GetJobRequest, GetPlaylistRequest, GetSegmentRequest,
+    GetThumbnailRequest, GetTranscodeStatusRequest, GetUploadRequest, GetVideoRequest,
+    ListJobsRequest, ListProfilesRequest, ListUploadsRequest, ListVideosRequest,
+    LocateOriginalRequest, ReadRangeRequest, StartSessionRequest, StopSessionRequest,
+    SubmitJobRequest, TranscodeRequest, UpdateVideoRequest, WatchJobRequest,
 };
 use streamgate::registry::memory::MemoryRegistry;
 use streamgate::services::metadata::MetadataServer;
@@ -198,7 +198,7 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         &s.transcoder,
         &s.worker,
     );
-    match method % 41 {
+    match method % 42 {
         0 => run::<CreateVideoRequest, _, _>("CreateVideo", bytes, |r| m.create_video(r)).await,
         1 => run::<GetVideoRequest, _, _>("GetVideo", bytes, |r| m.get_video(r)).await,
         2 => run::<UpdateVideoRequest, _, _>("UpdateVideo", bytes, |r| m.update_video(r)).await,
@@ -235,9 +235,9 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         19 => run::<CancelJobRequest, _, _>("CancelJob", bytes, |r| w.cancel_job(r)).await,
         20 => run::<ListJobsRequest, _, _>("ListJobs", bytes, |r| w.list_jobs(r)).await,
         22 => upload_stream(u, bytes).await,
-        23..=28 => auth(&s.auth, method % 41, bytes).await,
-        29..=33 => cache(&s.cache, method % 41, bytes).await,
-        34..=36 => monitor(&s.monitor, method % 41, bytes).await,
+        23..=28 => auth(&s.auth, method % 42, bytes).await,
+        29..=33 => cache(&s.cache, method % 42, bytes).await,
+        34..=36 => monitor(&s.monitor, method % 42, bytes).await,
         37 => watch_alerts(&s.monitor, bytes).await,
         38 => {
             run::<GetThumbnailRequest, _, _>("GetThumbnail", bytes, |r| st.get_thumbnail(r)).await
@@ -248,6 +248,18 @@ async fn handle(s: &Servers, method: u8, bytes: &[u8]) {
         }
         40 => {
             run::<GetSegmentRequest, _, _>("LocateSegment", bytes, |r| st.locate_segment(r)).await;
+        }
+        41 => {
+            // As a user, so the parts' checks are reached (keys under
+            // tus/fuzz/ may name blobs the stream above stored).
+            if let Ok(req) = AdoptPartsRequest::decode(bytes) {
+                let mut req = Request::new(req);
+                req.metadata_mut().insert(
+                    streamgate::services::upload::server::USER_ID_HEADER,
+                    tonic::metadata::MetadataValue::from_static("fuzz"),
+                );
+                judge("AdoptParts", u.adopt_parts(req).await);
+            }
         }
         _ => {
             // A watch streams until the job ends: judge its first update only.
