@@ -197,6 +197,7 @@ impl NodeOpts {
                         c.limits = self.http.requests();
                         c.edge = self.http.edge();
                         c.cors = self.http.http_cors_origins.clone();
+                        c.rates = self.http.rates();
                     }
                     ServiceConfig::Upload(c) => {
                         c.max_upload_bytes = self.max_upload_bytes;

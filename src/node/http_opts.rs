@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::rt::transport::EdgeLimits;
 use crate::services::gateway::cors;
 use crate::services::gateway::limit::RequestLimits;
+use crate::services::gateway::rate::{Rate, Rates};
 
 /// A count option: at least 1.
 fn count() -> clap::builder::RangedU64ValueParser<u64> {
@@ -73,19 +74,41 @@ pub struct HttpOpts {
     /// `https://host[:port]`, or `*` for any; empty (the default): none.
     #[arg(long, env = "STREAMGATE_HTTP_CORS_ORIGINS", default_value = "", value_parser = cors::parse)]
     pub http_cors_origins: cors::Origins,
+    /// Sign-ups per client address: `N/s`, `N/min`, `N/h` or
+    /// `N/<seconds>s` (N at once at most, then one each period/N); past it
+    /// 429 with Retry-After.
+    #[arg(long, env = "STREAMGATE_HTTP_SIGNUP_RATE", default_value_t = Rates::SIGNUP)]
+    pub http_signup_rate: Rate,
+    /// Log-ins per client address (the auth service also locks out an
+    /// email and address after failed attempts).
+    #[arg(long, env = "STREAMGATE_HTTP_LOGIN_RATE", default_value_t = Rates::LOGIN)]
+    pub http_login_rate: Rate,
+    /// Token refreshes per client address.
+    #[arg(long, env = "STREAMGATE_HTTP_REFRESH_RATE", default_value_t = Rates::REFRESH)]
+    pub http_refresh_rate: Rate,
+    /// Uploads started (one-shot and tus creations) per account.
+    #[arg(long, env = "STREAMGATE_HTTP_UPLOAD_RATE", default_value_t = Rates::UPLOAD)]
+    pub http_upload_rate: Rate,
+    /// Playback URLs made (`POST /v1/videos/{id}/playback`) per account.
+    #[arg(long, env = "STREAMGATE_HTTP_PLAYBACK_RATE", default_value_t = Rates::PLAYBACK)]
+    pub http_playback_rate: Rate,
 }
 
 impl Default for HttpOpts {
     /// The options' defaults: the limits' own.
     fn default() -> Self {
-        Self::from_limits(EdgeLimits::default(), RequestLimits::default())
+        Self::from_limits(
+            EdgeLimits::default(),
+            RequestLimits::default(),
+            Rates::default(),
+        )
     }
 }
 
 impl HttpOpts {
-    /// The options that give `edge` and `requests`.
+    /// The options that give `edge`, `requests` and `rates`.
     #[must_use]
-    pub fn from_limits(edge: EdgeLimits, requests: RequestLimits) -> Self {
+    pub fn from_limits(edge: EdgeLimits, requests: RequestLimits, rates: Rates) -> Self {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             http_max_connections: edge.max_connections as u64,
@@ -101,6 +124,23 @@ impl HttpOpts {
             http_account_api_in_flight: requests.account_api_in_flight as u64,
             http_account_media_in_flight: requests.account_media_in_flight as u64,
             http_cors_origins: cors::Origins::None,
+            http_signup_rate: rates.signup,
+            http_login_rate: rates.login,
+            http_refresh_rate: rates.refresh,
+            http_upload_rate: rates.upload,
+            http_playback_rate: rates.playback,
+        }
+    }
+
+    /// The rates of the edge's costly actions.
+    #[must_use]
+    pub fn rates(&self) -> Rates {
+        Rates {
+            signup: self.http_signup_rate,
+            login: self.http_login_rate,
+            refresh: self.http_refresh_rate,
+            upload: self.http_upload_rate,
+            playback: self.http_playback_rate,
         }
     }
 
@@ -147,6 +187,7 @@ mod tests {
         let cli = Cli::try_parse_from(["x"]).expect("defaults");
         assert_eq!(cli.http.edge(), EdgeLimits::default());
         assert_eq!(cli.http.requests(), RequestLimits::default());
+        assert_eq!(cli.http.rates(), Rates::default());
         assert_eq!(cli.http, HttpOpts::default());
     }
 
@@ -158,8 +199,15 @@ mod tests {
             "1500",
             "--http-account-media-in-flight",
             "3",
+            "--http-signup-rate",
+            "5/min",
         ])
         .expect("valid");
+        assert_eq!(
+            cli.http.rates().signup,
+            Rate::new(5, Duration::from_secs(60))
+        );
+        assert!(Cli::try_parse_from(["x", "--http-login-rate", "0/min"]).is_err());
         assert_eq!(cli.http.edge().send_timeout, Duration::from_millis(1500));
         assert_eq!(cli.http.requests().account_media_in_flight, 3);
         for zero in ["--http-max-connections", "--http-body-timeout-ms"] {

@@ -25,6 +25,7 @@ pub mod local;
 mod playback;
 pub mod query;
 pub mod range;
+pub mod rate;
 mod sessions;
 pub mod status;
 pub mod token_cache;
@@ -52,6 +53,9 @@ pub struct Config {
     pub cors: cors::Origins,
     /// Resumable uploads' limits (`/v1/uploads/`).
     pub tus: tus::Limits,
+    /// Rates of sign-ups, log-ins, refreshes, upload starts and playback
+    /// grants per client ([`rate`]).
+    pub rates: rate::Rates,
 }
 
 impl Default for Config {
@@ -63,6 +67,7 @@ impl Default for Config {
             edge: EdgeLimits::default(),
             cors: cors::Origins::None,
             tus: tus::Limits::default(),
+            rates: rate::Rates::default(),
         }
     }
 }
@@ -146,10 +151,20 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         located: std::sync::Arc::default(),
         trusted_proxies: client_addr::TrustedProxies(config.trusted_proxies.clone().into()),
     };
+    // Sign-ups, log-ins and refreshes per client address, upload starts
+    // and playback grants per account (after the bearer check below).
+    let rates = (
+        rate::Limiters::new(config.rates),
+        api.trusted_proxies.clone(),
+    );
     let accounts = Router::new()
         .route("/v1/auth/signup", post(accounts::signup))
         .route("/v1/auth/login", post(accounts::login))
-        .route("/v1/auth/refresh", post(accounts::refresh));
+        .route("/v1/auth/refresh", post(accounts::refresh))
+        .route_layer(axum::middleware::from_fn_with_state(
+            rates.clone(),
+            rate::limit,
+        ));
     // Signed playback URLs: the grant in the path is the credential.
     let granted = Router::new()
         .route("/v1/play/{grant}/original", get(grant::original))
@@ -209,7 +224,8 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         )
         .route("/v1/status", get(status::status))
         // Layers added later run first: the bearer check names the account
-        // whose share the request then takes.
+        // whose share the request then takes, and whose rates it counts.
+        .route_layer(axum::middleware::from_fn_with_state(rates, rate::limit))
         .route_layer(axum::middleware::from_fn_with_state(
             limits.clone(),
             limit::per_account,

@@ -53,6 +53,10 @@ pub enum AuthError {
     /// client's input).
     #[error("token signing failed")]
     Sign(#[source] jsonwebtoken::errors::Error),
+    /// Too many password hashes wait for their turn (a flood of sign-ups
+    /// or log-ins): refused at once, to be retried.
+    #[error("too many sign-ins at once; retry shortly")]
+    Busy,
     /// A blocking task (store or hashing) ended without an answer (it
     /// panicked).
     #[error("auth task failed")]
@@ -65,7 +69,7 @@ impl Classify for AuthError {
             Self::Invalid(_) => ErrorKind::Invalid,
             Self::BadCredentials | Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Self::EmailTaken => ErrorKind::AlreadyExists,
-            Self::RateLimited { .. } => ErrorKind::Exhausted,
+            Self::RateLimited { .. } | Self::Busy => ErrorKind::Exhausted,
             Self::Forbidden(_) => ErrorKind::PermissionDenied,
             Self::NoServiceClients => ErrorKind::Conflict,
             Self::Sqlite(e) => crate::sqlite::kind(e),

@@ -48,6 +48,7 @@ pub struct AuthServer {
     tokens: Tokens,
     throttle: Arc<dyn LoginThrottle>,
     clients: Arc<ServiceClients>,
+    hashing: Arc<password::Hashing>,
 }
 
 impl std::fmt::Debug for AuthServer {
@@ -69,7 +70,15 @@ impl AuthServer {
             accounts,
             tokens,
             clients: Arc::new(clients),
+            hashing: Arc::new(password::Hashing::default()),
         }
+    }
+
+    /// The same server hashing passwords within `hashing`'s bounds.
+    #[must_use]
+    pub fn with_hashing(mut self, hashing: Arc<password::Hashing>) -> Self {
+        self.hashing = hashing;
+        self
     }
 
     /// The same server with `throttle` limiting log-ins (instead of this
@@ -134,7 +143,10 @@ impl AuthServer {
         };
         // Hashing first: a taken email costs the same time as a new one.
         let password = r.password;
-        let hash = rt::blocking(move || password::hash(&password)).await??;
+        let hash = self
+            .hashing
+            .run(move |memory| password::hash_in(&password, memory))
+            .await??;
         let now_ms = rt::unix_ms();
         let user = User {
             id: rt::random_hex128(),
@@ -203,17 +215,18 @@ impl AuthServer {
     /// The id of the user with email `key` if `password` is theirs.
     async fn verify(&self, key: String, password: String) -> Result<Option<String>, AuthError> {
         let user = self.accounts.user_by_key(key).await?;
-        rt::blocking(move || -> Result<Option<String>, AuthError> {
-            // An unknown email is checked against a decoy hash, so both
-            // failures take the time of one Argon2 verification.
-            let hash = match &user {
-                Some(u) => u.password_hash.as_str(),
-                None => password::decoy()?,
-            };
-            let ok = password::verify(&password, hash);
-            Ok(user.filter(|_| ok).map(|u| u.id))
-        })
-        .await?
+        self.hashing
+            .run(move |memory| -> Result<Option<String>, AuthError> {
+                // An unknown email is checked against a decoy hash, so both
+                // failures take the time of one Argon2 verification.
+                let hash = match &user {
+                    Some(u) => u.password_hash.as_str(),
+                    None => password::decoy()?,
+                };
+                let ok = password::verify_in(&password, hash, memory);
+                Ok(user.filter(|_| ok).map(|u| u.id))
+            })
+            .await?
     }
 
     /// Exchanges a refresh token for a new pair, revoking it (rotation).

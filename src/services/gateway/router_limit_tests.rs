@@ -324,3 +324,120 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_share() {
         assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
     }
 }
+
+/// The fixture's gateway with `rates` instead of the defaults.
+async fn rated(rates: super::rate::Rates) -> Fixture {
+    let mut f = fixture().await;
+    super::router_tests::with_metadata(&mut f).await;
+    super::router_tests::put_video(&f, "v1", &f.user_id, crate::proto::Visibility::Private).await;
+    f.app = router_with(
+        f.runtime.clone(),
+        &Config {
+            max_upload_bytes: 1000,
+            rates,
+            ..Config::default()
+        },
+    );
+    f
+}
+
+fn signup(email: &str) -> Request<Body> {
+    Request::post("/v1/auth/signup")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(format!(
+            r#"{{"email":"{email}","password":"correct horse battery"}}"#
+        )))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_flood_of_sign_ups_from_one_address_is_throttled_while_another_signs_up() {
+    use super::rate::{Rate, Rates};
+    let f = rated(Rates {
+        signup: Rate::new(3, Duration::from_secs(3600)),
+        ..Rates::default()
+    })
+    .await;
+    let email = || format!("{}@example.com", rt::random_hex128());
+    for _ in 0..3 {
+        let got = answer(call(&f, from(signup(&email()), [198, 51, 100, 1], "")).await).await;
+        assert_eq!(got.0, StatusCode::CREATED, "{:?}", got.2);
+    }
+    // The fourth from that address: 429, Retry-After of the wait (one each
+    // 20 min), a JSON body; nothing signed up (the email stays free).
+    let fourth = email();
+    let got = answer(call(&f, from(signup(&fourth), [198, 51, 100, 1], "")).await).await;
+    assert_eq!(got.0, StatusCode::TOO_MANY_REQUESTS, "{:?}", got.2);
+    let wait: u64 = got.1[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1100..=1200).contains(&wait), "{wait}");
+    assert!(
+        error_of(&got.2).contains("sign-ups from this address"),
+        "{:?}",
+        got.2
+    );
+    // Another address signs up, with that very email.
+    let got = answer(call(&f, from(signup(&fourth), [198, 51, 100, 2], "")).await).await;
+    assert_eq!(got.0, StatusCode::CREATED, "{:?}", got.2);
+    // Log-ins from the throttled address have their own rate.
+    let login = Request::post("/v1/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(format!(
+            r#"{{"email":"{fourth}","password":"correct horse battery"}}"#
+        )))
+        .expect("request");
+    let got = answer(call(&f, from(login, [198, 51, 100, 1], "")).await).await;
+    assert_eq!(got.0, StatusCode::OK, "{:?}", got.2);
+}
+
+#[tokio::test]
+async fn playback_grants_and_upload_starts_are_counted_per_account() {
+    use super::rate::{Rate, Rates};
+    let f = rated(Rates {
+        playback: Rate::new(2, Duration::from_secs(60)),
+        upload: Rate::new(1, Duration::from_secs(3600)),
+        ..Rates::default()
+    })
+    .await;
+    let grant = || {
+        Request::post("/v1/videos/v1/playback")
+            .body(Body::empty())
+            .expect("request")
+    };
+    for peer in [[10, 0, 0, 1], [10, 0, 0, 2]] {
+        let got = answer(call(&f, from(grant(), peer, &f.token)).await).await;
+        assert_eq!(got.0, StatusCode::OK, "{:?}", got.2);
+    }
+    // A third from yet another address: the account's rate, not the address's.
+    let got = answer(call(&f, from(grant(), [10, 0, 0, 3], &f.token)).await).await;
+    assert_eq!(got.0, StatusCode::TOO_MANY_REQUESTS, "{:?}", got.2);
+    assert!(error_of(&got.2).contains("playback URLs made by this account"));
+    // An upload start counts once: the second (one-shot or tus) is refused
+    // before its body is read.
+    let one_shot = Request::post("/v1/videos?name=a.mp4")
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .body(Body::from(vec![1u8; 100]))
+        .expect("request");
+    let got = answer(call(&f, from(one_shot, [10, 0, 0, 1], &f.token)).await).await;
+    assert_ne!(got.0, StatusCode::TOO_MANY_REQUESTS, "{:?}", got.2);
+    let tus = Request::post("/v1/uploads/")
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .body(Body::empty())
+        .expect("request");
+    let got = answer(call(&f, from(tus, [10, 0, 0, 1], &f.token)).await).await;
+    assert_eq!(got.0, StatusCode::TOO_MANY_REQUESTS, "{:?}", got.2);
+    assert!(error_of(&got.2).contains("uploads started by this account"));
+    // Another account is not held by it.
+    let other = second_user(&f).await;
+    let got = answer(call(&f, from(grant(), [10, 0, 0, 3], &other)).await).await;
+    assert_eq!(
+        got.0,
+        StatusCode::NOT_FOUND,
+        "another's private video: {:?}",
+        got.2
+    );
+}
