@@ -198,7 +198,11 @@ class Library {
       item.job = data
       this.paint(item)
     } else if (name === 'gone') this.remove(item.video.id)
-    else if (name === 'error') item.parts.state.textContent = `Updates unavailable: ${data.error}`
+    else if (name === 'error') {
+      // Not followed again until the page is loaded again.
+      item.stuck = true
+      item.parts.state.textContent = `Updates unavailable: ${data.error}`
+    }
   }
 
   /** Follows the newest videos not yet ready or failed (8 at a time). */
@@ -206,7 +210,7 @@ class Library {
     this.feed?.abort()
     if (this.signal.aborted) return
     const pending = [...this.items.values()]
-      .filter((i) => !settled(i.video))
+      .filter((i) => !settled(i.video) && !i.stuck)
       .sort((a, b) => b.video.created_at_ms - a.video.created_at_ms)
       .slice(0, 8)
       .map((i) => i.video.id)
@@ -447,8 +451,8 @@ async function playerView(id, signal) {
           }, signal)
         } catch (e) {
           if (signal.aborted) return
-          await sleep(3000, signal)
         }
+        if (!settled(video)) await sleep(3000, signal)
       }
       if (!signal.aborted) await play(video)
     }

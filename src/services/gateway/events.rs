@@ -340,8 +340,12 @@ impl Follower {
                         };
                         return Some(event("job", &job_json(&self.video_id, &update)));
                     }
-                    // The watch reached its deadline or ended early: again.
-                    Ok(None) => self.step = Step::Read { settling: None },
+                    // The watch ended before the job did: read the record
+                    // and watch again, after a pause.
+                    Ok(None) => {
+                        self.back_off().await;
+                        self.step = Step::Read { settling: None };
+                    }
                     Err(status)
                         if matches!(
                             status.code(),
