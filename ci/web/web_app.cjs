@@ -53,6 +53,12 @@ async function main() {
     check(doc.status() === 200, `GET / answered ${doc.status()}`)
     const csp = doc.headers()['content-security-policy'] || ''
     check(csp.includes("script-src 'self'"), `a strict CSP: ${csp}`)
+    // What the app does not have stays the API's JSON 404.
+    for (const p of ['/v1/nope', '/app/nope.js']) {
+      const r = await fetch(`${base}${p}`)
+      const type = r.headers.get('content-type') || ''
+      check(r.status === 404 && type.startsWith('application/json') && (await r.json()).error, `${p}: a JSON 404 (${r.status} ${type})`)
+    }
 
     // Sign up.
     await page.getByLabel('Email').fill(`web-${Date.now()}@example.com`)
