@@ -112,8 +112,9 @@ function authView() {
 // ---------------------------------------------------------------- library
 
 class Library {
-  constructor(list, signal) {
+  constructor(list, empty, signal) {
     this.list = list
+    this.empty = empty
     this.signal = signal
     /** id -> {video, job, el, parts} */
     this.items = new Map()
@@ -132,6 +133,7 @@ class Library {
       this.items.set(video.id, item)
       if (first) this.list.prepend(item.el)
       else this.list.append(item.el)
+      this.showEmpty()
     }
     item.video = video
     if (settled(video)) item.job = null
@@ -188,6 +190,11 @@ class Library {
   remove(id) {
     this.items.get(id)?.el.remove()
     this.items.delete(id)
+    this.showEmpty()
+  }
+
+  showEmpty() {
+    this.empty.textContent = this.items.size === 0 ? 'No videos yet: upload one above.' : ''
   }
 
   onEvent(name, data) {
@@ -312,7 +319,7 @@ async function libraryView(signal) {
     list,
     h('div', { class: 'actions' }, more),
   )
-  const lib = new Library(list, signal)
+  const lib = new Library(list, empty, signal)
   library = lib
   let token = ''
   const load = async () => {
@@ -322,7 +329,7 @@ async function libraryView(signal) {
     page.videos.forEach((v) => lib.put(v))
     token = page.next_page_token
     more.hidden = !token
-    empty.textContent = lib.items.size === 0 ? 'No videos yet: upload one above.' : ''
+    lib.showEmpty()
     lib.follow()
   }
   more.addEventListener('click', () => load().catch((e) => replace(error, failure(e))))
