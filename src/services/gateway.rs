@@ -17,6 +17,7 @@ pub mod client_addr;
 pub mod cors;
 pub mod deadline;
 pub mod error;
+pub mod events;
 pub mod grant;
 mod jobs;
 mod json;
@@ -34,6 +35,7 @@ mod upload;
 pub mod validators;
 pub mod video_cache;
 mod videos;
+pub mod web;
 
 pub use error::ApiError;
 
@@ -56,6 +58,8 @@ pub struct Config {
     /// Rates of sign-ups, log-ins, refreshes, upload starts and playback
     /// grants per client ([`rate`]).
     pub rates: rate::Rates,
+    /// Event streams open at once (`/v1/events`).
+    pub events: events::Limits,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             cors: cors::Origins::None,
             tus: tus::Limits::default(),
             rates: rate::Rates::default(),
+            events: events::Limits::default(),
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct Api {
     recent: std::sync::Arc<access::Recent>,
     /// Resumable uploads: their limits, those being written here.
     tus: std::sync::Arc<tus::Tus>,
+    /// Server-sent event streams open (`/v1/events`).
+    streams: std::sync::Arc<events::Streams>,
 }
 
 impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
@@ -146,6 +153,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         verifier: verifier.clone(),
         recent: std::sync::Arc::default(),
         tus: std::sync::Arc::new(tus::Tus::new(config.tus)),
+        streams: std::sync::Arc::new(events::Streams::new(config.events)),
         runtime,
         max_upload_bytes: config.max_upload_bytes,
         located: std::sync::Arc::default(),
@@ -223,6 +231,9 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             head(tus::head).patch(tus::patch).delete(tus::delete),
         )
         .route("/v1/status", get(status::status))
+        .route("/v1/alerts", get(status::alerts))
+        // Server-sent events of videos' states (the web app's library).
+        .route("/v1/events", get(events::events))
         // Layers added later run first: the bearer check names the account
         // whose share the request then takes, and whose rates it counts.
         .route_layer(axum::middleware::from_fn_with_state(rates, rate::limit))
@@ -235,6 +246,9 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             bearer::require,
         ))
         .merge(accounts)
+        // The web app (open: the page signs in through the account routes).
+        .route("/", get(web::index))
+        .route("/app/{file}", get(web::file))
         .merge(media)
         .merge(granted)
         .merge(
@@ -324,3 +338,7 @@ mod router_visibility_tests;
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_tus_tests.rs"]
 mod router_tus_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_web_tests.rs"]
+mod router_web_tests;

@@ -1,15 +1,24 @@
 //! `GET /v1/status`: the platform's health as the monitor sees it (each
 //! service's health, this node's breakers towards it, its event rates) and
-//! the number of alerts firing, as JSON.
+//! the number of alerts firing, as JSON; `GET /v1/alerts`: the alerts
+//! themselves (firing ones, or all with `?include_resolved=true`).
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::Uri;
 use serde_json::{Value, json};
 
 use super::Api;
 use super::error::ApiError;
+use super::query::Query;
 use super::videos::enum_name;
-use crate::proto::{BreakerState, GetStatusRequest, GetStatusResponse, ServiceHealth};
+use crate::proto::{
+    Alert, AlertSeverity, AlertState, BreakerState, GetStatusRequest, GetStatusResponse,
+    ListAlertsRequest, ServiceHealth,
+};
+
+/// Most alerts `GET /v1/alerts` answers (the monitor's largest page).
+pub const MAX_ALERTS: u32 = 100;
 
 fn health_name(raw: i32) -> String {
     ServiceHealth::try_from(raw).map_or("unspecified".to_owned(), |h| {
@@ -56,6 +65,57 @@ pub fn status_json(s: &GetStatusResponse) -> Value {
     })
 }
 
+/// An alert as the API shows it.
+#[must_use]
+pub fn alert_json(a: &Alert) -> Value {
+    let severity = AlertSeverity::try_from(a.severity).map_or("unspecified".to_owned(), |s| {
+        enum_name(s.as_str_name(), "ALERT_SEVERITY_")
+    });
+    let state = AlertState::try_from(a.state).map_or("unspecified".to_owned(), |s| {
+        enum_name(s.as_str_name(), "ALERT_STATE_")
+    });
+    json!({
+        "id": a.id,
+        "service": a.service_name,
+        "severity": severity,
+        "state": state,
+        "title": a.title,
+        "detail": a.detail,
+        "raised_at_ms": a.raised_at_ms,
+        "resolved_at_ms": a.resolved_at_ms,
+        "acknowledged": a.acknowledged,
+    })
+}
+
+/// `GET /v1/alerts?include_resolved=`: the newest [`MAX_ALERTS`] alerts,
+/// firing ones only unless `include_resolved=true`.
+pub async fn alerts(State(api): State<Api>, uri: Uri) -> Result<Json<Value>, ApiError> {
+    let query = Query::parse(uri.query())?;
+    let include_resolved = match query.get("include_resolved") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "include_resolved: expected true or false",
+            ));
+        }
+    };
+    let res = api
+        .runtime
+        .pool
+        .monitor()
+        .await?
+        .list_alerts(ListAlertsRequest {
+            page_size: MAX_ALERTS,
+            include_resolved,
+            ..ListAlertsRequest::default()
+        })
+        .await?
+        .into_inner();
+    let alerts: Vec<Value> = res.alerts.iter().map(alert_json).collect();
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
 /// `GET /v1/status`
 pub async fn status(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let res = api
@@ -81,6 +141,27 @@ mod tests {
     use crate::rt;
     use crate::services::{Common, ServiceConfig};
     use crate::services::{ServiceKind, ServicePlugin};
+
+    async fn alerts_of(api: &Api, uri: &'static str) -> Result<Json<Value>, ApiError> {
+        alerts(State(api.clone()), Uri::from_static(uri)).await
+    }
+
+    #[test]
+    fn alerts_render_lower_case() {
+        let a = Alert {
+            id: "a1".into(),
+            severity: AlertSeverity::Critical.into(),
+            state: AlertState::Firing.into(),
+            service_name: "upload".into(),
+            title: "upload is not serving".into(),
+            ..Alert::default()
+        };
+        let j = alert_json(&a);
+        assert_eq!(
+            (&j["severity"], &j["state"], &j["service"]),
+            (&json!("critical"), &json!("firing"), &json!("upload"))
+        );
+    }
 
     #[test]
     fn renders_services_breakers_rates_and_alerts() {
@@ -143,6 +224,7 @@ mod tests {
             verifier: crate::services::gateway::bearer::Verifier::new(kernel.runtime().clone()),
             recent: Arc::default(),
             tus: Arc::default(),
+            streams: Arc::default(),
         };
         // The first round may run before the services registered; the
         // next comes one interval later.
@@ -175,6 +257,15 @@ mod tests {
         assert_eq!(health("monitor"), Some("serving".into()), "{body}");
         assert_eq!(health("upload"), Some("not_serving".into()), "{body}");
         assert_eq!(body["overall"], "not_serving");
+        let Json(alerts) = alerts(State(api.clone()), Uri::from_static("/v1/alerts"))
+            .await
+            .expect("alerts");
+        assert!(alerts["alerts"].is_array(), "{alerts}");
+        let bad = alerts_of(&api, "/v1/alerts?include_resolved=yes").await;
+        assert_eq!(
+            bad.expect_err("refused").status,
+            http::StatusCode::BAD_REQUEST
+        );
         kernel.shutdown().await;
         let gone = status(State(api)).await.expect_err("no monitor left");
         assert_eq!(gone.status, http::StatusCode::SERVICE_UNAVAILABLE);
