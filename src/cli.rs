@@ -14,6 +14,7 @@ use crate::kernel::Mode;
 use crate::node::{self, ClusterOpts, NodeOpts};
 use crate::services::ServiceKind;
 
+pub mod client;
 pub mod config;
 pub mod log;
 

@@ -122,6 +122,23 @@ fn video_id(path: IdPath) -> Result<String, ApiError> {
     Ok(id)
 }
 
+/// The OpenAPI 3.1 description of these routes (`docs/openapi.json`),
+/// served at `/openapi.json`. Written by hand; `router_openapi_tests`
+/// checks that it names every route the router serves and nothing else,
+/// and `tests/openapi.rs` runs schemathesis with it against the monolith.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /openapi.json`: [`OPENAPI_JSON`].
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI_JSON,
+    )
+}
+
 /// The API's routes over `runtime`'s client pool with the default limits:
 /// the account routes open, every other `/v1/` route behind the
 /// bearer-token check; no trusted proxies.
@@ -165,7 +182,9 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         rate::Limiters::new(config.rates),
         api.trusted_proxies.clone(),
     );
-    let accounts = Router::new()
+    // Open to all: the account routes and the API's description.
+    let open = Router::new()
+        .route("/openapi.json", get(openapi))
         .route("/v1/auth/signup", post(accounts::signup))
         .route("/v1/auth/login", post(accounts::login))
         .route("/v1/auth/refresh", post(accounts::refresh))
@@ -204,6 +223,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             limits.clone(),
             limit::per_account,
         ))
+        .route_layer(axum::middleware::from_fn(limit::query_length))
         .route_layer(axum::middleware::from_fn_with_state(
             verifier.clone(),
             bearer::optional,
@@ -235,27 +255,28 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         // Server-sent events of videos' states (the web app's library).
         .route("/v1/events", get(events::events))
         // Layers added later run first: the bearer check names the account
-        // whose share the request then takes, and whose rates it counts.
+        // whose share the request then takes, and whose rates it counts; a
+        // request with no token gets 401 before anything else is said of it.
         .route_layer(axum::middleware::from_fn_with_state(rates, rate::limit))
         .route_layer(axum::middleware::from_fn_with_state(
             limits.clone(),
             limit::per_account,
         ))
+        .route_layer(axum::middleware::from_fn(limit::query_length))
         .route_layer(axum::middleware::from_fn_with_state(
             verifier,
             bearer::require,
         ))
-        .merge(accounts)
         // The web app (open: the page signs in through the account routes).
         .route("/", get(web::index))
         .route("/app/{file}", get(web::file))
         .merge(media)
-        .merge(granted)
         .merge(
-            Router::new()
+            open.merge(granted)
                 .route("/v1/uploads", options(tus::options))
                 .route("/v1/uploads/", options(tus::options))
-                .route("/v1/uploads/{id}", options(tus::options)),
+                .route("/v1/uploads/{id}", options(tus::options))
+                .route_layer(axum::middleware::from_fn(limit::query_length)),
         )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -338,6 +359,10 @@ mod router_visibility_tests;
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_tus_tests.rs"]
 mod router_tus_tests;
+
+#[cfg(all(test, not(madsim)))]
+#[path = "gateway/router_openapi_tests.rs"]
+mod router_openapi_tests;
 
 #[cfg(all(test, not(madsim)))]
 #[path = "gateway/router_web_tests.rs"]

@@ -48,6 +48,7 @@ struct Refresh {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LogOut {
+    #[serde(default, deserialize_with = "json::present")]
     refresh_token: Option<String>,
 }
 

@@ -179,6 +179,7 @@ impl Grants {
 #[serde(deny_unknown_fields)]
 pub struct PlaybackRequest {
     /// How long the URLs work, in seconds: 1..=86400 (default 14400).
+    #[serde(default, deserialize_with = "super::json::present")]
     ttl_secs: Option<u64>,
 }
 

@@ -39,11 +39,11 @@ pub(super) async fn bytes(body: Body) -> Result<bytes::Bytes, ApiError> {
     }
 }
 
-/// Reads an optional JSON body: none (or only whitespace) is `T`'s
-/// default, anything else is parsed as [`parse`] does.
+/// Reads an optional JSON body: none is `T`'s default, anything else (a
+/// lone newline too: it is not JSON) is parsed as [`parse`] does.
 pub(super) async fn optional<T: DeserializeOwned + Default>(body: Body) -> Result<T, ApiError> {
     let bytes = bytes(body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if bytes.is_empty() {
         Ok(T::default())
     } else {
         parse(&bytes)
@@ -67,6 +67,18 @@ pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::bad_request(rejection(".", &e)))?;
     Ok(value)
+}
+
+/// For an optional field (`#[serde(default, deserialize_with =
+/// "json::present")]`): absent is `None`, a value is `Some`, and `null` is
+/// refused (400 naming the field) rather than read as absent, so a client
+/// that means "clear it" learns it cannot.
+pub(super) fn present<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(de).map(Some)
 }
 
 /// Reads and parses a JSON body of at most [`MAX_JSON_BYTES`].

@@ -317,10 +317,10 @@ fn is_upload(req: &Request) -> bool {
     }
 }
 
-/// The outer limits of every API request: the query's length (414), the
-/// class's budget (503), the client address's share of it (429), and the
-/// body's deadline. The places are held until the response body is done.
-pub async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -> Response {
+/// The query's length (414), checked on every route inside the bearer
+/// check where there is one: a request with no token gets 401 whatever
+/// else is wrong with it.
+pub async fn query_length(req: Request, next: Next) -> Response {
     if req.uri().query().is_some_and(|q| q.len() > MAX_QUERY_BYTES) {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
@@ -328,6 +328,13 @@ pub async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -
         )
         .into_response();
     }
+    next.run(req).await
+}
+
+/// The outer limits of every API request: the class's budget (503), the
+/// client address's share of it (429), and the body's deadline. The places
+/// are held until the response body is done.
+pub async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -> Response {
     let class = Class::of(req.uri().path());
     let Some(total) = limits.take(class) else {
         return busy(

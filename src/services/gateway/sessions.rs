@@ -28,6 +28,7 @@ const MAX_CLIENT_INFO: usize = 256;
 #[serde(deny_unknown_fields)]
 struct Start {
     /// The rendition playback starts with (e.g. "480p").
+    #[serde(default, deserialize_with = "json::present")]
     rendition: Option<String>,
 }
 
@@ -36,8 +37,10 @@ struct Start {
 #[serde(deny_unknown_fields)]
 struct Stop {
     /// Bytes the player received.
+    #[serde(default, deserialize_with = "json::present")]
     bytes_served: Option<u64>,
     /// Playback time watched, in ms.
+    #[serde(default, deserialize_with = "json::present")]
     watched_ms: Option<u64>,
 }
 
@@ -73,12 +76,17 @@ pub async fn start(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let video_id = video_id(path)?;
     let start: Start = optional_body(body).await?;
-    let rendition = start.rendition.unwrap_or_default();
-    if !rendition.is_empty() && !media::is_rendition(&rendition) {
+    // Absent is "not said"; present (even empty), a rendition's name.
+    if start
+        .rendition
+        .as_deref()
+        .is_some_and(|r| !media::is_rendition(r))
+    {
         return Err(ApiError::bad_request(
             "rendition: expected 1..=32 chars of [A-Za-z0-9_-]",
         ));
     }
+    let rendition = start.rendition.unwrap_or_default();
     // Only on a video the user may watch (404 otherwise, as for reading it).
     access::viewable(&api, &video_id, access::user_of(user.as_ref())).await?;
     let res = api

@@ -153,8 +153,11 @@ pub async fn get(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Patch {
+    #[serde(default, deserialize_with = "json::present")]
     title: Option<String>,
+    #[serde(default, deserialize_with = "json::present")]
     description: Option<String>,
+    #[serde(default, deserialize_with = "json::present")]
     visibility: Option<String>,
 }
 
