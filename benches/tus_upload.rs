@@ -10,7 +10,9 @@
 //! The node: gateway, upload, metadata, cache and auth on one runtime of 2
 //! threads over one file blob store (the monolith's shape), no transcoder
 //! (the measured path ends when the video is recorded). Each upload's
-//! video is deleted after it, so the disk holds one file at a time.
+//! video is deleted after it, so the disk holds one file at a time, and
+//! `sync` runs before the next (another upload's write-back pending made
+//! whichever came next up to 2x slower).
 //!
 //! `cargo bench --bench tus_upload` (`SIZE_MIB=256` for another size;
 //! `-- --quick`: one 32 MiB round, its figures are noise).
@@ -277,6 +279,10 @@ mod bench {
                     };
                     let rate = size as f64 / (rt::now() - started).as_secs_f64();
                     delete(&client, &base, &video).await?;
+                    // The disk's write-back of this upload would slow the
+                    // next one: each starts with none pending.
+                    let synced = std::process::Command::new("sync").status()?;
+                    anyhow::ensure!(synced.success(), "sync failed");
                     anyhow::Ok(rate)
                 })
                 .await?;

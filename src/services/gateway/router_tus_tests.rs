@@ -748,6 +748,10 @@ async fn adopt_parts_takes_only_the_callers_parts_from_its_own_store() {
     let (_, _, list) = send(&f, Request::get("/v1/videos").body(Body::empty()).unwrap()).await;
     let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
     assert_eq!(list["videos"].as_array().map(Vec::len), Some(0), "{list}");
+    // Nor any original (a part whose size is not the stored one fails the
+    // hash while the join, run beside it, may have finished: it is removed).
+    let originals = f.blobs.list("originals", None, 10).await.unwrap();
+    assert!(originals.is_empty(), "{originals:?}");
 
     // The caller's parts: one video, the bytes and hash of the whole, the
     // parts kept (the gateway removes them); the same key again: the same

@@ -256,9 +256,30 @@ impl UploadServer {
     }
 
     /// Reads the parts (counting, hashing) and joins them into a committed
-    /// blob at `key`; returns its size and hash. On any error nothing is
-    /// left stored. The parts were checked ([`check_parts`]).
+    /// blob at `key`, the two at once (the join is the store's own copy,
+    /// or none); returns its size and hash. On any error nothing is left
+    /// stored. The parts were checked ([`check_parts`]).
     async fn join(&self, parts: &[BlobPart], key: &str) -> Result<(u64, String), UploadError> {
+        let keys: Vec<String> = parts.iter().map(|p| p.key.clone()).collect();
+        let (hashed, joined) =
+            futures::future::join(self.hash_parts(parts), self.blobs.compose(&keys, key)).await;
+        match (hashed, joined.map_err(missing_part)) {
+            (Ok(hashed), Ok(())) => Ok(hashed),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), joined) => {
+                if joined.is_ok()
+                    && let Err(gone) = self.blobs.delete(key).await
+                {
+                    tracing::warn!(key, error = %gone, "a joined original not removed (the orphan sweep will)");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The parts' total size and SHA-256, each checked against its
+    /// declared size.
+    async fn hash_parts(&self, parts: &[BlobPart]) -> Result<(u64, String), UploadError> {
         let mut hasher = Sha256::new();
         let mut total: u64 = 0;
         for part in parts {
@@ -289,8 +310,6 @@ impl UploadServer {
             }
             total += stored;
         }
-        let keys: Vec<String> = parts.iter().map(|p| p.key.clone()).collect();
-        self.blobs.compose(&keys, key).await.map_err(missing_part)?;
         Ok((total, media::hex(&hasher.finalize())))
     }
 
