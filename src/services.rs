@@ -33,6 +33,9 @@ pub use plugin::ServicePlugin;
 pub const MAX_UPLOAD_BYTES: u64 = 2 << 30;
 
 /// One service's configuration: which service, and its own settings.
+// Made once per service at start and kept: the gateway's larger settings
+// (limits, rates) cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServiceConfig {
     /// The HTTP front door.
