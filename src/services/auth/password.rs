@@ -270,7 +270,7 @@ mod tests {
             })
             .collect();
         // Two run, three wait: a sixth is refused at once.
-        while hashing.waiting.load(Ordering::SeqCst) < 3 {
+        while hashing.waiting.load(Ordering::SeqCst) < 3 || running.load(Ordering::SeqCst) < 2 {
             tokio::task::yield_now().await;
         }
         assert!(matches!(hashing.run(|_| ()).await, Err(AuthError::Busy)));
