@@ -65,7 +65,11 @@ async fn start() -> Gateway {
     cmd.arg("monolith")
         .args(["--port", "0", "--data-dir"])
         .arg(data.path().join("data"))
-        .args(["--log-filter", "info"]);
+        .args(["--log-filter", "info"])
+        // The log-in rate per address (60/min) would refuse the stalled
+        // log-ins before their bodies could stall: this test is about
+        // what a request holds while in flight.
+        .args(["--http-login-rate", "1000000/s"]);
     for (option, d) in [
         ("--http-body-timeout-ms", BODY_TIMEOUT),
         ("--http-send-timeout-ms", SEND_TIMEOUT),
