@@ -57,8 +57,6 @@ mod bench {
     use streamgate::proto::CreateVideoRequest;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt;
-    use streamgate::services::auth::Secret;
-    use streamgate::services::auth::token::{Kind, Tokens};
     use streamgate::services::{Common, ServiceConfig, ServiceKind};
     use streamgate_testkit::process::Process;
     use streamgate_testkit::scratch::Scratch;
@@ -73,29 +71,6 @@ mod bench {
     const VIDEO: &str = "benchvideo";
 
     type HttpClient = Client<HttpConnector, Empty<bytes::Bytes>>;
-
-    /// The auth service's signing secret here, and the bearer token every
-    /// request carries (nginx ignores it; the gateway checks it, so the
-    /// ratio includes the cached token check).
-    fn secret() -> Secret {
-        Secret::new(vec![5u8; 32])
-    }
-
-    fn bearer() -> &'static str {
-        static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        BEARER.get_or_init(|| {
-            let issued = Tokens::new(&secret())
-                .issue(
-                    "bench",
-                    Kind::Access,
-                    vec![],
-                    Duration::from_secs(24 * 3600),
-                    rt::unix_ms(),
-                )
-                .expect("a token");
-            format!("Bearer {}", issued.token)
-        })
-    }
 
     /// nginx (its master and workers: a process group), killed on drop.
     struct Nginx {
@@ -172,7 +147,9 @@ mod bench {
         len: u64,
     ) -> anyhow::Result<u64> {
         let req = http::Request::get(url)
-            .header(http::header::AUTHORIZATION, bearer())
+            // nginx ignores it; the gateway checks it, so the ratio
+            // includes the cached token check.
+            .header(http::header::AUTHORIZATION, support::bearer())
             .header(
                 http::header::RANGE,
                 format!("bytes={offset}-{}", offset + len - 1),
@@ -259,7 +236,7 @@ mod bench {
                     .iter()
                     .map(|&kind| {
                         support::plugin(kind, Common::ephemeral(), |config| match config {
-                            ServiceConfig::Auth(c) => c.secret = Some(secret()),
+                            ServiceConfig::Auth(c) => c.secret = Some(support::auth_secret()),
                             // One client and one account make every
                             // request: a load test, not a player, so its
                             // shares are the whole budget.

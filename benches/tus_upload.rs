@@ -50,8 +50,6 @@ mod bench {
     use streamgate::middleware::auth::Keyring;
     use streamgate::registry::memory::MemoryRegistry;
     use streamgate::rt;
-    use streamgate::services::auth::Secret;
-    use streamgate::services::auth::token::{Kind, Tokens};
     use streamgate::services::{Common, ServiceConfig, ServiceKind};
     use streamgate_testkit::scratch::Scratch;
 
@@ -62,26 +60,6 @@ mod bench {
 
     type Body = BoxBody<Bytes, std::convert::Infallible>;
     type HttpClient = Client<HttpConnector, Body>;
-
-    fn secret() -> Secret {
-        Secret::new(vec![5u8; 32])
-    }
-
-    fn bearer() -> &'static str {
-        static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        BEARER.get_or_init(|| {
-            let issued = Tokens::new(&secret())
-                .issue(
-                    "bench",
-                    Kind::Access,
-                    vec![],
-                    Duration::from_secs(24 * 3600),
-                    rt::unix_ms(),
-                )
-                .expect("a token");
-            format!("Bearer {}", issued.token)
-        })
-    }
 
     /// `len` bytes of the file from `offset`, streamed in 1 MiB frames of
     /// one random block (the file is that block repeated), never whole in
@@ -136,7 +114,7 @@ mod bench {
         size: u64,
     ) -> anyhow::Result<String> {
         let req = http::Request::post(format!("{base}/v1/videos?name=bench.mp4"))
-            .header(http::header::AUTHORIZATION, bearer())
+            .header(http::header::AUTHORIZATION, support::bearer())
             .header(http::header::CONTENT_TYPE, "video/mp4")
             .header(http::header::CONTENT_LENGTH, size)
             .body(body(block, 0, size))?;
@@ -159,7 +137,7 @@ mod bench {
         use base64::Engine as _;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let req = http::Request::post(format!("{base}/v1/uploads/"))
-            .header(http::header::AUTHORIZATION, bearer())
+            .header(http::header::AUTHORIZATION, support::bearer())
             .header("tus-resumable", "1.0.0")
             .header("upload-length", size)
             .header(
@@ -181,7 +159,7 @@ mod bench {
         while offset < size {
             let len = chunk.min(size - offset);
             let req = http::Request::patch(format!("{base}{location}"))
-                .header(http::header::AUTHORIZATION, bearer())
+                .header(http::header::AUTHORIZATION, support::bearer())
                 .header("tus-resumable", "1.0.0")
                 .header("upload-offset", offset)
                 .header(
@@ -205,7 +183,7 @@ mod bench {
 
     async fn delete(client: &HttpClient, base: &str, video: &str) -> anyhow::Result<()> {
         let req = http::Request::delete(format!("{base}/v1/videos/{video}"))
-            .header(http::header::AUTHORIZATION, bearer())
+            .header(http::header::AUTHORIZATION, support::bearer())
             .body(empty())?;
         send(client, req, http::StatusCode::NO_CONTENT).await?;
         Ok(())
@@ -224,7 +202,7 @@ mod bench {
             .map(|&kind| {
                 support::plugin(kind, Common::ephemeral(), |config| {
                     if let ServiceConfig::Auth(c) = config {
-                        c.secret = Some(secret());
+                        c.secret = Some(support::auth_secret());
                     }
                 })
             })

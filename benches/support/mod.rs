@@ -267,3 +267,33 @@ pub fn address(node: &Kernel, kind: ServiceKind) -> SocketAddr {
         info.port,
     )
 }
+
+/// The auth service's signing secret in the benchmarks that go through the
+/// gateway (set it on the auth plugin), for [`bearer`].
+#[must_use]
+pub fn auth_secret() -> streamgate::services::auth::Secret {
+    streamgate::services::auth::Secret::new(vec![5u8; 32])
+}
+
+/// `Bearer <token>` of a day-long access token of the user `bench`, signed
+/// with [`auth_secret`]: what every request of such a benchmark carries.
+///
+/// # Panics
+/// When the token cannot be made (a benchmark cannot go on).
+#[must_use]
+pub fn bearer() -> &'static str {
+    use streamgate::services::auth::token::{Kind, Tokens};
+    static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BEARER.get_or_init(|| {
+        let issued = Tokens::new(&auth_secret())
+            .issue(
+                "bench",
+                Kind::Access,
+                vec![],
+                Duration::from_secs(24 * 3600),
+                streamgate::rt::unix_ms(),
+            )
+            .expect("a token");
+        format!("Bearer {}", issued.token)
+    })
+}

@@ -333,14 +333,17 @@ impl Limiters {
 }
 
 /// The limited action a request is, by its method and route, with whose
-/// rate it counts against: its client address (`client`) or the account
-/// the bearer check named.
-fn action_of(req: &Request, client: Option<IpAddr>) -> Option<(Action, Key)> {
+/// rate it counts against: its client's address (`proxies` say whose
+/// `X-Forwarded-For` names it) or the account the bearer check named.
+fn action_of(req: &Request, proxies: &TrustedProxies) -> Option<(Action, Key)> {
     if req.method() != Method::POST {
         return None;
     }
     let route = req.extensions().get::<MatchedPath>()?.as_str();
-    let by_client = |action| client.map(|ip| (action, Key::client(ip)));
+    let by_client = |action| {
+        let peer = transport::peer_addr(req.extensions()).map(|a| a.ip());
+        client_ip(peer, req.headers(), &proxies.0).map(|ip| (action, Key::client(ip)))
+    };
     let by_account = |action| {
         req.extensions()
             .get::<AuthUser>()
@@ -363,9 +366,7 @@ pub async fn limit(
     req: Request,
     next: Next,
 ) -> Response {
-    let peer = transport::peer_addr(req.extensions()).map(|a| a.ip());
-    let client = client_ip(peer, req.headers(), &proxies.0);
-    if let Some((action, key)) = action_of(&req, client)
+    if let Some((action, key)) = action_of(&req, &proxies)
         && let Err(limited) = limiters.check(action, &key)
     {
         return limited.into_response();
