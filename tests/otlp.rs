@@ -173,9 +173,20 @@ async fn one_upload_is_one_trace_across_the_services() {
         spans.iter().all(|(service, _)| service == "streamgate"),
         "the monolith's resource is service.name=streamgate"
     );
-    // What was sent is counted on /metrics, and nothing was lost.
-    let exported = m.metric("streamgate_spans_exported_total").await;
-    assert!(exported >= ours.len() as f64, "{exported} spans exported");
+    // What was sent is counted on /metrics, and nothing was lost. The
+    // exporter counts a batch once the collector's answer is back, which
+    // can be a moment after the collector has the spans.
+    let counted = rt::now();
+    let mut exported = m.metric("streamgate_spans_exported_total").await;
+    while exported < ours.len() as f64 && rt::now() - counted < Duration::from_secs(10) {
+        rt::sleep(Duration::from_millis(100)).await;
+        exported = m.metric("streamgate_spans_exported_total").await;
+    }
+    assert!(
+        exported >= ours.len() as f64,
+        "{exported} spans exported in 10 s, {} received",
+        ours.len()
+    );
     assert_eq!(m.metric("streamgate_spans_dropped_total").await, 0.0);
     // The consumers' lag is recorded per event type.
     assert!(
