@@ -28,8 +28,9 @@ fn usize_of(n: u64) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 #[command(next_help_heading = "Public HTTP edge (api-gateway)")]
 pub struct HttpOpts {
-    /// Connections open at once, in all; past it a new one is answered 503
-    /// (a JSON body) and closed.
+    /// Connections open at once, in all; past it an idle connection (the
+    /// oldest) is closed to make room, or, when none is idle, the new one is
+    /// answered 503 (a JSON body) and closed.
     #[arg(long, env = "STREAMGATE_HTTP_MAX_CONNECTIONS", default_value_t = EdgeLimits::MAX_CONNECTIONS as u64, value_parser = count())]
     pub http_max_connections: u64,
     /// Connections open at once from one client address (an IPv6 client: its

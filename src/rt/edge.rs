@@ -6,9 +6,11 @@
 //!
 //! Each connection has a watchdog ([`io::Activity`]): idle (no request in
 //! flight, no byte of the next) for `idle_timeout`, or a request head begun
-//! and not whole after `header_timeout`, closes it. A connection over a cap
-//! is answered with a short HTTP/1.1 429 (this client's share) or 503 (the
-//! server's) with a JSON body, then closed. Under madsim the simulated
+//! and not whole after `header_timeout`, closes it. At the cap in all, the
+//! connection idle the longest (of the oldest) is closed to make room for a new one
+//! ([`conns`]), so idle connections never keep a client out. A connection
+//! over a cap is answered with a short HTTP/1.1 429 (this client's share) or
+//! 503 (the server's: every connection busy) with a JSON body, then closed. Under madsim the simulated
 //! transport serves instead (`sim_transport`, see [`super::transport::serve_edge`]).
 
 mod conns;
@@ -81,6 +83,11 @@ pub(super) async fn serve<S, B>(
     let (stop, stopping) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            () = connections.room() => {}
+        }
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -95,7 +102,8 @@ pub(super) async fn serve<S, B>(
         };
         // Responses are written whole; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
-        match connections.open(client_of(peer.ip())) {
+        let activity = Arc::new(Activity::new(now()));
+        match connections.open(client_of(peer.ip()), activity.clone()) {
             Ok(open) => {
                 let conn = Connection {
                     svc: svc.clone(),
@@ -104,7 +112,7 @@ pub(super) async fn serve<S, B>(
                     builder: builder.clone(),
                     stopping: stopping.clone(),
                 };
-                spawn(conn.run(stream, open));
+                spawn(conn.run(stream, activity, open));
             }
             Err(refusal) => {
                 if let Ok(permit) = refusing.clone().try_acquire_owned() {
@@ -145,9 +153,10 @@ struct Connection<S> {
 }
 
 impl<S> Connection<S> {
-    /// Serves the connection until it ends, its watchdog closes it, or the
-    /// server stops; `_open` counts it meanwhile.
-    async fn run<B>(mut self, stream: TcpStream, _open: conns::Open)
+    /// Serves the connection until it ends, its watchdog closes it, it is
+    /// told to close while idle to make room, or the server stops; `open`
+    /// counts it meanwhile.
+    async fn run<B>(mut self, stream: TcpStream, activity: Arc<Activity>, open: conns::Open)
     where
         S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -156,7 +165,6 @@ impl<S> Connection<S> {
         B::Error: Into<BoxError> + Send,
     {
         let limits = self.limits;
-        let activity = Arc::new(Activity::new(now()));
         let io = TokioIo::new(EdgeIo::new(stream, activity.clone(), limits.send_timeout));
         let svc = TowerToHyperService::new(Tracked {
             inner: self.svc,
@@ -182,6 +190,14 @@ impl<S> Connection<S> {
                         tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
                     }
                     return;
+                }
+                () = open.evicted() => {
+                    if activity.idle_since().is_some() {
+                        tracing::debug!(peer = %self.peer, "idle connection closed to make room for a new one");
+                        return;
+                    }
+                    // A request began since it was chosen: it is served,
+                    // and the connection closes by its own deadlines.
                 }
                 changed = self.stopping.changed() => match changed {
                     Ok(()) if !graceful => {

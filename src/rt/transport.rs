@@ -57,7 +57,8 @@ pub fn client_of(ip: IpAddr) -> IpAddr {
 /// What the public HTTP edge ([`serve_edge`]) allows each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeLimits {
-    /// Connections open at once, in all (more get 503).
+    /// Connections open at once, in all (past it an idle one
+    /// is closed to make room; when none is idle, more get 503).
     pub max_connections: usize,
     /// Connections open at once from one client ([`client_of`]; more get 429).
     pub max_connections_per_client: usize,
@@ -140,6 +141,15 @@ pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
     }
 }
 
+/// Connections the kernel completes and holds until they are accepted
+/// (capped by `net.core.somaxconn`). std's 128 overflows in a burst of new
+/// connections (a flash crowd, or the edge closing idle ones to make room
+/// as fast as they come), and an overflowing queue drops the client's
+/// handshake, which it retries only after a second or more; nginx uses 511
+/// and Go the system's cap.
+#[cfg(not(madsim))]
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// A bound listening socket, ready for [`serve`].
 #[derive(Debug)]
 pub struct Listener {
@@ -156,7 +166,18 @@ impl Listener {
     /// The socket could not be bound (address in use, permission ...).
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
         #[cfg(not(madsim))]
-        let inner = tokio::net::TcpListener::bind(addr).await?;
+        let inner = {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            // As std's listeners do: a restarted service rebinds its port
+            // while the last one's connections are in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)?
+        };
         #[cfg(madsim)]
         let inner = madsim::net::TcpListener::bind(addr).await?;
         Ok(Self { inner })

@@ -70,6 +70,16 @@ impl Activity {
         Busy(self.clone())
     }
 
+    /// Since when the connection has been idle (no request in flight and no
+    /// byte of the next), if it is.
+    #[must_use]
+    pub fn idle_since(&self) -> Option<Instant> {
+        match *self.lock() {
+            Phase::Idle(since) => Some(since),
+            Phase::Head(_) | Phase::Busy(_) => None,
+        }
+    }
+
     /// When the connection is to be closed if nothing happens meanwhile:
     /// `idle` after its last response (or its opening), `head` after the
     /// first byte of a request head that has not arrived whole; never while
