@@ -196,6 +196,7 @@ impl NodeOpts {
                         c.trusted_proxies.clone_from(&self.trusted_proxies.0);
                         c.limits = self.http.requests();
                         c.edge = self.http.edge();
+                        c.tls = self.http.tls();
                         c.cors = self.http.http_cors_origins.clone();
                         c.rates = self.http.rates();
                     }

@@ -2,9 +2,10 @@
 //! the gateway, in connections, requests in flight and time. Read by the
 //! api-gateway only; every other service ignores them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::rt::transport::EdgeLimits;
+use crate::rt::transport::{EdgeLimits, EdgeTls};
 use crate::services::gateway::cors;
 use crate::services::gateway::limit::RequestLimits;
 use crate::services::gateway::rate::{Rate, Rates};
@@ -71,6 +72,14 @@ pub struct HttpOpts {
     /// Media requests in flight for one account; past it 429.
     #[arg(long, env = "STREAMGATE_HTTP_ACCOUNT_MEDIA_IN_FLIGHT", default_value_t = RequestLimits::ACCOUNT_MEDIA_IN_FLIGHT as u64, value_parser = count())]
     pub http_account_media_in_flight: u64,
+    /// TLS on the public port: the certificate chain (PEM, leaf first).
+    /// Read again when it changes (a renewal needs no restart). Without it
+    /// the port speaks plain HTTP (behind a TLS-terminating proxy, say).
+    #[arg(long, env = "STREAMGATE_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of `--http-tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STREAMGATE_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
     /// Origins whose web pages may call the API (CORS): comma-separated
     /// `https://host[:port]`, or `*` for any; empty (the default): none.
     #[arg(long, env = "STREAMGATE_HTTP_CORS_ORIGINS", default_value = "", value_parser = cors::parse)]
@@ -124,6 +133,8 @@ impl HttpOpts {
             http_client_media_in_flight: requests.client_media_in_flight as u64,
             http_account_api_in_flight: requests.account_api_in_flight as u64,
             http_account_media_in_flight: requests.account_media_in_flight as u64,
+            http_tls_cert: None,
+            http_tls_key: None,
             http_cors_origins: cors::Origins::None,
             http_signup_rate: rates.signup,
             http_login_rate: rates.login,
@@ -143,6 +154,15 @@ impl HttpOpts {
             upload: self.http_upload_rate,
             playback: self.http_playback_rate,
         }
+    }
+
+    /// TLS on the public port, when both files are named.
+    #[must_use]
+    pub fn tls(&self) -> Option<EdgeTls> {
+        Some(EdgeTls {
+            cert: self.http_tls_cert.clone()?,
+            key: self.http_tls_key.clone()?,
+        })
     }
 
     /// The edge server's limits.

@@ -15,6 +15,9 @@
 
 mod conns;
 mod io;
+mod tls;
+
+pub(super) use tls::acceptor as tls_acceptor;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,6 +37,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tonic::body::Body;
 use tower::Service;
 
@@ -65,6 +70,7 @@ pub(super) async fn serve<S, B>(
     listener: TcpListener,
     svc: S,
     limits: EdgeLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
@@ -109,11 +115,15 @@ pub(super) async fn serve<S, B>(
                     svc: svc.clone(),
                     peer,
                     limits,
+                    tls: tls.clone(),
                     builder: builder.clone(),
                     stopping: stopping.clone(),
                 };
                 spawn(conn.run(stream, activity, open));
             }
+            // A refusal is a plain HTTP answer: on a TLS port the
+            // connection is only closed.
+            Err(_) if tls.is_some() => drop(stream),
             Err(refusal) => {
                 if let Ok(permit) = refusing.clone().try_acquire_owned() {
                     spawn(async move {
@@ -148,6 +158,7 @@ struct Connection<S> {
     svc: S,
     peer: SocketAddr,
     limits: EdgeLimits,
+    tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stopping: watch::Receiver<bool>,
 }
@@ -165,7 +176,25 @@ impl<S> Connection<S> {
         B::Error: Into<BoxError> + Send,
     {
         let limits = self.limits;
-        let io = TokioIo::new(EdgeIo::new(stream, activity.clone(), limits.send_timeout));
+        let plain = EdgeIo::new(stream, activity.clone(), limits.send_timeout);
+        let io = match self.tls.take() {
+            None => Either::Left(plain),
+            // The handshake's bytes mark the connection busy with a head
+            // (it is never closed to make room mid-handshake) and it has
+            // the head's deadline.
+            Some(acceptor) => match timeout(limits.header_timeout, acceptor.accept(plain)).await {
+                Ok(Ok(tls)) => Either::Right(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "TLS handshake not done within the header timeout");
+                    return;
+                }
+            },
+        };
+        let io = TokioIo::new(io);
         let svc = TowerToHyperService::new(Tracked {
             inner: self.svc,
             peer: self.peer,

@@ -150,6 +150,56 @@ pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
 #[cfg(not(madsim))]
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// TLS on the public HTTP port: the PEM files of the certificate chain
+/// (leaf first) and of its private key, read at start and again whenever
+/// they change (production: `rt/edge/tls.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeTls {
+    /// The certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// Why the TLS files cannot be served (the message names the file).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+/// The public port's TLS, loaded and ready to serve.
+#[derive(Clone)]
+pub struct EdgeAcceptor {
+    #[cfg(not(madsim))]
+    inner: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for EdgeAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EdgeAcceptor")
+    }
+}
+
+impl EdgeTls {
+    /// Reads the files: a pair that does not load stops the start here.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file and what is wrong with it; under
+    /// madsim always (the simulator's transport has no TLS: the swarm's
+    /// gateways serve plain HTTP).
+    pub fn acceptor(&self) -> Result<EdgeAcceptor, TlsError> {
+        #[cfg(not(madsim))]
+        {
+            super::edge::tls_acceptor(self).map(|inner| EdgeAcceptor { inner })
+        }
+        #[cfg(madsim)]
+        {
+            Err(TlsError(
+                "TLS on the public port is not simulated".to_owned(),
+            ))
+        }
+    }
+}
+
 /// A bound listening socket, ready for [`serve`].
 #[derive(Debug)]
 pub struct Listener {
@@ -257,6 +307,7 @@ pub async fn serve_edge<L, ResBody>(
     routes: Routes,
     layer: L,
     limits: EdgeLimits,
+    tls: Option<EdgeAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), TransportError>
 where
@@ -270,12 +321,13 @@ where
     let svc = layer.layer(routes.prepare());
     #[cfg(not(madsim))]
     {
-        super::edge::serve(listener.inner, svc, limits, shutdown).await;
+        let tls = tls.map(|t| t.inner);
+        super::edge::serve(listener.inner, svc, limits, tls, shutdown).await;
         Ok(())
     }
     #[cfg(madsim)]
     {
-        let _ = limits;
+        let _ = (limits, tls);
         super::sim_transport::serve(listener.inner, svc, shutdown)
             .await
             .map_err(|e| TransportError(Box::new(e)))

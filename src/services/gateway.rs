@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: limit::RequestLimits,
     /// Connections and their timeouts (the edge server's limits).
     pub edge: EdgeLimits,
+    /// TLS on the public port (`--http-tls-cert`, `--http-tls-key`).
+    pub tls: Option<crate::rt::transport::EdgeTls>,
     /// Origins whose pages may call the API (CORS).
     pub cors: cors::Origins,
     /// Resumable uploads' limits (`/v1/uploads/`).
@@ -69,6 +71,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             limits: limit::RequestLimits::default(),
             edge: EdgeLimits::default(),
+            tls: None,
             cors: cors::Origins::None,
             tus: tus::Limits::default(),
             rates: rate::Rates::default(),
@@ -321,6 +324,7 @@ pub async fn domain(
     Ok(Domain {
         http: Some(routes(runtime.clone(), config, limits)),
         edge: config.edge,
+        tls: config.tls.clone(),
         ready: Some(std::sync::Arc::new(move || saturated.saturated())),
         background: crate::services::Background {
             subscriptions,

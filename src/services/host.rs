@@ -190,6 +190,8 @@ pub struct Domain {
     pub http: Option<axum::Router>,
     /// The edge server's limits, when there are public HTTP routes.
     pub edge: EdgeLimits,
+    /// TLS on the edge's port, if any.
+    pub tls: Option<crate::rt::transport::EdgeTls>,
     /// Why the service should get no traffic now, if anything says so (the
     /// gateway: a budget of requests in flight nearly used up); `/ready`
     /// asks it.
@@ -378,10 +380,15 @@ pub async fn serve(
         grpc_names,
         http,
         edge,
+        tls,
         ready: check,
         background,
         long_calls,
     } = domain.await?;
+    let tls = tls
+        .map(|t| t.acceptor())
+        .transpose()
+        .map_err(|e| KernelError::start(name, "TLS on the public port", e))?;
     let draining = Arc::new(AtomicBool::new(false));
     let readiness = Readiness {
         draining: draining.clone(),
@@ -441,6 +448,7 @@ pub async fn serve(
             ),
             stack::public_http(runtime.metrics.clone()),
             edge,
+            tls,
             shutdown,
         )),
         None => rt::spawn(transport::serve(
