@@ -6,12 +6,14 @@
 //!
 //! Each connection has a watchdog ([`io::Activity`]): idle (no request in
 //! flight, no byte of the next) for `idle_timeout`, or a request head begun
-//! and not whole after `header_timeout`, closes it. At the cap in all, the
-//! connection idle the longest (of the oldest) is closed to make room for a new one
-//! ([`conns`]), so idle connections never keep a client out. A connection
-//! over a cap is answered with a short HTTP/1.1 429 (this client's share) or
-//! 503 (the server's: every connection busy) with a JSON body, then closed. Under madsim the simulated
-//! transport serves instead (`sim_transport`, see [`super::transport::serve_edge`]).
+//! and not whole after `header_timeout`, closes it. At the cap in all, an
+//! idle connection (of the oldest, the one idle the longest) is closed to
+//! make room for a new one ([`conns`]), so idle connections never keep a
+//! client out. A connection over a cap is answered with a short HTTP/1.1
+//! 429 (this client's share) or 503 (the server's: every connection busy)
+//! with a JSON body, then closed; on a TLS port ([`tls`]) only closed.
+//! Under madsim the simulated transport serves instead (`sim_transport`,
+//! see [`super::transport::serve_edge`]).
 
 mod conns;
 mod io;
@@ -179,9 +181,10 @@ impl<S> Connection<S> {
         let plain = EdgeIo::new(stream, activity.clone(), limits.send_timeout);
         let io = match self.tls.take() {
             None => Either::Left(plain),
-            // The handshake's bytes mark the connection busy with a head
-            // (it is never closed to make room mid-handshake) and it has
-            // the head's deadline.
+            // The handshake has the head's deadline. Its first byte starts
+            // a head (Activity), so the connection is not chosen to make
+            // room once the handshake is under way (one chosen just before
+            // its first byte is kept, and closes by its own deadlines).
             Some(acceptor) => match timeout(limits.header_timeout, acceptor.accept(plain)).await {
                 Ok(Ok(tls)) => Either::Right(tls),
                 Ok(Err(e)) => {
