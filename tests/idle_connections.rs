@@ -54,16 +54,6 @@ fn flood_address(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 1, n))
 }
 
-/// A value of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
-}
-
 /// File descriptors `pid` holds.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -193,7 +183,7 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
             206
         );
     }
-    let peak_before = status_kib(pid, "VmHWM:");
+    let peak_before = monolith::status_kib(pid, "VmHWM:");
     let fds_before = fds(pid);
 
     // The other client's requests, all through the flood and after it.
@@ -243,10 +233,10 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
     }
     let accepted_in = rt::now() - began;
     let fds_held = fds(pid);
-    let rss_held = status_kib(pid, "VmRSS:");
+    let rss_held = monolith::status_kib(pid, "VmRSS:");
     flooding.store(false, Ordering::Relaxed);
     let answers = viewer.await.expect("the viewer");
-    let peak_after = status_kib(pid, "VmHWM:");
+    let peak_after = monolith::status_kib(pid, "VmHWM:");
     println!(
         "{IDLE} idle connections from {ADDRESSES} addresses connected in {opened_in:?}, accepted in {accepted_in:?}: {fates_held:?}; \
          gateway fds {fds_before} -> {fds_held}; peak RSS {peak_before} KiB -> {peak_after} KiB \

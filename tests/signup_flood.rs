@@ -24,16 +24,6 @@ mod monolith;
 /// hashes at a time are 76 MiB; the rest is requests and buffers.
 const MAX_GROWTH_KIB: u64 = 320 * 1024;
 
-/// The process's peak resident memory (`VmHWM`), in KiB.
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// `POST /v1/auth/signup` for a fresh email as the client `client` (the
 /// monolith trusts 127.0.0.1 as a proxy, so `X-Forwarded-For` names it);
 /// the status and the body.
@@ -99,7 +89,7 @@ async fn a_sign_up_flood_is_throttled_per_address_and_memory_stays_bounded() {
     assert_eq!(sign_up(&m.api, "198.51.100.8").await.0, 201);
 
     // Hundreds of addresses at once, each within its rate.
-    let before = peak_kib(pid);
+    let before = monolith::status_kib(pid, "VmHWM:");
     let api = std::sync::Arc::new(monolith::Api::new(m.api.gateway));
     let flood: Vec<_> = (0..300)
         .map(|i| {
@@ -116,7 +106,7 @@ async fn a_sign_up_flood_is_throttled_per_address_and_memory_stays_bounded() {
         assert!(body["error"].is_string() || status == 201, "{body}");
         *by_status.entry(status).or_default() += 1;
     }
-    let after = peak_kib(pid);
+    let after = monolith::status_kib(pid, "VmHWM:");
     println!("flood of 300 sign-ups: {by_status:?}; peak RSS {before} KiB -> {after} KiB");
     assert!(
         by_status.get(&201).copied().unwrap_or(0) >= 4,
