@@ -14,6 +14,7 @@ use crate::kernel::Mode;
 use crate::node::{self, ClusterOpts, NodeOpts};
 use crate::services::ServiceKind;
 
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod log;
@@ -105,6 +106,12 @@ pub enum StreamgateCommand {
         #[command(flatten)]
         common: CommonOpts,
     },
+    /// Make a development CA and per-service certificates for mutual TLS
+    /// between services (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
 }
 
 /// The main of `kind`'s binary.
@@ -143,6 +150,19 @@ pub fn streamgate_main() -> ExitCode {
         } => start(&layered, &common, kind.name(), |shutdown| async move {
             node::run_service(kind, &node, &cluster, shutdown).await
         }),
+        StreamgateCommand::Certs { command } => match certs::run(&command) {
+            Ok(written) => {
+                let mut out = std::io::stdout().lock();
+                for path in written {
+                    let _ = writeln!(out, "wrote {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

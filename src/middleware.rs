@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bus_metrics;
 pub mod error;
 pub mod metrics;
+pub mod policy;
 pub mod rate_limit;
 pub mod request_id;
 pub mod retry;

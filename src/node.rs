@@ -606,8 +606,128 @@ pub struct ClusterOpts {
     /// File holding the service-token keys shared by the cluster: one line
     /// `<key id> <secret as hex, >= 64 digits>` for the current key, and an
     /// optional second line for the previous key (during a rotation).
+    /// Needed when services talk plaintext. Under mutual TLS (`--tls-cert`)
+    /// the certificate names the caller and no token is sent; the keys then
+    /// only sign playback URLs, so a cluster of several gateways still
+    /// gives them all the same file (unset: a random key per process).
     #[arg(long, env = "STREAMGATE_SERVICE_KEY_FILE")]
-    pub service_key_file: PathBuf,
+    pub service_key_file: Option<PathBuf>,
+    /// Mutual TLS between services: the PEM file of the cluster CA (one or
+    /// more certificates, all trusted: during a CA rotation, the old and
+    /// the new). With `--tls-cert` and `--tls-key`; all three are read
+    /// again when they change.
+    #[arg(long, env = "STREAMGATE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This instance's certificate chain (PEM, leaf first), of the cluster
+    /// CA, naming its service by the URI SAN `spiffe://streamgate/<service>`
+    /// and the DNS SAN `<service>` (`streamgate certs issue` makes one).
+    #[arg(long, env = "STREAMGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STREAMGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Let services talk plaintext, with service tokens, when no
+    /// `--tls-cert` is given (a trusted network, local development). Without
+    /// it a microservice refuses to start with no mutual TLS.
+    #[arg(long, env = "STREAMGATE_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
+    /// The call policy: a TOML file saying which service may call which
+    /// gRPC method (`config/call-policy.toml` is StreamGate's own call
+    /// graph); every other call is refused with PERMISSION_DENIED. Unset:
+    /// every verified caller may call every method.
+    #[arg(long, env = "STREAMGATE_CALL_POLICY")]
+    pub call_policy: Option<PathBuf>,
+}
+
+impl ClusterOpts {
+    /// The mutual TLS files, when all three are given.
+    #[must_use]
+    pub fn service_tls(&self) -> Option<crate::rt::transport::ServiceTls> {
+        Some(crate::rt::transport::ServiceTls {
+            ca: self.tls_ca.clone()?,
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+}
+
+/// This microservice's identity and call policy: mutual TLS with
+/// `cluster`'s files (refused when absent, unless `--allow-plaintext`),
+/// else the service-token keys; the policy file, if any.
+///
+/// # Errors
+/// [`KernelError::Config`] naming the file and what is wrong.
+pub fn identity(
+    kind: ServiceKind,
+    cluster: &ClusterOpts,
+) -> Result<crate::client::PoolConfig, KernelError> {
+    let policy = match &cluster.call_policy {
+        Some(path) => {
+            let policy =
+                crate::middleware::policy::CallPolicy::from_file(path).map_err(config_error)?;
+            if let Some(unknown) = policy
+                .callers()
+                .into_iter()
+                .find(|c| !ServiceKind::ALL.iter().any(|k| k.name() == *c))
+            {
+                return Err(config_error(format!(
+                    "call policy {}: {unknown:?} is no service",
+                    path.display()
+                )));
+            }
+            Some(Arc::new(policy))
+        }
+        None => None,
+    };
+    let given = [
+        ("--tls-ca", cluster.tls_ca.is_some()),
+        ("--tls-cert", cluster.tls_cert.is_some()),
+        ("--tls-key", cluster.tls_key.is_some()),
+    ];
+    if given.iter().any(|g| g.1) && !given.iter().all(|g| g.1) {
+        let missing: Vec<&str> = given.iter().filter(|g| !g.1).map(|g| g.0).collect();
+        return Err(config_error(format!(
+            "--tls-ca, --tls-cert and --tls-key go together: {} missing",
+            missing.join(" and ")
+        )));
+    }
+    let (keys, tls) = match cluster.service_tls() {
+        Some(files) => {
+            let tls = files.load().map_err(|e| config_error(e.to_string()))?;
+            if tls.service() != kind.name() {
+                return Err(config_error(format!(
+                    "{}: the certificate names {:?}, but this is {}",
+                    files.cert.display(),
+                    tls.service(),
+                    kind.name()
+                )));
+            }
+            // No service token is sent, and none is needed on a call over
+            // mutual TLS; the keys still sign playback URLs, which every
+            // gateway of a cluster must accept: the shared file's, if given.
+            let keys = match &cluster.service_key_file {
+                Some(path) => read_keyring(path)?,
+                None => Keyring::generate("local"),
+            };
+            (keys, Some(tls))
+        }
+        None if !cluster.allow_plaintext => {
+            return Err(config_error(
+                "services talk plaintext without mutual TLS: give --tls-ca, --tls-cert and --tls-key (`streamgate certs` makes them), or --allow-plaintext on a trusted network"
+                    .to_owned(),
+            ));
+        }
+        None => {
+            let path = cluster.service_key_file.as_deref().ok_or_else(|| {
+                config_error("--service-key-file is needed without mutual TLS".to_owned())
+            })?;
+            (read_keyring(path)?, None)
+        }
+    };
+    let mut pool = crate::client::PoolConfig::new(keys, kind.name());
+    pool.tls = tls;
+    pool.policy = policy;
+    Ok(pool)
 }
 
 /// Parses a duration option: a whole number with a unit, `ms`, `s` or `m`
@@ -859,7 +979,13 @@ async fn run_service_kernel(
     use crate::bus::nats::{NatsBus, NatsOpts};
     use crate::registry::Registry;
 
-    let keys = read_keyring(&cluster.service_key_file)?;
+    let identity = identity(kind, cluster)?;
+    if cluster.consul_check != CheckStyle::Ttl && identity.tls.is_some() {
+        return Err(config_error(
+            "--consul-check grpc or http cannot reach a service under mutual TLS: use ttl"
+                .to_owned(),
+        ));
+    }
     if cluster.consul_check != CheckStyle::Ttl && cluster.registry != RegistryKind::Consul {
         return Err(config_error(
             "--consul-check grpc or http needs --registry consul (the NATS KV registry has TTL checks only)"
@@ -967,12 +1093,7 @@ async fn run_service_kernel(
         registry,
         blobs: blob_store(opts)?,
     };
-    let kernel = Kernel::start_with(
-        seams,
-        crate::client::PoolConfig::new(keys, kind.name()),
-        plugins,
-    )
-    .await?;
+    let kernel = Kernel::start_with(seams, identity, plugins).await?;
     let started = start_admin(opts, kernel).await?;
     tracing::info!(service = kind.name(), "up");
     shutdown.await;

@@ -20,6 +20,8 @@ pub mod watch;
 
 #[cfg(not(madsim))]
 mod edge;
+#[cfg(not(madsim))]
+pub mod mtls;
 #[cfg(madsim)]
 mod sim_transport;
 

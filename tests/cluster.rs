@@ -78,7 +78,7 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
         format!(
             "data-dir = {data:?}\nnats-url = {url:?}\nregistry-bucket = {bucket:?}\n\
              jobs-name = \"{bucket}_jobs\"\n\
-             bus-subject-prefix = {prefix:?}\nservice-key-file = {keys:?}\n\
+             bus-subject-prefix = {prefix:?}\nservice-key-file = {keys:?}\nallow-plaintext = true\n\
              auth-secret-file = {secret:?}\nlog-format = \"json\"\nlog-filter = \"info\"\n\
              max-upload-bytes = 1024\n",
             data = dir.join("data"),

@@ -689,6 +689,7 @@ fn cache(dir: &std::path::Path, args: &[&str]) -> Process {
     std::fs::write(&keys, format!("k1 {}\n", "cd".repeat(32))).expect("key file");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cache"));
     cmd.args(["--port", "0"])
+        .arg("--allow-plaintext")
         .arg("--service-key-file")
         .arg(&keys)
         .arg("--data-dir")

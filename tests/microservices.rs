@@ -36,6 +36,7 @@ async fn service(name: &str, bucket: &str, dir: &Path) -> (Process, SocketAddr) 
             "--registry-bucket",
             bucket,
         ])
+        .arg("--allow-plaintext")
         .arg("--service-key-file")
         .arg(dir.join("service.keys"))
         .env("RUST_LOG", "warn");

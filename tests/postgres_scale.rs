@@ -71,6 +71,7 @@ fn metadata(name: &str, dir: &Path, bucket: &str, url: &str) -> Process {
         .args(["--registry", "nats-kv", "--registry-bucket", bucket])
         .arg("--data-dir")
         .arg(&data)
+        .arg("--allow-plaintext")
         .arg("--service-key-file")
         .arg(dir.join("service.keys"))
         .env("STREAMGATE_DATABASE_URL", url)

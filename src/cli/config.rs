@@ -300,8 +300,20 @@ fn check_value(arg: &clap::Arg, key: &str, raw: &str) -> Result<(), String> {
             _ => Err("expected true or false".to_owned()),
         };
     }
+    // The option alone: without what it requires of or conflicts with
+    // others, which are not in this one-option command.
+    let mut alone = clap::Arg::new(arg.get_id().clone())
+        .long(key.to_owned())
+        .action(arg.get_action().clone())
+        .value_parser(arg.get_value_parser().clone());
+    if let Some(n) = arg.get_num_args() {
+        alone = alone.num_args(n);
+    }
+    if let Some(d) = arg.get_value_delimiter() {
+        alone = alone.value_delimiter(d);
+    }
     Command::new("config-check")
-        .arg(arg.clone().required(false))
+        .arg(alone)
         .try_get_matches_from([
             OsString::from("config-check"),
             format!("--{key}={raw}").into(),

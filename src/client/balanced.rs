@@ -40,10 +40,21 @@ impl Endpoint {
     /// A new endpoint with a closed breaker.
     #[must_use]
     pub fn new(id: String, addr: SocketAddr, breaker: BreakerConfig) -> Self {
+        Self::with_channel(id, addr, transport::channel(addr), breaker)
+    }
+
+    /// A new endpoint with a closed breaker, calling over `channel`.
+    #[must_use]
+    pub fn with_channel(
+        id: String,
+        addr: SocketAddr,
+        channel: transport::Channel,
+        breaker: BreakerConfig,
+    ) -> Self {
         Self {
             id,
             addr,
-            channel: transport::channel(addr),
+            channel,
             breaker: Mutex::new(Breaker::new(breaker)),
             in_flight: AtomicU32::new(0),
         }
@@ -120,6 +131,8 @@ pub struct Balanced {
     endpoints: Arc<Mutex<BTreeMap<String, Arc<Endpoint>>>>,
     hooks: Hooks,
     route: Route,
+    /// Mutual TLS to the instances, when on.
+    tls: Option<transport::Mtls>,
 }
 
 impl std::fmt::Debug for Balanced {
@@ -148,7 +161,16 @@ impl Balanced {
             endpoints: Arc::default(),
             hooks,
             route: Route::P2c,
+            tls: None,
         }
+    }
+
+    /// The same, calling its instances over mutual TLS with `tls` (each
+    /// must present a certificate naming this set's service).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<transport::Mtls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The same instances, but every call goes to the owner of `key` (see
@@ -196,7 +218,12 @@ impl Balanced {
         for (id, addr) in instances {
             let endpoint = match current.remove(&id) {
                 Some(e) if e.addr == addr => e,
-                _ => Arc::new(Endpoint::new(id.clone(), addr, breaker)),
+                _ => Arc::new(Endpoint::with_channel(
+                    id.clone(),
+                    addr,
+                    transport::channel_to(addr, self.tls.as_ref(), &self.service),
+                    breaker,
+                )),
             };
             next.insert(id, endpoint);
         }

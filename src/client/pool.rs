@@ -14,6 +14,7 @@ use tower::Layer as _;
 use super::balanced::{Balanced, Hooks, OutcomeHook, TransitionHook};
 use crate::middleware::auth::{Attach, AttachLayer, Keyring};
 use crate::middleware::metrics::{Measure, Metrics, MetricsLayer};
+use crate::middleware::policy::CallPolicy;
 use crate::middleware::retry::{Retrier, RetryHook};
 use crate::middleware::timeout::{PropagateDeadline, PropagateDeadlineLayer};
 use crate::middleware::trace::{ClientTrace, ClientTraceLayer};
@@ -22,7 +23,7 @@ use crate::registry::{Registry, RegistryError, ServiceInfo};
 use crate::resilience::breaker::BreakerConfig;
 use crate::resilience::budget::BudgetConfig;
 use crate::resilience::retry::RetryPolicy;
-use crate::rt;
+use crate::rt::{self, transport};
 
 /// A channel as handed out: the balanced instances behind the client
 /// layers (call metrics, trace context, service token, deadline
@@ -90,6 +91,13 @@ pub struct PoolConfig {
     /// retries and budget refusals (per called service) are counted; the
     /// kernel sets its node's.
     pub metrics: Option<Metrics>,
+    /// This node's service identity under mutual TLS: its channels present
+    /// it and its servers require one of the cluster CA (`None`:
+    /// plaintext, with service tokens).
+    pub tls: Option<transport::Mtls>,
+    /// What this node's servers allow each caller to call (`None`: every
+    /// verified caller, everything).
+    pub policy: Option<Arc<CallPolicy>>,
 }
 
 impl PoolConfig {
@@ -107,6 +115,8 @@ impl PoolConfig {
             budget: BudgetConfig::default(),
             on_retry: None,
             metrics: None,
+            tls: None,
+            policy: None,
         }
     }
 }
@@ -205,7 +215,8 @@ impl ClientPool {
     /// A pool with `cfg` that finds instances in `registry`.
     #[must_use]
     pub fn new(registry: Arc<dyn Registry>, cfg: PoolConfig) -> Self {
-        let attach = AttachLayer::new(&cfg.keys, &cfg.identity);
+        // Under mutual TLS the certificate is the identity: no token.
+        let attach = AttachLayer::new(&cfg.keys, &cfg.identity).enabled(cfg.tls.is_none());
         let mut retrier = Retrier::new(cfg.retry.clone(), cfg.budget);
         if let Some(hook) = &cfg.on_retry {
             retrier = retrier.with_hook(hook.clone());
@@ -225,6 +236,18 @@ impl ClientPool {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// This node's service identity under mutual TLS, if on.
+    #[must_use]
+    pub fn tls(&self) -> Option<&transport::Mtls> {
+        self.inner.cfg.tls.as_ref()
+    }
+
+    /// This node's call policy, if any.
+    #[must_use]
+    pub fn policy(&self) -> Option<Arc<CallPolicy>> {
+        self.inner.cfg.policy.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -295,7 +318,7 @@ impl ClientPool {
                     ),
                     on_outcome: self.inner.cfg.on_outcome.clone(),
                 };
-                let balanced = Balanced::new(service, hooks);
+                let balanced = Balanced::new(service, hooks).with_tls(self.inner.cfg.tls.clone());
                 let (tx, rx) = watch::channel(false);
                 let task = rt::spawn(follow(
                     self.inner.registry.clone(),

@@ -20,7 +20,8 @@ use http::{HeaderValue, Request, Response};
 use sha2::Sha256;
 use tower::{Layer, Service};
 
-use crate::rt;
+use super::policy::CallPolicy;
+use crate::rt::{self, transport};
 
 /// The header carrying the token.
 pub const HEADER: &str = "x-service-token";
@@ -252,19 +253,34 @@ pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<String, AuthE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
 
-/// Server side: verifies the token of every call (health and readiness exempt).
+/// Server side: establishes the caller of every call (health and
+/// readiness exempt) and checks it against the call policy, if there is
+/// one. The caller is the service its certificate names when the call came
+/// over mutual TLS ([`transport::MtlsPeer`]; no token is needed then), else
+/// the one its service token names.
 #[derive(Debug, Clone)]
 pub struct VerifyLayer {
     keys: Arc<Keyring>,
+    policy: Option<Arc<CallPolicy>>,
 }
 
 impl VerifyLayer {
-    /// Verifies against `keys`.
+    /// Verifies against `keys`, with no call policy (every verified caller
+    /// may call every method).
     #[must_use]
     pub fn new(keys: Keyring) -> Self {
         Self {
             keys: Arc::new(keys),
+            policy: None,
         }
+    }
+
+    /// Also refuses, with PERMISSION_DENIED, every call `policy` does not
+    /// allow.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Option<Arc<CallPolicy>>) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -275,6 +291,7 @@ impl<S> Layer<S> for VerifyLayer {
         Verify {
             inner,
             keys: self.keys.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -284,6 +301,12 @@ impl<S> Layer<S> for VerifyLayer {
 pub struct Verify<S> {
     inner: S,
     keys: Arc<Keyring>,
+    policy: Option<Arc<CallPolicy>>,
+}
+
+fn refusal<ResBody: Default>(status: tonic::Status) -> Response<ResBody> {
+    let (parts, ()) = status.into_http::<()>().into_parts();
+    Response::from_parts(parts, ResBody::default())
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Verify<S>
@@ -308,26 +331,40 @@ where
                 inner: self.inner.call(req),
             };
         }
-        let verdict = match req.headers().get(HEADER) {
-            None => Err(AuthError::Missing),
-            Some(token) => verify(&self.keys, token.as_bytes(), rt::unix_ms()),
+        let verdict = match (
+            req.extensions().get::<transport::MtlsPeer>(),
+            req.headers().get(HEADER),
+        ) {
+            (Some(peer), _) => Ok(peer.service.to_string()),
+            (None, None) => Err(AuthError::Missing),
+            (None, Some(token)) => verify(&self.keys, token.as_bytes(), rt::unix_ms()),
         };
-        match verdict {
-            Ok(service) => {
-                req.extensions_mut().insert(Caller(service));
-                VerifyFuture::Inner {
-                    inner: self.inner.call(req),
-                }
-            }
+        let service = match verdict {
+            Ok(service) => service,
             Err(e) => {
                 tracing::debug!(path = req.uri().path(), error = %e, "refused a call");
-                let (parts, ()) = tonic::Status::unauthenticated(e.to_string())
-                    .into_http::<()>()
-                    .into_parts();
-                VerifyFuture::Refused {
-                    response: Some(Response::from_parts(parts, ResBody::default())),
-                }
+                return VerifyFuture::Refused {
+                    response: Some(refusal(tonic::Status::unauthenticated(e.to_string()))),
+                };
             }
+        };
+        if let Some(policy) = &self.policy
+            && !policy.allows(&service, req.uri().path())
+            && !rt::faults::injected(rt::faults::Bug::PolicySkipped)
+        {
+            // The path is logged as sent, bounded: the caller is verified,
+            // but may be compromised.
+            let path: String = req.uri().path().chars().take(160).collect();
+            tracing::warn!(caller = service, path, "call refused by the call policy");
+            return VerifyFuture::Refused {
+                response: Some(refusal(tonic::Status::permission_denied(format!(
+                    "the call policy does not allow {service} to call {path}"
+                )))),
+            };
+        }
+        req.extensions_mut().insert(Caller(service));
+        VerifyFuture::Inner {
+            inner: self.inner.call(req),
         }
     }
 }
@@ -338,7 +375,7 @@ pin_project_lite::pin_project! {
     pub enum VerifyFuture<F, ResBody> {
         /// Verified: the inner service's future.
         Inner { #[pin] inner: F },
-        /// Refused: a ready UNAUTHENTICATED response.
+        /// Refused: a ready UNAUTHENTICATED or PERMISSION_DENIED response.
         Refused { response: Option<Response<ResBody>> },
     }
 }
@@ -370,6 +407,7 @@ pub struct AttachLayer {
 struct AttachState {
     key: Key,
     service: String,
+    on: bool,
     cached: std::sync::Mutex<Option<(HeaderValue, u64)>>,
 }
 
@@ -387,10 +425,25 @@ impl AttachLayer {
         let state = AttachState {
             key: keys.current.clone(),
             service: service.to_owned(),
+            on: true,
             cached: Default::default(),
         };
         Self {
             state: Arc::new(state),
+        }
+    }
+
+    /// The same, attaching nothing when `on` is false (calls over mutual
+    /// TLS, where the certificate names the caller).
+    #[must_use]
+    pub fn enabled(self, on: bool) -> Self {
+        Self {
+            state: Arc::new(AttachState {
+                key: self.state.key.clone(),
+                service: self.state.service.clone(),
+                on,
+                cached: Default::default(),
+            }),
         }
     }
 
@@ -447,7 +500,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        req.headers_mut().insert(HEADER, self.layer.token());
+        if self.layer.state.on {
+            req.headers_mut().insert(HEADER, self.layer.token());
+        }
         self.inner.call(req)
     }
 }

@@ -2,6 +2,7 @@
 //! service runs behind, and what the public HTTP edge (the gateway) runs
 //! behind. ARCHITECTURE.md lists the layers and why they are in this order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower::ServiceBuilder;
@@ -10,6 +11,7 @@ use tower::layer::util::{Identity, Stack};
 use super::auth::{Keyring, VerifyLayer};
 use super::error::ErrorLayer;
 use super::metrics::{Metrics, MetricsLayer};
+use super::policy::CallPolicy;
 use super::rate_limit::RateLimitLayer;
 use super::request_id::RequestIdLayer;
 use super::timeout::TimeoutLayer;
@@ -61,11 +63,14 @@ pub type GrpcServer = ServiceBuilder<
 /// What every service-to-service server runs behind, outermost first:
 /// trace (continue the caller's trace), request id (the trace id unless the
 /// call names one), error handling, metrics, deadline (`grpc-timeout`,
-/// bounded by `deadlines`), service-token verification with `keys`, and a
-/// per-caller rate limit of `rate_limit` (burst, calls per second).
+/// bounded by `deadlines`), the caller's identity (its certificate under
+/// mutual TLS, else its service token verified with `keys`) checked against
+/// `policy`, and a per-caller rate limit of `rate_limit` (burst, calls per
+/// second).
 #[must_use]
 pub fn grpc_server(
     keys: Keyring,
+    policy: Option<Arc<CallPolicy>>,
     metrics: Metrics,
     deadlines: &Deadlines,
     rate_limit: (u32, f64),
@@ -80,7 +85,7 @@ pub fn grpc_server(
         .layer(ErrorLayer)
         .layer(MetricsLayer::new(metrics))
         .layer(timeout)
-        .layer(VerifyLayer::new(keys))
+        .layer(VerifyLayer::new(keys).with_policy(policy))
         .layer(RateLimitLayer::new(rate_limit.0, rate_limit.1))
 }
 

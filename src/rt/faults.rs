@@ -31,16 +31,21 @@ pub enum Bug {
     /// (`synchronous = OFF`). Caught when a crash loses the node's unflushed
     /// writes: an acknowledged video, user or job is gone after the restart.
     UnsyncedCommits,
+    /// Servers skip the call policy (every verified caller may call every
+    /// method). Caught by the intruder's checker: a call outside the policy
+    /// succeeds.
+    PolicySkipped,
 }
 
 impl Bug {
     /// Every bug, in order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::BreakerForgetsProbeFailures,
         Self::RetryWithoutBudget,
         Self::NoReregistration,
         Self::NonIdempotentHandler,
         Self::UnsyncedCommits,
+        Self::PolicySkipped,
     ];
 
     /// The name `STREAMGATE_INJECT_BUG` takes.
@@ -52,6 +57,7 @@ impl Bug {
             Self::NoReregistration => "no-reregistration",
             Self::NonIdempotentHandler => "non-idempotent-handler",
             Self::UnsyncedCommits => "unsynced-commits",
+            Self::PolicySkipped => "policy-skipped",
         }
     }
 }

@@ -129,6 +129,9 @@ pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
     if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
         return Some(*addr);
     }
+    if let Some(peer) = extensions.get::<MtlsPeer>() {
+        return Some(peer.addr);
+    }
     #[cfg(not(madsim))]
     {
         extensions
@@ -197,6 +200,97 @@ impl EdgeTls {
                 "TLS on the public port is not simulated".to_owned(),
             ))
         }
+    }
+}
+
+/// Mutual TLS between services: the PEM files of the cluster CA (one or
+/// more certificates, all trusted), of this instance's certificate chain
+/// (leaf first, naming its service: `rt/mtls.rs`) and of its key; read at
+/// start and again whenever they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTls {
+    /// The cluster CA's certificates.
+    pub ca: std::path::PathBuf,
+    /// This instance's certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// This instance's service identity, loaded: what [`serve_mtls`] and
+/// [`channel_to`] present and verify with.
+#[derive(Clone)]
+pub struct Mtls {
+    #[cfg(not(madsim))]
+    inner: std::sync::Arc<super::mtls::Reloader>,
+    service: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for Mtls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mtls")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mtls {
+    /// The service this instance's certificate names.
+    #[must_use]
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+}
+
+impl ServiceTls {
+    /// Reads the files: a set that does not load stops the start here.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file and what is wrong with it; under
+    /// madsim always (the simulator's transport has no TLS).
+    pub fn load(&self) -> Result<Mtls, TlsError> {
+        #[cfg(not(madsim))]
+        {
+            let inner = super::mtls::Reloader::load(self)?;
+            Ok(Mtls {
+                service: inner.service().into(),
+                inner: std::sync::Arc::new(inner),
+            })
+        }
+        #[cfg(madsim)]
+        {
+            Err(TlsError(
+                "mutual TLS between services is not simulated".to_owned(),
+            ))
+        }
+    }
+}
+
+/// The verified peer of a call that came over mutual TLS: a request
+/// extension [`serve_mtls`] sets, naming the service the client's
+/// certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsPeer {
+    /// The TCP peer.
+    pub addr: SocketAddr,
+    /// The service its certificate names.
+    pub service: std::sync::Arc<str>,
+}
+
+/// A channel to the instance of `service` at `addr`: plaintext when `tls`
+/// is `None` (as [`channel`]), else over mutual TLS, presenting `tls` and
+/// accepting only a server whose certificate names `service`.
+#[must_use]
+pub fn channel_to(addr: SocketAddr, tls: Option<&Mtls>, service: &str) -> Channel {
+    match tls {
+        #[cfg(not(madsim))]
+        Some(tls) => super::mtls::channel(addr, tls.inner.clone(), service),
+        #[cfg(madsim)]
+        Some(_) => {
+            let _ = service;
+            channel(addr)
+        }
+        None => channel(addr),
     }
 }
 
@@ -285,6 +379,45 @@ where
         super::sim_transport::serve(listener.inner, layer.layer(routes.prepare()), shutdown)
             .await
             .map_err(|e| TransportError(Box::new(e)))
+    }
+}
+
+/// As [`serve`], over mutual TLS with `tls` when it is given: a client
+/// must present a certificate of the cluster CA naming a service, which
+/// each of its requests then carries as [`MtlsPeer`].
+///
+/// # Errors
+/// The accept loop failed.
+pub async fn serve_mtls<L, ResBody>(
+    listener: Listener,
+    routes: Routes,
+    layer: L,
+    tls: Option<Mtls>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError>
+where
+    L: Layer<Routes> + Clone,
+    L::Service: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    <L::Service as Service<Request<Body>>>::Future: Send,
+    <L::Service as Service<Request<Body>>>::Error: Into<crate::rt::BoxError> + Send,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<crate::rt::BoxError> + Send,
+{
+    match tls {
+        #[cfg(not(madsim))]
+        Some(tls) => {
+            let incoming = super::mtls::incoming(listener.inner, tls.inner);
+            tonic::transport::Server::builder()
+                .max_frame_size(MAX_FRAME_BYTES)
+                .layer(layer)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+                .map_err(|e| TransportError(Box::new(e)))
+        }
+        #[cfg(madsim)]
+        Some(_) => serve(listener, routes, layer, shutdown).await,
+        None => serve(listener, routes, layer, shutdown).await,
     }
 }
 

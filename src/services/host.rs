@@ -451,11 +451,12 @@ pub async fn serve(
             tls,
             shutdown,
         )),
-        None => rt::spawn(transport::serve(
+        None => rt::spawn(transport::serve_mtls(
             listener,
             Routes::from(router.layer(http_metrics)),
             stack::grpc_server(
                 runtime.keys.clone(),
+                runtime.pool.policy(),
                 runtime.metrics.clone(),
                 &Deadlines {
                     max_for: long_calls,
@@ -463,6 +464,7 @@ pub async fn serve(
                 },
                 common.rate_limit,
             ),
+            runtime.pool.tls().cloned(),
             shutdown,
         )),
     };

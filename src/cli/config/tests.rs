@@ -268,7 +268,8 @@ fn the_example_file_is_valid_for_every_binary_and_lists_every_option() {
         )
         .unwrap_or_else(|e| panic!("{kind}: {e}"));
         let cli = ServiceCli::from_arg_matches(&l.matches).expect("typed");
-        assert_eq!(cli.cluster.service_key_file, PathBuf::from("service.keys"));
+        assert_eq!(cli.cluster.tls_ca, Some(PathBuf::from("certs/ca.pem")));
+        assert_eq!(cli.cluster.service_key_file, None, "mutual TLS needs none");
         assert_eq!(cli.common.log.log_format, crate::cli::LogFormat::Json);
         assert_eq!(cli.node.data_dir, PathBuf::from("data"));
     }
@@ -353,7 +354,7 @@ fn streamgate_applies_the_file_to_the_subcommand_it_runs() {
         panic!("service");
     };
     assert_eq!(node.port_offset, 3000);
-    assert_eq!(cluster.service_key_file, PathBuf::from("k"));
+    assert_eq!(cluster.service_key_file, Some(PathBuf::from("k")));
 
     // The monolith has no cluster options: the same file is refused, by key.
     let err = parse(

@@ -121,11 +121,22 @@ struct Channels {
 }
 
 impl Channels {
-    fn get(&mut self, id: &str, addr: SocketAddr) -> transport::Channel {
+    /// A channel to instance `id` of `service` at `addr`: over mutual TLS
+    /// with `tls` when on, except to the gateway, whose port is the public
+    /// edge (HTTP and its gRPC health, no client certificates).
+    fn get(
+        &mut self,
+        id: &str,
+        addr: SocketAddr,
+        service: &str,
+        tls: Option<&transport::Mtls>,
+    ) -> transport::Channel {
         match self.by_id.get(id) {
             Some((known, channel)) if *known == addr => channel.clone(),
             _ => {
-                let channel = transport::channel(addr);
+                let tls =
+                    tls.filter(|_| service != crate::services::ServiceKind::ApiGateway.name());
+                let channel = transport::channel_to(addr, tls, service);
                 self.by_id.insert(id.to_owned(), (addr, channel.clone()));
                 channel
             }
@@ -179,7 +190,7 @@ async fn round(
             .map(|info| {
                 let addr = addr_of(info)?;
                 seen.insert(info.id.clone());
-                Some(channels.get(&info.id, addr))
+                Some(channels.get(&info.id, addr, &name, runtime.pool.tls()))
             })
             .collect();
         probes.push((name, targets));
