@@ -6,7 +6,9 @@
 //! registration: after every registry wipe; one transcode job per video: on
 //! every JobSubmitted; end to end: the auditor's model of every answer, and
 //! the user never refused for load it did not cause while, in half the
-//! seeds, a stalled client holds hundreds of requests open on each gateway).
+//! seeds, a stalled client holds hundreds of requests open on each gateway;
+//! the call policy: an intruder with the worker's identity calling what the
+//! policy closes to it is never answered by a service).
 //!
 //! Safety phase: [`SAFETY`] of faults drawn by the seed. Liveness phase:
 //! after every fault has healed, within [`LIVENESS_BOUND`] every service is
@@ -26,6 +28,7 @@ mod cluster;
 mod disk;
 mod disk_faults;
 mod faults;
+mod intruder;
 mod orphans;
 mod stalled;
 mod timeline;
@@ -45,7 +48,7 @@ use streamgate::services::ServiceKind;
 
 use crate::broker::SimBus;
 use crate::trace::announce;
-use cluster::{BROKER, CLIENT, Cluster, STALLED};
+use cluster::{BROKER, CLIENT, Cluster, INTRUDER, STALLED};
 use faults::{Plan, Shared};
 use timeline::{Kind, Timeline};
 
@@ -276,6 +279,11 @@ async fn swarm() {
         .name("client")
         .ip(CLIENT)
         .build();
+    let intruder_node = Handle::current()
+        .create_node()
+        .name("intruder")
+        .ip(INTRUDER)
+        .build();
     let stalled_node = plan.stalled_clients.then(|| {
         Handle::current()
             .create_node()
@@ -303,6 +311,8 @@ async fn swarm() {
             // until the faults end.
             let stalled = stalled_node
                 .map(|node| node.spawn(stalled::run(cluster.gateways(), tl.clone(), SAFETY)));
+            let intruder =
+                intruder_node.spawn(intruder::run(cluster.clone(), tl.clone(), SAFETY));
             // buggify once the cluster is up, until healing.
             if plan.buggify {
                 streamgate::rt::faults::set_buggify(true);
@@ -318,6 +328,7 @@ async fn swarm() {
             if let Some(stalled) = stalled {
                 stalled.await.expect("stalled client");
             }
+            intruder.await.expect("intruder");
             while !faults::all_healed(&broken) {
                 rt::sleep(Duration::from_millis(100)).await;
             }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use streamgate::client::PoolConfig;
 use streamgate::client::balanced::{Outcome, OutcomeHook, TransitionHook};
+use streamgate::middleware::policy::CallPolicy;
 use streamgate::middleware::retry::{RetryEvent, RetryHook};
 use streamgate::resilience::breaker::{BreakerConfig, Transition};
 use streamgate::resilience::budget::BudgetConfig;
@@ -168,10 +169,20 @@ impl BudgetCheck {
     }
 }
 
-/// The pool settings of one node start, with every hook wired to the
-/// checkers and the timeline.
-pub fn pool_config(lane: &str, timeline: &Timeline) -> PoolConfig {
-    let base = crate::common::pool(lane);
+/// The call policy every swarm node serves under: StreamGate's own.
+pub fn call_policy() -> Arc<CallPolicy> {
+    Arc::new(
+        CallPolicy::parse(include_str!("../../config/call-policy.toml"))
+            .expect("config/call-policy.toml parses"),
+    )
+}
+
+/// The pool settings of one node start, calling as `identity` (its
+/// service) under the call policy, with every hook wired to the checkers
+/// and the timeline of `lane`.
+pub fn pool_config(lane: &str, identity: &str, timeline: &Timeline) -> PoolConfig {
+    let mut base = crate::common::pool(identity);
+    base.policy = Some(call_policy());
     let breaker = Arc::new(Mutex::new(BreakerCheck {
         lane: lane.to_owned(),
         cfg: BREAKER,

@@ -33,6 +33,8 @@ pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 2));
 /// The stalled client's node address (`stalled.rs`): another client
 /// address than the user's, as the gateways' per-client budgets see it.
 pub const STALLED: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 3));
+/// The intruder's node address (`intruder.rs`).
+pub const INTRUDER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 4));
 /// TTL check interval of every registration (critical after 2x).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -181,7 +183,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                                 registry: crate::registry::consul(),
                                 blobs: Arc::new(FaultyBlobs(blobs.clone())),
                             };
-                            let pool = check::pool_config(&lane, &tl);
+                            let pool = check::pool_config(&lane, kind.name(), &tl);
                             match Kernel::start_with(seams, pool, plugins).await {
                                 Ok(kernel) => {
                                     tl.record(&lane, Kind::State, "started");
