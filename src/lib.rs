@@ -30,6 +30,8 @@ pub mod error;
 pub mod kernel;
 pub mod middleware;
 #[cfg(not(madsim))]
+pub mod nats_auth;
+#[cfg(not(madsim))]
 pub mod nats_kv;
 pub mod node;
 #[cfg(not(madsim))]

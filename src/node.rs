@@ -525,6 +525,24 @@ pub struct ClusterOpts {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+    /// NATS over TLS: the CA certificates (PEM) the server's certificate
+    /// must chain to; TLS is then required.
+    #[arg(long, env = "STREAMGATE_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present to NATS (a server with
+    /// `verify: true`); with `--nats-key`.
+    #[arg(long, env = "STREAMGATE_NATS_CERT")]
+    pub nats_cert: Option<PathBuf>,
+    /// The key of `--nats-cert` (PEM).
+    #[arg(long, env = "STREAMGATE_NATS_KEY")]
+    pub nats_key: Option<PathBuf>,
+    /// NATS user credentials: a `.creds` file (user JWT and nkey seed, for
+    /// a server in operator mode).
+    #[arg(long, env = "STREAMGATE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user credentials: a file holding the user's nkey seed (`SU...`).
+    #[arg(long, env = "STREAMGATE_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
     /// The service registry.
     #[arg(
         long,
@@ -640,6 +658,20 @@ pub struct ClusterOpts {
 }
 
 impl ClusterOpts {
+    /// How to secure NATS connections (the bus, the NATS KV registry, the
+    /// worker's JetStream store).
+    #[cfg(not(madsim))]
+    #[must_use]
+    pub fn nats_auth(&self) -> crate::nats_auth::NatsAuth {
+        crate::nats_auth::NatsAuth {
+            ca: self.nats_ca.clone(),
+            cert: self.nats_cert.clone(),
+            key: self.nats_key.clone(),
+            creds: self.nats_creds.clone(),
+            nkey: self.nats_nkey_file.clone(),
+        }
+    }
+
     /// The mutual TLS files, when all three are given.
     #[must_use]
     pub fn service_tls(&self) -> Option<crate::rt::transport::ServiceTls> {
@@ -992,6 +1024,13 @@ async fn run_service_kernel(
                 .to_owned(),
         ));
     }
+    let nats_auth = cluster.nats_auth();
+    // Files missing or not going together stop the start now, not after
+    // the start-up timeout.
+    nats_auth
+        .apply(async_nats::ConnectOptions::new())
+        .await
+        .map_err(config_error)?;
     let mut shutdown = std::pin::pin!(shutdown);
     let deadline = crate::rt::now() + cluster.startup_timeout;
     let dependencies = async {
@@ -999,6 +1038,7 @@ async fn run_service_kernel(
             url: cluster.nats_url.clone(),
             client_name: format!("streamgate-{}", kind.name()),
             subject_prefix: cluster.bus_subject_prefix.clone(),
+            auth: nats_auth.clone(),
             ..NatsOpts::default()
         };
         let bus = wait_for(&format!("NATS at {}", cluster.nats_url), deadline, || {
@@ -1009,6 +1049,7 @@ async fn run_service_kernel(
             RegistryKind::NatsKv => {
                 let mut kv = crate::registry::nats_kv::Options::new(cluster.nats_url.clone());
                 kv.bucket.clone_from(&cluster.registry_bucket);
+                kv.auth = nats_auth.clone();
                 let what = format!("the NATS KV registry at {}", cluster.nats_url);
                 Arc::new(
                     wait_for(&what, deadline, || {
@@ -1055,6 +1096,7 @@ async fn run_service_kernel(
             crate::services::worker::JobQueue::JetStream {
                 url: cluster.nats_url.clone(),
                 name: cluster.jobs_name.clone(),
+                auth: nats_auth.clone(),
             }
         }
     };

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("readiness", 2),
     ("sqlite", 3),
     ("pg", 3),
+    ("nats_auth", 2),
     ("nats_kv", 3),
     ("registry", 4),
     ("middleware", 5),

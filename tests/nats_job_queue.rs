@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use streamgate::nats_auth::NatsAuth;
 use streamgate::rt;
 use streamgate::services::worker::WorkerError;
 use streamgate::services::worker::queue::{Job, JobState, Refused};
@@ -31,6 +32,7 @@ impl Queue {
             name: format!("sgtest_jobs_{:012x}", rt::random_u64() >> 16),
             max_active,
             lease,
+            auth: NatsAuth::default(),
         };
         let client = async_nats::connect(opts.url.as_str())
             .await
@@ -316,6 +318,7 @@ async fn an_unreachable_server_is_a_clear_error() {
         name: "sgtest_unreachable".to_owned(),
         max_active: 10,
         lease: Duration::from_secs(1),
+        auth: NatsAuth::default(),
     };
     let err = JetStreamStore::connect(&opts).await.unwrap_err();
     assert!(

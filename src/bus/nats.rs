@@ -66,7 +66,7 @@ impl NatsBus {
         let counters = Arc::new(Counters::default());
         let events = counters.clone();
         let (wait_ms, jitter_ms) = (opts.reconnect_wait_ms, opts.reconnect_jitter_ms);
-        let mut connect = async_nats::ConnectOptions::new()
+        let connect = async_nats::ConnectOptions::new()
             .name(&opts.client_name)
             .connection_timeout(NatsOpts::ms(opts.connect_timeout_ms))
             .request_timeout(Some(NatsOpts::ms(opts.request_timeout_ms)))
@@ -78,6 +78,14 @@ impl NatsBus {
                 events.on_event(&event);
                 std::future::ready(())
             });
+        let mut connect = opts
+            .auth
+            .apply(connect)
+            .await
+            .map_err(|reason| InvalidOpts {
+                field: "auth",
+                reason,
+            })?;
         if opts.retry_on_initial_connect {
             counters.set_status(ConnectionStatus::Disconnected);
             connect = connect.retry_on_initial_connect();

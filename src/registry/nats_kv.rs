@@ -84,9 +84,14 @@ impl NatsKvRegistry {
     /// when the server cannot be reached (within `connect_timeout`) or refuses.
     pub async fn connect(opts: Options) -> Result<Self, RegistryError> {
         opts.validate()?;
-        let connecting = async_nats::ConnectOptions::new()
+        let connect = async_nats::ConnectOptions::new()
             .connection_timeout(opts.connect_timeout)
-            .request_timeout(Some(opts.request_timeout))
+            .request_timeout(Some(opts.request_timeout));
+        let connecting = opts
+            .auth
+            .apply(connect)
+            .await
+            .map_err(RegistryError::Invalid)?
             .connect(opts.url.as_str());
         let client = rt::timeout(opts.connect_timeout, connecting)
             .await

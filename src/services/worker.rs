@@ -50,6 +50,8 @@ pub enum JobQueue {
         url: String,
         /// Names the bucket, the work queue and its subjects.
         name: String,
+        /// TLS and credentials.
+        auth: crate::nats_auth::NatsAuth,
     },
 }
 
@@ -93,12 +95,13 @@ pub async fn domain(
                 .map_err(|e| fail("its database", e.into()))?
         }
         #[cfg(not(madsim))]
-        JobQueue::JetStream { url, name } => {
+        JobQueue::JetStream { url, name, auth } => {
             let js = store::jetstream::Options {
                 url: url.clone(),
                 name: name.clone(),
                 max_active: config.max_active,
                 lease: config.lease,
+                auth: auth.clone(),
             };
             let store = store::jetstream::JetStreamStore::connect(&js)
                 .await

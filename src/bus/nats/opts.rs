@@ -60,6 +60,8 @@ pub struct NatsOpts {
     pub subject_prefix: Option<String>,
     /// Durable mode for the subjects it lists; `None`: core NATS only.
     pub jetstream: Option<JetStreamOpts>,
+    /// TLS and credentials.
+    pub auth: crate::nats_auth::NatsAuth,
 }
 
 impl Default for NatsOpts {
@@ -80,6 +82,7 @@ impl Default for NatsOpts {
             confirm_publish: false,
             subject_prefix: None,
             jetstream: None,
+            auth: crate::nats_auth::NatsAuth::default(),
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Longest wait for one request (put, get, listing, bucket status).
     pub request_timeout: Duration,
+    /// TLS and credentials.
+    #[serde(default)]
+    pub auth: crate::nats_auth::NatsAuth,
 }
 
 /// The default bucket name.
@@ -39,6 +42,7 @@ impl Options {
             max_age: Duration::from_secs(10 * 60),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(2),
+            auth: crate::nats_auth::NatsAuth::default(),
         }
     }
 

@@ -136,6 +136,7 @@ impl Queue {
                     c.job_queue = super::JobQueue::JetStream {
                         url: nats_url(),
                         name: name.clone(),
+                        auth: crate::nats_auth::NatsAuth::default(),
                     };
                 }
                 plugin

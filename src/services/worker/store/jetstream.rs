@@ -72,6 +72,8 @@ pub struct Options {
     /// The consumer's ack wait, set when it is created: how long a worker
     /// that stopped renewing keeps its jobs.
     pub lease: Duration,
+    /// TLS and credentials.
+    pub auth: crate::nats_auth::NatsAuth,
 }
 
 /// A job record as stored: the job and its submission number.
@@ -206,8 +208,12 @@ impl JetStreamStore {
     /// # Errors
     /// The server is unreachable or refuses to create them.
     pub async fn connect(opts: &Options) -> Result<Self, WorkerError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("streamgate-worker-jobs")
+        let connect = async_nats::ConnectOptions::new().name("streamgate-worker-jobs");
+        let client = opts
+            .auth
+            .apply(connect)
+            .await
+            .map_err(|e| unavailable("NATS options", e))?
             .connect(opts.url.as_str())
             .await
             .map_err(|e| unavailable(&format!("connect to {}", opts.url), e))?;
