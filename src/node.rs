@@ -599,6 +599,17 @@ pub struct ClusterOpts {
     /// File holding the Consul ACL token, if ACLs are on.
     #[arg(long, env = "STREAMGATE_CONSUL_TOKEN_FILE")]
     pub consul_token_file: Option<PathBuf>,
+    /// The CA certificates (PEM) an `https://` Consul address's
+    /// certificate must chain to; unset: the system's.
+    #[arg(long, env = "STREAMGATE_CONSUL_CA")]
+    pub consul_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for a Consul agent with
+    /// `verify_incoming`; with `--consul-key`.
+    #[arg(long, env = "STREAMGATE_CONSUL_CERT")]
+    pub consul_cert: Option<PathBuf>,
+    /// The key of `--consul-cert` (PEM).
+    #[arg(long, env = "STREAMGATE_CONSUL_KEY")]
+    pub consul_key: Option<PathBuf>,
     /// The check a service registers in Consul with: `ttl` (it sends
     /// heartbeats), `grpc` (Consul asks its standard gRPC health service,
     /// plain text) or `http` (Consul GETs its `/health`); every 2 s, 1 s
@@ -1071,9 +1082,15 @@ async fn run_service_kernel(
                 let config = crate::registry::consul::ConsulConfig {
                     address: cluster.consul_addr.clone(),
                     token,
+                    tls: crate::registry::consul::ConsulTls {
+                        ca: cluster.consul_ca.clone(),
+                        cert: cluster.consul_cert.clone(),
+                        key: cluster.consul_key.clone(),
+                    },
                     ..Default::default()
                 };
-                let consul = crate::registry::consul::ConsulRegistry::connect(&config)?;
+                let consul = crate::registry::consul::ConsulRegistry::connect(&config)
+                    .map_err(|e| config_error(e.to_string()))?;
                 let what = format!("the Consul agent at {}", cluster.consul_addr);
                 wait_for(&what, deadline, || consul.health()).await?;
                 Arc::new(consul)

@@ -53,6 +53,7 @@ fn client(url: &str, token: Option<&str>) -> ConsulRegistry {
         address: url.to_owned(),
         token: token.map(str::to_owned),
         request_timeout: Duration::from_secs(2),
+        ..ConsulConfig::default()
     })
     .expect("client")
 }
@@ -327,6 +328,7 @@ async fn fake(app: Router) -> ConsulRegistry {
         address: url,
         token: None,
         request_timeout: Duration::from_millis(500),
+        ..ConsulConfig::default()
     })
     .expect("client")
 }
@@ -837,4 +839,177 @@ async fn the_monitor_follows_services_by_blocking_queries() {
         "{cache:?}"
     );
     kernel.shutdown().await;
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
+/// PEM files in `dir` (`ca.pem`, `server.pem`, `server-key.pem`,
+/// `client.pem`, `client-key.pem`).
+fn tls_files(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(
+        dir.join("ca.pem"),
+        ca.self_signed(&ca_key).expect("ca").pem(),
+    )
+    .expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    for (name, san) in [
+        (
+            "server",
+            SanType::IpAddress("127.0.0.1".parse().expect("ip")),
+        ),
+        (
+            "client",
+            SanType::DnsName("client".try_into().expect("name")),
+        ),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![san];
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("cert");
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).expect("key");
+    }
+}
+
+/// Serves `app` over HTTPS with `dir`'s server certificate, requiring a
+/// client certificate of `dir`'s CA (as an agent with `verify_incoming`);
+/// returns its base URL.
+async fn serve_router_tls(app: Router, dir: &std::path::Path) -> String {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca"))
+        .expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let chain = vec![CertificateDer::from_pem_file(dir.join("server.pem")).expect("cert")];
+    let key = PrivateKeyDer::from_pem_file(dir.join("server-key.pem")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    #[allow(clippy::disallowed_methods)]
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    rt::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            rt::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(app),
+                )
+                .await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{}", addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_over_https_with_a_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    tls_files(dir.path());
+    let agent = ConsulAgent::new(fast_agent());
+    let url = serve_router_tls(agent.router(), dir.path()).await;
+    let tls = |ca: bool, client: bool| streamgate::registry::consul::ConsulTls {
+        ca: ca.then(|| dir.path().join("ca.pem")),
+        cert: client.then(|| dir.path().join("client.pem")),
+        key: client.then(|| dir.path().join("client-key.pem")),
+    };
+    let registry = |tls| {
+        ConsulRegistry::connect(&ConsulConfig {
+            address: url.clone(),
+            tls,
+            request_timeout: Duration::from_secs(2),
+            ..ConsulConfig::default()
+        })
+        .expect("client")
+    };
+
+    // The CA and a client certificate: it works like plain HTTP.
+    let good = registry(tls(true, true));
+    good.health().await.expect("the agent answers over TLS");
+    let name = unique_name("tls");
+    good.register(&instance(&name, 7001, Duration::from_secs(30)))
+        .await
+        .expect("register over TLS");
+    assert_eq!(good.discover(&name).await.expect("discover").len(), 1);
+
+    // Not trusting the agent's CA (the system's CAs), or no client
+    // certificate: refused, and the error says TLS.
+    for (what, settings) in [
+        ("the system's CAs", tls(false, true)),
+        ("no client certificate", tls(true, false)),
+    ] {
+        let err = registry(settings).health().await.expect_err(what);
+        assert!(
+            matches!(err, RegistryError::Unavailable(_)),
+            "{what}: {err:?}"
+        );
+    }
+
+    // A file that does not load is refused when the client is made.
+    let broken = ConsulRegistry::connect(&ConsulConfig {
+        address: url.clone(),
+        tls: streamgate::registry::consul::ConsulTls {
+            ca: Some(dir.path().join("missing.pem")),
+            ..Default::default()
+        },
+        ..ConsulConfig::default()
+    })
+    .expect_err("a missing CA file");
+    assert!(broken.to_string().contains("missing.pem"), "{broken}");
+
+    // A service binary with the same options registers over TLS.
+    let path = |f: &str| dir.path().join(f).to_str().expect("utf-8").to_owned();
+    let mut proc = cache(
+        dir.path(),
+        &[
+            "--nats-url",
+            &streamgate_testkit::nats_url(),
+            "--registry",
+            "consul",
+            "--consul-addr",
+            &url,
+            "--consul-ca",
+            &path("ca.pem"),
+            "--consul-cert",
+            &path("client.pem"),
+            "--consul-key",
+            &path("client-key.pem"),
+        ],
+    );
+    proc.listening("cache").await;
+    let started = rt::now();
+    while good.discover("cache").await.map_or(0, |f| f.len()) == 0 {
+        assert!(
+            rt::now() - started < Duration::from_secs(10),
+            "the cache registered over TLS"
+        );
+        rt::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -19,10 +19,10 @@ mod transport;
 mod wire;
 
 pub use transport::HttpTransport;
-#[cfg(not(madsim))]
-pub use transport::HyperTransport;
 #[cfg(madsim)]
 pub use transport::SimTransport;
+#[cfg(not(madsim))]
+pub use transport::{ConsulTls, HyperTransport};
 pub use wire::{
     CHECK_META_KEY, FOREIGN_CHECK_TTL, MIN_DEREGISTER_AFTER, check_id, decode_check, encode_check,
     format_duration,
@@ -62,6 +62,9 @@ pub struct ConsulConfig {
     pub address: String,
     /// ACL token sent as `X-Consul-Token`, if any.
     pub token: Option<String>,
+    /// TLS for an `https://` address (production transport only).
+    #[cfg(not(madsim))]
+    pub tls: ConsulTls,
     /// Time limit of a non-blocking request, and the margin added to a
     /// blocking query's `wait` (plus Consul's `wait / 16` jitter).
     pub request_timeout: Duration,
@@ -72,6 +75,8 @@ impl Default for ConsulConfig {
         Self {
             address: "http://127.0.0.1:8500".to_owned(),
             token: None,
+            #[cfg(not(madsim))]
+            tls: ConsulTls::default(),
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -137,7 +142,9 @@ impl ConsulRegistry {
     /// As [`ConsulRegistry::new`].
     #[cfg(not(madsim))]
     pub fn connect(config: &ConsulConfig) -> Result<Self, RegistryError> {
-        Self::new(config, HyperTransport::new())
+        let transport = HyperTransport::with_tls(&config.tls)
+            .map_err(|e| RegistryError::Invalid(format!("consul TLS: {e}")))?;
+        Self::new(config, transport)
     }
 
     async fn call(

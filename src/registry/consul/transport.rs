@@ -20,33 +20,116 @@ pub trait HttpTransport: Send + Sync + 'static {
 }
 
 #[cfg(not(madsim))]
-pub use hyper_impl::HyperTransport;
+pub use hyper_impl::{ConsulTls, HyperTransport};
 
 #[cfg(not(madsim))]
 mod hyper_impl {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
     use async_trait::async_trait;
     use bytes::Bytes;
     use http_body_util::{BodyExt as _, Full, Limited};
+    use hyper_rustls::HttpsConnector;
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::TokioExecutor;
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
     use super::HttpTransport;
 
-    /// Production transport: hyper-util's pooled HTTP/1 client (plain HTTP,
-    /// as Consul agents listen on localhost).
+    /// TLS towards the Consul agent (an `https://` address): the CA
+    /// certificates its certificate must chain to (`None`: the system's),
+    /// and a client certificate for an agent with `verify_incoming`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct ConsulTls {
+        /// CA certificates (PEM).
+        pub ca: Option<PathBuf>,
+        /// A client certificate chain (PEM).
+        pub cert: Option<PathBuf>,
+        /// Its key (PEM).
+        pub key: Option<PathBuf>,
+    }
+
+    fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+        let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| named(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| named(&e))?;
+        if certs.is_empty() {
+            return Err(named(&"no PEM certificate in it"));
+        }
+        Ok(certs)
+    }
+
+    impl ConsulTls {
+        fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            match &self.ca {
+                Some(ca) => {
+                    for cert in certs(ca)? {
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("{}: {e}", ca.display()))?;
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(found.certs);
+                }
+            }
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS configuration: {e}"))?
+                .with_root_certificates(roots);
+            match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => {
+                    let key = PrivateKeyDer::from_pem_file(key)
+                        .map_err(|e| format!("{}: {e}", key.display()))?;
+                    builder
+                        .with_client_auth_cert(certs(cert)?, key)
+                        .map_err(|e| format!("{}: {e}", cert.display()))
+                }
+                (None, None) => Ok(builder.with_no_client_auth()),
+                _ => Err("--consul-cert and --consul-key go together".to_owned()),
+            }
+        }
+    }
+
+    /// Production transport: hyper-util's pooled HTTP/1 client, over TLS
+    /// (rustls) for an `https://` address, plain for `http://`.
     #[derive(Debug, Clone)]
     pub struct HyperTransport {
-        client: Client<HttpConnector, Full<Bytes>>,
+        client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     }
 
     impl HyperTransport {
-        /// A client with hyper-util's default pool.
+        /// A client with hyper-util's default pool, trusting the system's
+        /// CA certificates for `https://`.
+        ///
+        /// # Panics
+        /// Never: the default TLS settings always build.
         #[must_use]
         pub fn new() -> Self {
-            Self {
-                client: Client::builder(TokioExecutor::new()).build_http(),
-            }
+            Self::with_tls(&ConsulTls::default()).expect("the default TLS settings build")
+        }
+
+        /// A client with `tls` for `https://` addresses.
+        ///
+        /// # Errors
+        /// A file that does not load, named.
+        pub fn with_tls(tls: &ConsulTls) -> Result<Self, String> {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.client_config()?)
+                .https_or_http()
+                .enable_http1()
+                .build();
+            Ok(Self {
+                client: Client::builder(TokioExecutor::new()).build(connector),
+            })
         }
     }
 
