@@ -13,6 +13,12 @@
 //! nothing: instructions per call, under callgrind, are the difference of
 //! two paths' totals over CALLS.
 //!
+//! Then the same over mutual TLS (`rt/mtls.rs`, certificates made by
+//! `streamgate certs` in a temporary directory): raw tonic over mTLS to a
+//! bare server over mTLS (the baseline a user would build on) against the
+//! pool over mTLS to the full server over mTLS under the shipped call
+//! policy (`--profile 4|5 CALLS` for callgrind).
+//!
 //! Last, the full stack with span export (OTLP/gRPC to a receiver in the
 //! same process, `streamgate_testkit::otlp`) off, at a 1 % sampling ratio
 //! and at 100 %, rounds interleaved, as ratios against export off
@@ -108,12 +114,81 @@ mod bench {
         req
     }
 
-    /// Starts both servers on a runtime of their own; returns (bare, full) addresses.
+    /// Where the servers listen.
+    struct Servers {
+        bare: SocketAddr,
+        full: SocketAddr,
+        bare_tls: SocketAddr,
+    }
+
+    /// The cache's and the caller's (api-gateway's) identities from
+    /// certificates made in `dir`.
+    fn identities(dir: &std::path::Path) -> anyhow::Result<(transport::Mtls, transport::Mtls)> {
+        use streamgate::cli::certs;
+        certs::init(dir, 1).map_err(anyhow::Error::msg)?;
+        certs::issue(dir, 1, &[ServiceKind::Cache, ServiceKind::ApiGateway])
+            .map_err(anyhow::Error::msg)?;
+        let load = |service: &str| {
+            transport::ServiceTls {
+                ca: dir.join(certs::CA_CERT),
+                cert: dir.join(format!("{service}.pem")),
+                key: dir.join(format!("{service}-key.pem")),
+            }
+            .load()
+            .map_err(anyhow::Error::msg)
+        };
+        Ok((load("cache")?, load("api-gateway")?))
+    }
+
+    /// Starts the servers on a runtime of their own: bare and full in
+    /// plaintext, and over mutual TLS with `cache_tls` a bare one and a full
+    /// one (registered in `tls_registry`, under the shipped call policy).
     fn start_servers(
         keys: Keyring,
         registry: Arc<MemoryRegistry>,
-    ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        tls_registry: Arc<MemoryRegistry>,
+        cache_tls: transport::Mtls,
+    ) -> anyhow::Result<Servers> {
         support::serve_on_thread("server", support::current_thread()?, move || async move {
+            // Bare over mutual TLS: the generated server alone.
+            let listener = transport::Listener::bind("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("bind");
+            let bare_tls = listener.local_addr().expect("addr");
+            rt::spawn(transport::serve_mtls(
+                listener,
+                Routes::new(CacheServiceServer::new(
+                    CacheServer::new(Default::default()),
+                )),
+                tower::layer::util::Identity::new(),
+                Some(cache_tls.clone()),
+                std::future::pending(),
+            ));
+            // Full over mutual TLS: the service as a cluster runs it.
+            let tls_common = Common {
+                rate_limit: (u32::MAX, 1e12),
+                check_interval: Duration::from_secs(3600),
+                ..Common::ephemeral()
+            };
+            let mut pool = PoolConfig::new(keys.clone(), "cache");
+            pool.tls = Some(cache_tls);
+            pool.policy = Some(Arc::new(
+                streamgate::middleware::policy::CallPolicy::parse(include_str!(
+                    "../config/call-policy.toml"
+                ))
+                .expect("the shipped policy"),
+            ));
+            let tls_node = streamgate::kernel::Kernel::start_with(
+                streamgate::kernel::Seams {
+                    bus: Arc::new(MemoryBus::new()),
+                    registry: tls_registry,
+                    blobs: Arc::new(MemoryBlobStore::new()),
+                },
+                pool,
+                vec![support::plugin(ServiceKind::Cache, tls_common, |_| {})],
+            )
+            .await
+            .expect("the mTLS node starts");
             // Bare: the generated server alone, no layers.
             let listener = transport::Listener::bind("127.0.0.1:0".parse().expect("addr"))
                 .await
@@ -145,7 +220,12 @@ mod bench {
                 vec![support::plugin(ServiceKind::Cache, common, |_| {})],
             )
             .await;
-            ((bare, support::address(&node, ServiceKind::Cache)), node)
+            let servers = Servers {
+                bare,
+                full: support::address(&node, ServiceKind::Cache),
+                bare_tls,
+            };
+            (servers, (node, tls_node))
         })
     }
 
@@ -234,10 +314,11 @@ mod bench {
     }
 
     /// `--profile PATH CALLS`: the index of one path (0 baseline, 1 client
-    /// side, 2 server side, 3 both) and how many calls to make on it.
+    /// side, 2 server side, 3 both; over mutual TLS: 4 baseline, 5 both)
+    /// and how many calls to make on it.
     fn profile_args() -> Option<(usize, usize)> {
         let values = support::flag_values("--profile", 2)?;
-        let path = values[0].parse().ok().filter(|p| *p < 4)?;
+        let path = values[0].parse().ok().filter(|p| *p < 6)?;
         let calls = values[1].parse().ok()?;
         Some((path, calls))
     }
@@ -246,7 +327,19 @@ mod bench {
         let rounds = Rounds::new(support::opts(), ROUNDS, 0, ROUND);
         let keys = Keyring::generate("bench");
         let registry = Arc::new(MemoryRegistry::new());
-        let (bare, full) = start_servers(keys.clone(), registry.clone())?;
+        let tls_registry = Arc::new(MemoryRegistry::new());
+        let certs_dir = tempfile::tempdir()?;
+        let (cache_tls, caller_tls) = identities(certs_dir.path())?;
+        let Servers {
+            bare,
+            full,
+            bare_tls,
+        } = start_servers(
+            keys.clone(),
+            registry.clone(),
+            tls_registry.clone(),
+            cache_tls,
+        )?;
         support::current_thread()?.block_on(async move {
             // The bare server, registered under a name of its own, so the
             // pool's client side can be measured against it alone.
@@ -256,6 +349,9 @@ mod bench {
             info.port = bare.port();
             registry.register(&info).await.expect("register");
             let pool = ClientPool::new(registry, PoolConfig::new(keys.clone(), "bench"));
+            let mut tls_config = PoolConfig::new(keys.clone(), "api-gateway");
+            tls_config.tls = Some(caller_tls.clone());
+            let tls_pool = ClientPool::new(tls_registry, tls_config);
             let token = http::HeaderValue::try_from(streamgate::middleware::auth::mint(
                 &keys.current,
                 "bench",
@@ -267,7 +363,10 @@ mod bench {
                 ("pool -> bare server (client side)", Path { channel: ChannelKind::Pool(pool.channel("cache-bare").await.expect("pool")), token: None }),
                 ("raw tonic -> full server (server side)", Path { channel: ChannelKind::Raw(transport::channel(full)), token: Some(token) }),
                 ("pool -> full server (both)", Path { channel: ChannelKind::Pool(pool.channel("cache").await.expect("pool")), token: None }),
+                ("mTLS: raw tonic -> bare server (baseline)", Path { channel: ChannelKind::Raw(transport::channel_to(bare_tls, Some(&caller_tls), "cache")), token: None }),
+                ("mTLS: pool -> full server, policy (both)", Path { channel: ChannelKind::Pool(tls_pool.channel("cache").await.expect("pool")), token: None }),
             ];
+            let (plain, tls) = paths.split_at(4);
             if let Some((path, calls)) = profile_args() {
                 // For a profiler (e.g. `valgrind --tool=callgrind`): one path,
                 // a fixed number of calls, one at a time, nothing measured.
@@ -318,13 +417,16 @@ mod bench {
                     .map_err(anyhow::Error::msg)?;
                 streamgate::telemetry::pause(true, 1.0);
             }
-            for concurrency in [1usize, 64] {
-                let runs = rounds
-                    .interleaved(paths.len(), async |path, _| {
-                        Ok(run(paths[path].1.clone(), rounds.round, concurrency).await)
-                    })
-                    .await?;
-                report(concurrency, paths.iter().map(|(name, _)| *name), runs);
+            for (title, table) in [("plaintext", plain), ("mutual TLS", tls)] {
+                println!("{title}:");
+                for concurrency in [1usize, 64] {
+                    let runs = rounds
+                        .interleaved(table.len(), async |path, _| {
+                            Ok(run(table[path].1.clone(), rounds.round, concurrency).await)
+                        })
+                        .await?;
+                    report(concurrency, table.iter().map(|(name, _)| *name), runs);
+                }
             }
             if export {
                 let modes: [(&str, Option<f64>); 3] = [
