@@ -17,7 +17,8 @@
 //! `streamgate certs` in a temporary directory): raw tonic over mTLS to a
 //! bare server over mTLS (the baseline a user would build on) against the
 //! pool over mTLS to the full server over mTLS under the shipped call
-//! policy (`--profile 4|5 CALLS` for callgrind).
+//! policy, and the peer stack: the same features from stock parts
+//! (`peer`; `--profile 4|5|6 CALLS` for callgrind).
 //!
 //! Last, the full stack with span export (OTLP/gRPC to a receiver in the
 //! same process, `streamgate_testkit::otlp`) off, at a 1 % sampling ratio
@@ -119,6 +120,134 @@ mod bench {
         bare: SocketAddr,
         full: SocketAddr,
         bare_tls: SocketAddr,
+        peer_tls: SocketAddr,
+    }
+
+    /// The peer stack: the same features as StreamGate's server stack, from
+    /// the parts a user would pick (the comparison): tonic over the
+    /// same mutual TLS, tower-http's `TraceLayer`, a latency histogram per
+    /// method (prometheus-client, as `peer::Timed`), tower's `Timeout`, and
+    /// a tonic interceptor that checks the caller's certificate against the
+    /// call policy and a rate limiter per caller (governor).
+    mod peer {
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::sync::Arc;
+        use std::task::{Context, Poll};
+
+        use prometheus_client::encoding::EncodeLabelSet;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        use streamgate::middleware::policy::CallPolicy;
+        use streamgate::rt::{self, transport};
+        use tower::Service;
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct Method {
+            path: String,
+        }
+
+        type Latency = Family<Method, Histogram, fn() -> Histogram>;
+
+        fn histogram() -> Histogram {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        }
+
+        /// Times each call into a histogram by method.
+        #[derive(Clone)]
+        pub struct Timed<S> {
+            inner: S,
+            latency: Latency,
+        }
+
+        pub fn timed<S>(inner: S, latency: &Latency) -> Timed<S> {
+            Timed {
+                inner,
+                latency: latency.clone(),
+            }
+        }
+
+        pub fn latency() -> Latency {
+            Family::new_with_constructor(histogram)
+        }
+
+        impl<S, B> Service<http::Request<B>> for Timed<S>
+        where
+            S: Service<http::Request<B>>,
+            S::Future: Send + 'static,
+        {
+            type Response = S::Response;
+            type Error = S::Error;
+            type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+                self.inner.poll_ready(cx)
+            }
+
+            fn call(&mut self, req: http::Request<B>) -> Self::Future {
+                let histogram = self.latency.get_or_create(&Method {
+                    path: req.uri().path().to_owned(),
+                });
+                let histogram = histogram.clone();
+                let started = rt::now();
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let out = fut.await;
+                    histogram.observe((rt::now() - started).as_secs_f64());
+                    out
+                })
+            }
+        }
+
+        type Limiter = governor::RateLimiter<
+            String,
+            governor::state::keyed::HashMapStateStore<String>,
+            governor::clock::DefaultClock,
+        >;
+
+        /// The interceptor: the caller's certificate names a service the
+        /// policy allows to call the method, and the caller is within its
+        /// rate.
+        #[derive(Clone)]
+        pub struct Check {
+            policy: Arc<CallPolicy>,
+            limiter: Arc<Limiter>,
+        }
+
+        impl Check {
+            pub fn new(policy: Arc<CallPolicy>) -> Self {
+                let quota = governor::Quota::per_second(std::num::NonZeroU32::MAX);
+                Self {
+                    policy,
+                    limiter: Arc::new(governor::RateLimiter::hashmap(quota)),
+                }
+            }
+        }
+
+        impl tonic::service::Interceptor for Check {
+            fn call(
+                &mut self,
+                req: tonic::Request<()>,
+            ) -> Result<tonic::Request<()>, tonic::Status> {
+                let peer = req
+                    .extensions()
+                    .get::<transport::MtlsPeer>()
+                    .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))?;
+                // The interceptor does not see the path: the bench's one
+                // method stands for it, as a user's per-service
+                // interceptor would name its own.
+                if !self
+                    .policy
+                    .allows(&peer.service, "/streamgate.v1.CacheService/Get")
+                {
+                    return Err(tonic::Status::permission_denied("not allowed"));
+                }
+                self.limiter
+                    .check_key(&peer.service.to_string())
+                    .map_err(|_| tonic::Status::resource_exhausted("rate"))?;
+                Ok(req)
+            }
+        }
     }
 
     /// The cache's and the caller's (api-gateway's) identities from
@@ -164,6 +293,34 @@ mod bench {
                 Some(cache_tls.clone()),
                 std::future::pending(),
             ));
+            // The peer stack over mutual TLS.
+            let listener = transport::Listener::bind("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("bind");
+            let peer_tls = listener.local_addr().expect("addr");
+            let policy = Arc::new(
+                streamgate::middleware::policy::CallPolicy::parse(include_str!(
+                    "../config/call-policy.toml"
+                ))
+                .expect("the shipped policy"),
+            );
+            let check = peer::Check::new(policy.clone());
+            let peer_routes = Routes::new(tonic::service::interceptor::InterceptedService::new(
+                CacheServiceServer::new(CacheServer::new(Default::default())),
+                check,
+            ));
+            let latency = peer::latency();
+            let peer_stack = tower::ServiceBuilder::new()
+                .layer(tower_http::trace::TraceLayer::new_for_grpc())
+                .layer(tower::layer::layer_fn(move |s| peer::timed(s, &latency)))
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)));
+            rt::spawn(transport::serve_mtls(
+                listener,
+                peer_routes,
+                peer_stack,
+                Some(cache_tls.clone()),
+                std::future::pending(),
+            ));
             // Full over mutual TLS: the service as a cluster runs it.
             let tls_common = Common {
                 rate_limit: (u32::MAX, 1e12),
@@ -172,12 +329,7 @@ mod bench {
             };
             let mut pool = PoolConfig::new(keys.clone(), "cache");
             pool.tls = Some(cache_tls);
-            pool.policy = Some(Arc::new(
-                streamgate::middleware::policy::CallPolicy::parse(include_str!(
-                    "../config/call-policy.toml"
-                ))
-                .expect("the shipped policy"),
-            ));
+            pool.policy = Some(policy);
             let tls_node = streamgate::kernel::Kernel::start_with(
                 streamgate::kernel::Seams {
                     bus: Arc::new(MemoryBus::new()),
@@ -224,6 +376,7 @@ mod bench {
                 bare,
                 full: support::address(&node, ServiceKind::Cache),
                 bare_tls,
+                peer_tls,
             };
             (servers, (node, tls_node))
         })
@@ -243,6 +396,39 @@ mod bench {
     enum ChannelKind {
         Raw(transport::Channel),
         Pool(streamgate::client::PoolChannel),
+        /// The peer stack's client: tonic over mutual TLS with tower-http's
+        /// `TraceLayer` and tower's `Timeout`.
+        Peer(PeerChannel),
+    }
+
+    type PeerChannel = tower::util::BoxCloneSyncService<
+        http::Request<tonic::body::Body>,
+        http::Response<tonic::body::Body>,
+        PeerError,
+    >;
+
+    /// The peer client's error, named (a bare `BoxError` in a `Send`
+    /// future trips the compiler's higher-ranked lifetime check).
+    #[derive(Debug)]
+    struct PeerError(tower::BoxError);
+
+    impl std::fmt::Display for PeerError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+
+    impl std::error::Error for PeerError {}
+
+    fn peer_channel(channel: transport::Channel) -> PeerChannel {
+        tower::util::BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .map_err(PeerError)
+                .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
+                .layer(tower_http::trace::TraceLayer::new_for_grpc())
+                .timeout(Duration::from_secs(30))
+                .service(channel),
+        )
     }
 
     async fn run(path: Path, round: Duration, concurrency: usize) -> Figures {
@@ -285,6 +471,20 @@ mod bench {
                 )
                 .await
             }
+            ChannelKind::Peer(ch) => {
+                measure(
+                    round,
+                    concurrency,
+                    move || CacheServiceClient::new(ch.clone()),
+                    |mut c| {
+                        Box::pin(async move {
+                            c.get(request()).await.expect("peer call");
+                            c
+                        })
+                    },
+                )
+                .await
+            }
         }
     }
 
@@ -314,11 +514,12 @@ mod bench {
     }
 
     /// `--profile PATH CALLS`: the index of one path (0 baseline, 1 client
-    /// side, 2 server side, 3 both; over mutual TLS: 4 baseline, 5 both)
+    /// side, 2 server side, 3 both; over mutual TLS: 4 baseline, 5 the peer
+    /// stack, 6 both)
     /// and how many calls to make on it.
     fn profile_args() -> Option<(usize, usize)> {
         let values = support::flag_values("--profile", 2)?;
-        let path = values[0].parse().ok().filter(|p| *p < 6)?;
+        let path = values[0].parse().ok().filter(|p| *p < 7)?;
         let calls = values[1].parse().ok()?;
         Some((path, calls))
     }
@@ -334,6 +535,7 @@ mod bench {
             bare,
             full,
             bare_tls,
+            peer_tls,
         } = start_servers(
             keys.clone(),
             registry.clone(),
@@ -364,6 +566,7 @@ mod bench {
                 ("raw tonic -> full server (server side)", Path { channel: ChannelKind::Raw(transport::channel(full)), token: Some(token) }),
                 ("pool -> full server (both)", Path { channel: ChannelKind::Pool(pool.channel("cache").await.expect("pool")), token: None }),
                 ("mTLS: raw tonic -> bare server (baseline)", Path { channel: ChannelKind::Raw(transport::channel_to(bare_tls, Some(&caller_tls), "cache")), token: None }),
+                ("mTLS: peer stack (stock parts)", Path { channel: ChannelKind::Peer(peer_channel(transport::channel_to(peer_tls, Some(&caller_tls), "cache"))), token: None }),
                 ("mTLS: pool -> full server, policy (both)", Path { channel: ChannelKind::Pool(tls_pool.channel("cache").await.expect("pool")), token: None }),
             ];
             let (plain, tls) = paths.split_at(4);
@@ -371,13 +574,10 @@ mod bench {
                 // For a profiler (e.g. `valgrind --tool=callgrind`): one path,
                 // a fixed number of calls, one at a time, nothing measured.
                 let (name, path) = &paths[path];
-                let client = match path.channel.clone() {
-                    ChannelKind::Raw(ch) => Err(CacheServiceClient::new(ch)),
-                    ChannelKind::Pool(ch) => Ok(CacheServiceClient::new(ch)),
-                };
-                for _ in 0..calls {
-                    match client.clone() {
-                        Err(mut c) => {
+                match path.channel.clone() {
+                    ChannelKind::Raw(ch) => {
+                        let mut c = CacheServiceClient::new(ch);
+                        for _ in 0..calls {
                             let mut req = request();
                             if let Some(t) = &path.token {
                                 req.metadata_mut().insert(
@@ -388,8 +588,17 @@ mod bench {
                             }
                             c.get(req).await.expect("raw call");
                         }
-                        Ok(mut c) => {
+                    }
+                    ChannelKind::Pool(ch) => {
+                        let mut c = CacheServiceClient::new(ch);
+                        for _ in 0..calls {
                             c.get(request()).await.expect("pool call");
+                        }
+                    }
+                    ChannelKind::Peer(ch) => {
+                        let mut c = CacheServiceClient::new(ch);
+                        for _ in 0..calls {
+                            c.get(request()).await.expect("peer call");
                         }
                     }
                 }
