@@ -30,8 +30,11 @@ pub const MAX_RULES: usize = 1024;
 /// A parsed call policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallPolicy {
-    /// `<package>.<Service>/<Method or *>` -> the services allowed.
-    rules: BTreeMap<String, BTreeSet<String>>,
+    /// `<package>.<Service>/<Method>` -> the services allowed.
+    methods: BTreeMap<String, BTreeSet<String>>,
+    /// `<package>.<Service>` (a `/*` rule) -> the services allowed: kept
+    /// apart so that a call's check borrows its path and allocates nothing.
+    services: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -66,7 +69,7 @@ impl CallPolicy {
         if file.allow.len() > MAX_RULES {
             return Err(format!("more than {MAX_RULES} rules"));
         }
-        let mut rules = BTreeMap::new();
+        let (mut methods, mut services) = (BTreeMap::new(), BTreeMap::new());
         for (key, callers) in file.allow {
             if !valid_method_key(&key) {
                 return Err(format!(
@@ -78,9 +81,13 @@ impl CallPolicy {
                     "rule {key:?}: {bad:?} is not a service name ([A-Za-z0-9-]{{1,64}})"
                 ));
             }
-            rules.insert(key, callers.into_iter().collect());
+            let callers = callers.into_iter().collect();
+            match key.strip_suffix("/*") {
+                Some(service) => services.insert(service.to_owned(), callers),
+                None => methods.insert(key, callers),
+            };
         }
-        Ok(Self { rules })
+        Ok(Self { methods, services })
     }
 
     /// Reads and parses the policy file at `path`.
@@ -100,19 +107,24 @@ impl CallPolicy {
     /// Whether `caller` may call the method at `path` (`/<package>.<Service>/<Method>`).
     #[must_use]
     pub fn allows(&self, caller: &str, path: &str) -> bool {
-        let Some((service, _method)) = path.strip_prefix('/').and_then(|p| p.rsplit_once('/'))
-        else {
+        let Some(method) = path.strip_prefix('/') else {
             return false;
         };
-        let names = |key: &str| self.rules.get(key).is_some_and(|c| c.contains(caller));
-        names(&path[1..]) || names(&format!("{service}/*"))
+        let Some((service, _)) = method.rsplit_once('/') else {
+            return false;
+        };
+        let names = |rules: &BTreeMap<String, BTreeSet<String>>, key: &str| {
+            rules.get(key).is_some_and(|c| c.contains(caller))
+        };
+        names(&self.methods, method) || names(&self.services, service)
     }
 
     /// Every service a rule names as a caller.
     #[must_use]
     pub fn callers(&self) -> BTreeSet<&str> {
-        self.rules
+        self.methods
             .values()
+            .chain(self.services.values())
             .flat_map(|c| c.iter().map(String::as_str))
             .collect()
     }

@@ -93,7 +93,13 @@ pub fn service_of(cert: &[u8]) -> Option<String> {
     }
 }
 
-fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM certificates in `path` (at least one); the error names `what`
+/// and the file. Shared by the public port's TLS (`edge/tls.rs`) and the
+/// Consul client's.
+///
+/// # Errors
+/// The file cannot be read, is not PEM, or holds no certificate.
+pub fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bad = |e: &dyn std::fmt::Display| TlsError(format!("{what} {}: {e}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(&e))?
@@ -103,6 +109,16 @@ fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, T
         return Err(bad(&"no PEM certificate in it"));
     }
     Ok(certs)
+}
+
+/// Why a certificate and its key did not load together, naming both files.
+#[must_use]
+pub fn pair_error(cert: &Path, key: &Path, e: rustls::Error) -> TlsError {
+    let why = match e {
+        rustls::Error::InconsistentKeys(_) => "the key does not match the certificate".to_owned(),
+        other => other.to_string(),
+    };
+    TlsError(format!("{} with {}: {why}", cert.display(), key.display()))
 }
 
 /// Both ends' configuration, from one reading of the files.
@@ -133,19 +149,7 @@ fn load(files: &ServiceTls, provider: &Arc<CryptoProvider>) -> Result<Configs, T
     })?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| TlsError(format!("key file {}: {e}", files.key.display())))?;
-    let mismatch = |e: rustls::Error| {
-        let why = match e {
-            rustls::Error::InconsistentKeys(_) => {
-                "the key does not match the certificate".to_owned()
-            }
-            other => other.to_string(),
-        };
-        TlsError(format!(
-            "{} with {}: {why}",
-            files.cert.display(),
-            files.key.display()
-        ))
-    };
+    let mismatch = |e| pair_error(&files.cert, &files.key, e);
     let config_err = |e: &dyn std::fmt::Display| TlsError(format!("TLS configuration: {e}"));
 
     let client_verifier =

@@ -53,15 +53,7 @@ mod hyper_impl {
     }
 
     fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-        let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| named(&e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| named(&e))?;
-        if certs.is_empty() {
-            return Err(named(&"no PEM certificate in it"));
-        }
-        Ok(certs)
+        crate::rt::mtls::read_certs("certificate file", path).map_err(|e| e.0)
     }
 
     impl ConsulTls {

@@ -9,7 +9,6 @@
 //! load (half written, a key that does not match) is logged and the last
 //! good one kept; connections already open keep theirs.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -17,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::rt::transport::{EdgeTls, TlsError};
@@ -41,35 +40,11 @@ fn stamp(files: &EdgeTls) -> Result<Stamp, TlsError> {
 
 /// Reads the pair: the chain (leaf first) and its key, which must match.
 fn load(files: &EdgeTls, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
-    let bad = |what: &str, path: &Path, e: &dyn fmt::Display| {
-        TlsError(format!("{what} {}: {e}", path.display()))
-    };
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| bad("certificate file", &files.cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad("certificate file", &files.cert, &e))?;
-    if chain.is_empty() {
-        return Err(bad(
-            "certificate file",
-            &files.cert,
-            &"no PEM certificate in it",
-        ));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("key file", &files.key, &e))?;
-    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        let why = match e {
-            rustls::Error::InconsistentKeys(_) => {
-                "the key does not match the certificate".to_owned()
-            }
-            other => other.to_string(),
-        };
-        TlsError(format!(
-            "{} with {}: {why}",
-            files.cert.display(),
-            files.key.display()
-        ))
-    })?;
+    let chain = crate::rt::mtls::read_certs("certificate file", &files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| TlsError(format!("key file {}: {e}", files.key.display())))?;
+    let certified = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| crate::rt::mtls::pair_error(&files.cert, &files.key, e))?;
     Ok(Arc::new(certified))
 }
 
