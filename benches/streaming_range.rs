@@ -209,6 +209,161 @@ mod bench {
         run(round).await
     }
 
+    /// HLS segments written, each [`SEGMENT_BYTES`]: a 4 s segment of
+    /// 720p at about 2.5 Mbit/s.
+    const SEGMENTS: usize = 64;
+    const SEGMENT_BYTES: usize = 1_250_000;
+
+    fn segment_name(i: usize) -> String {
+        format!("seg_{i:03}.ts")
+    }
+
+    /// Writes the segments of the bench video's `720p` rendition.
+    async fn write_segments(store: &FsBlobStore) -> anyhow::Result<()> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut data = vec![0u8; SEGMENT_BYTES];
+        for i in 0..SEGMENTS {
+            rng.fill(&mut data[..]);
+            let mut w = store.create().await?;
+            w.write(&data).await?;
+            w.commit(&format!("hls/{VIDEO}/720p/{}", segment_name(i)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// GETs the whole of `url`; returns its length.
+    async fn get_whole(client: &HttpClient, url: &str) -> anyhow::Result<u64> {
+        let req = http::Request::get(url).body(Empty::new())?;
+        let res = client.request(req).await?;
+        if res.status() != http::StatusCode::OK {
+            bail!("{url}: status {}", res.status());
+        }
+        let mut body = res.into_body();
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                got += data.len() as u64;
+            }
+        }
+        if got != SEGMENT_BYTES as u64 {
+            bail!("{url}: {got} of {SEGMENT_BYTES} bytes");
+        }
+        Ok(got)
+    }
+
+    /// Whole segments under `base` at `concurrency` for `round` (after a
+    /// warm-up): bytes per second and every request's latency.
+    async fn measure_segments(
+        client: &HttpClient,
+        base: &str,
+        round: Duration,
+        concurrency: usize,
+        seed: u64,
+    ) -> anyhow::Result<(f64, Vec<Duration>)> {
+        let run = |time: Duration| {
+            let end = rt::now() + time;
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let (client, base) = (client.clone(), base.to_owned());
+                    rt::spawn(async move {
+                        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64) << 32);
+                        let (mut bytes, mut latencies) = (0u64, Vec::new());
+                        while rt::now() < end {
+                            let url =
+                                format!("{base}/{}", segment_name(rng.gen_range(0..SEGMENTS)));
+                            let started = rt::now();
+                            bytes += get_whole(&client, &url).await?;
+                            latencies.push(rt::now() - started);
+                        }
+                        anyhow::Ok((bytes, latencies))
+                    })
+                })
+                .collect();
+            async move {
+                let started = rt::now();
+                let (mut total, mut all) = (0, Vec::new());
+                for t in tasks {
+                    let (bytes, latencies) = t.await??;
+                    total += bytes;
+                    all.extend(latencies);
+                }
+                anyhow::Ok((total as f64 / (rt::now() - started).as_secs_f64(), all))
+            }
+        };
+        run(WARMUP.min(round)).await?;
+        run(round).await
+    }
+
+    /// The `q` quantile of `values` (sorted here).
+    fn quantile(values: &mut [Duration], q: f64) -> Duration {
+        values.sort_unstable();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let at = ((values.len() as f64 - 1.0) * q).round() as usize;
+        values.get(at).copied().unwrap_or_default()
+    }
+
+    /// The segment table: nginx, the gateway's port (a signed URL: the
+    /// same handlers, sent by hyper) and the media port (sendfile).
+    async fn segments(
+        client: &HttpClient,
+        nginx: SocketAddr,
+        gateway: SocketAddr,
+        media: SocketAddr,
+        grant: &str,
+        rounds: &Rounds,
+    ) -> anyhow::Result<()> {
+        let bases = [
+            format!("http://{nginx}/hls/{VIDEO}/720p"),
+            format!("http://{gateway}/v1/play/{grant}/hls/720p"),
+            format!("http://{media}/v1/play/{grant}/hls/720p"),
+        ];
+        for base in &bases {
+            get_whole(client, &format!("{base}/{}", segment_name(0))).await?;
+        }
+        println!();
+        println!(
+            "whole {SEGMENT_BYTES}-byte HLS segments (a 4 s 720p segment), {SEGMENTS} of them at random; median MB/s, p99 ms over all rounds"
+        );
+        println!(
+            "{:>11} | {:>7} | {:>7} | {:>7} | gateway/nginx | media/nginx | p99 nginx | p99 gateway | p99 media | p99 media/nginx",
+            "connections", "nginx", "gateway", "media"
+        );
+        let counts = match std::env::var("CONNECTIONS") {
+            Ok(_) => connections()?,
+            Err(_) => vec![1, 64],
+        };
+        for concurrency in counts {
+            let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); bases.len()];
+            let runs = rounds
+                .interleaved(bases.len(), async |path, round| {
+                    let seed = (concurrency * 1000 + round) as u64;
+                    let (rate, lat) =
+                        measure_segments(client, &bases[path], rounds.round, concurrency, seed)
+                            .await?;
+                    latencies[path].extend(lat);
+                    anyhow::Ok(rate)
+                })
+                .await?;
+            let [n, g, m] = [0, 1, 2].map(|i| support::median(&runs[i]));
+            let [pn, pg, pm] = [0, 1, 2].map(|i| quantile(&mut latencies[i], 0.99));
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "{concurrency:>11} | {:>7.0} | {:>7.0} | {:>7.0} | {:>13} | {:>11} | {:>9.2} | {:>11.2} | {:>9.2} | {:>15}",
+                n / 1e6,
+                g / 1e6,
+                m / 1e6,
+                Ratio::of(g, n),
+                Ratio::of(m, n),
+                ms(pn),
+                ms(pg),
+                ms(pm),
+                Ratio::of(ms(pm), ms(pn)),
+            );
+        }
+        Ok(())
+    }
+
     /// Writes the test file into the store, 1 MiB at a time.
     async fn write_file(store: &FsBlobStore) -> anyhow::Result<()> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -229,21 +384,31 @@ mod bench {
     fn start_node(
         store: FsBlobStore,
         elsewhere: FsBlobStore,
+        media: SocketAddr,
     ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        support::serve_on_thread("node", support::multi_thread(2)?, || async move {
+        support::serve_on_thread("node", support::multi_thread(2)?, move || async move {
+            // One client and one account make every request: a load test,
+            // not a player, so its shares are the whole budget.
+            let edge = || {
+                let mut c = streamgate::services::gateway::Config::default();
+                let all = c.limits.media_in_flight;
+                c.limits.client_media_in_flight = all;
+                c.limits.account_media_in_flight = all;
+                c
+            };
             let plugins = |kinds: &[ServiceKind]| {
                 kinds
                     .iter()
                     .map(|&kind| {
                         support::plugin(kind, Common::ephemeral(), |config| match config {
                             ServiceConfig::Auth(c) => c.secret = Some(support::auth_secret()),
-                            // One client and one account make every
-                            // request: a load test, not a player, so its
-                            // shares are the whole budget.
-                            ServiceConfig::ApiGateway(c) => {
-                                let media = c.limits.media_in_flight;
-                                c.limits.client_media_in_flight = media;
-                                c.limits.account_media_in_flight = media;
+                            ServiceConfig::ApiGateway(c) => *c = edge(),
+                            // Streaming's media port, serving signed URLs.
+                            ServiceConfig::Streaming(c) => {
+                                c.media = Some(streamgate::services::streaming::MediaPort {
+                                    listen: media,
+                                    http: edge(),
+                                });
                             }
                             _ => {}
                         })
@@ -251,7 +416,7 @@ mod bench {
                     .collect()
             };
             let (bus, registry) = (Arc::new(MemoryBus::new()), Arc::new(MemoryRegistry::new()));
-            let keys = Keyring::generate("bench");
+            let keys = bench_keys();
             let node = support::start_node(
                 registry.clone(),
                 bus.clone(),
@@ -302,6 +467,12 @@ mod bench {
         })
     }
 
+    /// The node's service keys (fixed, so that the bench can sign a
+    /// playback URL the node accepts).
+    fn bench_keys() -> Keyring {
+        Keyring::new(streamgate::middleware::auth::Key::new("bench", &[7; 32]).expect("a key"))
+    }
+
     /// The connection counts to measure: `$CONNECTIONS` (e.g. `1,8`), or
     /// 1, 8 and 64.
     fn connections() -> anyhow::Result<Vec<usize>> {
@@ -324,15 +495,25 @@ mod bench {
         let store = FsBlobStore::open(&store_dir)?;
         let runtime = support::multi_thread(2)?;
         runtime.block_on(write_file(&store))?;
-        let nginx = start_nginx(dir.path(), &store_dir.join("blobs").join("originals"))?;
+        runtime.block_on(write_segments(&store))?;
+        let nginx = start_nginx(dir.path(), &store_dir.join("blobs"))?;
         let elsewhere = FsBlobStore::open(dir.path().join("elsewhere"))?;
-        let (gateway, remote) = start_node(store, elsewhere)?;
+        let media = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let (gateway, remote) = start_node(store, elsewhere, media)?;
+        // A signed URL of the video, as `POST /v1/videos/{id}/playback`
+        // makes them (the bench's keys are the node's).
+        let grant = streamgate::services::gateway::grant::Grants::new(&bench_keys()).mint(
+            VIDEO,
+            streamgate::services::gateway::grant::Scope::Owner,
+            rt::unix_ms() + 24 * 3600 * 1000,
+        );
         runtime.block_on(async move {
             let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
             let urls = [
-                format!("http://{}/{VIDEO}", nginx.addr),
+                format!("http://{}/originals/{VIDEO}", nginx.addr),
                 format!("http://{gateway}/v1/videos/{VIDEO}/original"),
                 format!("http://{remote}/v1/videos/{VIDEO}/original"),
+                format!("http://{media}/v1/play/{grant}/original"),
             ];
             for url in &urls {
                 wait_ready(&client, url).await?;
@@ -345,10 +526,11 @@ mod bench {
                 rounds.round,
                 WARMUP.min(rounds.round),
             );
-            println!("local: the gateway shares streaming's store and sends the file; ReadRange: a gateway with a store of its own");
+            println!("local: the gateway shares streaming's store and sends the file; ReadRange: a gateway with a store of its own;");
+            println!("media: streaming's media port (a signed URL; sendfile), no gateway in the byte path");
             println!(
-                "{:>11} | {:>7} | {:>7} | {:>9} | local/nginx | ReadRange/nginx",
-                "connections", "nginx", "local", "ReadRange"
+                "{:>11} | {:>7} | {:>7} | {:>9} | {:>7} | local/nginx | ReadRange/nginx | media/nginx",
+                "connections", "nginx", "local", "ReadRange", "media"
             );
             for concurrency in connections()? {
                 let runs = rounds
@@ -357,16 +539,19 @@ mod bench {
                         measure(&client, &urls[path], rounds.round, concurrency, seed).await
                     })
                     .await?;
-                let [n, s, r] = [0, 1, 2].map(|i| support::median(&runs[i]));
+                let [n, s, r, m] = [0, 1, 2, 3].map(|i| support::median(&runs[i]));
                 println!(
-                    "{concurrency:>11} | {:>7.0} | {:>7.0} | {:>9.0} | {:>11} | {:>15}",
+                    "{concurrency:>11} | {:>7.0} | {:>7.0} | {:>9.0} | {:>7.0} | {:>11} | {:>15} | {:>11}",
                     n / 1e6,
                     s / 1e6,
                     r / 1e6,
+                    m / 1e6,
                     Ratio::of(s, n),
-                    Ratio::of(r, n)
+                    Ratio::of(r, n),
+                    Ratio::of(m, n)
                 );
             }
+            segments(&client, nginx.addr, gateway, media, &grant, &rounds).await?;
             drop(nginx);
             anyhow::Ok(())
         })

@@ -192,13 +192,19 @@ impl NodeOpts {
                 let mut config = ServiceConfig::new(kind);
                 match &mut config {
                     ServiceConfig::ApiGateway(c) => {
-                        c.max_upload_bytes = self.max_upload_bytes;
-                        c.trusted_proxies.clone_from(&self.trusted_proxies.0);
-                        c.limits = self.http.requests();
-                        c.edge = self.http.edge();
-                        c.tls = self.http.tls();
-                        c.cors = self.http.http_cors_origins.clone();
-                        c.rates = self.http.rates();
+                        *c = self
+                            .http
+                            .gateway(self.max_upload_bytes, &self.trusted_proxies.0);
+                    }
+                    ServiceConfig::Streaming(c) => {
+                        c.media = self.http.media_listen.map(|listen| {
+                            crate::services::streaming::MediaPort {
+                                listen,
+                                http: self
+                                    .http
+                                    .gateway(self.max_upload_bytes, &self.trusted_proxies.0),
+                            }
+                        });
                     }
                     ServiceConfig::Upload(c) => {
                         c.max_upload_bytes = self.max_upload_bytes;
@@ -214,7 +220,6 @@ impl NodeOpts {
                         }
                     }
                     ServiceConfig::Transcoder(_)
-                    | ServiceConfig::Streaming(_)
                     | ServiceConfig::Cache(_)
                     | ServiceConfig::Worker(_)
                     | ServiceConfig::Monitor(_) => {}

@@ -72,6 +72,12 @@ pub fn unix_ms() -> u64 {
     unix_ms_of(system_now())
 }
 
+/// The runtime's wall clock as an HTTP-date (`Date` of a response).
+#[must_use]
+pub fn http_date_now() -> String {
+    httpdate::fmt_http_date(system_now())
+}
+
 /// Nanoseconds since the Unix epoch on the runtime's wall clock (span
 /// timestamps).
 #[must_use]

@@ -1,10 +1,12 @@
-//! Ten thousand idle connections on the public port (the media port of the
-//! monolith, issue #19 item 6), from a hundred client addresses, each within
-//! its per-address share: the gateway keeps at most its connection cap open
-//! (the connection idle the longest is closed to make room for each new
-//! one, so none is refused), its file descriptors and memory stay bounded,
-//! and another client's API and media requests, each on a new connection,
-//! are all answered in normal time throughout.
+//! Ten thousand idle connections on a public port, from a hundred client
+//! addresses, each within its per-address share (issue #19 item 6): on
+//! the gateway's port, and on the streaming service's media port (the
+//! signed URLs' own HTTP/1.1 server, `--media-listen`). The process keeps
+//! at most its connection cap open (the connection idle the longest is
+//! closed to make room for each new one, so none is refused), its file
+//! descriptors and memory stay bounded, and another client's API and media
+//! requests, each on a new connection, are all answered in normal time
+//! throughout.
 //!
 //! The client addresses: Linux routes all of 127.0.0.0/8 to loopback, so
 //! sockets bound to 127.0.1.x reach the gateway on 127.0.0.1 from other
@@ -120,13 +122,15 @@ fn fates(conns: &[TcpStream]) -> Fates {
 /// One normal request on a new connection: its status and how long it took.
 async fn normal(
     http: &Client<HttpConnector, Full<Bytes>>,
-    gateway: SocketAddr,
-    path: &str,
+    url: &str,
     token: &str,
     range: Option<&str>,
 ) -> (u16, Duration) {
-    let mut req = http::Request::get(format!("http://{gateway}{path}"))
-        .header("authorization", format!("Bearer {token}"));
+    let path = url;
+    let mut req = http::Request::get(url);
+    if !token.is_empty() {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
     if let Some(range) = range {
         req = req.header("range", range);
     }
@@ -145,18 +149,49 @@ async fn normal(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_keep_nobody_out() {
+    flood(Port::Gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_on_the_media_port_keep_nobody_out() {
+    flood(Port::Media).await;
+}
+
+/// The port flooded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// The gateway's (API and media with a bearer token).
+    Gateway,
+    /// Streaming's media port (signed URLs).
+    Media,
+}
+
+/// A free port on loopback (for `--media-listen`, known before the start).
+fn free_port() -> u16 {
+    #[allow(clippy::disallowed_methods)] // a test picking a port
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// One flood at a time: the two would pass the process's open-file limit.
+static ONE_FLOOD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn flood(port: Port) {
+    let _alone = ONE_FLOOD.lock().await;
     raise_fd_limit();
     let dir = Scratch::new("idle-connections");
-    // The defaults: at most 1024 connections, 128 per client address.
+    let media_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (listen, url) = (media_addr.to_string(), format!("http://{media_addr}"));
+    // The defaults: at most 1024 connections, 128 per client address (on
+    // each port).
     let m = monolith::start(
         dir.path(),
         &dir.path().join("data"),
         &monolith::secret(dir.path()),
-        &[],
+        &["--media-listen", &listen, "--media-url", &url],
     )
     .await;
     let pid = m.process.id();
-    let gateway = m.api.gateway;
     let token = m.user("viewer@example.com").await;
     let original: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let uploaded = m.upload(&token, original).await.expect("an answer");
@@ -172,12 +207,36 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
     let http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);
-    let video = format!("/v1/videos/{id}");
-    let media = format!("/v1/videos/{id}/original");
+    let gateway = m.api.gateway;
+    let video = format!("http://{gateway}/v1/videos/{id}");
+    // The media: with the bearer token from the gateway, or by a signed
+    // URL (no header) from the media port.
+    let (flooded, media, media_token) = match port {
+        Port::Gateway => (
+            gateway,
+            format!("http://{gateway}/v1/videos/{id}/original"),
+            token.clone(),
+        ),
+        Port::Media => {
+            let urls = m
+                .send(
+                    "POST",
+                    &format!("/v1/videos/{id}/playback"),
+                    &token,
+                    "application/json",
+                    "{}",
+                )
+                .await;
+            assert_eq!(urls.status, 200, "{:?}", urls.json());
+            let original = urls.json()["original"].as_str().expect("a URL").to_owned();
+            assert!(original.starts_with(&url), "{original}");
+            (media_addr, original, String::new())
+        }
+    };
     for _ in 0..3 {
-        assert_eq!(normal(&http, gateway, &video, &token, None).await.0, 200);
+        assert_eq!(normal(&http, &video, &token, None).await.0, 200);
         assert_eq!(
-            normal(&http, gateway, &media, &token, Some("bytes=0-65535"))
+            normal(&http, &media, &media_token, Some("bytes=0-65535"))
                 .await
                 .0,
             206
@@ -190,7 +249,7 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
     let flooding = Arc::new(AtomicBool::new(true));
     let viewer = rt::spawn({
         let (http, flooding, token) = (http.clone(), flooding.clone(), token.clone());
-        let (video, media) = (video.clone(), media.clone());
+        let (video, media, media_token) = (video.clone(), media.clone(), media_token.clone());
         async move {
             let mut answers = Vec::new();
             let mut after = 0;
@@ -203,9 +262,9 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
                 let range = format!("bytes={start}-{}", start + (1 << 20) - 1);
                 answers.push((
                     "media",
-                    normal(&http, gateway, &media, &token, Some(&range)).await,
+                    normal(&http, &media, &media_token, Some(&range)).await,
                 ));
-                answers.push(("api", normal(&http, gateway, &video, &token, None).await));
+                answers.push(("api", normal(&http, &video, &token, None).await));
                 i += 1;
                 // A viewer's pace, not a flood of its own.
                 rt::sleep(Duration::from_millis(50)).await;
@@ -216,7 +275,7 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
 
     let began = rt::now();
     let conns: Vec<TcpStream> = futures::stream::iter(0..IDLE)
-        .map(|i| idle_connection(gateway, flood_address(i)))
+        .map(|i| idle_connection(flooded, flood_address(i)))
         .buffer_unordered(OPENING)
         .collect()
         .await;
@@ -238,7 +297,7 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
     let answers = viewer.await.expect("the viewer");
     let peak_after = monolith::status_kib(pid, "VmHWM:");
     println!(
-        "{IDLE} idle connections from {ADDRESSES} addresses connected in {opened_in:?}, accepted in {accepted_in:?}: {fates_held:?}; \
+        "{port:?} port: {IDLE} idle connections from {ADDRESSES} addresses connected in {opened_in:?}, accepted in {accepted_in:?}: {fates_held:?}; \
          gateway fds {fds_before} -> {fds_held}; peak RSS {peak_before} KiB -> {peak_after} KiB \
          (RSS {rss_held} KiB while held); {} normal requests meanwhile, slowest {:?}",
         answers.len(),
@@ -292,5 +351,11 @@ async fn ten_thousand_idle_connections_keep_nobody_out() {
     // The connections left are closed by the gateway when the flood's
     // clients go, and the process serves on.
     drop(conns);
-    assert_eq!(normal(&http, gateway, &video, &token, None).await.0, 200);
+    assert_eq!(normal(&http, &video, &token, None).await.0, 200);
+    assert_eq!(
+        normal(&http, &media, &media_token, Some("bytes=0-9"))
+            .await
+            .0,
+        206
+    );
 }

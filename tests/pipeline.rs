@@ -896,3 +896,247 @@ async fn a_video_plays_through_signed_urls_with_no_header() {
     assert_eq!(listed.json()["videos"][0]["id"], open.as_str());
     assert_eq!(listed.json()["videos"].as_array().map(Vec::len), Some(1));
 }
+
+/// `method url` (absolute) with `headers` and no `Authorization`.
+async fn fetch(http: &Http, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    call(http, req.body(Full::default()).expect("request")).await
+}
+
+/// A free port on loopback (bound, then let go: the media port's address
+/// must be known before the start, for `--media-url`).
+fn free_port() -> u16 {
+    #[allow(clippy::disallowed_methods)] // a test picking a port, not service code
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Issue #19 item 5: with `--media-listen` and `--media-url`, signed
+/// playback URLs point at the streaming service's media port, which sends
+/// originals and segments from its own files (sendfile) with no gateway in
+/// the byte path; everything a player derives from the master plays there
+/// with no header, with the same caching, CORS and refusals as on the
+/// gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_urls_play_from_the_streaming_media_port() {
+    let scratch = Scratch::new("media-port");
+    let dir = scratch.path();
+    let clip = test_video(dir, 4);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let extra: Vec<std::ffi::OsString> = [
+        "--media-listen",
+        &listen,
+        "--media-url",
+        &base,
+        "--http-cors-origins",
+        "https://player.example",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let extra: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsString::as_os_str).collect();
+    let mut m = start_with(&dir.join("data"), "warn", &extra).await;
+    let http = client();
+    sign_in(&http, &mut m, "media@example.com").await;
+    let created = post_video(&http, &m, "name=clip.mp4", "video/mp4", clip.clone()).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.json()["video_id"].as_str().expect("id").to_owned();
+    wait_ready(&http, &m, &id).await;
+
+    let urls = playback_urls(&http, &m, &id, "").await.json();
+    let url = |name: &str| urls[name].as_str().expect(name).to_owned();
+    let (master_url, original_url, thumb_url) = (url("master"), url("original"), url("thumbnail"));
+    for u in [&master_url, &original_url, &thumb_url] {
+        assert!(u.starts_with(&format!("{base}/v1/play/")), "{u}");
+    }
+
+    // Everything a player derives from the master, from the media port.
+    let master = fetch(&http, "GET", &master_url, &[]).await;
+    assert_eq!(master.status, 200, "{:?}", master.body);
+    assert_eq!(master.headers["cache-control"], "private, max-age=60");
+    let master_text = String::from_utf8(master.body.to_vec()).expect("utf-8");
+    let playlists = resolved(&master_url, &master_text);
+    assert_eq!(playlists.len(), 2, "{master_text}");
+    let mut segment_urls = Vec::new();
+    for playlist_url in &playlists {
+        let playlist = fetch(&http, "GET", playlist_url, &[]).await;
+        assert_eq!(playlist.status, 200, "{playlist_url}: {:?}", playlist.body);
+        let text = String::from_utf8(playlist.body.to_vec()).expect("utf-8");
+        segment_urls.extend(resolved(playlist_url, &text));
+    }
+    assert!(segment_urls.len() >= 2, "{segment_urls:?}");
+    for segment_url in &segment_urls {
+        let segment = fetch(&http, "GET", segment_url, &[]).await;
+        assert_eq!(segment.status, 200, "{segment_url}: {:?}", segment.body);
+        assert_eq!(segment.body.first(), Some(&0x47), "MPEG-TS: {segment_url}");
+        assert_eq!(
+            segment.headers["content-length"],
+            segment.body.len().to_string().as_str()
+        );
+        // The same bytes as the gateway sends for the same grant.
+        let path = segment_url.strip_prefix(&base).expect("on the media port");
+        let via_gateway = anonymous_get(&http, &m, path, None).await;
+        assert_eq!(via_gateway.body, segment.body, "{segment_url}");
+    }
+    let part = fetch(&http, "GET", &original_url, &[("range", "bytes=100-1099")]).await;
+    assert_eq!(part.status, 206, "{:?}", part.body);
+    assert_eq!(
+        part.headers["content-range"],
+        format!("bytes 100-1099/{}", clip.len()).as_str()
+    );
+    assert_eq!(&part.body[..], &clip[100..1100]);
+    let tail = fetch(&http, "GET", &original_url, &[("range", "bytes=-10")]).await;
+    assert_eq!(
+        (tail.status, &tail.body[..]),
+        (206, &clip[clip.len() - 10..])
+    );
+    let whole = fetch(&http, "GET", &original_url, &[]).await;
+    assert_eq!((whole.status, &whole.body[..]), (200, &clip[..]));
+    assert_eq!(whole.headers["accept-ranges"], "bytes");
+    let beyond = format!("bytes={}-", clip.len() + 5);
+    let unsatisfiable = fetch(&http, "GET", &original_url, &[("range", &beyond)]).await;
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(
+        unsatisfiable.headers["content-range"],
+        format!("bytes */{}", clip.len()).as_str()
+    );
+    let thumb = fetch(&http, "GET", &thumb_url, &[]).await;
+    assert_eq!(thumb.body.get(..2), Some(&[0xff, 0xd8][..]), "a JPEG");
+
+    // HTTP caching (RFC 9110, 9111): validators, 304, HEAD, If-Range.
+    for u in [&segment_urls[0], &original_url, &thumb_url] {
+        let first = fetch(&http, "GET", u, &[]).await;
+        assert_eq!(
+            first.headers["cache-control"], "private, max-age=31536000, immutable",
+            "{u}"
+        );
+        let tag = first.headers["etag"].to_str().expect("ascii").to_owned();
+        let again = fetch(&http, "GET", u, &[("if-none-match", &tag)]).await;
+        assert_eq!((again.status, again.body.len()), (304, 0), "{u}");
+        let head = fetch(&http, "HEAD", u, &[]).await;
+        assert_eq!((head.status, head.body.len()), (200, 0), "{u}");
+        assert_eq!(
+            head.headers["content-length"],
+            first.body.len().to_string().as_str()
+        );
+    }
+    let tag = whole.headers["etag"].to_str().expect("ascii").to_owned();
+    let kept = fetch(
+        &http,
+        "GET",
+        &original_url,
+        &[("range", "bytes=0-9"), ("if-range", &tag)],
+    )
+    .await;
+    assert_eq!((kept.status, &kept.body[..]), (206, &clip[..10]));
+    let stale = fetch(
+        &http,
+        "GET",
+        &original_url,
+        &[("range", "bytes=0-9"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!((stale.status, stale.body.len()), (200, clip.len()));
+
+    // CORS for web players: the preflight and the answer's headers.
+    let preflight = fetch(
+        &http,
+        "OPTIONS",
+        &master_url,
+        &[
+            ("origin", "https://player.example"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "range"),
+        ],
+    )
+    .await;
+    assert!(preflight.status < 300, "{}", preflight.status);
+    assert_eq!(
+        preflight.headers["access-control-allow-origin"],
+        "https://player.example"
+    );
+    let cors = fetch(
+        &http,
+        "GET",
+        &thumb_url,
+        &[("origin", "https://player.example")],
+    )
+    .await;
+    assert_eq!(
+        cors.headers["access-control-allow-origin"],
+        "https://player.example"
+    );
+    let other = fetch(
+        &http,
+        "GET",
+        &thumb_url,
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert!(!other.headers.contains_key("access-control-allow-origin"));
+
+    // ffmpeg, as an HLS client, plays the master from the media port.
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", &master_url])
+        .args(["-map", "0", "-c", "copy", "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg could not play from the media port: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refusals: a forged or truncated grant, another route, a bad request.
+    let grant = master_url
+        .strip_prefix(&format!("{base}/v1/play/"))
+        .and_then(|g| g.split('/').next())
+        .expect("a grant in the path")
+        .to_owned();
+    let other_grant = grant.replacen(&format!(".{id}."), ".another-video.", 1);
+    let forged = fetch(
+        &http,
+        "GET",
+        &format!("{base}/v1/play/{other_grant}/original"),
+        &[],
+    )
+    .await;
+    assert_refused_403(&forged, "invalid signature");
+    let cut = &grant[..grant.len() - 3];
+    let truncated = fetch(&http, "GET", &format!("{base}/v1/play/{cut}/original"), &[]).await;
+    assert_refused_403(&truncated, "malformed");
+    let api = fetch(
+        &http,
+        "GET",
+        &format!("{base}/v1/videos/{id}/original"),
+        &[],
+    )
+    .await;
+    assert_eq!(api.status, 404, "only signed URLs are served there");
+    assert!(api.json()["error"].is_string());
+    let posted = fetch(&http, "POST", &original_url, &[]).await;
+    assert_eq!(posted.status, 405);
+    assert!(posted.json()["error"].is_string());
+    let mut raw = std::net::TcpStream::connect(&listen).expect("connect");
+    let huge = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(64 << 10));
+    let _ = raw.write_all(huge.as_bytes());
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut raw, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("{\"error\":"), "{answer}");
+
+    // A grant that expires stops working on the media port too.
+    let short = playback_urls(&http, &m, &id, r#"{"ttl_secs":1}"#)
+        .await
+        .json();
+    let short_thumb = short["thumbnail"].as_str().expect("url").to_owned();
+    assert_eq!(fetch(&http, "GET", &short_thumb, &[]).await.status, 200);
+    rt::sleep(Duration::from_millis(1200)).await;
+    assert_refused_403(&fetch(&http, "GET", &short_thumb, &[]).await, "expired");
+}

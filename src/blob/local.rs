@@ -90,19 +90,21 @@ fn checked(file: std::fs::File, id: FileId) -> std::io::Result<std::fs::File> {
 /// # Errors
 /// The read's error; [`std::io::ErrorKind::UnexpectedEof`] when the file
 /// ends first (it changed underneath: blobs are never written in place).
-pub async fn read_chunk(
-    file: std::fs::File,
-    offset: u64,
-    want: usize,
-) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+pub async fn read_chunk<F>(file: F, offset: u64, want: usize) -> std::io::Result<(F, Vec<u8>)>
+where
+    F: std::borrow::Borrow<std::fs::File> + Send + 'static,
+{
     use std::os::unix::fs::FileExt as _;
     let mut buf = vec![0u8; want];
-    let got = read_cached(&file, offset, &mut buf);
+    let got = read_cached(file.borrow(), offset, &mut buf);
     if got == want {
         return Ok((file, buf));
     }
-    crate::rt::blocking(
-        move || match file.read_exact_at(&mut buf[got..], offset + got as u64) {
+    crate::rt::blocking(move || {
+        match file
+            .borrow()
+            .read_exact_at(&mut buf[got..], offset + got as u64)
+        {
             Ok(()) => Ok((file, buf)),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(std::io::Error::new(
                 e.kind(),
@@ -112,8 +114,8 @@ pub async fn read_chunk(
                 ),
             )),
             Err(e) => Err(e),
-        },
-    )
+        }
+    })
     .await
     .map_err(std::io::Error::other)?
 }

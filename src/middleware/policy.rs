@@ -194,7 +194,10 @@ mod tests {
         assert!(!p.allows("worker", "/streamgate.v1.UploadService/Upload"));
         assert_eq!(
             p.callers().into_iter().collect::<Vec<_>>(),
-            ["api-gateway", "upload", "worker"]
+            ["api-gateway", "streaming", "upload", "worker"]
         );
+        // The media port reads what it needs, and no more.
+        assert!(p.allows("streaming", "/streamgate.v1.MetadataService/GetVideo"));
+        assert!(!p.allows("streaming", "/streamgate.v1.MetadataService/DeleteVideo"));
     }
 }

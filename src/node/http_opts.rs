@@ -102,6 +102,34 @@ pub struct HttpOpts {
     /// Playback URLs made (`POST /v1/videos/{id}/playback`) per account.
     #[arg(long, env = "STREAMGATE_HTTP_PLAYBACK_RATE", default_value_t = Rates::PLAYBACK)]
     pub http_playback_rate: Rate,
+    /// The streaming service's media port (read by streaming): signed
+    /// playback URLs served from its own file store, originals and
+    /// segments by sendfile(2), so that no gateway relays the bytes; plain
+    /// HTTP/1.1 under the limits above. Off unless given.
+    #[arg(long, env = "STREAMGATE_MEDIA_LISTEN")]
+    pub media_listen: Option<std::net::SocketAddr>,
+    /// Where players reach the media port (read by the gateway): signed
+    /// playback URLs point there, e.g. `https://media.example.com`;
+    /// without it they are paths on the gateway.
+    #[arg(long, env = "STREAMGATE_MEDIA_URL", value_parser = media_url)]
+    pub media_url: Option<String>,
+}
+
+/// A `--media-url`: an `http` or `https` URL with a host, no query or
+/// fragment; kept without a trailing `/`.
+fn media_url(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("expected an http:// or https:// URL".to_owned()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("the URL names no host".to_owned());
+    }
+    if s.contains(['?', '#']) {
+        return Err("a query or fragment would end up inside every playback URL".to_owned());
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 impl Default for HttpOpts {
@@ -141,6 +169,8 @@ impl HttpOpts {
             http_refresh_rate: rates.refresh,
             http_upload_rate: rates.upload,
             http_playback_rate: rates.playback,
+            media_listen: None,
+            media_url: None,
         }
     }
 
@@ -153,6 +183,27 @@ impl HttpOpts {
             refresh: self.http_refresh_rate,
             upload: self.http_upload_rate,
             playback: self.http_playback_rate,
+        }
+    }
+
+    /// The gateway's settings of the public edge these options give (the
+    /// streaming service's media port keeps them too).
+    #[must_use]
+    pub fn gateway(
+        &self,
+        max_upload_bytes: u64,
+        trusted_proxies: &[ipnet::IpNet],
+    ) -> crate::services::gateway::Config {
+        crate::services::gateway::Config {
+            max_upload_bytes,
+            trusted_proxies: trusted_proxies.to_vec(),
+            limits: self.requests(),
+            edge: self.edge(),
+            tls: self.tls(),
+            cors: self.http_cors_origins.clone(),
+            rates: self.rates(),
+            media_url: self.media_url.clone(),
+            ..crate::services::gateway::Config::default()
         }
     }
 

@@ -16,6 +16,7 @@
 //! see [`super::transport::serve_edge`]).
 
 mod conns;
+mod files;
 mod io;
 mod tls;
 
@@ -64,6 +65,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most streams one HTTP/2 connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
+/// How a port speaks HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// hyper: HTTP/1.1 and HTTP/2, with TLS if the port has it.
+    Hyper,
+    /// The media port's HTTP/1.1 with file bodies sent by `sendfile(2)`
+    /// ([`files`]); plaintext only.
+    Files,
+}
+
 /// Serves `svc` on `listener` within `limits` until `shutdown` resolves;
 /// then stops accepting, lets each connection finish the requests it has
 /// (HTTP/2: GOAWAY) and returns once all are closed. Dropping the future
@@ -73,6 +84,7 @@ pub(super) async fn serve<S, B>(
     svc: S,
     limits: EdgeLimits,
     tls: Option<TlsAcceptor>,
+    protocol: Protocol,
     shutdown: impl Future<Output = ()>,
 ) where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
@@ -121,7 +133,10 @@ pub(super) async fn serve<S, B>(
                     builder: builder.clone(),
                     stopping: stopping.clone(),
                 };
-                spawn(conn.run(stream, activity, open));
+                match protocol {
+                    Protocol::Hyper => spawn(conn.run(stream, activity, open)),
+                    Protocol::Files => spawn(conn.run_files(stream, activity, open)),
+                };
             }
             // A refusal is a plain HTTP answer: on a TLS port the
             // connection is only closed.
@@ -203,50 +218,112 @@ impl<S> Connection<S> {
             peer: self.peer,
             activity: activity.clone(),
         });
-        let mut conn = pin!(self.builder.serve_connection(io, svc));
-        let mut graceful = *self.stopping.borrow_and_update();
-        if graceful {
-            conn.as_mut().graceful_shutdown();
-        }
-        // While requests are in flight there is no deadline here; look again
-        // this often.
-        let recheck = limits.header_timeout.min(limits.idle_timeout);
-        loop {
-            let wake = activity
-                .expires(limits.idle_timeout, limits.header_timeout)
-                .unwrap_or_else(|| now() + recheck);
-            tokio::select! {
-                biased;
-                served = conn.as_mut() => {
-                    if let Err(e) = served {
-                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
-                    }
+        let conn = pin!(self.builder.serve_connection(io, svc));
+        watchdog(
+            conn,
+            self.peer,
+            &activity,
+            &open,
+            limits,
+            self.stopping,
+            |conn| {
+                conn.graceful_shutdown();
+            },
+        )
+        .await;
+    }
+
+    /// [`Connection::run`] for the media port ([`Protocol::Files`]).
+    async fn run_files<B>(self, stream: TcpStream, activity: Arc<Activity>, open: conns::Open)
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let limits = self.limits;
+        let io = EdgeIo::new(stream, activity.clone(), limits.send_timeout);
+        let conn = pin!(files::serve(
+            io,
+            self.svc,
+            self.peer,
+            activity.clone(),
+            limits.send_timeout,
+            self.stopping.clone(),
+        ));
+        // `files::serve` sees the server stopping itself, between requests.
+        watchdog(
+            conn,
+            self.peer,
+            &activity,
+            &open,
+            limits,
+            self.stopping,
+            |_| {},
+        )
+        .await;
+    }
+}
+
+/// Runs the connection `conn` until it ends, its deadlines pass (idle, or a
+/// request head late), it is told to close while idle to make room, or the
+/// server stops: then `graceful` asks it to finish what it has (and it is
+/// dropped at once if the server's sender is gone).
+async fn watchdog<F, E>(
+    mut conn: Pin<&mut F>,
+    peer: SocketAddr,
+    activity: &Activity,
+    open: &conns::Open,
+    limits: EdgeLimits,
+    mut stopping: watch::Receiver<bool>,
+    graceful: impl Fn(Pin<&mut F>),
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut stopped = *stopping.borrow_and_update();
+    if stopped {
+        graceful(conn.as_mut());
+    }
+    // While requests are in flight there is no deadline here; look again
+    // this often.
+    let recheck = limits.header_timeout.min(limits.idle_timeout);
+    loop {
+        let wake = activity
+            .expires(limits.idle_timeout, limits.header_timeout)
+            .unwrap_or_else(|| now() + recheck);
+        tokio::select! {
+            biased;
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = open.evicted() => {
+                if activity.idle_since().is_some() {
+                    tracing::debug!(%peer, "idle connection closed to make room for a new one");
                     return;
                 }
-                () = open.evicted() => {
-                    if activity.idle_since().is_some() {
-                        tracing::debug!(peer = %self.peer, "idle connection closed to make room for a new one");
-                        return;
-                    }
-                    // A request began since it was chosen: it is served,
-                    // and the connection closes by its own deadlines.
+                // A request began since it was chosen: it is served,
+                // and the connection closes by its own deadlines.
+            }
+            changed = stopping.changed() => match changed {
+                Ok(()) if !stopped => {
+                    graceful(conn.as_mut());
+                    stopped = true;
                 }
-                changed = self.stopping.changed() => match changed {
-                    Ok(()) if !graceful => {
-                        conn.as_mut().graceful_shutdown();
-                        graceful = true;
-                    }
-                    Ok(()) => {}
-                    Err(_) => return,
-                },
-                () = sleep_until(wake) => {
-                    let expired = activity
-                        .expires(limits.idle_timeout, limits.header_timeout)
-                        .is_some_and(|at| at <= now());
-                    if expired {
-                        tracing::debug!(peer = %self.peer, "connection idle or its request head late: closed");
-                        return;
-                    }
+                Ok(()) => {}
+                Err(_) => return,
+            },
+            () = sleep_until(wake) => {
+                let expired = activity
+                    .expires(limits.idle_timeout, limits.header_timeout)
+                    .is_some_and(|at| at <= now());
+                if expired {
+                    tracing::debug!(%peer, "connection idle or its request head late: closed");
+                    return;
                 }
             }
         }

@@ -97,6 +97,21 @@ impl Default for EdgeLimits {
     }
 }
 
+/// A response extension saying its body is the bytes `[from, end)` of
+/// `file`: on the media port ([`serve_media`]) they are sent from the file
+/// by `sendfile(2)` and the response's body is dropped unread; on any
+/// other port, and in the simulator, the body (which must carry the same
+/// bytes) is sent. The response's `Content-Length` must be `end - from`.
+#[derive(Debug, Clone)]
+pub struct SendFile {
+    /// The open file.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// First byte sent.
+    pub from: u64,
+    /// One past the last byte sent.
+    pub end: u64,
+}
+
 /// A cheap-to-clone client channel to one address; tonic-generated clients
 /// are generic over it (`XServiceClient<Channel>`).
 #[cfg(not(madsim))]
@@ -455,12 +470,65 @@ where
     #[cfg(not(madsim))]
     {
         let tls = tls.map(|t| t.inner);
-        super::edge::serve(listener.inner, svc, limits, tls, shutdown).await;
+        super::edge::serve(
+            listener.inner,
+            svc,
+            limits,
+            tls,
+            super::edge::Protocol::Hyper,
+            shutdown,
+        )
+        .await;
         Ok(())
     }
     #[cfg(madsim)]
     {
         let _ = (limits, tls);
+        super::sim_transport::serve(listener.inner, svc, shutdown)
+            .await
+            .map_err(|e| TransportError(Box::new(e)))
+    }
+}
+
+/// [`serve_edge`] for a media port: plaintext HTTP/1.1 (no HTTP/2, no
+/// TLS) whose responses carrying a [`SendFile`] are sent from their file
+/// with `sendfile(2)`, within `limits` as the edge's. Under madsim, the
+/// simulated transport's loop, sending the bodies (the model of it).
+///
+/// # Errors
+/// As [`serve_edge`].
+pub async fn serve_media<L, ResBody>(
+    listener: Listener,
+    routes: Routes,
+    layer: L,
+    limits: EdgeLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError>
+where
+    L: Layer<Routes> + Clone,
+    L::Service: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    <L::Service as Service<Request<Body>>>::Error: Into<crate::rt::BoxError> + Send,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<crate::rt::BoxError> + Send,
+{
+    let svc = layer.layer(routes.prepare());
+    #[cfg(not(madsim))]
+    {
+        super::edge::serve(
+            listener.inner,
+            svc,
+            limits,
+            None,
+            super::edge::Protocol::Files,
+            shutdown,
+        )
+        .await;
+        Ok(())
+    }
+    #[cfg(madsim)]
+    {
+        let _ = limits;
         super::sim_transport::serve(listener.inner, svc, shutdown)
             .await
             .map_err(|e| TransportError(Box::new(e)))

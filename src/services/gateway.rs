@@ -62,6 +62,10 @@ pub struct Config {
     pub rates: rate::Rates,
     /// Event streams open at once (`/v1/events`).
     pub events: events::Limits,
+    /// Where players fetch media by signed URL (`--media-url`): the
+    /// streaming service's media port as players reach it, e.g.
+    /// `https://media.example.com`; `None`: this gateway's own paths.
+    pub media_url: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             tus: tus::Limits::default(),
             rates: rate::Rates::default(),
             events: events::Limits::default(),
+            media_url: None,
         }
     }
 }
@@ -99,6 +104,11 @@ pub struct Api {
     tus: std::sync::Arc<tus::Tus>,
     /// Server-sent event streams open (`/v1/events`).
     streams: std::sync::Arc<events::Streams>,
+    /// Where signed playback URLs point (see [`Config::media_url`]).
+    media_url: Option<std::sync::Arc<str>>,
+    /// Whether these routes are streaming's media port, its store this
+    /// process's own: files are located here, not through a call.
+    here: bool,
 }
 
 impl axum::extract::FromRef<Api> for client_addr::TrustedProxies {
@@ -167,18 +177,8 @@ pub fn router_with(runtime: Runtime, config: &Config) -> Router {
 /// The API's routes (see [`router`]) with `config`'s settings, within
 /// `limits` (shared with the readiness check).
 pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Router {
-    let verifier = bearer::Verifier::new(runtime.clone());
-    let api = Api {
-        grants: grant::Grants::new(&runtime.keys),
-        verifier: verifier.clone(),
-        recent: std::sync::Arc::default(),
-        tus: std::sync::Arc::new(tus::Tus::new(config.tus)),
-        streams: std::sync::Arc::new(events::Streams::new(config.events)),
-        runtime,
-        max_upload_bytes: config.max_upload_bytes,
-        located: std::sync::Arc::default(),
-        trusted_proxies: client_addr::TrustedProxies(config.trusted_proxies.clone().into()),
-    };
+    let api = api(runtime, config, false);
+    let verifier = api.verifier.clone();
     // Sign-ups, log-ins and refreshes per client address, upload starts
     // and playback grants per account (after the bearer check below).
     let rates = (
@@ -195,19 +195,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
             rates.clone(),
             rate::limit,
         ));
-    // Signed playback URLs: the grant in the path is the credential.
-    let granted = Router::new()
-        .route("/v1/play/{grant}/original", get(grant::original))
-        .route("/v1/play/{grant}/thumbnail.jpg", get(grant::thumbnail))
-        .route("/v1/play/{grant}/hls/master.m3u8", get(grant::master))
-        .route(
-            "/v1/play/{grant}/hls/{rendition}/index.m3u8",
-            get(grant::media_playlist),
-        )
-        .route(
-            "/v1/play/{grant}/hls/{rendition}/{segment}",
-            get(grant::segment),
-        );
+    let granted = granted();
     // Media: a public video's plays with no credential (the handlers
     // decide, `access`); a token, when sent, is checked as everywhere.
     let media = Router::new()
@@ -289,13 +277,73 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
         })
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(limits, limit::limit));
-    // Outermost: a preflight is answered before any limit or route, and
-    // every answer (a 429 too) carries the CORS headers a page needs to
-    // read it.
+    with_cors(router, config)
+}
+
+/// Outermost: a preflight is answered before any limit or route, and every
+/// answer (a 429 too) carries the CORS headers a page needs to read it.
+fn with_cors(router: Router, config: &Config) -> Router {
     match cors::layer(&config.cors) {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// What the handlers share, over `runtime`, with `config`'s settings;
+/// `here`: for streaming's media port ([`media_routes`]).
+fn api(runtime: Runtime, config: &Config, here: bool) -> Api {
+    Api {
+        grants: grant::Grants::new(&runtime.keys),
+        verifier: bearer::Verifier::new(runtime.clone()),
+        recent: std::sync::Arc::default(),
+        tus: std::sync::Arc::new(tus::Tus::new(config.tus)),
+        streams: std::sync::Arc::new(events::Streams::new(config.events)),
+        runtime,
+        max_upload_bytes: config.max_upload_bytes,
+        located: std::sync::Arc::default(),
+        trusted_proxies: client_addr::TrustedProxies(config.trusted_proxies.clone().into()),
+        media_url: config.media_url.as_deref().map(Into::into),
+        here,
+    }
+}
+
+/// Signed playback URLs: the grant in the path is the credential.
+fn granted() -> Router<Api> {
+    Router::new()
+        .route("/v1/play/{grant}/original", get(grant::original))
+        .route("/v1/play/{grant}/thumbnail.jpg", get(grant::thumbnail))
+        .route("/v1/play/{grant}/hls/master.m3u8", get(grant::master))
+        .route(
+            "/v1/play/{grant}/hls/{rendition}/index.m3u8",
+            get(grant::media_playlist),
+        )
+        .route(
+            "/v1/play/{grant}/hls/{rendition}/{segment}",
+            get(grant::segment),
+        )
+}
+
+/// The signed playback URLs' routes alone (`/v1/play/{grant}/...`), for the
+/// streaming service's media port: the same handlers, caching headers,
+/// CORS and request limits as the gateway's, over streaming's own store
+/// (its files sent by `sendfile(2)`; see
+/// [`crate::rt::transport::serve_media`]). Video records come from the
+/// cache and metadata, playlists and thumbnails from streaming, as on a
+/// gateway.
+pub fn media_routes(runtime: Runtime, config: &Config) -> Router {
+    let limits = limit::Limits::behind(config.limits, &config.trusted_proxies);
+    let router = granted()
+        .route_layer(axum::middleware::from_fn(limit::query_length))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this path",
+            )
+        })
+        .with_state(api(runtime, config, true))
+        .layer(axum::middleware::from_fn_with_state(limits, limit::limit));
+    with_cors(router, config)
 }
 
 /// The answer to a path the API does not have (a JSON 404, like every

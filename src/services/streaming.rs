@@ -5,7 +5,7 @@ use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::streaming_service_server::StreamingServiceServer;
-use crate::services::{Common, Domain};
+use crate::services::{Common, Domain, media};
 
 pub mod error;
 mod read;
@@ -31,26 +31,47 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_SEGMENT_BYTES + (64 << 10);
 pub struct Config {
     /// Viewing sessions kept at once (the oldest go first).
     pub max_live_sessions: usize,
+    /// The media port, if one is served (`--media-listen`).
+    pub media: Option<MediaPort>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_live_sessions: sessions::MAX_LIVE_SESSIONS,
+            media: None,
         }
     }
 }
 
-/// The service's routes (it has no background work).
+/// A port serving signed playback URLs (`/v1/play/{grant}/...`) straight
+/// from streaming's own file store, originals and segments by
+/// `sendfile(2)`, so that no gateway relays the bytes (a gateway's
+/// `--media-url` points players at it). The gateway's handlers, caching
+/// headers, CORS and limits ([`crate::services::gateway::media_routes`]);
+/// plaintext HTTP/1.1 ([`crate::rt::transport::serve_media`]): put TLS in
+/// front of it (a CDN or a terminating proxy), as for nginx.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPort {
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    /// The edge's settings it keeps (limits, CORS, trusted proxies).
+    pub http: crate::services::gateway::Config,
+}
+
+/// The service's routes, and its media port when it has one.
 ///
 /// # Errors
-/// None today; the signature matches the other services.
-#[allow(clippy::unused_async)]
+/// The media port could not be bound, or the store keeps no local files.
 pub async fn domain(
     config: &Config,
     _common: &Common,
     runtime: &Runtime,
 ) -> Result<Domain, KernelError> {
+    let mut background = crate::services::Background::default();
+    if let Some(port) = &config.media {
+        background.tasks.push(serve_media(port, runtime).await?);
+    }
     let server = StreamingServer::new(
         runtime.blobs.clone(),
         runtime.bus.clone(),
@@ -64,6 +85,50 @@ pub async fn domain(
         grpc_names: vec![
             <StreamingServiceServer<StreamingServer> as tonic::server::NamedService>::NAME,
         ],
+        background,
         ..Domain::default()
     })
+}
+
+/// Binds and serves the media port (stopped by aborting the task).
+async fn serve_media(
+    port: &MediaPort,
+    runtime: &Runtime,
+) -> Result<crate::rt::JoinHandle<()>, KernelError> {
+    use crate::rt::transport;
+    let name = crate::services::ServiceKind::Streaming.name();
+    if runtime
+        .blobs
+        .local_path(&media::original_key("probe"))
+        .is_none()
+    {
+        return Err(KernelError::start(
+            name,
+            "the media port",
+            "--media-listen needs a blob store of local files (--blob-store fs): an object \
+             store's blobs are better served by the store or a CDN in front of it",
+        ));
+    }
+    let listener = transport::Listener::bind(port.listen)
+        .await
+        .map_err(|e| KernelError::start(name, "the media port", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| KernelError::start(name, "the media port", e))?;
+    let routes = crate::services::gateway::media_routes(runtime.clone(), &port.http).layer(
+        crate::middleware::metrics::HttpMetricsLayer::new(&runtime.metrics),
+    );
+    let serving = transport::serve_media(
+        listener,
+        tonic::service::Routes::from(routes),
+        crate::middleware::stack::public_http(runtime.metrics.clone()),
+        port.http.edge,
+        std::future::pending(),
+    );
+    tracing::info!(service = name, %addr, "media port serving");
+    Ok(crate::rt::spawn(async move {
+        if let Err(e) = serving.await {
+            tracing::error!(error = %e, "the media port stopped");
+        }
+    }))
 }

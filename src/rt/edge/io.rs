@@ -136,10 +136,15 @@ impl<T> EdgeIo<T> {
             armed: false,
         }
     }
+
+    /// The socket itself.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 /// The error a write gets once it has waited the send timeout.
-fn send_timed_out(after: Duration) -> io::Error {
+pub(super) fn send_timed_out(after: Duration) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
         format!(

@@ -186,7 +186,8 @@ pub struct PlaybackRequest {
 /// `POST /v1/videos/{id}/playback`: whoever may see the video (its owner;
 /// anyone signed in for an unlisted or public one) gets URLs that play it
 /// with no header until they expire: `{"video_id", "expires_at_ms",
-/// "master", "original", "thumbnail"}` (paths on this host).
+/// "master", "original", "thumbnail"}`: paths on this host, or URLs on
+/// the media host when one is set (`--media-url`).
 pub async fn create(
     State(api): State<Api>,
     user: Option<Extension<AuthUser>>,
@@ -227,7 +228,10 @@ pub async fn create(
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let expires_ms = rt::unix_ms().saturating_add(ttl_ms);
     let grant = api.grants.mint(&video_id, scope, expires_ms);
-    let base = format!("{PREFIX}{grant}");
+    let base = format!(
+        "{}{PREFIX}{grant}",
+        api.media_url.as_deref().unwrap_or_default()
+    );
     let mut res = axum::Json(serde_json::json!({
         "video_id": video_id,
         "expires_at_ms": expires_ms,

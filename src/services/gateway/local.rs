@@ -85,7 +85,7 @@ impl Located {
 /// A blob's file, opened from the gateway's store.
 #[derive(Debug)]
 pub struct Original {
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     size: u64,
 }
 
@@ -107,7 +107,7 @@ async fn open_checked(path: Arc<Path>, id: FileId) -> Option<Original> {
         Err(_) => return None,
     };
     Some(Original {
-        file,
+        file: Arc::new(file),
         size: id.size,
     })
 }
@@ -167,6 +167,19 @@ where
     );
     located.put(key, Place::Elsewhere);
     None
+}
+
+/// The bytes `[from, end)` of `original` (a blob) as `response`'s body:
+/// marked to be sent from the file by `sendfile(2)` on a media port
+/// ([`rt::transport::SendFile`]), and read [`CHUNK_BYTES`] at a time as the
+/// client takes them on any other.
+pub fn send(response: &mut http::Response<Body>, original: Original, from: u64, end: u64) {
+    response.extensions_mut().insert(rt::transport::SendFile {
+        file: original.file.clone(),
+        from,
+        end,
+    });
+    *response.body_mut() = body(original, from, end);
 }
 
 /// The bytes `[from, end)` of `original` (a blob), read [`CHUNK_BYTES`] at a time

@@ -386,6 +386,10 @@ where
 {
     let path = api.runtime.blobs.local_path(key)?;
     let locate = || async {
+        if api.here {
+            // Streaming's own media port: its store is this one.
+            return crate::services::streaming::server::locate_here(&api.runtime.blobs, key).await;
+        }
         retried(api, msg, method)
             .await
             .inspect_err(|e| {
@@ -412,15 +416,11 @@ fn resolve(wanted: Wanted, size: u64) -> Option<(StatusCode, u64, u64)> {
 fn send_local(video: &Video, key: &str, original: Original, wanted: Wanted) -> Response {
     let size = original.size();
     match resolve(wanted, size) {
-        Some((status, from, end)) => answer(
-            video,
-            key,
-            status,
-            local::body(original, from, end),
-            size,
-            from,
-            end,
-        ),
+        Some((status, from, end)) => {
+            let mut res = answer(video, key, status, Body::empty(), size, from, end);
+            local::send(&mut res, original, from, end);
+            res
+        }
         None => unsatisfiable(size),
     }
 }
@@ -577,7 +577,8 @@ pub(super) async fn segment_of(
         if v.not_modified(&Method::GET, headers) {
             return Ok(v.not_modified_response());
         }
-        let mut res = typed(segment_type(&msg.segment_name), local::body(file, 0, size));
+        let mut res = typed(segment_type(&msg.segment_name), Body::empty());
+        local::send(&mut res, file, 0, size);
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         v.mark(res.headers_mut());

@@ -215,17 +215,11 @@ mod tests {
         let kernel = Kernel::start(bus, Arc::new(MemoryRegistry::new()), plugins)
             .await
             .expect("node starts");
-        let api = Api {
-            runtime: kernel.runtime().clone(),
-            max_upload_bytes: 0,
-            located: Arc::default(),
-            trusted_proxies: crate::services::gateway::client_addr::TrustedProxies::default(),
-            grants: crate::services::gateway::grant::Grants::new(&kernel.runtime().keys),
-            verifier: crate::services::gateway::bearer::Verifier::new(kernel.runtime().clone()),
-            recent: Arc::default(),
-            tus: Arc::default(),
-            streams: Arc::default(),
-        };
+        let api = crate::services::gateway::api(
+            kernel.runtime().clone(),
+            &crate::services::gateway::Config::default(),
+            false,
+        );
         // The first round may run before the services registered; the
         // next comes one interval later.
         let until = rt::now() + crate::services::monitor::PROBE_INTERVAL * 3;

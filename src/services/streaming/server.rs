@@ -97,6 +97,16 @@ fn located_file(located: Option<(std::path::PathBuf, FileId)>) -> LocatedFile {
     }
 }
 
+/// The file of the blob `key` in `blobs`, as LocateOriginal says it (an
+/// empty path: not in a local file), for a media port in this process
+/// (`None`: no such blob, or the store failed).
+pub async fn locate_here(
+    blobs: &std::sync::Arc<dyn crate::blob::BlobStore>,
+    key: &str,
+) -> Option<LocatedFile> {
+    read::locate(blobs, key).await.ok().map(located_file)
+}
+
 /// A failure reading `video_id`'s original: a missing blob is no video.
 fn original_error(e: BlobError, video_id: &str) -> StreamingError {
     match e {
