@@ -642,8 +642,10 @@ pub struct ClusterOpts {
     /// optional second line for the previous key (during a rotation).
     /// Needed when services talk plaintext. Under mutual TLS (`--tls-cert`)
     /// the certificate names the caller and no token is sent; the keys then
-    /// only sign playback URLs, so a cluster of several gateways still
-    /// gives them all the same file (unset: a random key per process).
+    /// only sign playback URLs, so a cluster of several gateways (and the
+    /// streaming instances with a media port, which check them) still
+    /// gives them all the same file (unset: a random key per process;
+    /// refused with `--media-listen` or `--media-url`).
     #[arg(long, env = "STREAMGATE_SERVICE_KEY_FILE")]
     pub service_key_file: Option<PathBuf>,
     /// Mutual TLS between services: the PEM file of the cluster CA (one or
@@ -1028,6 +1030,24 @@ async fn run_service_kernel(
     use crate::registry::Registry;
 
     let identity = identity(kind, cluster)?;
+    // Playback URLs are signed by a gateway and checked by the media port:
+    // under mutual TLS, without the shared key file, each process would
+    // draw a key of its own.
+    let media_role = match kind {
+        ServiceKind::Streaming if opts.http.media_listen.is_some() => Some("--media-listen"),
+        ServiceKind::ApiGateway if opts.http.media_url.is_some() => Some("--media-url"),
+        _ => None,
+    };
+    if let Some(option) = media_role
+        && identity.tls.is_some()
+        && cluster.service_key_file.is_none()
+    {
+        return Err(config_error(format!(
+            "{option} under mutual TLS needs --service-key-file, the same file on every gateway \
+             and every streaming instance with a media port: its keys sign and check the \
+             playback URLs"
+        )));
+    }
     if cluster.consul_check != CheckStyle::Ttl && identity.tls.is_some() {
         return Err(config_error(
             "--consul-check grpc or http cannot reach a service under mutual TLS: use ttl"

@@ -228,6 +228,10 @@ async fn nine_binaries_over_mutual_tls_with_a_call_policy() {
     let secret_file = dir.join("auth.secret");
     std::fs::write(&secret_file, &auth_secret).expect("secret");
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/call-policy.toml");
+    // Under mutual TLS the service keys only sign playback URLs, which the
+    // gateway makes and streaming's media port checks: one file for both.
+    let key_file = dir.join("service.keys");
+    std::fs::write(&key_file, format!("k1 {}\n", rt::random_hex128().repeat(2))).expect("keys");
     let config = dir.join("cluster.toml");
     std::fs::write(
         &config,
@@ -235,25 +239,37 @@ async fn nine_binaries_over_mutual_tls_with_a_call_policy() {
             "data-dir = {data:?}\nnats-url = {url:?}\nregistry-bucket = {bucket:?}\n\
              jobs-name = \"{bucket}_jobs\"\nbus-subject-prefix = \"sgmtls{run}\"\n\
              auth-secret-file = {secret:?}\nlog-format = \"json\"\nlog-filter = \"info\"\n\
-             tls-ca = {ca:?}\ncall-policy = {policy:?}\n",
+             tls-ca = {ca:?}\ncall-policy = {policy:?}\nservice-key-file = {keys:?}\n",
             data = dir.join("data"),
             url = nats_url(),
             secret = secret_file,
             ca = certs_dir.join("ca.pem"),
+            keys = key_file,
         ),
     )
     .expect("config");
     let config_path = c(&config);
 
+    // Streaming's media port (signed URLs with no gateway in the byte
+    // path), which reads video records and playlists under the policy.
+    #[allow(clippy::disallowed_methods)] // a test picking a free port
+    let media = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let media_url = format!("http://{media}");
     let mut procs: Vec<Proc> = Vec::new();
     for kind in ServiceKind::ALL {
         let cert = c(&certs_dir.join(format!("{}.pem", kind.name())));
         let key = c(&certs_dir.join(format!("{}-key.pem", kind.name())));
+        let media_listen = media.to_string();
         let env = [
             ("STREAMGATE_CONFIG", config_path.as_str()),
             ("STREAMGATE_TLS_CERT", cert.as_str()),
             ("STREAMGATE_TLS_KEY", key.as_str()),
             ("STREAMGATE_MAX_UPLOAD_BYTES", "8388608"),
+            // Read by streaming and by the gateway; the others ignore them.
+            ("STREAMGATE_MEDIA_LISTEN", media_listen.as_str()),
+            ("STREAMGATE_MEDIA_URL", media_url.as_str()),
         ];
         procs.push(Proc::start(kind, 1, &env, dir).await);
     }
@@ -320,6 +336,58 @@ async fn nine_binaries_over_mutual_tls_with_a_call_policy() {
     let paths = hls_paths(&gw, &id).await;
     assert!(!paths.is_empty(), "a playlist with segments");
     fetch_until_ok(&gw, &paths[0]).await;
+
+    // Signed URLs play from streaming's media port: the master, a
+    // rendition, a segment and a range of the original, with no header.
+    let urls = gw
+        .post_json(&format!("/v1/videos/{id}/playback"), &serde_json::json!({}))
+        .await;
+    assert_eq!(urls.status, 200, "{}", urls.text());
+    let master_url = urls.json()["master"].as_str().expect("master").to_owned();
+    assert!(master_url.starts_with(&media_url), "{master_url}");
+    let plain = support::http();
+    let fetch = async |url: &str, range: Option<&str>| {
+        let mut req = http::Request::get(url);
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        let res = plain
+            .request(req.body(http_body_util::Full::default()).expect("request"))
+            .await
+            .expect("the media port answers");
+        let status = res.status().as_u16();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    };
+    let (status, master) = fetch(&master_url, None).await;
+    assert_eq!(status, 200, "{master:?}");
+    let dir_of = |u: &str| u[..=u.rfind('/').expect("a path")].to_owned();
+    let first_line = |text: &[u8]| {
+        String::from_utf8_lossy(text)
+            .lines()
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .expect("a URI line")
+            .to_owned()
+    };
+    let playlist_url = format!("{}{}", dir_of(&master_url), first_line(&master));
+    let (status, playlist) = fetch(&playlist_url, None).await;
+    assert_eq!(status, 200, "{playlist:?}");
+    let segment_url = format!("{}{}", dir_of(&playlist_url), first_line(&playlist));
+    let (status, segment) = fetch(&segment_url, None).await;
+    assert_eq!(
+        (status, segment.first()),
+        (200, Some(&0x47)),
+        "{segment_url}"
+    );
+    let original_url = urls.json()["original"]
+        .as_str()
+        .expect("original")
+        .to_owned();
+    let (status, part) = fetch(&original_url, Some("bytes=0-99")).await;
+    assert_eq!((status, part.len()), (206, 100));
 
     // From outside, with the project's own client: allowed, and refused.
     let cache = addr_of(ServiceKind::Cache);
@@ -469,6 +537,25 @@ async fn nine_binaries_over_mutual_tls_with_a_call_policy() {
         &no_tls,
         dir,
         "the certificate names \"metadata\"",
+    )
+    .await;
+    // A media port under mutual TLS checks playback URLs with the
+    // gateways' keys: it will not start on a key of its own.
+    refuses_to_start(
+        ServiceKind::Streaming,
+        &[
+            "--tls-ca",
+            &c(&certs_dir.join("ca.pem")),
+            "--tls-cert",
+            &c(&certs_dir.join("streaming.pem")),
+            "--tls-key",
+            &c(&certs_dir.join("streaming-key.pem")),
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+        &no_tls,
+        dir,
+        "--media-listen under mutual TLS needs --service-key-file",
     )
     .await;
 }
