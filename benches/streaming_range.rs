@@ -1,26 +1,29 @@
 //! Range-request throughput of the streaming path against nginx serving
 //! the same file, measured in the same run, rounds interleaved: random 1 MiB
 //! ranges at 1, 8 and 64 keep-alive connections, printed as MB/s and ratios
-//! to nginx. Two gateways are measured: "local", in the monolith's shape
-//! (gateway, streaming and auth sharing one file blob store), which sends
-//! the file itself after one LocateOriginal (see
-//! `services::gateway::local`); and "ReadRange", a second gateway with a
-//! store of its own, as on another host, which reads through streaming's
-//! ReadRange. nginx runs a master and 2 workers (the node's runtime has 2
-//! threads) with sendfile. Every answer is checked (status and length), so
-//! the run also fails if a path breaks under load.
+//! to nginx. Three StreamGate paths are measured: "local", the gateway in
+//! the monolith's shape (gateway, streaming and auth sharing one file blob
+//! store), which sends the file itself after one LocateOriginal (see
+//! `services::gateway::local`), written by hyper; "ReadRange", a second
+//! gateway with a store of its own, as on another host, which reads
+//! through streaming's ReadRange; and "media", streaming's media port
+//! (`--media-listen`) serving a signed playback URL from its own files by
+//! `sendfile(2)`, with no gateway in the byte path (the multi-host shape
+//! issue #19 asks for). nginx runs a master and 2 workers (the node's
+//! runtime has 2 threads) with sendfile. Every answer is checked (status
+//! and length), so the run also fails if a path breaks under load.
+//!
+//! A second table fetches whole HLS segments (1.25 MB, a 4 s 720p segment;
+//! 64 of them at random) at 1 and 64 connections from nginx, from the
+//! gateway's port by signed URL, and from the media port: MB/s and the p99
+//! latency over all rounds.
 //!
 //! `cargo bench --bench streaming_range` (`CONNECTIONS=1,8` picks the
-//! connection counts; `-- --quick`: one short round). Needs nginx at
-//! /usr/sbin/nginx (or $NGINX); fails, rather than skips, without it.
+//! connection counts of both tables; `-- --quick`: one short round). Needs
+//! nginx at /usr/sbin/nginx (or $NGINX; Debian's `nginx-light`); fails,
+//! rather than skips, without it.
 //!
-//! Measured on the 2-core dev VM (2026-11-27, 5 runs; the machine's noise
-//! is about ±0.1x): local 0.98-1.04x nginx at 1 connection (one outlier
-//! run 0.79x), 1.04-1.22x at 8, 0.70-0.98x at 64 (once both cores are busy
-//! nginx's zero-copy sendfile pulls ahead: this path copies each byte once
-//! more, page cache to buffer). ReadRange: 0.33-0.43x, 0.44-0.49x and
-//! 0.24-0.35x. The local path with both file syscalls on the blocking pool
-//! gave 0.65-0.82x at 1.
+//! Figures: docs/benchmarks.md.
 #![allow(clippy::print_stdout)]
 
 #[cfg(not(madsim))]

@@ -9,6 +9,7 @@ mod broker;
 mod bus;
 mod call;
 mod common;
+mod media_port;
 mod outage;
 mod partition;
 mod pipeline;

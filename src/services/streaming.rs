@@ -5,7 +5,7 @@ use tonic::service::Routes;
 
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::streaming_service_server::StreamingServiceServer;
-use crate::services::{Common, Domain, media};
+use crate::services::{Common, Domain};
 
 pub mod error;
 mod read;
@@ -47,7 +47,8 @@ impl Default for Config {
 /// A port serving signed playback URLs (`/v1/play/{grant}/...`) straight
 /// from streaming's own file store, originals and segments by
 /// `sendfile(2)`, so that no gateway relays the bytes (a gateway's
-/// `--media-url` points players at it). The gateway's handlers, caching
+/// `--media-url` points players at it). Blobs not in local files (an
+/// object store) are streamed through ReadRange, as on a gateway. The gateway's handlers, caching
 /// headers, CORS and limits ([`crate::services::gateway::media_routes`]);
 /// plaintext HTTP/1.1 ([`crate::rt::transport::serve_media`]): put TLS in
 /// front of it (a CDN or a terminating proxy), as for nginx.
@@ -62,7 +63,7 @@ pub struct MediaPort {
 /// The service's routes, and its media port when it has one.
 ///
 /// # Errors
-/// The media port could not be bound, or the store keeps no local files.
+/// The media port could not be bound.
 pub async fn domain(
     config: &Config,
     _common: &Common,
@@ -97,18 +98,6 @@ async fn serve_media(
 ) -> Result<crate::rt::JoinHandle<()>, KernelError> {
     use crate::rt::transport;
     let name = crate::services::ServiceKind::Streaming.name();
-    if runtime
-        .blobs
-        .local_path(&media::original_key("probe"))
-        .is_none()
-    {
-        return Err(KernelError::start(
-            name,
-            "the media port",
-            "--media-listen needs a blob store of local files (--blob-store fs): an object \
-             store's blobs are better served by the store or a CDN in front of it",
-        ));
-    }
     let listener = transport::Listener::bind(port.listen)
         .await
         .map_err(|e| KernelError::start(name, "the media port", e))?;
