@@ -114,14 +114,16 @@ where
             Ok(None) => return Ok(()),
             Err(bad) => {
                 let _busy = activity.begin();
-                return write_refusal(&mut io, bad).await;
+                return Box::pin(write_refusal(&mut io, bad)).await;
             }
         };
         let busy = activity.begin();
         let method = head.request.method().clone();
         let mut request = head.request;
         request.extensions_mut().insert(PeerAddr(peer));
-        let response = match call(&mut svc, request).await {
+        // Boxed, as is the write below: the idle connection's task then
+        // holds neither future, only what waits for the next byte.
+        let response = match Box::pin(call(&mut svc, request)).await {
             Ok(response) => response.map(Body::new),
             Err(e) => {
                 tracing::error!(%peer, error = %e, "the HTTP service failed");
@@ -129,7 +131,14 @@ where
             }
         };
         let keep_alive = head.keep_alive && !*stopping.borrow();
-        write_response(&mut io, response, &method, keep_alive, send_timeout).await?;
+        Box::pin(write_response(
+            &mut io,
+            response,
+            &method,
+            keep_alive,
+            send_timeout,
+        ))
+        .await?;
         drop(busy);
         if !keep_alive {
             return io.shutdown().await;
