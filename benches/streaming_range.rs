@@ -158,8 +158,20 @@ mod bench {
                 format!("bytes={offset}-{}", offset + len - 1),
             )
             .body(Empty::new())?;
+        fetch(client, req, http::StatusCode::PARTIAL_CONTENT, len).await
+    }
+
+    /// Sends `req`; fails unless the answer is `status` with `len` bytes
+    /// (counted frame by frame, never buffered).
+    async fn fetch(
+        client: &HttpClient,
+        req: http::Request<Empty<bytes::Bytes>>,
+        status: http::StatusCode,
+        len: u64,
+    ) -> anyhow::Result<u64> {
+        let url = req.uri().to_string();
         let res = client.request(req).await?;
-        if res.status() != http::StatusCode::PARTIAL_CONTENT {
+        if res.status() != status {
             bail!("{url}: status {}", res.status());
         }
         let mut body = res.into_body();
@@ -235,24 +247,10 @@ mod bench {
         Ok(())
     }
 
-    /// GETs the whole of `url`; returns its length.
+    /// GETs the whole of `url`, a segment; returns its length.
     async fn get_whole(client: &HttpClient, url: &str) -> anyhow::Result<u64> {
         let req = http::Request::get(url).body(Empty::new())?;
-        let res = client.request(req).await?;
-        if res.status() != http::StatusCode::OK {
-            bail!("{url}: status {}", res.status());
-        }
-        let mut body = res.into_body();
-        let mut got = 0;
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame?.data_ref() {
-                got += data.len() as u64;
-            }
-        }
-        if got != SEGMENT_BYTES as u64 {
-            bail!("{url}: {got} of {SEGMENT_BYTES} bytes");
-        }
-        Ok(got)
+        fetch(client, req, http::StatusCode::OK, SEGMENT_BYTES as u64).await
     }
 
     /// Whole segments under `base` at `concurrency` for `round` (after a

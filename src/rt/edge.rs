@@ -130,13 +130,11 @@ pub(super) async fn serve<S, B>(
                     peer,
                     limits,
                     tls: tls.clone(),
+                    protocol,
                     builder: builder.clone(),
                     stopping: stopping.clone(),
                 };
-                match protocol {
-                    Protocol::Hyper => spawn(conn.run(stream, activity, open)),
-                    Protocol::Files => spawn(conn.run_files(stream, activity, open)),
-                };
+                spawn(conn.run(stream, activity, open));
             }
             // A refusal is a plain HTTP answer: on a TLS port the
             // connection is only closed.
@@ -176,6 +174,7 @@ struct Connection<S> {
     peer: SocketAddr,
     limits: EdgeLimits,
     tls: Option<TlsAcceptor>,
+    protocol: Protocol,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stopping: watch::Receiver<bool>,
 }
@@ -194,6 +193,28 @@ impl<S> Connection<S> {
     {
         let limits = self.limits;
         let plain = EdgeIo::new(stream, activity.clone(), limits.send_timeout);
+        if self.protocol == Protocol::Files {
+            let conn = pin!(files::serve(
+                plain,
+                self.svc,
+                self.peer,
+                activity.clone(),
+                limits.send_timeout,
+                self.stopping.clone(),
+            ));
+            // `files::serve` sees the server stopping itself, between requests.
+            let graceful = |_: Pin<&mut _>| {};
+            return watchdog(
+                conn,
+                self.peer,
+                &activity,
+                &open,
+                limits,
+                self.stopping,
+                graceful,
+            )
+            .await;
+        }
         let io = match self.tls.take() {
             None => Either::Left(plain),
             // The handshake has the head's deadline. Its first byte starts
@@ -229,38 +250,6 @@ impl<S> Connection<S> {
             |conn| {
                 conn.graceful_shutdown();
             },
-        )
-        .await;
-    }
-
-    /// [`Connection::run`] for the media port ([`Protocol::Files`]).
-    async fn run_files<B>(self, stream: TcpStream, activity: Arc<Activity>, open: conns::Open)
-    where
-        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError> + Send,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError> + Send,
-    {
-        let limits = self.limits;
-        let io = EdgeIo::new(stream, activity.clone(), limits.send_timeout);
-        let conn = pin!(files::serve(
-            io,
-            self.svc,
-            self.peer,
-            activity.clone(),
-            limits.send_timeout,
-            self.stopping.clone(),
-        ));
-        // `files::serve` sees the server stopping itself, between requests.
-        watchdog(
-            conn,
-            self.peer,
-            &activity,
-            &open,
-            limits,
-            self.stopping,
-            |_| {},
         )
         .await;
     }

@@ -97,11 +97,24 @@ impl Default for EdgeLimits {
     }
 }
 
+/// How an edge port ([`serve_edge`]) speaks HTTP.
+#[derive(Debug, Clone)]
+pub enum EdgeProtocol {
+    /// HTTP/1.1 and HTTP/2 (hyper), with TLS if given: the gateway's port.
+    Hyper(Option<EdgeAcceptor>),
+    /// A media port: plaintext HTTP/1.1 whose responses carrying a
+    /// [`SendFile`] are sent from their file with `sendfile(2)`. Under
+    /// madsim the simulated transport sends their bodies instead (the
+    /// model of it).
+    Files,
+}
+
 /// A response extension saying its body is the bytes `[from, end)` of
-/// `file`: on the media port ([`serve_media`]) they are sent from the file
+/// `file`: on the media port they are sent from the file
 /// by `sendfile(2)` and the response's body is dropped unread; on any
 /// other port, and in the simulator, the body (which must carry the same
 /// bytes) is sent. The response's `Content-Length` must be `end - from`.
+/// (The media port: [`serve_edge`] with [`EdgeProtocol::Files`].)
 #[derive(Debug, Clone)]
 pub struct SendFile {
     /// The open file.
@@ -455,7 +468,7 @@ pub async fn serve_edge<L, ResBody>(
     routes: Routes,
     layer: L,
     limits: EdgeLimits,
-    tls: Option<EdgeAcceptor>,
+    protocol: EdgeProtocol,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), TransportError>
 where
@@ -469,66 +482,16 @@ where
     let svc = layer.layer(routes.prepare());
     #[cfg(not(madsim))]
     {
-        let tls = tls.map(|t| t.inner);
-        super::edge::serve(
-            listener.inner,
-            svc,
-            limits,
-            tls,
-            super::edge::Protocol::Hyper,
-            shutdown,
-        )
-        .await;
+        let (tls, protocol) = match protocol {
+            EdgeProtocol::Hyper(tls) => (tls.map(|t| t.inner), super::edge::Protocol::Hyper),
+            EdgeProtocol::Files => (None, super::edge::Protocol::Files),
+        };
+        super::edge::serve(listener.inner, svc, limits, tls, protocol, shutdown).await;
         Ok(())
     }
     #[cfg(madsim)]
     {
-        let _ = (limits, tls);
-        super::sim_transport::serve(listener.inner, svc, shutdown)
-            .await
-            .map_err(|e| TransportError(Box::new(e)))
-    }
-}
-
-/// [`serve_edge`] for a media port: plaintext HTTP/1.1 (no HTTP/2, no
-/// TLS) whose responses carrying a [`SendFile`] are sent from their file
-/// with `sendfile(2)`, within `limits` as the edge's. Under madsim, the
-/// simulated transport's loop, sending the bodies (the model of it).
-///
-/// # Errors
-/// As [`serve_edge`].
-pub async fn serve_media<L, ResBody>(
-    listener: Listener,
-    routes: Routes,
-    layer: L,
-    limits: EdgeLimits,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), TransportError>
-where
-    L: Layer<Routes> + Clone,
-    L::Service: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
-    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
-    <L::Service as Service<Request<Body>>>::Error: Into<crate::rt::BoxError> + Send,
-    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    ResBody::Error: Into<crate::rt::BoxError> + Send,
-{
-    let svc = layer.layer(routes.prepare());
-    #[cfg(not(madsim))]
-    {
-        super::edge::serve(
-            listener.inner,
-            svc,
-            limits,
-            None,
-            super::edge::Protocol::Files,
-            shutdown,
-        )
-        .await;
-        Ok(())
-    }
-    #[cfg(madsim)]
-    {
-        let _ = limits;
+        let _ = (limits, protocol);
         super::sim_transport::serve(listener.inner, svc, shutdown)
             .await
             .map_err(|e| TransportError(Box::new(e)))

@@ -269,12 +269,7 @@ pub fn routes(runtime: Runtime, config: &Config, limits: limit::Limits) -> Route
                 .route("/v1/uploads/{id}", options(tus::options))
                 .route_layer(axum::middleware::from_fn(limit::query_length)),
         )
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                http::StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this path",
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(limits, limit::limit));
     with_cors(router, config)
@@ -327,7 +322,7 @@ fn granted() -> Router<Api> {
 /// streaming service's media port: the same handlers, caching headers,
 /// CORS and request limits as the gateway's, over streaming's own store
 /// (its files sent by `sendfile(2)`; see
-/// [`crate::rt::transport::serve_media`]). Video records come from the
+/// [`crate::rt::transport::EdgeProtocol::Files`]). Video records come from the
 /// cache and metadata, playlists and thumbnails from streaming, as on a
 /// gateway.
 pub fn media_routes(runtime: Runtime, config: &Config) -> Router {
@@ -335,12 +330,7 @@ pub fn media_routes(runtime: Runtime, config: &Config) -> Router {
     let router = granted()
         .route_layer(axum::middleware::from_fn(limit::query_length))
         .fallback(not_found)
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                http::StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this path",
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api(runtime, config, true))
         .layer(axum::middleware::from_fn_with_state(limits, limit::limit));
     with_cors(router, config)
@@ -350,6 +340,14 @@ pub fn media_routes(runtime: Runtime, config: &Config) -> Router {
 /// other error).
 pub async fn not_found() -> ApiError {
     ApiError::new(http::StatusCode::NOT_FOUND, "no such route")
+}
+
+/// The answer to a method a path does not take (a JSON 405).
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this path",
+    )
 }
 
 /// The service's public HTTP routes with the edge's limits and a readiness

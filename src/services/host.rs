@@ -448,7 +448,7 @@ pub async fn serve(
             ),
             stack::public_http(runtime.metrics.clone()),
             edge,
-            tls,
+            transport::EdgeProtocol::Hyper(tls),
             shutdown,
         )),
         None => rt::spawn(transport::serve_mtls(
