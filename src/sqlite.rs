@@ -49,46 +49,76 @@ fn obey_disk_faults(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Starts a transaction of `behavior`, first rolling back one that an
-/// earlier failure left open: when a statement inside a transaction fails
-/// on a bad disk (an I/O error, an interrupt) and the rollback on the way
-/// out fails too, the connection stays in that transaction, and every later
-/// `BEGIN` would fail ("cannot start a transaction within a transaction")
-/// long after the disk healed.
+/// Rolls back a transaction that an earlier failure left open. When a
+/// statement inside a transaction fails on a bad disk (an I/O error, an
+/// interrupt) and the rollback on the way out fails too, the connection
+/// stays in that transaction. Every later `BEGIN` would then fail ("cannot
+/// start a transaction within a transaction") long after the disk healed;
+/// worse, every later autocommit statement would run *inside* it,
+/// uncommitted, and vanish at the next rollback: an acknowledged delete
+/// or insert undone seconds later. So every store call starts here
+/// ([`with`], [`transaction`]).
 ///
 /// # Errors
-/// SQLite cannot begin.
-pub fn transaction(
-    conn: &mut Connection,
-    behavior: rusqlite::TransactionBehavior,
-) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+/// SQLite cannot roll back (the disk is still failing): the call fails
+/// rather than write into the stale transaction.
+pub fn settle(conn: &Connection) -> rusqlite::Result<()> {
     if !conn.is_autocommit() {
         tracing::warn!("rolling back a transaction an earlier failure left open");
         conn.execute_batch("ROLLBACK")?;
     }
+    Ok(())
+}
+
+/// Starts a transaction of `behavior` on a [`settle`]d connection.
+///
+/// # Errors
+/// SQLite cannot roll back the stale transaction, or cannot begin.
+pub fn transaction(
+    conn: &mut Connection,
+    behavior: rusqlite::TransactionBehavior,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    settle(conn)?;
     conn.transaction_with_behavior(behavior)
 }
 
+/// A store over one SQLite connection, which [`with`] [`settle`]s before
+/// each call.
+pub trait Db {
+    /// The store's connection.
+    fn conn(&self) -> &Connection;
+}
+
+impl Db for Connection {
+    fn conn(&self) -> &Connection {
+        self
+    }
+}
+
 /// Runs `f` on the store behind `shared` off the async workers (SQLite
-/// calls block); a poisoned lock is taken as it is (every store call is
-/// one transaction, so a panic left nothing half-done).
+/// calls block), on a [`settle`]d connection; a poisoned lock is taken as
+/// it is (every store call is one transaction, so a panic left nothing
+/// half-done).
 ///
 /// # Errors
-/// What `f` returns; the task's failure if it panicked.
+/// What `f` returns; SQLite cannot roll back a stale transaction; the
+/// task's failure if it panicked.
 pub async fn with<S, T, E>(
     shared: &std::sync::Arc<std::sync::Mutex<S>>,
     f: impl FnOnce(&mut S) -> Result<T, E> + Send + 'static,
 ) -> Result<T, E>
 where
-    S: Send + 'static,
+    S: Db + Send + 'static,
     T: Send + 'static,
-    E: From<crate::rt::JoinError> + Send + 'static,
+    E: From<crate::rt::JoinError> + From<rusqlite::Error> + Send + 'static,
 {
     let shared = shared.clone();
     crate::rt::blocking(move || {
-        f(&mut shared
+        let mut store = shared
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        settle(store.conn())?;
+        f(&mut store)
     })
     .await?
 }
@@ -224,6 +254,59 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("values");
         assert_eq!(rows, [2], "the abandoned insert is gone");
+    }
+
+    /// What a store call through [`with`] can fail with.
+    #[derive(Debug)]
+    enum Error {
+        Sqlite(#[allow(dead_code)] rusqlite::Error),
+        Join,
+    }
+
+    impl From<rusqlite::Error> for Error {
+        fn from(e: rusqlite::Error) -> Self {
+            Self::Sqlite(e)
+        }
+    }
+
+    impl From<crate::rt::JoinError> for Error {
+        fn from(_: crate::rt::JoinError) -> Self {
+            Self::Join
+        }
+    }
+
+    /// A write that is not a transaction of its own (`conn.execute`), made
+    /// through [`with`] after a failure left a transaction open, is
+    /// committed, not swallowed by the stale transaction and rolled back
+    /// by the next [`transaction`].
+    #[tokio::test]
+    async fn a_write_through_with_after_a_transaction_left_open_is_kept() {
+        let conn = open(None).expect("in memory");
+        conn.execute_batch("CREATE TABLE t (x); BEGIN; INSERT INTO t VALUES (1);")
+            .expect("a transaction left open");
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(conn));
+        let inserted = with(&shared, |c: &mut Connection| {
+            Ok::<_, Error>(c.execute("INSERT INTO t VALUES (2)", [])?)
+        })
+        .await
+        .expect("insert");
+        assert_eq!(inserted, 1);
+        let rows: Vec<i64> = with(&shared, |c: &mut Connection| {
+            let tx = transaction(c, rusqlite::TransactionBehavior::Immediate)?;
+            let rows = tx
+                .prepare("SELECT x FROM t")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.commit()?;
+            Ok::<_, Error>(rows)
+        })
+        .await
+        .expect("read");
+        assert_eq!(
+            rows,
+            [2],
+            "the acknowledged insert stays; the abandoned one is gone"
+        );
     }
 
     #[test]

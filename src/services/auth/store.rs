@@ -97,6 +97,12 @@ pub struct Store {
     revocations: u64,
 }
 
+impl crate::sqlite::Db for Store {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
 impl Store {
     /// Opens (creating) the store at `path`, or in memory for `None`, its
     /// schema brought up to date ([`MIGRATIONS`] through

@@ -133,6 +133,12 @@ pub struct Store {
     applied: u64,
 }
 
+impl crate::sqlite::Db for Store {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
 const COLUMNS: &str = "id, owner_id, title, description, content_type, size_bytes, sha256_hex, \
      state, failure_reason, renditions, created_at_ms, updated_at_ms, duration_ms, thumbnail_key, \
      visibility, ready_at_ms";
@@ -435,6 +441,32 @@ mod tests {
             .expect("stale");
         assert!(stale.is_none());
         assert_eq!(s.get("v").expect("get").expect("v").duration_ms, 2000);
+    }
+
+    /// An acknowledged delete stays deleted when an earlier failure left
+    /// the connection inside a transaction. Found by the swarm (seed
+    /// 719335303): a failing disk interrupted a rollback, the next DELETE
+    /// ran inside the stale transaction, answered 204, and the next
+    /// event's transaction rolled it back: the video came back, and went
+    /// on to be transcoded.
+    #[tokio::test]
+    async fn a_delete_after_a_transaction_left_open_stays_deleted() {
+        let mut s = Store::open(None).expect("open");
+        s.create(&video("v", 1)).expect("create");
+        s.conn
+            .execute_batch("BEGIN")
+            .expect("a transaction left open");
+        let catalog = crate::services::metadata::catalog::Catalog::sqlite(s);
+        assert!(catalog.delete("v").await.expect("delete"));
+        let applied = catalog
+            .apply("e1".into(), "v".into(), 5, Step::Completed, |_| {})
+            .await
+            .expect("apply");
+        assert!(applied.is_none(), "no video to apply the event to");
+        assert!(
+            catalog.get("v").await.expect("get").is_none(),
+            "still deleted"
+        );
     }
 
     #[test]

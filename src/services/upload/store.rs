@@ -67,6 +67,12 @@ pub struct Store {
     conn: Connection,
 }
 
+impl crate::sqlite::Db for Store {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
 const COLUMNS: &str = "upload_id, video_id, owner_id, file_name, content_type, size_bytes, \
                        sha256_hex, blob_key, created_at_ms";
 

@@ -7,7 +7,7 @@
 //! write finishes), where an immediate one waits out the busy timeout.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, TransactionBehavior, params};
 
@@ -182,8 +182,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, WorkerError> + Send + 'static,
     ) -> Result<T, WorkerError> {
-        let conn = self.conn.clone();
-        rt::blocking(move || f(&mut conn.lock().unwrap_or_else(PoisonError::into_inner))).await?
+        crate::sqlite::with(&self.conn, f).await
     }
 
     /// Stores `job`, or returns the job already stored under its
