@@ -94,12 +94,12 @@ async fn subscribe(
             let line = Bytes::from(line);
             // buggify: delivered twice, as a redelivery after a lost ack
             // would be.
-            if rt::faults::buggify(0.03) {
+            if rt::faults::buggify(rt::faults::Point::EventDuplicated, 0.03) {
                 let _ = tx.send(line.clone()).await;
             }
             // buggify: held back a while, so that later events overtake it
             // (as after a redelivery, or from two publishers).
-            if rt::faults::buggify(0.03) {
+            if rt::faults::buggify(rt::faults::Point::EventDelayed, 0.03) {
                 let hold = Duration::from_millis(rt::faults::buggify_range(10, 2_000));
                 rt::spawn(async move {
                     rt::sleep(hold).await;

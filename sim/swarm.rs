@@ -25,6 +25,7 @@
 
 mod check;
 mod cluster;
+mod coverage;
 mod disk;
 mod disk_faults;
 mod faults;
@@ -137,6 +138,7 @@ async fn check_registrations(cluster: Cluster, tl: Timeline, broken: Shared) {
         if network.is_some_and(|n| n + REREGISTRATION_BOUND >= back) {
             continue;
         }
+        rt::coverage::hit(coverage::REGISTRATION);
         let mut missing = Vec::new();
         for kind in ServiceKind::ALL {
             let Ok(found) = registry.discover(kind.name()).await else {
@@ -196,6 +198,7 @@ async fn tap(tl: &Timeline) -> Vec<streamgate::bus::Subscription> {
         async move {
             let p = JobSubmitted::from_event(&e)?;
             if let Some(video) = &p.video_id {
+                rt::coverage::hit(coverage::ONE_JOB);
                 let verdict = jobs.lock().expect("jobs").observe(video, &p.job_id);
                 match verdict {
                     Ok(()) => t.record(
@@ -251,6 +254,7 @@ async fn swarm() {
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .try_init();
     }
+    rt::coverage::begin_seed();
     let tl = Timeline::new();
     let plan = Plan::draw();
     let bug = streamgate::rt::faults::Bug::ALL
@@ -338,6 +342,7 @@ async fn swarm() {
 
             // Liveness: everything settles within the bound.
             let mut pending: BTreeSet<String> = user.videos.keys().cloned().collect();
+            rt::coverage::hits(coverage::SETTLED, pending.len() as u64);
             let mut why = String::new();
             loop {
                 let missing = unregistered(&cluster).await;
@@ -398,6 +403,8 @@ async fn swarm() {
                 );
             }
             checker.abort();
+            rt::coverage::hits(coverage::AUDITOR, u64::from(user.ok));
+            rt::coverage::hits(coverage::UNCLEAR, u64::from(user.unclear));
             let faults_struck = broken.lock().expect("faults").count;
             tl.print(
                 "swarm",
@@ -415,4 +422,5 @@ async fn swarm() {
         .await
         .expect("swarm run");
     Autopsy::finish();
+    coverage::end_seed();
 }

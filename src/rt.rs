@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use std::time::Instant;
 
+pub mod coverage;
 pub mod faults;
 #[cfg(not(madsim))]
 pub mod process;

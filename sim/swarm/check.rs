@@ -14,6 +14,7 @@ use streamgate::middleware::retry::{RetryEvent, RetryHook};
 use streamgate::resilience::breaker::{BreakerConfig, Transition};
 use streamgate::resilience::budget::BudgetConfig;
 use streamgate::resilience::retry::{Decision, RetryPolicy};
+use streamgate::rt::coverage;
 
 use super::timeline::{Kind, Timeline};
 use crate::retry_check::RetryChecker;
@@ -177,6 +178,28 @@ pub fn call_policy() -> Arc<CallPolicy> {
     )
 }
 
+/// The breaker transitions as the property report names them.
+pub const TRANSITIONS: [&str; 4] = [
+    "breaker: closed -> open",
+    "breaker: open -> half-open",
+    "breaker: half-open -> open",
+    "breaker: half-open -> closed",
+];
+
+fn transition_name(t: Transition) -> &'static str {
+    match t {
+        Transition::Tripped { .. } => TRANSITIONS[0],
+        Transition::Probing => TRANSITIONS[1],
+        Transition::Reopened { .. } => TRANSITIONS[2],
+        Transition::Closed => TRANSITIONS[3],
+    }
+}
+
+/// The checkers fed by the pools' hooks, as the property report names them.
+pub const BREAKER_CHECK: &str = "checker: breaker (every call outcome)";
+/// See [`BREAKER_CHECK`].
+pub const RETRY_CHECK: &str = "checker: retry decision and budget (every retry decision)";
+
 /// The pool settings of one node start, calling as `identity` (its
 /// service) under the call policy, with every hook wired to the checkers
 /// and the timeline of `lane`.
@@ -190,10 +213,12 @@ pub fn pool_config(lane: &str, identity: &str, timeline: &Timeline) -> PoolConfi
     }));
     let (tl, l) = (timeline.clone(), lane.to_owned());
     let on_transition: TransitionHook = Arc::new(move |id: &str, t| {
+        coverage::hit(transition_name(t));
         tl.record(&l, Kind::State, format_args!("breaker {id}: {t:?}"));
     });
     let (tl, b) = (timeline.clone(), breaker.clone());
     let on_outcome: OutcomeHook = Arc::new(move |id: &str, o| {
+        coverage::hit(BREAKER_CHECK);
         let mut check = b.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = check.outcome(id, o) {
             let lane = check.lane.clone();
@@ -207,6 +232,7 @@ pub fn pool_config(lane: &str, identity: &str, timeline: &Timeline) -> PoolConfi
     let budget = Arc::new(Mutex::new(BudgetCheck::default()));
     let (tl, l) = (timeline.clone(), lane.to_owned());
     let on_retry: RetryHook = Arc::new(move |e: &RetryEvent| {
+        coverage::hit(RETRY_CHECK);
         decision_hook(e);
         if let Decision::RetryAfter(d) = e.decision {
             tl.record(

@@ -51,7 +51,8 @@ pub enum Fault {
     DiskSlow,
 }
 
-const ALL: [Fault; 11] = [
+/// Every fault kind.
+pub const ALL: [Fault; 11] = [
     Fault::Crash,
     Fault::Partition,
     Fault::Clog,
@@ -64,6 +65,11 @@ const ALL: [Fault; 11] = [
     Fault::DiskFailing,
     Fault::DiskSlow,
 ];
+
+/// A fault kind as the property report names it.
+pub fn name(f: Fault) -> String {
+    format!("fault: {f:?}")
+}
 
 /// `SWARM_FAULTS=crash,clog,...` (or `none`) keeps only those kinds of
 /// what the seed drew: to see whether a failure needs the others.
@@ -295,6 +301,7 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
         let left = until - now;
         let mut b = lock(&broken);
         b.count += 1;
+        streamgate::rt::coverage::hit(&name(strike.fault));
         match strike.fault {
             Fault::Crash => {
                 let victim = nodes[strike.a];

@@ -127,7 +127,10 @@ pub async fn run(cluster: Cluster, tl: Timeline, until: Duration) {
         let (kind, addr, method) = targets[next % targets.len()];
         next += 1;
         match rt::timeout(CALL_LIMIT, call(kind, addr)).await {
-            Ok(Err(s)) if s.code() == Code::PermissionDenied => refused += 1,
+            Ok(Err(s)) if s.code() == Code::PermissionDenied => {
+                rt::coverage::hit(super::coverage::POLICY);
+                refused += 1;
+            }
             Ok(Err(s)) if not_reached(s.code()) => unreached += 1,
             Err(rt::Elapsed) => unreached += 1,
             Ok(Ok(())) => tl.violated(

@@ -66,6 +66,7 @@ pub async fn check(blobs: &MemoryBlobStore, catalog: &BTreeSet<String>, tl: &Tim
     loop {
         let left = orphans(blobs, catalog).await;
         if left.is_empty() {
+            streamgate::rt::coverage::hit(super::coverage::ORPHANS);
             tl.print(
                 "swarm",
                 Kind::Check,

@@ -126,6 +126,7 @@ impl User {
             Ok(Err(e)) => Err(e),
             Err(_) => Err("timed out".to_owned()),
         };
+        rt::coverage::hit(super::coverage::NOT_REFUSED);
         if refused_for_load(&answer) {
             self.wrong(
                 &format!("{path}: refused for load the user did not cause"),

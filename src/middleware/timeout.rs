@@ -183,7 +183,7 @@ where
         // buggify (simulation only): a call now and then gets a deadline far
         // too short for it, so that every caller meets DEADLINE_EXCEEDED
         // (on either side of the wire) on paths that normally succeed.
-        if rt::faults::buggify(0.01) {
+        if rt::faults::buggify(rt::faults::Point::ShortDeadline, 0.01) {
             let short = Duration::from_millis(rt::faults::buggify_range(1, 200));
             req.headers_mut()
                 .insert(grpc_timeout::HEADER, grpc_timeout::encode(short));

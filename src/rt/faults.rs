@@ -81,21 +81,60 @@ pub fn injected(bug: Bug) -> bool {
     }
 }
 
-/// True with probability `p` when the simulation run switched buggify on
-/// with [`set_buggify`] (never outside the simulator). StreamGate's own
-/// switch, not madsim's: madsim's also slows 10 % of all connects and sends
-/// by seconds, a fault the simulation draws separately.
+/// The places that [`buggify`]; each firing is counted as a property of
+/// the run ([`super::coverage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// A call gets a deadline far too short for it (`middleware::timeout`).
+    ShortDeadline,
+    /// A finished job's ack is lost (`worker::runner`).
+    AckDropped,
+    /// The simulator's broker delivers an event twice.
+    EventDuplicated,
+    /// The simulator's broker holds an event back, so later ones overtake it.
+    EventDelayed,
+}
+
+impl Point {
+    /// Every point.
+    pub const ALL: [Self; 4] = [
+        Self::ShortDeadline,
+        Self::AckDropped,
+        Self::EventDuplicated,
+        Self::EventDelayed,
+    ];
+
+    /// Its name in the property report.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ShortDeadline => "buggify: short deadline",
+            Self::AckDropped => "buggify: job ack dropped",
+            Self::EventDuplicated => "buggify: event delivered twice",
+            Self::EventDelayed => "buggify: event held back",
+        }
+    }
+}
+
+/// True with probability `p` at `point` when the simulation run switched
+/// buggify on with [`set_buggify`] (never outside the simulator).
+/// StreamGate's own switch, not madsim's: madsim's also slows 10 % of all
+/// connects and sends by seconds, a fault the simulation draws separately.
 #[must_use]
 #[inline]
-pub fn buggify(p: f64) -> bool {
+pub fn buggify(point: Point, p: f64) -> bool {
     #[cfg(madsim)]
     {
         use rand::Rng as _;
-        BUGGIFY.with(std::cell::Cell::get) && super::rng().gen_bool(p.clamp(0.0, 1.0))
+        let fired = BUGGIFY.with(std::cell::Cell::get) && super::rng().gen_bool(p.clamp(0.0, 1.0));
+        if fired {
+            super::coverage::hit(point.name());
+        }
+        fired
     }
     #[cfg(not(madsim))]
     {
-        let _ = p;
+        let _ = (point, p);
         false
     }
 }

@@ -19,6 +19,22 @@ pub enum JobState {
     Cancelled,
 }
 
+/// The state machine's edges: every change of state a job can make.
+pub const EDGES: [(JobState, JobState); 9] = {
+    use JobState::{Cancelled, DeadLetter, Failed, Leased, Queued, Succeeded};
+    [
+        (Queued, Leased),
+        (Queued, Cancelled),
+        (Failed, Leased),
+        (Failed, Cancelled),
+        (Leased, Succeeded),
+        (Leased, Failed),
+        (Leased, DeadLetter),
+        (Leased, Queued),
+        (Leased, Cancelled),
+    ]
+};
+
 impl JobState {
     /// Every state.
     pub const ALL: [Self; 6] = [
@@ -323,25 +339,22 @@ impl Job {
     /// transition from `before` took an edge of the state machine and left
     /// the job consistent.
     fn check_transition(&self, before: Before) {
-        use JobState::{Cancelled, DeadLetter, Failed, Leased, Queued, Succeeded};
+        let (from, to) = (before.state, self.state);
+        if from != to {
+            crate::rt::coverage::hit_fmt(format_args!("job: {} -> {}", from.as_str(), to.as_str()));
+        }
         if !cfg!(debug_assertions) {
             return;
         }
-        let (from, to) = (before.state, self.state);
         assert!(
             !from.is_terminal(),
             "job invariant: a terminal state never changes ({from:?} -> {to:?})"
         );
         assert!(
-            from == to
-                || matches!(
-                    (from, to),
-                    (Queued | Failed, Leased | Cancelled)
-                        | (Leased, Succeeded | Failed | DeadLetter | Queued | Cancelled)
-                ),
+            from == to || EDGES.contains(&(from, to)),
             "job invariant: only the state machine's edges are taken ({from:?} -> {to:?})"
         );
-        let started = u32::from(from != Leased && to == Leased);
+        let started = u32::from(from != JobState::Leased && to == JobState::Leased);
         assert_eq!(
             self.attempts,
             before.attempts + started,

@@ -89,7 +89,7 @@ async fn attempt(jobs: Arc<Jobs>, pool: ClientPool, job: Job) {
     match result {
         // buggify (simulation only): the ack is lost; the lease runs out
         // and the job runs again, which must be harmless.
-        Ok(()) if rt::faults::buggify(0.05) => {
+        Ok(()) if rt::faults::buggify(rt::faults::Point::AckDropped, 0.05) => {
             tracing::warn!(job_id = %job.id, attempt, "buggify: ack dropped");
         }
         Ok(()) => jobs.succeeded(&job, attempt).await,
