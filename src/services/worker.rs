@@ -1,13 +1,14 @@
 //! worker (9008): a durable job queue (SQLite on one host, NATS JetStream
 //! across hosts) with leases, retries with backoff and a dead-letter state;
-//! turns each upload into a transcode job.
+//! turns each upload into a transcode job, and cancels the job of a video
+//! deleted before its transcode ended.
 
 use std::sync::Arc;
 
 use tonic::service::Routes;
 
-use crate::bus::events::{FileUploaded, Payload as _};
-use crate::bus::{EventType, handler};
+use crate::bus::events::{FileUploaded, MetadataDeleted, Payload as _};
+use crate::bus::{BusError, EventType, handler};
 use crate::kernel::{KernelError, Runtime};
 use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::rt;
@@ -163,6 +164,33 @@ pub async fn domain(
         )
         .await
         .map_err(|e| fail("the event bus", e.into()))?;
+    let cancelling = jobs.clone();
+    let on_delete = handler(move |event| {
+        let jobs = cancelling.clone();
+        async move {
+            let video_id = MetadataDeleted::from_event(&event)?.video_id;
+            if !media::is_id(&video_id) {
+                return Err(BusError::Malformed("video_id is not an id".into()).into());
+            }
+            let id = media::transcode_job_id(&video_id);
+            match jobs.cancel(&id, "the video was deleted").await {
+                Ok(_) => tracing::info!(job_id = %id, "job of a deleted video cancelled"),
+                // No job (yet, or under another id), or it has ended.
+                Err(WorkerError::NotFound(_) | WorkerError::Refused(..)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        }
+    });
+    let deletions = runtime
+        .bus
+        .subscribe(
+            EventType::MetadataDeleted.subject(),
+            Some(QUEUE_GROUP),
+            on_delete,
+        )
+        .await
+        .map_err(|e| fail("the event bus", e.into()))?;
     let runner = rt::spawn(runner::run(jobs.clone(), runtime.pool.clone()));
     let sweeper = rt::spawn(sweep::run(runtime.pool.clone()));
     let gauges = rt::spawn(gauges::run(jobs.store.clone(), runtime.metrics.clone()));
@@ -182,7 +210,7 @@ pub async fn domain(
         routes: Routes::new(svc),
         grpc_names: vec![<WorkerServiceServer<WorkerServer> as tonic::server::NamedService>::NAME],
         background: Background {
-            subscriptions: vec![subscription],
+            subscriptions: vec![subscription, deletions],
             tasks: vec![runner, sweeper, gauges],
             on_stop: vec![release],
         },

@@ -411,8 +411,27 @@ async fn a_failing_transcode_retries_then_dead_letters_and_the_watch_ends() {
     kernel.shutdown().await;
 }
 
+/// How a running job gets cancelled.
+enum Cancel {
+    /// CancelJob.
+    Call,
+    /// Its video is deleted (MetadataDeleted).
+    VideoDeleted,
+}
+
 #[tokio::test]
 async fn cancelling_a_running_job_cancels_its_transcode() {
+    cancel_a_running_transcode(Cancel::Call).await;
+}
+
+/// A deleted video's transcode is of no use: its job is cancelled, and
+/// with it the transcode.
+#[tokio::test]
+async fn deleting_a_video_cancels_its_running_transcode() {
+    cancel_a_running_transcode(Cancel::VideoDeleted).await;
+}
+
+async fn cancel_a_running_transcode(by: Cancel) {
     let blobs = Arc::new(MemoryBlobStore::new());
     blobs
         .put(&media::original_key("v9"), "x".into())
@@ -446,19 +465,33 @@ async fn cancelling_a_running_job_cancels_its_transcode() {
         assert!(rt::now() < until, "the job was never leased");
         rt::sleep(Duration::from_millis(50)).await;
     }
-    let cancel = CancelJobRequest {
-        job_id: id.clone(),
-        reason: "user asked".into(),
+    let (j, why) = match by {
+        Cancel::Call => {
+            let cancel = CancelJobRequest {
+                job_id: id.clone(),
+                reason: "user asked".into(),
+            };
+            let j = client.cancel_job(cancel).await.unwrap().into_inner().job;
+            (j.unwrap(), "cancelled: user asked")
+        }
+        Cancel::VideoDeleted => {
+            let deleted = crate::bus::events::MetadataDeleted {
+                video_id: "v9".into(),
+            };
+            publish(bus.as_ref(), "metadata", &deleted).await.unwrap();
+            let j = loop {
+                let j = job(&mut client, &id).await;
+                if j.state != proto::JobState::Leased as i32 {
+                    break j;
+                }
+                assert!(rt::now() < until, "the job was not cancelled");
+                rt::sleep(Duration::from_millis(50)).await;
+            };
+            (j, "cancelled: the video was deleted")
+        }
     };
-    let j = client
-        .cancel_job(cancel)
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
     assert_eq!(j.state, proto::JobState::Cancelled as i32);
-    assert_eq!(j.last_error, "cancelled: user asked");
+    assert_eq!(j.last_error, why);
     let e = rt::timeout(Duration::from_secs(5), events.recv())
         .await
         .unwrap()
