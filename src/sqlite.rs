@@ -49,6 +49,10 @@ fn obey_disk_faults(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// The simulator's property report's name for a [`settle`] that rolled
+/// a stale transaction back.
+pub const STALE_ROLLBACK: &str = "sqlite: a transaction a failure left open rolled back";
+
 /// Rolls back a transaction that an earlier failure left open. When a
 /// statement inside a transaction fails on a bad disk (an I/O error, an
 /// interrupt) and the rollback on the way out fails too, the connection
@@ -65,6 +69,7 @@ fn obey_disk_faults(conn: &Connection) -> rusqlite::Result<()> {
 pub fn settle(conn: &Connection) -> rusqlite::Result<()> {
     if !conn.is_autocommit() {
         tracing::warn!("rolling back a transaction an earlier failure left open");
+        crate::rt::coverage::hit(STALE_ROLLBACK);
         conn.execute_batch("ROLLBACK")?;
     }
     Ok(())

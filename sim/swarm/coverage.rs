@@ -44,6 +44,7 @@ fn known() -> Vec<String> {
         POLICY,
         BREAKER_CHECK,
         RETRY_CHECK,
+        streamgate::sqlite::STALE_ROLLBACK,
     ]
     .into_iter()
     .chain(TRANSITIONS)
