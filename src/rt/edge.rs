@@ -1,5 +1,9 @@
-//! The public HTTP edge server (production): hyper 1 serving HTTP/1.1 and
-//! HTTP/2 on one port from an accept loop of our own, so that no client can
+//! The public HTTP edge server (production): HTTP/1.1 and HTTP/2 on one
+//! port from an accept loop of our own: on a plaintext port requests
+//! without a body go to a small HTTP/1.1 server that sends files by
+//! `sendfile(2)` ([`files`]), and a connection that brings a request with a
+//! body, an upgrade or HTTP/2 is handed to hyper 1, which serves TLS ports
+//! whole, so that no client can
 //! hold the server: caps on open connections (in all, and per client), a
 //! deadline for each request head, an idle timeout for kept-alive
 //! connections and a send timeout for responses the client does not take.
@@ -46,7 +50,7 @@ use tonic::body::Body;
 use tower::Service;
 
 use conns::{Connections, Refusal};
-use io::{Activity, EdgeIo};
+use io::{Activity, EdgeIo, Prefixed};
 
 use super::transport::{EdgeLimits, MAX_FRAME_BYTES, PeerAddr, client_of};
 use super::{BoxError, now, sleep, sleep_until, spawn, timeout};
@@ -70,8 +74,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 pub(super) enum Protocol {
     /// hyper: HTTP/1.1 and HTTP/2, with TLS if the port has it.
     Hyper,
-    /// The media port's HTTP/1.1 with file bodies sent by `sendfile(2)`
-    /// ([`files`]); plaintext only.
+    /// Plaintext HTTP/1.1 with file bodies sent by `sendfile(2)`
+    /// ([`files`]); a request it leaves to hyper (a body, an upgrade,
+    /// HTTP/2) hands the connection to hyper.
     Files,
 }
 
@@ -196,7 +201,7 @@ impl<S> Connection<S> {
         if self.protocol == Protocol::Files {
             let conn = pin!(files::serve(
                 plain,
-                self.svc,
+                self.svc.clone(),
                 self.peer,
                 activity.clone(),
                 limits.send_timeout,
@@ -204,16 +209,22 @@ impl<S> Connection<S> {
             ));
             // `files::serve` sees the server stopping itself, between requests.
             let graceful = |_: Pin<&mut _>| {};
-            return watchdog(
+            let handed = watchdog(
                 conn,
                 self.peer,
                 &activity,
                 &open,
                 limits,
-                self.stopping,
+                self.stopping.clone(),
                 graceful,
             )
             .await;
+            // A request it leaves to hyper: hyper serves the connection
+            // from there on, starting with the bytes already read.
+            if let Some(Some(files::HandOver { io, read })) = handed {
+                self.hyper(Prefixed::new(read, io), activity, open).await;
+            }
+            return;
         }
         let io = match self.tls.take() {
             None => Either::Left(plain),
@@ -233,6 +244,21 @@ impl<S> Connection<S> {
                 }
             },
         };
+        self.hyper(io, activity, open).await;
+    }
+
+    /// Serves the connection `io` with hyper until it ends, its watchdog
+    /// closes it, or the server stops.
+    async fn hyper<I, B>(self, io: I, activity: Arc<Activity>, open: conns::Open)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let limits = self.limits;
         let io = TokioIo::new(io);
         let svc = TowerToHyperService::new(Tracked {
             inner: self.svc,
@@ -259,7 +285,7 @@ impl<S> Connection<S> {
 /// request head late), it is told to close while idle to make room, or the
 /// server stops: then `graceful` asks it to finish what it has (and it is
 /// dropped at once if the server's sender is gone).
-async fn watchdog<F, E>(
+async fn watchdog<F, T, E>(
     mut conn: Pin<&mut F>,
     peer: SocketAddr,
     activity: &Activity,
@@ -267,8 +293,9 @@ async fn watchdog<F, E>(
     limits: EdgeLimits,
     mut stopping: watch::Receiver<bool>,
     graceful: impl Fn(Pin<&mut F>),
-) where
-    F: Future<Output = Result<(), E>>,
+) -> Option<T>
+where
+    F: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
     let mut stopped = *stopping.borrow_and_update();
@@ -285,15 +312,18 @@ async fn watchdog<F, E>(
         tokio::select! {
             biased;
             served = conn.as_mut() => {
-                if let Err(e) = served {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
+                return match served {
+                    Ok(out) => Some(out),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        None
+                    }
+                };
             }
             () = open.evicted() => {
                 if activity.idle_since().is_some() {
                     tracing::debug!(%peer, "idle connection closed to make room for a new one");
-                    return;
+                    return None;
                 }
                 // A request began since it was chosen: it is served,
                 // and the connection closes by its own deadlines.
@@ -304,7 +334,7 @@ async fn watchdog<F, E>(
                     stopped = true;
                 }
                 Ok(()) => {}
-                Err(_) => return,
+                Err(_) => return None,
             },
             () = sleep_until(wake) => {
                 let expired = activity
@@ -312,7 +342,7 @@ async fn watchdog<F, E>(
                     .is_some_and(|at| at <= now());
                 if expired {
                     tracing::debug!(%peer, "connection idle or its request head late: closed");
-                    return;
+                    return None;
                 }
             }
         }

@@ -100,10 +100,12 @@ impl Default for EdgeLimits {
 /// How an edge port ([`serve_edge`]) speaks HTTP.
 #[derive(Debug, Clone)]
 pub enum EdgeProtocol {
-    /// HTTP/1.1 and HTTP/2 (hyper), with TLS if given: the gateway's port.
+    /// HTTP/1.1 and HTTP/2 (hyper), with TLS if given: a TLS port.
     Hyper(Option<EdgeAcceptor>),
-    /// A media port: plaintext HTTP/1.1 whose responses carrying a
-    /// [`SendFile`] are sent from their file with `sendfile(2)`. Under
+    /// Plaintext HTTP/1.1 whose responses carrying a [`SendFile`] are sent
+    /// from their file with `sendfile(2)`: a plaintext gateway port, a
+    /// media port. A connection that brings a request with a body, an
+    /// upgrade or HTTP/2 is served by hyper from that request on. Under
     /// madsim the simulated transport sends their bodies instead (the
     /// model of it).
     Files,

@@ -448,7 +448,12 @@ pub async fn serve(
             ),
             stack::public_http(runtime.metrics.clone()),
             edge,
-            transport::EdgeProtocol::Hyper(tls),
+            // Plaintext: requests without a body are served by the edge's
+            // own HTTP/1.1, which sends files by sendfile(2).
+            match tls {
+                Some(tls) => transport::EdgeProtocol::Hyper(Some(tls)),
+                None => transport::EdgeProtocol::Files,
+            },
             shutdown,
         )),
         None => rt::spawn(transport::serve_mtls(

@@ -47,6 +47,8 @@ use crate::rt::{BoxError, timeout};
 
 /// Largest request head (request line and headers).
 pub const MAX_HEAD_BYTES: usize = 16 << 10;
+/// A request line longer than this makes a head too large a 414.
+pub const MAX_LINE_BYTES: usize = 8 << 10;
 /// Most header fields of a request.
 pub const MAX_HEADERS: usize = 64;
 /// What is read at once into a request head's buffer.
@@ -55,6 +57,8 @@ const READ_BYTES: usize = 4 << 10;
 const DRAIN_BYTES: usize = 256 << 10;
 /// How long that may take.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
+/// Largest first piece of a body written in one buffer with the head.
+const COALESCE_BYTES: usize = 16 << 10;
 /// Most bytes one `sendfile` call is asked for (Linux sends at most about
 /// 2 GiB a call anyway); the loop goes on until the range is sent.
 const SENDFILE_MAX: usize = 1 << 30;
@@ -64,6 +68,9 @@ const SENDFILE_MAX: usize = 1 << 30;
 enum Bad {
     /// Over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`]: 431.
     TooLarge,
+    /// Over [`MAX_HEAD_BYTES`] with a request line over [`MAX_LINE_BYTES`]
+    /// (a query far past any the API takes): 414, as nginx answers.
+    UriTooLong,
     /// Not HTTP/1.x, or not a head this server reads: 400 with the reason.
     Malformed(&'static str),
 }
@@ -75,10 +82,31 @@ struct Head {
     keep_alive: bool,
 }
 
+/// What the bytes at the start of a connection's buffer are.
+enum Parsed {
+    /// A request this server takes, and the length of its head.
+    Head(Box<Head>, usize),
+    /// One for hyper: a request with a body, an upgrade, `Expect`, or the
+    /// HTTP/2 preface. The connection is handed over, bytes read and all.
+    HandOver,
+}
+
+/// The start of the HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// A connection this server hands to hyper: the socket, and the bytes read
+/// from it that hyper must read first.
+pub(super) struct HandOver {
+    pub io: EdgeIo<TcpStream>,
+    pub read: Vec<u8>,
+}
+
 /// Serves HTTP/1.1 requests on `io` with `svc` until the client closes, a
 /// request asks to close, an error, or `stopping` turns true (the request
-/// in flight is answered first). `io` marks `activity` as the head's bytes
-/// arrive; each request is in flight on it until its response is sent.
+/// in flight is answered first), or a request for hyper comes: then the
+/// connection is returned ([`HandOver`]) for hyper to serve from that
+/// request on. `io` marks `activity` as the head's bytes arrive; each
+/// request is in flight on it until its response is sent.
 pub(super) async fn serve<S, B>(
     mut io: EdgeIo<TcpStream>,
     mut svc: S,
@@ -86,7 +114,7 @@ pub(super) async fn serve<S, B>(
     activity: Arc<Activity>,
     send_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
-) -> io::Result<()>
+) -> io::Result<Option<HandOver>>
 where
     S: Service<Request<Body>, Response = Response<B>> + Send,
     S::Future: Send,
@@ -100,21 +128,22 @@ where
             // Between requests: no buffer, until there is a byte to read.
             buf = Vec::new();
             if *stopping.borrow_and_update() {
-                return Ok(());
+                return Ok(None);
             }
             tokio::select! {
                 ready = io.get_ref().readable() => ready?,
                 changed = stopping.changed() => if changed.is_err() || *stopping.borrow() {
-                    return Ok(());
+                    return Ok(None);
                 },
             }
         }
         let head = match read_head(&mut io, &mut buf).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return Ok(()),
+            Ok(Some(Parsed::Head(head, _))) => *head,
+            Ok(Some(Parsed::HandOver)) => return Ok(Some(HandOver { io, read: buf })),
+            Ok(None) => return Ok(None),
             Err(bad) => {
                 let _busy = activity.begin();
-                return Box::pin(write_refusal(&mut io, bad)).await;
+                return Box::pin(write_refusal(&mut io, bad)).await.map(|()| None);
             }
         };
         let busy = activity.begin();
@@ -141,7 +170,7 @@ where
         .await?;
         drop(busy);
         if !keep_alive {
-            return io.shutdown().await;
+            return io.shutdown().await.map(|()| None);
         }
     }
 }
@@ -156,17 +185,27 @@ where
 }
 
 /// Reads a request head into `buf` (which may hold bytes already: a
-/// pipelined request), leaving after it what follows. `Ok(None)`: the
-/// client closed before a byte of another request.
-async fn read_head(io: &mut EdgeIo<TcpStream>, buf: &mut Vec<u8>) -> Result<Option<Head>, Bad> {
+/// pipelined request), leaving after it what follows (all of it, the head
+/// too, for [`Parsed::HandOver`]). `Ok(None)`: the client closed before a
+/// byte of another request.
+async fn read_head(io: &mut EdgeIo<TcpStream>, buf: &mut Vec<u8>) -> Result<Option<Parsed>, Bad> {
     loop {
         if !buf.is_empty() {
-            if let Some((head, used)) = parse(buf)? {
-                buf.drain(..used);
-                return Ok(Some(head));
+            match parse(buf)? {
+                Some(Parsed::Head(head, used)) => {
+                    buf.drain(..used);
+                    return Ok(Some(Parsed::Head(head, used)));
+                }
+                Some(Parsed::HandOver) => return Ok(Some(Parsed::HandOver)),
+                None => {}
             }
             if buf.len() >= MAX_HEAD_BYTES {
-                return Err(Bad::TooLarge);
+                let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+                return Err(if line > MAX_LINE_BYTES {
+                    Bad::UriTooLong
+                } else {
+                    Bad::TooLarge
+                });
             }
         }
         buf.reserve(READ_BYTES.min(MAX_HEAD_BYTES + 1 - buf.len()));
@@ -185,7 +224,13 @@ async fn read_head(io: &mut EdgeIo<TcpStream>, buf: &mut Vec<u8>) -> Result<Opti
 
 /// The head at the start of `buf` and its length, `None` if it is not
 /// whole yet.
-fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, Bad> {
+fn parse(buf: &[u8]) -> Result<Option<Parsed>, Bad> {
+    if buf.starts_with(H2_PREFACE) {
+        return Ok(Some(Parsed::HandOver));
+    }
+    if H2_PREFACE.starts_with(buf) {
+        return Ok(None);
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let used = match req.parse(buf) {
@@ -215,13 +260,20 @@ fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, Bad> {
             HeaderValue::from_bytes(field.value).map_err(|_| Bad::Malformed("bad header value"))?;
         headers.append(name, value);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(Bad::Malformed("a media request has no body"));
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = match lengths.next() {
+        None => 0,
+        Some(v) => content_length(v.as_bytes())?,
+    };
+    if lengths.any(|v| content_length(v.as_bytes()) != Ok(length)) {
+        return Err(Bad::Malformed("conflicting Content-Length fields"));
     }
-    if let Some(length) = headers.get(header::CONTENT_LENGTH)
-        && length.as_bytes() != b"0"
+    if length > 0
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.contains_key(header::UPGRADE)
+        || headers.contains_key(header::EXPECT)
     {
-        return Err(Bad::Malformed("a media request has no body"));
+        return Ok(Some(Parsed::HandOver));
     }
     let close = headers
         .get_all(header::CONNECTION)
@@ -242,13 +294,25 @@ fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, Bad> {
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Ok(Some((
-        Head {
+    Ok(Some(Parsed::Head(
+        Box::new(Head {
             request,
             keep_alive,
-        },
+        }),
         used,
     )))
+}
+
+/// A Content-Length value: decimal digits only (RFC 9110 8.6).
+fn content_length(value: &[u8]) -> Result<u64, Bad> {
+    const BAD: Bad = Bad::Malformed("bad Content-Length");
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(BAD);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(BAD)
 }
 
 /// Whether a comma-separated header value has `token` (ASCII case aside).
@@ -276,6 +340,7 @@ async fn write_refusal(io: &mut EdgeIo<TcpStream>, bad: Bad) -> io::Result<()> {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request head too large",
         ),
+        Bad::UriTooLong => json_error(StatusCode::URI_TOO_LONG, "request target too long"),
         Bad::Malformed(why) => json_error(StatusCode::BAD_REQUEST, why),
     };
     write_response(io, response, &Method::GET, false, Duration::MAX).await?;
@@ -374,8 +439,10 @@ async fn write_response(
         send_more(io.get_ref(), &head, send_timeout).await?;
         return send_file(io.get_ref(), file, send_timeout).await;
     }
-    write_all(io, &head).await?;
     let chunked = length.is_none();
+    // The head waits for the body's first bytes, to go in one write with
+    // them when they are few (a JSON answer: one packet, not two).
+    let mut pending = Some(head);
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(io::Error::other)?;
@@ -386,16 +453,31 @@ async fn write_response(
             continue;
         }
         sent += data.len() as u64;
+        if !chunked && length.is_some_and(|n| sent > n) {
+            return Err(io::Error::other("a body longer than its Content-Length"));
+        }
+        let mut out = pending.take().unwrap_or_default();
         if chunked {
-            write_all(io, format!("{:x}\r\n", data.len()).as_bytes()).await?;
-            write_all(io, &data).await?;
-            write_all(io, b"\r\n").await?;
-        } else {
-            if length.is_some_and(|n| sent > n) {
-                return Err(io::Error::other("a body longer than its Content-Length"));
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if out.is_empty() || data.len() > COALESCE_BYTES {
+            if !out.is_empty() {
+                write_all(io, &out).await?;
             }
             write_all(io, &data).await?;
+            if chunked {
+                write_all(io, b"\r\n").await?;
+            }
+        } else {
+            out.extend_from_slice(&data);
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+            write_all(io, &out).await?;
         }
+    }
+    if let Some(head) = pending {
+        write_all(io, &head).await?;
     }
     if chunked {
         write_all(io, b"0\r\n\r\n").await?;
@@ -507,6 +589,10 @@ mod tests {
                 }),
             )
             .route(
+                "/echo",
+                axum::routing::post(|body: Bytes| async move { body }),
+            )
+            .route(
                 "/json",
                 axum::routing::get(|| async {
                     axum::body::Body::from_stream(futures::stream::iter([
@@ -549,8 +635,34 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// The head `text` starts with, if whole (a request for hyper fails
+    /// the test).
     fn parsed(text: &str) -> Result<Option<(Head, usize)>, Bad> {
-        parse(text.as_bytes())
+        Ok(match parse(text.as_bytes())? {
+            Some(Parsed::Head(head, used)) => Some((*head, used)),
+            Some(Parsed::HandOver) => panic!("handed over: {text:?}"),
+            None => None,
+        })
+    }
+
+    fn handed_over(text: &str) -> bool {
+        matches!(parse(text.as_bytes()), Ok(Some(Parsed::HandOver)))
+    }
+
+    #[test]
+    fn requests_with_a_body_upgrades_and_http2_go_to_hyper() {
+        for request in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "PRI * HTTP/2.0\r\n",
+        ] {
+            assert!(handed_over(request), "{request:?}");
+        }
+        // Not yet known: the start of the HTTP/2 preface.
+        assert!(matches!(parse(b"PRI * HT"), Ok(None)));
     }
 
     #[test]
@@ -588,8 +700,9 @@ mod tests {
             "GET http://x/ HTTP/1.1\r\n\r\n",
             "GET / HTTP/2.0\r\n\r\n",
             "GET /\0 HTTP/1.1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 12a\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         ] {
             assert!(matches!(parsed(bad), Err(Bad::Malformed(_))), "{bad:?}");
         }
@@ -668,7 +781,7 @@ mod tests {
         for (request, status) in [
             (&b"GET nope HTTP/1.1\r\n\r\n"[..], "400"),
             (
-                b"POST /file HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+                b"POST /echo HTTP/1.1\r\ncontent-length: 3a\r\n\r\nabc",
                 "400",
             ),
             (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "400"),
@@ -688,5 +801,28 @@ mod tests {
         let text = exchange(media, huge.as_bytes()).await;
         assert!(text.starts_with("HTTP/1.1 431"), "{text}");
         assert!(text.contains("request head too large"), "{text}");
+        let long = format!("GET /?q={} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        let text = exchange(media, long.as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 414"), "{text}");
+        assert!(text.contains("request target too long"), "{text}");
+    }
+
+    /// A request with a body hands the connection to hyper, bytes already
+    /// read and all: what was pipelined after it is answered too, in order.
+    #[tokio::test]
+    async fn a_request_with_a_body_is_served_by_hyper_from_there_on() {
+        let port = server(scratch_file(b"0123456789"), super::super::Protocol::Files).await;
+        let text = exchange(
+            port,
+            b"GET /file HTTP/1.1\r\n\r\n\
+              POST /echo HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\
+              GET /file HTTP/1.1\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+        let first = text.find("0123456789").expect("the file, sent");
+        let echoed = text.find("\r\n\r\nhello").expect("the body, echoed");
+        let hyper_body = text.rfind("bbbbbbbbbb").expect("the body hyper writes");
+        assert!(first < echoed && echoed < hyper_body, "{text}");
     }
 }

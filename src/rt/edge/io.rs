@@ -230,10 +230,102 @@ impl<T: AsyncWrite> AsyncWrite for EdgeIo<T> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A connection whose first bytes were read already (by the media
+    /// server, which then handed the connection to hyper): reads give
+    /// those first, then the socket's.
+    #[derive(Debug)]
+    pub struct Prefixed<T> {
+        prefix: Vec<u8>,
+        at: usize,
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T> Prefixed<T> {
+    /// `inner`, whose reads start with `prefix`.
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if *this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - *this.at);
+            buf.put_slice(&this.prefix[*this.at..*this.at + n]);
+            *this.at += n;
+            if *this.at == this.prefix.len() {
+                *this.prefix = Vec::new();
+                *this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test]
+    async fn a_prefixed_connection_reads_its_prefix_first() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = Prefixed::new(b"abc".to_vec(), server);
+        client.write_all(b"def").await.expect("write");
+        let mut got = [0u8; 2];
+        io.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"ab");
+        let mut rest = [0u8; 4];
+        io.read_exact(&mut rest).await.expect("read");
+        assert_eq!(&rest, b"cdef");
+        io.write_all(b"out").await.expect("write");
+        let mut out = [0u8; 3];
+        client.read_exact(&mut out).await.expect("read");
+        assert_eq!(&out, b"out");
+    }
 
     const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
