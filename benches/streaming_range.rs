@@ -4,7 +4,8 @@
 //! to nginx. Three StreamGate paths are measured: "local", the gateway in
 //! the monolith's shape (gateway, streaming and auth sharing one file blob
 //! store), which sends the file itself after one LocateOriginal (see
-//! `services::gateway::local`), written by hyper; "ReadRange", a second
+//! `services::gateway::local`), sent by `sendfile(2)` from the gateway's
+//! own plaintext port; "ReadRange", a second
 //! gateway with a store of its own, as on another host, which reads
 //! through streaming's ReadRange; and "media", streaming's media port
 //! (`--media-listen`) serving a signed playback URL from its own files by
@@ -305,7 +306,7 @@ mod bench {
     }
 
     /// The segment table: nginx, the gateway's port (a signed URL: the
-    /// same handlers, sent by hyper) and the media port (sendfile).
+    /// same handlers, sent by sendfile there too) and the media port.
     async fn segments(
         client: &HttpClient,
         nginx: SocketAddr,
