@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -440,11 +441,24 @@ async fn write_response(
         return send_file(io.get_ref(), file, send_timeout).await;
     }
     let chunked = length.is_none();
-    // The head waits for the body's first bytes, to go in one write with
-    // them when they are few (a JSON answer: one packet, not two).
+    // The head goes in one write with the body's first bytes when they are
+    // ready at once and few (a JSON answer: one packet, not two); a body
+    // whose first bytes are not ready yet (a stream of events) gets its
+    // head now, so the client sees the answer begin.
+    let mut next = body.frame().now_or_never();
     let mut pending = Some(head);
+    if next.is_none()
+        && let Some(head) = pending.take()
+    {
+        write_all(io, &head).await?;
+    }
     let mut sent: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match next.take() {
+            Some(ready) => ready,
+            None => body.frame().await,
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(io::Error::other)?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -552,6 +566,7 @@ async fn send_file(stream: &TcpStream, file: &SendFile, send_timeout: Duration) 
 mod tests {
     use super::*;
     use crate::rt::transport::EdgeLimits;
+    use futures::StreamExt as _;
     use std::io::Write as _;
 
     /// A media port (or, `hyper`, an ordinary edge port) whose `/file`
@@ -586,6 +601,17 @@ mod tests {
                         });
                         res
                     }
+                }),
+            )
+            .route(
+                "/events",
+                axum::routing::get(|| async {
+                    // Its first bytes come when the test sends them.
+                    let rx = EVENTS.lock().expect("events").take().expect("one stream");
+                    axum::body::Body::from_stream(
+                        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+                            .map(Ok::<_, io::Error>),
+                    )
                 }),
             )
             .route(
@@ -805,6 +831,46 @@ mod tests {
         let text = exchange(media, long.as_bytes()).await;
         assert!(text.starts_with("HTTP/1.1 414"), "{text}");
         assert!(text.contains("request target too long"), "{text}");
+    }
+
+    /// Where `/events` takes its body from.
+    static EVENTS: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>> =
+        std::sync::Mutex::new(None);
+
+    /// A body whose first bytes are not ready (a stream of events) gets
+    /// its head at once; its bytes follow as they come.
+    #[tokio::test]
+    async fn the_head_of_a_slow_body_goes_first() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *EVENTS.lock().expect("events") = Some(rx);
+        let port = server(scratch_file(b"x"), super::super::Protocol::Files).await;
+        let mut stream = TcpStream::connect(port).await.expect("connect");
+        stream
+            .write_all(b"GET /events HTTP/1.1\r\n\r\n")
+            .await
+            .expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("the head, before any of the body")
+                .expect("read");
+            assert!(n > 0, "closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
+        tx.send(Bytes::from_static(b"event")).expect("send");
+        let n = timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the event")
+            .expect("read");
+        assert_eq!(&buf[..n], b"5\r\nevent\r\n");
     }
 
     /// A request with a body hands the connection to hyper, bytes already
