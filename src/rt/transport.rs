@@ -97,26 +97,12 @@ impl Default for EdgeLimits {
     }
 }
 
-/// How an edge port ([`serve_edge`]) speaks HTTP.
-#[derive(Debug, Clone)]
-pub enum EdgeProtocol {
-    /// HTTP/1.1 and HTTP/2 (hyper), with TLS if given: a TLS port.
-    Hyper(Option<EdgeAcceptor>),
-    /// Plaintext HTTP/1.1 whose responses carrying a [`SendFile`] are sent
-    /// from their file with `sendfile(2)`: a plaintext gateway port, a
-    /// media port. A connection that brings a request with a body, an
-    /// upgrade or HTTP/2 is served by hyper from that request on. Under
-    /// madsim the simulated transport sends their bodies instead (the
-    /// model of it).
-    Files,
-}
-
 /// A response extension saying its body is the bytes `[from, end)` of
-/// `file`: on the media port they are sent from the file
-/// by `sendfile(2)` and the response's body is dropped unread; on any
-/// other port, and in the simulator, the body (which must carry the same
-/// bytes) is sent. The response's `Content-Length` must be `end - from`.
-/// (The media port: [`serve_edge`] with [`EdgeProtocol::Files`].)
+/// `file`: on a plaintext edge port ([`serve_edge`] without TLS) they are
+/// sent from the file by `sendfile(2)` and the response's body is dropped
+/// unread; on a TLS port, and in the simulator, the body (which must carry
+/// the same bytes) is sent. The response's `Content-Length` must be
+/// `end - from`.
 #[derive(Debug, Clone)]
 pub struct SendFile {
     /// The open file.
@@ -454,7 +440,11 @@ where
 /// Serves the public HTTP edge: `routes` behind `layer` on `listener`,
 /// HTTP/1.1 and HTTP/2 on one port, within `limits`, until `shutdown`
 /// resolves; then drains the connections already accepted. Each request
-/// carries its [`PeerAddr`].
+/// carries its [`PeerAddr`]. With `tls`, hyper serves every connection;
+/// without, requests without a body are served by the edge's own
+/// HTTP/1.1, which sends [`SendFile`] responses by `sendfile(2)`, and a
+/// connection that brings a request with a body, an upgrade or HTTP/2 is
+/// served by hyper from that request on.
 ///
 /// Under madsim this is the simulated transport's loop, which keeps none of
 /// `limits`: it opens one connection per call, and madsim's TCP never makes
@@ -470,7 +460,7 @@ pub async fn serve_edge<L, ResBody>(
     routes: Routes,
     layer: L,
     limits: EdgeLimits,
-    protocol: EdgeProtocol,
+    tls: Option<EdgeAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), TransportError>
 where
@@ -484,16 +474,16 @@ where
     let svc = layer.layer(routes.prepare());
     #[cfg(not(madsim))]
     {
-        let (tls, protocol) = match protocol {
-            EdgeProtocol::Hyper(tls) => (tls.map(|t| t.inner), super::edge::Protocol::Hyper),
-            EdgeProtocol::Files => (None, super::edge::Protocol::Files),
+        let (tls, protocol) = match tls {
+            Some(tls) => (Some(tls.inner), super::edge::Protocol::Hyper),
+            None => (None, super::edge::Protocol::Files),
         };
         super::edge::serve(listener.inner, svc, limits, tls, protocol, shutdown).await;
         Ok(())
     }
     #[cfg(madsim)]
     {
-        let _ = (limits, protocol);
+        let _ = (limits, tls);
         super::sim_transport::serve(listener.inner, svc, shutdown)
             .await
             .map_err(|e| TransportError(Box::new(e)))

@@ -322,7 +322,7 @@ fn granted() -> Router<Api> {
 /// streaming service's media port: the same handlers, caching headers,
 /// CORS and request limits as the gateway's, over streaming's own store
 /// (its files sent by `sendfile(2)`; see
-/// [`crate::rt::transport::EdgeProtocol::Files`]). Video records come from the
+/// [`crate::rt::transport::serve_edge`]). Video records come from the
 /// cache and metadata, playlists and thumbnails from streaming, as on a
 /// gateway.
 pub fn media_routes(runtime: Runtime, config: &Config) -> Router {

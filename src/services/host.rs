@@ -448,12 +448,7 @@ pub async fn serve(
             ),
             stack::public_http(runtime.metrics.clone()),
             edge,
-            // Plaintext: requests without a body are served by the edge's
-            // own HTTP/1.1, which sends files by sendfile(2).
-            match tls {
-                Some(tls) => transport::EdgeProtocol::Hyper(Some(tls)),
-                None => transport::EdgeProtocol::Files,
-            },
+            tls,
             shutdown,
         )),
         None => rt::spawn(transport::serve_mtls(

@@ -50,7 +50,7 @@ impl Default for Config {
 /// `--media-url` points players at it). Blobs not in local files (an
 /// object store) are streamed through ReadRange, as on a gateway. The gateway's handlers, caching
 /// headers, CORS and limits ([`crate::services::gateway::media_routes`]);
-/// plaintext HTTP/1.1 ([`crate::rt::transport::EdgeProtocol::Files`]): put TLS in
+/// plaintext HTTP ([`crate::rt::transport::serve_edge`] without TLS): put TLS in
 /// front of it (a CDN or a terminating proxy), as for nginx.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaPort {
@@ -112,7 +112,7 @@ async fn serve_media(
         tonic::service::Routes::from(routes),
         crate::middleware::stack::public_http(runtime.metrics.clone()),
         port.http.edge,
-        transport::EdgeProtocol::Files,
+        None,
         std::future::pending(),
     );
     tracing::info!(service = name, %addr, "media port serving");
