@@ -9,6 +9,7 @@ mod broker;
 mod bus;
 mod call;
 mod common;
+mod kv_node;
 mod media_port;
 mod outage;
 mod partition;

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 pub mod consul;
 pub mod memory;
-#[cfg(not(madsim))]
 pub mod nats_kv;
 pub mod watcher;
 

@@ -10,13 +10,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use streamgate::bus::memory::MemoryBus;
 use streamgate::kernel::{Kernel, Plugin};
-use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
+use streamgate::registry::nats_kv::{NatsBucket, NatsKvRegistry, Options};
 use streamgate::registry::{CheckKind, Registry, RegistryError};
 use streamgate::rt;
 use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
-use streamgate_testkit::nats_url;
 use streamgate_testkit::registry_contract::{self, instance, unique_name};
+use streamgate_testkit::{kv_contract, nats_url};
 
 /// How long a kernel may take to re-register after the registry lost its
 /// data: one heartbeat interval (1 s) to notice, plus round trips.
@@ -93,6 +93,32 @@ async fn nats_kv_registry_meets_the_contract() {
     )
     .await;
     teardown(&js, &store).await;
+}
+
+/// The bucket seam under the registry meets the contract the simulator's
+/// modelled server is held to (`sim/kv_node.rs` runs the same one).
+#[tokio::test]
+async fn the_real_bucket_meets_the_kv_contract() {
+    let mut opts = Options::new(nats_url());
+    opts.bucket = format!("sgtest_{:016x}", rt::random_u64());
+    let bucket = NatsBucket::connect(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("NATS with JetStream must be reachable at {}: {e}", opts.url));
+    let client = async_nats::connect(opts.url.as_str())
+        .await
+        .expect("raw NATS connection");
+    let js = jetstream::new(client);
+    let name = opts.bucket.clone();
+    let lose: kv_contract::Lose = Arc::new(move || {
+        let (js, name) = (js.clone(), name.clone());
+        Box::pin(async move {
+            js.delete_key_value(name.as_str())
+                .await
+                .expect("delete the bucket");
+        })
+    });
+    kv_contract::run_all(Arc::new(bucket), lose.clone()).await;
+    lose().await;
 }
 
 #[tokio::test]

@@ -28,22 +28,25 @@
 //! refused as invalid.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
-use async_nats::jetstream::{self, ErrorCode};
 use async_trait::async_trait;
-use futures::TryStreamExt as _;
 
 use super::{CheckKind, Registry, RegistryError, ServiceInfo, WatchResult, validate};
 use crate::rt;
 
+pub mod bucket;
+pub mod http;
+#[cfg(not(madsim))]
+mod nats;
 mod options;
 pub mod view;
 mod watch;
 
+use bucket::{Bucket, KvError, Op};
+#[cfg(not(madsim))]
+pub use nats::NatsBucket;
 pub use options::Options;
 use view::{Record, Slot, View, key, token};
 
@@ -53,9 +56,7 @@ const HEARTBEAT_ATTEMPTS: usize = 3;
 /// A [`Registry`] on a NATS JetStream key-value bucket.
 pub struct NatsKvRegistry {
     opts: Options,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    store: kv::Store,
+    bucket: Arc<dyn Bucket>,
     /// The bucket's actual `max_age` (it may predate our options).
     max_age: Duration,
     /// Which name each id was registered under by this process: a hint that
@@ -82,43 +83,55 @@ impl NatsKvRegistry {
     /// # Errors
     /// [`RegistryError::Invalid`] for bad options, [`RegistryError::Unavailable`]
     /// when the server cannot be reached (within `connect_timeout`) or refuses.
+    #[cfg(not(madsim))]
     pub async fn connect(opts: Options) -> Result<Self, RegistryError> {
         opts.validate()?;
-        let connect = async_nats::ConnectOptions::new()
-            .connection_timeout(opts.connect_timeout)
-            .request_timeout(Some(opts.request_timeout));
-        let connecting = opts
-            .auth
-            .apply(connect)
+        let bucket = NatsBucket::connect(&opts)
             .await
-            .map_err(RegistryError::Invalid)?
-            .connect(opts.url.as_str());
-        let client = rt::timeout(opts.connect_timeout, connecting)
+            .map_err(|e| RegistryError::Unavailable(format!("nats kv: {e}")))?;
+        Self::on(opts, Arc::new(bucket)).await
+    }
+
+    /// The registry on `bucket` (already bound; `opts` give its name and
+    /// the request timeout).
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for bad options, [`RegistryError::Unavailable`]
+    /// when the bucket's settings cannot be read.
+    pub async fn on(opts: Options, bucket: Arc<dyn Bucket>) -> Result<Self, RegistryError> {
+        opts.validate()?;
+        let status = rt::timeout(opts.request_timeout, bucket.status())
             .await
-            .map_err(|e| unavailable(&format!("connecting to {}", opts.url), e))?
-            .map_err(|e| unavailable(&format!("connecting to {}", opts.url), e))?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(opts.request_timeout);
-        let store = bind_or_create(&js, &opts).await?;
-        let status = store
-            .status()
-            .await
+            .map_err(|e| unavailable("bucket status", e))?
             .map_err(|e| unavailable("bucket status", e))?;
-        let max_age = status.max_age();
-        if max_age != opts.max_age || status.history() != opts.history {
+        let max_age = Duration::from_millis(status.max_age_ms);
+        if max_age != opts.max_age || status.history != opts.history {
             tracing::warn!(
                 bucket = %opts.bucket,
                 ?max_age,
-                history = status.history(),
+                history = status.history,
                 "bucket exists with other settings; using it as it is"
             );
         }
         Ok(Self {
             opts,
-            client,
-            js,
-            store,
+            bucket,
             max_age,
+            names: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The registry on `bucket`, taking its settings to be `opts`' (as
+    /// when the caller made the bucket with them): no call to the server.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for bad options.
+    pub fn assuming(opts: Options, bucket: Arc<dyn Bucket>) -> Result<Self, RegistryError> {
+        opts.validate()?;
+        Ok(Self {
+            max_age: opts.max_age,
+            opts,
+            bucket,
             names: Mutex::new(HashMap::new()),
         })
     }
@@ -149,45 +162,19 @@ impl NatsKvRegistry {
     /// someone deleted it); `true` if it had to. Fails fast while
     /// disconnected, where a request would only time out.
     async fn ensure_bucket(&self) -> Result<bool, RegistryError> {
-        let state = self.client.connection_state();
-        if state != async_nats::connection::State::Connected {
-            return Err(unavailable("server", format!("not connected ({state})")));
-        }
-        let stream = format!("KV_{}", self.opts.bucket);
-        match rt::timeout(self.opts.request_timeout, self.js.get_stream(&stream)).await {
-            Err(e) => Err(unavailable("bucket status", e)),
-            Ok(Ok(_)) => Ok(false),
-            Ok(Err(e)) => match e.kind() {
-                GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    tracing::warn!(bucket = %self.opts.bucket, "registry bucket gone; creating it again");
-                    bind_or_create(&self.js, &self.opts).await?;
-                    Ok(true)
-                }
-                _ => Err(unavailable("bucket status", e)),
-            },
-        }
+        rt::timeout(self.opts.request_timeout, self.bucket.ensure())
+            .await
+            .map_err(|e| unavailable("bucket status", e))?
+            .map_err(|e| unavailable("bucket status", e))
     }
 
     /// The keys that hold (or held) instance `id`, under any name.
     async fn keys_of(&self, id: &str) -> Result<Vec<String>, RegistryError> {
-        let filter = format!("{}*.{}", self.store.prefix, token(id));
-        let listing = async {
-            let subjects = self.store.stream.info_with_subjects(filter).await?;
-            subjects
-                .map_ok(|(subject, _)| subject)
-                .try_collect::<Vec<_>>()
-                .await
-        };
-        let subjects = rt::timeout(self.opts.request_timeout, listing)
+        let filter = format!("*.{}", token(id));
+        rt::timeout(self.opts.request_timeout, self.bucket.keys(&filter))
             .await
             .map_err(|e| unavailable("looking up an id", e))?
-            .map_err(|e| unavailable("looking up an id", e))?;
-        Ok(subjects
-            .iter()
-            .filter_map(|s| s.strip_prefix(&self.store.prefix).map(str::to_owned))
-            .collect())
+            .map_err(|e| unavailable("looking up an id", e))
     }
 
     /// The key `id` lives under now, if any.
@@ -202,16 +189,19 @@ impl NatsKvRegistry {
     async fn put(&self, key: &str, record: &Record) -> Result<u64, RegistryError> {
         let value =
             serde_json::to_vec(record).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        rt::timeout(self.opts.request_timeout, self.store.put(key, value.into()))
-            .await
-            .map_err(|e| unavailable("put", e))?
-            .map_err(|e| unavailable("put", e))
+        rt::timeout(
+            self.opts.request_timeout,
+            self.bucket.put(key, value.into()),
+        )
+        .await
+        .map_err(|e| unavailable("put", e))?
+        .map_err(|e| unavailable("put", e))
     }
 
     /// Deletes `key` if it is still at `revision` (best effort: a failure
     /// means someone wrote it since, or the next reader retries).
     async fn remove_critical(&self, key: &str, revision: u64) {
-        let deleting = self.store.delete_expect_revision(key, Some(revision));
+        let deleting = self.bucket.delete(key, Some(revision));
         match rt::timeout(self.opts.request_timeout, deleting).await {
             Ok(Ok(())) => tracing::info!(%key, "critical registration removed"),
             Ok(Err(e)) => tracing::debug!(%key, error = %e, "critical registration not removed"),
@@ -224,31 +214,6 @@ impl NatsKvRegistry {
             self.remove_critical(&key, revision).await;
         }
     }
-}
-
-/// Binds to the bucket, creating it if missing (tolerating a racing creator).
-async fn bind_or_create(
-    js: &jetstream::Context,
-    opts: &Options,
-) -> Result<kv::Store, RegistryError> {
-    let bucket = crate::nats_kv::Bucket {
-        name: &opts.bucket,
-        description: "StreamGate service registry",
-        history: opts.history,
-        max_age: opts.max_age,
-        timeout: opts.request_timeout,
-    };
-    crate::nats_kv::bind_or_create(js, &bucket)
-        .await
-        .map_err(|e| RegistryError::Unavailable(format!("nats kv: {e}")))
-}
-
-/// The server's timestamp as Unix milliseconds.
-#[allow(clippy::disallowed_types)] // converts a timestamp; reads no clock
-fn unix_ms_of(at: impl Into<std::time::SystemTime>) -> u64 {
-    at.into()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[async_trait]
@@ -308,8 +273,9 @@ impl Registry for NatsKvRegistry {
         let not_found = || RegistryError::NotFound(id.to_owned());
         let key = self.find(id).await?.ok_or_else(not_found)?;
         for _ in 0..HEARTBEAT_ATTEMPTS {
-            let entry = match rt::timeout(self.opts.request_timeout, self.store.entry(&key)).await {
-                Ok(Ok(Some(entry))) if entry.operation == Operation::Put => entry,
+            let entry = match rt::timeout(self.opts.request_timeout, self.bucket.entry(&key)).await
+            {
+                Ok(Ok(Some(entry))) if entry.op == Op::Put => entry,
                 Ok(Ok(_)) => return Err(not_found()),
                 // A lost bucket lost the registration with it. A direct get
                 // on a missing stream waits out the request timeout (no
@@ -323,7 +289,7 @@ impl Registry for NatsKvRegistry {
             };
             let slot = Slot {
                 revision: entry.revision,
-                written_unix_ms: unix_ms_of(entry.created),
+                written_unix_ms: entry.written_unix_ms,
                 record: Some(record.clone()),
             };
             if slot.removal_due(rt::unix_ms()) {
@@ -333,10 +299,10 @@ impl Registry for NatsKvRegistry {
             record.heartbeat_unix_ms = rt::unix_ms();
             let value =
                 serde_json::to_vec(&record).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-            let update = self.store.update(&key, value.into(), entry.revision);
+            let update = self.bucket.update(&key, value.into(), entry.revision);
             match rt::timeout(self.opts.request_timeout, update).await {
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+                Ok(Err(KvError::WrongRevision)) => {}
                 Ok(Err(e)) => return Err(unavailable("heartbeat", e)),
                 Err(e) => return Err(unavailable("heartbeat", e)),
             }
@@ -347,8 +313,8 @@ impl Registry for NatsKvRegistry {
     async fn confirm(&self, id: &str) -> Result<(), RegistryError> {
         let not_found = || RegistryError::NotFound(id.to_owned());
         let key = self.find(id).await?.ok_or_else(not_found)?;
-        match rt::timeout(self.opts.request_timeout, self.store.entry(&key)).await {
-            Ok(Ok(Some(entry))) if entry.operation == Operation::Put => Ok(()),
+        match rt::timeout(self.opts.request_timeout, self.bucket.entry(&key)).await {
+            Ok(Ok(Some(entry))) if entry.op == Op::Put => Ok(()),
             Ok(Ok(_)) => Err(not_found()),
             Ok(Err(e)) => Err(self.lost_or_unavailable(id, e).await),
             Err(e) => Err(self.lost_or_unavailable(id, e).await),
@@ -379,7 +345,7 @@ impl Registry for NatsKvRegistry {
 impl NatsKvRegistry {
     /// Deletes `key` whatever its revision (deregistration).
     async fn remove_any(&self, key: &str) -> Result<(), RegistryError> {
-        rt::timeout(self.opts.request_timeout, self.store.delete(key))
+        rt::timeout(self.opts.request_timeout, self.bucket.delete(key, None))
             .await
             .map_err(|e| unavailable("delete", e))?
             .map_err(|e| unavailable("delete", e))

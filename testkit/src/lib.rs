@@ -12,6 +12,8 @@ pub mod bus_contract;
 pub mod consul_agent;
 pub mod fuzz;
 pub mod job_store_contract;
+pub mod kv_contract;
+pub mod kv_node;
 #[cfg(not(any(madsim, fuzzing)))]
 pub mod otlp;
 #[cfg(not(madsim))]

@@ -24,6 +24,7 @@ pub struct Options {
     /// Longest wait for one request (put, get, listing, bucket status).
     pub request_timeout: Duration,
     /// TLS and credentials.
+    #[cfg(not(madsim))]
     #[serde(default)]
     pub auth: crate::nats_auth::NatsAuth,
 }
@@ -42,6 +43,7 @@ impl Options {
             max_age: Duration::from_secs(10 * 60),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(2),
+            #[cfg(not(madsim))]
             auth: crate::nats_auth::NatsAuth::default(),
         }
     }
