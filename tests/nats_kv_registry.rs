@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use streamgate::bus::memory::MemoryBus;
 use streamgate::kernel::{Kernel, Plugin};
+use streamgate::registry::nats_kv::bucket::{Bucket, Entry, KvError, Status, Watch};
 use streamgate::registry::nats_kv::{NatsBucket, NatsKvRegistry, Options};
 use streamgate::registry::{CheckKind, Registry, RegistryError};
 use streamgate::rt;
@@ -392,5 +393,108 @@ async fn a_new_name_replaces_the_id_and_http_checks_are_refused() {
         .await
         .expect_err("TTL beyond max_age");
     assert!(matches!(err, RegistryError::Invalid(_)), "{err}");
+    teardown(&js, &store).await;
+}
+
+/// Counts the calls a registry makes of its bucket.
+struct Counting {
+    inner: NatsBucket,
+    gets: std::sync::atomic::AtomicUsize,
+    updates: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Bucket for Counting {
+    async fn status(&self) -> Result<Status, KvError> {
+        self.inner.status().await
+    }
+    async fn ensure(&self) -> Result<bool, KvError> {
+        self.inner.ensure().await
+    }
+    async fn entry(&self, key: &str) -> Result<Option<Entry>, KvError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.entry(key).await
+    }
+    async fn put(&self, key: &str, value: bytes::Bytes) -> Result<u64, KvError> {
+        self.inner.put(key, value).await
+    }
+    async fn update(&self, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, KvError> {
+        self.updates
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.update(key, value, revision).await
+    }
+    async fn delete(&self, key: &str, expect: Option<u64>) -> Result<(), KvError> {
+        self.inner.delete(key, expect).await
+    }
+    async fn keys(&self, filter: &str) -> Result<Vec<String>, KvError> {
+        self.inner.keys(filter).await
+    }
+    async fn watch(&self, filter: &str) -> Result<Watch, KvError> {
+        self.inner.watch(filter).await
+    }
+}
+
+/// A heartbeat is one compare-and-set write while nobody else wrote the
+/// key; after someone did, it reads the key first and still succeeds.
+#[tokio::test]
+async fn a_heartbeat_is_one_write_until_someone_else_writes() {
+    let (_, store, js) = setup().await;
+    let mut opts = Options::new(nats_url());
+    opts.bucket = store.name.clone();
+    opts.max_age = Duration::from_secs(120);
+    let counting = Arc::new(Counting {
+        inner: NatsBucket::connect(&opts).await.expect("bucket"),
+        gets: Default::default(),
+        updates: Default::default(),
+    });
+    let registry = NatsKvRegistry::assuming(opts, counting.clone()).expect("valid options");
+    let name = unique_name("beat");
+    let info = instance(&name, 7000, Duration::from_secs(5));
+    registry.register(&info).await.expect("register");
+    let counts = || {
+        (
+            counting.gets.load(std::sync::atomic::Ordering::SeqCst),
+            counting.updates.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
+    let before = counts();
+    for _ in 0..3 {
+        registry.heartbeat(&info.id).await.expect("heartbeat");
+    }
+    assert_eq!(
+        counts(),
+        (before.0, before.1 + 3),
+        "three heartbeats, three writes, no reads"
+    );
+    // Someone else rewrites the entry (an operator, another process).
+    let key = streamgate::registry::nats_kv::view::key(&info.name, &info.id);
+    let current = store
+        .entry(key.as_str())
+        .await
+        .expect("get")
+        .expect("present");
+    store
+        .put(key.as_str(), current.value)
+        .await
+        .expect("outside write");
+    let before = counts();
+    registry
+        .heartbeat(&info.id)
+        .await
+        .expect("heartbeat after an outside write");
+    assert_eq!(
+        counts(),
+        (before.0 + 1, before.1 + 2),
+        "refused write, read, write"
+    );
+    assert_eq!(
+        registry.discover(&name).await.expect("discover").len(),
+        1,
+        "still registered"
+    );
+    registry
+        .heartbeat(&info.id)
+        .await
+        .expect("and back to one write");
     teardown(&js, &store).await;
 }

@@ -1,6 +1,7 @@
 //! The simulated cluster: every one of the nine services on its own node
-//! (two instances of the stateless ones), a Consul agent model as the
-//! registry node and a broker node as the bus, each service started through
+//! (two instances of the stateless ones), a Consul agent model or a
+//! modelled NATS server (the run's [`RegistryKind`]) as the registry node
+//! and a broker node as the bus, each service started through
 //! the same kernel and `start()` as in production. A node that fails to
 //! start (registry down, say) tries again each second, as a supervisor would
 //! restart it; a restarted node starts afresh, keeping only its data dir.
@@ -14,15 +15,17 @@ use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use streamgate::blob::memory::MemoryBlobStore;
 use streamgate::kernel::{Kernel, Plugin, Seams};
+use streamgate::registry::Registry;
 use streamgate::rt;
 use streamgate::services::auth::Secret;
 use streamgate::services::transcoder::Engine;
 use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
+use streamgate_testkit::kv_node::KvNode;
 
 use super::check;
 use super::disk_faults::FaultyBlobs;
-use super::faults::Plan;
+use super::faults::{Plan, RegistryKind};
 use super::timeline::{Kind, Timeline};
 use crate::broker::{SimBus, broker_node};
 
@@ -81,6 +84,9 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// The registry node.
     pub agent: NodeId,
+    /// The modelled NATS server's state when the registry is NATS KV
+    /// (outside the node: it survives the node's restarts).
+    pub kv: Option<Arc<KvNode>>,
     /// The broker node.
     pub broker: NodeId,
     /// The blob store every node shares (object storage).
@@ -88,6 +94,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A client of the run's registry.
+    pub fn registry(&self) -> Arc<dyn Registry> {
+        registry_client(self.kv.is_some())
+    }
+
     /// The gateways' HTTP addresses.
     pub fn gateways(&self) -> Vec<SocketAddr> {
         self.members
@@ -117,13 +128,24 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
     let root = data_root(handle.seed());
     let _ = std::fs::remove_dir_all(&root);
     streamgate::rt::faults::clear_disk_faults();
+    let kv = (plan.registry == RegistryKind::NatsKv).then(crate::kv_node::node);
+    let served = kv.clone();
     let agent = handle
         .create_node()
         .name("registry")
         .ip(crate::registry::AGENT.ip())
-        .init(crate::registry::serve_agent)
+        .init(move || {
+            let served = served.clone();
+            async move {
+                match served {
+                    Some(node) => crate::kv_node::serve(node, crate::registry::AGENT).await,
+                    None => crate::registry::serve_agent().await,
+                }
+            }
+        })
         .build()
         .id();
+    let nats_kv = kv.is_some();
     let broker = broker_node(BROKER);
     let blobs = MemoryBlobStore::new();
     let engine = Engine::Model {
@@ -180,7 +202,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                                 vec![Box::new(ServicePlugin::new(common.clone(), config.clone()))];
                             let seams = Seams {
                                 bus: Arc::new(SimBus::new(BROKER)),
-                                registry: crate::registry::consul(),
+                                registry: registry_client(nats_kv),
                                 blobs: Arc::new(FaultyBlobs(blobs.clone())),
                             };
                             let pool = check::pool_config(&lane, kind.name(), &tl);
@@ -216,8 +238,18 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
     Cluster {
         members,
         agent,
+        kv,
         broker,
         blobs,
+    }
+}
+
+/// A client of the registry node: the NATS KV registry or the Consul one.
+fn registry_client(nats_kv: bool) -> Arc<dyn Registry> {
+    if nats_kv {
+        crate::kv_node::registry(crate::registry::AGENT)
+    } else {
+        crate::registry::consul()
     }
 }
 

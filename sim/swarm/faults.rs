@@ -104,6 +104,41 @@ pub struct Plan {
     /// open on every gateway (`stalled.rs`); `SWARM_STALLED=on|off`
     /// overrides the draw.
     pub stalled_clients: bool,
+    /// Which registry the services use: even seeds the Consul agent
+    /// model, odd seeds the NATS KV registry on the modelled NATS node
+    /// (not drawn from the generator, so the rest of a seed's plan is the
+    /// same in both); `SWARM_REGISTRY=consul|nats-kv` overrides it.
+    pub registry: RegistryKind,
+}
+
+/// The registry a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryKind {
+    /// `ConsulRegistry` on the Consul agent model (comes back empty after a restart).
+    Consul,
+    /// `NatsKvRegistry` on the modelled NATS node (its bucket outlives a
+    /// restart, as JetStream's file storage does; a wipe loses it).
+    NatsKv,
+}
+
+impl RegistryKind {
+    /// The run's registry: from the seed's parity, or `SWARM_REGISTRY`.
+    pub fn of_seed(seed: u64) -> Self {
+        match std::env::var("SWARM_REGISTRY").as_deref() {
+            Ok("consul") => Self::Consul,
+            Ok("nats-kv") => Self::NatsKv,
+            _ if seed.is_multiple_of(2) => Self::Consul,
+            _ => Self::NatsKv,
+        }
+    }
+
+    /// Its name in the timeline and in `SWARM_REGISTRY`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Consul => "consul",
+            Self::NatsKv => "nats-kv",
+        }
+    }
 }
 
 impl Plan {
@@ -132,13 +167,15 @@ impl Plan {
                 (_, Ok("off")) => false,
                 (drawn, _) => drawn,
             },
+            registry: RegistryKind::of_seed(madsim::runtime::Handle::current().seed()),
         }
     }
 
     /// One line saying what is on.
     pub fn describe(&self) -> String {
         format!(
-            "swarm: faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
+            "swarm: registry {}; faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
+            self.registry.name(),
             self.faults,
             self.gap,
             self.transcode_time,
@@ -451,6 +488,9 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 // kill first: madsim's restart alone keeps the node's
                 // sockets bound.
                 handle.kill(cluster.agent);
+                if let Some(kv) = &cluster.kv {
+                    kv.wipe();
+                }
                 handle.restart(cluster.agent);
                 b.registry_back = Some(now);
                 tl.print(
@@ -468,13 +508,20 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 b.registry_down = true;
                 tl.print("registry", Kind::Fault, format_args!("#{n} down for {d:?}"));
                 let (tl, broken, agent) = (tl.clone(), broken.clone(), cluster.agent);
+                // The Consul agent model keeps nothing; JetStream keeps
+                // the bucket on disk across a restart.
+                let back = if cluster.kv.is_some() {
+                    "back, with its data"
+                } else {
+                    "back, empty"
+                };
                 rt::spawn(async move {
                     rt::sleep(d).await;
                     Handle::current().restart(agent);
                     let mut b = lock(&broken);
                     b.registry_down = false;
                     b.registry_back = Some(tl.elapsed());
-                    tl.print("registry", Kind::Heal, "back, empty");
+                    tl.print("registry", Kind::Heal, back);
                 });
             }
             Fault::DiskFull | Fault::DiskFailing | Fault::DiskSlow => {

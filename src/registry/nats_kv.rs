@@ -5,7 +5,9 @@
 //! encoding), holding JSON of the [`ServiceInfo`] and the last heartbeat.
 //! Register is a put, deregister a delete (gone from discovery at once),
 //! heartbeat a compare-and-set put that answers [`RegistryError::NotFound`]
-//! when the key is gone, so the kernel registers again. A deleted bucket is
+//! when the key is gone, so the kernel registers again. A heartbeat writes
+//! at the revision this process last wrote (one round trip); only if that
+//! is refused does it read the key to learn why. A deleted bucket is
 //! created again by the next call that finds it missing.
 //!
 //! Health: an entry passes while the server's timestamp of its last write
@@ -59,9 +61,19 @@ pub struct NatsKvRegistry {
     bucket: Arc<dyn Bucket>,
     /// The bucket's actual `max_age` (it may predate our options).
     max_age: Duration,
-    /// Which name each id was registered under by this process: a hint that
-    /// saves a lookup per heartbeat (a key missing under it is `NotFound`).
-    names: Mutex<HashMap<String, String>>,
+    /// What this process registered under each id: a hint that saves a
+    /// lookup per heartbeat (a key missing under it is `NotFound`).
+    names: Mutex<HashMap<String, Mine>>,
+}
+
+/// An instance this process registered: its name, and its record with the
+/// revision this process last wrote it at. A heartbeat is then one
+/// compare-and-set write (one round trip); only when someone else wrote
+/// the key since does it read the key first.
+#[derive(Debug, Clone)]
+struct Mine {
+    name: String,
+    last: Option<(Record, u64)>,
 }
 
 impl std::fmt::Debug for NatsKvRegistry {
@@ -142,7 +154,7 @@ impl NatsKvRegistry {
         &self.opts
     }
 
-    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mine>> {
         self.names
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -179,7 +191,7 @@ impl NatsKvRegistry {
 
     /// The key `id` lives under now, if any.
     async fn find(&self, id: &str) -> Result<Option<String>, RegistryError> {
-        let hint = self.names().get(id).map(|name| key(name, id));
+        let hint = self.names().get(id).map(|mine| key(&mine.name, id));
         if hint.is_some() {
             return Ok(hint);
         }
@@ -237,13 +249,20 @@ impl Registry for NatsKvRegistry {
             info: info.clone(),
             heartbeat_unix_ms: rt::unix_ms(),
         };
-        if let Err(e) = self.put(&key, &record).await {
-            if !self.ensure_bucket().await? {
-                return Err(e);
+        let revision = match self.put(&key, &record).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                if !self.ensure_bucket().await? {
+                    return Err(e);
+                }
+                self.put(&key, &record).await?
             }
-            self.put(&key, &record).await?;
-        }
-        self.names().insert(info.id.clone(), info.name.clone());
+        };
+        let mine = Mine {
+            name: info.name.clone(),
+            last: Some((record, revision)),
+        };
+        self.names().insert(info.id.clone(), mine);
         // Registering an id under a new name replaces the old registration
         // (best effort: the registration itself has succeeded).
         let others = match self.keys_of(&info.id).await {
@@ -272,6 +291,9 @@ impl Registry for NatsKvRegistry {
     async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
         let not_found = || RegistryError::NotFound(id.to_owned());
         let key = self.find(id).await?.ok_or_else(not_found)?;
+        if let Some(done) = self.quick_heartbeat(id, &key).await {
+            return done;
+        }
         for _ in 0..HEARTBEAT_ATTEMPTS {
             let entry = match rt::timeout(self.opts.request_timeout, self.bucket.entry(&key)).await
             {
@@ -301,7 +323,10 @@ impl Registry for NatsKvRegistry {
                 serde_json::to_vec(&record).map_err(|e| RegistryError::Invalid(e.to_string()))?;
             let update = self.bucket.update(&key, value.into(), entry.revision);
             match rt::timeout(self.opts.request_timeout, update).await {
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(revision)) => {
+                    self.remember(id, record, revision);
+                    return Ok(());
+                }
                 Ok(Err(KvError::WrongRevision)) => {}
                 Ok(Err(e)) => return Err(unavailable("heartbeat", e)),
                 Err(e) => return Err(unavailable("heartbeat", e)),
@@ -343,6 +368,33 @@ impl Registry for NatsKvRegistry {
 }
 
 impl NatsKvRegistry {
+    /// The heartbeat's one-write path: a compare-and-set at the revision
+    /// this process last wrote. `None` if it has none or the write was
+    /// refused (someone else wrote the key, or it is gone with its bucket):
+    /// the caller then reads the key to find out which. A server that does
+    /// not answer in time fails the heartbeat at once.
+    async fn quick_heartbeat(&self, id: &str, key: &str) -> Option<Result<(), RegistryError>> {
+        let (mut record, revision) = self.names().get(id).and_then(|m| m.last.clone())?;
+        record.heartbeat_unix_ms = rt::unix_ms();
+        let value = serde_json::to_vec(&record).ok()?;
+        let update = self.bucket.update(key, value.into(), revision);
+        match rt::timeout(self.opts.request_timeout, update).await {
+            Ok(Ok(revision)) => {
+                self.remember(id, record, revision);
+                Some(Ok(()))
+            }
+            Ok(Err(_)) => None,
+            Err(e) => Some(Err(unavailable("heartbeat", e))),
+        }
+    }
+
+    /// Notes what this process last wrote under `id`.
+    fn remember(&self, id: &str, record: Record, revision: u64) {
+        if let Some(mine) = self.names().get_mut(id) {
+            mine.last = Some((record, revision));
+        }
+    }
+
     /// Deletes `key` whatever its revision (deregistration).
     async fn remove_any(&self, key: &str) -> Result<(), RegistryError> {
         rt::timeout(self.opts.request_timeout, self.bucket.delete(key, None))

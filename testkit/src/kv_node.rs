@@ -269,12 +269,17 @@ impl KvNode {
         }
     }
 
-    async fn poll(&self, filter: &str, after: u64, wait: Duration) -> Result<Answer, Failure> {
+    async fn poll(
+        &self,
+        filter: &str,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<Answer, Failure> {
         let deadline = rt::now() + wait;
         let mut changes = self.changes.subscribe();
         loop {
             let found = self.with_stream(|s, _| {
-                if after == 0 {
+                let Some(after) = after else {
                     let mut latest: Vec<u64> = s
                         .keys
                         .iter()
@@ -284,7 +289,7 @@ impl KvNode {
                     latest.sort_unstable();
                     let entries = latest.into_iter().filter_map(|seq| s.entry(seq)).collect();
                     return Ok((entries, s.last));
-                }
+                };
                 if after > s.last {
                     return Err(Failure::Unavailable("consumer deleted".into()));
                 }
@@ -297,12 +302,13 @@ impl KvNode {
                 Ok((entries, s.last))
             })?;
             let (entries, last) = found;
-            if !entries.is_empty() || after == 0 || rt::now() >= deadline {
+            if !entries.is_empty() || after.is_none() || rt::now() >= deadline {
                 return Ok(Answer::Watched { entries, last });
             }
             if rt::timeout_at(deadline, changes.changed()).await.is_err() {
                 return Ok(Answer::Watched { entries, last });
             }
+            drop(changes.borrow_and_update());
         }
     }
 }

@@ -56,14 +56,14 @@ pub enum Request {
         /// The key filter.
         filter: String,
     },
-    /// One poll of a watch: with `after` 0 the latest entry of every key
+    /// One poll of a watch: without `after` the latest entry of every key
     /// under the filter, at once; otherwise every write after revision
     /// `after`, waiting up to `wait_ms` for one.
     Watch {
         /// The key filter.
         filter: String,
         /// The last revision seen.
-        after: u64,
+        after: Option<u64>,
         /// Longest wait for a write.
         wait_ms: u64,
     },
@@ -229,7 +229,7 @@ impl<T: HttpTransport> Bucket for HttpBucket<T> {
     async fn watch(&self, filter: &str) -> Result<Watch, KvError> {
         let first = Request::Watch {
             filter: filter.to_owned(),
-            after: 0,
+            after: None,
             wait_ms: 0,
         };
         let (entries, last) = match self.call(&first).await? {
@@ -275,7 +275,7 @@ impl<T: HttpTransport> Poll<T> {
             }
             let req = Request::Watch {
                 filter: self.filter.clone(),
-                after: self.last,
+                after: Some(self.last),
                 wait_ms: u64::try_from(POLL_WAIT.as_millis()).unwrap_or(u64::MAX),
             };
             match call(&*self.transport, &self.base, &req).await {
