@@ -35,17 +35,24 @@ pub enum Bug {
     /// method). Caught by the intruder's checker: a call outside the policy
     /// succeeds.
     PolicySkipped,
+    /// The NATS KV registry's heartbeat takes a refused compare-and-set at
+    /// the revision it last wrote for success (as if someone else had
+    /// refreshed the entry), so a registration lost with its bucket is
+    /// never renewed. Caught by the registration checker on the seeds that
+    /// run the NATS KV registry.
+    KvHeartbeatTrustsItsCache,
 }
 
 impl Bug {
     /// Every bug, in order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::BreakerForgetsProbeFailures,
         Self::RetryWithoutBudget,
         Self::NoReregistration,
         Self::NonIdempotentHandler,
         Self::UnsyncedCommits,
         Self::PolicySkipped,
+        Self::KvHeartbeatTrustsItsCache,
     ];
 
     /// The name `STREAMGATE_INJECT_BUG` takes.
@@ -58,6 +65,7 @@ impl Bug {
             Self::NonIdempotentHandler => "non-idempotent-handler",
             Self::UnsyncedCommits => "unsynced-commits",
             Self::PolicySkipped => "policy-skipped",
+            Self::KvHeartbeatTrustsItsCache => "kv-heartbeat-trusts-its-cache",
         }
     }
 }
