@@ -9,6 +9,23 @@ pub fn keys() -> Keyring {
     Keyring::new(Key::new("sim", &[7; 32]).expect("valid key"))
 }
 
+/// Serves `router` (a modelled server's HTTP API) at `addr` on this node
+/// until the node is killed.
+pub async fn serve_http(addr: std::net::SocketAddr, router: axum::Router, what: &str) {
+    use streamgate::rt::transport;
+    let listener = transport::Listener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{what} binds {addr}: {e}"));
+    transport::serve(
+        listener,
+        tonic::service::Routes::from(router),
+        tower::layer::util::Identity::new(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what} serves: {e}"));
+}
+
 /// Pool settings of a node calling as `identity`.
 pub fn pool(identity: &str) -> PoolConfig {
     PoolConfig::new(keys(), identity)

@@ -15,7 +15,7 @@ use streamgate::registry::consul::SimTransport;
 use streamgate::registry::nats_kv::bucket::{Bucket, Status};
 use streamgate::registry::nats_kv::http::HttpBucket;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
-use streamgate::rt::{self, transport};
+use streamgate::rt;
 use streamgate_testkit::kv_node::KvNode;
 
 use crate::trace::announce;
@@ -47,21 +47,19 @@ pub fn registry(addr: SocketAddr) -> Arc<dyn Registry> {
 /// Serves `node` at `addr` until this node is killed; what it holds
 /// outlives a restart.
 pub async fn serve(node: Arc<KvNode>, addr: SocketAddr) {
-    let listener = transport::Listener::bind(addr)
-        .await
-        .expect("kv node binds");
-    let routes = tonic::service::Routes::from(node.router());
-    transport::serve(
-        listener,
-        routes,
-        tower::layer::util::Identity::new(),
-        std::future::pending(),
-    )
-    .await
-    .expect("kv node serves");
+    crate::common::serve_http(addr, node.router(), "the modelled NATS node").await;
 }
 
 const ADDR: ([u8; 4], u16) = ([10, 0, 4, 1], 4222);
+
+/// The scenario's own node, to run its client on.
+fn client_node() -> madsim::runtime::NodeHandle {
+    Handle::current()
+        .create_node()
+        .name("client")
+        .ip([10, 0, 4, 2].into())
+        .build()
+}
 
 fn start_node() -> Arc<KvNode> {
     let node = self::node();
@@ -80,12 +78,7 @@ fn start_node() -> Arc<KvNode> {
 async fn the_modelled_bucket_meets_the_kv_contract() {
     let _progress = announce("the_modelled_bucket_meets_the_kv_contract");
     let node = start_node();
-    let client = Handle::current()
-        .create_node()
-        .name("client")
-        .ip([10, 0, 4, 2].into())
-        .build();
-    client
+    client_node()
         .spawn(async move {
             rt::sleep(Duration::from_millis(50)).await;
             let lose: streamgate_testkit::kv_contract::Lose = Arc::new(move || {
@@ -103,12 +96,7 @@ async fn the_nats_kv_registry_on_the_modelled_node_meets_the_registry_contract()
     let _progress =
         announce("the_nats_kv_registry_on_the_modelled_node_meets_the_registry_contract");
     start_node();
-    let client = Handle::current()
-        .create_node()
-        .name("client")
-        .ip([10, 0, 4, 2].into())
-        .build();
-    client
+    client_node()
         .spawn(async {
             rt::sleep(Duration::from_millis(50)).await;
             let opts = streamgate_testkit::registry_contract::Options {

@@ -16,7 +16,7 @@ use streamgate::kernel::{HEARTBEAT_INTERVAL, Kernel, Plugin, Seams};
 use streamgate::registry::Registry;
 use streamgate::registry::consul::{ConsulConfig, ConsulRegistry, SimTransport};
 use streamgate::registry::watcher::{WatchPolicy, Watcher};
-use streamgate::rt::{self, transport};
+use streamgate::rt;
 use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
 use streamgate_testkit::consul_agent::{AgentConfig, ConsulAgent};
@@ -55,16 +55,7 @@ pub async fn serve_agent() {
         reap_interval: Duration::from_secs(1),
         ..AgentConfig::default()
     });
-    let listener = transport::Listener::bind(AGENT).await.expect("agent binds");
-    let routes = tonic::service::Routes::from(agent.router());
-    transport::serve(
-        listener,
-        routes,
-        tower::layer::util::Identity::new(),
-        std::future::pending(),
-    )
-    .await
-    .expect("agent serves");
+    crate::common::serve_http(AGENT, agent.router(), "the Consul agent model").await;
 }
 
 async fn healthy(registry: &dyn Registry) -> usize {

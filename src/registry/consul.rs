@@ -18,11 +18,11 @@ use crate::rt;
 mod transport;
 mod wire;
 
-pub use transport::HttpTransport;
 #[cfg(madsim)]
 pub use transport::SimTransport;
 #[cfg(not(madsim))]
 pub use transport::{ConsulTls, HyperTransport};
+pub use transport::{HttpTransport, Streamed};
 pub use wire::{
     CHECK_META_KEY, FOREIGN_CHECK_TTL, MIN_DEREGISTER_AFTER, check_id, decode_check, encode_check,
     format_duration,

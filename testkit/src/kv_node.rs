@@ -24,7 +24,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -33,12 +32,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use streamgate::registry::nats_kv::bucket::Delivered;
 use streamgate::registry::nats_kv::bucket::{Entry, Op, Status, matches};
-use streamgate::registry::nats_kv::http::{Answer, PATH, Request};
+use streamgate::registry::nats_kv::http::{
+    Answer, PATH, Request, WATCH_PATH, WatchLine, WatchRequest,
+};
 use streamgate::rt::{self, watch};
-
-/// Longest wait of one watch poll.
-const MAX_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 struct Msg {
@@ -174,6 +173,7 @@ impl KvNode {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(PATH, post(handle))
+            .route(WATCH_PATH, post(watch))
             .with_state(self.clone())
     }
 
@@ -221,7 +221,7 @@ impl KvNode {
         })
     }
 
-    async fn answer(&self, req: Request) -> Result<Answer, Failure> {
+    fn answer(&self, req: Request) -> Result<Answer, Failure> {
         match req {
             Request::Status => {
                 let inner = self.lock();
@@ -258,63 +258,114 @@ impl KvNode {
                 keys.sort();
                 Ok(Answer::Keys(keys))
             }),
-            Request::Watch {
-                filter,
-                after,
-                wait_ms,
-            } => {
-                self.poll(&filter, after, Duration::from_millis(wait_ms).min(MAX_WAIT))
-                    .await
-            }
-        }
-    }
-
-    async fn poll(
-        &self,
-        filter: &str,
-        after: Option<u64>,
-        wait: Duration,
-    ) -> Result<Answer, Failure> {
-        let deadline = rt::now() + wait;
-        let mut changes = self.changes.subscribe();
-        loop {
-            let found = self.with_stream(|s, _| {
-                let Some(after) = after else {
-                    let mut latest: Vec<u64> = s
-                        .keys
-                        .iter()
-                        .filter(|(k, _)| matches(filter, k))
-                        .filter_map(|(_, seqs)| seqs.back().copied())
-                        .collect();
-                    latest.sort_unstable();
-                    let entries = latest.into_iter().filter_map(|seq| s.entry(seq)).collect();
-                    return Ok((entries, s.last));
-                };
-                if after > s.last {
-                    return Err(Failure::Unavailable("consumer deleted".into()));
-                }
-                let entries: Vec<Entry> = s
-                    .messages
-                    .range(after + 1..)
-                    .filter(|(_, m)| matches(filter, &m.key))
-                    .filter_map(|(seq, _)| s.entry(*seq))
-                    .collect();
-                Ok((entries, s.last))
-            })?;
-            let (entries, last) = found;
-            if !entries.is_empty() || after.is_none() || rt::now() >= deadline {
-                return Ok(Answer::Watched { entries, last });
-            }
-            if rt::timeout_at(deadline, changes.changed()).await.is_err() {
-                return Ok(Answer::Watched { entries, last });
-            }
-            drop(changes.borrow_and_update());
         }
     }
 }
 
+/// The latest entry of every key under `filter`, in revision order.
+fn latest(s: &Stream, filter: &str) -> Vec<Entry> {
+    let mut latest: Vec<u64> = s
+        .keys
+        .iter()
+        .filter(|(k, _)| matches(filter, k))
+        .filter_map(|(_, seqs)| seqs.back().copied())
+        .collect();
+    latest.sort_unstable();
+    latest.into_iter().filter_map(|seq| s.entry(seq)).collect()
+}
+
+/// Every write under `filter` after revision `after`; the watch is cut
+/// (an `Err`) if the bucket's sequence went back (it was lost and made
+/// again), as the server deletes the consumers of a lost stream.
+fn after(s: &Stream, filter: &str, after: u64) -> Result<Vec<Entry>, Failure> {
+    if after > s.last {
+        return Err(Failure::Unavailable("consumer deleted".into()));
+    }
+    Ok(s.messages
+        .range(after + 1..)
+        .filter(|(_, m)| matches(filter, &m.key))
+        .filter_map(|(seq, _)| s.entry(*seq))
+        .collect())
+}
+
+fn line(line: &WatchLine) -> Bytes {
+    let mut out = serde_json::to_vec(line).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// A watch's state while it follows the bucket.
+struct Follow {
+    node: Arc<KvNode>,
+    filter: String,
+    last: u64,
+    queue: VecDeque<Bytes>,
+    changes: watch::Receiver<u64>,
+    done: bool,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
+        loop {
+            if let Some(line) = self.queue.pop_front() {
+                return Some((Ok(line), self));
+            }
+            if self.done || self.changes.changed().await.is_err() {
+                return None;
+            }
+            drop(self.changes.borrow_and_update());
+            let (filter, last) = (self.filter.clone(), self.last);
+            match self
+                .node
+                .with_stream(|s, _| Ok((after(s, &filter, last)?, s.last)))
+            {
+                Ok((entries, last)) => {
+                    self.last = last;
+                    self.queue.extend(
+                        entries
+                            .into_iter()
+                            .map(|entry| line(&WatchLine::Entry(Delivered { entry, pending: 0 }))),
+                    );
+                }
+                Err(_) => {
+                    self.done = true;
+                    self.queue
+                        .push_back(line(&WatchLine::End("consumer deleted".into())));
+                }
+            }
+        }
+    }
+}
+
+/// `POST /v1/kv/watch`: the listing, then every later write, as JSON lines.
+async fn watch(State(node): State<Arc<KvNode>>, Json(req): Json<WatchRequest>) -> Response {
+    // Subscribed before listing, so a write in between is not missed.
+    let changes = node.changes.subscribe();
+    let listed = node.with_stream(|s, _| Ok((latest(s, &req.filter), s.last)));
+    let (entries, last) = match listed {
+        Ok(listed) => listed,
+        Err(failure) => return failure.into_response(),
+    };
+    let mut queue = VecDeque::with_capacity(entries.len() + 1);
+    queue.push_back(line(&WatchLine::Start(entries.len() as u64)));
+    let n = entries.len() as u64;
+    for (i, entry) in entries.into_iter().enumerate() {
+        let pending = n - 1 - i as u64;
+        queue.push_back(line(&WatchLine::Entry(Delivered { entry, pending })));
+    }
+    let follow = Follow {
+        node,
+        filter: req.filter,
+        last,
+        queue,
+        changes,
+        done: false,
+    };
+    axum::body::Body::from_stream(futures::stream::unfold(follow, Follow::next)).into_response()
+}
+
 async fn handle(State(node): State<Arc<KvNode>>, Json(req): Json<Request>) -> Response {
-    match node.answer(req).await {
+    match node.answer(req) {
         Ok(answer) => Json(answer).into_response(),
         Err(failure) => failure.into_response(),
     }

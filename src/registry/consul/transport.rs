@@ -17,6 +17,34 @@ pub trait HttpTransport: Send + Sync + 'static {
         req: http::Request<Bytes>,
         body_limit: usize,
     ) -> Result<http::Response<Bytes>, String>;
+
+    /// Sends `req` and hands the response body over as it arrives (a
+    /// watch). Only transports that need it implement it: the default
+    /// refuses.
+    ///
+    /// # Errors
+    /// A description of the transport failure, or that it cannot stream.
+    async fn stream(&self, req: http::Request<Bytes>) -> Result<Streamed, String> {
+        drop(req);
+        Err("this transport does not stream responses".to_owned())
+    }
+}
+
+/// A response whose body arrives in pieces: its status, then the pieces
+/// (an `Err` ends it).
+pub struct Streamed {
+    /// The status.
+    pub status: http::StatusCode,
+    /// The body's pieces.
+    pub body: futures::stream::BoxStream<'static, Result<Bytes, String>>,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(not(madsim))]
@@ -167,7 +195,7 @@ mod sim_impl {
     use http_body_util::{BodyExt as _, Full, Limited};
     use tower::ServiceExt as _;
 
-    use super::HttpTransport;
+    use super::{HttpTransport, Streamed};
     use crate::rt::transport;
 
     /// The simulator's transport: the request over madsim's network to the
@@ -180,6 +208,32 @@ mod sim_impl {
     /// timeout is what normally ends a call.
     const CALL_LIMIT: Duration = Duration::from_secs(11 * 60);
 
+    /// The request over madsim's network to the node its URL names; the
+    /// answer with its body unread.
+    async fn call(req: http::Request<Bytes>) -> Result<http::Response<tonic::body::Body>, String> {
+        let addr: SocketAddr = req
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().parse().ok())
+            .ok_or_else(|| format!("{}: not an ip:port URL", req.uri()))?;
+        let (mut parts, body) = req.into_parts();
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| format!("bad path: {e}"))?;
+        parts.headers.insert(
+            crate::grpc_timeout::HEADER,
+            crate::grpc_timeout::encode(CALL_LIMIT),
+        );
+        let req = http::Request::from_parts(parts, tonic::body::Body::new(Full::new(body)));
+        transport::channel(addr)
+            .oneshot(req)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     #[async_trait]
     impl HttpTransport for SimTransport {
         async fn send(
@@ -187,27 +241,7 @@ mod sim_impl {
             req: http::Request<Bytes>,
             body_limit: usize,
         ) -> Result<http::Response<Bytes>, String> {
-            let addr: SocketAddr = req
-                .uri()
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| format!("{}: not an ip:port URL", req.uri()))?;
-            let (mut parts, body) = req.into_parts();
-            parts.uri = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .parse()
-                .map_err(|e| format!("bad path: {e}"))?;
-            parts.headers.insert(
-                crate::grpc_timeout::HEADER,
-                crate::grpc_timeout::encode(CALL_LIMIT),
-            );
-            let req = http::Request::from_parts(parts, tonic::body::Body::new(Full::new(body)));
-            let res = transport::channel(addr)
-                .oneshot(req)
-                .await
-                .map_err(|e| e.to_string())?;
+            let res = call(req).await?;
             let (parts, body) = res.into_parts();
             let bytes = Limited::new(body, body_limit)
                 .collect()
@@ -215,6 +249,20 @@ mod sim_impl {
                 .map_err(|e| format!("reading the answer: {e}"))?
                 .to_bytes();
             Ok(http::Response::from_parts(parts, bytes))
+        }
+
+        async fn stream(&self, req: http::Request<Bytes>) -> Result<Streamed, String> {
+            use futures::TryStreamExt as _;
+            let res = call(req).await?;
+            let status = res.status();
+            let body = res
+                .into_body()
+                .into_data_stream()
+                .map_err(|e| format!("reading the answer: {e}"));
+            Ok(Streamed {
+                status,
+                body: Box::pin(body),
+            })
         }
     }
 }

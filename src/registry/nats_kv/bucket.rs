@@ -64,7 +64,7 @@ pub enum KvError {
 
 /// One entry a watch delivered, and how many more the server had queued
 /// behind it when it was sent (0: the watch has caught up).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     /// The entry.
     pub entry: Entry,

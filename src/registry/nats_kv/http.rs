@@ -1,25 +1,48 @@
 //! The [`Bucket`] seam over HTTP, to the modelled NATS server node of the
 //! simulator (`streamgate_testkit::kv_node`): one JSON request per call
 //! (`POST /v1/kv`), through any [`HttpTransport`] (madsim's network in the
-//! simulator). A watch is a run of long polls, each resuming after the
-//! last revision it saw, as an ordered consumer resumes after a reconnect.
+//! simulator). A watch (`POST /v1/kv/watch`) is one streamed answer of
+//! JSON lines ([`WatchLine`]): the listing, then each later write as the
+//! server pushes it, as an ordered consumer's messages arrive.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use futures::StreamExt as _;
+
 use super::bucket::{Bucket, Delivered, Entry, KvError, Status, Watch, serde_bytes_b64};
 use crate::registry::consul::HttpTransport;
 
-/// The path every request goes to.
+/// The path every request but a watch goes to.
 pub const PATH: &str = "/v1/kv";
+/// The path of a watch ([`WatchRequest`]), answered with [`WatchLine`]s.
+pub const WATCH_PATH: &str = "/v1/kv/watch";
+/// Longest line of a watch.
+const LINE_LIMIT: usize = 1 << 20;
+
+/// Opens a watch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// The key filter.
+    pub filter: String,
+}
+
+/// One line of a watch's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchLine {
+    /// First: how many entries the listing holds.
+    Start(u64),
+    /// An entry, and how many are queued behind it.
+    Entry(Delivered),
+    /// Last: why the watch ended.
+    End(String),
+}
 /// Longest answer read.
 const BODY_LIMIT: usize = 16 << 20;
-/// How long one poll of a watch waits for a write.
-pub const POLL_WAIT: Duration = Duration::from_secs(5);
 
 /// One call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,17 +79,6 @@ pub enum Request {
         /// The key filter.
         filter: String,
     },
-    /// One poll of a watch: without `after` the latest entry of every key
-    /// under the filter, at once; otherwise every write after revision
-    /// `after`, waiting up to `wait_ms` for one.
-    Watch {
-        /// The key filter.
-        filter: String,
-        /// The last revision seen.
-        after: Option<u64>,
-        /// Longest wait for a write.
-        wait_ms: u64,
-    },
 }
 
 /// A successful call's answer (status 200). A conditional write that found
@@ -87,13 +99,6 @@ pub enum Answer {
     Deleted,
     /// Keys under a filter.
     Keys(Vec<String>),
-    /// A poll's entries, and the bucket's last revision when it answered.
-    Watched {
-        /// The entries, in revision order.
-        entries: Vec<Entry>,
-        /// Where the next poll resumes.
-        last: u64,
-    },
 }
 
 /// A bucket on a modelled server at `base` (`http://ip:port`).
@@ -154,6 +159,21 @@ impl<T: HttpTransport> HttpBucket<T> {
     async fn call(&self, req: &Request) -> Result<Answer, KvError> {
         call(&*self.transport, &self.base, req).await
     }
+
+    async fn write(&self, key: &str, value: Bytes, revision: Option<u64>) -> Result<u64, KvError> {
+        let key = key.to_owned();
+        match self
+            .call(&Request::Put {
+                key,
+                value,
+                revision,
+            })
+            .await?
+        {
+            Answer::Revision(revision) => Ok(revision),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 #[async_trait]
@@ -181,33 +201,11 @@ impl<T: HttpTransport> Bucket for HttpBucket<T> {
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
-        let (key, revision) = (key.to_owned(), None);
-        match self
-            .call(&Request::Put {
-                key,
-                value,
-                revision,
-            })
-            .await?
-        {
-            Answer::Revision(revision) => Ok(revision),
-            other => Err(unexpected(&other)),
-        }
+        self.write(key, value, None).await
     }
 
     async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
-        let (key, revision) = (key.to_owned(), Some(revision));
-        match self
-            .call(&Request::Put {
-                key,
-                value,
-                revision,
-            })
-            .await?
-        {
-            Answer::Revision(revision) => Ok(revision),
-            other => Err(unexpected(&other)),
-        }
+        self.write(key, value, Some(revision)).await
     }
 
     async fn delete(&self, key: &str, expect: Option<u64>) -> Result<(), KvError> {
@@ -227,25 +225,37 @@ impl<T: HttpTransport> Bucket for HttpBucket<T> {
     }
 
     async fn watch(&self, filter: &str) -> Result<Watch, KvError> {
-        let first = Request::Watch {
+        let body = serde_json::to_vec(&WatchRequest {
             filter: filter.to_owned(),
-            after: None,
-            wait_ms: 0,
+        })
+        .map_err(|e| KvError::Unavailable(e.to_string()))?;
+        let req = http::Request::post(format!("{}{WATCH_PATH}", self.base))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Bytes::from(body))
+            .map_err(|e| KvError::Unavailable(e.to_string()))?;
+        let streamed = self
+            .transport
+            .stream(req)
+            .await
+            .map_err(KvError::Unavailable)?;
+        let mut lines = Box::pin(lines(streamed.body));
+        if streamed.status != http::StatusCode::OK {
+            return Err(KvError::Unavailable(format!("watch: {}", streamed.status)));
+        }
+        let pending = match lines.next().await {
+            Some(Ok(WatchLine::Start(pending))) => pending,
+            Some(Ok(other)) => {
+                return Err(KvError::Unavailable(format!("watch began with {other:?}")));
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(KvError::Unavailable("watch: no answer".to_owned())),
         };
-        let (entries, last) = match self.call(&first).await? {
-            Answer::Watched { entries, last } => (entries, last),
-            other => return Err(unexpected(&other)),
-        };
-        let pending = entries.len() as u64;
-        let state = Poll {
-            transport: self.transport.clone(),
-            base: self.base.clone(),
-            filter: filter.to_owned(),
-            queue: entries.into(),
-            last,
-            done: false,
-        };
-        let entries = futures::stream::unfold(state, Poll::next);
+        let entries = lines.map(|line| match line {
+            Ok(WatchLine::Entry(delivered)) => Ok(delivered),
+            Ok(WatchLine::End(why)) => Err(KvError::Unavailable(format!("watch ended: {why}"))),
+            Ok(WatchLine::Start(_)) => Err(KvError::Unavailable("watch began twice".to_owned())),
+            Err(e) => Err(e),
+        });
         Ok(Watch {
             pending,
             entries: Box::pin(entries),
@@ -253,45 +263,32 @@ impl<T: HttpTransport> Bucket for HttpBucket<T> {
     }
 }
 
-/// A watch's state between polls.
-struct Poll<T> {
-    transport: Arc<T>,
-    base: String,
-    filter: String,
-    queue: std::collections::VecDeque<Entry>,
-    last: u64,
-    done: bool,
-}
-
-impl<T: HttpTransport> Poll<T> {
-    async fn next(mut self) -> Option<(Result<Delivered, KvError>, Self)> {
+/// The JSON lines of a streamed body, each parsed as it completes.
+fn lines(
+    body: futures::stream::BoxStream<'static, Result<Bytes, String>>,
+) -> impl futures::Stream<Item = Result<WatchLine, KvError>> + Send + 'static {
+    let state = (body, bytes::BytesMut::new(), false);
+    futures::stream::unfold(state, |(mut body, mut buf, done)| async move {
+        if done {
+            return None;
+        }
         loop {
-            if self.done {
-                return None;
+            if let Some(at) = buf.iter().position(|b| *b == b'\n') {
+                let line = buf.split_to(at + 1);
+                let parsed = serde_json::from_slice(&line[..at])
+                    .map_err(|e| KvError::Unavailable(format!("bad watch line: {e}")));
+                let done = parsed.is_err();
+                return Some((parsed, (body, buf, done)));
             }
-            if let Some(entry) = self.queue.pop_front() {
-                let pending = self.queue.len() as u64;
-                return Some((Ok(Delivered { entry, pending }), self));
+            if buf.len() > LINE_LIMIT {
+                let e = KvError::Unavailable("watch line too long".to_owned());
+                return Some((Err(e), (body, buf, true)));
             }
-            let req = Request::Watch {
-                filter: self.filter.clone(),
-                after: Some(self.last),
-                wait_ms: u64::try_from(POLL_WAIT.as_millis()).unwrap_or(u64::MAX),
-            };
-            match call(&*self.transport, &self.base, &req).await {
-                Ok(Answer::Watched { entries, last }) => {
-                    self.last = self.last.max(last);
-                    self.queue.extend(entries);
-                }
-                Ok(other) => {
-                    self.done = true;
-                    return Some((Err(unexpected(&other)), self));
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some((Err(e), self));
-                }
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some((Err(KvError::Unavailable(e)), (body, buf, true))),
+                None => return None,
             }
         }
-    }
+    })
 }
