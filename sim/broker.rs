@@ -51,15 +51,7 @@ pub async fn serve_broker(addr: SocketAddr) {
         .route("/bus/publish", post(publish))
         .route("/bus/subscribe", post(subscribe))
         .with_state(bus);
-    let listener = transport::Listener::bind(addr).await.expect("broker binds");
-    transport::serve(
-        listener,
-        tonic::service::Routes::from(router),
-        tower::layer::util::Identity::new(),
-        std::future::pending(),
-    )
-    .await
-    .expect("broker serves");
+    crate::common::serve_http(addr, router, "the broker").await;
 }
 
 async fn publish(State(bus): State<Arc<MemoryBus>>, body: Bytes) -> (StatusCode, String) {
