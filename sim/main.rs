@@ -9,6 +9,7 @@ mod broker;
 mod bus;
 mod call;
 mod common;
+mod job_queue;
 mod kv_node;
 mod media_port;
 mod outage;

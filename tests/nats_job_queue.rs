@@ -140,13 +140,27 @@ async fn meets_the_job_store_contract() {
     let q = Queue::new(contract::MAX_ACTIVE, Duration::from_secs(60)).await;
     let store = q.store().await;
     contract::lists_page_newest_first_with_filters(&store).await;
-    // Each list reads through a consumer of its own and removes it.
+    // Each list reads through a consumer of its own, removed once the list
+    // is read (in the background: within moments, not the server's 30 s
+    // inactivity threshold).
     let mut records =
         q.js.get_stream(format!("KV_{}", q.opts.name))
             .await
             .expect("the bucket's stream");
-    let info = records.info().await.expect("stream info");
-    assert_eq!(info.state.consumer_count, 0);
+    let mut consumers = usize::MAX;
+    for _ in 0..50 {
+        consumers = records
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .consumer_count;
+        if consumers == 0 {
+            break;
+        }
+        rt::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(consumers, 0, "list consumers left behind");
     q.teardown().await;
 }
 
@@ -383,4 +397,28 @@ async fn a_failed_attempt_without_backoff_runs_again_at_once() {
     assert_eq!(retried.len(), 1, "not retried within 2 s");
     assert_eq!(retried[0].attempts, 2);
     q.teardown().await;
+}
+
+/// The work queue under the store meets the contract the simulator's model
+/// is held to (`streamgate_testkit::queue_contract`, also run in `sim/`).
+#[tokio::test]
+async fn the_real_work_queue_meets_the_queue_contract() {
+    use streamgate::services::worker::store::jetstream::nats::NatsQueue;
+    use streamgate_testkit::queue_contract as qc;
+    let queue = Queue::new(qc::MAX_MESSAGES, qc::ACK_WAIT).await;
+    let client = async_nats::connect(queue.opts.url.as_str())
+        .await
+        .expect("connect");
+    let name = queue.opts.name.as_str();
+    let js = jetstream::new(client.clone());
+    let timeout = Duration::from_secs(5);
+    let work = NatsQueue::bind(client, &js, name, qc::MAX_MESSAGES, qc::ACK_WAIT, timeout)
+        .await
+        .expect("bind the work queue");
+    qc::run_all(qc::Queue { queue: &work, name }).await;
+    queue
+        .js
+        .delete_stream(format!("{name}_queue"))
+        .await
+        .expect("delete the work queue");
 }

@@ -41,11 +41,17 @@ pub enum Bug {
     /// never renewed. Caught by the registration checker on the seeds that
     /// run the NATS KV registry.
     KvHeartbeatTrustsItsCache,
+    /// The JetStream job store writes a lease over whatever the record
+    /// holds by then (a put, not a compare-and-set on the revision it
+    /// read), so a worker that takes a job whose lease ran out can undo
+    /// what the old holder wrote meanwhile, its success included. Caught
+    /// by the one-success-per-job checker on the seeds that run JetStream.
+    JetStreamLeaseWithoutCas,
 }
 
 impl Bug {
     /// Every bug, in order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::BreakerForgetsProbeFailures,
         Self::RetryWithoutBudget,
         Self::NoReregistration,
@@ -53,6 +59,7 @@ impl Bug {
         Self::UnsyncedCommits,
         Self::PolicySkipped,
         Self::KvHeartbeatTrustsItsCache,
+        Self::JetStreamLeaseWithoutCas,
     ];
 
     /// The name `STREAMGATE_INJECT_BUG` takes.
@@ -66,6 +73,7 @@ impl Bug {
             Self::UnsyncedCommits => "unsynced-commits",
             Self::PolicySkipped => "policy-skipped",
             Self::KvHeartbeatTrustsItsCache => "kv-heartbeat-trusts-its-cache",
+            Self::JetStreamLeaseWithoutCas => "jetstream-lease-without-cas",
         }
     }
 }

@@ -54,6 +54,17 @@ pub enum JobQueue {
         /// TLS and credentials.
         auth: crate::nats_auth::NatsAuth,
     },
+    /// The simulator's modelled NATS server at `url` (`http://ip:port`),
+    /// serving the records' bucket and the work queue `<name>.dispatch.*`
+    /// (`streamgate_testkit::{kv_node, queue_node}`): the same store code
+    /// as [`JobQueue::JetStream`] over its seams.
+    #[cfg(madsim)]
+    JetStream {
+        /// The node's URL.
+        url: String,
+        /// Names the work queue's subjects.
+        name: String,
+    },
 }
 
 /// The worker's own settings.
@@ -73,6 +84,25 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.jobs.validate()
     }
+}
+
+/// A job store shared with other workers (JetStream): readiness follows
+/// the server. Leases held by a previous run come back when they run out,
+/// so none are taken back here.
+async fn shared_store(store: store::Store, runtime: &Runtime) -> (store::Store, Vec<queue::Job>) {
+    let probed = store.clone();
+    runtime
+        .ready
+        .depend(
+            "job queue",
+            crate::readiness::probe(move || {
+                let store = probed.clone();
+                // A job id nobody uses: any answer will do.
+                async move { store.get("readiness-probe").await.map(drop) }
+            }),
+        )
+        .await;
+    (store, Vec::new())
 }
 
 /// The service's routes and background work.
@@ -107,21 +137,23 @@ pub async fn domain(
             let store = store::jetstream::JetStreamStore::connect(&js)
                 .await
                 .map_err(|e| fail("the job store", e.into()))?;
-            let store = store::Store::JetStream(store);
-            let probed = store.clone();
-            runtime
-                .ready
-                .depend(
-                    "job queue",
-                    crate::readiness::probe(move || {
-                        let store = probed.clone();
-                        // A job id nobody uses: any answer will do.
-                        async move { store.get("readiness-probe").await.map(drop) }
-                    }),
-                )
-                .await;
-            // Leases held by a previous run come back when they run out.
-            (store, Vec::new())
+            shared_store(store::Store::JetStream(store), runtime).await
+        }
+        #[cfg(madsim)]
+        JobQueue::JetStream { url, name } => {
+            use crate::registry::consul::SimTransport;
+            let store = store::jetstream::JetStreamStore::on(
+                name,
+                Arc::new(crate::registry::nats_kv::http::HttpBucket::new(
+                    url.clone(),
+                    SimTransport,
+                )),
+                Arc::new(store::jetstream::http::HttpQueue::new(
+                    url.clone(),
+                    SimTransport,
+                )),
+            );
+            shared_store(store::Store::JetStream(store), runtime).await
         }
     };
     if !recovered.is_empty() {

@@ -18,6 +18,8 @@ pub mod kv_node;
 pub mod otlp;
 #[cfg(not(madsim))]
 pub mod process;
+pub mod queue_contract;
+pub mod queue_node;
 pub mod registry_contract;
 #[cfg(not(madsim))]
 pub mod s3;

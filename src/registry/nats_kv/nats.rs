@@ -21,7 +21,7 @@ pub struct NatsBucket {
     js: jetstream::Context,
     store: kv::Store,
     name: String,
-    description: &'static str,
+    description: String,
     history: i64,
     max_age: Duration,
     timeout: Duration,
@@ -55,37 +55,39 @@ impl NatsBucket {
             .await
             .map_err(|e| format!("connecting to {}: {e}", opts.url))?
             .map_err(|e| format!("connecting to {}: {e}", opts.url))?;
+        let settings = crate::nats_kv::Bucket {
+            name: &opts.bucket,
+            description: "StreamGate service registry",
+            history: opts.history,
+            max_age: opts.max_age,
+            timeout: opts.request_timeout,
+        };
+        Self::bind(client, &settings).await
+    }
+
+    /// Binds to the bucket `settings` names on `client`'s server, creating
+    /// it if missing.
+    ///
+    /// # Errors
+    /// A description of what failed.
+    pub async fn bind(
+        client: async_nats::Client,
+        settings: &crate::nats_kv::Bucket<'_>,
+    ) -> Result<Self, String> {
         let mut js = jetstream::new(client.clone());
-        js.set_timeout(opts.request_timeout);
-        let description = "StreamGate service registry";
-        let store = bind_or_create(&js, &opts.bucket, description, opts).await?;
+        js.set_timeout(settings.timeout);
+        let store = crate::nats_kv::bind_or_create(&js, settings).await?;
         Ok(Self {
             client,
             js,
             store,
-            name: opts.bucket.clone(),
-            description,
-            history: opts.history,
-            max_age: opts.max_age,
-            timeout: opts.request_timeout,
+            name: settings.name.to_owned(),
+            description: settings.description.to_owned(),
+            history: settings.history,
+            max_age: settings.max_age,
+            timeout: settings.timeout,
         })
     }
-}
-
-async fn bind_or_create(
-    js: &jetstream::Context,
-    name: &str,
-    description: &str,
-    opts: &Options,
-) -> Result<kv::Store, String> {
-    let bucket = crate::nats_kv::Bucket {
-        name,
-        description,
-        history: opts.history,
-        max_age: opts.max_age,
-        timeout: opts.request_timeout,
-    };
-    crate::nats_kv::bind_or_create(js, &bucket).await
 }
 
 /// The server's timestamp as Unix milliseconds.
@@ -194,14 +196,14 @@ impl Bucket for NatsBucket {
                     if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
                 {
                     tracing::warn!(bucket = %self.name, "bucket gone; creating it again");
-                    let opts = Options {
-                        bucket: self.name.clone(),
+                    let settings = crate::nats_kv::Bucket {
+                        name: &self.name,
+                        description: &self.description,
                         history: self.history,
                         max_age: self.max_age,
-                        request_timeout: self.timeout,
-                        ..Options::default()
+                        timeout: self.timeout,
                     };
-                    bind_or_create(&self.js, &self.name, self.description, &opts)
+                    crate::nats_kv::bind_or_create(&self.js, &settings)
                         .await
                         .map_err(KvError::Unavailable)?;
                     Ok(true)

@@ -12,7 +12,6 @@
 use super::error::WorkerError;
 use super::queue::{Job, JobState, Refused};
 
-#[cfg(not(madsim))]
 pub mod jetstream;
 mod sqlite;
 
@@ -45,7 +44,6 @@ pub enum Store {
     /// SQLite.
     Sqlite(SqliteStore),
     /// NATS JetStream.
-    #[cfg(not(madsim))]
     JetStream(jetstream::JetStreamStore),
 }
 
@@ -71,7 +69,6 @@ impl Store {
     pub async fn submit(&self, job: Job, max_active: u64) -> Result<(Job, bool), WorkerError> {
         match self {
             Self::Sqlite(s) => s.submit(job, max_active).await,
-            #[cfg(not(madsim))]
             Self::JetStream(s) => s.submit(job, max_active).await,
         }
     }
@@ -83,7 +80,6 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<Job>, WorkerError> {
         match self {
             Self::Sqlite(s) => s.get(id).await,
-            #[cfg(not(madsim))]
             Self::JetStream(s) => s.get(id).await,
         }
     }
@@ -100,7 +96,6 @@ impl Store {
     ) -> Result<(Job, T), WorkerError> {
         match self {
             Self::Sqlite(s) => s.update(id, f).await,
-            #[cfg(not(madsim))]
             Self::JetStream(s) => s.update(id, f).await,
         }
     }
@@ -117,7 +112,6 @@ impl Store {
     ) -> Result<(Option<Job>, Vec<Job>), WorkerError> {
         match self {
             Self::Sqlite(s) => s.lease_next(now_ms, lease_ms).await,
-            #[cfg(not(madsim))]
             Self::JetStream(s) => s.lease_next(now_ms, lease_ms).await,
         }
     }
@@ -131,7 +125,6 @@ impl Store {
                 let _ = now_ms;
                 Vec::new()
             }
-            #[cfg(not(madsim))]
             Self::JetStream(s) => s.release(now_ms).await,
         }
     }
@@ -148,7 +141,6 @@ impl Store {
     ) -> Result<(Vec<Job>, Option<i64>), WorkerError> {
         match self {
             Self::Sqlite(s) => s.list(filter, limit).await,
-            #[cfg(not(madsim))]
             Self::JetStream(s) => s.list(filter, limit).await,
         }
     }

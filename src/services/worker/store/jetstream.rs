@@ -30,35 +30,50 @@
 //!   its message again (refused while one exists), which repairs a job whose
 //!   message was lost between the two writes.
 
+//!
+//! The server sits behind two seams, so the simulator runs this code on a
+//! modelled server: the records' bucket ([`Bucket`], the registry's) and
+//! the work queue ([`queue::WorkQueue`]).
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
-use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::{self, Message, stream};
+use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::Filter;
+use crate::registry::nats_kv::bucket::{Bucket, KvError, Op};
 use crate::rt;
 use crate::services::worker::error::WorkerError;
 use crate::services::worker::queue::{Job, JobState, Refused};
+use queue::{Delivery, Published, Settle, WorkQueue};
 
-/// The durable consumer every worker pulls from.
-const CONSUMER: &str = "workers";
+pub mod http;
+#[cfg(not(madsim))]
+pub mod nats;
+pub mod queue;
 /// Messages looked at per [`JetStreamStore::lease_next`], at most.
 const SCAN: usize = 32;
 /// Compare-and-set rounds of one change before giving up.
 const CAS_ROUNDS: usize = 16;
+/// The property counted (in the simulator's report) when a delivery finds
+/// its job's lease ran out and takes the job over: a worker lost its job's
+/// message, and two may run one attempt.
+pub const TAKEN_OVER: &str = "jetstream: a lease that ran out taken over";
+/// The property counted when a delivery finds its job leased by a live
+/// holder and gives it back.
+pub const HELD_ELSEWHERE: &str = "jetstream: a delivery of a job leased elsewhere given back";
 /// Most records [`JetStreamStore::list`] reads.
 pub const MAX_LIST_RECORDS: u64 = 100_000;
 /// Longest wait for one request to the server.
+#[cfg(not(madsim))]
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one message while listing.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the queue lives.
+#[cfg(not(madsim))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// NATS server URL(s), comma-separated.
@@ -89,14 +104,12 @@ struct Record {
 /// A delivered message this process holds while it runs the job.
 struct Held {
     attempt: u32,
-    msg: Message,
+    msg: Delivery,
 }
 
 struct Inner {
-    js: jetstream::Context,
-    kv: kv::Store,
-    queue: stream::Stream,
-    consumer: consumer::PullConsumer,
+    kv: Arc<dyn Bucket>,
+    queue: Arc<dyn WorkQueue>,
     /// `<name>.dispatch.`
     subject: String,
     held: Mutex<HashMap<String, Held>>,
@@ -168,37 +181,26 @@ pub fn encode_record(seq: u64, job: &Job) -> Result<bytes::Bytes, WorkerError> {
         job: job.clone(),
     })
 }
-
 /// A NAK that has the message delivered again at `at_ms`. A due time
 /// already passed is a plain NAK: nats-server 2.9 does not redeliver a NAK
 /// with a zero delay until the ack wait ends.
-fn nak_until(at_ms: u64, now_ms: u64) -> AckKind {
+fn nak_until(at_ms: u64, now_ms: u64) -> Settle {
     match at_ms.saturating_sub(now_ms) {
-        0 => AckKind::Nak(None),
-        ms => AckKind::Nak(Some(Duration::from_millis(ms))),
+        0 => Settle::Nak(None),
+        ms => Settle::Nak(Some(ms)),
     }
 }
 
 /// The answer to a message of `job` when this process does not run it now:
 /// removed once the job ended, else given back until the job may run next
 /// (its lease or its backoff ends).
-fn not_now(job: &Job, now_ms: u64) -> AckKind {
+fn not_now(job: &Job, now_ms: u64) -> Settle {
     match job.state {
-        JobState::Succeeded | JobState::DeadLetter | JobState::Cancelled => AckKind::Ack,
+        JobState::Succeeded | JobState::DeadLetter | JobState::Cancelled => Settle::Ack,
         // Leased by a live worker (whose ack wait may have run out first).
         JobState::Leased => nak_until(job.lease_until_ms, now_ms),
         JobState::Queued | JobState::Failed => nak_until(job.not_before_ms, now_ms),
     }
-}
-
-/// What a dispatch publication came to.
-enum Dispatch {
-    /// Queued.
-    Queued,
-    /// The job's message is already queued.
-    AlreadyQueued,
-    /// The work queue holds `max_active` messages.
-    Full,
 }
 
 impl JetStreamStore {
@@ -207,6 +209,7 @@ impl JetStreamStore {
     ///
     /// # Errors
     /// The server is unreachable or refuses to create them.
+    #[cfg(not(madsim))]
     pub async fn connect(opts: &Options) -> Result<Self, WorkerError> {
         let connect = async_nats::ConnectOptions::new().name("streamgate-worker-jobs");
         let client = opts
@@ -217,63 +220,43 @@ impl JetStreamStore {
             .connect(opts.url.as_str())
             .await
             .map_err(|e| unavailable(&format!("connect to {}", opts.url), e))?;
-        let js = jetstream::new(client);
-        let bucket = crate::nats_kv::Bucket {
+        let js = async_nats::jetstream::new(client.clone());
+        let settings = crate::nats_kv::Bucket {
             name: &opts.name,
             description: "StreamGate worker jobs",
             history: 1,
             max_age: Duration::ZERO,
             timeout: REQUEST_TIMEOUT,
         };
-        let kv = crate::nats_kv::bind_or_create(&js, &bucket)
+        let kv = crate::registry::nats_kv::NatsBucket::bind(client.clone(), &settings)
             .await
             .map_err(|e| unavailable("jobs bucket", e))?;
-        let max_active = i64::try_from(opts.max_active).unwrap_or(i64::MAX);
-        let queue = js
-            .get_or_create_stream(stream::Config {
-                name: format!("{}_queue", opts.name),
-                description: Some(
-                    "StreamGate worker dispatch (one message per unfinished job)".to_owned(),
-                ),
-                subjects: vec![format!("{}.dispatch.*", opts.name)],
-                retention: stream::RetentionPolicy::WorkQueue,
-                max_messages: max_active,
-                max_messages_per_subject: 1,
-                discard: stream::DiscardPolicy::New,
-                discard_new_per_subject: true,
-                storage: stream::StorageType::File,
-                ..stream::Config::default()
-            })
-            .await
-            .map_err(|e| unavailable("create the work queue", e))?;
-        let consumer = queue
-            .get_or_create_consumer(
-                CONSUMER,
-                pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    description: Some("StreamGate workers".to_owned()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: opts.lease,
-                    deliver_policy: DeliverPolicy::All,
-                    max_deliver: -1,
-                    // Delayed jobs wait unacknowledged: allow all of them.
-                    max_ack_pending: max_active,
-                    ..pull::Config::default()
-                },
-            )
-            .await
-            .map_err(|e| unavailable("create the work queue's consumer", e))?;
-        Ok(Self {
+        let queue = nats::NatsQueue::bind(
+            client,
+            &js,
+            &opts.name,
+            opts.max_active,
+            opts.lease,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map_err(|e| unavailable("work queue", e))?;
+        Ok(Self::on(&opts.name, Arc::new(kv), Arc::new(queue)))
+    }
+
+    /// The store on a bucket and a work queue (`<name>.dispatch.*`) already
+    /// set up: the simulator's modelled server.
+    #[must_use]
+    pub fn on(name: &str, kv: Arc<dyn Bucket>, queue: Arc<dyn WorkQueue>) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                js,
                 kv,
                 queue,
-                consumer,
-                subject: format!("{}.dispatch.", opts.name),
+                subject: format!("{name}.dispatch."),
                 held: Mutex::new(HashMap::new()),
                 closed: tokio::sync::RwLock::new(false),
             }),
-        })
+        }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
@@ -281,6 +264,13 @@ impl JetStreamStore {
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Settles `msg`, logging a failure (the ack wait covers a lost one).
+    async fn settle_msg(&self, id: &str, msg: &Delivery, how: Settle, confirm: bool) {
+        if let Err(e) = self.inner.queue.settle(msg, how, confirm).await {
+            tracing::warn!(job_id = %id, error = %e, "job message not settled");
+        }
     }
 
     /// The record of `id` and its revision.
@@ -292,9 +282,7 @@ impl JetStreamStore {
             .await
             .map_err(|e| unavailable(&format!("read job {id}"), e))?;
         match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                Ok(Some((decode(id, &e.value)?, e.revision)))
-            }
+            Some(e) if e.op == Op::Put => Ok(Some((decode(id, &e.value)?, e.revision))),
             _ => Ok(None),
         }
     }
@@ -304,27 +292,50 @@ impl JetStreamStore {
         let id = record.job.id.as_str();
         match self.inner.kv.update(id, encode(record)?, revision).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(KvError::WrongRevision) => Ok(false),
             Err(e) => Err(unavailable(&format!("write job {id}"), e)),
         }
     }
 
-    async fn dispatch(&self, id: &str) -> Result<Dispatch, WorkerError> {
-        let subject = format!("{}{id}", self.inner.subject);
-        let ack = match self.inner.js.publish(subject, bytes::Bytes::new()).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match ack {
-            Ok(_) => Ok(Dispatch::Queued),
-            // The server's words (JSStreamStoreFailedF); there is no code
-            // that tells the two limits apart.
-            Err(e) if e.to_string().contains("maximum messages per subject") => {
-                Ok(Dispatch::AlreadyQueued)
-            }
-            Err(e) if e.to_string().contains("maximum messages") => Ok(Dispatch::Full),
-            Err(e) => Err(unavailable(&format!("queue job {id}"), e)),
+    /// [`Self::save`] of a lease taken (unconditional under the injected
+    /// bug [`rt::faults::Bug::JetStreamLeaseWithoutCas`]).
+    async fn save_lease(&self, record: &Record, revision: u64) -> Result<bool, WorkerError> {
+        if !rt::faults::injected(rt::faults::Bug::JetStreamLeaseWithoutCas) {
+            return self.save(record, revision).await;
         }
+        let id = record.job.id.as_str();
+        match self.inner.kv.put(id, encode(record)?).await {
+            Ok(_) => Ok(true),
+            Err(e) => Err(unavailable(&format!("write job {id}"), e)),
+        }
+    }
+
+    /// Creates the key `id` (also over a delete marker, as a KV create
+    /// does): its revision, or `None` if it holds a value.
+    async fn create(&self, id: &str, value: Bytes) -> Result<Option<u64>, WorkerError> {
+        let failed = |e: KvError| unavailable(&format!("create job {id}"), e);
+        match self.inner.kv.update(id, value.clone(), 0).await {
+            Ok(revision) => return Ok(Some(revision)),
+            Err(KvError::WrongRevision) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        match self.inner.kv.entry(id).await.map_err(failed)? {
+            Some(e) if e.op != Op::Put => match self.inner.kv.update(id, value, e.revision).await {
+                Ok(revision) => Ok(Some(revision)),
+                Err(KvError::WrongRevision) => Ok(None),
+                Err(e) => Err(failed(e)),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    async fn dispatch(&self, id: &str) -> Result<Published, WorkerError> {
+        let subject = format!("{}{id}", self.inner.subject);
+        self.inner
+            .queue
+            .publish(&subject)
+            .await
+            .map_err(|e| unavailable(&format!("queue job {id}"), e))
     }
 
     /// Stores `job` and queues it, or returns the job already stored under
@@ -337,30 +348,21 @@ impl JetStreamStore {
     pub async fn submit(&self, job: Job, max_active: u64) -> Result<(Job, bool), WorkerError> {
         let id = job.id.clone();
         let mut record = Record { seq: 0, job };
-        let created = match self.inner.kv.create(id.as_str(), encode(&record)?).await {
-            Ok(revision) => revision,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                let Some((existing, _)) = self.load(&id).await? else {
-                    return Err(WorkerError::Unavailable {
-                        source: None,
-                        what: format!("job {id} was removed while submitted again; try again"),
-                    });
-                };
-                if !existing.job.state.is_terminal() {
-                    self.dispatch(&id).await?;
-                }
-                return Ok((existing.job, true));
+        let Some(created) = self.create(&id, encode(&record)?).await? else {
+            let Some((existing, _)) = self.load(&id).await? else {
+                return Err(WorkerError::Unavailable {
+                    source: None,
+                    what: format!("job {id} was removed while submitted again; try again"),
+                });
+            };
+            if !existing.job.state.is_terminal() {
+                self.dispatch(&id).await?;
             }
-            Err(e) => return Err(unavailable(&format!("create job {id}"), e)),
+            return Ok((existing.job, true));
         };
         record.seq = created;
         let mut revision = created;
-        match self
-            .inner
-            .kv
-            .update(id.as_str(), encode(&record)?, created)
-            .await
-        {
+        match self.inner.kv.update(&id, encode(&record)?, created).await {
             Ok(r) => revision = r,
             Err(e) => {
                 // Only its place in the list suffers.
@@ -369,18 +371,13 @@ impl JetStreamStore {
             }
         }
         let refused = match self.dispatch(&id).await {
-            Ok(Dispatch::Queued | Dispatch::AlreadyQueued) => return Ok((record.job, false)),
-            Ok(Dispatch::Full) => WorkerError::Full(max_active),
+            Ok(Published::Queued | Published::AlreadyQueued) => return Ok((record.job, false)),
+            Ok(Published::Full) => WorkerError::Full(max_active),
             Err(e) => e,
         };
         // Not queued: take the record back, so it is not left waiting for a
         // message that never comes.
-        if let Err(e) = self
-            .inner
-            .kv
-            .delete_expect_revision(id.as_str(), Some(revision))
-            .await
-        {
+        if let Err(e) = self.inner.kv.delete(&id, Some(revision)).await {
             tracing::warn!(job_id = %id, error = %e, "unqueued job record not removed");
         }
         Err(refused)
@@ -438,28 +435,21 @@ impl JetStreamStore {
         let Some(held) = held else {
             if job.state.is_terminal() {
                 let subject = format!("{}{}", self.inner.subject, job.id);
-                if let Err(e) = self.inner.queue.purge().filter(subject).await {
+                if let Err(e) = self.inner.queue.purge(&subject).await {
                     tracing::warn!(job_id = %job.id, error = %e, "ended job's message not removed");
                 }
             }
             return;
         };
-        let kind = match job.state {
-            JobState::Leased => AckKind::Progress,
+        let how = match job.state {
+            JobState::Leased => Settle::Progress,
             _ => not_now(job, rt::unix_ms()),
         };
-        let keep = matches!(kind, AckKind::Progress);
         // The end of a job is confirmed by the server: its place in the
         // queue is free when this returns.
-        let settled = if matches!(kind, AckKind::Ack) {
-            held.msg.double_ack().await
-        } else {
-            held.msg.ack_with(kind).await
-        };
-        if let Err(e) = settled {
-            tracing::warn!(job_id = %job.id, error = %e, "job message not settled");
-        }
-        if keep {
+        let confirm = how == Settle::Ack;
+        self.settle_msg(&job.id, &held.msg, how, confirm).await;
+        if how == Settle::Progress {
             self.held().insert(job.id.clone(), held);
         }
     }
@@ -481,26 +471,8 @@ impl JetStreamStore {
                 Refused::StaleLease | Refused::NotEligible => None,
             }
         };
-        if let Some(h) = taken
-            && let Err(e) = h.msg.double_ack().await
-        {
-            tracing::warn!(job_id = %job.id, error = %e, "job message not removed");
-        }
-    }
-
-    async fn next_message(&self) -> Result<Option<Message>, WorkerError> {
-        let mut batch = self
-            .inner
-            .consumer
-            .fetch()
-            .max_messages(1)
-            .messages()
-            .await
-            .map_err(|e| unavailable("fetch jobs", e))?;
-        match batch.next().await {
-            Some(Ok(msg)) => Ok(Some(msg)),
-            Some(Err(e)) => Err(unavailable("fetch jobs", e)),
-            None => Ok(None),
+        if let Some(h) = taken {
+            self.settle_msg(&job.id, &h.msg, Settle::Ack, true).await;
         }
     }
 
@@ -534,12 +506,19 @@ impl JetStreamStore {
         }
         let mut expired = Vec::new();
         for _ in 0..SCAN {
-            let Some(msg) = self.next_message().await? else {
+            let msg = self
+                .inner
+                .queue
+                .fetch()
+                .await
+                .map_err(|e| unavailable("fetch jobs", e))?;
+            let Some(msg) = msg else {
                 break;
             };
-            let Some(id) = msg.subject.as_str().strip_prefix(&self.inner.subject) else {
+            let Some(id) = msg.subject.strip_prefix(&self.inner.subject) else {
                 // Not ours: never delivered again.
-                let _ = msg.ack_with(AckKind::Term).await;
+                self.settle_msg(&msg.subject, &msg, Settle::Term, false)
+                    .await;
                 continue;
             };
             let id = id.to_owned();
@@ -555,7 +534,7 @@ impl JetStreamStore {
     async fn take(
         &self,
         id: &str,
-        msg: Message,
+        msg: Delivery,
         now_ms: u64,
         lease_ms: u64,
         expired: &mut Vec<Job>,
@@ -564,39 +543,46 @@ impl JetStreamStore {
             let loaded = match self.load(id).await {
                 Ok(loaded) => loaded,
                 Err(e) => {
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    self.settle_msg(id, &msg, Settle::Nak(None), false).await;
                     return Err(e);
                 }
             };
             let Some((mut record, revision)) = loaded else {
                 // No record (taken back after a refused dispatch): drop it.
-                let _ = msg.ack().await;
+                self.settle_msg(id, &msg, Settle::Ack, false).await;
                 return Ok(None);
             };
             let lost = record.job.expire(now_ms).then(|| record.job.clone());
+            if lost.is_some() {
+                rt::coverage::hit(TAKEN_OVER);
+            }
             let attempt = record.job.lease(now_ms, lease_ms).ok();
             if lost.is_none() && attempt.is_none() {
-                let _ = msg.ack_with(not_now(&record.job, now_ms)).await;
+                if record.job.state == JobState::Leased {
+                    rt::coverage::hit(HELD_ELSEWHERE);
+                }
+                self.settle_msg(id, &msg, not_now(&record.job, now_ms), false)
+                    .await;
                 return Ok(None);
             }
-            match self.save(&record, revision).await {
+            match self.save_lease(&record, revision).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    self.settle_msg(id, &msg, Settle::Nak(None), false).await;
                     return Err(e);
                 }
             }
             expired.extend(lost);
             let Some(attempt) = attempt else {
                 // The lost attempt was the last: dead-lettered.
-                let _ = msg.ack().await;
+                self.settle_msg(id, &msg, Settle::Ack, false).await;
                 return Ok(None);
             };
             self.held().insert(id.to_owned(), Held { attempt, msg });
             return Ok(Some(record.job));
         }
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        self.settle_msg(id, &msg, Settle::Nak(None), false).await;
         Ok(None)
     }
 
@@ -611,16 +597,14 @@ impl JetStreamStore {
         let held: Vec<(String, Held)> = self.held().drain().collect();
         let mut released = Vec::new();
         for (id, h) in held {
-            let (kind, taken_back) = self.give_back(&id, h.attempt, now_ms).await;
-            let Some(kind) = kind else {
+            let (how, taken_back) = self.give_back(&id, h.attempt, now_ms).await;
+            let Some(how) = how else {
                 // Not ours any more, or the server is away: the ack wait
                 // brings it back.
                 continue;
             };
             // Confirmed by the server: the process is about to go.
-            if let Err(e) = h.msg.double_ack_with(kind).await {
-                tracing::warn!(job_id = %id, error = %e, "released job's message not settled");
-            }
+            self.settle_msg(&id, &h.msg, how, true).await;
             released.extend(taken_back);
         }
         released
@@ -633,13 +617,13 @@ impl JetStreamStore {
         id: &str,
         attempt: u32,
         now_ms: u64,
-    ) -> (Option<AckKind>, Option<Job>) {
+    ) -> (Option<Settle>, Option<Job>) {
         for _ in 0..CAS_ROUNDS {
             let Ok(loaded) = self.load(id).await else {
                 return (None, None);
             };
             let Some((mut record, revision)) = loaded else {
-                return (Some(AckKind::Ack), None);
+                return (Some(Settle::Ack), None);
             };
             match record.job.state {
                 JobState::Leased if record.job.attempts == attempt => {}
@@ -656,61 +640,31 @@ impl JetStreamStore {
         (None, None)
     }
 
-    /// Every record, in bucket order.
+    /// Every record, in bucket order: the listing of a watch of the whole
+    /// bucket (the latest entry of each key), which is then dropped.
     async fn records(&self) -> Result<Vec<Record>, WorkerError> {
-        let kv = &self.inner.kv;
-        let consumer = kv
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: format!("{}>", kv.prefix),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..pull::OrderedConfig::default()
-            })
+        let watch = rt::timeout(READ_TIMEOUT, self.inner.kv.watch(">"))
             .await
+            .map_err(|_| unavailable("list jobs", "timed out"))?
             .map_err(|e| unavailable("list jobs", e))?;
-        let pending = consumer.cached_info().num_pending;
-        let name = consumer.cached_info().name.clone();
-        let records = self.read_records(consumer, pending).await;
-        // The server would drop it after 30 s idle; list calls can be many.
-        if let Err(e) = kv.stream.delete_consumer(&name).await {
-            tracing::debug!(error = %e, "list consumer not deleted");
+        if watch.pending > MAX_LIST_RECORDS {
+            return Err(WorkerError::TooManyRecords(watch.pending));
         }
-        records
-    }
-
-    async fn read_records(
-        &self,
-        consumer: consumer::Consumer<pull::OrderedConfig>,
-        pending: u64,
-    ) -> Result<Vec<Record>, WorkerError> {
-        let kv = &self.inner.kv;
-        if pending > MAX_LIST_RECORDS {
-            return Err(WorkerError::TooManyRecords(pending));
-        }
-        let mut records = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| unavailable("list jobs", e))?;
-        let mut left = pending;
+        let mut records = Vec::with_capacity(usize::try_from(watch.pending).unwrap_or(0));
+        let mut entries = watch.entries;
+        let mut left = watch.pending;
         while left > 0 {
-            let msg = match rt::timeout(READ_TIMEOUT, messages.next()).await {
-                Ok(Some(Ok(msg))) => msg,
+            let delivered = match rt::timeout(READ_TIMEOUT, entries.next()).await {
+                Ok(Some(Ok(delivered))) => delivered,
                 Ok(Some(Err(e))) => return Err(unavailable("list jobs", e)),
                 Ok(None) => break,
                 Err(_) => return Err(unavailable("list jobs", "timed out")),
             };
-            left = msg.info().map_or(0, |i| i.pending);
-            let deleted = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() != "PUT");
-            if deleted {
-                continue;
+            left = delivered.pending;
+            let entry = delivered.entry;
+            if entry.op == Op::Put {
+                records.push(decode(&entry.key, &entry.value)?);
             }
-            let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
-            records.push(decode(key, &msg.payload)?);
         }
         Ok(records)
     }
