@@ -4,7 +4,8 @@
 //! events happen (breaker: on every call outcome and transition, in every
 //! node's pool; retry: every decision, and the budget over every window;
 //! registration: after every registry wipe; one transcode job per video: on
-//! every JobSubmitted; end to end: the auditor's model of every answer, and
+//! every JobSubmitted; one success per job, two workers racing for leases
+//! when the job queue is JetStream: on every JobCompleted; end to end: the auditor's model of every answer, and
 //! the user never refused for load it did not cause while, in half the
 //! seeds, a stalled client holds hundreds of requests open on each gateway;
 //! the call policy: an intruder with the worker's identity calling what the
@@ -42,7 +43,7 @@ use std::time::Duration;
 
 use madsim::runtime::Handle;
 use rand::Rng as _;
-use streamgate::bus::events::{JobSubmitted, MetadataUpdated, Payload as _};
+use streamgate::bus::events::{JobCompleted, JobSubmitted, MetadataUpdated, Payload as _};
 use streamgate::bus::{EventBus as _, EventType, handler};
 use streamgate::rt;
 use streamgate::services::ServiceKind;
@@ -199,7 +200,8 @@ async fn unregistered(cluster: &Cluster) -> Vec<String> {
     missing
 }
 
-/// Follows the bus: one transcode job per video; video states on the timeline.
+/// Follows the bus: one transcode job per video, one success per job; video
+/// states on the timeline.
 async fn tap(tl: &Timeline) -> Vec<streamgate::bus::Subscription> {
     let bus = SimBus::new(BROKER);
     let jobs = Arc::new(Mutex::new(check::OneJobPerVideo::default()));
@@ -224,6 +226,25 @@ async fn tap(tl: &Timeline) -> Vec<streamgate::bus::Subscription> {
         }
     });
     let t = tl.clone();
+    let successes = Arc::new(Mutex::new(check::OneSuccessPerJob::default()));
+    let on_completed = handler(move |e| {
+        let (t, successes) = (t.clone(), successes.clone());
+        async move {
+            let p = JobCompleted::from_event(&e)?;
+            rt::coverage::hit(coverage::ONE_SUCCESS);
+            let verdict = successes.lock().expect("jobs").observe(&p.job_id, &e.id);
+            match verdict {
+                Ok(()) => t.record(
+                    "worker-0",
+                    Kind::State,
+                    format_args!("job {} succeeded", p.job_id),
+                ),
+                Err(msg) => t.violated("worker-0", msg),
+            }
+            Ok(())
+        }
+    });
+    let t = tl.clone();
     let on_update = handler(move |e| {
         let t = t.clone();
         async move {
@@ -240,6 +261,7 @@ async fn tap(tl: &Timeline) -> Vec<streamgate::bus::Subscription> {
     let mut subs = Vec::new();
     for (subject, h) in [
         (EventType::JobSubmitted.subject(), on_job),
+        (EventType::JobCompleted.subject(), on_completed),
         (EventType::MetadataUpdated.subject(), on_update),
     ] {
         loop {

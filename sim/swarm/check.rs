@@ -263,6 +263,31 @@ pub fn pool_config(lane: &str, identity: &str, timeline: &Timeline) -> PoolConfi
     }
 }
 
+/// One success per job: a job's JobCompleted events (told apart by event
+/// id: a redelivered event is the same one) are one. Two workers that ran
+/// one attempt (its message came back to the other after the ack wait)
+/// must not both record a success.
+#[derive(Debug, Default)]
+pub struct OneSuccessPerJob {
+    completed: HashMap<String, String>,
+}
+
+impl OneSuccessPerJob {
+    /// Checks one JobCompleted event `event_id` of `job_id`.
+    pub fn observe(&mut self, job_id: &str, event_id: &str) -> Result<(), String> {
+        match self.completed.get(job_id) {
+            Some(first) if first != event_id => Err(format!(
+                "job {job_id} succeeded twice (events {first} and {event_id})"
+            )),
+            _ => {
+                self.completed
+                    .insert(job_id.to_owned(), event_id.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One transcode job per video: every JobSubmitted seen on the bus names
 /// the video's one job (a handler that is not idempotent makes more).
 #[derive(Debug, Default)]

@@ -25,12 +25,22 @@ use streamgate_testkit::kv_node::KvNode;
 
 use super::check;
 use super::disk_faults::FaultyBlobs;
-use super::faults::{Plan, RegistryKind};
+use super::faults::{JobQueueKind, Plan, RegistryKind};
 use super::timeline::{Kind, Timeline};
 use crate::broker::{SimBus, broker_node};
 
 /// The broker node's address.
 pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 1)), 4222);
+/// The modelled NATS node holding the jobs' bucket and work queue, when
+/// the run's job queue is JetStream.
+pub const JOBS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 5)), 4222);
+/// The name of the jobs' work queue (`<name>.dispatch.*`).
+const JOBS_NAME: &str = "jobs";
+/// The workers' lease, and the work queue's ack wait, when the job queue is
+/// JetStream: shorter than the longer partitions and crashes (up to 8 s),
+/// so a worker cut off while it runs a job loses the job's message to the
+/// other worker, and both may run one attempt.
+pub const JOBS_LEASE: Duration = Duration::from_secs(4);
 /// The client (workload and checkers) node's address.
 pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 2));
 /// The stalled client's node address (`stalled.rs`): another client
@@ -147,6 +157,18 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         .id();
     let nats_kv = kv.is_some();
     let broker = broker_node(BROKER);
+    let jetstream = plan.job_queue == JobQueueKind::JetStream;
+    if jetstream {
+        // Its state lives outside the node, so it outlives a restart.
+        let defaults = streamgate::services::worker::jobs::Config::default();
+        let node = crate::job_queue::JobsNode::new(JOBS_NAME, defaults.max_active, JOBS_LEASE);
+        handle
+            .create_node()
+            .name("nats-jobs")
+            .ip(JOBS.ip())
+            .init(move || node.clone().serve(JOBS))
+            .build();
+    }
     let blobs = MemoryBlobStore::new();
     let engine = Engine::Model {
         duration: plan.transcode_time,
@@ -159,6 +181,13 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         if skip.split(',').any(|k| k == kind.name()) {
             continue;
         }
+        // Workers on JetStream share their jobs as on two hosts: two of
+        // them race for every lease.
+        let count = if kind == ServiceKind::Worker && jetstream {
+            2
+        } else {
+            count
+        };
         for i in 0..count {
             let name = format!("{}-{i}", kind.name());
             let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 9, last));
@@ -195,6 +224,13 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                             ServiceConfig::Transcoder(c) => c.engine = engine,
                             ServiceConfig::Auth(c) => c.secret = Some(Secret::new(vec![9u8; 32])),
                             ServiceConfig::Upload(c) => c.sweep = ORPHAN_SWEEP,
+                            ServiceConfig::Worker(c) if jetstream => {
+                                c.job_queue = streamgate::services::worker::JobQueue::JetStream {
+                                    url: format!("http://{JOBS}"),
+                                    name: JOBS_NAME.to_owned(),
+                                };
+                                c.jobs.lease = JOBS_LEASE;
+                            }
                             _ => {}
                         }
                         loop {

@@ -18,6 +18,8 @@ use super::faults;
 pub const REGISTRATION: &str = "checker: re-registration (every registry comeback)";
 /// One transcode job per video.
 pub const ONE_JOB: &str = "checker: one job per video (every JobSubmitted)";
+/// One success per job, with two workers racing for leases.
+pub const ONE_SUCCESS: &str = "checker: one success per job (every JobCompleted)";
 /// The auditor: every answer as the model predicts.
 pub const AUDITOR: &str = "checker: auditor (every clear answer)";
 /// Answers the auditor could not judge (5xx, 429, none).
@@ -36,6 +38,7 @@ fn known() -> Vec<String> {
     let mut names: Vec<String> = [
         REGISTRATION,
         ONE_JOB,
+        ONE_SUCCESS,
         AUDITOR,
         UNCLEAR,
         NOT_REFUSED,
@@ -45,6 +48,8 @@ fn known() -> Vec<String> {
         BREAKER_CHECK,
         RETRY_CHECK,
         streamgate::sqlite::STALE_ROLLBACK,
+        streamgate::services::worker::store::jetstream::TAKEN_OVER,
+        streamgate::services::worker::store::jetstream::HELD_ELSEWHERE,
     ]
     .into_iter()
     .chain(TRANSITIONS)

@@ -109,6 +109,42 @@ pub struct Plan {
     /// (not drawn from the generator, so the rest of a seed's plan is the
     /// same in both); `SWARM_REGISTRY=consul|nats-kv` overrides it.
     pub registry: RegistryKind,
+    /// Where the worker keeps its jobs: SQLite on seeds whose second bit is
+    /// clear, the JetStream store on the modelled NATS node otherwise (so
+    /// every four seeds run each registry with each job queue; not drawn
+    /// from the generator either); `SWARM_JOB_QUEUE=sqlite|jetstream`
+    /// overrides it.
+    pub job_queue: JobQueueKind,
+}
+
+/// The job store a run's worker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobQueueKind {
+    /// SQLite in the worker's data dir.
+    Sqlite,
+    /// The JetStream store on the modelled NATS node's bucket and work
+    /// queue (which outlive a restart, as JetStream's file storage does).
+    JetStream,
+}
+
+impl JobQueueKind {
+    /// The run's job queue: from the seed's second bit, or `SWARM_JOB_QUEUE`.
+    pub fn of_seed(seed: u64) -> Self {
+        match std::env::var("SWARM_JOB_QUEUE").as_deref() {
+            Ok("sqlite") => Self::Sqlite,
+            Ok("jetstream") => Self::JetStream,
+            _ if (seed / 2).is_multiple_of(2) => Self::Sqlite,
+            _ => Self::JetStream,
+        }
+    }
+
+    /// Its name in the timeline and in `SWARM_JOB_QUEUE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::JetStream => "jetstream",
+        }
+    }
 }
 
 /// The registry a run uses.
@@ -168,14 +204,16 @@ impl Plan {
                 (drawn, _) => drawn,
             },
             registry: RegistryKind::of_seed(madsim::runtime::Handle::current().seed()),
+            job_queue: JobQueueKind::of_seed(madsim::runtime::Handle::current().seed()),
         }
     }
 
     /// One line saying what is on.
     pub fn describe(&self) -> String {
         format!(
-            "swarm: registry {}; faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
+            "swarm: registry {}; job queue {}; faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
             self.registry.name(),
+            self.job_queue.name(),
             self.faults,
             self.gap,
             self.transcode_time,
