@@ -41,12 +41,12 @@ pub enum Bug {
     /// never renewed. Caught by the registration checker on the seeds that
     /// run the NATS KV registry.
     KvHeartbeatTrustsItsCache,
-    /// The JetStream job store writes a lease over whatever the record
-    /// holds by then (a put, not a compare-and-set on the revision it
-    /// read), so a worker that takes a job whose lease ran out can undo
-    /// what the old holder wrote meanwhile, its success included. Caught
-    /// by the one-success-per-job checker on the seeds that run JetStream.
-    JetStreamLeaseWithoutCas,
+    /// The JetStream job store acknowledges a job's message as soon as it
+    /// leases the job (at-most-once), instead of holding it until the job
+    /// ends: a worker that dies holding the job leaves it leased with no
+    /// message to bring it back, and its video never settles. Caught by
+    /// the liveness check on the seeds that run JetStream.
+    JetStreamAckOnLease,
 }
 
 impl Bug {
@@ -59,7 +59,7 @@ impl Bug {
         Self::UnsyncedCommits,
         Self::PolicySkipped,
         Self::KvHeartbeatTrustsItsCache,
-        Self::JetStreamLeaseWithoutCas,
+        Self::JetStreamAckOnLease,
     ];
 
     /// The name `STREAMGATE_INJECT_BUG` takes.
@@ -73,7 +73,7 @@ impl Bug {
             Self::UnsyncedCommits => "unsynced-commits",
             Self::PolicySkipped => "policy-skipped",
             Self::KvHeartbeatTrustsItsCache => "kv-heartbeat-trusts-its-cache",
-            Self::JetStreamLeaseWithoutCas => "jetstream-lease-without-cas",
+            Self::JetStreamAckOnLease => "jetstream-ack-on-lease",
         }
     }
 }

@@ -297,19 +297,6 @@ impl JetStreamStore {
         }
     }
 
-    /// [`Self::save`] of a lease taken (unconditional under the injected
-    /// bug [`rt::faults::Bug::JetStreamLeaseWithoutCas`]).
-    async fn save_lease(&self, record: &Record, revision: u64) -> Result<bool, WorkerError> {
-        if !rt::faults::injected(rt::faults::Bug::JetStreamLeaseWithoutCas) {
-            return self.save(record, revision).await;
-        }
-        let id = record.job.id.as_str();
-        match self.inner.kv.put(id, encode(record)?).await {
-            Ok(_) => Ok(true),
-            Err(e) => Err(unavailable(&format!("write job {id}"), e)),
-        }
-    }
-
     /// Creates the key `id` (also over a delete marker, as a KV create
     /// does): its revision, or `None` if it holds a value.
     async fn create(&self, id: &str, value: Bytes) -> Result<Option<u64>, WorkerError> {
@@ -565,7 +552,7 @@ impl JetStreamStore {
                     .await;
                 return Ok(None);
             }
-            match self.save_lease(&record, revision).await {
+            match self.save(&record, revision).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -579,7 +566,11 @@ impl JetStreamStore {
                 self.settle_msg(id, &msg, Settle::Ack, false).await;
                 return Ok(None);
             };
-            self.held().insert(id.to_owned(), Held { attempt, msg });
+            if rt::faults::injected(rt::faults::Bug::JetStreamAckOnLease) {
+                self.settle_msg(id, &msg, Settle::Ack, false).await;
+            } else {
+                self.held().insert(id.to_owned(), Held { attempt, msg });
+            }
             return Ok(Some(record.job));
         }
         self.settle_msg(id, &msg, Settle::Nak(None), false).await;
