@@ -99,6 +99,9 @@ pub struct Cluster {
     pub kv: Option<Arc<KvNode>>,
     /// The broker node.
     pub broker: NodeId,
+    /// The modelled NATS node of the jobs, when the job queue is JetStream
+    /// (its state lives outside the node and outlives its restarts).
+    pub jobs: Option<NodeId>,
     /// The blob store every node shares (object storage).
     pub blobs: MemoryBlobStore,
 }
@@ -158,8 +161,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
     let nats_kv = kv.is_some();
     let broker = broker_node(BROKER);
     let jetstream = plan.job_queue == JobQueueKind::JetStream;
-    if jetstream {
-        // Its state lives outside the node, so it outlives a restart.
+    let jobs = jetstream.then(|| {
         let defaults = streamgate::services::worker::jobs::Config::default();
         let node = crate::job_queue::JobsNode::new(JOBS_NAME, defaults.max_active, JOBS_LEASE);
         handle
@@ -167,8 +169,9 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
             .name("nats-jobs")
             .ip(JOBS.ip())
             .init(move || node.clone().serve(JOBS))
-            .build();
-    }
+            .build()
+            .id()
+    });
     let blobs = MemoryBlobStore::new();
     let engine = Engine::Model {
         duration: plan.transcode_time,
@@ -276,6 +279,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         agent,
         kv,
         broker,
+        jobs,
         blobs,
     }
 }

@@ -600,12 +600,31 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                 }
                 let d = strike.span(1_000, 8_000, left);
                 handle.kill(cluster.broker);
+                // In production the bus and the job queue are one NATS
+                // server: its JetStream goes down with it (and comes back
+                // with its data, as file storage does).
+                if let Some(jobs) = cluster.jobs {
+                    handle.kill(jobs);
+                }
                 b.broker_down = true;
-                tl.print("broker", Kind::Fault, format_args!("#{n} down for {d:?}"));
-                let (tl, broken, node) = (tl.clone(), broken.clone(), cluster.broker);
+                let also = if cluster.jobs.is_some() {
+                    ", and the jobs' JetStream with it"
+                } else {
+                    ""
+                };
+                tl.print(
+                    "broker",
+                    Kind::Fault,
+                    format_args!("#{n} down for {d:?}{also}"),
+                );
+                let (tl, broken, node, jobs) =
+                    (tl.clone(), broken.clone(), cluster.broker, cluster.jobs);
                 rt::spawn(async move {
                     rt::sleep(d).await;
                     Handle::current().restart(node);
+                    if let Some(jobs) = jobs {
+                        Handle::current().restart(jobs);
+                    }
                     lock(&broken).broker_down = false;
                     tl.print("broker", Kind::Heal, "back");
                 });

@@ -43,9 +43,10 @@ pub enum Bug {
     KvHeartbeatTrustsItsCache,
     /// The JetStream job store acknowledges a job's message as soon as it
     /// leases the job (at-most-once), instead of holding it until the job
-    /// ends: a worker that dies holding the job leaves it leased with no
-    /// message to bring it back, and its video never settles. Caught by
-    /// the liveness check on the seeds that run JetStream.
+    /// ends: a job whose attempt fails (its retry waits for the message to
+    /// come back) or whose worker dies is left with no message to bring it
+    /// back, and its video never settles. Caught by the liveness check on
+    /// the seeds that run JetStream.
     JetStreamAckOnLease,
 }
 
