@@ -428,6 +428,25 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                     continue;
                 }
                 let d = strike.span(1_000, 8_000, left);
+                // On JetStream seeds half the partitions of a worker cut it
+                // from the jobs' NATS node alone: it keeps running what it
+                // holds while its lease (4 s) may run out and the other
+                // worker take the job over.
+                if let Some(jobs) = cluster.jobs
+                    && strike.lossy
+                    && cluster.members[strike.a].kind == ServiceKind::Worker
+                {
+                    cut_from_jobs(
+                        (victim, lane_of(victim)),
+                        jobs,
+                        d,
+                        n,
+                        (&tl, &broken),
+                        now,
+                        &mut b,
+                    );
+                    continue;
+                }
                 net.clog_node(victim);
                 b.disturbed.push((victim, now));
                 tl.print(
@@ -631,6 +650,39 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
             }
         }
     }
+}
+
+/// Cuts the worker `victim` (on its timeline lane) from the jobs' NATS
+/// node `jobs`, both ways, for `d`, as fault number `n`.
+fn cut_from_jobs(
+    (victim, lane): (NodeId, String),
+    jobs: NodeId,
+    d: Duration,
+    n: u32,
+    (tl, broken): (&Timeline, &Shared),
+    now: Duration,
+    b: &mut Broken,
+) {
+    let net = NetSim::current();
+    net.clog_link(victim, jobs);
+    net.clog_link(jobs, victim);
+    b.disturbed.push((victim, now));
+    tl.print(
+        &lane,
+        Kind::Fault,
+        format_args!("#{n} cut from the jobs' NATS node for {d:?}"),
+    );
+    let (tl, broken) = (tl.clone(), broken.clone());
+    rt::spawn(async move {
+        rt::sleep(d).await;
+        let net = NetSim::current();
+        net.unclog_link(victim, jobs);
+        net.unclog_link(jobs, victim);
+        let mut b = lock(&broken);
+        b.cut.remove(&victim);
+        b.disturbed.push((victim, tl.elapsed()));
+        tl.print(&lane, Kind::Heal, "cut from the jobs' node healed");
+    });
 }
 
 /// Whether every fault has healed.
