@@ -1,7 +1,9 @@
 //! The simulated cluster: every one of the nine services on its own node
 //! (two instances of the stateless ones), a Consul agent model or a
-//! modelled NATS server (the run's [`RegistryKind`]) as the registry node
-//! and a broker node as the bus, each service started through
+//! modelled NATS server (the run's [`RegistryKind`]) as the registry node,
+//! a broker node as the bus and, when the run's job queue is JetStream
+//! ([`JobQueueKind`]), a modelled NATS node for the jobs shared by two
+//! workers; each service started through
 //! the same kernel and `start()` as in production. A node that fails to
 //! start (registry down, say) tries again each second, as a supervisor would
 //! restart it; a restarted node starts afresh, keeping only its data dir.

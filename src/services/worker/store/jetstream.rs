@@ -29,7 +29,6 @@
 //!   a submission that finds its job already stored and unfinished publishes
 //!   its message again (refused while one exists), which repairs a job whose
 //!   message was lost between the two writes.
-
 //!
 //! The server sits behind two seams, so the simulator runs this code on a
 //! modelled server: the records' bucket ([`Bucket`], the registry's) and
@@ -53,6 +52,7 @@ pub mod http;
 #[cfg(not(madsim))]
 pub mod nats;
 pub mod queue;
+
 /// Messages looked at per [`JetStreamStore::lease_next`], at most.
 const SCAN: usize = 32;
 /// Compare-and-set rounds of one change before giving up.
@@ -181,6 +181,7 @@ pub fn encode_record(seq: u64, job: &Job) -> Result<bytes::Bytes, WorkerError> {
         job: job.clone(),
     })
 }
+
 /// A NAK that has the message delivered again at `at_ms`. A due time
 /// already passed is a plain NAK: nats-server 2.9 does not redeliver a NAK
 /// with a zero delay until the ack wait ends.

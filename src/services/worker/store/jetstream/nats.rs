@@ -17,6 +17,7 @@ const CONSUMER: &str = "workers";
 /// The work queue `<name>_queue` and its consumer.
 pub struct NatsQueue {
     client: async_nats::Client,
+    js: jetstream::Context,
     stream: stream::Stream,
     consumer: consumer::PullConsumer,
     timeout: Duration,
@@ -85,6 +86,7 @@ impl NatsQueue {
             .map_err(|e| unavailable("create the work queue's consumer", e))?;
         Ok(Self {
             client,
+            js: js.clone(),
             stream,
             consumer,
             timeout,
@@ -104,8 +106,11 @@ fn ack_kind(how: Settle) -> AckKind {
 #[async_trait]
 impl WorkQueue for NatsQueue {
     async fn publish(&self, subject: &str) -> Result<Published, QueueError> {
-        let js = jetstream::new(self.client.clone());
-        let ack = match js.publish(subject.to_owned(), bytes::Bytes::new()).await {
+        let ack = match self
+            .js
+            .publish(subject.to_owned(), bytes::Bytes::new())
+            .await
+        {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
