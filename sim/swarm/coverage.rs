@@ -50,6 +50,7 @@ fn known() -> Vec<String> {
         streamgate::sqlite::STALE_ROLLBACK,
         streamgate::services::worker::store::jetstream::TAKEN_OVER,
         streamgate::services::worker::store::jetstream::HELD_ELSEWHERE,
+        streamgate::registry::nats_kv::WATCH_CUT,
     ]
     .into_iter()
     .chain(TRANSITIONS)

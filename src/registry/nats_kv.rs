@@ -45,6 +45,7 @@ mod nats;
 mod options;
 pub mod view;
 mod watch;
+pub use watch::WATCH_CUT;
 
 use bucket::{Bucket, KvError, Op};
 #[cfg(not(madsim))]

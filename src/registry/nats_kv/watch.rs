@@ -11,6 +11,11 @@ use super::{NatsKvRegistry, unavailable};
 use crate::registry::{RegistryError, WatchResult};
 use crate::rt;
 
+/// The property counted (in the simulator's report) when a blocking
+/// query's watch is cut by the server (a restart, a lost bucket): the
+/// caller gets UNAVAILABLE and watches again.
+pub const WATCH_CUT: &str = "nats-kv: a registry watch cut by the server";
+
 /// Direct gets of one listing in flight at once.
 const LISTING_CONCURRENCY: usize = 16;
 
@@ -163,8 +168,14 @@ impl NatsKvRegistry {
                 Ok(Some(Ok(Delivered { entry, .. }))) => {
                     view.apply(entry.key.clone(), slot_of(&entry));
                 }
-                Ok(Some(Err(e))) => return Err(unavailable("watch", e)),
-                Ok(None) => return Err(unavailable("watch", "stream closed")),
+                Ok(Some(Err(e))) => {
+                    rt::coverage::hit(WATCH_CUT);
+                    return Err(unavailable("watch", e));
+                }
+                Ok(None) => {
+                    rt::coverage::hit(WATCH_CUT);
+                    return Err(unavailable("watch", "stream closed"));
+                }
             }
             changed = false;
         }
