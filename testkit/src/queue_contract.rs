@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use streamgate::rt;
 use streamgate::services::worker::store::jetstream::queue::{
-    Delivery, Published, Settle, WorkQueue,
+    Delivery, Published, QueueError, Settle, WorkQueue,
 };
 
 /// Most messages the queue under test holds (and its max ack pending).
@@ -35,10 +35,7 @@ impl Queue<'_> {
         format!("{}.dispatch.{id}", self.name)
     }
 
-    async fn publish(
-        &self,
-        id: &str,
-    ) -> Result<Published, streamgate::services::worker::store::jetstream::queue::QueueError> {
+    async fn publish(&self, id: &str) -> Result<Published, QueueError> {
         self.queue.publish(&self.subject(id)).await
     }
 

@@ -97,18 +97,6 @@ impl QueueNode {
             .with_state(self.clone())
     }
 
-    /// How many messages the stream holds.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.lock().messages.len()
-    }
-
-    /// Whether the stream holds no message.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
