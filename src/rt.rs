@@ -150,7 +150,11 @@ where
 
 /// Runs blocking work (file I/O, SQLite) off the async workers; under the
 /// simulator it runs inline, keeping the run deterministic (after the
-/// delay of a slow disk, when the simulation put one on the node).
+/// delay of a slow disk, when the simulation put one on the node). In
+/// fuzzing builds (`cargo fuzz` sets `--cfg fuzzing`) it runs inline too:
+/// the harnesses drive in-memory stores on one thread, where a hand-off to
+/// the blocking pool and back was about a tenth of each execution, and a
+/// panic in the closure is then the fuzzer's finding rather than an error.
 ///
 /// # Errors
 /// The closure panicked (normal runtime only).
@@ -159,7 +163,11 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    #[cfg(not(madsim))]
+    #[cfg(all(fuzzing, not(madsim)))]
+    {
+        Ok(f())
+    }
+    #[cfg(not(any(fuzzing, madsim)))]
     {
         tokio::task::spawn_blocking(f).await
     }

@@ -13,6 +13,11 @@
 //! an input is at most libFuzzer's `-max_len` bytes). To replay an input on
 //! fresh servers, as a crash found after others is best checked, set
 //! `STREAMGATE_FUZZ_FRESH=1` (a new set per input).
+//!
+//! Because state carries over, most inputs end with more allocations than
+//! frees, and libFuzzer's leak check then runs the input again and scans
+//! the heap: about half of every execution's time. Long campaigns pass
+//! `-detect_leaks=0` (docs/testing.md); `ci/fuzz`'s short runs keep it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -394,8 +399,9 @@ thread_local! {
 /// tokio's `test-util`) its clock is paused: whenever every task waits, it
 /// jumps to the next timer, so the handlers' polls and timeouts (a job
 /// watch polls, for one) cost no wall time. Nothing here waits on the
-/// outside world (no socket; SQLite work on the blocking pool holds the
-/// clock), so no timer fires early. `cargo test` replays on real time.
+/// outside world (no socket; SQLite work runs inline, as `rt::blocking`
+/// does in fuzzing builds), so no timer fires early. `cargo test` replays
+/// on real time.
 fn runtime() -> tokio::runtime::Runtime {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
