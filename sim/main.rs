@@ -4,6 +4,11 @@
 #![cfg(madsim)]
 #![allow(clippy::print_stdout)]
 
+/// malloc and free were about a fifth of a swarm seed's time under glibc's
+/// allocator (docs/benchmarks.md); the run is the same with either.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod broker;
 mod bus;

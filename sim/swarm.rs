@@ -7,7 +7,7 @@
 //! every JobSubmitted; one success per job, two workers racing for leases
 //! when the job queue is JetStream: on every JobCompleted; end to end: the auditor's model of every answer, and
 //! the user never refused for load it did not cause while, in half the
-//! seeds, a stalled client holds hundreds of requests open on each gateway;
+//! seeds, a stalled client holds more requests open on each gateway than its API budget;
 //! the call policy: an intruder with the worker's identity calling what the
 //! policy closes to it is never answered by a service).
 //!

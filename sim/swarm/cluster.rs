@@ -50,6 +50,23 @@ pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 2));
 pub const STALLED: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 3));
 /// The intruder's node address (`intruder.rs`).
 pub const INTRUDER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 4));
+/// The gateways' requests in flight: the production defaults scaled by a
+/// quarter (API budget 64, a client's share 16; media as deployed), so
+/// the stalled client (`stalled.rs`) overruns the budget with a quarter of
+/// the requests, and a quarter of the simulation's cost, that the
+/// defaults would need. The user's requests go one at a time.
+pub const GATEWAY_LIMITS: streamgate::services::gateway::limit::RequestLimits = {
+    use streamgate::services::gateway::limit::RequestLimits as L;
+    L {
+        api_in_flight: L::API_IN_FLIGHT / 4,
+        client_api_in_flight: L::CLIENT_API_IN_FLIGHT / 4,
+        media_in_flight: L::MEDIA_IN_FLIGHT,
+        client_media_in_flight: L::CLIENT_MEDIA_IN_FLIGHT,
+        account_api_in_flight: L::ACCOUNT_API_IN_FLIGHT,
+        account_media_in_flight: L::ACCOUNT_MEDIA_IN_FLIGHT,
+        body_timeout: L::BODY_TIMEOUT,
+    }
+};
 /// TTL check interval of every registration (critical after 2x).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -229,6 +246,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                             ServiceConfig::Transcoder(c) => c.engine = engine,
                             ServiceConfig::Auth(c) => c.secret = Some(Secret::new(vec![9u8; 32])),
                             ServiceConfig::Upload(c) => c.sweep = ORPHAN_SWEEP,
+                            ServiceConfig::ApiGateway(c) => c.limits = GATEWAY_LIMITS,
                             ServiceConfig::Worker(c) if jetstream => {
                                 c.job_queue = streamgate::services::worker::JobQueue::JetStream {
                                     url: format!("http://{JOBS}"),

@@ -100,9 +100,9 @@ pub struct Plan {
     pub buggify: bool,
     /// Seeds the fault schedule's own generator.
     pub schedule: u64,
-    /// A client keeps hundreds of requests with stalled or trickled bodies
-    /// open on every gateway (`stalled.rs`); `SWARM_STALLED=on|off`
-    /// overrides the draw.
+    /// A client keeps more requests with stalled or trickled bodies open on
+    /// every gateway than its API budget takes (`stalled.rs`);
+    /// `SWARM_STALLED=on|off` overrides the draw.
     pub stalled_clients: bool,
     /// Which registry the services use: even seeds the Consul agent
     /// model, odd seeds the NATS KV registry on the modelled NATS node

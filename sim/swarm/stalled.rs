@@ -1,5 +1,5 @@
-//! Stalled and slow clients: one client node that keeps hundreds of
-//! requests open on every gateway, each sending part of its body and then
+//! Stalled and slow clients: one client node that keeps more requests open
+//! on every gateway than its API budget takes, each sending part of its body and then
 //! going quiet, or trickling it a byte every 2 s, as the outside probe of
 //! issue 23 did. The user's auditor then requires that the user is never
 //! refused for load it did not cause (see `workload::refused_for_load`).
@@ -21,9 +21,11 @@ use tower::ServiceExt as _;
 
 use super::timeline::{Kind, Timeline};
 
-/// Requests each gateway is kept busy with: more than the 256 requests in
-/// flight a gateway took in all before per-client budgets.
-pub const PER_GATEWAY: usize = 300;
+/// Requests each gateway is kept busy with: more than the API requests in
+/// flight a gateway takes in all (64 in the swarm, a quarter of the
+/// default: `cluster::GATEWAY_LIMITS`), so without per-client budgets the
+/// user would be refused; with them, 16 are held and the rest refused.
+pub const PER_GATEWAY: usize = super::cluster::GATEWAY_LIMITS.api_in_flight * 5 / 4;
 /// The `Content-Length` every stalled request announces.
 const ANNOUNCED_BYTES: usize = 200;
 /// The `grpc-timeout` the requests ask of the simulated transport, which
