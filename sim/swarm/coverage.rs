@@ -50,7 +50,9 @@ fn known() -> Vec<String> {
         streamgate::sqlite::STALE_ROLLBACK,
         streamgate::services::worker::store::jetstream::TAKEN_OVER,
         streamgate::services::worker::store::jetstream::HELD_ELSEWHERE,
+        streamgate::services::worker::store::jetstream::CAS_LOST,
         streamgate::registry::nats_kv::WATCH_CUT,
+        streamgate::registry::nats_kv::HEARTBEAT_CAS_REFUSED,
     ]
     .into_iter()
     .chain(TRANSITIONS)

@@ -56,6 +56,14 @@ use view::{Record, Slot, View, key, token};
 /// Compare-and-set attempts of one heartbeat before giving up.
 const HEARTBEAT_ATTEMPTS: usize = 3;
 
+/// The property counted (in the simulator's report) when a heartbeat's
+/// compare-and-set at the revision this process last wrote is refused: a
+/// wipe, a re-registration, the reaper, or an earlier write that the
+/// server applied while its answer was lost to a restart or a partition.
+/// The key is then read back and written at its revision.
+pub const HEARTBEAT_CAS_REFUSED: &str =
+    "nats-kv: a heartbeat's compare-and-set refused, the key read back";
+
 /// A [`Registry`] on a NATS JetStream key-value bucket.
 pub struct NatsKvRegistry {
     opts: Options,
@@ -387,7 +395,10 @@ impl NatsKvRegistry {
             Ok(Err(_)) if rt::faults::injected(rt::faults::Bug::KvHeartbeatTrustsItsCache) => {
                 Some(Ok(()))
             }
-            Ok(Err(_)) => None,
+            Ok(Err(_)) => {
+                rt::coverage::hit(HEARTBEAT_CAS_REFUSED);
+                None
+            }
             Err(e) => Some(Err(unavailable("heartbeat", e))),
         }
     }

@@ -64,6 +64,10 @@ pub const TAKEN_OVER: &str = "jetstream: a lease that ran out taken over";
 /// The property counted when a delivery finds its job leased by a live
 /// holder and gives it back.
 pub const HELD_ELSEWHERE: &str = "jetstream: a delivery of a job leased elsewhere given back";
+/// The property counted when a job record's compare-and-set loses to
+/// another writer (the other worker, or this one's own write that the
+/// server applied while its answer was lost): the caller reads it again.
+pub const CAS_LOST: &str = "jetstream: a job record's compare-and-set lost to another write";
 /// Most records [`JetStreamStore::list`] reads.
 pub const MAX_LIST_RECORDS: u64 = 100_000;
 /// Longest wait for one request to the server.
@@ -293,7 +297,10 @@ impl JetStreamStore {
         let id = record.job.id.as_str();
         match self.inner.kv.update(id, encode(record)?, revision).await {
             Ok(_) => Ok(true),
-            Err(KvError::WrongRevision) => Ok(false),
+            Err(KvError::WrongRevision) => {
+                rt::coverage::hit(CAS_LOST);
+                Ok(false)
+            }
             Err(e) => Err(unavailable(&format!("write job {id}"), e)),
         }
     }
