@@ -16,6 +16,19 @@ use tonic::Code;
 
 use crate::rt;
 
+/// The gRPC status code in `headers` (a response's trailers, or the head
+/// of a trailers-only response), `None` without one. Reads only the
+/// `grpc-status` header: [`tonic::Status::from_header_map`] also decodes
+/// the message and copies every other header, which code-only readers (the
+/// metrics, the breaker, the error log) would pay on every call.
+#[must_use]
+pub fn grpc_code(headers: &http::HeaderMap) -> Option<Code> {
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers
+        .get(&GRPC_STATUS)
+        .map(|v| Code::from_bytes(v.as_bytes()))
+}
+
 /// What kind of failure an error is, as far as a caller is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header's name.
 pub const HEADER: &str = "grpc-timeout";
+/// The same, made once: a lookup by `&str` parses the name on every call.
+pub const NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// Parses one header value.
 #[must_use]
@@ -23,7 +25,10 @@ pub fn parse(value: &[u8]) -> Option<Duration> {
     if digits.is_empty() || digits.len() > max_digits || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    // Digits checked above; checked arithmetic as `str::parse` would.
+    let n = digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
     Some(match unit {
         b'H' => Duration::from_secs(n * 3600),
         b'M' => Duration::from_secs(n * 60),
@@ -38,7 +43,7 @@ pub fn parse(value: &[u8]) -> Option<Duration> {
 /// The timeout a request carries, if any and well-formed.
 #[must_use]
 pub fn from_headers(headers: &HeaderMap) -> Option<Duration> {
-    headers.get(HEADER).and_then(|v| parse(v.as_bytes()))
+    headers.get(&NAME).and_then(|v| parse(v.as_bytes()))
 }
 
 /// Encodes `timeout` in the coarsest unit that keeps it within 8 digits,

@@ -24,6 +24,9 @@ use crate::grpc_timeout;
 use crate::resilience::breaker::{Admit, Breaker, BreakerConfig, Permit, State, Transition};
 use crate::rt::{self, transport};
 
+/// A call's candidate instances (or their loads): inline up to 4.
+type Candidates<T> = smallvec::SmallVec<[T; 4]>;
+
 /// One instance of a service, as the pool holds it.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -238,7 +241,9 @@ impl Balanced {
 
     /// Picks an instance as the route says and takes a breaker permit on it.
     fn pick(&self) -> Result<(Arc<Endpoint>, Permit), Status> {
-        let endpoints = self.endpoints();
+        // Copied out of the lock (no breaker is taken under it), on the
+        // stack for up to a few instances: this runs on every call.
+        let endpoints: Candidates<Arc<Endpoint>> = self.lock().values().cloned().collect();
         if endpoints.is_empty() {
             return Err(Status::unavailable(format!(
                 "no healthy instance of {}",
@@ -269,9 +274,12 @@ impl Balanced {
         }
     }
 
-    fn pick_p2c(&self, endpoints: Vec<Arc<Endpoint>>) -> Result<(Arc<Endpoint>, Permit), Status> {
+    fn pick_p2c(
+        &self,
+        endpoints: Candidates<Arc<Endpoint>>,
+    ) -> Result<(Arc<Endpoint>, Permit), Status> {
         let now = rt::now();
-        let mut admitted = Vec::new();
+        let mut admitted = Candidates::new();
         let mut retry_after = None;
         for endpoint in endpoints {
             let (admit, t) = endpoint.lock().try_acquire(now);
@@ -283,7 +291,7 @@ impl Balanced {
                 }
             }
         }
-        let loads: Vec<u32> = admitted.iter().map(|(e, _)| e.in_flight()).collect();
+        let loads: Candidates<u32> = admitted.iter().map(|(e, _)| e.in_flight()).collect();
         let Some(chosen) = p2c(&loads, &mut rt::rng()) else {
             let wait = retry_after.unwrap_or_default();
             return Err(Status::unavailable(format!(
@@ -350,8 +358,7 @@ impl Service<Request<Body>> for Balanced {
             let failed = match &result {
                 Err(status) => is_instance_failure(status.code()),
                 // Trailers-only responses carry their status in the headers.
-                Ok(res) => Status::from_header_map(res.headers())
-                    .is_some_and(|s| is_instance_failure(s.code())),
+                Ok(res) => crate::error::grpc_code(res.headers()).is_some_and(is_instance_failure),
             };
             let (probe, t) = call.finish(!failed);
             if let Some(hook) = &this.hooks.on_outcome {

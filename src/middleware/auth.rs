@@ -25,6 +25,8 @@ use crate::rt::{self, transport};
 
 /// The header carrying the token.
 pub const HEADER: &str = "x-service-token";
+/// The same, made once: a lookup by `&str` parses the name on every call.
+const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 /// Longest token accepted.
 pub const MAX_TOKEN_LEN: usize = 512;
 /// Lifetime of minted tokens.
@@ -331,13 +333,13 @@ where
                 inner: self.inner.call(req),
             };
         }
-        let verdict = match (
-            req.extensions().get::<transport::MtlsPeer>(),
-            req.headers().get(HEADER),
-        ) {
-            (Some(peer), _) => Ok(peer.service.to_string()),
-            (None, None) => Err(AuthError::Missing),
-            (None, Some(token)) => verify(&self.keys, token.as_bytes(), rt::unix_ms()),
+        // The certificate's identity when there is one: no header lookup.
+        let verdict = match req.extensions().get::<transport::MtlsPeer>() {
+            Some(peer) => Ok(peer.service.to_string()),
+            None => match req.headers().get(&NAME) {
+                None => Err(AuthError::Missing),
+                Some(token) => verify(&self.keys, token.as_bytes(), rt::unix_ms()),
+            },
         };
         let service = match verdict {
             Ok(service) => service,
@@ -501,7 +503,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if self.layer.state.on {
-            req.headers_mut().insert(HEADER, self.layer.token());
+            req.headers_mut().insert(NAME, self.layer.token());
         }
         self.inner.call(req)
     }

@@ -109,10 +109,15 @@ where
         let path = this.uri.path();
         let response = match std::task::ready!(this.inner.poll(cx)) {
             Ok(response) => {
-                if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-                    if is_server_fault(status.code()) {
-                        tracing::warn!(path, request_id = id, code = ?status.code(), message = status.message(), "call failed");
-                    } else if status.code() != Code::Ok {
+                // The code alone first: decoding the whole status (its
+                // message, a copy of the headers) only for a failure.
+                if let Some(code) = crate::error::grpc_code(response.headers())
+                    && code != Code::Ok
+                    && let Some(status) = tonic::Status::from_header_map(response.headers())
+                {
+                    if is_server_fault(code) {
+                        tracing::warn!(path, request_id = id, code = ?code, message = status.message(), "call failed");
+                    } else {
                         tracing::debug!(path, request_id = id, code = ?status.code(), message = status.message(), "call refused");
                     }
                 }

@@ -193,10 +193,15 @@ impl CallMetrics {
     }
 }
 
+/// The series of each request path. Looked up on every call: a fixed-seed
+/// hasher (foldhash) rather than SipHash; at most [`MAX_CALL_LABELS`] keys,
+/// so colliding paths cannot slow it down without bound.
+type CallMap = hashbrown::HashMap<String, Arc<CallMetrics>, foldhash::fast::FixedState>;
+
 struct Inner {
     registry: Registry,
     /// Per request path, at most [`MAX_CALL_LABELS`].
-    calls: std::collections::HashMap<String, Arc<CallMetrics>>,
+    calls: CallMap,
     requests: Family<DoneLabels, Counter>,
     latency: Family<CallLabels, Histogram>,
     in_flight: Family<CallLabels, Gauge>,
@@ -213,7 +218,7 @@ struct Inner {
 /// The client side's call series (`streamgate_client_*`), as the server's.
 struct ClientCalls {
     /// Per request path, at most [`MAX_CALL_LABELS`].
-    calls: std::collections::HashMap<String, Arc<CallMetrics>>,
+    calls: CallMap,
     requests: Family<DoneLabels, Counter>,
     latency: Family<CallLabels, Histogram>,
     in_flight: Family<CallLabels, Gauge>,
@@ -222,7 +227,7 @@ struct ClientCalls {
 impl ClientCalls {
     fn register(registry: &mut Registry) -> Self {
         let this = Self {
-            calls: std::collections::HashMap::new(),
+            calls: CallMap::default(),
             requests: Family::default(),
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -405,7 +410,7 @@ impl Default for Metrics {
         let inner = Inner {
             client,
             registry: root,
-            calls: std::collections::HashMap::new(),
+            calls: CallMap::default(),
             requests,
             latency,
             in_flight,
@@ -1064,7 +1069,7 @@ where
                 // A trailers-only answer (a unary call's error, a refusal)
                 // has its status in the head; otherwise it comes in the
                 // trailers, after the last message: the body records it.
-                let head = tonic::Status::from_header_map(res.headers()).map(|s| s.code());
+                let head = crate::error::grpc_code(res.headers());
                 let done = match (done, head) {
                     (Some(done), Some(code)) => {
                         done.finish(code);
@@ -1121,9 +1126,9 @@ impl<B: http_body::Body> http_body::Body for MeteredBody<B> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         let code = match &frame {
-            Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
-                tonic::Status::from_header_map(trailers).map_or(tonic::Code::Unknown, |s| s.code())
-            }),
+            Some(Ok(frame)) => frame
+                .trailers_ref()
+                .map(|trailers| crate::error::grpc_code(trailers).unwrap_or(tonic::Code::Unknown)),
             Some(Err(_)) => Some(tonic::Code::Internal),
             None => Some(tonic::Code::Unknown),
         };
@@ -1217,9 +1222,8 @@ impl HttpCall {
 /// The context the server trace layer gave a request served, and the
 /// caller's span (its parent) if the caller sent one.
 fn served<B>(req: &Request<B>) -> Option<(TraceContext, Option<u64>)> {
-    let context = *req.extensions().get::<TraceContext>()?;
-    let parent = req.extensions().get::<trace::RemoteParent>().map(|p| p.0);
-    Some((context, parent))
+    let served = req.extensions().get::<trace::Served>()?;
+    Some((served.context, served.remote_parent))
 }
 
 /// The server span of a plain HTTP request on `route` (see

@@ -2,7 +2,6 @@
 //! [`Caller`] of the auth layer, else `anonymous`). A refused call gets
 //! RESOURCE_EXHAUSTED at once, with `retry-after-ms` saying when to retry.
 
-use std::collections::HashMap;
 use std::future::{Ready, ready};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,7 +25,9 @@ const OVERFLOW: &str = "~overflow";
 pub struct RateLimitLayer {
     burst: u32,
     per_sec: f64,
-    buckets: Arc<Mutex<HashMap<String, TokenBucket>>>,
+    /// Looked up on every call: a fixed-seed hasher (foldhash) rather than
+    /// SipHash; at most [`MAX_CALLERS`] keys (verified callers).
+    buckets: Arc<Mutex<hashbrown::HashMap<String, TokenBucket, foldhash::fast::FixedState>>>,
 }
 
 impl RateLimitLayer {

@@ -3,8 +3,8 @@
 //! its own), else generates one; makes it visible to the handler (request
 //! extension and [`rt::trace::request_id`] while it runs, so an internal
 //! error can name it) and echoes it on the response. Placed inside the
-//! server's trace layer, which puts the [`TraceContext`] in the request's
-//! extensions.
+//! server's trace layer, which puts the call's context ([`Served`]) in the
+//! request's extensions.
 //! The same layer on a client stamps outgoing calls that carry none (the
 //! pool doesn't use it: its calls carry `traceparent`, from which the server
 //! derives the id).
@@ -17,11 +17,13 @@ use http::{HeaderValue, Request, Response};
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
-use super::trace::TraceContext;
+use super::trace::Served;
 use crate::rt;
 
 /// The header's name.
 pub const HEADER: &str = "x-request-id";
+/// The same, made once: a lookup by `&str` parses the name on every call.
+const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 /// Longest id kept; longer or non-visible-ASCII ids are replaced.
 pub const MAX_LEN: usize = 128;
 
@@ -74,18 +76,18 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let id = match req.headers().get(HEADER) {
+        let id = match req.headers().get(&NAME) {
             Some(v) if is_valid(v.as_bytes()) => v.clone(),
             _ => {
-                let hex = match req.extensions().get::<TraceContext>() {
-                    Some(ctx) => format!("{:032x}", ctx.trace_id),
+                let hex = match req.extensions().get::<Served>() {
+                    Some(served) => served.context.trace_hex(),
                     None => rt::random_hex128(),
                 };
                 let mut id = HeaderValue::try_from(hex).expect("hex is a valid header value");
                 // A fresh value per call is never worth a slot in HTTP/2's
                 // header table: sent as a literal, it evicts nothing.
                 id.set_sensitive(true);
-                req.headers_mut().insert(HEADER, id.clone());
+                req.headers_mut().insert(NAME, id.clone());
                 id
             }
         };
@@ -117,7 +119,7 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            response.headers_mut().entry(HEADER).or_insert(id);
+            response.headers_mut().entry(NAME).or_insert(id);
         }
         Poll::Ready(Ok(response))
     }
@@ -126,6 +128,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::middleware::trace::TraceContext;
     use std::convert::Infallible;
     use tower::ServiceExt;
 
@@ -157,14 +160,20 @@ mod tests {
     async fn takes_the_trace_id_when_there_is_none() {
         let ctx = TraceContext::root();
         let mut req = Request::new(());
-        req.extensions_mut().insert(ctx);
+        req.extensions_mut().insert(Served {
+            context: ctx,
+            remote_parent: None,
+        });
         let res = RequestIdLayer.layer(echo()).oneshot(req).await.unwrap();
         let want = format!("{:032x}", ctx.trace_id);
         assert_eq!(res.headers()[HEADER], want.as_str());
         assert_eq!(res.body(), &want);
         // A valid id of the caller's own still wins.
         let mut req = Request::builder().header(HEADER, "mine").body(()).unwrap();
-        req.extensions_mut().insert(ctx);
+        req.extensions_mut().insert(Served {
+            context: ctx,
+            remote_parent: None,
+        });
         let res = RequestIdLayer.layer(echo()).oneshot(req).await.unwrap();
         assert_eq!(res.headers()[HEADER], "mine");
     }

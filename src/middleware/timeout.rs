@@ -25,10 +25,6 @@ pub fn current_deadline() -> Option<Instant> {
     DEADLINE.try_with(|d| *d).ok()
 }
 
-/// The call's deadline, as a request extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline(pub Instant);
-
 fn deadline_response<B: Default>(message: &str) -> Response<B> {
     let (parts, ()) = tonic::Status::deadline_exceeded(message)
         .into_http::<()>()
@@ -105,12 +101,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let limit = grpc_timeout::from_headers(req.headers())
             .unwrap_or(self.layer.default)
             .min(self.layer.max_for(req.uri().path()));
         let deadline = rt::now() + limit;
-        req.extensions_mut().insert(Deadline(deadline));
         let inner = DEADLINE.scope(deadline, self.inner.call(req));
         ResponseFuture {
             inner: Box::pin(async move {
@@ -186,7 +181,7 @@ where
         if rt::faults::buggify(rt::faults::Point::ShortDeadline, 0.01) {
             let short = Duration::from_millis(rt::faults::buggify_range(1, 200));
             req.headers_mut()
-                .insert(grpc_timeout::HEADER, grpc_timeout::encode(short));
+                .insert(grpc_timeout::NAME, grpc_timeout::encode(short));
         }
         if let Some(deadline) = current_deadline() {
             let left = deadline.saturating_duration_since(rt::now());
@@ -198,7 +193,7 @@ where
             let own = grpc_timeout::from_headers(req.headers());
             if own.is_none_or(|own| own > left) {
                 req.headers_mut()
-                    .insert(grpc_timeout::HEADER, grpc_timeout::encode(left));
+                    .insert(grpc_timeout::NAME, grpc_timeout::encode(left));
             }
         }
         Either::Left(self.inner.call(req))

@@ -13,10 +13,20 @@ use tower::{Layer, Service};
 use crate::rt::trace::CURRENT;
 pub use crate::rt::trace::{HEADER, TraceContext, current, in_context};
 
-/// The caller's span id, in the request's extensions beside its
-/// [`TraceContext`] (the server span's parent, for exported spans).
+/// [`HEADER`] made once: a lookup by `&str` parses the name on every call.
+const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
+
+/// What the server trace layer puts in a request's extensions (one entry:
+/// every extension costs a map insert on every call): the call's context
+/// and the caller's span id, if it sent one (the server span's parent, for
+/// exported spans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteParent(pub u64);
+pub struct Served {
+    /// The call's own position in the trace.
+    pub context: TraceContext,
+    /// The caller's span.
+    pub remote_parent: Option<u64>,
+}
 
 /// Server side: continues the caller's trace (or starts one) for each call.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,13 +64,13 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let parent = req
             .headers()
-            .get(HEADER)
+            .get(&NAME)
             .and_then(|v| TraceContext::parse(v.as_bytes()));
         let ctx = parent.map_or_else(TraceContext::root, |parent| parent.child());
-        req.extensions_mut().insert(ctx);
-        if let Some(parent) = parent {
-            req.extensions_mut().insert(RemoteParent(parent.span_id));
-        }
+        req.extensions_mut().insert(Served {
+            context: ctx,
+            remote_parent: parent.map(|p| p.span_id),
+        });
         let span = tracing::info_span!(
             "call",
             path = req.uri().path(),
@@ -107,7 +117,7 @@ where
         let mut value = HeaderValue::try_from(ctx.header()).expect("hex is a valid header");
         // New per call: never worth a slot in HTTP/2's header table.
         value.set_sensitive(true);
-        req.headers_mut().insert(HEADER, value);
+        req.headers_mut().insert(NAME, value);
         self.inner.call(req)
     }
 }
@@ -152,6 +162,43 @@ mod tests {
             prop_assert_eq!(TraceContext::parse(ctx.header().as_bytes()), Some(ctx));
             let _ = TraceContext::parse(&junk);
         }
+
+        /// The in-place parser agrees with the straightforward one (split
+        /// on `-`, `from_str_radix`) on near-miss headers: a valid one with
+        /// a few bytes replaced from an alphabet of the likely mistakes.
+        #[test]
+        fn agrees_with_a_reference_parser(trace in any::<u128>(), span in any::<u64>(), flags in any::<u8>(), edits in prop::collection::vec((0usize..60, prop::sample::select(b"0aAfFg-x".to_vec())), 0..3), cut in 50usize..60) {
+            let mut value = TraceContext { trace_id: trace, span_id: span, flags }.header().into_bytes();
+            for (at, byte) in edits {
+                if at < value.len() {
+                    value[at] = byte;
+                }
+            }
+            value.truncate(cut);
+            prop_assert_eq!(TraceContext::parse(&value), reference_parse(&value));
+        }
+    }
+
+    fn reference_parse(value: &[u8]) -> Option<TraceContext> {
+        let s = std::str::from_utf8(value).ok()?;
+        let parts: Vec<&str> = s.split('-').collect();
+        let [version, trace, span, flags] = parts[..] else {
+            return None;
+        };
+        let hex = |p: &str, len: usize| {
+            p.len() == len
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if version != "00" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+            return None;
+        }
+        let ctx = TraceContext {
+            trace_id: u128::from_str_radix(trace, 16).ok()?,
+            span_id: u64::from_str_radix(span, 16).ok()?,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        };
+        (ctx.trace_id != 0 && ctx.span_id != 0).then_some(ctx)
     }
 
     #[tokio::test]
@@ -170,7 +217,7 @@ mod tests {
         let handler = tower::service_fn(move |req: Request<()>| {
             let downstream = downstream;
             async move {
-                let seen = *req.extensions().get::<TraceContext>().unwrap();
+                let seen = req.extensions().get::<Served>().unwrap().context;
                 let sent = ClientTraceLayer
                     .layer(downstream)
                     .oneshot(Request::new(()))

@@ -63,30 +63,17 @@ impl TraceContext {
     /// lowercase hex, ids not all zero).
     #[must_use]
     pub fn parse(value: &[u8]) -> Option<Self> {
-        let s = std::str::from_utf8(value).ok()?;
-        let mut parts = s.split('-');
-        let (Some("00"), Some(trace), Some(span), Some(flags), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        // `00-` <32 hex> `-` <16 hex> `-` <2 hex>, read in place in one
+        // pass (every call carries one).
+        let value: &[u8; 55] = value.try_into().ok()?;
+        if &value[..3] != b"00-" || value[35] != b'-' || value[52] != b'-' {
             return None;
-        };
-        let hex = |p: &str, len: usize| {
-            (p.len() == len
-                && p.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then_some(())
-        };
-        hex(trace, 32)?;
-        hex(span, 16)?;
-        hex(flags, 2)?;
+        }
         let ctx = Self {
-            trace_id: u128::from_str_radix(trace, 16).ok()?,
-            span_id: u64::from_str_radix(span, 16).ok()?,
-            flags: u8::from_str_radix(flags, 16).ok()?,
+            trace_id: u128::from(lower_hex(&value[3..19])?) << 64
+                | u128::from(lower_hex(&value[19..35])?),
+            span_id: lower_hex(&value[36..52])?,
+            flags: u8::try_from(lower_hex(&value[53..])?).ok()?,
         };
         (ctx.trace_id != 0 && ctx.span_id != 0).then_some(ctx)
     }
@@ -94,11 +81,35 @@ impl TraceContext {
     /// The `traceparent` value.
     #[must_use]
     pub fn header(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        out[35] = b'-';
+        out[52] = b'-';
+        hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut out[3..35]).expect("32 digits");
+        hex::encode_to_slice(self.span_id.to_be_bytes(), &mut out[36..52]).expect("16 digits");
+        hex::encode_to_slice([self.flags], &mut out[53..]).expect("2 digits");
+        String::from_utf8(out.to_vec()).expect("hex is ASCII")
     }
+
+    /// The trace id as 32 lowercase hex digits (a request id's default).
+    #[must_use]
+    pub fn trace_hex(&self) -> String {
+        let mut out = [0u8; 32];
+        hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut out).expect("32 digits");
+        String::from_utf8(out.to_vec()).expect("hex is ASCII")
+    }
+}
+
+/// The value of up to 16 lowercase hex digits; `None` for anything else.
+fn lower_hex(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(digit))
+    })
 }
 
 /// The ratio of new traces sampled, as `f64` bits; all ones: every trace,
@@ -170,7 +181,7 @@ pub fn request_id() -> Option<String> {
         .try_with(|id| id.to_str().ok().map(str::to_owned))
         .ok()
         .flatten()
-        .or_else(|| current().map(|c| format!("{:032x}", c.trace_id)))
+        .or_else(|| current().map(|c| c.trace_hex()))
 }
 
 /// Runs `fut` as the call named `id` (see [`request_id`]).
