@@ -18,7 +18,8 @@
 //! bare server over mTLS (the baseline a user would build on) against the
 //! pool over mTLS to the full server over mTLS under the shipped call
 //! policy, and the peer stack: the same features from stock parts
-//! (`peer`; `--profile 4|5|6 CALLS` for callgrind).
+//! (`peer`; `--profile 4|5|6 CALLS` for callgrind; `--only PATH
+//! CONCURRENCY SECONDS` runs one path alone, for `perf stat`).
 //!
 //! Last, the full stack with span export (OTLP/gRPC to a receiver in the
 //! same process, `streamgate_testkit::otlp`) off, at a 1 % sampling ratio
@@ -524,6 +525,15 @@ mod bench {
         Some((path, calls))
     }
 
+    /// `--only PATH CONCURRENCY SECONDS`: one path (numbered as for
+    /// `--profile`) at one concurrency for a while, for `perf stat` or
+    /// `perf record` at a load callgrind's one-call-at-a-time run misses.
+    fn only_args() -> Option<(usize, usize, u64)> {
+        let values = support::flag_values("--only", 3)?;
+        let path = values[0].parse().ok().filter(|p| *p < 7)?;
+        Some((path, values[1].parse().ok()?, values[2].parse().ok()?))
+    }
+
     pub fn main() -> anyhow::Result<()> {
         let rounds = Rounds::new(support::opts(), ROUNDS, 0, ROUND);
         let keys = Keyring::generate("bench");
@@ -570,6 +580,15 @@ mod bench {
                 ("mTLS: pool -> full server, policy (both)", Path { channel: ChannelKind::Pool(tls_pool.channel("cache").await.expect("pool")), token: None }),
             ];
             let (plain, tls) = paths.split_at(4);
+            if let Some((path, concurrency, seconds)) = only_args() {
+                let (name, path) = &paths[path];
+                let f = run(path.clone(), Duration::from_secs(seconds), concurrency).await;
+                println!(
+                    "{name}: {:.0} calls/s at {concurrency} in flight, p99 {:?}",
+                    f.per_sec, f.p99
+                );
+                return Ok(());
+            }
             if let Some((path, calls)) = profile_args() {
                 // For a profiler (e.g. `valgrind --tool=callgrind`): one path,
                 // a fixed number of calls, one at a time, nothing measured.
