@@ -21,6 +21,13 @@ pub mod proto {
 /// flooding on keys from outside (emails, tokens).
 pub type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
 
+/// hashbrown's map with foldhash under a fixed seed: for maps looked up on
+/// every call (the metrics' request paths, the rate limiter's callers),
+/// where SipHash costs a few hundred instructions a lookup. Deterministic
+/// in the simulator (the seed is fixed), but not flood-resistant: only for
+/// maps whose number of keys is bounded.
+pub type FixedHashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
+
 pub mod blob;
 pub mod bus;
 #[cfg(not(madsim))]

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("text", 0),
     ("proto", 0),
     ("HashMap", 0),
+    ("FixedHashMap", 0),
     ("rt", 1),
     ("error", 2),
     ("resilience", 3),

@@ -118,7 +118,7 @@ where
                     if is_server_fault(code) {
                         tracing::warn!(path, request_id = id, code = ?code, message = status.message(), "call failed");
                     } else {
-                        tracing::debug!(path, request_id = id, code = ?status.code(), message = status.message(), "call refused");
+                        tracing::debug!(path, request_id = id, code = ?code, message = status.message(), "call refused");
                     }
                 }
                 response

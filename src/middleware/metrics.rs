@@ -193,10 +193,9 @@ impl CallMetrics {
     }
 }
 
-/// The series of each request path. Looked up on every call: a fixed-seed
-/// hasher (foldhash) rather than SipHash; at most [`MAX_CALL_LABELS`] keys,
-/// so colliding paths cannot slow it down without bound.
-type CallMap = hashbrown::HashMap<String, Arc<CallMetrics>, foldhash::fast::FixedState>;
+/// The series of each request path: at most [`MAX_CALL_LABELS`] keys, so
+/// the fixed-seed hasher is safe.
+type CallMap = crate::FixedHashMap<String, Arc<CallMetrics>>;
 
 struct Inner {
     registry: Registry,

@@ -25,9 +25,9 @@ const OVERFLOW: &str = "~overflow";
 pub struct RateLimitLayer {
     burst: u32,
     per_sec: f64,
-    /// Looked up on every call: a fixed-seed hasher (foldhash) rather than
-    /// SipHash; at most [`MAX_CALLERS`] keys (verified callers).
-    buckets: Arc<Mutex<hashbrown::HashMap<String, TokenBucket, foldhash::fast::FixedState>>>,
+    /// At most [`MAX_CALLERS`] keys (verified callers), so the fixed-seed
+    /// hasher is safe.
+    buckets: Arc<Mutex<crate::FixedHashMap<String, TokenBucket>>>,
 }
 
 impl RateLimitLayer {
