@@ -17,6 +17,7 @@ mod common;
 mod job_queue;
 mod kv_node;
 mod media_port;
+mod mtls;
 mod outage;
 mod partition;
 mod pipeline;

@@ -9,7 +9,10 @@
 //! the user never refused for load it did not cause while, in half the
 //! seeds, a stalled client holds more requests open on each gateway than its API budget;
 //! the call policy: an intruder with the worker's identity calling what the
-//! policy closes to it is never answered by a service).
+//! policy closes to it is never answered by a service; on the seeds that
+//! run mutual TLS, its calls with a certificate of another CA, an expired
+//! one or none never reach a service, while every node's certificate is
+//! renewed every 10 s of a 30 s life).
 //!
 //! Safety phase: [`SAFETY`] of faults drawn by the seed. Liveness phase:
 //! after every fault has healed, within [`LIVENESS_BOUND`] every service is
@@ -24,6 +27,7 @@
 //! `ci/sim-shrink <seed>` narrows a failing seed's faults down to those it
 //! needs (`SWARM_KEEP`).
 
+pub(crate) mod certs;
 mod check;
 mod cluster;
 mod coverage;
@@ -333,6 +337,15 @@ async fn swarm() {
             let broken: Shared = Arc::default();
             let _subs = tap(&tl).await;
             let checker = rt::spawn(check_registrations(cluster.clone(), tl.clone(), broken.clone()));
+            // Every node's certificate renewed while the run goes on.
+            let _renewer = cluster.ca.clone().map(|ca| {
+                let nodes = cluster
+                    .members
+                    .iter()
+                    .filter_map(|m| Some((m.name.clone(), m.tls.clone()?)))
+                    .collect();
+                rt::spawn(certs::renew(ca, nodes, tl.clone()))
+            });
             let injector = rt::spawn(faults::inject(
                 cluster.clone(),
                 plan.clone(),

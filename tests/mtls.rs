@@ -4,8 +4,8 @@
 //! goes in and plays back through every service-to-service call of the
 //! pipeline, so a call the policy forgot fails here. Then, from outside:
 //! a stock grpcio health probe over mutual TLS; a caller with the
-//! certificate of another service, with none, or from another CA is
-//! refused; a call outside the policy gets PERMISSION_DENIED (and is
+//! certificate of another service, with none, from another CA, or expired
+//! is refused; a call outside the policy gets PERMISSION_DENIED (and is
 //! counted); a client does not take one service for another; a certificate
 //! rotated on disk is presented without a restart; a process refuses to
 //! start plaintext, or with another service's certificate.
@@ -113,6 +113,33 @@ async fn presented(
         .connect(ServerName::try_from(name.to_owned()).expect("name"), tcp)
         .await?;
     Ok(tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec())
+}
+
+/// A certificate of the CA in `certs_dir` naming `service` that expired an
+/// hour ago, with its key, written to `dir` (`<service>.pem`,
+/// `<service>-key.pem`): `streamgate certs` issues none such.
+fn expired(certs_dir: &Path, dir: &Path, service: &str) {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let read = |name: &str| std::fs::read_to_string(certs_dir.join(name)).expect("CA file");
+    let ca_key = KeyPair::from_pem(&read("ca-key.pem")).expect("CA key");
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![
+        SanType::URI(
+            format!("spiffe://streamgate/{service}")
+                .try_into()
+                .expect("uri"),
+        ),
+        SanType::DnsName(service.try_into().expect("name")),
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - Duration::from_secs(2 * 86_400);
+    params.not_after = now - Duration::from_secs(3600);
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    std::fs::write(dir.join(format!("{service}.pem")), cert.pem()).expect("cert");
+    std::fs::write(dir.join(format!("{service}-key.pem")), key.serialize_pem()).expect("key");
+    std::fs::copy(certs_dir.join("ca.pem"), dir.join("ca.pem")).expect("ca");
 }
 
 /// A TLS client that trusts the CA but presents no certificate: the
@@ -459,6 +486,16 @@ async fn nine_binaries_over_mutual_tls_with_a_call_policy() {
     // Under TLS 1.3 the client's side of the handshake is done before the
     // server has checked its certificate: the refusal reaches it as a
     // closed connection.
+    assert!(failed_in_transport(&refused), "{refused:?}");
+    // An expired certificate of the cluster's own CA: refused the same
+    // way (the simulator's model refuses it too: `sim/mtls.rs`).
+    let expired_dir = dir.join("expired");
+    std::fs::create_dir_all(&expired_dir).expect("dir");
+    expired(&certs_dir, &expired_dir, "api-gateway");
+    let stale = identity(&expired_dir, "ca.pem", "api-gateway");
+    let refused = cache_get(&mut get(cache, Some(&stale), "cache"))
+        .await
+        .expect_err("an expired certificate is refused");
     assert!(failed_in_transport(&refused), "{refused:?}");
     // A client that meant to call the cache does not talk to the metadata
     // service: its certificate names another service.

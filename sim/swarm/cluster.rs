@@ -4,7 +4,9 @@
 //! a broker node as the bus and, when the run's job queue is JetStream
 //! ([`JobQueueKind`]), a modelled NATS node for the jobs shared by two
 //! workers; each service started through
-//! the same kernel and `start()` as in production. A node that fails to
+//! the same kernel and `start()` as in production, calling the others
+//! over mutual TLS with a certificate of the cluster CA (`certs.rs`) or
+//! with service tokens (the run's [`IdentityKind`]). A node that fails to
 //! start (registry down, say) tries again each second, as a supervisor would
 //! restart it; a restarted node starts afresh, keeping only its data dir.
 
@@ -25,9 +27,10 @@ use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
 use streamgate_testkit::kv_node::KvNode;
 
+use super::certs::{self, Ca};
 use super::check;
 use super::disk_faults::FaultyBlobs;
-use super::faults::{JobQueueKind, Plan, RegistryKind};
+use super::faults::{IdentityKind, JobQueueKind, Plan, RegistryKind};
 use super::timeline::{Kind, Timeline};
 use crate::broker::{SimBus, broker_node};
 
@@ -104,6 +107,8 @@ pub struct Member {
     pub id: NodeId,
     /// Its disk: where a stateful service keeps its SQLite files.
     pub data_dir: Option<PathBuf>,
+    /// Its certificate, when the run's services use mutual TLS.
+    pub tls: Option<streamgate::rt::transport::Mtls>,
 }
 
 /// The running cluster.
@@ -123,6 +128,8 @@ pub struct Cluster {
     pub jobs: Option<NodeId>,
     /// The blob store every node shares (object storage).
     pub blobs: MemoryBlobStore,
+    /// The cluster CA, when the run's services use mutual TLS.
+    pub ca: Option<Ca>,
 }
 
 impl Cluster {
@@ -196,6 +203,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         duration: plan.transcode_time,
         failure_rate: plan.transcode_failure_rate,
     };
+    let ca = (plan.identity == IdentityKind::Mtls).then(|| Ca::new(certs::CA));
     let mut members = Vec::new();
     let mut last = 10u8;
     let skip = std::env::var("SWARM_SKIP").unwrap_or_default();
@@ -217,6 +225,8 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
             let data_dir = (stateful(kind) && std::env::var_os("SWARM_NODISK").is_none())
                 .then(|| root.join(&name));
             let dir = data_dir.clone();
+            let tls = ca.as_ref().map(|ca| ca.identity(kind.name()));
+            let member_tls = tls.clone();
             let (tl, blobs, engine, lane) = (
                 timeline.clone(),
                 blobs.clone(),
@@ -228,12 +238,13 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                 .name(&name)
                 .ip(ip)
                 .init(move || {
-                    let (tl, blobs, engine, lane, data_dir) = (
+                    let (tl, blobs, engine, lane, data_dir, tls) = (
                         tl.clone(),
                         blobs.clone(),
                         engine.clone(),
                         lane.clone(),
                         data_dir.clone(),
+                        tls.clone(),
                     );
                     async move {
                         let common = Common {
@@ -264,7 +275,10 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                                 registry: registry_client(nats_kv),
                                 blobs: Arc::new(FaultyBlobs(blobs.clone())),
                             };
-                            let pool = check::pool_config(&lane, kind.name(), &tl);
+                            let pool = streamgate::client::PoolConfig {
+                                tls: tls.clone(),
+                                ..check::pool_config(&lane, kind.name(), &tl)
+                            };
                             match Kernel::start_with(seams, pool, plugins).await {
                                 Ok(kernel) => {
                                     tl.record(&lane, Kind::State, "started");
@@ -291,6 +305,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                 ip,
                 id,
                 data_dir: dir,
+                tls: member_tls,
             });
         }
     }
@@ -301,6 +316,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         broker,
         jobs,
         blobs,
+        ca,
     }
 }
 

@@ -32,6 +32,10 @@ pub const SETTLED: &str = "checker: liveness (every video settled)";
 pub const ORPHANS: &str = "checker: no orphaned blob (every run)";
 /// The call policy: the intruder's calls refused.
 pub const POLICY: &str = "checker: call policy (every intruder call refused)";
+/// Mutual TLS: the intruder's calls without a valid certificate refused
+/// in the handshake.
+pub const CERTIFICATES: &str =
+    "checker: certificates (every intruder call without a valid one refused in the handshake)";
 
 /// Every property the report lists, exercised or not.
 fn known() -> Vec<String> {
@@ -45,6 +49,8 @@ fn known() -> Vec<String> {
         SETTLED,
         ORPHANS,
         POLICY,
+        CERTIFICATES,
+        super::certs::RENEWED,
         BREAKER_CHECK,
         RETRY_CHECK,
         streamgate::sqlite::STALE_ROLLBACK,

@@ -115,6 +115,41 @@ pub struct Plan {
     /// from the generator either); `SWARM_JOB_QUEUE=sqlite|jetstream`
     /// overrides it.
     pub job_queue: JobQueueKind,
+    /// How services know each other: mutual TLS with modelled certificates
+    /// (renewed while the run goes on) on seeds whose third bit is clear,
+    /// service tokens otherwise (not drawn from the generator);
+    /// `SWARM_IDENTITY=mtls|tokens` overrides it.
+    pub identity: IdentityKind,
+}
+
+/// How a run's services prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// Mutual TLS: each node's certificate of the cluster CA
+    /// (`certs.rs`), as microservices mode runs by default.
+    Mtls,
+    /// Plaintext with HMAC service tokens (`--allow-plaintext`).
+    Tokens,
+}
+
+impl IdentityKind {
+    /// The run's identities: from the seed's third bit, or `SWARM_IDENTITY`.
+    pub fn of_seed(seed: u64) -> Self {
+        match std::env::var("SWARM_IDENTITY").as_deref() {
+            Ok("mtls") => Self::Mtls,
+            Ok("tokens") => Self::Tokens,
+            _ if (seed / 4).is_multiple_of(2) => Self::Mtls,
+            _ => Self::Tokens,
+        }
+    }
+
+    /// Its name in the timeline and in `SWARM_IDENTITY`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mtls => "mtls",
+            Self::Tokens => "tokens",
+        }
+    }
 }
 
 /// The job store a run's worker uses.
@@ -205,15 +240,17 @@ impl Plan {
             },
             registry: RegistryKind::of_seed(madsim::runtime::Handle::current().seed()),
             job_queue: JobQueueKind::of_seed(madsim::runtime::Handle::current().seed()),
+            identity: IdentityKind::of_seed(madsim::runtime::Handle::current().seed()),
         }
     }
 
     /// One line saying what is on.
     pub fn describe(&self) -> String {
         format!(
-            "swarm: registry {}; job queue {}; faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
+            "swarm: registry {}; job queue {}; identities {}; faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
             self.registry.name(),
             self.job_queue.name(),
+            self.identity.name(),
             self.faults,
             self.gap,
             self.transcode_time,

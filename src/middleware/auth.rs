@@ -21,6 +21,7 @@ use sha2::Sha256;
 use tower::{Layer, Service};
 
 use super::policy::CallPolicy;
+use crate::rt::transport::valid_service;
 use crate::rt::{self, transport};
 
 /// The header carrying the token.
@@ -183,12 +184,6 @@ pub enum AuthError {
     /// A key that is too short or badly named.
     #[error("signing keys need an id of [A-Za-z0-9_-]{{1,16}} and at least 32 secret bytes")]
     BadKey,
-}
-
-fn valid_service(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Mints a token for `service`, valid until `expires_ms` (Unix ms).

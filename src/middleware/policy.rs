@@ -22,6 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::rt::transport::valid_service;
+
 /// Largest policy file read.
 pub const MAX_FILE_BYTES: u64 = 64 << 10;
 /// Most rules a policy may hold.
@@ -41,12 +43,6 @@ pub struct CallPolicy {
 #[serde(deny_unknown_fields)]
 struct File {
     allow: BTreeMap<String, Vec<String>>,
-}
-
-fn valid_service(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn valid_method_key(key: &str) -> bool {

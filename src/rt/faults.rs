@@ -48,11 +48,16 @@ pub enum Bug {
     /// back, and its video never settles. Caught by the liveness check on
     /// the seeds that run JetStream.
     JetStreamAckOnLease,
+    /// Servers under mutual TLS accept a client's certificate without
+    /// verifying it (any CA, expired or not). Caught by the intruder's
+    /// certificate checker on the seeds that run mutual TLS: a call with a
+    /// certificate of another CA reaches a service.
+    PeerUnverified,
 }
 
 impl Bug {
     /// Every bug, in order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::BreakerForgetsProbeFailures,
         Self::RetryWithoutBudget,
         Self::NoReregistration,
@@ -61,6 +66,7 @@ impl Bug {
         Self::PolicySkipped,
         Self::KvHeartbeatTrustsItsCache,
         Self::JetStreamAckOnLease,
+        Self::PeerUnverified,
     ];
 
     /// The name `STREAMGATE_INJECT_BUG` takes.
@@ -75,6 +81,7 @@ impl Bug {
             Self::PolicySkipped => "policy-skipped",
             Self::KvHeartbeatTrustsItsCache => "kv-heartbeat-trusts-its-cache",
             Self::JetStreamAckOnLease => "jetstream-ack-on-lease",
+            Self::PeerUnverified => "peer-unverified",
         }
     }
 }

@@ -41,7 +41,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tonic::transport::server::Connected;
 
-use super::transport::{CONNECT_TIMEOUT, MAX_FRAME_BYTES, MtlsPeer, ServiceTls, TlsError};
+use super::transport::{
+    CONNECT_TIMEOUT, MAX_FRAME_BYTES, MtlsPeer, ServiceTls, TlsError, valid_service,
+};
 use crate::rt::{self, Instant};
 
 /// How often the files may be looked at, at most.
@@ -66,13 +68,6 @@ fn stamp(files: &ServiceTls) -> Result<Stamp, TlsError> {
         Ok::<_, TlsError>((meta.len(), meta.modified().ok()))
     };
     Ok([of(&files.ca)?, of(&files.cert)?, of(&files.key)?])
-}
-
-/// Whether `name` is a service name a certificate may carry.
-fn valid_service(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// The service a certificate names by its URI SAN

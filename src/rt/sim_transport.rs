@@ -7,10 +7,26 @@
 //! deadline (`grpc-timeout`, else [`DEFAULT_CALL_TIMEOUT`]) on both sides,
 //! because a clogged peer is silent. Transport failures surface as
 //! UNAVAILABLE, as with tonic's real transport.
+//!
+//! Mutual TLS is modelled, not run: a [`SimCert`] names a service, its
+//! issuing CA, a serial and a validity window on the simulated wall clock.
+//! On a connection to or from a [`SimIdentity`] both ends first send their
+//! certificate (`Hello`) and verify the other's as `rt/mtls.rs` has
+//! rustls do: issued by a trusted CA, valid now, naming a service, and, on
+//! the client's side, naming the service it meant to call. The side that
+//! refuses sends a fatal alert and closes (under TLS 1.3 a client refused
+//! by the server learns it from the alert that comes where its response
+//! should: the caller sees UNAVAILABLE), and no request reaches the
+//! server's layers; a verified client's requests carry
+//! [`super::transport::MtlsPeer`]. The handshake costs one round trip and
+//! [`HANDSHAKE_CPU`] on each side. The identity's certificate can be
+//! replaced at any time ([`SimIdentity::rotate`]), as rewriting the files
+//! does in production; the next connections use the new one.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,10 +53,128 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_FRAME_BYTES: u32 = 8 << 20;
 /// Data larger than this is split over several frames.
 const DATA_CHUNK_BYTES: usize = 1 << 20;
+/// The processor time one side of a TLS 1.3 handshake takes (an ECDHE
+/// exchange, a P-256 signature and the verification of the other's chain:
+/// a few hundred microseconds on one core), spent before each side sends
+/// its certificate.
+pub const HANDSHAKE_CPU: Duration = Duration::from_micros(400);
+
+/// A simulated service certificate.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SimCert {
+    /// The service it names (the URI SAN `spiffe://streamgate/<service>`).
+    #[prost(string, tag = "1")]
+    pub service: String,
+    /// The CA that issued it.
+    #[prost(string, tag = "2")]
+    pub issuer: String,
+    /// Told apart from the other certificates of its CA.
+    #[prost(uint64, tag = "3")]
+    pub serial: u64,
+    /// Valid from (Unix ms, the simulated wall clock: [`super::unix_ms`]).
+    #[prost(uint64, tag = "4")]
+    pub not_before_ms: u64,
+    /// Valid until (Unix ms).
+    #[prost(uint64, tag = "5")]
+    pub not_after_ms: u64,
+}
+
+impl SimCert {
+    /// Why `self` is not to be trusted by one trusting `trusted` at
+    /// `now_ms` (the checks of a WebPKI verifier and `mtls::service_of`).
+    ///
+    /// # Errors
+    /// The TLS alert the refusing side sends (all the other side learns),
+    /// and what is wrong, for the log.
+    pub fn verify(&self, trusted: &[String], now_ms: u64) -> Result<(), (&'static str, String)> {
+        if !trusted.contains(&self.issuer) {
+            return Err((
+                "unknown CA",
+                format!(
+                    "certificate {} issued by an unknown CA ({})",
+                    self.serial, self.issuer
+                ),
+            ));
+        }
+        if now_ms < self.not_before_ms || now_ms > self.not_after_ms {
+            return Err((
+                "certificate expired",
+                format!(
+                    "certificate {} not valid now (expired or not yet valid)",
+                    self.serial
+                ),
+            ));
+        }
+        if !super::transport::valid_service(&self.service) {
+            return Err((
+                "bad certificate",
+                format!("certificate {} names no service", self.serial),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A simulated node's mutual-TLS identity: its certificate and the CAs it
+/// trusts, replaceable while connections use them.
+#[derive(Debug)]
+pub struct SimIdentity {
+    current: Mutex<(SimCert, Vec<String>)>,
+}
+
+impl SimIdentity {
+    /// `cert`, trusting the certificates `trusted` issued.
+    ///
+    /// # Errors
+    /// The certificate names no valid service.
+    pub fn new(cert: SimCert, trusted: Vec<String>) -> Result<Self, super::transport::TlsError> {
+        if !super::transport::valid_service(&cert.service) {
+            return Err(super::transport::TlsError(format!(
+                "certificate {} names no service",
+                cert.serial
+            )));
+        }
+        Ok(Self {
+            current: Mutex::new((cert, trusted)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (SimCert, Vec<String>)> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Its certificate and trusted CAs now.
+    #[must_use]
+    pub fn current(&self) -> (SimCert, Vec<String>) {
+        self.lock().clone()
+    }
+
+    /// Replaces both; the next connections use them.
+    ///
+    /// # Errors
+    /// `cert` names another service (the last set stays).
+    pub fn rotate(
+        &self,
+        cert: SimCert,
+        trusted: Vec<String>,
+    ) -> Result<(), super::transport::TlsError> {
+        let mut current = self.lock();
+        if cert.service != current.0.service {
+            return Err(super::transport::TlsError(format!(
+                "certificate {} names {}, not {}: the last one stays",
+                cert.serial, cert.service, current.0.service
+            )));
+        }
+        *current = (cert, trusted);
+        Ok(())
+    }
+}
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Frame {
-    #[prost(oneof = "Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6")]
     kind: Option<Kind>,
 }
 
@@ -54,6 +188,12 @@ enum Kind {
     Trailers(Head),
     #[prost(bool, tag = "4")]
     End(bool),
+    /// A side's certificate: the first frame each way on a TLS connection.
+    #[prost(message, tag = "5")]
+    Hello(SimCert),
+    /// A fatal TLS alert: the sender refused the handshake and closes.
+    #[prost(string, tag = "6")]
+    Alert(String),
 }
 
 /// Request head (path, headers) or response head (status, headers); also
@@ -196,7 +336,10 @@ where
                 Err(e) => Err(Status::internal(format!("bad trailers from {peer}: {e}"))),
             },
             Ok(Ok(Some(Kind::End(_)))) => Ok(None),
-            Ok(Ok(Some(Kind::Head(_)))) => {
+            Ok(Ok(Some(Kind::Alert(alert)))) => Err(Status::unavailable(format!(
+                "TLS handshake with {peer} failed: received fatal alert: {alert}"
+            ))),
+            Ok(Ok(Some(Kind::Head(_) | Kind::Hello(_)))) => {
                 Err(Status::internal(format!("unexpected head from {peer}")))
             }
         };
@@ -213,14 +356,109 @@ where
 #[derive(Clone, Debug)]
 pub struct SimChannel {
     addr: SocketAddr,
+    /// Mutual TLS: this side's identity and the service the server's
+    /// certificate must name.
+    tls: Option<(Arc<SimIdentity>, Arc<str>)>,
 }
 
 impl SimChannel {
     /// A channel to `addr`; each call opens its own connection.
     #[must_use]
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
+        Self { addr, tls: None }
     }
+
+    /// The same over mutual TLS: presenting `identity`, accepting only a
+    /// server whose certificate names `service`.
+    #[must_use]
+    pub fn with_tls(mut self, identity: Arc<SimIdentity>, service: &str) -> Self {
+        self.tls = Some((identity, service.into()));
+        self
+    }
+}
+
+/// The client's side of the handshake: sends its certificate, then
+/// verifies the server's.
+async fn client_handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    (identity, service): &(Arc<SimIdentity>, Arc<str>),
+    deadline: Instant,
+    addr: SocketAddr,
+) -> Result<(), Status>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let failed =
+        |why: String| Status::unavailable(format!("TLS handshake with {addr} failed: {why}"));
+    let (mine, trusted) = identity.current();
+    super::sleep(HANDSHAKE_CPU).await;
+    write_frame(writer, Kind::Hello(mine))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let theirs = match timeout_at(deadline, read_frame(reader)).await {
+        Err(_) => {
+            return Err(Status::deadline_exceeded(format!(
+                "deadline elapsed in the TLS handshake with {addr}"
+            )));
+        }
+        Ok(Ok(Some(Kind::Hello(cert)))) => cert,
+        Ok(Ok(_)) => return Err(failed("the connection closed".to_owned())),
+        Ok(Err(e)) => return Err(failed(e.to_string())),
+    };
+    if let Err((alert, why)) = theirs.verify(&trusted, super::unix_ms()) {
+        // As rustls does: tell the server, then give up.
+        let _ = write_frame(writer, Kind::Alert(alert.to_owned())).await;
+        return Err(failed(why));
+    }
+    if *theirs.service != **service {
+        return Err(failed(format!(
+            "its certificate names {}, not {service}",
+            theirs.service
+        )));
+    }
+    Ok(())
+}
+
+/// The server's side: sends its certificate, then verifies the client's;
+/// the verified peer, or `None` (the connection is then closed).
+async fn server_handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    identity: &SimIdentity,
+    peer: SocketAddr,
+) -> Option<super::transport::MtlsPeer>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (mine, trusted) = identity.current();
+    super::sleep(HANDSHAKE_CPU).await;
+    write_frame(writer, Kind::Hello(mine)).await.ok()?;
+    let theirs = match timeout(HEAD_TIMEOUT, read_frame(reader)).await {
+        Ok(Ok(Some(Kind::Hello(theirs)))) => theirs,
+        // A plaintext request, or a client that refused this side.
+        Ok(Ok(Some(Kind::Head(_)))) => {
+            tracing::info!(%peer, "service TLS handshake refused: no certificate");
+            let _ = write_frame(writer, Kind::Alert("certificate required".to_owned())).await;
+            return None;
+        }
+        _ => return None,
+    };
+    if let Err((alert, why)) = theirs.verify(&trusted, super::unix_ms())
+        && !super::faults::injected(super::faults::Bug::PeerUnverified)
+    {
+        tracing::info!(%peer, error = why, "service TLS handshake refused");
+        // Under TLS 1.3 the client has finished its side by now: it learns
+        // of the refusal from this alert, where its response should be.
+        let _ = write_frame(writer, Kind::Alert(alert.to_owned())).await;
+        return None;
+    }
+    Some(super::transport::MtlsPeer {
+        addr: peer,
+        service: theirs.service.into(),
+    })
 }
 
 impl Service<Request<Body>> for SimChannel {
@@ -233,11 +471,15 @@ impl Service<Request<Body>> for SimChannel {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        Box::pin(call(self.addr, req))
+        Box::pin(call(self.addr, self.tls.clone(), req))
     }
 }
 
-async fn call(addr: SocketAddr, req: Request<Body>) -> Result<Response<Body>, Status> {
+async fn call(
+    addr: SocketAddr,
+    tls: Option<(Arc<SimIdentity>, Arc<str>)>,
+    req: Request<Body>,
+) -> Result<Response<Body>, Status> {
     let limit = grpc_timeout::from_headers(req.headers()).unwrap_or(DEFAULT_CALL_TIMEOUT);
     let deadline = now() + limit;
     let connect_deadline = deadline.min(now() + super::transport::CONNECT_TIMEOUT);
@@ -255,6 +497,9 @@ async fn call(addr: SocketAddr, req: Request<Body>) -> Result<Response<Body>, St
         Ok(Ok(stream)) => stream,
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
+    if let Some(tls) = &tls {
+        client_handshake(&mut reader, &mut writer, tls, deadline, addr).await?;
+    }
     let (parts, body) = req.into_parts();
     let head = Head {
         path: parts
@@ -286,6 +531,16 @@ async fn call(addr: SocketAddr, req: Request<Body>) -> Result<Response<Body>, St
         }
         Ok(Ok(None)) => return Err(Status::unavailable(format!("{addr} closed the connection"))),
         Ok(Ok(Some(Kind::Head(head)))) => head,
+        Ok(Ok(Some(Kind::Alert(alert)))) => {
+            return Err(Status::unavailable(format!(
+                "TLS handshake with {addr} failed: received fatal alert: {alert}"
+            )));
+        }
+        Ok(Ok(Some(Kind::Hello(_)))) => {
+            return Err(Status::unavailable(format!(
+                "{addr} requires a TLS handshake with a certificate; this channel has none"
+            )));
+        }
         Ok(Ok(Some(_))) => return Err(Status::internal(format!("{addr} sent no response head"))),
     };
     let headers = wire_to_headers(&head.headers)
@@ -303,10 +558,13 @@ async fn call(addr: SocketAddr, req: Request<Body>) -> Result<Response<Body>, St
 
 /// Accepts connections on `listener` and serves each call with `svc` until
 /// `shutdown` resolves; then waits for the calls in flight (each is bounded
-/// by its deadline).
+/// by its deadline). With `tls`, each connection first completes the
+/// handshake, presenting `tls` and requiring a client certificate it
+/// trusts.
 pub async fn serve<S, ResBody>(
     listener: TcpListener,
     svc: S,
+    tls: Option<Arc<SimIdentity>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()>
 where
@@ -327,7 +585,7 @@ where
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;
                 in_flight.retain(|task| !task.is_finished());
-                in_flight.push(spawn(serve_call(stream, peer, svc.clone())));
+                in_flight.push(spawn(serve_call(stream, peer, tls.clone(), svc.clone())));
             }
         }
     }
@@ -338,8 +596,12 @@ where
     Ok(())
 }
 
-async fn serve_call<S, ResBody>(stream: TcpStream, peer: SocketAddr, svc: S)
-where
+async fn serve_call<S, ResBody>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<SimIdentity>>,
+    svc: S,
+) where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError> + Send,
@@ -347,6 +609,13 @@ where
     ResBody::Error: Into<BoxError> + Send,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
+    let verified = match &tls {
+        Some(identity) => match server_handshake(&mut reader, &mut writer, identity, peer).await {
+            Some(verified) => Some(verified),
+            None => return,
+        },
+        None => None,
+    };
     let Ok(Ok(Some(Kind::Head(head)))) = timeout(HEAD_TIMEOUT, read_frame(&mut reader)).await
     else {
         return;
@@ -368,9 +637,14 @@ where
     };
     *request.version_mut() = Version::HTTP_2;
     *request.headers_mut() = headers;
-    request
-        .extensions_mut()
-        .insert(super::transport::PeerAddr(peer));
+    // As in production: a verified peer, or the bare address.
+    if let Some(verified) = verified {
+        request.extensions_mut().insert(verified);
+    } else {
+        request
+            .extensions_mut()
+            .insert(super::transport::PeerAddr(peer));
+    }
     match head.path.parse() {
         Ok(uri) => *request.uri_mut() = uri,
         Err(_) => return,

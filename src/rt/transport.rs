@@ -233,12 +233,27 @@ pub struct ServiceTls {
     pub key: std::path::PathBuf,
 }
 
+/// Whether `name` is a service name an identity may carry (a certificate,
+/// a service token, a call policy's caller): 1 to 64 of `[A-Za-z0-9-]`.
+#[must_use]
+pub fn valid_service(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The simulator's model of a service certificate (`sim_transport.rs`).
+#[cfg(madsim)]
+pub use super::sim_transport::SimCert;
+
 /// This instance's service identity, loaded: what [`serve_mtls`] and
 /// [`channel_to`] present and verify with.
 #[derive(Clone)]
 pub struct Mtls {
     #[cfg(not(madsim))]
     inner: std::sync::Arc<super::mtls::Reloader>,
+    #[cfg(madsim)]
+    inner: std::sync::Arc<super::sim_transport::SimIdentity>,
     service: std::sync::Arc<str>,
 }
 
@@ -255,6 +270,30 @@ impl Mtls {
     #[must_use]
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// A simulated identity: `cert`, trusting the certificates issued by
+    /// the CAs named in `trusted` (as the CA file's certificates).
+    ///
+    /// # Errors
+    /// The certificate names no valid service.
+    #[cfg(madsim)]
+    pub fn simulated(cert: SimCert, trusted: Vec<String>) -> Result<Self, TlsError> {
+        Ok(Self {
+            service: cert.service.clone().into(),
+            inner: std::sync::Arc::new(super::sim_transport::SimIdentity::new(cert, trusted)?),
+        })
+    }
+
+    /// Replaces the simulated certificate and trusted CAs, as rewriting the
+    /// three files does in production (the next connections use them).
+    ///
+    /// # Errors
+    /// The certificate names another service than this identity's (the
+    /// last set stays, as the production reloader keeps it).
+    #[cfg(madsim)]
+    pub fn rotate(&self, cert: SimCert, trusted: Vec<String>) -> Result<(), TlsError> {
+        self.inner.rotate(cert, trusted)
     }
 }
 
@@ -302,9 +341,8 @@ pub fn channel_to(addr: SocketAddr, tls: Option<&Mtls>, service: &str) -> Channe
         #[cfg(not(madsim))]
         Some(tls) => super::mtls::channel(addr, tls.inner.clone(), service),
         #[cfg(madsim)]
-        Some(_) => {
-            let _ = service;
-            channel(addr)
+        Some(tls) => {
+            super::sim_transport::SimChannel::new(addr).with_tls(tls.inner.clone(), service)
         }
         None => channel(addr),
     }
@@ -392,9 +430,14 @@ where
     }
     #[cfg(madsim)]
     {
-        super::sim_transport::serve(listener.inner, layer.layer(routes.prepare()), shutdown)
-            .await
-            .map_err(|e| TransportError(Box::new(e)))
+        super::sim_transport::serve(
+            listener.inner,
+            layer.layer(routes.prepare()),
+            None,
+            shutdown,
+        )
+        .await
+        .map_err(|e| TransportError(Box::new(e)))
     }
 }
 
@@ -432,7 +475,14 @@ where
                 .map_err(|e| TransportError(Box::new(e)))
         }
         #[cfg(madsim)]
-        Some(_) => serve(listener, routes, layer, shutdown).await,
+        Some(tls) => super::sim_transport::serve(
+            listener.inner,
+            layer.layer(routes.prepare()),
+            Some(tls.inner),
+            shutdown,
+        )
+        .await
+        .map_err(|e| TransportError(Box::new(e))),
         None => serve(listener, routes, layer, shutdown).await,
     }
 }
@@ -484,7 +534,7 @@ where
     #[cfg(madsim)]
     {
         let _ = (limits, tls);
-        super::sim_transport::serve(listener.inner, svc, shutdown)
+        super::sim_transport::serve(listener.inner, svc, None, shutdown)
             .await
             .map_err(|e| TransportError(Box::new(e)))
     }
