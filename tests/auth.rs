@@ -23,6 +23,7 @@ use streamgate::schema::DatabaseUrl;
 use streamgate::services::Common;
 use streamgate::services::ServicePlugin;
 use streamgate::services::auth::{Secret, ServiceClient, ServiceClients};
+use streamgate_testkit::pg::Schema;
 use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery";
@@ -372,39 +373,12 @@ async fn accounts_and_revocations_survive_a_restart() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The test PostgreSQL (ci/deps starts it; the test fails without it).
-fn test_database_url() -> String {
-    std::env::var("STREAMGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
 /// A fresh schema of its own on the test database, and the URL whose
 /// connections use it.
-async fn scratch_schema() -> (String, DatabaseUrl) {
-    let url = test_database_url();
-    let schema = format!("sg_test_{}", rt::random_hex128());
-    streamgate::pg::pool(&url)
-        .expect("test database URL")
-        .get()
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed (ci/deps starts it): {e:?}"))
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("create schema");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let on_schema = DatabaseUrl::new(format!("{url}{sep}options=-c%20search_path%3D{schema}"));
-    (schema, on_schema)
-}
-
-async fn drop_schema(schema: &str) {
-    streamgate::pg::pool(&test_database_url())
-        .expect("url")
-        .get()
-        .await
-        .expect("admin")
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .expect("drop schema");
+async fn scratch_schema() -> (Schema, DatabaseUrl) {
+    let schema = Schema::create("sg_test", None).await;
+    let url = DatabaseUrl::new(schema.url.clone());
+    (schema, url)
 }
 
 /// The database cannot be used at start: auth does not start, with exit
@@ -444,7 +418,7 @@ async fn a_database_that_cannot_be_used_stops_the_start_with_a_named_cause() {
     let chain = streamgate::error::Chain(&e).to_string();
     assert!(e.is_config(), "{chain}");
     assert!(chain.contains("schema version 99, newer than"), "{chain}");
-    drop_schema(&schema).await;
+    schema.drop().await;
 }
 
 /// Two auth instances on one database, as `--database-url` wires them: an
@@ -506,5 +480,5 @@ async fn two_instances_on_one_database_share_accounts_lock_outs_and_revocations(
 
     a.kernel.shutdown().await;
     b.kernel.shutdown().await;
-    drop_schema(&schema).await;
+    schema.drop().await;
 }

@@ -15,7 +15,6 @@ mod checks;
 mod support;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use checks::{check_events, check_log, read_tap};
@@ -23,8 +22,6 @@ use streamgate::client::{ClientPool, PoolConfig};
 use streamgate::node::read_keyring;
 use streamgate::proto::cache_service_client::CacheServiceClient;
 use streamgate::proto::{CacheGetRequest, CacheSetRequest};
-use streamgate::registry::Registry;
-use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
 use streamgate::services::ServiceKind;
 use streamgate_testkit::process::{Process, Signal};
@@ -55,15 +52,7 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     let bucket = format!("sgtest_cluster_{run}");
     let prefix = format!("sgtest{run}");
 
-    let mut options = Options::new(nats_url());
-    options.bucket.clone_from(&bucket);
-    let registry: Arc<dyn Registry> =
-        Arc::new(NatsKvRegistry::connect(options).await.unwrap_or_else(|e| {
-            panic!(
-                "NATS with JetStream must answer at {} (run ci/deps): {e}",
-                nats_url()
-            )
-        }));
+    let registry = support::nats_registry(&bucket).await;
 
     // What the cluster shares: the key file, the auth secret, a config file.
     let key_hex = rt::random_hex128().repeat(2);
@@ -177,14 +166,8 @@ async fn nine_binaries_play_a_video_survive_a_crash_and_leave_on_sigterm() {
     assert_eq!(denied.status, 401, "{}", denied.text());
     assert_eq!(denied.headers["www-authenticate"], "Bearer");
     let creds = serde_json::json!({"email": "cluster@example.com", "password": PASSWORD});
-    let signed = gw1.post_json("/v1/auth/signup", &creds).await;
-    assert_eq!(signed.status, 201, "{}", signed.text());
-    let logged = gw2.post_json("/v1/auth/login", &creds).await;
-    assert_eq!(logged.status, 200, "{}", logged.text());
-    let token = logged.json()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    support::sign_up(&gw1, &creds).await;
+    let token = support::log_in(&gw2, &creds).await;
     gw1.token = Some(token.clone());
     gw2.token = Some(token);
 

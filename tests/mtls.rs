@@ -336,16 +336,8 @@ async fn nine_binaries_over_mutual_tls_with_a_call_policy() {
         token: None,
     };
     let creds = serde_json::json!({"email": "mtls@example.com", "password": PASSWORD});
-    let signed = gw.post_json("/v1/auth/signup", &creds).await;
-    assert_eq!(signed.status, 201, "{}", signed.text());
-    let logged = gw.post_json("/v1/auth/login", &creds).await;
-    assert_eq!(logged.status, 200, "{}", logged.text());
-    gw.token = Some(
-        logged.json()["access_token"]
-            .as_str()
-            .expect("token")
-            .to_owned(),
-    );
+    support::sign_up(&gw, &creds).await;
+    gw.token = Some(support::log_in(&gw, &creds).await);
     let clip = support::test_clip(dir, 2);
     let created = gw
         .try_send(

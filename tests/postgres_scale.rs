@@ -22,6 +22,7 @@ use streamgate::registry::memory::MemoryRegistry;
 use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
 use streamgate::rt;
 use streamgate_testkit::nats_url;
+use streamgate_testkit::pg::Schema;
 use streamgate_testkit::process::Process;
 use streamgate_testkit::scratch::Scratch;
 
@@ -29,38 +30,12 @@ use streamgate_testkit::scratch::Scratch;
 /// must never appear in what the processes print.
 const PASSWORD: &str = "pw-never-logged-7f3a";
 
-/// A fresh schema on the test database; the URL whose connections use it.
-async fn schema() -> (String, String) {
-    let base = std::env::var("STREAMGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let name = format!("sg_scale_{:016x}", rt::random_u64());
-    let pool = streamgate::pg::pool(&base).expect("test database URL");
-    pool.get()
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed (ci/postgres starts it): {e}"))
-        .batch_execute(&format!("CREATE SCHEMA {name}"))
-        .await
-        .expect("create schema");
-    let with_password = base.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
-    let sep = if with_password.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    (
-        name.clone(),
-        format!("{with_password}{sep}options=-c%20search_path%3D{name}"),
-    )
-}
-
-async fn drop_schema(name: &str) {
-    let base = std::env::var("STREAMGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    if let Ok(client) = streamgate::pg::pool(&base).expect("url").get().await {
-        let _ = client
-            .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
-            .await;
-    }
+/// A fresh schema on the test database; the URL whose connections use it
+/// (with [`PASSWORD`] in it).
+async fn schema() -> (Schema, String) {
+    let schema = Schema::create("sg_scale", Some(PASSWORD)).await;
+    let url = schema.url.clone();
+    (schema, url)
 }
 
 fn metadata(name: &str, dir: &Path, bucket: &str, url: &str) -> Process {
@@ -222,7 +197,7 @@ async fn two_metadata_processes_share_one_catalog_on_postgres() {
             "{file} holds the password:\n{said}"
         );
     }
-    drop_schema(&schema).await;
+    schema.drop().await;
     let client = async_nats::connect(nats_url()).await.expect("nats");
     let _ = async_nats::jetstream::new(client)
         .delete_key_value(bucket.as_str())
@@ -239,17 +214,17 @@ async fn a_schema_newer_than_the_binary_stops_metadata_with_exit_code_2() {
     )
     .expect("keys");
     let (schema, url) = schema().await;
-    let base = std::env::var("STREAMGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let base = streamgate_testkit::pg::base_url();
     streamgate::pg::pool(&base)
         .expect("url")
         .get()
         .await
         .expect("conn")
         .batch_execute(&format!(
-            "CREATE TABLE {schema}.streamgate_schema (component TEXT PRIMARY KEY, \
+            "CREATE TABLE {name}.streamgate_schema (component TEXT PRIMARY KEY, \
              version BIGINT NOT NULL, migrated_at TIMESTAMPTZ NOT NULL DEFAULT now());
-             INSERT INTO {schema}.streamgate_schema (component, version) VALUES ('metadata', 99);"
+             INSERT INTO {name}.streamgate_schema (component, version) VALUES ('metadata', 99);",
+            name = schema.name
         ))
         .await
         .expect("a newer schema");
@@ -280,7 +255,7 @@ async fn a_schema_newer_than_the_binary_stops_metadata_with_exit_code_2() {
         "{printed}"
     );
     assert!(!printed.contains(PASSWORD), "{printed}");
-    drop_schema(&schema).await;
+    schema.drop().await;
 }
 
 /// A TCP relay to PostgreSQL that the test can cut (every connection
@@ -448,5 +423,5 @@ async fn readiness_and_grpc_health_follow_the_database() {
     await_ready(admin, 200, &mut proc).await;
     assert_eq!(grpc_health(addr).await, 1, "SERVING again");
     drop(proc);
-    drop_schema(&schema).await;
+    schema.drop().await;
 }

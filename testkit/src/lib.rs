@@ -17,6 +17,8 @@ pub mod kv_node;
 #[cfg(not(any(madsim, fuzzing)))]
 pub mod otlp;
 #[cfg(not(madsim))]
+pub mod pg;
+#[cfg(not(madsim))]
 pub mod process;
 pub mod queue_contract;
 pub mod queue_node;

@@ -35,6 +35,21 @@ pub fn probe_script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The NATS KV registry of the test's own `bucket` on the test server;
+/// fails when NATS with JetStream does not answer.
+pub async fn nats_registry(bucket: &str) -> std::sync::Arc<dyn streamgate::registry::Registry> {
+    use streamgate::registry::nats_kv::{NatsKvRegistry, Options};
+    let mut options = Options::new(nats_url());
+    options.bucket = bucket.to_owned();
+    let registry = NatsKvRegistry::connect(options).await.unwrap_or_else(|e| {
+        panic!(
+            "NATS with JetStream must answer at {} (run ci/deps): {e}",
+            nats_url()
+        )
+    });
+    std::sync::Arc::new(registry)
+}
+
 /// Fails (never skips) when a tool from outside is missing.
 pub fn require_tools() {
     let ok = |cmd: &mut Command| {
@@ -194,6 +209,22 @@ impl Gateway {
         .await
         .unwrap_or_else(|| panic!("the gateway {} answers POST {path}", self.addr))
     }
+}
+
+/// Signs `creds` (`email`, `password`) up through `gw` (201).
+pub async fn sign_up(gw: &Gateway, creds: &Value) {
+    let signed = gw.post_json("/v1/auth/signup", creds).await;
+    assert_eq!(signed.status, 201, "{}", signed.text());
+}
+
+/// Logs `creds` in through `gw` (200); the access token.
+pub async fn log_in(gw: &Gateway, creds: &Value) -> String {
+    let logged = gw.post_json("/v1/auth/login", creds).await;
+    assert_eq!(logged.status, 200, "{}", logged.text());
+    logged.json()["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
 }
 
 pub async fn wait_ready(gw: &Gateway, id: &str) -> Value {
