@@ -126,6 +126,20 @@ pub trait BlobStore: Send + Sync + Debug {
     async fn size(&self, key: &str) -> Result<u64, BlobError>;
     /// Up to `len` bytes (at most [`MAX_READ`]) from `offset`; fewer at the end.
     async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError>;
+    /// As [`BlobStore::read`], with the blob's whole size: by default
+    /// [`BlobStore::size`] then `read`; a backend that learns both from one
+    /// request overrides it (an S3 ranged GET's `Content-Range` carries the
+    /// size: one round trip instead of a HEAD and a GET).
+    async fn read_sized(
+        &self,
+        key: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<(Bytes, u64), BlobError> {
+        let size = self.size(key).await?;
+        let data = self.read(key, offset, len).await?;
+        Ok((data, size))
+    }
     /// Removes the blob under `key` and every blob under `key/`; true if
     /// anything was removed.
     async fn delete(&self, key: &str) -> Result<bool, BlobError>;

@@ -159,6 +159,34 @@ impl BlobStore for S3BlobStore {
         Ok(meta.size)
     }
 
+    async fn read_sized(
+        &self,
+        key: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<(Bytes, u64), BlobError> {
+        check_key(key)?;
+        let len = len.min(MAX_READ) as u64;
+        if len > 0 {
+            let range = object_store::GetOptions::default().with_range(Some(offset..offset + len));
+            match self.store.get_opts(&self.path(key), range).await {
+                Ok(got) => {
+                    let size = got.meta.size;
+                    let data = got.bytes().await.map_err(|e| classify(key, e))?;
+                    return Ok((data, size));
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(BlobError::NotFound(key.to_owned()));
+                }
+                // Past the end, say: the size and `read` say what it is.
+                Err(_) => {}
+            }
+        }
+        let size = self.size(key).await?;
+        let data = self.read(key, offset, len as usize).await?;
+        Ok((data, size))
+    }
+
     async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError> {
         check_key(key)?;
         let len = len.min(MAX_READ) as u64;

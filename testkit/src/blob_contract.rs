@@ -190,12 +190,46 @@ async fn reads_are_ranged_and_bounded(store: &dyn BlobStore, space: &str) {
         ),
         "reads: a missing blob is not found"
     );
+    // The same reads with the size (one request where the backend can).
+    let (mid, size) = store.read_sized(&key, 100, 50).await.expect("read_sized");
+    assert_eq!(
+        (&mid[..], size),
+        (&data[100..150], 1000),
+        "read_sized: a range and the size"
+    );
+    let (short, size) = store
+        .read_sized(&key, 990, 50)
+        .await
+        .expect("read_sized at the end");
+    assert_eq!(
+        (&short[..], size),
+        (&data[990..], 1000),
+        "read_sized: fewer at the end"
+    );
+    assert!(
+        matches!(
+            store.read_sized(&key, 1000, 10).await,
+            Err(BlobError::OutOfRange { size: 1000, .. })
+        ),
+        "read_sized: at the end is out of range"
+    );
+    assert!(
+        matches!(
+            store
+                .read_sized(&format!("{space}/hls/v2/none.ts"), 0, 10)
+                .await,
+            Err(BlobError::NotFound(_))
+        ),
+        "read_sized: a missing blob is not found"
+    );
     let empty = format!("{space}/thumbs/empty.jpg");
     store.put(&empty, Bytes::new()).await.expect("put empty");
     assert!(
         store.read(&empty, 0, 10).await.expect("empty").is_empty(),
         "reads: an empty blob reads empty"
     );
+    let (nothing, size) = store.read_sized(&empty, 0, 10).await.expect("empty");
+    assert!(nothing.is_empty() && size == 0, "read_sized: an empty blob");
     let big = format!("{space}/originals/big");
     store
         .put(&big, Bytes::from(vec![3u8; MAX_READ + 10]))

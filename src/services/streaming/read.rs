@@ -25,22 +25,40 @@ enum Source {
 pub(super) struct Opened {
     source: Source,
     size: u64,
+    /// The range's first chunk when opening read it already (a store
+    /// without local files learns the size from that read), and where it
+    /// starts.
+    first: Option<(u64, bytes::Bytes)>,
 }
 
 fn io_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BlobError {
     BlobError::Io(std::io::Error::other(e))
 }
 
-/// Opens the blob under `key`: its local file where the store has one.
+/// Opens the blob under `key` for a range from `offset`: its local file
+/// where the store has one; else the range's first chunk (of at most
+/// `length` bytes, 0: to the end) is read now, with the blob's size.
 ///
 /// # Errors
-/// [`BlobError::NotFound`] when nothing is stored there; I/O failures.
-pub(super) async fn open(blobs: &Arc<dyn BlobStore>, key: &str) -> Result<Opened, BlobError> {
+/// [`BlobError::NotFound`] when nothing is stored there;
+/// [`BlobError::OutOfRange`] from a store read past the end; I/O failures.
+pub(super) async fn open(
+    blobs: &Arc<dyn BlobStore>,
+    key: &str,
+    offset: u64,
+    length: u64,
+) -> Result<Opened, BlobError> {
     let Some(path) = blobs.local_path(key) else {
-        let size = blobs.size(key).await?;
+        let want = usize::try_from(length)
+            .ok()
+            .filter(|&l| l > 0)
+            .unwrap_or(CHUNK_BYTES)
+            .min(CHUNK_BYTES);
+        let (data, size) = blobs.read_sized(key, offset, want).await?;
         return Ok(Opened {
             source: Source::Store(blobs.clone(), key.to_owned()),
             size,
+            first: Some((offset, data)),
         });
     };
     let owned = key.to_owned();
@@ -53,6 +71,7 @@ pub(super) async fn open(blobs: &Arc<dyn BlobStore>, key: &str) -> Result<Opened
         Ok(Opened {
             size: meta.len(),
             source: Source::File(file),
+            first: None,
         })
     })
     .await
@@ -122,6 +141,10 @@ impl Opened {
         };
         let state = Cursor {
             source: Some(self.source),
+            first: self
+                .first
+                .filter(|(at, _)| *at == offset)
+                .map(|(_, data)| data),
             pos: offset,
             end,
             size,
@@ -136,6 +159,8 @@ impl Opened {
 /// A stream's position; `source` is `None` once it has ended.
 struct Cursor {
     source: Option<Source>,
+    /// The first chunk, read already (it may hold more than the range).
+    first: Option<bytes::Bytes>,
     pos: u64,
     end: u64,
     size: u64,
@@ -152,15 +177,16 @@ impl Cursor {
         let want = usize::try_from(self.end - self.pos)
             .unwrap_or(usize::MAX)
             .min(CHUNK_BYTES);
-        let read = match source {
-            Source::File(file) => local::read_chunk(file, self.pos, want)
+        let read = match (source, self.first.take()) {
+            (source, Some(first)) if first.len() >= want => Ok((source, first.slice(..want))),
+            (Source::File(file), _) => local::read_chunk(file, self.pos, want)
                 .await
-                .map(|(file, data)| (Source::File(file), data))
+                .map(|(file, data)| (Source::File(file), bytes::Bytes::from(data)))
                 .map_err(BlobError::Io),
-            Source::Store(store, key) => store
+            (Source::Store(store, key), _) => store
                 .read(&key, self.pos, want)
                 .await
-                .map(|data| (Source::Store(store, key), data.to_vec())),
+                .map(|data| (Source::Store(store, key), data)),
         };
         let (source, data) = match read {
             Ok(ok) => ok,
@@ -182,7 +208,7 @@ impl Cursor {
         }
         let chunk = DataChunk {
             offset,
-            data: data.into(),
+            data,
             total_size_bytes: self.size,
             last,
         };

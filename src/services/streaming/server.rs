@@ -111,6 +111,7 @@ pub async fn locate_here(
 fn original_error(e: BlobError, video_id: &str) -> StreamingError {
     match e {
         BlobError::NotFound(_) => StreamingError::NoVideo(video_id.to_owned()),
+        BlobError::OutOfRange { offset, size, .. } => StreamingError::OutOfRange { offset, size },
         e => e.into(),
     }
 }
@@ -224,9 +225,14 @@ impl StreamingService for StreamingServer {
     ) -> Result<Response<Self::ReadRangeStream>, Status> {
         let req = req.into_inner();
         check_id("video_id", &req.video_id)?;
-        let opened = read::open(&self.blobs, &media::original_key(&req.video_id))
-            .await
-            .map_err(|e| original_error(e, &req.video_id))?;
+        let opened = read::open(
+            &self.blobs,
+            &media::original_key(&req.video_id),
+            req.offset,
+            req.length,
+        )
+        .await
+        .map_err(|e| original_error(e, &req.video_id))?;
         tracing::debug!(video = %req.video_id, size = opened.size(), offset = req.offset, "read range");
         let chunks = opened.chunks(req.offset, req.length)?;
         Ok(Response::new(Box::pin(chunks)))
