@@ -159,6 +159,14 @@ impl BlobStore for S3BlobStore {
         Ok(meta.size)
     }
 
+    async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError> {
+        self.read_sized(key, offset, len)
+            .await
+            .map(|(data, _)| data)
+    }
+
+    /// One ranged GET, whose `Content-Range` carries the size; a HEAD and
+    /// a GET only when that one fails (a range past the end).
     async fn read_sized(
         &self,
         key: &str,
@@ -167,33 +175,15 @@ impl BlobStore for S3BlobStore {
     ) -> Result<(Bytes, u64), BlobError> {
         check_key(key)?;
         let len = len.min(MAX_READ) as u64;
+        let path = self.path(key);
         if len > 0 {
             let range = object_store::GetOptions::default().with_range(Some(offset..offset + len));
-            match self.store.get_opts(&self.path(key), range).await {
+            match self.store.get_opts(&path, range).await {
                 Ok(got) => {
                     let size = got.meta.size;
                     let data = got.bytes().await.map_err(|e| classify(key, e))?;
                     return Ok((data, size));
                 }
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(BlobError::NotFound(key.to_owned()));
-                }
-                // Past the end, say: the size and `read` say what it is.
-                Err(_) => {}
-            }
-        }
-        let size = self.size(key).await?;
-        let data = self.read(key, offset, len as usize).await?;
-        Ok((data, size))
-    }
-
-    async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError> {
-        check_key(key)?;
-        let len = len.min(MAX_READ) as u64;
-        let path = self.path(key);
-        if len > 0 {
-            match self.store.get_range(&path, offset..offset + len).await {
-                Ok(bytes) => return Ok(bytes),
                 // Past the end (S3 answers 416) or gone: the size says which.
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(BlobError::NotFound(key.to_owned()));
@@ -210,13 +200,15 @@ impl BlobStore for S3BlobStore {
             });
         }
         if len == 0 || size == 0 {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), size));
         }
         let end = (offset + len).min(size);
-        self.store
+        let data = self
+            .store
             .get_range(&path, offset..end)
             .await
-            .map_err(|e| classify(key, e))
+            .map_err(|e| classify(key, e))?;
+        Ok((data, size))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BlobError> {
