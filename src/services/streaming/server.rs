@@ -190,7 +190,24 @@ impl StreamingServer {
     ) -> Result<Bytes, StreamingError> {
         let data = match self.blobs.read(key, 0, limit).await {
             Ok(data) => data,
-            Err(BlobError::NotFound(_)) => return Err(self.missing(video_id, what.1).await),
+            Err(BlobError::NotFound(_)) => {
+                let missing = self.missing(video_id, what.1).await;
+                // The master itself, missing a moment ago and there now:
+                // the transcode finished between the read and the check
+                // (with object storage both are round trips). The video
+                // has just become ready; read it again rather than call
+                // the master missing.
+                if !matches!(missing, StreamingError::Missing(_))
+                    || key != media::master_key(video_id)
+                {
+                    return Err(missing);
+                }
+                match self.blobs.read(key, 0, limit).await {
+                    Ok(data) => data,
+                    Err(BlobError::NotFound(_)) => return Err(missing),
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e.into()),
         };
         if data.len() >= limit && self.blobs.size(key).await? > limit as u64 {

@@ -297,6 +297,70 @@ async fn get_playlist(s: &StreamingServer, id: &str, rendition: &str) -> Result<
     Ok(res.content)
 }
 
+/// A store whose master playlist of `v1` is written just after the first
+/// read of it misses: the transcode finishing between the streaming
+/// service's read and its check of what is there.
+#[derive(Debug)]
+struct MasterLandsLate {
+    inner: MemoryBlobStore,
+    landed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl BlobStore for MasterLandsLate {
+    async fn create(&self) -> Result<Box<dyn crate::blob::BlobWriter>, BlobError> {
+        self.inner.create().await
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError> {
+        self.inner.put(key, data).await
+    }
+    async fn size(&self, key: &str) -> Result<u64, BlobError> {
+        self.inner.size(key).await
+    }
+    async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError> {
+        let read = self.inner.read(key, offset, len).await;
+        if key == media::master_key("v1")
+            && !self.landed.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.inner
+                .put(key, Bytes::from_static(b"#EXTM3U\n"))
+                .await?;
+        }
+        read
+    }
+    async fn delete(&self, key: &str) -> Result<bool, BlobError> {
+        self.inner.delete(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::blob::BlobMeta>, BlobError> {
+        self.inner.list(prefix, after, limit).await
+    }
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_master_written_while_it_was_asked_for_is_served() {
+    let inner = MemoryBlobStore::new();
+    inner
+        .put("originals/v1", Bytes::from_static(b"mp4"))
+        .await
+        .expect("put");
+    let (s, _) = server(Arc::new(MasterLandsLate {
+        inner,
+        landed: false.into(),
+    }));
+    assert_eq!(
+        get_playlist(&s, "v1", "").await.expect("served"),
+        "#EXTM3U\n"
+    );
+}
+
 #[tokio::test]
 async fn playlists_need_a_ready_video() {
     let blobs = Arc::new(MemoryBlobStore::new());
