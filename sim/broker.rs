@@ -7,6 +7,7 @@
 //! with `subject` and `group` headers answers a never-ending body of
 //! newline-delimited envelopes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use streamgate::bus::{
     BusError, Event, EventBus, Handler, Subscription, check_subscription, dispatch, handler,
 };
 use streamgate::rt::{self, transport};
+use tokio::sync::mpsc::Sender;
 use tower::{Service, ServiceExt};
 
 /// How long a subscription stream stays open before the client renews it.
@@ -44,17 +46,42 @@ pub fn broker_node(addr: SocketAddr) -> madsim::task::NodeId {
         .id()
 }
 
+/// The streams of each queue group's members, by subject and group: where
+/// a redelivery may go.
+type Members = Arc<std::sync::Mutex<HashMap<(String, String), Vec<Sender<Bytes>>>>>;
+
 /// Runs the broker on this node until it is killed.
 pub async fn serve_broker(addr: SocketAddr) {
     let bus = Arc::new(MemoryBus::new());
+    let members = Members::default();
     let router = axum::Router::new()
         .route("/bus/publish", post(publish))
         .route("/bus/subscribe", post(subscribe))
-        .with_state(bus);
+        .with_state((bus, members));
     crate::common::serve_http(addr, router, "the broker").await;
 }
 
-async fn publish(State(bus): State<Arc<MemoryBus>>, body: Bytes) -> (StatusCode, String) {
+/// A member of `subject`'s queue `group` other than the one delivering
+/// (any of them, itself included, as JetStream redelivers to whichever
+/// consumer pulls next): where a duplicate goes.
+fn redelivery_to(members: &Members, key: &(String, String), own: &Sender<Bytes>) -> Sender<Bytes> {
+    use rand::seq::SliceRandom as _;
+    let mut all = members
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(list) = all.get_mut(key) else {
+        return own.clone();
+    };
+    list.retain(|tx| !tx.is_closed());
+    list.choose(&mut rt::rng())
+        .cloned()
+        .unwrap_or_else(|| own.clone())
+}
+
+async fn publish(
+    State((bus, _)): State<(Arc<MemoryBus>, Members)>,
+    body: Bytes,
+) -> (StatusCode, String) {
     match Event::decode(&body) {
         Ok(event) => match bus.publish(&event).await {
             Ok(()) => (StatusCode::OK, String::new()),
@@ -65,7 +92,7 @@ async fn publish(State(bus): State<Arc<MemoryBus>>, body: Bytes) -> (StatusCode,
 }
 
 async fn subscribe(
-    State(bus): State<Arc<MemoryBus>>,
+    State((bus, members)): State<(Arc<MemoryBus>, Members)>,
     headers: HeaderMap,
 ) -> axum::response::Response {
     let header = |name| {
@@ -78,16 +105,30 @@ async fn subscribe(
         return (StatusCode::BAD_REQUEST, "subject header missing").into_response();
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+    let key = group.clone().map(|g| (subject.clone(), g));
+    if let Some(key) = &key {
+        members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .push(tx.clone());
+    }
     let forward = handler(move |event: Event| {
-        let tx = tx.clone();
+        let (tx, key, members) = (tx.clone(), key.clone(), members.clone());
         async move {
             let mut line = event.encode()?;
             line.push(b'\n');
             let line = Bytes::from(line);
             // buggify: delivered twice, as a redelivery after a lost ack
-            // would be.
+            // would be: in a queue group, to any of its members (so two
+            // instances may handle one event at once).
             if rt::faults::buggify(rt::faults::Point::EventDuplicated, 0.03) {
-                let _ = tx.send(line.clone()).await;
+                let to = match &key {
+                    Some(key) => redelivery_to(&members, key, &tx),
+                    None => tx.clone(),
+                };
+                let _ = to.send(line.clone()).await;
             }
             // buggify: held back a while, so that later events overtake it
             // (as after a redelivery, or from two publishers).

@@ -24,5 +24,6 @@ mod pipeline;
 mod pool;
 mod registry;
 mod retry_check;
+mod shared_state;
 mod swarm;
 mod trace;

@@ -436,8 +436,19 @@ async fn swarm() {
                     tl.violated("swarm", format_args!("video {id} missing from the list"));
                 }
             }
+            if let Some(db) = &cluster.catalog_db {
+                rt::coverage::hit(coverage::ONE_APPLICATION);
+                let twice = db.applied_twice();
+                if !twice.is_empty() {
+                    tl.violated(
+                        "database",
+                        format_args!("events applied twice to the catalog: {twice:?}"),
+                    );
+                }
+            }
             let catalog: BTreeSet<String> = listed.iter().cloned().collect();
-            orphans::check(&cluster.blobs, &catalog, &tl).await;
+            let grace = cluster::orphan_sweep(cluster.db.is_some()).grace;
+            orphans::check(&cluster.blobs, &catalog, grace, &tl).await;
             let unknown = listed.iter().filter(|id| !user.videos.contains_key(*id)).count();
             if unknown > user.maybe_uploads as usize {
                 tl.violated(

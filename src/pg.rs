@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::error::ErrorKind;
-use crate::schema::SchemaError;
+use crate::schema::{IDLE_IN_TRANSACTION, LOCK_WAIT, SchemaError};
 
 /// Connections a process keeps open at most, per store.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -87,6 +87,26 @@ pub fn pool_of(mut config: tokio_postgres::Config) -> Pool {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(WAIT);
     }
+    // A transaction whose process was killed or cut off mid-way (between
+    // `SELECT ... FOR UPDATE` and its commit) would otherwise hold its row
+    // locks until the server notices the dead connection, which over a
+    // partition takes TCP's retransmissions, minutes; every other
+    // instance's update of those rows would wait as long. The server rolls
+    // such a transaction back after `IDLE_IN_TRANSACTION`, and a row lock
+    // waited for longer than `LOCK_WAIT` fails the call as unavailable.
+    // The simulator's modelled database keeps the same two limits
+    // (`services::metadata::remote`; both from `crate::schema`). A URL's own `options` come first and
+    // win where they set the same.
+    let limits = format!(
+        "-c idle_in_transaction_session_timeout={} -c lock_timeout={}",
+        IDLE_IN_TRANSACTION.as_millis(),
+        LOCK_WAIT.as_millis()
+    );
+    let options = match config.get_options() {
+        Some(own) if !own.is_empty() => format!("{limits} {own}"),
+        _ => limits,
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -285,6 +305,51 @@ mod tests {
         "CREATE TABLE things (id TEXT PRIMARY KEY)",
         "ALTER TABLE things ADD COLUMN size BIGINT NOT NULL DEFAULT 0",
     ];
+
+    /// A process that dies holding a row lock (its connection left open,
+    /// as over a partition) blocks another's update of the row only until
+    /// the server rolls the idle transaction back; the URL's own options
+    /// (here the scratch schema's search path) still apply.
+    #[tokio::test]
+    async fn an_abandoned_transaction_frees_its_row_locks() {
+        let db = testing::Scratch::new().await;
+        let pool = db.pool();
+        let c = pool.get().await.expect("conn");
+        let show = |name: &'static str| {
+            let c = &c;
+            async move {
+                let row = c
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .await
+                    .expect("show");
+                row.get::<_, String>(0)
+            }
+        };
+        assert_eq!(show("idle_in_transaction_session_timeout").await, "5s");
+        assert_eq!(show("lock_timeout").await, "10s");
+        assert_eq!(show("search_path").await, db.schema);
+        c.batch_execute("CREATE TABLE rows (id TEXT PRIMARY KEY, n BIGINT NOT NULL); INSERT INTO rows VALUES ('a', 0)")
+            .await
+            .expect("table");
+        // The holder locks the row and is never heard from again.
+        let holder = pool.get().await.expect("holder");
+        holder
+            .batch_execute("BEGIN; SELECT n FROM rows WHERE id = 'a' FOR UPDATE")
+            .await
+            .expect("lock");
+        let started = crate::rt::now();
+        c.execute("UPDATE rows SET n = n + 1 WHERE id = 'a'", &[])
+            .await
+            .expect("the update lands once the holder is rolled back");
+        let waited = started.elapsed();
+        assert!(
+            waited >= IDLE_IN_TRANSACTION.saturating_sub(std::time::Duration::from_millis(500))
+                && waited < LOCK_WAIT,
+            "{waited:?}"
+        );
+        drop(holder);
+        db.drop().await;
+    }
 
     #[tokio::test]
     async fn migrations_run_once_under_concurrency_and_a_newer_schema_is_refused() {

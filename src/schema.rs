@@ -7,6 +7,15 @@
 //! run more migrations than the binary knows was written by a newer
 //! binary: it is refused, never guessed at.
 
+/// A transaction left idle this long (its process killed or cut off
+/// between its statements) is rolled back by the shared database, freeing
+/// its row locks: PostgreSQL's `idle_in_transaction_session_timeout`, set
+/// by `crate::pg`, and the simulator's modelled database alike.
+pub const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(5);
+/// A row lock waited for this long fails the waiting call as unavailable
+/// (PostgreSQL's `lock_timeout`; the model's too).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where a shared database is (`--database-url`): a `postgres://` URL or
 /// a libpq `key=value` string. Its `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq)]

@@ -238,3 +238,31 @@ mod tests {
         assert!(err.is_config(), "{err:?}");
     }
 }
+
+/// The simulator's modelled database node a `--database-url` names (the
+/// simulation build has no PostgreSQL client: there an `http://ip:port`
+/// URL names the node, `services::metadata::remote`), and the transport
+/// to it.
+///
+/// # Errors
+/// The URL is not `http://ip:port`.
+#[cfg(madsim)]
+pub(crate) fn sim_database(
+    url: &crate::schema::DatabaseUrl,
+) -> Result<
+    (
+        String,
+        std::sync::Arc<dyn crate::registry::consul::HttpTransport>,
+    ),
+    String,
+> {
+    match url.expose().strip_prefix("http://") {
+        Some(addr) => Ok((
+            format!("http://{}", addr.trim_end_matches('/')),
+            std::sync::Arc::new(crate::registry::consul::SimTransport),
+        )),
+        None => Err(format!(
+            "{url:?}: the simulation build reaches only the modelled database (http://ip:port)"
+        )),
+    }
+}

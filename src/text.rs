@@ -36,6 +36,48 @@ pub fn redact_password(url: &str) -> String {
         .join(" ")
 }
 
+/// Serialises `bytes` as one base64 string (serde's `serialize_with`).
+///
+/// # Errors
+/// The serializer's.
+pub fn base64_serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Reads the bytes [`base64_serialize`] wrote.
+///
+/// # Errors
+/// Not a string, or not base64.
+pub fn base64_deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use base64::Engine as _;
+    use serde::Deserialize as _;
+    let text = String::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A protobuf message on a JSON wire: its encoding, in base64 (the
+/// simulator's modelled servers carry videos and records so).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Base64Proto<M>(pub M);
+
+impl<M: prost::Message> serde::Serialize for Base64Proto<M> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        base64_serialize(&self.0.encode_to_vec(), s)
+    }
+}
+
+impl<'de, M: prost::Message + Default> serde::Deserialize<'de> for Base64Proto<M> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = base64_deserialize(d)?;
+        M::decode(bytes.as_slice())
+            .map(Base64Proto)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,10 @@
 //! modelled NATS server (the run's [`RegistryKind`]) as the registry node,
 //! a broker node as the bus and, when the run's job queue is JetStream
 //! ([`JobQueueKind`]), a modelled NATS node for the jobs shared by two
-//! workers; each service started through
+//! workers, and when the run's database is shared ([`DatabaseKind`]) a
+//! modelled database node for two instances each of metadata, upload and
+//! auth and an object-store node for the blobs; each
+//! service started through
 //! the same kernel and `start()` as in production, calling the others
 //! over mutual TLS with a certificate of the cluster CA (`certs.rs`) or
 //! with service tokens (the run's [`IdentityKind`]). A node that fails to
@@ -17,20 +20,27 @@ use std::time::Duration;
 
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
+use streamgate::blob::BlobStore;
 use streamgate::blob::memory::MemoryBlobStore;
 use streamgate::kernel::{Kernel, Plugin, Seams};
 use streamgate::registry::Registry;
+use streamgate::registry::consul::SimTransport;
 use streamgate::rt;
+use streamgate::schema::DatabaseUrl;
 use streamgate::services::auth::Secret;
+use streamgate::services::auth::remote::AccountsDb;
+use streamgate::services::metadata::remote::CatalogDb;
 use streamgate::services::transcoder::Engine;
+use streamgate::services::upload::remote::RecordsDb;
 use streamgate::services::{Common, ServiceConfig};
 use streamgate::services::{ServiceKind, ServicePlugin};
 use streamgate_testkit::kv_node::KvNode;
+use streamgate_testkit::object_node::{ObjectNode, RemoteBlobs};
 
 use super::certs::{self, Ca};
 use super::check;
 use super::disk_faults::FaultyBlobs;
-use super::faults::{IdentityKind, JobQueueKind, Plan, RegistryKind};
+use super::faults::{DatabaseKind, IdentityKind, JobQueueKind, Plan, RegistryKind};
 use super::timeline::{Kind, Timeline};
 use crate::broker::{SimBus, broker_node};
 
@@ -39,6 +49,13 @@ pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9
 /// The modelled NATS node holding the jobs' bucket and work queue, when
 /// the run's job queue is JetStream.
 pub const JOBS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 5)), 4222);
+/// The modelled database node shared by the metadata, upload and auth
+/// instances (the catalog, the upload records, the accounts), when the
+/// run's database is [`DatabaseKind::Shared`].
+pub const DATABASE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 6)), 5432);
+/// The object-store node holding every blob, when the run's database is
+/// [`DatabaseKind::Shared`] (else the services share the store in memory).
+pub const OBJECTS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 7)), 9000);
 /// The name of the jobs' work queue (`<name>.dispatch.*`).
 const JOBS_NAME: &str = "jobs";
 /// The workers' lease, and the work queue's ack wait, when the job queue is
@@ -73,13 +90,21 @@ pub const GATEWAY_LIMITS: streamgate::services::gateway::limit::RequestLimits = 
 /// TTL check interval of every registration (critical after 2x).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The upload service's orphan sweep: often, with a grace that outlasts an
-/// upload's commit (one upload instance: its own commits are safe anyway).
-pub const ORPHAN_SWEEP: streamgate::services::upload::sweep::Config =
+/// The upload service's orphan sweep: often, with a short grace when one
+/// upload instance runs (a blob it is committing is never touched by its
+/// own sweep), and with two (on the shared database) a grace longer than
+/// an upload's commit may take (`COMMIT_TIMEOUT`), as the sweep's rule
+/// asks of instances sharing a blob store.
+pub fn orphan_sweep(shared_db: bool) -> streamgate::services::upload::sweep::Config {
     streamgate::services::upload::sweep::Config {
         interval: Duration::from_secs(5),
-        grace: Duration::from_secs(20),
-    };
+        grace: if shared_db {
+            streamgate::services::upload::server::COMMIT_TIMEOUT + Duration::from_secs(5)
+        } else {
+            Duration::from_secs(20)
+        },
+    }
+}
 
 /// The services and how many instances of each.
 const LAYOUT: [(ServiceKind, u8); 9] = [
@@ -126,6 +151,12 @@ pub struct Cluster {
     /// The modelled NATS node of the jobs, when the job queue is JetStream
     /// (its state lives outside the node and outlives its restarts).
     pub jobs: Option<NodeId>,
+    /// The shared database node, when the run's catalog is on one.
+    pub db: Option<NodeId>,
+    /// That node's state (outside the node: its commits outlive a crash).
+    pub catalog_db: Option<Arc<CatalogDb>>,
+    /// The object-store node, on the same seeds.
+    pub objects: Option<NodeId>,
     /// The blob store every node shares (object storage).
     pub blobs: MemoryBlobStore,
     /// The cluster CA, when the run's services use mutual TLS.
@@ -198,7 +229,59 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
             .build()
             .id()
     });
+    let shared_db = plan.database == DatabaseKind::Shared;
+    let catalog_db = shared_db.then(|| CatalogDb::new().expect("an in-memory database"));
+    let others = shared_db.then(|| {
+        (
+            RecordsDb::new().expect("an in-memory database"),
+            AccountsDb::new().expect("an in-memory database"),
+        )
+    });
+    let db = catalog_db
+        .clone()
+        .zip(others)
+        .map(|(state, (records, accounts))| {
+            handle
+                .create_node()
+                .name("database")
+                .ip(DATABASE.ip())
+                .init(move || {
+                    let (state, records, accounts) =
+                        (state.clone(), records.clone(), accounts.clone());
+                    async move {
+                        // Back from a crash: what was committed is there, the
+                        // open transactions are gone.
+                        state.restarted();
+                        let router = state
+                            .router()
+                            .merge(records.router())
+                            .merge(accounts.router());
+                        crate::common::serve_http(DATABASE, router, "the database node").await;
+                    }
+                })
+                .build()
+                .id()
+        });
     let blobs = MemoryBlobStore::new();
+    // On shared-database seeds the blobs live on an object-store node of
+    // their own, as in S3-compatible storage (the same memory store is its
+    // state, outside the node: what it stored outlives a crash).
+    let objects = shared_db.then(|| {
+        let state = ObjectNode::new(Arc::new(blobs.clone()));
+        handle
+            .create_node()
+            .name("objects")
+            .ip(OBJECTS.ip())
+            .init(move || {
+                let state = state.clone();
+                async move {
+                    state.restarted();
+                    crate::common::serve_http(OBJECTS, state.router(), "the object store").await;
+                }
+            })
+            .build()
+            .id()
+    });
     let engine = Engine::Model {
         duration: plan.transcode_time,
         failure_rate: plan.transcode_failure_rate,
@@ -213,7 +296,13 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         }
         // Workers on JetStream share their jobs as on two hosts: two of
         // them race for every lease.
-        let count = if kind == ServiceKind::Worker && jetstream {
+        // So do metadata, upload and auth instances on a shared database.
+        let on_db = shared_db
+            && matches!(
+                kind,
+                ServiceKind::Metadata | ServiceKind::Upload | ServiceKind::Auth
+            );
+        let count = if (kind == ServiceKind::Worker && jetstream) || on_db {
             2
         } else {
             count
@@ -222,7 +311,9 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
             let name = format!("{}-{i}", kind.name());
             let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 9, last));
             last += 1;
-            let data_dir = (stateful(kind) && std::env::var_os("SWARM_NODISK").is_none())
+            // An instance on the shared database keeps nothing on its own
+            // disk.
+            let data_dir = (stateful(kind) && !on_db && std::env::var_os("SWARM_NODISK").is_none())
                 .then(|| root.join(&name));
             let dir = data_dir.clone();
             let tls = ca.as_ref().map(|ca| ca.identity(kind.name()));
@@ -255,9 +346,24 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                         let mut config = ServiceConfig::new(kind);
                         match &mut config {
                             ServiceConfig::Transcoder(c) => c.engine = engine,
-                            ServiceConfig::Auth(c) => c.secret = Some(Secret::new(vec![9u8; 32])),
-                            ServiceConfig::Upload(c) => c.sweep = ORPHAN_SWEEP,
+                            ServiceConfig::Auth(c) => {
+                                c.secret = Some(Secret::new(vec![9u8; 32]));
+                                if on_db {
+                                    c.database =
+                                        Some(DatabaseUrl::new(format!("http://{DATABASE}")));
+                                }
+                            }
+                            ServiceConfig::Upload(c) => {
+                                c.sweep = orphan_sweep(shared_db);
+                                if on_db {
+                                    c.database =
+                                        Some(DatabaseUrl::new(format!("http://{DATABASE}")));
+                                }
+                            }
                             ServiceConfig::ApiGateway(c) => c.limits = GATEWAY_LIMITS,
+                            ServiceConfig::Metadata(c) if on_db => {
+                                c.database = Some(DatabaseUrl::new(format!("http://{DATABASE}")));
+                            }
                             ServiceConfig::Worker(c) if jetstream => {
                                 c.job_queue = streamgate::services::worker::JobQueue::JetStream {
                                     url: format!("http://{JOBS}"),
@@ -273,7 +379,7 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
                             let seams = Seams {
                                 bus: Arc::new(SimBus::new(BROKER)),
                                 registry: registry_client(nats_kv),
-                                blobs: Arc::new(FaultyBlobs(blobs.clone())),
+                                blobs: Arc::new(FaultyBlobs(shared_blobs(shared_db, &blobs))),
                             };
                             let pool = streamgate::client::PoolConfig {
                                 tls: tls.clone(),
@@ -315,8 +421,24 @@ pub fn start(timeline: &Timeline, plan: &Plan) -> Cluster {
         kv,
         broker,
         jobs,
+        db,
+        catalog_db,
+        objects,
         blobs,
         ca,
+    }
+}
+
+/// The blob store a service node uses: the object-store node on
+/// shared-database seeds, else the memory store itself.
+fn shared_blobs(shared_db: bool, blobs: &MemoryBlobStore) -> Arc<dyn BlobStore> {
+    if shared_db {
+        Arc::new(RemoteBlobs::new(
+            &format!("http://{OBJECTS}"),
+            Arc::new(SimTransport),
+        ))
+    } else {
+        Arc::new(blobs.clone())
     }
 }
 

@@ -37,6 +37,10 @@ pub const POLICY: &str = "checker: call policy (every intruder call refused)";
 pub const CERTIFICATES: &str =
     "checker: certificates (every intruder call without a valid one refused in the handshake)";
 
+/// The shared database never records one event applied twice.
+pub const ONE_APPLICATION: &str =
+    "checker: one application per event (every run on the shared database)";
+
 /// Every property the report lists, exercised or not.
 fn known() -> Vec<String> {
     let mut names: Vec<String> = [
@@ -50,6 +54,10 @@ fn known() -> Vec<String> {
         ORPHANS,
         POLICY,
         CERTIFICATES,
+        ONE_APPLICATION,
+        streamgate::services::metadata::remote::LOCK_WAITED,
+        streamgate::services::metadata::remote::IDLED_OUT,
+        streamgate::services::metadata::remote::LOST_IN_CRASH,
         super::certs::RENEWED,
         BREAKER_CHECK,
         RETRY_CHECK,

@@ -9,12 +9,12 @@
 //! upload, and everything works again once it heals.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use madsim::task::NodeId;
-use streamgate::blob::memory::MemoryBlobStore;
 use streamgate::blob::{BlobError, BlobMeta, BlobStore, BlobWriter};
 use streamgate::rt;
 use streamgate::rt::faults::{DiskFault, set_disk_fault};
@@ -39,9 +39,10 @@ async fn obey(write: bool) -> Result<(), BlobError> {
     }
 }
 
-/// The shared blob store as the calling node's disk lets it work.
+/// The shared blob store (in memory, or on the object-store node) as the
+/// calling node's disk lets it work.
 #[derive(Debug, Clone)]
-pub struct FaultyBlobs(pub MemoryBlobStore);
+pub struct FaultyBlobs(pub Arc<dyn BlobStore>);
 
 #[async_trait]
 impl BlobStore for FaultyBlobs {
@@ -63,6 +64,16 @@ impl BlobStore for FaultyBlobs {
     async fn read(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, BlobError> {
         obey(false).await?;
         self.0.read(key, offset, len).await
+    }
+
+    async fn read_sized(
+        &self,
+        key: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<(Bytes, u64), BlobError> {
+        obey(false).await?;
+        self.0.read_sized(key, offset, len).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BlobError> {

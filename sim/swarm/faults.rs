@@ -49,10 +49,17 @@ pub enum Fault {
     DiskFailing,
     /// A stateful node's disk is slow for a while.
     DiskSlow,
+    /// The shared database node crashes (its open transactions are lost;
+    /// its commits stay) or is cut off, for a while: on the seeds whose
+    /// metadata, upload and auth instances share it ([`DatabaseKind::Shared`]).
+    DatabaseOutage,
+    /// The object-store node crashes (its uploads in progress are lost;
+    /// what it stored stays) or is cut off, for a while: on the same seeds.
+    ObjectStoreOutage,
 }
 
 /// Every fault kind.
-pub const ALL: [Fault; 11] = [
+pub const ALL: [Fault; 13] = [
     Fault::Crash,
     Fault::Partition,
     Fault::Clog,
@@ -64,6 +71,8 @@ pub const ALL: [Fault; 11] = [
     Fault::DiskFull,
     Fault::DiskFailing,
     Fault::DiskSlow,
+    Fault::DatabaseOutage,
+    Fault::ObjectStoreOutage,
 ];
 
 /// A fault kind as the property report names it.
@@ -120,6 +129,44 @@ pub struct Plan {
     /// service tokens otherwise (not drawn from the generator);
     /// `SWARM_IDENTITY=mtls|tokens` overrides it.
     pub identity: IdentityKind,
+    /// Where the catalog, the upload records and the accounts live: SQLite
+    /// in the data dir of the one metadata, upload and auth instance on
+    /// seeds whose fourth bit is clear, else a modelled database node shared by two
+    /// instances of each (not drawn from the generator);
+    /// `SWARM_DATABASE=sqlite|shared` overrides it.
+    pub database: DatabaseKind,
+}
+
+/// Where a run's catalog, upload records and accounts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// SQLite in the metadata, upload and auth instances' data dirs.
+    Sqlite,
+    /// The modelled database node (`services::metadata::remote`,
+    /// `services::upload::remote`, `services::auth::remote`), shared by two
+    /// instances of each, as
+    /// PostgreSQL is when they scale out.
+    Shared,
+}
+
+impl DatabaseKind {
+    /// The run's database: from the seed's fourth bit, or `SWARM_DATABASE`.
+    pub fn of_seed(seed: u64) -> Self {
+        match std::env::var("SWARM_DATABASE").as_deref() {
+            Ok("sqlite") => Self::Sqlite,
+            Ok("shared") => Self::Shared,
+            _ if (seed / 8).is_multiple_of(2) => Self::Sqlite,
+            _ => Self::Shared,
+        }
+    }
+
+    /// Its name in the timeline and in `SWARM_DATABASE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Shared => "shared",
+        }
+    }
 }
 
 /// How a run's services prove who they are.
@@ -217,7 +264,13 @@ impl Plan {
     /// probability 1/2.
     pub fn draw() -> Self {
         let mut rng = rt::rng();
-        let faults = ALL.into_iter().filter(|_| rng.gen_bool(0.5)).collect();
+        let database = DatabaseKind::of_seed(madsim::runtime::Handle::current().seed());
+        let mut faults: Vec<Fault> = ALL.into_iter().filter(|_| rng.gen_bool(0.5)).collect();
+        // The shared stores' outages need the shared stores (drawn anyway,
+        // so the rest of the plan does not depend on the database kind).
+        if database == DatabaseKind::Sqlite {
+            faults.retain(|f| !matches!(f, Fault::DatabaseOutage | Fault::ObjectStoreOutage));
+        }
         let slow = rng.gen_bool(0.5);
         let faults = only(faults);
         Self {
@@ -241,16 +294,18 @@ impl Plan {
             registry: RegistryKind::of_seed(madsim::runtime::Handle::current().seed()),
             job_queue: JobQueueKind::of_seed(madsim::runtime::Handle::current().seed()),
             identity: IdentityKind::of_seed(madsim::runtime::Handle::current().seed()),
+            database,
         }
     }
 
     /// One line saying what is on.
     pub fn describe(&self) -> String {
         format!(
-            "swarm: registry {}; job queue {}; identities {}; faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
+            "swarm: registry {}; job queue {}; identities {}; database {}; faults {:?} every ~{:?}; transcodes {:?}, {:.0} % fail; buggify {}; stalled clients {}",
             self.registry.name(),
             self.job_queue.name(),
             self.identity.name(),
+            self.database.name(),
             self.faults,
             self.gap,
             self.transcode_time,
@@ -276,6 +331,8 @@ pub struct Broken {
     pub registry_down: bool,
     /// The broker node is down.
     pub broker_down: bool,
+    /// The shared database and object-store nodes down or cut off.
+    pub stores_down: BTreeSet<&'static str>,
     /// Service nodes with a faulty disk.
     pub disks: BTreeSet<NodeId>,
     /// Faults so far.
@@ -650,6 +707,46 @@ pub async fn inject(cluster: Cluster, plan: Plan, tl: Timeline, broken: Shared, 
                     tl.print(&lane, Kind::Heal, "disk healed");
                 });
             }
+            Fault::DatabaseOutage | Fault::ObjectStoreOutage => {
+                let (node, lane) = if strike.fault == Fault::DatabaseOutage {
+                    (cluster.db, "database")
+                } else {
+                    (cluster.objects, "objects")
+                };
+                let Some(node) = node else { continue };
+                if !b.stores_down.insert(lane) {
+                    continue;
+                }
+                let d = strike.span(500, 8_000, left);
+                // A crash loses what was in progress (open transactions,
+                // their row locks with them; multipart uploads); a cut
+                // leaves the transactions to idle out.
+                let crash = strike.lossy;
+                if crash {
+                    handle.kill(node);
+                } else {
+                    net.clog_node(node);
+                }
+                tl.print(
+                    lane,
+                    Kind::Fault,
+                    format_args!(
+                        "#{n} {} for {d:?}",
+                        if crash { "crash" } else { "partitioned" }
+                    ),
+                );
+                let (tl, broken) = (tl.clone(), broken.clone());
+                rt::spawn(async move {
+                    rt::sleep(d).await;
+                    if crash {
+                        Handle::current().restart(node);
+                    } else {
+                        NetSim::current().unclog_node(node);
+                    }
+                    lock(&broken).stores_down.remove(lane);
+                    tl.print(lane, Kind::Heal, "back");
+                });
+            }
             Fault::BrokerOutage => {
                 if b.broker_down {
                     continue;
@@ -731,5 +828,6 @@ pub fn all_healed(broken: &Shared) -> bool {
         && !b.network
         && !b.registry_down
         && !b.broker_down
+        && b.stores_down.is_empty()
         && b.disks.is_empty()
 }

@@ -3,7 +3,7 @@
 //! in the shared blob store must belong to a video the catalog lists; one
 //! that does not (an upload that crashed between its blob and its record, a
 //! deleted video whose MetadataDeleted was lost, a transcode that finished
-//! after its video was deleted) must be gone within [`ORPHAN_BOUND`]: the
+//! after its video was deleted) must be gone within the sweep's grace and [`ORPHAN_SLACK`]: the
 //! upload service's orphan sweep removes it.
 
 use std::collections::BTreeSet;
@@ -15,10 +15,11 @@ use streamgate::rt;
 
 use super::timeline::{Kind, Timeline};
 
-/// How long after the catalog settled an orphan may remain: the swarm's
-/// sweep grace and interval (`cluster::ORPHAN_SWEEP`, 20 s and 5 s), a
-/// transcode still running for a deleted video, and slack.
-pub const ORPHAN_BOUND: Duration = Duration::from_secs(60);
+/// How long after the catalog settled an orphan may remain beyond the
+/// sweep's grace: its interval (`cluster::orphan_sweep`, 5 s), a transcode
+/// still running for a deleted video, and slack (with the 20 s grace of
+/// one upload instance: 60 s).
+pub const ORPHAN_SLACK: Duration = Duration::from_secs(40);
 
 /// The blob prefixes that hold a video's files.
 const PREFIXES: [&str; 3] = ["originals", "hls", "thumbs"];
@@ -60,9 +61,15 @@ async fn orphans(blobs: &MemoryBlobStore, catalog: &BTreeSet<String>) -> Vec<Str
 
 /// Waits until no blob outside `catalog` (every video id the settled
 /// catalog lists) remains; a violation if one is still there
-/// [`ORPHAN_BOUND`] after the call.
-pub async fn check(blobs: &MemoryBlobStore, catalog: &BTreeSet<String>, tl: &Timeline) {
+/// the sweep's `grace` plus [`ORPHAN_SLACK`] after the call.
+pub async fn check(
+    blobs: &MemoryBlobStore,
+    catalog: &BTreeSet<String>,
+    grace: Duration,
+    tl: &Timeline,
+) {
     let start = tl.elapsed();
+    let bound = grace + ORPHAN_SLACK;
     loop {
         let left = orphans(blobs, catalog).await;
         if left.is_empty() {
@@ -77,11 +84,11 @@ pub async fn check(blobs: &MemoryBlobStore, catalog: &BTreeSet<String>, tl: &Tim
             );
             return;
         }
-        if tl.elapsed() - start > ORPHAN_BOUND {
+        if tl.elapsed() - start > bound {
             tl.violated(
                 "swarm",
                 format_args!(
-                    "{} blobs without a record {ORPHAN_BOUND:?} after settling: {:?}",
+                    "{} blobs without a record {bound:?} after settling: {:?}",
                     left.len(),
                     &left[..left.len().min(8)]
                 ),

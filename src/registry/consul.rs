@@ -15,14 +15,14 @@ use http::{Method, Request, Response, StatusCode};
 use super::{Registry, RegistryError, ServiceInfo, WatchResult, validate};
 use crate::rt;
 
-mod transport;
+pub(crate) mod transport;
 mod wire;
 
 #[cfg(madsim)]
 pub use transport::SimTransport;
 #[cfg(not(madsim))]
 pub use transport::{ConsulTls, HyperTransport};
-pub use transport::{HttpTransport, Streamed};
+pub use transport::{HttpTransport, ModelClient, PostError, Streamed, post_json};
 pub use wire::{
     CHECK_META_KEY, FOREIGN_CHECK_TTL, MIN_DEREGISTER_AFTER, check_id, decode_check, encode_check,
     format_duration,

@@ -53,11 +53,18 @@ pub enum Bug {
     /// certificate checker on the seeds that run mutual TLS: a call with a
     /// certificate of another CA reaches a service.
     PeerUnverified,
+    /// The shared database's read-modify-writes take no row lock (as
+    /// `SELECT` without `FOR UPDATE` would): two instances updating one
+    /// video, or applying one event, both read the old row and the later
+    /// write wins. Caught on the seeds whose metadata instances share the
+    /// modelled database: by the one-application-per-event checker, or by
+    /// the auditor (a lost rename, a state moved back).
+    RowLockSkipped,
 }
 
 impl Bug {
     /// Every bug, in order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::BreakerForgetsProbeFailures,
         Self::RetryWithoutBudget,
         Self::NoReregistration,
@@ -67,6 +74,7 @@ impl Bug {
         Self::KvHeartbeatTrustsItsCache,
         Self::JetStreamAckOnLease,
         Self::PeerUnverified,
+        Self::RowLockSkipped,
     ];
 
     /// The name `STREAMGATE_INJECT_BUG` takes.
@@ -82,6 +90,7 @@ impl Bug {
             Self::KvHeartbeatTrustsItsCache => "kv-heartbeat-trusts-its-cache",
             Self::JetStreamAckOnLease => "jetstream-ack-on-lease",
             Self::PeerUnverified => "peer-unverified",
+            Self::RowLockSkipped => "row-lock-skipped",
         }
     }
 }

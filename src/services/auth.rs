@@ -34,6 +34,7 @@ pub mod pg_store;
 #[cfg(not(madsim))]
 pub mod pg_throttle;
 mod redact;
+pub mod remote;
 pub mod secret;
 pub mod server;
 pub mod store;
@@ -103,8 +104,15 @@ async fn open(
         }
         #[cfg(madsim)]
         {
+            // The simulation build has no PostgreSQL client: an
+            // `http://ip:port` URL names the modelled database node
+            // (`remote`) instead.
             let _ = ready;
-            return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+            return super::sim_database(url)
+                .map(|(base, transport)| {
+                    accounts::Accounts::Remote(remote::RemoteAccounts::new(&base, transport))
+                })
+                .map_err(Into::into);
         }
     }
     let path = common.db_path(DB_FILE)?;

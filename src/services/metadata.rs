@@ -14,6 +14,7 @@ pub mod consume;
 pub mod error;
 #[cfg(not(madsim))]
 pub mod pg_store;
+pub mod remote;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -66,8 +67,15 @@ async fn open(
         }
         #[cfg(madsim)]
         {
+            // The simulation build has no PostgreSQL client: an
+            // `http://ip:port` URL names the modelled database node
+            // (`remote`) instead.
             let _ = ready;
-            return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+            return super::sim_database(url)
+                .map(|(base, transport)| {
+                    catalog::Catalog::Remote(remote::RemoteCatalog::new(&base, transport))
+                })
+                .map_err(Into::into);
         }
     }
     let path = common.db_path(DB_FILE)?;

@@ -15,6 +15,7 @@ pub mod error;
 #[cfg(not(madsim))]
 pub mod pg_store;
 pub mod records;
+pub mod remote;
 pub mod server;
 pub mod store;
 pub mod sweep;
@@ -96,8 +97,15 @@ async fn open(
         }
         #[cfg(madsim)]
         {
+            // The simulation build has no PostgreSQL client: an
+            // `http://ip:port` URL names the modelled database node
+            // (`remote`) instead.
             let _ = ready;
-            return Err(format!("{url:?}: the simulation build has no PostgreSQL client").into());
+            return super::sim_database(url)
+                .map(|(base, transport)| {
+                    records::Records::Remote(remote::RemoteRecords::new(&base, transport))
+                })
+                .map_err(Into::into);
         }
     }
     let path = common.db_path(DB_FILE)?;

@@ -14,6 +14,7 @@ pub mod fuzz;
 pub mod job_store_contract;
 pub mod kv_contract;
 pub mod kv_node;
+pub mod object_node;
 #[cfg(not(any(madsim, fuzzing)))]
 pub mod otlp;
 #[cfg(not(madsim))]

@@ -30,6 +30,119 @@ pub trait HttpTransport: Send + Sync + 'static {
     }
 }
 
+/// A JSON call that did not get a 200 answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PostError {
+    /// The answer's status, if one came.
+    pub status: Option<http::StatusCode>,
+    /// What went wrong: the transport's failure, or the status and the
+    /// answer's text.
+    pub message: String,
+}
+
+/// Posts `req` as JSON to `url` and reads the JSON answer of a 200: the
+/// one-call protocol of the simulator's modelled servers. Any other
+/// status is a [`PostError`] naming it with the answer's text.
+///
+/// # Errors
+/// The transport failed, the status was not 200, or the answer does not
+/// parse.
+pub async fn post_json<T, Req, Ans>(
+    transport: &T,
+    url: &str,
+    req: &Req,
+    body_limit: usize,
+) -> Result<Ans, PostError>
+where
+    T: HttpTransport + ?Sized,
+    Req: serde::Serialize + Sync,
+    Ans: serde::de::DeserializeOwned,
+{
+    let fail = |message: String| PostError {
+        status: None,
+        message,
+    };
+    let body = serde_json::to_vec(req).map_err(|e| fail(e.to_string()))?;
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(body))
+        .map_err(|e| fail(e.to_string()))?;
+    let res = transport.send(req, body_limit).await.map_err(fail)?;
+    if res.status() != http::StatusCode::OK {
+        return Err(PostError {
+            status: Some(res.status()),
+            message: format!("{}: {}", res.status(), String::from_utf8_lossy(res.body())),
+        });
+    }
+    serde_json::from_slice(res.body()).map_err(|e| fail(format!("bad answer: {e}")))
+}
+
+impl PostError {
+    /// A failure with no answer: `message` says why.
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            status: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// A client of one of the simulator's modelled servers (the database and
+/// object-store nodes): each call posts JSON to one URL ([`post_json`])
+/// and waits at most 15 s for the answer.
+#[derive(Clone)]
+pub struct ModelClient {
+    url: String,
+    transport: std::sync::Arc<dyn HttpTransport>,
+    body_limit: usize,
+}
+
+impl std::fmt::Debug for ModelClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelClient")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelClient {
+    /// Longest a call waits for its answer.
+    pub const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+    /// Calls to `base` (`http://ip:port`) + `path`, reading answers of at
+    /// most `body_limit` bytes.
+    #[must_use]
+    pub fn new(
+        base: &str,
+        path: &str,
+        transport: std::sync::Arc<dyn HttpTransport>,
+        body_limit: usize,
+    ) -> Self {
+        Self {
+            url: format!("{base}{path}"),
+            transport,
+            body_limit,
+        }
+    }
+
+    /// Posts `req`, reads the answer.
+    ///
+    /// # Errors
+    /// As [`post_json`]; or no answer within [`Self::CALL_LIMIT`].
+    pub async fn call<Req, Ans>(&self, req: &Req) -> Result<Ans, PostError>
+    where
+        Req: serde::Serialize + Sync,
+        Ans: serde::de::DeserializeOwned,
+    {
+        let call = post_json(&*self.transport, &self.url, req, self.body_limit);
+        crate::rt::timeout(Self::CALL_LIMIT, call)
+            .await
+            .map_err(|_| PostError::new("timed out"))?
+    }
+}
+
 /// A response whose body arrives in pieces: its status, then the pieces
 /// (an `Err` ends it).
 pub struct Streamed {
@@ -265,4 +378,33 @@ mod sim_impl {
             })
         }
     }
+}
+
+/// A transport handing each request to `router` in this process: the
+/// modelled servers' contract tests, without sockets.
+#[cfg(all(test, not(madsim)))]
+pub(crate) fn in_process(router: axum::Router) -> std::sync::Arc<dyn HttpTransport> {
+    struct InProcess(axum::Router);
+    #[async_trait]
+    impl HttpTransport for InProcess {
+        async fn send(
+            &self,
+            req: http::Request<Bytes>,
+            limit: usize,
+        ) -> Result<http::Response<Bytes>, String> {
+            use tower::ServiceExt as _;
+            let res = self
+                .0
+                .clone()
+                .oneshot(req.map(axum::body::Body::from))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (parts, body) = res.into_parts();
+            let body = axum::body::to_bytes(body, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(http::Response::from_parts(parts, body))
+        }
+    }
+    std::sync::Arc::new(InProcess(router))
 }

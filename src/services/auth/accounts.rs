@@ -17,6 +17,7 @@ use super::error::AuthError;
 use super::limit::{LoginThrottle, MemoryThrottle};
 #[cfg(not(madsim))]
 use super::pg_store::PgStore;
+use super::remote::RemoteAccounts;
 use super::store::{Exchange, Rotation, Store, User};
 
 /// The accounts the server uses.
@@ -27,6 +28,9 @@ pub enum Accounts {
     /// PostgreSQL.
     #[cfg(not(madsim))]
     Postgres(PgStore),
+    /// A modelled database node (the simulator's stand-in for PostgreSQL),
+    /// with the log-in throttle.
+    Remote(RemoteAccounts),
 }
 
 impl From<Store> for Accounts {
@@ -51,6 +55,7 @@ impl Accounts {
             Self::Sqlite(_) => Arc::new(MemoryThrottle::default()),
             #[cfg(not(madsim))]
             Self::Postgres(s) => Arc::new(s.throttle()),
+            Self::Remote(s) => Arc::new(s.throttle()),
         }
     }
 
@@ -63,6 +68,7 @@ impl Accounts {
             Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.create_user(&key, &user)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.create_user(&key, &user).await,
+            Self::Remote(s) => s.create_user(key, user).await,
         }
     }
 
@@ -75,6 +81,7 @@ impl Accounts {
             Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.user_by_key(&key)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.user_by_key(&key).await,
+            Self::Remote(s) => s.user_by_key(key).await,
         }
     }
 
@@ -87,6 +94,7 @@ impl Accounts {
             Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.user_exists(&id)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.user_exists(&id).await,
+            Self::Remote(s) => s.user_exists(id).await,
         }
     }
 
@@ -107,6 +115,7 @@ impl Accounts {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.revoke(&jti, expires_at_ms, now_ms).await,
+            Self::Remote(s) => s.revoke(jti, expires_at_ms, now_ms).await,
         }
     }
 
@@ -130,6 +139,7 @@ impl Accounts {
                 keys.extend(family.as_deref());
                 s.any_revoked(&keys).await
             }
+            Self::Remote(s) => s.is_revoked(jti, family).await,
         }
     }
 
@@ -142,6 +152,7 @@ impl Accounts {
             Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.rotate(&x)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.rotate(&x).await,
+            Self::Remote(s) => s.rotate(x).await,
         }
     }
 
@@ -155,6 +166,7 @@ impl Accounts {
             Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.sweep(now_ms)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.sweep(now_ms).await,
+            Self::Remote(s) => s.sweep(now_ms).await,
         }
     }
 }

@@ -43,6 +43,10 @@ pub enum AuthError {
     #[cfg(not(madsim))]
     #[error("the accounts database is unavailable; retry later")]
     Postgres(#[from] crate::pg::PgError),
+    /// The simulator's modelled database node ([`remote`](super::remote))
+    /// failed or cannot be reached; the cause is the source.
+    #[error("the accounts database is unavailable; retry later")]
+    Database(#[source] crate::registry::consul::PostError),
     /// The accounts' schema could not be brought up to date.
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
@@ -73,6 +77,7 @@ impl Classify for AuthError {
             Self::Forbidden(_) => ErrorKind::PermissionDenied,
             Self::NoServiceClients => ErrorKind::Conflict,
             Self::Sqlite(e) => crate::sqlite::kind(e),
+            Self::Database(_) => ErrorKind::Unavailable,
             #[cfg(not(madsim))]
             Self::Postgres(e) => e.kind(),
             Self::Schema(_) | Self::Hash(_) | Self::Sign(_) | Self::Task(_) => ErrorKind::Internal,

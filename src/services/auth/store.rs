@@ -11,7 +11,7 @@ use super::error::AuthError;
 use super::server::REUSE_GRACE_MS;
 
 /// A user account. `Debug` hides the password hash.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Random hex id.
     pub id: String,
@@ -347,7 +347,7 @@ impl Store {
 
 /// A refresh token presented for exchange, as the store judges it
 /// ([`Store::rotate`] and its PostgreSQL twin).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Exchange {
     /// The token's id.
     pub jti: String,
@@ -366,7 +366,7 @@ pub struct Exchange {
 }
 
 /// How a refresh exchange went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Rotation {
     /// The token was fresh: a new pair is issued.
     Won,

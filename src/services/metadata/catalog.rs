@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 #[cfg(not(madsim))]
 use super::pg_store::PgStore;
+use super::remote::RemoteCatalog;
 use super::state::Step;
 pub use super::store::Filter;
 use super::store::{Store, StoreError, Updated};
@@ -25,6 +26,8 @@ pub enum Catalog {
     /// PostgreSQL.
     #[cfg(not(madsim))]
     Postgres(PgStore),
+    /// A modelled database node (the simulator's stand-in for PostgreSQL).
+    Remote(RemoteCatalog),
 }
 
 impl Catalog {
@@ -43,6 +46,7 @@ impl Catalog {
             Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.create(&v)).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.create(&v).await,
+            Self::Remote(s) => s.create(v).await,
         }
     }
 
@@ -58,6 +62,7 @@ impl Catalog {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.get(id).await,
+            Self::Remote(s) => s.get(id).await,
         }
     }
 
@@ -83,6 +88,7 @@ impl Catalog {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.update(id, f).await,
+            Self::Remote(s) => s.update(id, f).await,
         }
     }
 
@@ -98,6 +104,7 @@ impl Catalog {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.delete(id).await,
+            Self::Remote(s) => s.delete(id).await,
         }
     }
 
@@ -132,6 +139,7 @@ impl Catalog {
                 )
                 .await
             }
+            Self::Remote(s) => s.list(filter, after, limit).await,
         }
     }
 
@@ -156,6 +164,7 @@ impl Catalog {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.apply(&event_id, &id, now_ms, &step, fill).await,
+            Self::Remote(s) => s.apply(event_id, id, now_ms, step, fill).await,
         }
     }
 }

@@ -28,6 +28,7 @@ impl Classify for MetadataError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Store(StoreError::Exists(_)) => ErrorKind::AlreadyExists,
+            Self::Store(StoreError::Database(_)) => ErrorKind::Unavailable,
             Self::Store(StoreError::Sqlite(e)) => crate::sqlite::kind(e),
             #[cfg(not(madsim))]
             Self::Store(StoreError::Postgres(e)) => e.kind(),

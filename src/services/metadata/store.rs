@@ -27,6 +27,10 @@ pub enum StoreError {
     #[cfg(not(madsim))]
     #[error("metadata database failed")]
     Postgres(#[from] crate::pg::PgError),
+    /// The database node failed or could not be reached (the simulator's
+    /// modelled database, [`remote`](super::remote)).
+    #[error("metadata database unavailable")]
+    Database(#[source] crate::registry::consul::PostError),
     /// The schema could not be brought up to date.
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
@@ -304,6 +308,51 @@ impl Store {
             )?;
         }
         Ok(changed)
+    }
+}
+
+impl Store {
+    /// Whether event `event_id` was applied (for a database that runs
+    /// [`apply`](Self::apply)'s steps in a transaction of its own: the
+    /// simulator's modelled database node).
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn applied(&self, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM applied_events WHERE event_id = ?1",
+                [event_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Records event `event_id` as applied and, when `v` is given, stores
+    /// it, in one transaction: the end of an [`apply`](Self::apply) whose
+    /// step ran elsewhere. Recording an event twice changes nothing.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn commit_event(
+        &mut self,
+        event_id: &str,
+        now_ms: u64,
+        v: Option<&Video>,
+    ) -> Result<(), StoreError> {
+        let tx =
+            crate::sqlite::transaction(&mut self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO applied_events (event_id, at_ms) VALUES (?1, ?2)",
+            params![event_id, to_i64(now_ms)],
+        )?;
+        if let Some(v) = v {
+            write(&tx, v)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 

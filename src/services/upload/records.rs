@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 #[cfg(not(madsim))]
 use super::pg_store::PgStore;
+use super::remote::RemoteRecords;
 use super::store::{Store, StoreError};
 use crate::proto::UploadInfo;
 
@@ -22,6 +23,8 @@ pub enum Records {
     /// PostgreSQL.
     #[cfg(not(madsim))]
     Postgres(PgStore),
+    /// A modelled database node (the simulator's stand-in for PostgreSQL).
+    Remote(RemoteRecords),
 }
 
 impl Records {
@@ -41,6 +44,7 @@ impl Records {
             Self::Sqlite(s) => crate::sqlite::with(s, move |s| s.insert(&u, key.as_deref())).await,
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.insert(&u, key.as_deref()).await,
+            Self::Remote(s) => s.insert(u, key).await,
         }
     }
 
@@ -56,6 +60,7 @@ impl Records {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.get(id).await,
+            Self::Remote(s) => s.get(id).await,
         }
     }
 
@@ -71,6 +76,7 @@ impl Records {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.by_key(owner, key).await,
+            Self::Remote(s) => s.by_key(owner, key).await,
         }
     }
 
@@ -86,6 +92,7 @@ impl Records {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.delete(id).await,
+            Self::Remote(s) => s.delete(id).await,
         }
     }
 
@@ -101,6 +108,7 @@ impl Records {
             }
             #[cfg(not(madsim))]
             Self::Postgres(s) => s.delete_video(video_id).await,
+            Self::Remote(s) => s.delete_video(video_id).await,
         }
     }
 
@@ -127,6 +135,7 @@ impl Records {
                 s.list(&owner, after.as_ref().map(|(a, i)| (*a, i.as_str())), limit)
                     .await
             }
+            Self::Remote(s) => s.list(owner, after, limit).await,
         }
     }
 }

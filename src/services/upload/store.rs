@@ -19,6 +19,10 @@ pub enum StoreError {
     #[cfg(not(madsim))]
     #[error("upload records database failed")]
     Postgres(#[from] crate::pg::PgError),
+    /// The database node failed or could not be reached (the simulator's
+    /// modelled database, [`remote`](super::remote)).
+    #[error("upload database unavailable")]
+    Database(#[source] crate::registry::consul::PostError),
     /// The schema could not be brought up to date.
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
@@ -36,6 +40,7 @@ impl StoreError {
             Self::Sqlite(e) => crate::sqlite::kind(e),
             #[cfg(not(madsim))]
             Self::Postgres(e) => e.kind(),
+            Self::Database(_) => crate::error::ErrorKind::Unavailable,
             Self::Schema(_) | Self::Task(_) => crate::error::ErrorKind::Internal,
         }
     }

@@ -1,6 +1,7 @@
-//! The accounts' contract, run on both back ends: SQLite (two handles on
-//! one file) and a live PostgreSQL (two pools on one schema, as two
-//! instances would hold). Each case takes two `Accounts` over the same
+//! The accounts' contract, run on every back end: SQLite (two handles on
+//! one file), the simulator's modelled database node (two clients of one
+//! node) and a live PostgreSQL (two pools on one schema, as two instances
+//! would hold). Each case takes two `Accounts` over the same
 //! data. Then what only the shared back end promises (the log-in throttle
 //! across instances, through two whole servers), the schema migrations,
 //! and a database that cannot be reached.
@@ -160,6 +161,18 @@ macro_rules! contract {
             )*
         }
 
+        mod model {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    // Two instances' clients of one modelled database node.
+                    let (a, b) = model_pair();
+                    super::$case(&a, &b).await;
+                }
+            )*
+        }
+
         mod postgres {
             use super::*;
             $(
@@ -209,6 +222,30 @@ async fn two_servers_share_accounts_lock_outs_and_revocations() {
     let db = crate::pg::testing::Scratch::new().await;
     let a = server(PgStore::open(db.pool()).await.expect("a"));
     let b = server(PgStore::open(db.pool()).await.expect("b"));
+    two_servers_share(a, b).await;
+    db.drop().await;
+}
+
+/// The same on the simulator's modelled database node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_the_modelled_database_share_them_too() {
+    let (a, b) = model_pair();
+    two_servers_share(server(a), server(b)).await;
+}
+
+/// Two instances' clients of one modelled database node.
+fn model_pair() -> (Accounts, Accounts) {
+    let db = crate::services::auth::remote::AccountsDb::new().expect("db");
+    let open = || {
+        Accounts::Remote(RemoteAccounts::new(
+            "http://db",
+            crate::registry::consul::transport::in_process(db.router()),
+        ))
+    };
+    (open(), open())
+}
+
+async fn two_servers_share(a: AuthServer, b: AuthServer) {
     let (_, pair) = a
         .register(crate::proto::SignUpRequest {
             email: "eve@example.com".into(),
@@ -259,7 +296,6 @@ async fn two_servers_share_accounts_lock_outs_and_revocations() {
         matches!(seen, Err(crate::services::auth::token::Invalid::Revoked)),
         "{seen:?}"
     );
-    db.drop().await;
 }
 
 /// The shared throttle follows the in-memory one step for step: the same

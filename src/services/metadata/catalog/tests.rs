@@ -1,9 +1,12 @@
-//! The catalog's contract, run on both back ends: SQLite (two handles on
-//! one file) and a live PostgreSQL (two pools on one schema, as two
+//! The catalog's contract, run on every back end: SQLite (two handles on
+//! one file), the simulator's modelled database node (two clients of one
+//! node, `remote`) and a live PostgreSQL (two pools on one schema, as two
 //! instances would hold). Each case takes two catalogs over the same data.
 
 use super::*;
 use crate::proto::VideoState;
+use crate::registry::consul::HttpTransport;
+use crate::services::metadata::remote::CatalogDb;
 use crate::services::metadata::state::Step;
 
 fn video(id: &str, owner: &str, at: i64) -> Video {
@@ -269,6 +272,11 @@ async fn a_refused_update_stores_nothing(a: &Catalog, b: &Catalog) {
     assert_eq!(a.get("v").await.expect("get").expect("v").title, "new");
 }
 
+/// A transport handing each request to `db`'s routes in this process.
+fn in_process(db: &std::sync::Arc<CatalogDb>) -> std::sync::Arc<dyn HttpTransport> {
+    crate::registry::consul::transport::in_process(db.router())
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -279,6 +287,20 @@ macro_rules! contract {
                     let dir = tempfile::tempdir().expect("dir");
                     let path = dir.path().join("metadata.sqlite");
                     let open = || Catalog::sqlite(Store::open(Some(&path)).expect("open"));
+                    let (a, b) = (open(), open());
+                    super::$case(&a, &b).await;
+                }
+            )*
+        }
+
+        mod model {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    // Two instances' clients of one modelled database node.
+                    let db = CatalogDb::new().expect("db");
+                    let open = || Catalog::Remote(RemoteCatalog::new("http://db", in_process(&db)));
                     let (a, b) = (open(), open());
                     super::$case(&a, &b).await;
                 }
@@ -310,6 +332,85 @@ contract!(
     concurrent_updates_all_land,
     a_refused_update_stores_nothing,
 );
+
+/// The model's own rules, beyond the contract: a transaction whose
+/// client went away is rolled back when it idles out, and a restart of the
+/// node ends every open one.
+#[tokio::test(start_paused = true)]
+async fn the_modelled_database_rolls_back_an_abandoned_transaction() {
+    use crate::services::metadata::remote::{IDLE_IN_TRANSACTION, Request};
+    let db = CatalogDb::new().expect("db");
+    let a = RemoteCatalog::new("http://db", in_process(&db));
+    let b = Catalog::Remote(a.clone());
+    b.create(video("v", "u1", 1)).await.expect("create");
+    // A client locks the row and is never heard from again.
+    let lock = |id: &str| Request::Lock { id: id.into() };
+    let call = |req: Request| {
+        let t = in_process(&db);
+        async move {
+            let body = serde_json::to_vec(&req).expect("json");
+            let res = t
+                .send(
+                    http::Request::post(format!(
+                        "http://db{}",
+                        crate::services::metadata::remote::PATH
+                    ))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(bytes::Bytes::from(body))
+                    .expect("request"),
+                    1 << 20,
+                )
+                .await
+                .expect("sent");
+            (res.status(), res.into_body())
+        }
+    };
+    let (status, _) = call(lock("v")).await;
+    assert_eq!(status, http::StatusCode::OK);
+    // An update waits for it, then lands once it idles out.
+    let started = crate::rt::now();
+    b.update("v", |v| {
+        v.title = "second".into();
+        Ok::<_, ()>(())
+    })
+    .await
+    .expect("update")
+    .expect("found")
+    .expect("done");
+    let waited = crate::rt::now() - started;
+    assert!(
+        waited >= IDLE_IN_TRANSACTION && waited < IDLE_IN_TRANSACTION * 2,
+        "{waited:?}"
+    );
+    // The abandoned transaction's write, arriving late, is refused.
+    let (status, body) = call(Request::Write {
+        txn: 1,
+        video: crate::services::metadata::remote::Row(video("v", "u1", 1)),
+    })
+    .await;
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    assert_eq!(b.get("v").await.expect("get").expect("v").title, "second");
+    // An apply abandoned mid-way leaves the event unrecorded ...
+    let (status, _) = call(Request::ApplyLock {
+        event_id: "e1".into(),
+        id: "v".into(),
+        now_ms: 5,
+    })
+    .await;
+    assert_eq!(status, http::StatusCode::OK);
+    // ... and a restart of the node frees its lock at once.
+    db.restarted();
+    let started = crate::rt::now();
+    let applied = b
+        .apply("e1".into(), "v".into(), 6, Step::Started, |_| {})
+        .await
+        .expect("apply");
+    assert!(crate::rt::now() - started < IDLE_IN_TRANSACTION);
+    assert_eq!(
+        applied.expect("applied").state,
+        VideoState::Transcoding as i32
+    );
+}
 
 #[test]
 fn a_sqlite_file_from_before_versions_migrates_with_its_data_and_a_newer_one_is_refused() {

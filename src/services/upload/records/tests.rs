@@ -1,6 +1,7 @@
-//! The records' contract, run on both back ends: SQLite (two handles on
-//! one file) and a live PostgreSQL (two pools on one schema, as two
-//! instances would hold). Each case takes two handles on the same data.
+//! The records' contract, run on every back end: SQLite (two handles on
+//! one file), the simulator's modelled database node (two clients of one
+//! node) and a live PostgreSQL (two pools on one schema, as two instances
+//! would hold). Each case takes two handles on the same data.
 
 use super::*;
 
@@ -112,6 +113,25 @@ macro_rules! contract {
                     let dir = tempfile::tempdir().expect("dir");
                     let path = dir.path().join("upload.sqlite");
                     let open = || Records::sqlite(Store::open(Some(&path)).expect("open"));
+                    let (a, b) = (open(), open());
+                    super::$case(&a, &b).await;
+                }
+            )*
+        }
+
+        mod model {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    // Two instances' clients of one modelled database node.
+                    let db = crate::services::upload::remote::RecordsDb::new().expect("db");
+                    let open = || {
+                        Records::Remote(RemoteRecords::new(
+                            "http://db",
+                            crate::registry::consul::transport::in_process(db.router()),
+                        ))
+                    };
                     let (a, b) = (open(), open());
                     super::$case(&a, &b).await;
                 }
