@@ -22,7 +22,7 @@ mod wire;
 pub use transport::SimTransport;
 #[cfg(not(madsim))]
 pub use transport::{ConsulTls, HyperTransport};
-pub use transport::{HttpTransport, ModelClient, PostError, Streamed, post_json};
+pub use transport::{HttpTransport, ModelClient, PostError, Streamed, json_answer, post_json};
 pub use wire::{
     CHECK_META_KEY, FOREIGN_CHECK_TTL, MIN_DEREGISTER_AFTER, check_id, decode_check, encode_check,
     format_duration,

@@ -18,15 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use streamgate::blob::{BlobError, BlobMeta, BlobStore, BlobWriter, MAX_LIST, MAX_READ, check_key};
-use streamgate::registry::consul::{HttpTransport, ModelClient, PostError};
+use streamgate::registry::consul::{HttpTransport, ModelClient, PostError, json_answer};
 
 /// The path every request goes to.
 pub const PATH: &str = "/v1/objects";
@@ -262,14 +261,7 @@ impl ObjectNode {
 }
 
 async fn handle(State(node): State<Arc<ObjectNode>>, Json(req): Json<Request>) -> Response {
-    match node.answer(req).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
-    }
+    json_answer(node.answer(req).await)
 }
 
 /// Blobs on an [`ObjectNode`] at `base` (`http://ip:port`).

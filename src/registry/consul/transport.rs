@@ -78,6 +78,25 @@ where
     serde_json::from_slice(res.body()).map_err(|e| fail(format!("bad answer: {e}")))
 }
 
+/// A modelled server's answer to one call, as [`post_json`] reads it:
+/// `answer` as JSON with status 200, or its failure as 503 with
+/// `{"error": "..."}`.
+pub fn json_answer<A, E>(answer: Result<A, E>) -> axum::response::Response
+where
+    A: serde::Serialize,
+    E: std::fmt::Display,
+{
+    use axum::response::IntoResponse as _;
+    match answer {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(e) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 impl PostError {
     /// A failure with no answer: `message` says why.
     #[must_use]

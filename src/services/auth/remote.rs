@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -26,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::error::AuthError;
 use super::limit::{Attempt, LoginThrottle, MemoryThrottle, Outcome};
 use super::store::{Exchange, Rotation, Store, User};
-use crate::registry::consul::{HttpTransport, ModelClient, PostError};
+use crate::registry::consul::{HttpTransport, ModelClient, PostError, json_answer};
 
 /// The path every request goes to.
 pub const PATH: &str = "/v1/accounts";
@@ -209,14 +208,7 @@ impl AccountsDb {
 }
 
 async fn handle(State(db): State<Arc<AccountsDb>>, Json(req): Json<Request>) -> Response {
-    match db.answer(req).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
-    }
+    json_answer(db.answer(req).await)
 }
 
 /// The accounts on an [`AccountsDb`] at `base` (`http://ip:port`).

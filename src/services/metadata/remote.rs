@@ -30,8 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -39,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::state::{self, Step};
 use super::store::{Filter, Store, StoreError, Updated};
 use crate::proto::{Video, VideoState};
-use crate::registry::consul::{HttpTransport, ModelClient, PostError};
+use crate::registry::consul::{HttpTransport, ModelClient, PostError, json_answer};
 use crate::rt;
 
 /// The path every request goes to.
@@ -78,12 +77,14 @@ pub enum Request {
         /// The video's id.
         id: String,
     },
-    /// Store the locked row's new value and commit.
-    Write {
-        /// The transaction [`Request::Lock`] began.
+    /// Commit a transaction [`Request::Lock`] or [`Request::ApplyLock`]
+    /// began: the row's new value if given (an update always gives one),
+    /// and the event an apply records.
+    Commit {
+        /// The transaction.
         txn: u64,
-        /// The new value.
-        video: Row<Video>,
+        /// The row's new value, if it changed.
+        video: Option<Row<Video>>,
     },
     /// Roll a transaction back.
     Release {
@@ -118,13 +119,6 @@ pub enum Request {
         id: String,
         /// Now, for the record's age.
         now_ms: u64,
-    },
-    /// Record the event and, if given, the row's new value; commit.
-    ApplyCommit {
-        /// The transaction [`Request::ApplyLock`] began.
-        txn: u64,
-        /// The changed video, if the event changed it.
-        video: Option<Row<Video>>,
     },
 }
 
@@ -209,15 +203,6 @@ pub struct CatalogDb {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A failure as the node answers it.
-fn failed(why: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "error": why.to_string() })),
-    )
-        .into_response()
 }
 
 impl CatalogDb {
@@ -307,18 +292,25 @@ impl CatalogDb {
                 })
                 .await??
             }
-            Request::Write { txn, video } => {
+            Request::Commit { txn, video } => {
                 let mut locks = lock(&self.locks);
                 let Some(t) = locks.end(txn) else {
                     return Err("the transaction was rolled back (idle too long)".into());
                 };
-                if t.row != video.0.id {
+                let video = video.map(|r| r.0);
+                if video.as_ref().is_some_and(|v| v.id != t.row) {
                     return Err("the transaction locked another row".into());
                 }
                 let mut store = lock(&self.store);
-                match t.event {
-                    Some((event, at)) => store.commit_event(&event, at, Some(&video.0)),
-                    None => store.put(&video.0),
+                match (t.event, &video) {
+                    (Some((event, at)), video) => {
+                        if store.applied(&event).map_err(sql)? {
+                            lock(&self.twice).push(event.clone());
+                        }
+                        store.commit_event(&event, at, video.as_ref())
+                    }
+                    (None, Some(v)) => store.put(v),
+                    (None, None) => Ok(()),
                 }
                 .map_err(sql)?;
                 drop(locks);
@@ -378,34 +370,12 @@ impl CatalogDb {
                 })
                 .await??
             }
-            Request::ApplyCommit { txn, video } => {
-                let mut locks = lock(&self.locks);
-                let Some(t) = locks.end(txn) else {
-                    return Err("the transaction was rolled back (idle too long)".into());
-                };
-                let Some((event, at)) = t.event else {
-                    return Err("not an event's transaction".into());
-                };
-                let mut store = lock(&self.store);
-                if store.applied(&event).map_err(sql)? {
-                    lock(&self.twice).push(event.clone());
-                }
-                store
-                    .commit_event(&event, at, video.as_ref().map(|r| &r.0))
-                    .map_err(sql)?;
-                drop(locks);
-                self.released.notify_waiters();
-                Answer::Done
-            }
         })
     }
 }
 
 async fn handle(State(db): State<Arc<CatalogDb>>, Json(req): Json<Request>) -> Response {
-    match db.answer(req).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(why) => failed(why),
-    }
+    json_answer(db.answer(req).await)
 }
 
 /// The catalog on a [`CatalogDb`] at `base` (`http://ip:port`).
@@ -482,8 +452,8 @@ impl RemoteCatalog {
                 return Ok(Some(Err(refused)));
             }
         };
-        let video = Row(v.clone());
-        match self.call(&Request::Write { txn, video }).await? {
+        let video = Some(Row(v.clone()));
+        match self.call(&Request::Commit { txn, video }).await? {
             Answer::Done => Ok(Some(Ok((v, out)))),
             other => Err(unexpected(&other)),
         }
@@ -552,7 +522,7 @@ impl RemoteCatalog {
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let changed = state::advance(&mut v, &step, now, fill).then_some(v);
         let video = changed.clone().map(Row);
-        match self.call(&Request::ApplyCommit { txn, video }).await? {
+        match self.call(&Request::Commit { txn, video }).await? {
             Answer::Done => Ok(changed),
             other => Err(unexpected(&other)),
         }

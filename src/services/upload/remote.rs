@@ -12,15 +12,14 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::store::{Store, StoreError};
 use crate::proto::UploadInfo;
-use crate::registry::consul::{HttpTransport, ModelClient, PostError};
+use crate::registry::consul::{HttpTransport, ModelClient, PostError, json_answer};
 
 /// The path every request goes to.
 pub const PATH: &str = "/v1/uploads";
@@ -147,19 +146,7 @@ impl RecordsDb {
 }
 
 async fn handle(State(db): State<Arc<RecordsDb>>, Json(req): Json<Request>) -> Response {
-    match db.answer(req) {
-        Ok(answer) => Json(answer).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                serde_json::json!({ "error": match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            } }),
-            ),
-        )
-            .into_response(),
-    }
+    json_answer(db.answer(req))
 }
 
 /// The upload records on a [`RecordsDb`] at `base` (`http://ip:port`).

@@ -383,9 +383,9 @@ async fn the_modelled_database_rolls_back_an_abandoned_transaction() {
         "{waited:?}"
     );
     // The abandoned transaction's write, arriving late, is refused.
-    let (status, body) = call(Request::Write {
+    let (status, body) = call(Request::Commit {
         txn: 1,
-        video: crate::services::metadata::remote::Row(video("v", "u1", 1)),
+        video: Some(crate::services::metadata::remote::Row(video("v", "u1", 1))),
     })
     .await;
     assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
