@@ -29,6 +29,9 @@ pub const MAX_READ: usize = 16 << 20;
 /// Most entries in one page of a listing (S3's own page size).
 pub const MAX_LIST: usize = 1000;
 
+/// The pieces of a read ([`BlobStore::read_stream`]).
+pub type ReadStream = futures::stream::BoxStream<'static, Result<Bytes, BlobError>>;
+
 /// A stored blob, as a listing names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -120,6 +123,14 @@ pub fn check_key(key: &str) -> Result<(), BlobError> {
 pub trait BlobStore: Send + Sync + Debug {
     /// Starts a new blob; it becomes visible only on [`BlobWriter::commit`].
     async fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError>;
+    /// Starts a new blob meant for `key`, committed under `key` as one from
+    /// [`BlobStore::create`] is. By default that is all; a backend whose
+    /// uploads stay invisible until completed writes it in place (S3's
+    /// multipart upload: no copy at the commit).
+    async fn create_for(&self, key: &str) -> Result<Box<dyn BlobWriter>, BlobError> {
+        check_key(key)?;
+        self.create().await
+    }
     /// Stores `data` under `key` atomically, replacing what was there.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError>;
     /// The size of the blob under `key`.
@@ -139,6 +150,20 @@ pub trait BlobStore: Send + Sync + Debug {
         let size = self.size(key).await?;
         let data = self.read(key, offset, len).await?;
         Ok((data, size))
+    }
+    /// As [`BlobStore::read_sized`], the bytes as pieces in order, which
+    /// add up to what `read_sized` returns (a caller checks the count): by
+    /// default that read's bytes as one piece; a backend reading over a
+    /// network passes them on as they arrive (S3: the GET's body), so the
+    /// first bytes move on before the last have come.
+    async fn read_stream(
+        &self,
+        key: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<(ReadStream, u64), BlobError> {
+        let (data, size) = self.read_sized(key, offset, len).await?;
+        Ok((Box::pin(futures::stream::once(async { Ok(data) })), size))
     }
     /// Removes the blob under `key` and every blob under `key/`; true if
     /// anything was removed.
@@ -183,8 +208,7 @@ pub async fn compose_by_copy<S: BlobStore + ?Sized>(
     parts: &[String],
     key: &str,
 ) -> Result<(), BlobError> {
-    check_key(key)?;
-    let mut writer = store.create().await?;
+    let mut writer = store.create_for(key).await?;
     for part in parts {
         let size = store.size(part).await?;
         let mut at = 0;
@@ -208,6 +232,11 @@ const COMPOSE_READ: usize = 4 << 20;
 pub trait BlobWriter: Send {
     /// Appends `chunk`.
     async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError>;
+    /// Appends `chunk`, which a backend that buffers may keep instead of
+    /// copying it (S3's parts are gathered from such chunks).
+    async fn write_bytes(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        self.write(&chunk).await
+    }
     /// Makes the bytes durable and visible under `key`, replacing what was
     /// there. Dropping the writer without committing discards them.
     async fn commit(self: Box<Self>, key: &str) -> Result<(), BlobError>;

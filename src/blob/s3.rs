@@ -2,15 +2,18 @@
 //! through the `object_store` crate: every service instance on any host
 //! sees the same blobs, with no shared file system.
 //!
-//! - A new blob streams into a multipart upload under
-//!   `<prefix>/staging/<random>` (5 MiB parts, never whole in memory); the
-//!   commit completes it and copies it server-side to its key, so nothing
-//!   is visible under the key until the commit, and the copy is atomic.
-//!   A writer dropped without commit aborts its upload (the server drops
-//!   the parts). S3's copy takes objects up to 5 GiB. A crash between the
-//!   completed upload and the copy leaves a staging object, outside the
-//!   keys the orphan sweep lists (a bucket lifecycle rule expiring
-//!   `staging/` after a day removes it).
+//! - A new blob streams into a multipart upload (5 MiB parts, never whole
+//!   in memory), which S3 shows under its key only once completed. One
+//!   started for its key ([`BlobStore::create_for`]) is written in place:
+//!   the commit completes it, atomically. One started without a key
+//!   ([`BlobStore::create`]) goes under `<prefix>/staging/<random>`, and
+//!   its commit completes it and copies it server-side to the key (S3's
+//!   copy takes objects up to 5 GiB; a crash between the completion and
+//!   the copy leaves a staging object, outside the keys the orphan sweep
+//!   lists: a bucket lifecycle rule expiring `staging/` after a day
+//!   removes it). A writer dropped without commit aborts its upload (the
+//!   server drops the parts); so does a lifecycle rule aborting incomplete
+//!   multipart uploads, for a crash meanwhile.
 //! - Reads are ranged GETs; listings are `ListObjectsV2` pages after a key.
 //! - There is no local file: the transcoder copies an original into its
 //!   work dir, and the media path reads ranges.
@@ -28,7 +31,9 @@ use object_store::WriteMultipart;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 
-use super::{BlobError, BlobMeta, BlobStore, BlobWriter, MAX_LIST, MAX_READ, check_key};
+use super::{
+    BlobError, BlobMeta, BlobStore, BlobWriter, MAX_LIST, MAX_READ, ReadStream, check_key,
+};
 
 /// Where the blobs are: a bucket, a key prefix inside it, and how to reach
 /// the server. Credentials come from here, never from a log.
@@ -110,6 +115,55 @@ impl S3BlobStore {
         }
     }
 
+    /// A ranged read of up to `len` bytes from `offset`, with the blob's
+    /// size: one ranged GET, whose `Content-Range` carries the size (its
+    /// body still to read); a HEAD and a GET only when that one fails (a
+    /// range past the end).
+    async fn ranged(&self, key: &str, offset: u64, len: usize) -> Result<Ranged, BlobError> {
+        check_key(key)?;
+        let len = len.min(MAX_READ) as u64;
+        let path = self.path(key);
+        if len > 0 {
+            let range = object_store::GetOptions::default().with_range(Some(offset..offset + len));
+            match self.store.get_opts(&path, range).await {
+                Ok(got) => return Ok(Ranged::Got(got)),
+                // Past the end (S3 answers 416) or gone: the size says which.
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(BlobError::NotFound(key.to_owned()));
+                }
+                Err(_) => {}
+            }
+        }
+        let size = self.size(key).await?;
+        if offset > size || (offset == size && size > 0) {
+            return Err(BlobError::OutOfRange {
+                key: key.to_owned(),
+                offset,
+                size,
+            });
+        }
+        if len == 0 || size == 0 {
+            return Ok(Ranged::Read(Bytes::new(), size));
+        }
+        let end = (offset + len).min(size);
+        let data = self
+            .store
+            .get_range(&path, offset..end)
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(Ranged::Read(data, size))
+    }
+
+    /// A writer of a multipart upload to `at`.
+    async fn writer(&self, at: Path) -> Result<Box<dyn BlobWriter>, BlobError> {
+        let upload = self.store.put_multipart(&at).await.map_err(remote)?;
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            at,
+            upload: Some(WriteMultipart::new(upload)),
+        }))
+    }
+
     fn path(&self, key: &str) -> Path {
         if self.prefix.is_empty() {
             Path::from(key)
@@ -131,13 +185,13 @@ impl S3BlobStore {
 #[async_trait]
 impl BlobStore for S3BlobStore {
     async fn create(&self) -> Result<Box<dyn BlobWriter>, BlobError> {
-        let staging = self.path(&format!("staging/{}", crate::rt::random_hex128()));
-        let upload = self.store.put_multipart(&staging).await.map_err(remote)?;
-        Ok(Box::new(S3Writer {
-            store: self.clone(),
-            staging,
-            upload: Some(WriteMultipart::new(upload)),
-        }))
+        self.writer(self.path(&format!("staging/{}", crate::rt::random_hex128())))
+            .await
+    }
+
+    async fn create_for(&self, key: &str) -> Result<Box<dyn BlobWriter>, BlobError> {
+        check_key(key)?;
+        self.writer(self.path(key)).await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError> {
@@ -173,42 +227,36 @@ impl BlobStore for S3BlobStore {
         offset: u64,
         len: usize,
     ) -> Result<(Bytes, u64), BlobError> {
-        check_key(key)?;
-        let len = len.min(MAX_READ) as u64;
-        let path = self.path(key);
-        if len > 0 {
-            let range = object_store::GetOptions::default().with_range(Some(offset..offset + len));
-            match self.store.get_opts(&path, range).await {
-                Ok(got) => {
-                    let size = got.meta.size;
-                    let data = got.bytes().await.map_err(|e| classify(key, e))?;
-                    return Ok((data, size));
-                }
-                // Past the end (S3 answers 416) or gone: the size says which.
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(BlobError::NotFound(key.to_owned()));
-                }
-                Err(_) => {}
+        match self.ranged(key, offset, len).await? {
+            Ranged::Got(got) => {
+                let size = got.meta.size;
+                let data = got.bytes().await.map_err(|e| classify(key, e))?;
+                Ok((data, size))
+            }
+            Ranged::Read(data, size) => Ok((data, size)),
+        }
+    }
+
+    /// As `read_sized`, the GET's body passed on as it arrives.
+    async fn read_stream(
+        &self,
+        key: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<(ReadStream, u64), BlobError> {
+        match self.ranged(key, offset, len).await? {
+            Ranged::Got(got) => {
+                let size = got.meta.size;
+                let key = key.to_owned();
+                let pieces = got
+                    .into_stream()
+                    .map(move |piece| piece.map_err(|e| classify(&key, e)));
+                Ok((pieces.boxed(), size))
+            }
+            Ranged::Read(data, size) => {
+                Ok((futures::stream::once(async { Ok(data) }).boxed(), size))
             }
         }
-        let size = self.size(key).await?;
-        if offset > size || (offset == size && size > 0) {
-            return Err(BlobError::OutOfRange {
-                key: key.to_owned(),
-                offset,
-                size,
-            });
-        }
-        if len == 0 || size == 0 {
-            return Ok((Bytes::new(), size));
-        }
-        let end = (offset + len).min(size);
-        let data = self
-            .store
-            .get_range(&path, offset..end)
-            .await
-            .map_err(|e| classify(key, e))?;
-        Ok((data, size))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BlobError> {
@@ -291,19 +339,27 @@ impl BlobStore for S3BlobStore {
     }
 }
 
-/// A blob being streamed into a staging multipart upload.
+/// What a ranged read found: a GET whose body is still to read, or the
+/// bytes of the fallback.
+enum Ranged {
+    Got(object_store::GetResult),
+    Read(Bytes, u64),
+}
+
+/// A blob being streamed into a multipart upload to `at` (its key, or a
+/// staging path).
 struct S3Writer {
     store: S3BlobStore,
-    staging: Path,
+    at: Path,
     upload: Option<WriteMultipart>,
 }
 
 /// Parts uploaded at once per writer.
 const PARTS_IN_FLIGHT: usize = 4;
 
-#[async_trait]
-impl BlobWriter for S3Writer {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+impl S3Writer {
+    /// The upload, once it has room for another part in flight.
+    async fn ready(&mut self) -> Result<&mut WriteMultipart, BlobError> {
         let upload = self
             .upload
             .as_mut()
@@ -312,7 +368,19 @@ impl BlobWriter for S3Writer {
             .wait_for_capacity(PARTS_IN_FLIGHT)
             .await
             .map_err(remote)?;
-        upload.write(chunk);
+        Ok(upload)
+    }
+}
+
+#[async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        self.ready().await?.write(chunk);
+        Ok(())
+    }
+
+    async fn write_bytes(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        self.ready().await?.put(chunk);
         Ok(())
     }
 
@@ -323,10 +391,14 @@ impl BlobWriter for S3Writer {
             .take()
             .ok_or_else(|| BlobError::Remote("the upload was already finished".into()))?;
         upload.finish().await.map_err(remote)?;
+        let to = self.store.path(key);
+        if to == self.at {
+            return Ok(());
+        }
         let store = &self.store.store;
-        let copied = store.copy(&self.staging, &self.store.path(key)).await;
+        let copied = store.copy(&self.at, &to).await;
         // The staging object goes either way.
-        let _ = store.delete(&self.staging).await;
+        let _ = store.delete(&self.at).await;
         copied.map_err(remote)
     }
 }

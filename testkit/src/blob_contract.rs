@@ -5,6 +5,7 @@
 //! it, so runs never see each other's blobs in a shared bucket.
 
 use bytes::Bytes;
+use futures::TryStreamExt as _;
 use streamgate::blob::{BlobError, BlobStore, MAX_READ};
 
 /// Runs every rule against `store`, under `space`.
@@ -12,8 +13,10 @@ use streamgate::blob::{BlobError, BlobStore, MAX_READ};
 /// # Panics
 /// A rule is broken.
 pub async fn run(store: &dyn BlobStore, space: &str) {
-    visible_only_after_commit(store, space).await;
+    visible_only_after_commit(store, space, false).await;
+    visible_only_after_commit(store, space, true).await;
     an_abandoned_write_leaves_nothing(store, space).await;
+    an_abandoned_write_for_a_key_keeps_its_blob(store, space).await;
     reads_are_ranged_and_bounded(store, space).await;
     listings_page_in_key_order(store, space).await;
     delete_removes_a_tree(store, space).await;
@@ -103,13 +106,26 @@ async fn read_all(store: &dyn BlobStore, key: &str) -> Vec<u8> {
     out
 }
 
-async fn visible_only_after_commit(store: &dyn BlobStore, space: &str) {
-    let key = format!("{space}/originals/v1");
-    let mut w = store.create().await.expect("create");
+/// `for_key`: the writer from [`BlobStore::create_for`] the key, else
+/// from [`BlobStore::create`].
+async fn visible_only_after_commit(store: &dyn BlobStore, space: &str, for_key: bool) {
+    let dir = if for_key { "in-place" } else { "originals" };
+    let key = format!("{space}/{dir}/v1");
+    let mut w = if for_key {
+        store.create_for(&key).await.expect("create_for")
+    } else {
+        store.create().await.expect("create")
+    };
     // More than one 5 MiB part of S3's multipart upload.
     let chunk = vec![7u8; 1 << 20];
-    for _ in 0..6 {
-        w.write(&chunk).await.expect("write");
+    for i in 0..6 {
+        if i % 2 == 0 {
+            w.write(&chunk).await.expect("write");
+        } else {
+            w.write_bytes(Bytes::from(chunk.clone()))
+                .await
+                .expect("write_bytes");
+        }
     }
     w.write(b"tail").await.expect("write");
     assert!(
@@ -139,7 +155,7 @@ async fn visible_only_after_commit(store: &dyn BlobStore, space: &str) {
     );
     // Nothing of the staging shows in the key's listing.
     let listed = store
-        .list(&format!("{space}/originals"), None, 100)
+        .list(&format!("{space}/{dir}"), None, 100)
         .await
         .expect("list");
     assert_eq!(
@@ -158,6 +174,36 @@ async fn an_abandoned_write_leaves_nothing(store: &dyn BlobStore, space: &str) {
     assert_eq!(before, after, "an_abandoned_write_leaves_nothing");
 }
 
+async fn an_abandoned_write_for_a_key_keeps_its_blob(store: &dyn BlobStore, space: &str) {
+    let key = format!("{space}/kept/v1");
+    store
+        .put(&key, Bytes::from_static(b"before"))
+        .await
+        .expect("put");
+    let mut w = store.create_for(&key).await.expect("create_for");
+    w.write(&vec![1u8; 6 << 20]).await.expect("write");
+    assert_eq!(
+        read_all(store, &key).await,
+        b"before",
+        "an_abandoned_write_for_a_key_keeps_its_blob: the old blob while writing"
+    );
+    drop(w);
+    assert_eq!(
+        read_all(store, &key).await,
+        b"before",
+        "an_abandoned_write_for_a_key_keeps_its_blob: the old blob after"
+    );
+    let listed = store
+        .list(&format!("{space}/kept"), None, 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.len(),
+        1,
+        "an_abandoned_write_for_a_key_keeps_its_blob: one blob listed"
+    );
+}
+
 async fn reads_are_ranged_and_bounded(store: &dyn BlobStore, space: &str) {
     let key = format!("{space}/hls/v2/seg0.ts");
     let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
@@ -167,6 +213,34 @@ async fn reads_are_ranged_and_bounded(store: &dyn BlobStore, space: &str) {
         .expect("put");
     let mid = store.read(&key, 100, 50).await.expect("read");
     assert_eq!(&mid[..], &data[100..150], "reads: a range");
+    let (pieces, size) = store
+        .read_stream(&key, 100, 850)
+        .await
+        .expect("read_stream");
+    let pieces: Vec<Bytes> = pieces.try_collect().await.expect("the pieces");
+    assert_eq!(size, 1000, "reads: a streamed read's size");
+    assert_eq!(pieces.concat(), &data[100..950], "reads: a streamed range");
+    let (pieces, _) = store.read_stream(&key, 990, 50).await.expect("read_stream");
+    let pieces: Vec<Bytes> = pieces.try_collect().await.expect("the pieces");
+    assert_eq!(
+        pieces.concat(),
+        &data[990..],
+        "reads: a streamed range, fewer at the end"
+    );
+    assert!(
+        matches!(
+            store.read_stream(&key, 1000, 10).await,
+            Err(BlobError::OutOfRange { size: 1000, .. })
+        ),
+        "reads: a streamed read at the end is out of range"
+    );
+    assert!(
+        matches!(
+            store.read_stream(&format!("{space}/hls/none"), 0, 10).await,
+            Err(BlobError::NotFound(_))
+        ),
+        "reads: a streamed read of nothing is not found"
+    );
     let short = store.read(&key, 990, 50).await.expect("read at the end");
     assert_eq!(&short[..], &data[990..], "reads: fewer at the end");
     assert!(
@@ -317,6 +391,10 @@ async fn bad_keys_are_refused(store: &dyn BlobStore) {
                 Err(BlobError::BadKey(..))
             ),
             "bad keys: {key:?} refused"
+        );
+        assert!(
+            matches!(store.create_for(key).await, Err(BlobError::BadKey(..))),
+            "bad keys: a writer for {key:?} refused"
         );
     }
 }

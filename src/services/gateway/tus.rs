@@ -732,6 +732,7 @@ async fn append(
     checksum: Option<Checksum>,
 ) -> Result<Upload, ApiError> {
     let room = upload.info.length - upload.offset;
+    let key = part_key(dir, upload.offset);
     let mut stream = body.into_data_stream();
     let mut writer: Option<Box<dyn crate::blob::BlobWriter>> = None;
     let mut hasher = Hasher::of(checksum.as_ref());
@@ -775,12 +776,12 @@ async fn append(
         hasher.update(&frame);
         pending.extend_from_slice(&frame);
         if pending.len() >= WRITE_BYTES {
-            write(api, &mut writer, &pending).await?;
+            write(api, &mut writer, &key, &pending).await?;
             pending.clear();
         }
     }
     if !pending.is_empty() {
-        write(api, &mut writer, &pending).await?;
+        write(api, &mut writer, &key, &pending).await?;
     }
     if received > 0 && received < room && last_part(api, &upload) {
         return Err(too_many_parts(api, &upload));
@@ -792,7 +793,6 @@ async fn append(
         ));
     }
     if let Some(w) = writer {
-        let key = part_key(dir, upload.offset);
         w.commit(&key).await.map_err(|e| blob_error(&e))?;
         upload.parts.push((key, received));
         upload.offset += received;
@@ -807,10 +807,12 @@ async fn append(
 /// The size of the writes a PATCH body is gathered into.
 const WRITE_BYTES: usize = 1 << 20;
 
-/// Writes `data` to the part being written, starting it first if need be.
+/// Writes `data` to the part being written (to be committed under
+/// `key`), starting it first if need be.
 async fn write(
     api: &Api,
     writer: &mut Option<Box<dyn crate::blob::BlobWriter>>,
+    key: &str,
     data: &[u8],
 ) -> Result<(), ApiError> {
     let w = match writer {
@@ -818,7 +820,7 @@ async fn write(
         None => writer.insert(
             api.runtime
                 .blobs
-                .create()
+                .create_for(key)
                 .await
                 .map_err(|e| blob_error(&e))?,
         ),

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 
 use super::{CHUNK_BYTES, StreamingError};
 use crate::blob::local::{self, FileId};
-use crate::blob::{BlobError, BlobStore};
+use crate::blob::{BlobError, BlobStore, ReadStream};
 use crate::proto::DataChunk;
 use crate::rt;
 
@@ -17,18 +17,23 @@ enum Source {
     /// The store's own local file, opened once for the whole stream (the
     /// descriptor pins the blob even if it is replaced meanwhile).
     File(std::fs::File),
-    /// The store's read calls (stores without local files).
-    Store(Arc<dyn BlobStore>, String),
+    /// The store's reads (stores without local files), each of up to
+    /// [`CHUNK_BYTES`], their pieces passed on as they come.
+    Store {
+        blobs: Arc<dyn BlobStore>,
+        key: String,
+        /// The read under way, and where its bytes end.
+        reading: Option<(ReadStream, u64)>,
+    },
 }
 
 /// An opened original, positioned for a range.
 pub(super) struct Opened {
     source: Source,
     size: u64,
-    /// The range's first chunk when opening read it already (a store
-    /// without local files learns the size from that read), and where it
-    /// starts.
-    first: Option<(u64, bytes::Bytes)>,
+    /// Where the range opened for starts (a store without local files
+    /// started reading it to learn the size).
+    from: u64,
 }
 
 fn io_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BlobError {
@@ -36,8 +41,9 @@ fn io_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BlobError
 }
 
 /// Opens the blob under `key` for a range from `offset`: its local file
-/// where the store has one; else the range's first chunk (of at most
-/// `length` bytes, 0: to the end) is read now, with the blob's size.
+/// where the store has one; else the read of the range's first chunk (of
+/// at most `length` bytes, 0: to the end) starts now, with the blob's
+/// size.
 ///
 /// # Errors
 /// [`BlobError::NotFound`] when nothing is stored there;
@@ -54,11 +60,16 @@ pub(super) async fn open(
             .filter(|&l| l > 0)
             .unwrap_or(CHUNK_BYTES)
             .min(CHUNK_BYTES);
-        let (data, size) = blobs.read_sized(key, offset, want).await?;
+        let (pieces, size) = blobs.read_stream(key, offset, want).await?;
+        let until = offset.saturating_add(want as u64).min(size);
         return Ok(Opened {
-            source: Source::Store(blobs.clone(), key.to_owned()),
+            source: Source::Store {
+                blobs: blobs.clone(),
+                key: key.to_owned(),
+                reading: Some((pieces, until)),
+            },
             size,
-            first: Some((offset, data)),
+            from: offset,
         });
     };
     let owned = key.to_owned();
@@ -71,7 +82,7 @@ pub(super) async fn open(
         Ok(Opened {
             size: meta.len(),
             source: Source::File(file),
-            first: None,
+            from: offset,
         })
     })
     .await
@@ -139,12 +150,14 @@ impl Opened {
         } else {
             offset.saturating_add(length).min(size)
         };
+        let mut source = self.source;
+        if let Source::Store { reading, .. } = &mut source
+            && self.from != offset
+        {
+            *reading = None;
+        }
         let state = Cursor {
-            source: Some(self.source),
-            first: self
-                .first
-                .filter(|(at, _)| *at == offset)
-                .map(|(_, data)| data),
+            source: Some(source),
             pos: offset,
             end,
             size,
@@ -159,8 +172,6 @@ impl Opened {
 /// A stream's position; `source` is `None` once it has ended.
 struct Cursor {
     source: Option<Source>,
-    /// The first chunk, read already (it may hold more than the range).
-    first: Option<bytes::Bytes>,
     pos: u64,
     end: u64,
     size: u64,
@@ -177,31 +188,30 @@ impl Cursor {
         let want = usize::try_from(self.end - self.pos)
             .unwrap_or(usize::MAX)
             .min(CHUNK_BYTES);
-        let read = match (source, self.first.take()) {
-            (source, Some(first)) if first.len() >= want => Ok((source, first.slice(..want))),
-            (Source::File(file), _) => local::read_chunk(file, self.pos, want)
-                .await
-                .map(|(file, data)| (Source::File(file), bytes::Bytes::from(data)))
-                .map_err(BlobError::Io),
-            (Source::Store(store, key), _) => store
-                .read(&key, self.pos, want)
-                .await
-                .map(|data| (Source::Store(store, key), data)),
+        let read = match source {
+            // An empty range (of an empty blob) is one empty last chunk.
+            source if want == 0 => Ok((source, bytes::Bytes::new())),
+            Source::File(file) => match local::read_chunk(file, self.pos, want).await {
+                Ok((file, data)) if data.len() == want => Ok((Source::File(file), data.into())),
+                Ok((_, data)) => Err(io_error(format!(
+                    "short read at {} of the original: {} of {want} bytes (changed underneath?)",
+                    self.pos,
+                    data.len()
+                ))),
+                Err(e) => Err(BlobError::Io(e)),
+            },
+            Source::Store {
+                blobs,
+                key,
+                reading,
+            } => Self::piece(self.pos, blobs, key, reading, want).await,
         };
         let (source, data) = match read {
             Ok(ok) => ok,
             Err(e) => return Some((Err(self.failed(e)), self)),
         };
-        if data.len() != want {
-            let e = io_error(format!(
-                "short read at {} of the original: {} of {want} bytes (changed underneath?)",
-                self.pos,
-                data.len()
-            ));
-            return Some((Err(self.failed(e)), self));
-        }
         let offset = self.pos;
-        self.pos += want as u64;
+        self.pos += data.len() as u64;
         let last = self.pos >= self.end;
         if !last {
             self.source = Some(source);
@@ -213,5 +223,47 @@ impl Cursor {
             last,
         };
         Some((Ok(chunk), self))
+    }
+
+    /// The next piece from the store at `pos` (not empty): from the read
+    /// under way, or from a new one of `want` bytes.
+    async fn piece(
+        pos: u64,
+        blobs: Arc<dyn BlobStore>,
+        key: String,
+        reading: Option<(ReadStream, u64)>,
+        want: usize,
+    ) -> Result<(Source, bytes::Bytes), BlobError> {
+        let (mut pieces, until) = match reading {
+            Some(reading) => reading,
+            None => {
+                let (pieces, _) = blobs.read_stream(&key, pos, want).await?;
+                (pieces, pos + want as u64)
+            }
+        };
+        loop {
+            let Some(piece) = pieces.next().await else {
+                return Err(io_error(format!(
+                    "short read at {} of the original: {} bytes missing (changed underneath?)",
+                    pos,
+                    until - pos
+                )));
+            };
+            let piece = piece?;
+            if piece.is_empty() {
+                continue;
+            }
+            let data = piece.slice(..piece.len().min((until - pos) as usize));
+            let done = pos + data.len() as u64 >= until;
+            let reading = (!done).then_some((pieces, until));
+            return Ok((
+                Source::Store {
+                    blobs,
+                    key,
+                    reading,
+                },
+                data,
+            ));
+        }
     }
 }

@@ -209,7 +209,7 @@ impl UploadServer {
         } else {
             self.max_size
         };
-        let mut writer = self.blobs.create().await?;
+        let mut writer = self.blobs.create_for(key).await?;
         let mut hasher = Sha256::new();
         let mut total: u64 = 0;
         while let Some(chunk) = next_chunk(stream).await? {
@@ -233,7 +233,7 @@ impl UploadServer {
                 });
             }
             hasher.update(&data);
-            writer.write(&data).await?;
+            writer.write_bytes(data).await?;
         }
         if total == 0 {
             return Err(invalid("empty upload: no data chunks"));
