@@ -237,7 +237,9 @@ impl BlobStore for S3BlobStore {
         }
     }
 
-    /// As `read_sized`, the GET's body passed on as it arrives.
+    /// As `read_sized`, the GET's body passed on as it arrives (a body
+    /// that fails mid-way, a slow reader's timeout included, object_store
+    /// retries for the rest of the range under the same ETag).
     async fn read_stream(
         &self,
         key: &str,
