@@ -32,6 +32,12 @@ pub const MAX_LIST: usize = 1000;
 /// The pieces of a read ([`BlobStore::read_stream`]).
 pub type ReadStream = futures::stream::BoxStream<'static, Result<Bytes, BlobError>>;
 
+/// `data` as a read of one piece.
+#[must_use]
+pub fn one_piece(data: Bytes) -> ReadStream {
+    Box::pin(futures::stream::once(async { Ok(data) }))
+}
+
 /// A stored blob, as a listing names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -163,7 +169,7 @@ pub trait BlobStore: Send + Sync + Debug {
         len: usize,
     ) -> Result<(ReadStream, u64), BlobError> {
         let (data, size) = self.read_sized(key, offset, len).await?;
-        Ok((Box::pin(futures::stream::once(async { Ok(data) })), size))
+        Ok((one_piece(data), size))
     }
     /// Removes the blob under `key` and every blob under `key/`; true if
     /// anything was removed.

@@ -255,9 +255,7 @@ impl BlobStore for S3BlobStore {
                     .map(move |piece| piece.map_err(|e| classify(&key, e)));
                 Ok((pieces.boxed(), size))
             }
-            Ranged::Read(data, size) => {
-                Ok((futures::stream::once(async { Ok(data) }).boxed(), size))
-            }
+            Ranged::Read(data, size) => Ok((super::one_piece(data), size)),
         }
     }
 

@@ -31,9 +31,9 @@ enum Source {
 pub(super) struct Opened {
     source: Source,
     size: u64,
-    /// Where the range opened for starts (a store without local files
-    /// started reading it to learn the size).
-    from: u64,
+    /// The range opened for: its start and length (0: to the end).
+    offset: u64,
+    length: u64,
 }
 
 fn io_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BlobError {
@@ -69,7 +69,8 @@ pub(super) async fn open(
                 reading: Some((pieces, until)),
             },
             size,
-            from: offset,
+            offset,
+            length,
         });
     };
     let owned = key.to_owned();
@@ -82,7 +83,8 @@ pub(super) async fn open(
         Ok(Opened {
             size: meta.len(),
             source: Source::File(file),
-            from: offset,
+            offset,
+            length,
         })
     })
     .await
@@ -129,19 +131,22 @@ impl Opened {
         self.size
     }
 
-    /// The chunks of `[offset, offset + length)` (`length` 0: to the end;
-    /// truncated at the end). An empty blob read from 0 yields one empty
-    /// last chunk.
+    /// The chunks of the range opened for, `[offset, offset + length)`
+    /// (`length` 0: to the end; truncated at the end). An empty blob read
+    /// from 0 yields one empty last chunk.
     ///
     /// # Errors
     /// [`StreamingError::OutOfRange`] when `offset` is at or past the end.
     pub(super) fn chunks(
         self,
-        offset: u64,
-        length: u64,
     ) -> Result<impl Stream<Item = Result<DataChunk, tonic::Status>> + Send + 'static, StreamingError>
     {
-        let size = self.size;
+        let Self {
+            source,
+            size,
+            offset,
+            length,
+        } = self;
         if offset > size || (offset == size && size > 0) {
             return Err(StreamingError::OutOfRange { offset, size });
         }
@@ -150,12 +155,6 @@ impl Opened {
         } else {
             offset.saturating_add(length).min(size)
         };
-        let mut source = self.source;
-        if let Source::Store { reading, .. } = &mut source
-            && self.from != offset
-        {
-            *reading = None;
-        }
         let state = Cursor {
             source: Some(source),
             pos: offset,

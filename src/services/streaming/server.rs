@@ -251,7 +251,7 @@ impl StreamingService for StreamingServer {
         .await
         .map_err(|e| original_error(e, &req.video_id))?;
         tracing::debug!(video = %req.video_id, size = opened.size(), offset = req.offset, "read range");
-        let chunks = opened.chunks(req.offset, req.length)?;
+        let chunks = opened.chunks()?;
         Ok(Response::new(Box::pin(chunks)))
     }
 
