@@ -124,12 +124,56 @@ pub async fn timeout<F: Future>(duration: Duration, fut: F) -> Result<F::Output,
     result.map_err(|_| Elapsed)
 }
 
-/// Runs `fut` until `deadline` at the latest.
+/// Runs `fut` until `deadline` at the latest: a future with a name, so a
+/// layer's response future can hold it without a box (the server deadline
+/// layer runs on every call).
 ///
 /// # Errors
-/// [`Elapsed`] when the deadline passed first.
-pub async fn timeout_at<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
-    timeout(deadline.saturating_duration_since(now()), fut).await
+/// [`Elapsed`] when the deadline passed first (polled after `fut`, so a
+/// future ready at the deadline wins, as with tokio's and madsim's own).
+pub fn timeout_at<F: Future>(deadline: Instant, fut: F) -> TimeoutAt<F> {
+    #[cfg(not(madsim))]
+    let sleep = tokio::time::sleep_until(deadline.into());
+    #[cfg(madsim)]
+    let sleep = madsim::time::sleep_until(deadline);
+    TimeoutAt { fut, sleep }
+}
+
+#[cfg(not(madsim))]
+type Sleep = tokio::time::Sleep;
+#[cfg(madsim)]
+type Sleep = madsim::time::Sleep;
+
+pin_project_lite::pin_project! {
+    /// See [`timeout_at`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct TimeoutAt<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl<F> std::fmt::Debug for TimeoutAt<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutAt").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for TimeoutAt<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(out) = this.fut.poll(cx) {
+            return std::task::Poll::Ready(Ok(out));
+        }
+        this.sleep.poll(cx).map(|()| Err(Elapsed))
+    }
 }
 
 /// Spawns a task on the runtime (on the current simulated node under madsim).

@@ -13,6 +13,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::request_id::RequestIdValue;
+use super::trace::{Served, TraceContext};
 use crate::error::internal_message;
 
 /// Whether a status code means the server (not the caller) failed.
@@ -69,14 +70,18 @@ where
         // Kept for the log line by reference count, not copied: most calls
         // never log.
         let uri = req.uri().clone();
+        // What names the call, kept as it is: made into text only for a
+        // failure.
         let request_id = req
             .extensions()
             .get::<RequestIdValue>()
             .map(|v| v.0.clone());
+        let trace = req.extensions().get::<Served>().map(|s| s.context);
         ResponseFuture {
             inner: self.inner.call(req),
             uri,
             request_id,
+            trace,
         }
     }
 }
@@ -88,6 +93,7 @@ pin_project_lite::pin_project! {
         inner: F,
         uri: http::Uri,
         request_id: Option<http::HeaderValue>,
+        trace: Option<TraceContext>,
     }
 }
 
@@ -101,11 +107,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let id = this
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
+        // The call's id as the request id layer named it (see
+        // `request_id::of`).
+        let id = || match (this.request_id.as_ref(), this.trace) {
+            (Some(id), _) => id.to_str().unwrap_or("-").to_owned(),
+            (None, Some(trace)) => trace.trace_hex(),
+            (None, None) => "-".to_owned(),
+        };
         let path = this.uri.path();
         let response = match std::task::ready!(this.inner.poll(cx)) {
             Ok(response) => {
@@ -116,16 +124,17 @@ where
                     && let Some(status) = tonic::Status::from_header_map(response.headers())
                 {
                     if is_server_fault(code) {
-                        tracing::warn!(path, request_id = id, code = ?code, message = status.message(), "call failed");
+                        tracing::warn!(path, request_id = id(), code = ?code, message = status.message(), "call failed");
                     } else {
-                        tracing::debug!(path, request_id = id, code = ?code, message = status.message(), "call refused");
+                        tracing::debug!(path, request_id = id(), code = ?code, message = status.message(), "call refused");
                     }
                 }
                 response
             }
             Err(e) => {
+                let id = id();
                 tracing::error!(path, request_id = id, error = %e, "call failed inside the server");
-                let status = tonic::Status::internal(internal_message(Some(id)));
+                let status = tonic::Status::internal(internal_message(Some(&id)));
                 let (parts, ()) = status.into_http::<()>().into_parts();
                 Response::from_parts(parts, ResBody::default())
             }

@@ -1,8 +1,13 @@
 //! `x-request-id`: keeps a well-formed incoming id, else takes the call's
 //! trace id (so one id names a request across every hop without a header of
-//! its own), else generates one; makes it visible to the handler (request
-//! extension and [`rt::trace::request_id`] while it runs, so an internal
-//! error can name it) and echoes it on the response. Placed inside the
+//! its own), else generates one; makes it visible to the handler ([`of`]
+//! its request's extensions, and [`rt::trace::request_id`] while it runs,
+//! so an internal error can name it) and echoes it on the response (except on a success
+//! answering a caller that sent `traceparent` and no id: the id is that
+//! trace's id, which the caller knows, and every service-to-service call
+//! is such a call, so the echo would cost each of them a header to encode
+//! and decode for nothing; a failure always carries it, for the person
+//! who reads the error). Placed inside the
 //! server's trace layer, which puts the call's context ([`Served`]) in the
 //! request's extensions.
 //! The same layer on a client stamps outgoing calls that carry none (the
@@ -27,9 +32,23 @@ const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 /// Longest id kept; longer or non-visible-ASCII ids are replaced.
 pub const MAX_LEN: usize = 128;
 
-/// The request's id, as a request extension.
+/// The request's id, as a request extension, when it is not the call's
+/// trace id (the caller sent an id of its own, or the call has no trace);
+/// [`of`] reads either.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestIdValue(pub HeaderValue);
+
+/// The id of a request this layer has seen: its [`RequestIdValue`], else
+/// the trace id the server's trace layer gave it.
+#[must_use]
+pub fn of(extensions: &http::Extensions) -> Option<String> {
+    match extensions.get::<RequestIdValue>() {
+        Some(RequestIdValue(v)) => v.to_str().ok().map(str::to_owned),
+        None => extensions
+            .get::<Served>()
+            .map(|served| served.context.trace_hex()),
+    }
+}
 
 /// Whether `value` is kept as is: 1..=128 bytes of visible ASCII.
 #[must_use]
@@ -57,7 +76,7 @@ impl<S> Layer<S> for RequestIdLayer {
     }
 }
 
-/// Ensures every request carries an `x-request-id` and its response echoes it.
+/// Names every request (see the module doc) and echoes its id.
 #[derive(Debug, Clone)]
 pub struct RequestId<S> {
     inner: S,
@@ -69,33 +88,71 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<TaskLocalFuture<HeaderValue, S::Future>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let id = match req.headers().get(&NAME) {
-            Some(v) if is_valid(v.as_bytes()) => v.clone(),
-            _ => {
-                let hex = match req.extensions().get::<Served>() {
-                    Some(served) => served.context.trace_hex(),
-                    None => rt::random_hex128(),
-                };
-                let mut id = HeaderValue::try_from(hex).expect("hex is a valid header value");
-                // A fresh value per call is never worth a slot in HTTP/2's
-                // header table: sent as a literal, it evicts nothing.
-                id.set_sensitive(true);
-                req.headers_mut().insert(NAME, id.clone());
-                id
-            }
+        let given = req
+            .headers()
+            .get(&NAME)
+            .filter(|v| is_valid(v.as_bytes()))
+            .cloned();
+        let (id, known) = match (given, req.extensions().get::<Served>()) {
+            (Some(id), _) => (Id::Given(id), false),
+            // The trace id names the call: nothing to store (the extension
+            // and the task's id are read from the trace), and a caller that
+            // sent `traceparent` knows it.
+            (None, Some(served)) => (Id::Trace(served.context), served.remote_parent.is_some()),
+            (None, None) => (Id::Given(header_value(rt::random_hex128())), false),
         };
-        req.extensions_mut().insert(RequestIdValue(id.clone()));
+        let inner = match &id {
+            Id::Given(id) => {
+                req.extensions_mut().insert(RequestIdValue(id.clone()));
+                Inner::Scoped {
+                    inner: rt::trace::with_request_id(id.clone(), self.inner.call(req)),
+                }
+            }
+            Id::Trace(_) => Inner::Traced {
+                inner: self.inner.call(req),
+            },
+        };
         ResponseFuture {
-            inner: rt::trace::with_request_id(id.clone(), self.inner.call(req)),
+            inner,
             id: Some(id),
+            known,
         }
+    }
+}
+
+/// A generated id as a header value.
+fn header_value(hex: String) -> HeaderValue {
+    let mut id = HeaderValue::try_from(hex).expect("hex is a valid header value");
+    // A fresh value per call is never worth a slot in HTTP/2's header
+    // table: sent as a literal, it evicts nothing.
+    id.set_sensitive(true);
+    id
+}
+
+/// Where a call's id came from.
+#[derive(Debug)]
+enum Id {
+    /// The caller's, or generated here.
+    Given(HeaderValue),
+    /// The call's trace id.
+    Trace(super::trace::TraceContext),
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call, with the id current on its task when it is not the
+    /// trace id ([`rt::trace::request_id`] reads the trace's otherwise).
+    #[project = InnerProj]
+    #[derive(Debug)]
+    enum Inner<F> {
+        Scoped { #[pin] inner: TaskLocalFuture<HeaderValue, F> },
+        Traced { #[pin] inner: F },
     }
 }
 
@@ -104,8 +161,9 @@ pin_project_lite::pin_project! {
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
-        id: Option<HeaderValue>,
+        inner: Inner<F>,
+        id: Option<Id>,
+        known: bool,
     }
 }
 
@@ -117,8 +175,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.id.take() {
+        let mut response = std::task::ready!(match this.inner.project() {
+            InnerProj::Scoped { inner } => inner.poll(cx),
+            InnerProj::Traced { inner } => inner.poll(cx),
+        })?;
+        let failed = || {
+            response.status().as_u16() >= 400
+                || crate::error::grpc_code(response.headers()).is_some_and(|c| c != tonic::Code::Ok)
+        };
+        if let Some(id) = this.id.take()
+            && (!*this.known || failed())
+        {
+            let id = match id {
+                Id::Given(id) => id,
+                Id::Trace(context) => header_value(context.trace_hex()),
+            };
             response.headers_mut().entry(NAME).or_insert(id);
         }
         Poll::Ready(Ok(response))
@@ -128,21 +199,40 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::middleware::trace::TraceContext;
+    use crate::middleware::trace::{ServerTraceLayer, TraceContext};
     use std::convert::Infallible;
     use tower::ServiceExt;
 
-    /// Answers with the id the handler saw in its extension, as the body.
-    fn echo() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> {
+    /// Answers with the id the handler saw, as the body, and the trace id
+    /// it was served under in `x-trace`; with the status or `grpc-status`
+    /// its request's `answer` header names.
+    fn echo() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone
+    {
         tower::service_fn(|req: Request<()>| async move {
-            let seen = req
-                .extensions()
-                .get::<RequestIdValue>()
-                .map(|v| v.0.to_str().unwrap().to_owned());
+            let seen = of(req.extensions());
             // The handler's task knows it too (for the errors it builds).
             assert_eq!(rt::trace::request_id(), seen);
-            Ok::<_, Infallible>(Response::new(seen.unwrap_or_default()))
+            let mut res = Response::new(seen.unwrap_or_default());
+            if let Some(served) = req.extensions().get::<Served>() {
+                res.headers_mut().insert(
+                    "x-trace",
+                    HeaderValue::try_from(served.context.trace_hex()).unwrap(),
+                );
+            }
+            match req.headers().get("answer").map(|v| v.to_str().unwrap()) {
+                Some("500") => *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR,
+                Some(code) => {
+                    res.headers_mut()
+                        .insert("grpc-status", HeaderValue::from_str(code).unwrap());
+                }
+                None => {}
+            }
+            Ok::<_, Infallible>(res)
         })
+    }
+
+    fn served() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> {
+        ServerTraceLayer.layer(RequestIdLayer.layer(echo()))
     }
 
     #[tokio::test]
@@ -158,24 +248,47 @@ mod tests {
 
     #[tokio::test]
     async fn takes_the_trace_id_when_there_is_none() {
-        let ctx = TraceContext::root();
-        let mut req = Request::new(());
-        req.extensions_mut().insert(Served {
-            context: ctx,
-            remote_parent: None,
-        });
-        let res = RequestIdLayer.layer(echo()).oneshot(req).await.unwrap();
-        let want = format!("{:032x}", ctx.trace_id);
-        assert_eq!(res.headers()[HEADER], want.as_str());
-        assert_eq!(res.body(), &want);
+        let res = served().oneshot(Request::new(())).await.unwrap();
+        let trace = res.headers()["x-trace"].to_str().unwrap().to_owned();
+        assert_eq!(trace.len(), 32);
+        assert_eq!(res.headers()[HEADER], trace.as_str(), "a new trace: echoed");
+        assert_eq!(res.body(), &trace);
         // A valid id of the caller's own still wins.
-        let mut req = Request::builder().header(HEADER, "mine").body(()).unwrap();
-        req.extensions_mut().insert(Served {
-            context: ctx,
-            remote_parent: None,
-        });
-        let res = RequestIdLayer.layer(echo()).oneshot(req).await.unwrap();
+        let req = Request::builder().header(HEADER, "mine").body(()).unwrap();
+        let res = served().oneshot(req).await.unwrap();
         assert_eq!(res.headers()[HEADER], "mine");
+        assert_eq!(res.body(), "mine");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_sent_its_trace_gets_the_id_on_failures_only() {
+        let parent = TraceContext::root();
+        for (answer, echoed) in [
+            (None, false),
+            (Some("0"), false),
+            (Some("13"), true),
+            (Some("5"), true),
+            (Some("500"), true),
+        ] {
+            let mut req =
+                Request::builder().header(crate::middleware::trace::HEADER, parent.header());
+            if let Some(answer) = answer {
+                req = req.header("answer", answer);
+            }
+            let res = served().oneshot(req.body(()).unwrap()).await.unwrap();
+            let want = parent.trace_hex();
+            assert_eq!(
+                res.headers()["x-trace"],
+                want.as_str(),
+                "the caller's trace"
+            );
+            assert_eq!(res.body(), &want, "the handler knows the id either way");
+            assert_eq!(
+                res.headers().get(HEADER).map(|v| v.to_str().unwrap()),
+                echoed.then_some(want.as_str()),
+                "{answer:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -90,12 +90,11 @@ pub struct Timeout<S> {
 impl<S, B, ResBody> Service<Request<B>> for Timeout<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Response, S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -106,36 +105,44 @@ where
             .unwrap_or(self.layer.default)
             .min(self.layer.max_for(req.uri().path()));
         let deadline = rt::now() + limit;
-        let inner = DEADLINE.scope(deadline, self.inner.call(req));
         ResponseFuture {
-            inner: Box::pin(async move {
-                match rt::timeout_at(deadline, inner).await {
-                    Ok(result) => result,
-                    Err(rt::Elapsed) => Ok(deadline_response(&format!(
-                        "server deadline of {limit:?} elapsed"
-                    ))),
-                }
-            }),
+            inner: rt::timeout_at(deadline, DEADLINE.scope(deadline, self.inner.call(req))),
+            limit,
         }
     }
 }
 
-/// The deadline-bounded call.
-pub struct ResponseFuture<R, E> {
-    inner: Pin<Box<dyn Future<Output = Result<R, E>> + Send>>,
+pin_project_lite::pin_project! {
+    /// The deadline-bounded call (not boxed: this runs on every call).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: rt::TimeoutAt<tokio::task::futures::TaskLocalFuture<Instant, F>>,
+        limit: Duration,
+    }
 }
 
-impl<R, E> std::fmt::Debug for ResponseFuture<R, E> {
+impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<R, E> Future for ResponseFuture<R, E> {
-    type Output = Result<R, E>;
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Default,
+{
+    type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match std::task::ready!(this.inner.poll(cx)) {
+            Ok(result) => result,
+            Err(rt::Elapsed) => Ok(deadline_response(&format!(
+                "server deadline of {:?} elapsed",
+                this.limit
+            ))),
+        })
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::Layer as _;
 
 use super::{ServiceKind, gateway};
 use crate::bus::Subscription;
@@ -263,6 +264,15 @@ async fn follow_dependencies(
 /// `GET /ready`: 200 `{"status":"ready"}`, or 503 with a JSON body saying
 /// why not. `/health` stays liveness: a saturated or draining service is
 /// alive, and restarting it would not help.
+/// What a gRPC server answers a path no route knows (tonic's own fallback,
+/// which the HTTP metrics layer wraps here).
+async fn unimplemented() -> Response {
+    let (parts, ()) = tonic::Status::unimplemented("")
+        .into_http::<()>()
+        .into_parts();
+    Response::from_parts(parts, axum::body::Body::empty())
+}
+
 async fn ready(readiness: Readiness) -> Response {
     ready_answer(readiness.not_ready())
 }
@@ -409,8 +419,7 @@ pub async fn serve(
     let routes = super::reflection::add(routes, &grpc_names)
         .map_err(|e| KernelError::start(name, "gRPC reflection", e))?;
     let route_readiness = readiness.clone();
-    let router = routes
-        .into_axum_router()
+    let probes = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/ready",
@@ -441,7 +450,9 @@ pub async fn serve(
         Some(http) => rt::spawn(transport::serve_edge(
             listener,
             Routes::from(
-                router
+                routes
+                    .into_axum_router()
+                    .merge(probes)
                     .fallback(gateway::not_found)
                     .merge(http)
                     .layer(http_metrics),
@@ -453,7 +464,18 @@ pub async fn serve(
         )),
         None => rt::spawn(transport::serve_mtls(
             listener,
-            Routes::from(router.layer(http_metrics)),
+            // The HTTP metrics layer on the plain HTTP routes only (the
+            // probes, and a path no route knows): around the gRPC routes
+            // it would add an axum route's box and clone to every call,
+            // to count nothing (gRPC calls are the stack's metrics layer's).
+            Routes::from(
+                routes
+                    .into_axum_router()
+                    .merge(probes.layer(http_metrics.clone()))
+                    .fallback_service(http_metrics.layer(
+                        axum::handler::HandlerWithoutStateExt::into_service(unimplemented),
+                    )),
+            ),
             stack::grpc_server(
                 runtime.keys.clone(),
                 runtime.pool.policy(),
