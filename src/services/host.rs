@@ -261,9 +261,6 @@ async fn follow_dependencies(
     }
 }
 
-/// `GET /ready`: 200 `{"status":"ready"}`, or 503 with a JSON body saying
-/// why not. `/health` stays liveness: a saturated or draining service is
-/// alive, and restarting it would not help.
 /// What a gRPC server answers a path no route knows (tonic's own fallback,
 /// which the HTTP metrics layer wraps here).
 async fn unimplemented() -> Response {
@@ -273,6 +270,9 @@ async fn unimplemented() -> Response {
     Response::from_parts(parts, axum::body::Body::empty())
 }
 
+/// `GET /ready`: 200 `{"status":"ready"}`, or 503 with a JSON body saying
+/// why not. `/health` stays liveness: a saturated or draining service is
+/// alive, and restarting it would not help.
 async fn ready(readiness: Readiness) -> Response {
     ready_answer(readiness.not_ready())
 }
