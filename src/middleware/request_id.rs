@@ -1,15 +1,14 @@
 //! `x-request-id`: keeps a well-formed incoming id, else takes the call's
-//! trace id (so one id names a request across every hop without a header of
-//! its own), else generates one; makes it visible to the handler ([`of`]
-//! its request's extensions, and [`rt::trace::request_id`] while it runs,
-//! so an internal error can name it) and echoes it on the response (except on a success
-//! answering a caller that sent `traceparent` and no id: the id is that
-//! trace's id, which the caller knows, and every service-to-service call
-//! is such a call, so the echo would cost each of them a header to encode
-//! and decode for nothing; a failure always carries it, for the person
-//! who reads the error). Placed inside the
-//! server's trace layer, which puts the call's context ([`Served`]) in the
-//! request's extensions.
+//! trace id (so one id names a request across every hop without a header
+//! of its own), else generates one. The handler sees it ([`of`] its
+//! request's extensions, [`rt::trace::request_id`] while it runs), so an
+//! internal error can name it. The response echoes it, except a success
+//! for a caller that sent `traceparent` and no id: that caller knows the
+//! id (its trace id), and every service-to-service call is such a call,
+//! so the echo would cost each of them a header to encode and decode for
+//! nothing; a failure always carries it, for the person who reads it.
+//! Placed inside the server's trace layer, which puts the call's context
+//! ([`Served`]) in the request's extensions.
 //! The same layer on a client stamps outgoing calls that carry none (the
 //! pool doesn't use it: its calls carry `traceparent`, from which the server
 //! derives the id).
@@ -106,7 +105,13 @@ where
             // and the task's id are read from the trace), and a caller that
             // sent `traceparent` knows it.
             (None, Some(served)) => (Id::Trace(served.context), served.remote_parent.is_some()),
-            (None, None) => (Id::Given(header_value(rt::random_hex128())), false),
+            (None, None) => {
+                // No trace to name it: a new id, stamped on the request
+                // (on a client, for the server it goes to).
+                let id = header_value(rt::random_hex128());
+                req.headers_mut().insert(NAME, id.clone());
+                (Id::Given(id), false)
+            }
         };
         let inner = match &id {
             Id::Given(id) => {
@@ -289,6 +294,25 @@ mod tests {
                 "{answer:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn on_a_client_stamps_calls_that_carry_none() {
+        let server = tower::service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(
+                req.headers()
+                    .get(HEADER)
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            ))
+        });
+        let res = RequestIdLayer
+            .layer(server)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let sent = res.body().clone().expect("the call carries an id");
+        assert_eq!(sent.len(), 32, "{sent}");
+        assert_eq!(res.headers()[HEADER], sent.as_str());
     }
 
     #[tokio::test]
