@@ -12,8 +12,7 @@ use http::{Request, Response};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::request_id::RequestIdValue;
-use super::trace::{Served, TraceContext};
+use super::request_id::Named;
 use crate::error::internal_message;
 
 /// Whether a status code means the server (not the caller) failed.
@@ -72,16 +71,11 @@ where
         let uri = req.uri().clone();
         // What names the call, kept as it is: made into text only for a
         // failure.
-        let request_id = req
-            .extensions()
-            .get::<RequestIdValue>()
-            .map(|v| v.0.clone());
-        let trace = req.extensions().get::<Served>().map(|s| s.context);
+        let request_id = Named::of(req.extensions());
         ResponseFuture {
             inner: self.inner.call(req),
             uri,
             request_id,
-            trace,
         }
     }
 }
@@ -92,8 +86,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         uri: http::Uri,
-        request_id: Option<http::HeaderValue>,
-        trace: Option<TraceContext>,
+        request_id: Named,
     }
 }
 
@@ -107,13 +100,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // The call's id as the request id layer named it (see
-        // `request_id::of`).
-        let id = || match (this.request_id.as_ref(), this.trace) {
-            (Some(id), _) => id.to_str().unwrap_or("-").to_owned(),
-            (None, Some(trace)) => trace.trace_hex(),
-            (None, None) => "-".to_owned(),
-        };
+        let id = || this.request_id.text().unwrap_or_else(|| "-".to_owned());
         let path = this.uri.path();
         let response = match std::task::ready!(this.inner.poll(cx)) {
             Ok(response) => {

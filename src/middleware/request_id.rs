@@ -17,11 +17,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::future::Either;
 use http::{HeaderValue, Request, Response};
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
-use super::trace::Served;
+use super::trace::{Served, TraceContext};
 use crate::rt;
 
 /// The header's name.
@@ -37,16 +38,41 @@ pub const MAX_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestIdValue(pub HeaderValue);
 
-/// The id of a request this layer has seen: its [`RequestIdValue`], else
-/// the trace id the server's trace layer gave it.
+/// What names a request this layer has seen, read from its extensions
+/// without formatting anything (the error layer keeps it for a failure's
+/// log line): its [`RequestIdValue`], else the trace id the server's
+/// trace layer gave it.
+#[derive(Debug, Clone)]
+pub struct Named {
+    given: Option<HeaderValue>,
+    trace: Option<TraceContext>,
+}
+
+impl Named {
+    /// Read from a request's extensions.
+    #[must_use]
+    pub fn of(extensions: &http::Extensions) -> Self {
+        Self {
+            given: extensions.get::<RequestIdValue>().map(|v| v.0.clone()),
+            trace: extensions.get::<Served>().map(|served| served.context),
+        }
+    }
+
+    /// The id as text.
+    #[must_use]
+    pub fn text(&self) -> Option<String> {
+        match (&self.given, &self.trace) {
+            (Some(id), _) => id.to_str().ok().map(str::to_owned),
+            (None, Some(trace)) => Some(trace.trace_hex()),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The id of a request this layer has seen (see [`Named`]).
 #[must_use]
 pub fn of(extensions: &http::Extensions) -> Option<String> {
-    match extensions.get::<RequestIdValue>() {
-        Some(RequestIdValue(v)) => v.to_str().ok().map(str::to_owned),
-        None => extensions
-            .get::<Served>()
-            .map(|served| served.context.trace_hex()),
-    }
+    Named::of(extensions).text()
 }
 
 /// Whether `value` is kept as is: 1..=128 bytes of visible ASCII.
@@ -116,13 +142,9 @@ where
         let inner = match &id {
             Id::Given(id) => {
                 req.extensions_mut().insert(RequestIdValue(id.clone()));
-                Inner::Scoped {
-                    inner: rt::trace::with_request_id(id.clone(), self.inner.call(req)),
-                }
+                Either::Left(rt::trace::with_request_id(id.clone(), self.inner.call(req)))
             }
-            Id::Trace(_) => Inner::Traced {
-                inner: self.inner.call(req),
-            },
+            Id::Trace(_) => Either::Right(self.inner.call(req)),
         };
         ResponseFuture {
             inner,
@@ -147,19 +169,12 @@ enum Id {
     /// The caller's, or generated here.
     Given(HeaderValue),
     /// The call's trace id.
-    Trace(super::trace::TraceContext),
+    Trace(TraceContext),
 }
 
-pin_project_lite::pin_project! {
-    /// The inner call, with the id current on its task when it is not the
-    /// trace id ([`rt::trace::request_id`] reads the trace's otherwise).
-    #[project = InnerProj]
-    #[derive(Debug)]
-    enum Inner<F> {
-        Scoped { #[pin] inner: TaskLocalFuture<HeaderValue, F> },
-        Traced { #[pin] inner: F },
-    }
-}
+/// The inner call, with the id current on its task when it is not the
+/// trace id ([`rt::trace::request_id`] reads the trace's otherwise).
+type Inner<F> = Either<TaskLocalFuture<HeaderValue, F>, F>;
 
 pin_project_lite::pin_project! {
     /// Echoes the id on the response.
@@ -180,10 +195,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = std::task::ready!(match this.inner.project() {
-            InnerProj::Scoped { inner } => inner.poll(cx),
-            InnerProj::Traced { inner } => inner.poll(cx),
-        })?;
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
         let failed = || {
             response.status().as_u16() >= 400
                 || crate::error::grpc_code(response.headers()).is_some_and(|c| c != tonic::Code::Ok)
