@@ -318,10 +318,16 @@ impl BusSeries {
     }
 }
 
-/// The node's metrics; cheap to clone.
+/// The node's metrics; cheap to clone (one reference count: layers'
+/// services holding it are cloned for every request).
 #[derive(Clone)]
 pub struct Metrics {
-    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
+}
+
+/// What [`Metrics`] clones share.
+struct Shared {
+    inner: Mutex<Inner>,
     /// Outside the lock: the HTTP layer records without taking it.
     http: Family<HttpLabels, Histogram>,
     pipeline: Pipeline,
@@ -422,10 +428,12 @@ impl Default for Metrics {
             orphan_sweeps,
         };
         Self {
-            inner: Arc::new(Mutex::new(inner)),
-            http,
-            pipeline,
-            bus,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                http,
+                pipeline,
+                bus,
+            }),
         }
     }
 }
@@ -571,6 +579,7 @@ fn method_label(method: &http::Method) -> &'static str {
 impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
         f(&self
+            .shared
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
@@ -687,12 +696,14 @@ impl Metrics {
         oldest_wait: std::time::Duration,
     ) {
         for (state, n) in [("queued", queued), ("leased", leased), ("failed", failed)] {
-            self.pipeline
+            self.shared
+                .pipeline
                 .job_queue_depth
                 .get_or_create(&JobStateLabels { state })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        self.pipeline
+        self.shared
+            .pipeline
             .job_queue_oldest_age
             .set(oldest_wait.as_secs_f64());
     }
@@ -700,7 +711,8 @@ impl Metrics {
     /// Counts a publish of an event of `event_type` (its subject) that
     /// went through (`ok`) or not.
     pub fn bus_published(&self, event_type: &'static str, ok: bool) {
-        self.bus
+        self.shared
+            .bus
             .publishes
             .get_or_create(&PublishLabels {
                 event_type,
@@ -713,9 +725,13 @@ impl Metrics {
     /// the handler failed.
     pub fn bus_delivered(&self, event_type: &'static str, ok: bool) {
         let labels = EventLabels { event_type };
-        self.bus.deliveries.get_or_create(&labels).inc();
+        self.shared.bus.deliveries.get_or_create(&labels).inc();
         if !ok {
-            self.bus.handler_failures.get_or_create(&labels).inc();
+            self.shared
+                .bus
+                .handler_failures
+                .get_or_create(&labels)
+                .inc();
         }
     }
 
@@ -726,7 +742,8 @@ impl Metrics {
         let lag_ms = rt::unix_ms().saturating_sub(published_ms);
         #[allow(clippy::cast_precision_loss)]
         let lag = lag_ms as f64 / 1000.0;
-        self.bus
+        self.shared
+            .bus
             .lag
             .get_or_create(&EventLabels { event_type })
             .observe(lag);
@@ -779,18 +796,19 @@ impl Metrics {
 
     /// Counts a stored upload of `bytes` bytes.
     pub fn upload_stored(&self, bytes: u64) {
-        self.pipeline.upload_bytes.inc_by(bytes);
+        self.shared.pipeline.upload_bytes.inc_by(bytes);
     }
 
     /// Bytes of stored uploads so far.
     #[must_use]
     pub fn upload_bytes(&self) -> u64 {
-        self.pipeline.upload_bytes.get()
+        self.shared.pipeline.upload_bytes.get()
     }
 
     /// Times an upload that took `took` and ended well (`ok`) or not.
     pub fn upload_finished(&self, ok: bool, took: std::time::Duration) {
-        self.pipeline
+        self.shared
+            .pipeline
             .upload_duration
             .get_or_create(&OutcomeLabels::of(ok))
             .observe(took.as_secs_f64());
@@ -798,7 +816,8 @@ impl Metrics {
 
     /// Times a transcode that took `took` and ended well (`ok`) or not.
     pub fn transcode_finished(&self, ok: bool, took: std::time::Duration) {
-        self.pipeline
+        self.shared
+            .pipeline
             .transcode_duration
             .get_or_create(&OutcomeLabels::of(ok))
             .observe(took.as_secs_f64());
@@ -806,26 +825,27 @@ impl Metrics {
 
     /// Counts a failed job attempt, and the job's end when `dead_letter`.
     pub fn job_attempt_failed(&self, dead_letter: bool) {
-        self.pipeline.job_attempts_failed.inc();
+        self.shared.pipeline.job_attempts_failed.inc();
         if dead_letter {
-            self.pipeline.jobs_dead_lettered.inc();
+            self.shared.pipeline.jobs_dead_lettered.inc();
         }
     }
 
     /// Counts a completed job.
     pub fn job_completed(&self) {
-        self.pipeline.jobs_completed.inc();
+        self.shared.pipeline.jobs_completed.inc();
     }
 
     /// Jobs dead-lettered so far.
     #[must_use]
     pub fn jobs_dead_lettered(&self) -> u64 {
-        self.pipeline.jobs_dead_lettered.get()
+        self.shared.pipeline.jobs_dead_lettered.get()
     }
 
     /// The handles of calls on `path` on `side` (made on its first call).
     fn call(&self, side: Side, path: &str) -> Arc<CallMetrics> {
         let mut guard = self
+            .shared
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1164,7 +1184,7 @@ impl HttpMetricsLayer {
     #[must_use]
     pub fn new(metrics: &Metrics) -> Self {
         Self {
-            http: metrics.http.clone(),
+            http: metrics.shared.http.clone(),
         }
     }
 }

@@ -85,9 +85,21 @@ impl Default for Config {
     }
 }
 
-/// What every handler gets.
+/// What every handler gets: cheap to clone (one reference count; axum
+/// clones the state for every request, some routes more than once).
 #[derive(Clone)]
-pub struct Api {
+pub struct Api(std::sync::Arc<ApiState>);
+
+impl std::ops::Deref for Api {
+    type Target = ApiState;
+
+    fn deref(&self) -> &ApiState {
+        &self.0
+    }
+}
+
+/// What [`Api`] holds.
+pub struct ApiState {
     runtime: Runtime,
     max_upload_bytes: u64,
     /// Where originals lie, for those sent from this host's files.
@@ -287,7 +299,7 @@ fn with_cors(router: Router, config: &Config) -> Router {
 /// What the handlers share, over `runtime`, with `config`'s settings;
 /// `here`: for streaming's media port ([`media_routes`]).
 fn api(runtime: Runtime, config: &Config, here: bool) -> Api {
-    Api {
+    Api(std::sync::Arc::new(ApiState {
         grants: grant::Grants::new(&runtime.keys),
         verifier: bearer::Verifier::new(runtime.clone()),
         recent: std::sync::Arc::default(),
@@ -299,7 +311,7 @@ fn api(runtime: Runtime, config: &Config, here: bool) -> Api {
         trusted_proxies: client_addr::TrustedProxies(config.trusted_proxies.clone().into()),
         media_url: config.media_url.as_deref().map(Into::into),
         here,
-    }
+    }))
 }
 
 /// Signed playback URLs: the grant in the path is the credential.
