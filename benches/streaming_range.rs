@@ -19,8 +19,17 @@
 //! gateway's port by signed URL, and from the media port: MB/s and the p99
 //! latency over all rounds.
 //!
+//! Each table is followed by the serving side's CPU time per MiB sent
+//! (nginx's processes; the node's runtime threads, which serve every
+//! StreamGate path, one path at a time), read from `/proc` around each
+//! round: what a server spends for the same bytes. The client and the
+//! servers share the machine's cores, so throughput also moves with how
+//! they are scheduled; the CPU figure moves much less.
+//!
 //! `cargo bench --bench streaming_range` (`CONNECTIONS=1,8` picks the
-//! connection counts of both tables; `-- --quick`: one short round). Needs
+//! connection counts of both tables; `PATHS=media` measures only the named
+//! paths beside nginx, for a profile of one; `-- --quick`: one short
+//! round). Needs
 //! nginx at /usr/sbin/nginx (or $NGINX; Debian's `nginx-light`); fails,
 //! rather than skips, without it.
 //!
@@ -78,8 +87,116 @@ mod bench {
 
     /// nginx (its master and workers: a process group), killed on drop.
     struct Nginx {
-        _process: Process,
+        process: Process,
         addr: SocketAddr,
+    }
+
+    /// The name of the node runtime's threads (workers and blocking pool),
+    /// whose CPU time is the StreamGate servers'.
+    const NODE_THREADS: &str = "sg-node";
+
+    /// Nanoseconds a thread has run: the first field of a `schedstat` file
+    /// (`/proc/<pid>/task/<tid>/schedstat`), finer than `stat`'s ticks.
+    fn schedstat_ns(path: &Path) -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU time of this process's threads named [`NODE_THREADS`].
+    fn node_cpu() -> Duration {
+        let mut ns = 0;
+        for task in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == NODE_THREADS {
+                ns += schedstat_ns(&task.path().join("schedstat"));
+            }
+        }
+        Duration::from_nanos(ns)
+    }
+
+    /// CPU time of every thread of the processes in process group `group`
+    /// (nginx's master and workers).
+    fn group_cpu(group: u32) -> Duration {
+        let mut ns = 0;
+        for proc in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(proc.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid pgrp ...`: comm may hold spaces.
+            let pgrp = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
+            if pgrp != Some(group) {
+                continue;
+            }
+            for task in std::fs::read_dir(proc.path().join("task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                ns += schedstat_ns(&task.path().join("schedstat"));
+            }
+        }
+        Duration::from_nanos(ns)
+    }
+
+    /// Which server a path's requests go to, for its CPU time.
+    #[derive(Clone, Copy)]
+    enum Server {
+        Nginx(u32),
+        Node,
+    }
+
+    impl Server {
+        fn cpu(self) -> Duration {
+            match self {
+                Self::Nginx(group) => group_cpu(group),
+                Self::Node => node_cpu(),
+            }
+        }
+    }
+
+    /// What a round measured: bytes a second, and the serving side's CPU
+    /// time per byte sent (nanoseconds per MiB).
+    #[derive(Clone, Copy)]
+    struct Measured {
+        rate: f64,
+        cpu_per_mib: f64,
+    }
+
+    /// The paths of the range table and of the segment table.
+    const RANGE_PATHS: [&str; 4] = ["nginx", "local", "ReadRange", "media"];
+    const SEGMENT_PATHS: [&str; 3] = ["nginx", "gateway", "media"];
+
+    /// Whether `path` is measured: `$PATHS` (e.g. `media`, for a profile
+    /// of one path) names those measured beside nginx; the others print
+    /// NaN. All by default.
+    fn wanted(path: &str) -> bool {
+        std::env::var("PATHS").map_or(true, |list| {
+            path == "nginx" || list.split(',').any(|p| p.trim() == path)
+        })
+    }
+
+    impl Measured {
+        /// A path not measured ([`wanted`]).
+        const SKIPPED: Self = Self {
+            rate: f64::NAN,
+            cpu_per_mib: f64::NAN,
+        };
+
+        /// `bytes` sent in `took`, with `cpu` of the server's time.
+        #[allow(clippy::cast_precision_loss)]
+        fn of(bytes: u64, took: Duration, cpu: Duration) -> Self {
+            let mib = bytes as f64 / f64::from(1 << 20);
+            Self {
+                rate: bytes as f64 / took.as_secs_f64(),
+                cpu_per_mib: cpu.as_secs_f64() * 1e6 / mib.max(1.0),
+            }
+        }
     }
 
     fn free_port() -> anyhow::Result<u16> {
@@ -122,7 +239,7 @@ mod bench {
             // Its workers die with the master on drop.
             .process_group(0);
         Ok(Nginx {
-            _process: Process::spawn("nginx", cmd, dir),
+            process: Process::spawn("nginx", cmd, dir),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         })
     }
@@ -188,14 +305,16 @@ mod bench {
         Ok(got)
     }
 
-    /// Bytes per second over `round` (after a warm-up) at `concurrency`.
+    /// Bytes per second over `round` (after a warm-up) at `concurrency`,
+    /// and `server`'s CPU time per MiB over the same time.
     async fn measure(
         client: &HttpClient,
         url: &str,
+        server: Server,
         round: Duration,
         concurrency: usize,
         seed: u64,
-    ) -> anyhow::Result<f64> {
+    ) -> anyhow::Result<Measured> {
         let run = |time: Duration| {
             let end = rt::now() + time;
             let tasks: Vec<_> = (0..concurrency)
@@ -218,11 +337,13 @@ mod bench {
                 for t in tasks {
                     total += t.await??;
                 }
-                anyhow::Ok(total as f64 / (rt::now() - started).as_secs_f64())
+                anyhow::Ok((total, rt::now() - started))
             }
         };
         run(WARMUP.min(round)).await?;
-        run(round).await
+        let cpu = server.cpu();
+        let (bytes, took) = run(round).await?;
+        Ok(Measured::of(bytes, took, server.cpu() - cpu))
     }
 
     /// HLS segments written, each [`SEGMENT_BYTES`]: a 4 s segment of
@@ -259,10 +380,11 @@ mod bench {
     async fn measure_segments(
         client: &HttpClient,
         base: &str,
+        server: Server,
         round: Duration,
         concurrency: usize,
         seed: u64,
-    ) -> anyhow::Result<(f64, Vec<Duration>)> {
+    ) -> anyhow::Result<(Measured, Vec<Duration>)> {
         let run = |time: Duration| {
             let end = rt::now() + time;
             let tasks: Vec<_> = (0..concurrency)
@@ -290,11 +412,13 @@ mod bench {
                     total += bytes;
                     all.extend(latencies);
                 }
-                anyhow::Ok((total as f64 / (rt::now() - started).as_secs_f64(), all))
+                anyhow::Ok((total, rt::now() - started, all))
             }
         };
         run(WARMUP.min(round)).await?;
-        run(round).await
+        let cpu = server.cpu();
+        let (bytes, took, latencies) = run(round).await?;
+        Ok((Measured::of(bytes, took, server.cpu() - cpu), latencies))
     }
 
     /// The `q` quantile of `values` (sorted here).
@@ -310,6 +434,7 @@ mod bench {
     async fn segments(
         client: &HttpClient,
         nginx: SocketAddr,
+        nginx_group: Server,
         gateway: SocketAddr,
         media: SocketAddr,
         grant: &str,
@@ -335,19 +460,31 @@ mod bench {
             Ok(_) => connections()?,
             Err(_) => vec![1, 64],
         };
+        let servers = [nginx_group, Server::Node, Server::Node];
+        let mut cpu_rows = Vec::new();
         for concurrency in counts {
             let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); bases.len()];
             let runs = rounds
                 .interleaved(bases.len(), async |path, round| {
+                    if !wanted(SEGMENT_PATHS[path]) {
+                        return Ok(Measured::SKIPPED);
+                    }
                     let seed = (concurrency * 1000 + round) as u64;
-                    let (rate, lat) =
-                        measure_segments(client, &bases[path], rounds.round, concurrency, seed)
-                            .await?;
+                    let (measured, lat) = measure_segments(
+                        client,
+                        &bases[path],
+                        servers[path],
+                        rounds.round,
+                        concurrency,
+                        seed,
+                    )
+                    .await?;
                     latencies[path].extend(lat);
-                    anyhow::Ok(rate)
+                    anyhow::Ok(measured)
                 })
                 .await?;
-            let [n, g, m] = [0, 1, 2].map(|i| support::median(&runs[i]));
+            let [n, g, m] = [0, 1, 2].map(|i| median_rate(&runs[i]));
+            cpu_rows.push((concurrency, [0, 1, 2].map(|i| median_cpu(&runs[i]))));
             let [pn, pg, pm] = [0, 1, 2].map(|i| quantile(&mut latencies[i], 0.99));
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
@@ -363,7 +500,45 @@ mod bench {
                 Ratio::of(ms(pm), ms(pn)),
             );
         }
+        print_cpu(&SEGMENT_PATHS, &cpu_rows);
         Ok(())
+    }
+
+    fn median_rate(runs: &[Measured]) -> f64 {
+        support::median(&runs.iter().map(|m| m.rate).collect::<Vec<_>>())
+    }
+
+    fn median_cpu(runs: &[Measured]) -> f64 {
+        support::median(&runs.iter().map(|m| m.cpu_per_mib).collect::<Vec<_>>())
+    }
+
+    /// The serving side's CPU time per MiB sent (the server's threads
+    /// only, not the bench's client), per path and against nginx's (the
+    /// first): what a server spends to send the same bytes, steadier than
+    /// throughput on a machine the client and server share.
+    fn print_cpu<const N: usize>(paths: &[&str; N], rows: &[(usize, [f64; N])]) {
+        println!("server CPU µs per MiB sent (median over rounds; lower is better)");
+        let names: Vec<String> = paths.iter().map(|p| format!("{p:>9}")).collect();
+        let ratios: Vec<String> = paths[1..].iter().map(|p| format!("{p}/nginx")).collect();
+        println!(
+            "{:>11} | {} | {}",
+            "connections",
+            names.join(" | "),
+            ratios.join(" | ")
+        );
+        for (concurrency, cpu) in rows {
+            let values: Vec<String> = cpu.iter().map(|c| format!("{c:>9.1}")).collect();
+            let ratios: Vec<String> = paths[1..]
+                .iter()
+                .zip(&cpu[1..])
+                .map(|(p, c)| format!("{:>w$}", Ratio::of(*c, cpu[0]).to_string(), w = p.len() + 6))
+                .collect();
+            println!(
+                "{concurrency:>11} | {} | {}",
+                values.join(" | "),
+                ratios.join(" | ")
+            );
+        }
     }
 
     /// Writes the test file into the store, 1 MiB at a time.
@@ -388,7 +563,7 @@ mod bench {
         elsewhere: FsBlobStore,
         media: SocketAddr,
     ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        support::serve_on_thread("node", support::multi_thread(2)?, move || async move {
+        support::serve_on_thread("node", node_runtime()?, move || async move {
             // One client and one account make every request: a load test,
             // not a player, so its shares are the whole budget.
             let edge = || {
@@ -469,6 +644,16 @@ mod bench {
         })
     }
 
+    /// The node's runtime: two workers, as nginx has, named
+    /// [`NODE_THREADS`] for their CPU time.
+    fn node_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(NODE_THREADS)
+            .enable_all()
+            .build()?)
+    }
+
     /// The node's service keys (fixed, so that the bench can sign a
     /// playback URL the node accepts).
     fn bench_keys() -> Keyring {
@@ -534,14 +719,20 @@ mod bench {
                 "{:>11} | {:>7} | {:>7} | {:>9} | {:>7} | local/nginx | ReadRange/nginx | media/nginx",
                 "connections", "nginx", "local", "ReadRange", "media"
             );
+            let servers = [Server::Nginx(nginx.process.id()), Server::Node, Server::Node, Server::Node];
+            let mut cpu_rows = Vec::new();
             for concurrency in connections()? {
                 let runs = rounds
                     .interleaved(urls.len(), async |path, round| {
+                        if !wanted(RANGE_PATHS[path]) {
+                            return Ok(Measured::SKIPPED);
+                        }
                         let seed = (concurrency * 100 + round) as u64;
-                        measure(&client, &urls[path], rounds.round, concurrency, seed).await
+                        measure(&client, &urls[path], servers[path], rounds.round, concurrency, seed).await
                     })
                     .await?;
-                let [n, s, r, m] = [0, 1, 2, 3].map(|i| support::median(&runs[i]));
+                let [n, s, r, m] = [0, 1, 2, 3].map(|i| median_rate(&runs[i]));
+                cpu_rows.push((concurrency, [0, 1, 2, 3].map(|i| median_cpu(&runs[i]))));
                 println!(
                     "{concurrency:>11} | {:>7.0} | {:>7.0} | {:>9.0} | {:>7.0} | {:>11} | {:>15} | {:>11}",
                     n / 1e6,
@@ -553,7 +744,17 @@ mod bench {
                     Ratio::of(m, n)
                 );
             }
-            segments(&client, nginx.addr, gateway, media, &grant, &rounds).await?;
+            print_cpu(&RANGE_PATHS, &cpu_rows);
+            segments(
+                &client,
+                nginx.addr,
+                Server::Nginx(nginx.process.id()),
+                gateway,
+                media,
+                &grant,
+                &rounds,
+            )
+            .await?;
             drop(nginx);
             anyhow::Ok(())
         })
