@@ -204,12 +204,16 @@ impl Process {
         let deadline = rt::now() + LISTENING_TIMEOUT;
         let service = words.join(" ");
         loop {
+            // Whether it exited is asked before its output is read: a
+            // process that prints the line and exits between the two
+            // would otherwise be taken for one that never printed it.
+            let exited = self.try_exit();
             let stdout = std::fs::read(&self.stdout).unwrap_or_default();
             let ours = String::from_utf8_lossy(stdout.get(self.stdout_start..).unwrap_or_default());
             if let Some(addr) = address_in(&ours, words) {
                 return addr;
             }
-            if let Some(exit) = self.try_exit() {
+            if let Some(exit) = exited {
                 panic!(
                     "{} exited ({exit}) before serving {service}\n{}",
                     self.name,
