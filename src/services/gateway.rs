@@ -301,7 +301,7 @@ fn with_cors(router: Router, config: &Config) -> Router {
 fn api(runtime: Runtime, config: &Config, here: bool) -> Api {
     Api(std::sync::Arc::new(ApiState {
         grants: grant::Grants::new(&runtime.keys),
-        verifier: bearer::Verifier::new(runtime.clone()),
+        verifier: bearer::Verifier::new(runtime.pool.clone()),
         recent: std::sync::Arc::default(),
         tus: std::sync::Arc::new(tus::Tus::new(config.tus)),
         streams: std::sync::Arc::new(events::Streams::new(config.events)),

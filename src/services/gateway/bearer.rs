@@ -14,7 +14,7 @@ use http::{StatusCode, header};
 
 use super::error::ApiError;
 use super::token_cache::TokenCache;
-use crate::kernel::Runtime;
+use crate::client::ClientPool;
 use crate::proto::{TokenKind, ValidateTokenRequest};
 use crate::rt;
 use crate::services::auth::token::MAX_TOKEN_BYTES;
@@ -26,10 +26,11 @@ pub const VALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthUser(pub String);
 
-/// What the check needs: the pool and the cache.
+/// What the check needs: the pool and the cache (two reference counts to
+/// clone: the middleware's state is cloned for every request).
 #[derive(Clone)]
 pub struct Verifier {
-    runtime: Runtime,
+    pool: ClientPool,
     cache: Arc<TokenCache>,
 }
 
@@ -40,11 +41,11 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// Checks tokens through `rt`'s pool.
+    /// Checks tokens through `pool`.
     #[must_use]
-    pub fn new(runtime: Runtime) -> Self {
+    pub fn new(pool: ClientPool) -> Self {
         Self {
-            runtime,
+            pool,
             cache: Arc::new(TokenCache::default()),
         }
     }
@@ -75,12 +76,7 @@ impl Verifier {
             );
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth service unavailable")
         };
-        let mut client = self
-            .runtime
-            .pool
-            .auth()
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let mut client = self.pool.auth().await.map_err(|e| unavailable(&e))?;
         let mut req = tonic::Request::new(ValidateTokenRequest {
             token: token.to_owned(),
             required_scope: String::new(),
