@@ -91,6 +91,13 @@ mod bench {
         addr: SocketAddr,
     }
 
+    impl Nginx {
+        /// Its processes, for their CPU time.
+        fn server(&self) -> Server {
+            Server::Nginx(self.process.id())
+        }
+    }
+
     /// The name of the node runtime's threads (workers and blocking pool),
     /// whose CPU time is the StreamGate servers'.
     const NODE_THREADS: &str = "sg-node";
@@ -161,7 +168,7 @@ mod bench {
     }
 
     /// What a round measured: bytes a second, and the serving side's CPU
-    /// time per byte sent (nanoseconds per MiB).
+    /// time per MiB sent (microseconds).
     #[derive(Clone, Copy)]
     struct Measured {
         rate: f64,
@@ -433,15 +440,14 @@ mod bench {
     /// same handlers, sent by sendfile there too) and the media port.
     async fn segments(
         client: &HttpClient,
-        nginx: SocketAddr,
-        nginx_group: Server,
+        nginx: &Nginx,
         gateway: SocketAddr,
         media: SocketAddr,
         grant: &str,
         rounds: &Rounds,
     ) -> anyhow::Result<()> {
         let bases = [
-            format!("http://{nginx}/hls/{VIDEO}/720p"),
+            format!("http://{}/hls/{VIDEO}/720p", nginx.addr),
             format!("http://{gateway}/v1/play/{grant}/hls/720p"),
             format!("http://{media}/v1/play/{grant}/hls/720p"),
         ];
@@ -460,7 +466,7 @@ mod bench {
             Ok(_) => connections()?,
             Err(_) => vec![1, 64],
         };
-        let servers = [nginx_group, Server::Node, Server::Node];
+        let servers = [nginx.server(), Server::Node, Server::Node];
         let mut cpu_rows = Vec::new();
         for concurrency in counts {
             let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); bases.len()];
@@ -505,11 +511,11 @@ mod bench {
     }
 
     fn median_rate(runs: &[Measured]) -> f64 {
-        support::median(&runs.iter().map(|m| m.rate).collect::<Vec<_>>())
+        support::median_by(runs.to_vec(), |m| m.rate).rate
     }
 
     fn median_cpu(runs: &[Measured]) -> f64 {
-        support::median(&runs.iter().map(|m| m.cpu_per_mib).collect::<Vec<_>>())
+        support::median_by(runs.to_vec(), |m| m.cpu_per_mib).cpu_per_mib
     }
 
     /// The serving side's CPU time per MiB sent (the server's threads
@@ -563,7 +569,9 @@ mod bench {
         elsewhere: FsBlobStore,
         media: SocketAddr,
     ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        support::serve_on_thread("node", node_runtime()?, move || async move {
+        // Two workers, as nginx has, named for their CPU time.
+        let runtime = support::multi_thread_named(2, NODE_THREADS)?;
+        support::serve_on_thread("node", runtime, move || async move {
             // One client and one account make every request: a load test,
             // not a player, so its shares are the whole budget.
             let edge = || {
@@ -644,16 +652,6 @@ mod bench {
         })
     }
 
-    /// The node's runtime: two workers, as nginx has, named
-    /// [`NODE_THREADS`] for their CPU time.
-    fn node_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-        Ok(tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(NODE_THREADS)
-            .enable_all()
-            .build()?)
-    }
-
     /// The node's service keys (fixed, so that the bench can sign a
     /// playback URL the node accepts).
     fn bench_keys() -> Keyring {
@@ -719,7 +717,7 @@ mod bench {
                 "{:>11} | {:>7} | {:>7} | {:>9} | {:>7} | local/nginx | ReadRange/nginx | media/nginx",
                 "connections", "nginx", "local", "ReadRange", "media"
             );
-            let servers = [Server::Nginx(nginx.process.id()), Server::Node, Server::Node, Server::Node];
+            let servers = [nginx.server(), Server::Node, Server::Node, Server::Node];
             let mut cpu_rows = Vec::new();
             for concurrency in connections()? {
                 let runs = rounds
@@ -745,16 +743,7 @@ mod bench {
                 );
             }
             print_cpu(&RANGE_PATHS, &cpu_rows);
-            segments(
-                &client,
-                nginx.addr,
-                Server::Nginx(nginx.process.id()),
-                gateway,
-                media,
-                &grant,
-                &rounds,
-            )
-            .await?;
+            segments(&client, &nginx, gateway, media, &grant, &rounds).await?;
             drop(nginx);
             anyhow::Ok(())
         })

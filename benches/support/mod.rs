@@ -179,8 +179,18 @@ pub fn current_thread() -> anyhow::Result<Runtime> {
 /// # Errors
 /// The runtime cannot be built.
 pub fn multi_thread(workers: usize) -> anyhow::Result<Runtime> {
+    multi_thread_named(workers, "tokio-runtime-worker")
+}
+
+/// [`multi_thread`] with its threads (workers and blocking pool) named
+/// `name`, so that their CPU time can be told from others' in `/proc`.
+///
+/// # Errors
+/// The runtime cannot be built.
+pub fn multi_thread_named(workers: usize, name: &str) -> anyhow::Result<Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .thread_name(name)
         .enable_all()
         .build()?)
 }

@@ -261,8 +261,8 @@ enum Side {
     Client,
 }
 
-/// The pipeline's series (cheap to clone: handles onto the registry's).
-#[derive(Clone, Debug)]
+/// The pipeline's series (handles onto the registry's).
+#[derive(Debug)]
 struct Pipeline {
     upload_bytes: Counter,
     upload_duration: Family<OutcomeLabels, Histogram>,
@@ -275,7 +275,7 @@ struct Pipeline {
 }
 
 /// The event bus's series (outside the lock: publishes are a hot path).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct BusSeries {
     publishes: Family<PublishLabels, Counter>,
     deliveries: Family<EventLabels, Counter>,
