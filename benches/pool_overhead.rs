@@ -17,9 +17,12 @@
 //! `streamgate certs` in a temporary directory): raw tonic over mTLS to a
 //! bare server over mTLS (the baseline a user would build on) against the
 //! pool over mTLS to the full server over mTLS under the shipped call
-//! policy, and the peer stack: the same features from stock parts
-//! (`peer`; `--profile 4|5|6 CALLS` for callgrind; `--only PATH
-//! CONCURRENCY SECONDS` runs one path alone, for `perf stat`).
+//! policy, and the peer stack: the same server features from stock parts
+//! (`peer`), and last the peer stack with stock parts for the features it
+//! lacked against the pool (client-side balancing, a client latency
+//! histogram, the trace context sent and continued, a request id:
+//! `peer_both_channel`). `--profile 4|5|6|7 CALLS` for callgrind; `--only
+//! PATH CONCURRENCY SECONDS` runs one path alone, for `perf stat`.
 //!
 //! Last, the full stack with span export (OTLP/gRPC to a receiver in the
 //! same process, `streamgate_testkit::otlp`) off, at a 1 % sampling ratio
@@ -122,6 +125,7 @@ mod bench {
         full: SocketAddr,
         bare_tls: SocketAddr,
         peer_tls: SocketAddr,
+        peer_both_tls: SocketAddr,
     }
 
     /// The peer stack: the same features as StreamGate's server stack, from
@@ -197,6 +201,89 @@ mod bench {
                     histogram.observe((rt::now() - started).as_secs_f64());
                     out
                 })
+            }
+        }
+
+        /// W3C trace context the way a user of OpenTelemetry carries it:
+        /// the SDK's `TraceContextPropagator` over the request's headers.
+        struct Headers<'a>(&'a mut http::HeaderMap);
+
+        impl opentelemetry::propagation::Injector for Headers<'_> {
+            fn set(&mut self, key: &str, value: String) {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::from_bytes(key.as_bytes()),
+                    http::HeaderValue::try_from(value),
+                ) {
+                    self.0.insert(name, value);
+                }
+            }
+        }
+
+        impl opentelemetry::propagation::Extractor for Headers<'_> {
+            fn get(&self, key: &str) -> Option<&str> {
+                self.0.get(key).and_then(|v| v.to_str().ok())
+            }
+
+            fn keys(&self) -> Vec<&str> {
+                self.0.keys().map(http::HeaderName::as_str).collect()
+            }
+        }
+
+        /// A new span's context under `parent` (a new trace without one).
+        fn child(parent: &opentelemetry::Context) -> opentelemetry::Context {
+            use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
+            use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+            let ids = RandomIdGenerator::default();
+            let span = parent.span();
+            let parent_span = span.span_context();
+            let trace_id = if parent_span.is_valid() {
+                parent_span.trace_id()
+            } else {
+                ids.new_trace_id()
+            };
+            parent.with_remote_span_context(SpanContext::new(
+                trace_id,
+                ids.new_span_id(),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ))
+        }
+
+        /// Client side: sends a child of the task's current context.
+        pub fn inject<B>(mut req: http::Request<B>) -> http::Request<B> {
+            use opentelemetry::propagation::TextMapPropagator as _;
+            let context = child(&opentelemetry::Context::current());
+            opentelemetry_sdk::propagation::TraceContextPropagator::new()
+                .inject_context(&context, &mut Headers(req.headers_mut()));
+            req
+        }
+
+        /// Server side: continues the caller's trace (or starts one) and
+        /// makes the call's context current for the handler.
+        #[derive(Clone)]
+        pub struct Extract<S> {
+            pub inner: S,
+        }
+
+        impl<S, B> Service<http::Request<B>> for Extract<S>
+        where
+            S: Service<http::Request<B>>,
+        {
+            type Response = S::Response;
+            type Error = S::Error;
+            type Future = opentelemetry::context::WithContext<S::Future>;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+                self.inner.poll_ready(cx)
+            }
+
+            fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+                use opentelemetry::context::FutureExt as _;
+                use opentelemetry::propagation::TextMapPropagator as _;
+                let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+                    .extract(&Headers(req.headers_mut()));
+                self.inner.call(req).with_context(child(&parent))
             }
         }
 
@@ -317,8 +404,32 @@ mod bench {
                 .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)));
             rt::spawn(transport::serve_mtls(
                 listener,
-                peer_routes,
+                peer_routes.clone(),
                 peer_stack,
+                Some(cache_tls.clone()),
+                std::future::pending(),
+            ));
+            // The peer stack with the parts of the features it lacked: the
+            // caller's trace continued (OpenTelemetry's propagator) and a
+            // request id (tower-http's, a UUID, echoed).
+            let listener = transport::Listener::bind("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("bind");
+            let peer_both_tls = listener.local_addr().expect("addr");
+            let latency = peer::latency();
+            let peer_both_stack = tower::ServiceBuilder::new()
+                .layer(tower_http::trace::TraceLayer::new_for_grpc())
+                .layer(tower::layer::layer_fn(|inner| peer::Extract { inner }))
+                .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+                    tower_http::request_id::MakeRequestUuid,
+                ))
+                .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+                .layer(tower::layer::layer_fn(move |s| peer::timed(s, &latency)))
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)));
+            rt::spawn(transport::serve_mtls(
+                listener,
+                peer_routes,
+                peer_both_stack,
                 Some(cache_tls.clone()),
                 std::future::pending(),
             ));
@@ -378,6 +489,7 @@ mod bench {
                 full: support::address(&node, ServiceKind::Cache),
                 bare_tls,
                 peer_tls,
+                peer_both_tls,
             };
             (servers, (node, tls_node))
         })
@@ -429,6 +541,35 @@ mod bench {
                 .layer(tower_http::trace::TraceLayer::new_for_grpc())
                 .timeout(Duration::from_secs(30))
                 .service(channel),
+        )
+    }
+
+    /// The peer stack's client with the parts of the pool's features it
+    /// lacked: tower's p2c balancer over the instances (one here), each
+    /// counted by its pending requests, behind tower's `Buffer` (the
+    /// balancer is not `Clone`; tonic's own balanced channel is built the
+    /// same way), a latency histogram per method, and the trace context
+    /// sent through OpenTelemetry's propagator. No circuit breaker: tower
+    /// has none.
+    fn peer_both_channel(channel: transport::Channel) -> PeerChannel {
+        let instances = vec![tower::load::PendingRequests::new(
+            channel,
+            tower::load::CompleteOnResponse::default(),
+        )];
+        let balanced = tower::buffer::Buffer::new(
+            tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(instances)),
+            1024,
+        );
+        let latency = peer::latency();
+        tower::util::BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .map_err(PeerError)
+                .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
+                .layer(tower_http::trace::TraceLayer::new_for_grpc())
+                .map_request(peer::inject)
+                .layer(tower::layer::layer_fn(move |s| peer::timed(s, &latency)))
+                .timeout(Duration::from_secs(30))
+                .service(balanced),
         )
     }
 
@@ -516,11 +657,11 @@ mod bench {
 
     /// `--profile PATH CALLS`: the index of one path (0 baseline, 1 client
     /// side, 2 server side, 3 both; over mutual TLS: 4 baseline, 5 the peer
-    /// stack, 6 both)
+    /// stack, 6 both, 7 the peer stack with client parts)
     /// and how many calls to make on it.
     fn profile_args() -> Option<(usize, usize)> {
         let values = support::flag_values("--profile", 2)?;
-        let path = values[0].parse().ok().filter(|p| *p < 7)?;
+        let path = values[0].parse().ok().filter(|p| *p < 8)?;
         let calls = values[1].parse().ok()?;
         Some((path, calls))
     }
@@ -530,7 +671,7 @@ mod bench {
     /// `perf record` at a load callgrind's one-call-at-a-time run misses.
     fn only_args() -> Option<(usize, usize, u64)> {
         let values = support::flag_values("--only", 3)?;
-        let path = values[0].parse().ok().filter(|p| *p < 7)?;
+        let path = values[0].parse().ok().filter(|p| *p < 8)?;
         Some((path, values[1].parse().ok()?, values[2].parse().ok()?))
     }
 
@@ -546,6 +687,7 @@ mod bench {
             full,
             bare_tls,
             peer_tls,
+            peer_both_tls,
         } = start_servers(
             keys.clone(),
             registry.clone(),
@@ -578,6 +720,7 @@ mod bench {
                 ("mTLS: raw tonic -> bare server (baseline)", Path { channel: ChannelKind::Raw(transport::channel_to(bare_tls, Some(&caller_tls), "cache")), token: None }),
                 ("mTLS: peer stack (stock parts)", Path { channel: ChannelKind::Peer(peer_channel(transport::channel_to(peer_tls, Some(&caller_tls), "cache"))), token: None }),
                 ("mTLS: pool -> full server, policy (both)", Path { channel: ChannelKind::Pool(tls_pool.channel("cache").await.expect("pool")), token: None }),
+                ("mTLS: peer stack, client parts too", Path { channel: ChannelKind::Peer(peer_both_channel(transport::channel_to(peer_both_tls, Some(&caller_tls), "cache"))), token: None }),
             ];
             let (plain, tls) = paths.split_at(4);
             if let Some((path, concurrency, seconds)) = only_args() {
