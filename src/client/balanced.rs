@@ -35,9 +35,17 @@ pub struct Endpoint {
     /// Where it listens.
     pub addr: SocketAddr,
     channel: transport::Channel,
+    /// Copies of `channel` between calls: a copy keeps what its first call
+    /// set up (the sender into the channel's buffer), so a call takes one
+    /// rather than cloning the channel anew.
+    spares: Mutex<Vec<transport::Channel>>,
     breaker: Mutex<Breaker>,
     in_flight: AtomicU32,
 }
+
+/// Most copies of a channel kept between calls (the calls in flight at a
+/// peak, bounded).
+const MAX_SPARE_CHANNELS: usize = 256;
 
 impl Endpoint {
     /// A new endpoint with a closed breaker.
@@ -58,6 +66,7 @@ impl Endpoint {
             id,
             addr,
             channel,
+            spares: Mutex::default(),
             breaker: Mutex::new(Breaker::new(breaker)),
             in_flight: AtomicU32::new(0),
         }
@@ -80,6 +89,26 @@ impl Endpoint {
     #[must_use]
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the channel for one call: a spare one if there is one.
+    fn take_channel(&self) -> transport::Channel {
+        let spare = self.spares().pop();
+        spare.unwrap_or_else(|| self.channel.clone())
+    }
+
+    /// Keeps a copy whose call has started (it holds no reserved slot).
+    fn give_back(&self, channel: transport::Channel) {
+        let mut spares = self.spares();
+        if spares.len() < MAX_SPARE_CHANNELS {
+            spares.push(channel);
+        }
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<transport::Channel>> {
+        self.spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -128,12 +157,19 @@ enum Route {
 }
 
 /// The instances of one service, replaced as the registry watch reports.
+/// Cloned for every call: one reference count, and the route.
 #[derive(Clone)]
 pub struct Balanced {
+    shared: Arc<Shared>,
+    route: Route,
+}
+
+/// What every copy of a [`Balanced`] (and every `for_key` of it) shares.
+#[derive(Clone)]
+struct Shared {
     service: Arc<str>,
     endpoints: Arc<Mutex<BTreeMap<String, Arc<Endpoint>>>>,
     hooks: Hooks,
-    route: Route,
     /// Mutual TLS to the instances, when on.
     tls: Option<transport::Mtls>,
 }
@@ -141,7 +177,7 @@ pub struct Balanced {
 impl std::fmt::Debug for Balanced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balanced")
-            .field("service", &self.service)
+            .field("service", &self.shared.service)
             .finish_non_exhaustive()
     }
 }
@@ -160,11 +196,13 @@ impl Balanced {
     #[must_use]
     pub fn new(service: &str, hooks: Hooks) -> Self {
         Self {
-            service: service.into(),
-            endpoints: Arc::default(),
-            hooks,
+            shared: Arc::new(Shared {
+                service: service.into(),
+                endpoints: Arc::default(),
+                hooks,
+                tls: None,
+            }),
             route: Route::P2c,
-            tls: None,
         }
     }
 
@@ -172,7 +210,7 @@ impl Balanced {
     /// must present a certificate naming this set's service).
     #[must_use]
     pub fn with_tls(mut self, tls: Option<transport::Mtls>) -> Self {
-        self.tls = tls;
+        Arc::make_mut(&mut self.shared).tls = tls;
         self
     }
 
@@ -204,7 +242,8 @@ impl Balanced {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Endpoint>>> {
-        self.endpoints
+        self.shared
+            .endpoints
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -224,7 +263,7 @@ impl Balanced {
                 _ => Arc::new(Endpoint::with_channel(
                     id.clone(),
                     addr,
-                    transport::channel_to(addr, self.tls.as_ref(), &self.service),
+                    transport::channel_to(addr, self.shared.tls.as_ref(), &self.shared.service),
                     breaker,
                 )),
             };
@@ -234,7 +273,7 @@ impl Balanced {
     }
 
     fn notify(&self, endpoint: &str, t: Option<Transition>) {
-        if let (Some(hook), Some(t)) = (&self.hooks.on_transition, t) {
+        if let (Some(hook), Some(t)) = (&self.shared.hooks.on_transition, t) {
             hook(endpoint, t);
         }
     }
@@ -247,7 +286,7 @@ impl Balanced {
         if endpoints.is_empty() {
             return Err(Status::unavailable(format!(
                 "no healthy instance of {}",
-                self.service
+                self.shared.service
             )));
         }
         match &self.route {
@@ -296,7 +335,7 @@ impl Balanced {
             let wait = retry_after.unwrap_or_default();
             return Err(Status::unavailable(format!(
                 "every instance of {} is open (circuit breaker); retry in {wait:?}",
-                self.service
+                self.shared.service
             )));
         };
         // Permits not used go back untouched, so no half-open probe slot leaks.
@@ -323,11 +362,15 @@ impl Service<Request<Body>> for Balanced {
             let (endpoint, permit) = this.pick()?;
             let call = Admitted::start(endpoint.clone(), permit);
             let limit = grpc_timeout::from_headers(req.headers());
-            let mut channel = endpoint.channel.clone();
+            let mut channel = endpoint.take_channel();
             let exchange = async {
-                let failed = |e| transport_status(&this.service, &endpoint.id, e);
+                let failed = |e| transport_status(&this.shared.service, &endpoint.id, e);
                 match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-                    Ok(()) => channel.call(req).await.map_err(failed),
+                    Ok(()) => {
+                        let response = channel.call(req);
+                        endpoint.give_back(channel);
+                        response.await.map_err(failed)
+                    }
                     Err(e) => Err(failed(e)),
                 }
             };
@@ -361,7 +404,7 @@ impl Service<Request<Body>> for Balanced {
                 Ok(res) => crate::error::grpc_code(res.headers()).is_some_and(is_instance_failure),
             };
             let (probe, t) = call.finish(!failed);
-            if let Some(hook) = &this.hooks.on_outcome {
+            if let Some(hook) = &this.shared.hooks.on_outcome {
                 let outcome = Outcome {
                     probe,
                     success: !failed,

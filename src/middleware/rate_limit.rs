@@ -104,7 +104,7 @@ where
         let caller = req
             .extensions()
             .get::<Caller>()
-            .map_or("anonymous", |c| c.0.as_str());
+            .map_or("anonymous", |c| &*c.0);
         match self.layer.admit(caller) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(wait) => {
@@ -139,7 +139,7 @@ mod tests {
             .body(())
             .unwrap();
         if let Some(c) = caller {
-            req.extensions_mut().insert(Caller(c.to_owned()));
+            req.extensions_mut().insert(Caller(c.into()));
         }
         layer.layer(ok()).oneshot(req).await.unwrap()
     }

@@ -12,7 +12,7 @@ fn echo() -> impl Service<Request<()>, Response = Response<String>, Error = Infa
         let caller = req
             .extensions()
             .get::<Caller>()
-            .map(|c| c.0.clone())
+            .map(|c| c.0.to_string())
             .unwrap_or_default();
         Ok::<_, Infallible>(Response::new(caller))
     })
