@@ -43,8 +43,9 @@ pub struct Endpoint {
     in_flight: AtomicU32,
 }
 
-/// Most copies of a channel kept between calls (the calls in flight at a
-/// peak, bounded).
+/// Most copies of a channel kept between calls. A call gives its copy back
+/// as soon as the channel has taken the request, so copies pile up only
+/// while calls wait at once for room in the channel's buffer.
 const MAX_SPARE_CHANNELS: usize = 256;
 
 impl Endpoint {

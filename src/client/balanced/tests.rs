@@ -92,3 +92,29 @@ async fn a_silent_instance_fails_by_the_deadline_and_a_dropped_call_leaks_nothin
     assert_eq!(endpoint.in_flight(), 0);
     assert_eq!(endpoint.breaker_state(), State::Closed);
 }
+
+#[tokio::test]
+async fn calls_share_one_copy_of_the_channel() {
+    let balanced = Balanced::new("cache", Hooks::default());
+    balanced.update(
+        [("cache-0".to_owned(), refusing().await)],
+        BreakerConfig::default(),
+    );
+    let endpoint = balanced.endpoints().pop().expect("one");
+    assert_eq!(endpoint.spares().len(), 0, "no call yet");
+    let mut client = CacheServiceClient::new(balanced.clone());
+    for _ in 0..3 {
+        client.get(get(None)).await.expect_err("refused");
+    }
+    // Eight at once (fewer than the ten failures that open the breaker):
+    // each gives its copy back once the channel has its request.
+    let calls = (0..8).map(|_| {
+        let mut client = CacheServiceClient::new(balanced.clone());
+        async move { client.get(get(None)).await }
+    });
+    for result in futures::future::join_all(calls).await {
+        assert_eq!(result.expect_err("refused").code(), Code::Unavailable);
+    }
+    assert_eq!(endpoint.spares().len(), 1, "one copy served every call");
+    assert_eq!(endpoint.in_flight(), 0);
+}
