@@ -533,14 +533,27 @@ mod bench {
 
     impl std::error::Error for PeerError {}
 
-    fn peer_channel(channel: transport::Channel) -> PeerChannel {
+    /// The peer stack's client: tower-http's `TraceLayer` and tower's
+    /// `Timeout` around `inner` (a channel, or more stock parts over one).
+    fn peer_channel<S, B>(inner: S) -> PeerChannel
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<tower::BoxError>,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<tower::BoxError> + std::fmt::Display,
+    {
         tower::util::BoxCloneSyncService::new(
             tower::ServiceBuilder::new()
                 .map_err(PeerError)
                 .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
                 .layer(tower_http::trace::TraceLayer::new_for_grpc())
                 .timeout(Duration::from_secs(30))
-                .service(channel),
+                .service(inner),
         )
     }
 
@@ -561,14 +574,10 @@ mod bench {
             1024,
         );
         let latency = peer::latency();
-        tower::util::BoxCloneSyncService::new(
+        peer_channel(
             tower::ServiceBuilder::new()
-                .map_err(PeerError)
-                .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
-                .layer(tower_http::trace::TraceLayer::new_for_grpc())
                 .map_request(peer::inject)
                 .layer(tower::layer::layer_fn(move |s| peer::timed(s, &latency)))
-                .timeout(Duration::from_secs(30))
                 .service(balanced),
         )
     }

@@ -205,7 +205,7 @@ pub fn mint(key: &Key, service: &str, expires_ms: u64) -> String {
 ///
 /// # Errors
 /// Why the token is refused.
-pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<String, AuthError> {
+pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<Arc<str>, AuthError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::Malformed);
     }
@@ -243,7 +243,7 @@ pub fn verify(keys: &Keyring, token: &[u8], now_ms: u64) -> Result<String, AuthE
     if now_ms > expires.saturating_add(skew) {
         return Err(AuthError::Expired);
     }
-    Ok(service.to_owned())
+    Ok(service.into())
 }
 
 /// The verified calling service, as a request extension (shared with the
@@ -334,7 +334,7 @@ where
             Some(peer) => Ok(peer.service.clone()),
             None => match req.headers().get(&NAME) {
                 None => Err(AuthError::Missing),
-                Some(token) => verify(&self.keys, token.as_bytes(), rt::unix_ms()).map(Arc::from),
+                Some(token) => verify(&self.keys, token.as_bytes(), rt::unix_ms()),
             },
         };
         let service = match verdict {
